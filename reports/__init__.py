@@ -1,0 +1,1 @@
+"""What the user sees: Pareto/hypervolume maths and the HTML report."""

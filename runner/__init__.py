@@ -1,0 +1,1 @@
+"""Running the search: CLI, trial training loop, backends, data, export."""

@@ -1,0 +1,1 @@
+"""Ways to run trials: Ray Tune (default) and in-process Optuna."""

@@ -1,0 +1,1 @@
+"""Datasets: the embedded synthetic cells and loaders for real images."""

@@ -1,0 +1,24 @@
+"""Strategy models, one module each; importing this package registers all of them."""
+
+from search_space.strategies.base import (
+    ParamSpec,
+    SparseModel,
+    StrategyInfo,
+    get_strategy,
+    params_for,
+    register_strategy,
+    strategy_names,
+)
+
+# Each import below registers one strategy (kept in the order reports list them).
+# (populated as strategies land)
+
+__all__ = [
+    "ParamSpec",
+    "SparseModel",
+    "StrategyInfo",
+    "get_strategy",
+    "params_for",
+    "register_strategy",
+    "strategy_names",
+]

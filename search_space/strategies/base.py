@@ -1,0 +1,174 @@
+"""The interface every strategy model implements, and the registry that builds them by name.
+
+A strategy is one file in this package that defines a ``SparseModel`` subclass and registers it
+with :func:`register_strategy`, declaring its tunable parameters (``ParamSpec``) and a mid-range
+default for each. The YAML spec validates a space against these declarations, so a parameter name
+lives in exactly one place: the strategy that reads it.
+
+Lifecycle of a model inside a trial::
+
+    model = build_model(config, in_channels, num_classes, image_size)
+    logits = model(images)                                   # (B, num_classes)
+    loss = ce(logits, y) + model.auxiliary_loss(logits, y)   # uses state cached by that forward
+    rule.step(...); model.set_k(rule.k)                      # k-adaptation, once per epoch
+    used = model.used_map(images)                            # (B, H, W) in [0, 1], for reports
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """What values one config key may take. ``kind`` is 'int', 'float', 'choice' or 'bool'.
+
+    ``low``/``high`` bound int and float values (inclusive unless ``low_open``/``high_open``);
+    ``choices`` lists the values of a 'choice'. ``doc`` is shown in error messages and docs.
+    """
+
+    kind: str
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[Any, ...] = ()
+    low_open: bool = False
+    high_open: bool = False
+    doc: str = ""
+
+    def check(self, value: Any) -> str | None:
+        """Return None when ``value`` is allowed, else what was expected (for an error message)."""
+        if self.kind == "choice":
+            return None if value in self.choices else f"one of {list(self.choices)}"
+        if self.kind == "bool":
+            return None if isinstance(value, bool) else "true or false"
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"a{'n integer' if self.kind == 'int' else ' number'}{self.bounds_text()}"
+        if self.kind == "int" and not float(value).is_integer():
+            return f"an integer{self.bounds_text()}"
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            return f"a value{self.bounds_text()}"
+        if self.high is not None and (value > self.high or (self.high_open and value == self.high)):
+            return f"a value{self.bounds_text()}"
+        return None
+
+    def bounds_text(self) -> str:
+        parts = []
+        if self.low is not None:
+            parts.append(f"{'>' if self.low_open else '>='} {self.low:g}")
+        if self.high is not None:
+            parts.append(f"{'<' if self.high_open else '<='} {self.high:g}")
+        return (" " + " and ".join(parts)) if parts else ""
+
+
+class SparseModel(nn.Module, ABC):
+    """A cell classifier that may look at only part of each image.
+
+    Subclasses implement ``forward`` and ``used_map``; sparse ones also ``k_bounds``/``set_k`` and
+    ``auxiliary_loss``. Inference (eval mode) must be deterministic and exportable with
+    ``torch.export`` and ONNX: no Python loops over data-dependent shapes.
+    """
+
+    @abstractmethod
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) images -> (B, num_classes) logits."""
+
+    @abstractmethod
+    def used_map(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, H, W) map in [0, 1] of the pixels or regions the model used for each image (eval)."""
+
+    def auxiliary_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Extra training loss for the selector, from state cached by the last training forward."""
+        return logits.new_zeros(())
+
+    # k: the number of pixels / patches / regions kept. Dense models have none.
+    def k_bounds(self) -> tuple[int, int] | None:
+        """(lowest, highest) k this model accepts, or None when it has no k."""
+        return None
+
+    @property
+    def k(self) -> float | None:
+        """Current k (mean over the last batch for per-image rules), or None for dense models."""
+        return None
+
+    def set_k(self, k: int) -> None:
+        """Set the k used from the next forward on (a k-adaptation rule calls this each epoch)."""
+        raise TypeError(f"{type(self).__name__} has no k to set")
+
+
+ModelFactory = Callable[..., SparseModel]
+
+
+@dataclass(frozen=True)
+class StrategyInfo:
+    """A registered strategy: how to build it, what it accepts, and a mid-range default config."""
+
+    name: str
+    factory: ModelFactory
+    params: dict[str, ParamSpec]
+    defaults: dict[str, Any]
+    sparse: bool = True
+    doc: str = ""
+    uses_k_rule: bool = field(default=True)
+
+
+_REGISTRY: dict[str, StrategyInfo] = {}
+
+
+def register_strategy(
+    name: str,
+    *,
+    params: dict[str, ParamSpec],
+    defaults: dict[str, Any],
+    sparse: bool = True,
+    uses_k_rule: bool = True,
+    doc: str = "",
+) -> Callable[[ModelFactory], ModelFactory]:
+    """Class or function decorator: register a model factory under ``name``.
+
+    The factory is called as ``factory(config=..., in_channels=..., num_classes=...,
+    image_size=...)`` with ``config`` already completed from ``defaults``.
+    """
+
+    missing = sorted(set(params) ^ set(defaults))
+    if missing:
+        raise ValueError(f"strategy {name!r}: params and defaults must name the same keys, differ on {missing}")
+    for key, spec in params.items():
+        problem = spec.check(defaults[key])
+        if problem:
+            raise ValueError(f"strategy {name!r}: default {key}={defaults[key]!r} is not {problem}")
+
+    def decorate(factory: ModelFactory) -> ModelFactory:
+        if name in _REGISTRY:
+            raise ValueError(f"strategy {name!r} is registered twice")
+        _REGISTRY[name] = StrategyInfo(name, factory, dict(params), dict(defaults), sparse, doc, uses_k_rule)
+        return factory
+
+    return decorate
+
+
+def strategy_names() -> list[str]:
+    """Names of every registered strategy, in registration order."""
+    return list(_REGISTRY)
+
+
+def get_strategy(name: str) -> StrategyInfo:
+    """The registered strategy ``name``; an unknown name lists the valid ones."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown strategy {name!r}; valid: {', '.join(_REGISTRY) or '(none registered)'}") from None
+
+
+def params_for(names: Sequence[str]) -> dict[str, ParamSpec]:
+    """Union of the declared parameters of the given strategies (first declaration wins)."""
+    merged: dict[str, ParamSpec] = {}
+    for name in names:
+        for key, spec in get_strategy(name).params.items():
+            merged.setdefault(key, spec)
+    return merged

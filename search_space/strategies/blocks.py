@@ -1,0 +1,121 @@
+"""Building blocks shared by every strategy, so candidates differ only in what they select.
+
+Attention is written as explicit matmuls (not ``scaled_dot_product_attention``): the CLS-to-token
+weights are needed for distillation, FlopCounterMode counts matmuls on every device, and both
+``torch.export`` and ONNX handle them. The ``*_flops`` functions are the hand formulas the FLOPs
+tests check the counter against (2 FLOPs per multiply-accumulate).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over (B, N, D) tokens with an optional additive bias or key mask."""
+
+    def __init__(self, *, dim: int, num_heads: int) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"num_heads={num_heads} must divide dim={dim}")
+        self.num_heads = num_heads
+        self.scale = (dim // num_heads) ** -0.5
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.last_attn: torch.Tensor | None = None  # (B, heads, N, N) softmax weights of the last call
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        *,
+        bias: torch.Tensor | None = None,
+        key_mask: torch.Tensor | None = None,
+        keep_attn: bool = False,
+    ) -> torch.Tensor:
+        B, N, D = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)
+        logits = (q * self.scale) @ k.transpose(-2, -1)  # (B, h, N, N)
+        if bias is not None:
+            logits = logits + bias
+        if key_mask is not None:  # (B, N) True = real token
+            logits = logits.masked_fill(~key_mask[:, None, None, :], float("-inf"))
+        attn = logits.softmax(dim=-1)
+        self.last_attn = attn if keep_attn else None
+        out = (attn @ v).transpose(1, 2).reshape(B, N, D)
+        return self.proj(out)
+
+
+class Mlp(nn.Module):
+    """Two-layer GELU MLP with hidden width ``dim * mlp_ratio``."""
+
+    def __init__(self, *, dim: int, mlp_ratio: float) -> None:
+        super().__init__()
+        hidden = int(dim * mlp_ratio)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, *, dim: int, num_heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim=dim, num_heads=num_heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim=dim, mlp_ratio=mlp_ratio)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        *,
+        bias: torch.Tensor | None = None,
+        key_mask: torch.Tensor | None = None,
+        keep_attn: bool = False,
+    ) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), bias=bias, key_mask=key_mask, keep_attn=keep_attn)
+        return x + self.mlp(self.norm2(x))
+
+
+class ClassifierHead(nn.Module):
+    """LayerNorm then a linear layer to class logits."""
+
+    def __init__(self, *, dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.fc = nn.Linear(dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.norm(x))
+
+
+def linear_flops(n_tokens: float, d_in: int, d_out: int) -> float:
+    """FLOPs of a linear layer applied to ``n_tokens`` vectors."""
+    return 2.0 * n_tokens * d_in * d_out
+
+
+def attention_flops(n_queries: float, n_keys: float, dim: int) -> float:
+    """FLOPs of one self-attention layer: qkv and output projections plus QK^T and AV."""
+    projections = linear_flops(n_queries, dim, 3 * dim) + linear_flops(n_queries, dim, dim)
+    pairs = 2.0 * 2.0 * n_queries * n_keys * dim  # QK^T and attn @ V, summed over heads
+    return projections + pairs
+
+
+def mlp_flops(n_tokens: float, dim: int, mlp_ratio: float) -> float:
+    hidden = int(dim * mlp_ratio)
+    return linear_flops(n_tokens, dim, hidden) + linear_flops(n_tokens, hidden, dim)
+
+
+def block_flops(n_tokens: float, dim: int, mlp_ratio: float) -> float:
+    """FLOPs of one ``TransformerBlock`` over ``n_tokens`` tokens with full attention."""
+    return attention_flops(n_tokens, n_tokens, dim) + mlp_flops(n_tokens, dim, mlp_ratio)
+
+
+def conv2d_flops(h_out: int, w_out: int, c_in: int, c_out: int, kernel: int, groups: int = 1) -> float:
+    """FLOPs of a 2-D convolution producing an (h_out, w_out) map."""
+    return 2.0 * h_out * w_out * c_out * (c_in // groups) * kernel * kernel
