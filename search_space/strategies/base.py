@@ -86,6 +86,15 @@ class SparseModel(nn.Module, ABC):
         """Extra training loss for the selector, from state cached by the last training forward."""
         return logits.new_zeros(())
 
+    def analytic_flops(self, images: torch.Tensor) -> float | None:
+        """Hand-formula FLOPs per image (mean over the batch) at the current k, or None.
+
+        Models whose k varies per image (learned rules) must implement it: a counter sees the
+        padded batch, while the objective counts only the query-key pairs an image really needs.
+        Tests check it against FlopCounterMode wherever k is fixed.
+        """
+        return None
+
     # k: the number of pixels / patches / regions kept. Dense models have none.
     def k_bounds(self) -> tuple[int, int] | None:
         """(lowest, highest) k this model accepts, or None when it has no k."""
