@@ -1,0 +1,104 @@
+"""SearchSpace -> Optuna define-by-run sampling, and the seeded sampler the space asks for.
+
+Parameter names seen by Optuna: ``strategy``; shared model keys and training keys by their own
+name (one distribution across strategies, so samplers learn across them); keys from a strategy's
+own block as ``<strategy>.<key>`` (conditional: sampled only when that strategy is chosen).
+The returned config is flat and complete: the strategy's defaults, then k-rule defaults for
+sparse strategies, then every sampled or fixed value.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+
+from search_space.params import Param
+from search_space.spec import SearchSpace, StrategySpace
+from search_space.strategies import get_strategy
+
+
+def _suggest(trial: optuna.Trial, name: str, param: Param) -> Any:
+    if param.kind == "fixed":
+        return param.value
+    if param.kind == "choice":
+        if len(param.choices) == 1:
+            return param.choices[0]
+        return trial.suggest_categorical(name, list(param.choices))
+    if param.kind == "int":
+        return trial.suggest_int(name, int(param.low), int(param.high), step=param.step or 1)
+    return trial.suggest_float(name, float(param.low), float(param.high), log=param.kind == "log")
+
+
+def _strategy_space(space: SearchSpace, name: str) -> StrategySpace:
+    for strategy in space.model.strategies:
+        if strategy.name == name:
+            return strategy
+    raise KeyError(name)
+
+
+def _ordered_keys(params: dict[str, Param]) -> list[str]:
+    """num_heads before embed_dim, so embed_dim can be rounded to a multiple of it."""
+    keys = list(params)
+    if "num_heads" in keys and "embed_dim" in keys:
+        keys.remove("num_heads")
+        keys.insert(keys.index("embed_dim"), "num_heads")
+    return keys
+
+
+def suggest_config(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
+    """Sample one flat, JSON-serialisable config (define-by-run; call once per trial)."""
+    names = space.model.strategy_names
+    strategy = names[0] if len(names) == 1 else trial.suggest_categorical("strategy", names)
+    chosen = _strategy_space(space, strategy)
+    info = get_strategy(strategy)
+
+    config: dict[str, Any] = {"strategy": strategy, **info.defaults}
+    if info.uses_k_rule:
+        from search_space.k_rules import K_RULE_DEFAULTS
+
+        config.update(K_RULE_DEFAULTS)
+    params = dict(chosen.params)
+    for key in _ordered_keys(params):
+        optuna_name = f"{strategy}.{key}" if key in chosen.own else key
+        config[key] = _suggest(trial, optuna_name, params[key])
+    if "embed_dim" in config and "num_heads" in config and config["embed_dim"] % config["num_heads"]:
+        # Only reachable with an int range for embed_dim; lists are checked when the file loads.
+        heads = config["num_heads"]
+        config["embed_dim"] = max(heads, round(config["embed_dim"] / heads) * heads)
+    for key, param in space.training.items():
+        config[key] = _suggest(trial, key, param)
+    return config
+
+
+def sample_configs(space: SearchSpace, n: int, *, seed: int | None = None) -> list[dict[str, Any]]:
+    """Draw ``n`` configs with the space's sampler without training (for --dry-run and tests)."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        directions=space.directions,
+        sampler=make_sampler(space, seed=seed),
+    )
+    configs = []
+    for _ in range(n):
+        trial = study.ask()
+        configs.append(suggest_config(trial, space))
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    return configs
+
+
+def make_sampler(space: SearchSpace, *, seed: int | None = None) -> optuna.samplers.BaseSampler:
+    """The sampler named in the space, seeded (``seed`` overrides the space's sampler seed).
+
+    Samplers are always pinned explicitly: Optuna's defaults change between major versions.
+    """
+    settings = space.search
+    seed = settings.sampler_seed if seed is None else seed
+    options = dict(settings.sampler_options)
+    factories = {
+        "tpe": optuna.samplers.TPESampler,
+        "nsga2": optuna.samplers.NSGAIISampler,
+        "nsga3": optuna.samplers.NSGAIIISampler,
+        "gp": optuna.samplers.GPSampler,
+        "random": optuna.samplers.RandomSampler,
+    }
+    return factories[settings.sampler](seed=seed, **options)

@@ -1,0 +1,563 @@
+"""YAML space file -> validated, frozen ``SearchSpace``.
+
+Everything a user can get wrong in a space file is caught here, once, with one message naming the
+file, the key path and what was expected (``cells.yaml: space.strategy.sparse_topk.k_fraction:
+expected [low, high] with 0 < low < high <= 1, got [0.5, 0.1]``). Unknown keys are errors with the
+nearest valid name, so a typo never silently drops a setting. The sections and their defaults are
+documented in README.md ("The space file").
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from search_space.errors import SpecError
+from search_space.params import Param, ParamFormError, check_against, parse_param
+from search_space.strategies import ParamSpec, get_strategy, strategy_names
+
+DIRECTIONS = {"maximize": "maximize", "max": "maximize", "minimize": "minimize", "min": "minimize"}
+SAMPLERS = ("tpe", "nsga2", "nsga3", "gp", "random")
+BACKENDS = ("ray", "optuna")
+SOURCES = ("synthetic", "npz", "folder")
+MODALITIES = ("brightfield", "opd", "event")
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+#: Training settings every trial reads; any of them may be a searched parameter.
+TRAINING_PARAMS: dict[str, ParamSpec] = {
+    "epochs": ParamSpec("int", low=1, high=1000, doc="passes over the training split"),
+    "batch_size": ParamSpec("int", low=1, high=4096, doc="images per optimiser step"),
+    "lr": ParamSpec("float", low=0, high=1, low_open=True, doc="AdamW peak learning rate"),
+    "weight_decay": ParamSpec("float", low=0, high=1, doc="AdamW decoupled weight decay"),
+    "warmup_epochs": ParamSpec("float", low=0, high=100, doc="linear warm-up before the cosine decay"),
+    "label_smoothing": ParamSpec("float", low=0, high=1, high_open=True, doc="cross-entropy label smoothing"),
+}
+TRAINING_DEFAULTS: dict[str, Any] = {
+    "epochs": 6,
+    "batch_size": 64,
+    "lr": 2e-3,
+    "weight_decay": 0.05,
+    "warmup_epochs": 1.0,
+    "label_smoothing": 0.0,
+}
+
+_SECTIONS = ("name", "seed", "data", "objectives", "constraints", "training", "search", "space")
+_REQUIRED = ("objectives", "space")
+_DATA_KEYS = ("source", "path", "modality", "image_size", "train", "val", "test", "difficulty", "augment", "class_names")
+_CONSTRAINT_KEYS = ("max_flops", "max_params", "max_latency_ms")
+_SEARCH_KEYS = ("trials", "sampler", "backend", "max_concurrent", "resources", "reference_point", "timeout_s")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Where the images come from and how they are shaped."""
+
+    source: str = "synthetic"
+    path: str | None = None
+    modality: str = "brightfield"
+    image_size: int = 32
+    train: int | None = 2000
+    val: int | None = 500
+    test: int | None = 500
+    difficulty: float = 0.5
+    augment: bool = True
+    class_names: tuple[str, ...] | None = None
+
+    def loader_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``runner.data.load_dataset`` (all but ``seed``)."""
+        return {
+            "source": self.source,
+            "path": self.path,
+            "modality": self.modality,
+            "image_size": self.image_size,
+            "train": self.train,
+            "val": self.val,
+            "test": self.test,
+            "difficulty": self.difficulty,
+            "class_names": list(self.class_names) if self.class_names else None,
+        }
+
+
+@dataclass(frozen=True)
+class ObjectiveSpec:
+    name: str
+    direction: str  # "maximize" | "minimize"
+
+
+@dataclass(frozen=True)
+class Constraints:
+    max_flops: float | None = None
+    max_params: float | None = None
+    max_latency_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    trials: int = 20
+    sampler: str = "tpe"
+    sampler_seed: int | None = None
+    sampler_options: Mapping[str, Any] = field(default_factory=dict)
+    backend: str = "ray"
+    max_concurrent: int = 2
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    reference_point: Mapping[str, float] | None = None
+    timeout_s: float | None = None
+
+
+@dataclass(frozen=True)
+class StrategySpace:
+    """The searched and fixed parameters of one strategy (shared values already merged in)."""
+
+    name: str
+    params: Mapping[str, Param]
+    own: tuple[str, ...] = ()  # keys set in the strategy's own block (they override shared ones)
+
+
+@dataclass(frozen=True)
+class ModelSpace:
+    strategies: tuple[StrategySpace, ...]
+    shared: Mapping[str, Param]
+
+    @property
+    def strategy_names(self) -> list[str]:
+        return [s.name for s in self.strategies]
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """A validated space file. Build with :func:`load_space`; never mutate (use ``with_overrides``)."""
+
+    name: str
+    seed: int
+    path: Path
+    data: DataSpec
+    objectives: tuple[ObjectiveSpec, ...]
+    constraints: Constraints
+    training: Mapping[str, Param]
+    search: SearchSettings
+    model: ModelSpace
+
+    @property
+    def objective_names(self) -> list[str]:
+        return [o.name for o in self.objectives]
+
+    @property
+    def directions(self) -> list[str]:
+        return [o.direction for o in self.objectives]
+
+    def with_overrides(
+        self,
+        *,
+        trials: int | None = None,
+        backend: str | None = None,
+        seed: int | None = None,
+        max_concurrent: int | None = None,
+        cpus_per_trial: float | None = None,
+        gpus_per_trial: float | None = None,
+    ) -> SearchSpace:
+        """A copy with command-line overrides applied (``None`` keeps the file's value).
+
+        A new ``seed`` also reseeds the sampler, so one flag fixes the whole run.
+        """
+        changes: dict[str, Any] = {}
+        for key, value in {
+            "trials": trials,
+            "backend": backend,
+            "max_concurrent": max_concurrent,
+            "cpus_per_trial": cpus_per_trial,
+            "gpus_per_trial": gpus_per_trial,
+        }.items():
+            if value is not None:
+                changes[key] = value
+        if seed is not None:
+            changes["sampler_seed"] = seed
+        search = replace(self.search, **changes)
+        _check_search_settings(search, str(self.path))
+        return replace(self, search=search, seed=self.seed if seed is None else seed)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved space as plain data; ``load_space`` of its YAML gives an equal space."""
+        data = {k: v for k, v in self.data.loader_kwargs().items()}
+        data["augment"] = self.data.augment
+        strategies: dict[str, Any] = {}
+        for strategy in self.model.strategies:
+            strategies[strategy.name] = {k: strategy.params[k].to_yaml() for k in strategy.own}
+        search = self.search
+        return {
+            "name": self.name,
+            "seed": self.seed,
+            "data": data,
+            "objectives": {o.name: o.direction for o in self.objectives},
+            "constraints": {k: getattr(self.constraints, k) for k in _CONSTRAINT_KEYS},
+            "training": {k: p.to_yaml() for k, p in self.training.items()},
+            "search": {
+                "trials": search.trials,
+                "sampler": {"name": search.sampler, "seed": search.sampler_seed, "options": dict(search.sampler_options)},
+                "backend": search.backend,
+                "max_concurrent": search.max_concurrent,
+                "resources": {"cpu": search.cpus_per_trial, "gpu": search.gpus_per_trial},
+                "reference_point": dict(search.reference_point) if search.reference_point else None,
+                "timeout_s": search.timeout_s,
+            },
+            "space": {
+                "shared": {k: p.to_yaml() for k, p in self.model.shared.items()},
+                "strategy": strategies,
+            },
+        }
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys (PyYAML keeps the last one silently)."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    mapping: dict[Any, Any] = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in mapping:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        mapping[key] = loader.construct_object(value_node, deep=deep)
+    return mapping
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+class _Where:
+    """Builds messages 'file: key.path: problem'."""
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+
+    def fail(self, key_path: str, problem: str) -> SpecError:
+        return SpecError(f"{self.file}: {key_path}: {problem}" if key_path else f"{self.file}: {problem}")
+
+
+def _nearest(name: str, valid: list[str]) -> str:
+    match = difflib.get_close_matches(str(name), valid, n=1, cutoff=0.5)
+    return f"; did you mean {match[0]!r}?" if match else f"; valid: {', '.join(valid)}"
+
+
+def _check_keys(where: _Where, path: str, mapping: Mapping[str, Any], valid: list[str] | tuple[str, ...]) -> None:
+    for key in mapping:
+        if key not in valid:
+            label = f"{path}.{key}" if path else str(key)
+            raise where.fail(label, f"unknown key {key!r}{_nearest(key, list(valid))}")
+
+
+def _mapping(where: _Where, path: str, value: Any, *, allow_none: bool = True) -> dict[str, Any]:
+    if value is None and allow_none:
+        return {}
+    if not isinstance(value, dict):
+        raise where.fail(path, f"expected a mapping of keys to values, got {type(value).__name__} {value!r}")
+    for key in value:
+        if not isinstance(key, str):
+            raise where.fail(path, f"expected string keys, got {key!r}")
+    return value
+
+
+def _number(where: _Where, path: str, value: Any, *, integer: bool = False, low: float | None = None,
+            allow_none: bool = False, low_open: bool = False) -> Any:
+    if value is None and allow_none:
+        return None
+    kind = "an integer" if integer else "a number"
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok and integer:
+        ok = float(value).is_integer()
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if not ok:
+        bound = f" {'>' if low_open else '>='} {low:g}" if low is not None else ""
+        raise where.fail(path, f"expected {kind}{bound}{' or null' if allow_none else ''}, got {value!r}")
+    return int(value) if integer else float(value)
+
+
+def _choice(where: _Where, path: str, value: Any, valid: tuple[str, ...], what: str) -> str:
+    if not isinstance(value, str) or value not in valid:
+        hint = _nearest(value, list(valid)) if isinstance(value, str) else f"; valid: {', '.join(valid)}"
+        raise where.fail(path, f"unknown {what} {value!r}{hint}")
+    return value
+
+
+def _param(where: _Where, path: str, raw: Any, spec: ParamSpec) -> Param:
+    try:
+        param = parse_param(raw, spec)
+    except ParamFormError as err:
+        raise where.fail(path, str(err)) from None
+    problem = check_against(param, spec)
+    if problem:
+        raise where.fail(path, problem)
+    return param
+
+
+def _read_yaml(path: Path) -> Any:
+    where = _Where(str(path))
+    if not path.exists():
+        raise SpecError(f"{path}: no such space file")
+    if path.is_dir():
+        raise SpecError(f"{path}: is a directory, expected a YAML space file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise where.fail("", "not a text file; expected a YAML space file") from None
+    except OSError as err:
+        raise where.fail("", f"cannot be read ({err.strerror})") from None
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.constructor.ConstructorError as err:
+        mark = f" (line {err.problem_mark.line + 1})" if err.problem_mark else ""
+        if "duplicate key" in str(err.problem):
+            raise where.fail("", f"{err.problem}{mark}") from None
+        raise where.fail("", f"tags that construct Python objects are not allowed{mark}: {err.problem}") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where_text = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise where.fail("", f"not valid YAML{where_text}: {problem}") from None
+
+
+def load_space(path: str | os.PathLike[str]) -> SearchSpace:
+    """Read and validate a space file; raise ``SpecError`` naming the file and key on any mistake."""
+    path = Path(path)
+    raw = _read_yaml(path)
+    return parse_space(raw, source=path)
+
+
+def parse_space(raw: Any, *, source: Path) -> SearchSpace:
+    """Validate already-parsed YAML data (``source`` is used in messages and kept as ``path``)."""
+    where = _Where(str(source))
+    if raw is None:
+        raise where.fail("", "the file is empty; expected a mapping with at least 'objectives' and 'space'")
+    if not isinstance(raw, dict):
+        raise where.fail("", f"expected a mapping of sections at the top level, got {type(raw).__name__}")
+    _check_keys(where, "", raw, _SECTIONS)
+    for section in _REQUIRED:
+        if section not in raw:
+            raise where.fail(section, "missing section (required)")
+
+    name = raw.get("name", source.stem)
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        raise where.fail("name", f"expected 1-64 letters, digits, '_', '.' or '-' (it names the run directory), got {name!r}")
+    seed = _number(where, "seed", raw.get("seed", 0), integer=True, low=0)
+
+    data = _parse_data(where, _mapping(where, "data", raw.get("data")))
+    objectives = _parse_objectives(where, raw.get("objectives"))
+    constraints = _parse_constraints(where, _mapping(where, "constraints", raw.get("constraints")))
+    training = _parse_training(where, _mapping(where, "training", raw.get("training")))
+    search = _parse_search(where, _mapping(where, "search", raw.get("search")), objectives, seed)
+    model = _parse_model(where, _mapping(where, "space", raw.get("space"), allow_none=False))
+    return SearchSpace(name, seed, source, data, objectives, constraints, training, search, model)
+
+
+def _parse_data(where: _Where, raw: dict[str, Any]) -> DataSpec:
+    _check_keys(where, "data", raw, _DATA_KEYS)
+    source = _choice(where, "data.source", raw.get("source", "synthetic"), SOURCES, "data source")
+    path = raw.get("path")
+    if source == "synthetic":
+        if path is not None:
+            raise where.fail("data.path", "a synthetic source takes no path; set source: npz or folder to read files")
+    else:
+        if not isinstance(path, str) or not path.strip():
+            raise where.fail("data.path", f"expected a file or folder path for source {source!r}, got {path!r}")
+        expanded = os.path.expandvars(os.path.expanduser(path))
+        if "$" in expanded:
+            raise where.fail("data.path", f"environment variable in {path!r} is not set")
+        path = expanded
+    modality = _choice(where, "data.modality", raw.get("modality", "brightfield"), MODALITIES, "modality")
+    image_size = _number(where, "data.image_size", raw.get("image_size", 32), integer=True, low=16)
+    if image_size > 128:
+        raise where.fail("data.image_size", f"expected an integer from 16 to 128, got {image_size}")
+    sizes: dict[str, int | None] = {}
+    defaults = DataSpec()
+    for split in ("train", "val", "test"):
+        value = raw.get(split, getattr(defaults, split) if source == "synthetic" else None)
+        sizes[split] = _number(where, f"data.{split}", value, integer=True, low=1, allow_none=source != "synthetic")
+    difficulty = _number(where, "data.difficulty", raw.get("difficulty", 0.5), low=0)
+    if difficulty > 1:
+        raise where.fail("data.difficulty", f"expected a number from 0 to 1, got {difficulty}")
+    augment = raw.get("augment", True)
+    if not isinstance(augment, bool):
+        raise where.fail("data.augment", f"expected true or false, got {augment!r}")
+    class_names = raw.get("class_names")
+    if class_names is not None:
+        if not isinstance(class_names, list) or not class_names or not all(isinstance(c, str) for c in class_names):
+            raise where.fail("data.class_names", f"expected a non-empty list of strings, got {class_names!r}")
+        class_names = tuple(class_names)
+    return DataSpec(source, path, modality, image_size, sizes["train"], sizes["val"], sizes["test"],
+                    difficulty, augment, class_names)
+
+
+def _objective_names() -> list[str]:
+    from objectives import objective_names
+
+    return list(objective_names())
+
+
+def _parse_objectives(where: _Where, raw: Any) -> tuple[ObjectiveSpec, ...]:
+    if isinstance(raw, list):
+        raise where.fail("objectives", "expected a mapping of objective to direction, e.g. {accuracy: maximize, flops: minimize}")
+    raw = _mapping(where, "objectives", raw, allow_none=False)
+    valid = _objective_names()
+    result = []
+    for name, direction in raw.items():
+        if name not in valid:
+            raise where.fail(f"objectives.{name}", f"unknown objective {name!r}{_nearest(name, valid)}")
+        if direction not in DIRECTIONS:
+            raise where.fail(f"objectives.{name}", f"expected maximize or minimize, got {direction!r}")
+        result.append(ObjectiveSpec(name, DIRECTIONS[direction]))
+    if len(result) < 2:
+        raise where.fail("objectives", f"expected at least two objectives (e.g. accuracy and flops), got {len(result)}")
+    if "accuracy" not in raw:
+        raise where.fail("objectives", "expected 'accuracy' among the objectives")
+    return tuple(result)
+
+
+def _parse_constraints(where: _Where, raw: dict[str, Any]) -> Constraints:
+    _check_keys(where, "constraints", raw, _CONSTRAINT_KEYS)
+    values = {k: _number(where, f"constraints.{k}", raw.get(k), low=0, low_open=True, allow_none=True)
+              for k in _CONSTRAINT_KEYS}
+    return Constraints(**values)
+
+
+def _parse_training(where: _Where, raw: dict[str, Any]) -> dict[str, Param]:
+    _check_keys(where, "training", raw, list(TRAINING_PARAMS))
+    merged = {**TRAINING_DEFAULTS, **raw}
+    return {k: _param(where, f"training.{k}", v, TRAINING_PARAMS[k]) for k, v in merged.items()}
+
+
+def _sampler_option_names(sampler: str) -> list[str]:
+    import inspect
+
+    import optuna
+
+    cls = {
+        "tpe": optuna.samplers.TPESampler,
+        "nsga2": optuna.samplers.NSGAIISampler,
+        "nsga3": optuna.samplers.NSGAIIISampler,
+        "gp": optuna.samplers.GPSampler,
+        "random": optuna.samplers.RandomSampler,
+    }[sampler]
+    params = inspect.signature(cls.__init__).parameters
+    return [p for p in params if p not in ("self", "seed")]
+
+
+def _parse_search(where: _Where, raw: dict[str, Any], objectives: tuple[ObjectiveSpec, ...], seed: int) -> SearchSettings:
+    _check_keys(where, "search", raw, _SEARCH_KEYS)
+    trials = _number(where, "search.trials", raw.get("trials", 20), integer=True, low=1)
+    sampler_raw = raw.get("sampler", "tpe")
+    if isinstance(sampler_raw, str):
+        sampler_raw = {"name": sampler_raw}
+    sampler_raw = _mapping(where, "search.sampler", sampler_raw, allow_none=False)
+    _check_keys(where, "search.sampler", sampler_raw, ("name", "seed", "options"))
+    sampler = _choice(where, "search.sampler.name", sampler_raw.get("name", "tpe"), SAMPLERS, "sampler")
+    sampler_seed = _number(where, "search.sampler.seed", sampler_raw.get("seed", seed), integer=True, low=0, allow_none=True)
+    options = _mapping(where, "search.sampler.options", sampler_raw.get("options"))
+    valid_options = _sampler_option_names(sampler)
+    _check_keys(where, "search.sampler.options", options, valid_options)
+    backend = _choice(where, "search.backend", raw.get("backend", "ray"), BACKENDS, "backend")
+    max_concurrent = _number(where, "search.max_concurrent", raw.get("max_concurrent", 2), integer=True, low=1)
+    resources = _mapping(where, "search.resources", raw.get("resources"))
+    _check_keys(where, "search.resources", resources, ("cpu", "gpu"))
+    cpus = _number(where, "search.resources.cpu", resources.get("cpu", 1), low=0, low_open=True)
+    gpus = _number(where, "search.resources.gpu", resources.get("gpu", 0), low=0)
+    reference = raw.get("reference_point")
+    if reference is not None:
+        reference = _mapping(where, "search.reference_point", reference)
+        names = [o.name for o in objectives]
+        _check_keys(where, "search.reference_point", reference, names)
+        missing = [n for n in names if n not in reference]
+        if missing:
+            raise where.fail("search.reference_point", f"expected a value for every objective, missing {missing}")
+        reference = {n: _number(where, f"search.reference_point.{n}", reference[n]) for n in names}
+    timeout = _number(where, "search.timeout_s", raw.get("timeout_s"), low=0, low_open=True, allow_none=True)
+    settings = SearchSettings(trials, sampler, sampler_seed, dict(options), backend, max_concurrent, cpus, gpus,
+                              reference, timeout)
+    _check_search_settings(settings, where.file)
+    return settings
+
+
+def _check_search_settings(settings: SearchSettings, file: str) -> None:
+    where = _Where(file)
+    if settings.gpus_per_trial > 1 and not float(settings.gpus_per_trial).is_integer():
+        raise where.fail("search.resources.gpu", f"expected a fraction up to 1 or a whole number, got {settings.gpus_per_trial}")
+    if settings.backend == "optuna" and settings.max_concurrent > 1 and settings.gpus_per_trial:
+        raise where.fail("search.backend", "the optuna backend runs one trial at a time; use backend: ray for GPU packing")
+
+
+def _parse_model(where: _Where, raw: dict[str, Any]) -> ModelSpace:
+    _check_keys(where, "space", raw, ("strategy", "shared"))
+    if "strategy" not in raw:
+        raise where.fail("space.strategy", "missing: list the strategies to search, e.g. {sparse_topk: {}, dense_cnn: {}}")
+    blocks = raw["strategy"]
+    if isinstance(blocks, str):
+        blocks = {blocks: None}
+    if isinstance(blocks, list):
+        if not all(isinstance(b, str) for b in blocks):
+            raise where.fail("space.strategy", f"expected strategy names, got {blocks!r}")
+        blocks = {b: None for b in blocks}
+    blocks = _mapping(where, "space.strategy", blocks, allow_none=False)
+    if not blocks:
+        raise where.fail("space.strategy", f"expected at least one strategy; valid: {', '.join(strategy_names())}")
+    valid_names = strategy_names()
+    for name in blocks:
+        if name not in valid_names:
+            raise where.fail(f"space.strategy.{name}", f"unknown strategy {name!r}{_nearest(name, valid_names)}")
+
+    from search_space.k_rules import K_RULE_PARAMS
+
+    def accepted(name: str) -> dict[str, ParamSpec]:
+        info = get_strategy(name)
+        return {**info.params, **(K_RULE_PARAMS if info.uses_k_rule else {})}
+
+    shared_raw = _mapping(where, "space.shared", raw.get("shared"))
+    shared: dict[str, Param] = {}
+    for key, value in shared_raw.items():
+        users = [n for n in blocks if key in accepted(n)]
+        if not users:
+            every = sorted({k for n in blocks for k in accepted(n)})
+            raise where.fail(f"space.shared.{key}", f"no chosen strategy takes {key!r}{_nearest(key, every)}")
+        shared[key] = _param(where, f"space.shared.{key}", value, accepted(users[0])[key])
+
+    strategies = []
+    for name, block in blocks.items():
+        path = f"space.strategy.{name}"
+        block = _mapping(where, path, block)
+        valid = accepted(name)
+        _check_keys(where, path, block, list(valid))
+        params = {k: p for k, p in shared.items() if k in valid}
+        for key, value in block.items():
+            params[key] = _param(where, f"{path}.{key}", value, valid[key])
+        _check_heads_divide(where, path, params)
+        strategies.append(StrategySpace(name, params, tuple(block)))
+    return ModelSpace(tuple(strategies), shared)
+
+
+def _check_heads_divide(where: _Where, path: str, params: Mapping[str, Param]) -> None:
+    """Every listed num_heads must divide every listed embed_dim; ranges are rounded at sampling."""
+    dim, heads = params.get("embed_dim"), params.get("num_heads")
+    if dim is None or heads is None or dim.kind not in ("fixed", "choice") or heads.kind not in ("fixed", "choice"):
+        return
+    for d in dim.values_at_bounds():
+        for h in heads.values_at_bounds():
+            if d % h:
+                raise where.fail(
+                    f"{path}.num_heads",
+                    f"expected every num_heads to divide every embed_dim, but {h} does not divide {d}",
+                )
