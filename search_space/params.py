@@ -135,7 +135,8 @@ def check_against(param: Param, spec: ParamSpec) -> str | None:
         problem = spec.check(value)
         if problem:
             if param.kind in RANGE_KINDS:
-                return f"expected [low, high] with {range_rule(spec, log=param.kind == 'log')}, got [{param.low:g}, {param.high:g}]"
+                rule = range_rule(spec, log=param.kind == "log")
+                return f"expected [low, high] with {rule}, got [{param.low:g}, {param.high:g}]"
             if param.kind == "choice":
                 return f"expected every choice to be {problem}, got {value!r} in {list(param.choices)!r}"
             return f"expected {problem}, got {value!r}"
