@@ -1,0 +1,378 @@
+"""``sparse_topk``: SparseAttnNet (arXiv 2505.07661), top-k pixels as tokens for a small transformer.
+
+A coarse CNN scores every pixel (sigmoid map); the k best pixels are embedded from their value(s)
+and (x, y) position "like words", a CLS token is added, and transformer blocks classify from it.
+The coarse map cannot learn from the hard top-k, so it is distilled from the fine attention: the
+last block's CLS-to-token attention (stop-gradient, over the kept pixels) is its target, and
+randomly sampled unselected pixels are pushed toward 0 ("negatives") so the map learns there too.
+Optional: random exploration slots while training, and straight-through gating so the
+classification loss also reaches the selector.
+
+k is set by a k-adaptation rule. Rules that change k between epochs (fixed, loss_trend, schedule)
+call ``set_k``. Per-image rules (``top_p``, ``ratio``) keep the static top-``k`` candidates and
+mask out, per image, the ones past that image's count, so shapes stay static (export-friendly)
+while ``analytic_flops`` counts attention at each image's real count.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from search_space.strategies.base import ParamSpec, SparseModel, register_strategy
+from search_space.strategies.blocks import (
+    ClassifierHead,
+    TransformerBlock,
+    block_flops,
+    conv2d_flops,
+    linear_flops,
+)
+
+PER_IMAGE_RULES = ("ratio", "top_p")
+RATIO_LOSS_WEIGHT = 2.0  # DynamicViT's weight on the keep-ratio loss
+# Interim defaults of the k-rule keys this model reads (the k-rules module owns them).
+K_TOP_P_DEFAULT = 0.8
+K_TARGET_RATIO_DEFAULT = 0.3
+
+
+def _per_image_k(scores: torch.Tensor, *, rule: str, config: dict, k_max: int) -> torch.Tensor:
+    """(B, N) pixel scores in (0, 1) -> (B,) pixels each image keeps, clamped to [1, k_max].
+
+    ``top_p``: the fewest best pixels whose score sum reaches ``k_top_p`` of the image's total.
+    ``ratio``: the pixels whose learned keep decision is on (score > 0.5); the ratio loss steers
+    how many. Both keep a prefix of the score ranking. Interim copy of the k-rules module's
+    ``per_image_k``, same contract; the two are to be unified.
+    """
+    if rule == "top_p":
+        p = float(config.get("k_top_p", K_TOP_P_DEFAULT))
+        ranked = scores.sort(dim=-1, descending=True).values  # (B, N)
+        before = ranked.cumsum(dim=-1) - ranked  # score mass of the better-ranked pixels
+        count = (before < p * ranked.sum(dim=-1, keepdim=True)).sum(dim=-1)
+    elif rule == "ratio":
+        count = (scores > 0.5).sum(dim=-1)
+    else:
+        raise ValueError(f"k_rule {rule!r} has no per-image k; per-image rules: {list(PER_IMAGE_RULES)}")
+    return count.clamp(min=1, max=int(k_max)).long()
+
+
+def _ratio_loss(scores: torch.Tensor, target: float) -> torch.Tensor:
+    """DynamicViT's ratio loss on (B, N) keep scores: (mean score per image - target)^2, batch mean."""
+    return (scores.mean(dim=-1) - target).pow(2).mean()
+
+
+class CoarseSelector(nn.Module):
+    """Small CNN -> per-pixel logits (B, H*W); with ``stride`` > 1 it runs at reduced resolution and
+    the logits are upsampled bilinearly."""
+
+    def __init__(self, *, in_channels: int, channels: int, layers: int, stride: int) -> None:
+        super().__init__()
+        self.in_channels, self.channels, self.layers, self.stride = in_channels, channels, layers, stride
+        convs: list[nn.Module] = [nn.Conv2d(in_channels, channels, 3, stride=stride, padding=1), nn.ReLU()]
+        for _ in range(layers - 1):
+            convs += [nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU()]
+        convs.append(nn.Conv2d(channels, 1, 1))
+        self.net = nn.Sequential(*convs)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        H, W = images.shape[2:]
+        z = self.net(images)  # (B, 1, h, w)
+        if self.stride > 1:
+            z = F.interpolate(z, size=(H, W), mode="bilinear", align_corners=False)
+        return z.flatten(1)  # (B, H*W)
+
+    def flops(self, H: int, W: int) -> float:
+        h, w = (H - 1) // self.stride + 1, (W - 1) // self.stride + 1
+        flops = conv2d_flops(h, w, self.in_channels, self.channels, 3)
+        flops += (self.layers - 1) * conv2d_flops(h, w, self.channels, self.channels, 3)
+        return flops + conv2d_flops(h, w, self.channels, 1, 1)
+
+
+class MlpXYV(nn.Module):
+    """Shared two-layer MLP on [x, y, values] -> D (the paper's joint sparse point embedding)."""
+
+    def __init__(self, *, in_channels: int, dim: int) -> None:
+        super().__init__()
+        self.d_in, self.dim = in_channels + 2, dim
+        self.fc1 = nn.Linear(self.d_in, dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(dim, dim)
+
+    def forward(self, xy: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(torch.cat([xy, values], dim=-1))))  # (B, K, D)
+
+    def flops(self, n: float) -> float:
+        return linear_flops(n, self.d_in, self.dim) + linear_flops(n, self.dim, self.dim)
+
+
+class FourierXYV(nn.Module):
+    """Sine-cosine features of (x, y) at geometric frequencies up to the pixel Nyquist rate, with the
+    values, through one linear layer -> D."""
+
+    def __init__(self, *, in_channels: int, dim: int, image_size: int, bands: int = 8) -> None:
+        super().__init__()
+        freqs = math.pi * torch.logspace(0.0, math.log10(max(image_size / 2, 1.0)), bands)  # (bands,)
+        self.register_buffer("freqs", freqs, persistent=False)
+        self.d_in, self.dim = in_channels + 4 * bands, dim
+        self.fc = nn.Linear(self.d_in, dim)
+
+    def forward(self, xy: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        angles = (xy[..., None] * self.freqs).flatten(-2)  # (B, K, 2 * bands)
+        return self.fc(torch.cat([angles.sin(), angles.cos(), values], dim=-1))  # (B, K, D)
+
+    def flops(self, n: float) -> float:
+        return linear_flops(n, self.d_in, self.dim)
+
+
+class SparseTopK(SparseModel):
+    """Coarse CNN -> top-k pixels -> pixel tokens + CLS -> transformer blocks -> head on CLS."""
+
+    def __init__(
+        self,
+        *,
+        in_channels: int,
+        num_classes: int,
+        image_size: int,
+        coarse_channels: int,
+        coarse_layers: int,
+        coarse_stride: int,
+        k_fraction: float,
+        pixel_embedding: str,
+        embed_dim: int,
+        num_heads: int,
+        depth: int,
+        mlp_ratio: float,
+        distill_loss: str,
+        distill_weight: float,
+        negatives: int,
+        explore_fraction: float,
+        st_gating: bool,
+        k_rule: str = "fixed",
+        k_rule_config: dict | None = None,
+    ) -> None:
+        super().__init__()
+        if distill_loss not in ("kl", "bce"):
+            raise ValueError(f"distill_loss must be 'kl' or 'bce', got {distill_loss!r}")
+        self.num_classes, self.embed_dim, self.depth, self.mlp_ratio = num_classes, embed_dim, depth, mlp_ratio
+        self.num_pixels = image_size * image_size
+        self.distill_loss, self.distill_weight = distill_loss, distill_weight
+        self.negatives, self.explore_fraction, self.st_gating = negatives, explore_fraction, st_gating
+        self.k_rule, self.k_rule_config = k_rule, dict(k_rule_config or {})
+        self.per_image = k_rule in PER_IMAGE_RULES
+
+        self.selector = CoarseSelector(
+            in_channels=in_channels, channels=coarse_channels, layers=coarse_layers, stride=coarse_stride
+        )
+        if pixel_embedding == "mlp_xyv":
+            self.embed: MlpXYV | FourierXYV = MlpXYV(in_channels=in_channels, dim=embed_dim)
+        elif pixel_embedding == "fourier":
+            self.embed = FourierXYV(in_channels=in_channels, dim=embed_dim, image_size=image_size)
+        else:
+            raise ValueError(f"pixel_embedding must be 'mlp_xyv' or 'fourier', got {pixel_embedding!r}")
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        self.blocks = nn.ModuleList(
+            TransformerBlock(dim=embed_dim, num_heads=num_heads, mlp_ratio=mlp_ratio) for _ in range(depth)
+        )
+        self.head = ClassifierHead(dim=embed_dim, num_classes=num_classes)
+
+        low, high = self.k_bounds()
+        self._k = min(max(round(k_fraction * self.num_pixels), low), high)
+        self._last_counts: torch.Tensor | None = None  # (B,) kept per image, last non-export forward
+        self._cache: dict[str, torch.Tensor] = {}  # what the last training forward leaves for auxiliary_loss
+
+    # ----- k ---------------------------------------------------------------------------------------
+    def k_bounds(self) -> tuple[int, int]:
+        return max(4, math.ceil(0.01 * self.num_pixels)), self.num_pixels
+
+    @property
+    def k(self) -> float:
+        """The set k, or for per-image rules the mean kept per image on the last batch."""
+        if self.per_image and self._last_counts is not None:
+            return float(self._last_counts.float().mean())
+        return float(self._k)
+
+    def set_k(self, k: int) -> None:
+        low, high = self.k_bounds()
+        if not low <= k <= high:
+            raise ValueError(f"k must lie in [{low}, {high}] for {self.num_pixels} pixels, got {k}")
+        self._k = int(k)
+
+    # ----- selection -------------------------------------------------------------------------------
+    def _select(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Pick K = min(k, H*W) pixels per image: indices, logits there, and a validity mask for
+        per-image rules. Training adds exploration slots (last ones) from unselected pixels."""
+        B, _, H, W = images.shape
+        z = self.selector(images)  # (B, H*W) coarse logits
+        K = min(self._k, H * W)
+        idx = z.topk(K, dim=1).indices  # (B, K), sorted high to low
+        out = {"z": z, "idx": idx}
+        if self.per_image:  # each image keeps a prefix of its K ranked candidates
+            counts = _per_image_k(z.sigmoid(), rule=self.k_rule, config=self.k_rule_config, k_max=K)  # (B,)
+            out["counts"] = counts
+            out["valid"] = torch.arange(K, device=z.device)[None, :] < counts[:, None]  # (B, K)
+        n_explore = min(int(self.explore_fraction * K), H * W - K) if self.training else 0
+        if n_explore > 0:
+            noise = torch.rand_like(z).scatter(1, idx, -1.0)  # selected pixels can never win
+            idx = torch.cat([idx[:, : K - n_explore], noise.topk(n_explore, dim=1).indices], dim=1)
+            out["idx"] = idx
+            if self.per_image:  # exploration slots always take part
+                out["valid"] = out["valid"] | (torch.arange(K, device=z.device) >= K - n_explore)[None, :]
+        return out
+
+    def _tokens(self, images: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """(B, K) flat pixel indices -> (B, K, D) embedded pixel tokens."""
+        B, C, H, W = images.shape
+        values = images.flatten(2).gather(2, idx[:, None, :].expand(B, C, -1)).transpose(1, 2)  # (B, K, C)
+        ys = torch.div(idx, W, rounding_mode="floor")
+        xs = idx - ys * W
+        xy = torch.stack([xs / max(W - 1, 1), ys / max(H - 1, 1)], dim=-1) * 2 - 1  # (B, K, 2) in [-1, 1]
+        return self.embed(xy.to(images.dtype), values)
+
+    # ----- forward ---------------------------------------------------------------------------------
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        B = images.shape[0]
+        sel = self._select(images)
+        idx, valid = sel["idx"], sel.get("valid")
+        tokens = self._tokens(images, idx)  # (B, K, D)
+        if self.training and self.st_gating:  # value 1, gradient of the selector's scores
+            s = sel["z"].gather(1, idx).sigmoid()
+            tokens = tokens * (1 + s - s.detach())[..., None]
+        x = torch.cat([self.cls_token.expand(B, -1, -1), tokens], dim=1)  # (B, K + 1, D)
+        key_mask = None
+        if valid is not None:
+            key_mask = torch.cat([valid.new_ones(B, 1), valid], dim=1)  # (B, K + 1), CLS always real
+        for i, block in enumerate(self.blocks):
+            x = block(x, key_mask=key_mask, keep_attn=self.training and i == self.depth - 1)
+        logits = self.head(x[:, 0])  # (B, num_classes)
+
+        if not torch.compiler.is_exporting():
+            K = idx.shape[1]
+            self._last_counts = sel["counts"].detach() if self.per_image else idx.new_full((B,), K)
+            self._cache = {}
+            if self.training:
+                cls_attn = self.blocks[-1].attn.last_attn[:, :, 0, 1:].mean(dim=1)  # (B, K) over heads
+                self._cache = {"z": sel["z"], "idx": idx, "cls_attn": cls_attn}
+                if valid is not None:
+                    self._cache["valid"] = valid
+        return logits
+
+    # ----- auxiliary losses ------------------------------------------------------------------------
+    def auxiliary_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Coarse-map distillation from the fine CLS attention + negatives (+ ratio loss for ``ratio``)."""
+        if not self._cache:
+            return logits.new_zeros(())
+        z, idx, cls_attn = self._cache["z"], self._cache["idx"], self._cache["cls_attn"]
+        valid = self._cache.get("valid", torch.ones_like(idx, dtype=torch.bool))
+        target = cls_attn.detach() * valid  # (B, K) stop-gradient fine attention over kept pixels
+        target = target / target.sum(dim=1, keepdim=True).clamp_min(1e-12)
+        z_sel = z.gather(1, idx)  # (B, K) student logits at the same pixels
+        if self.distill_loss == "kl":
+            log_q = z_sel.masked_fill(~valid, -1e4).log_softmax(dim=1)
+            distill = (torch.xlogy(target, target) - target * log_q).sum(dim=1).mean()
+        else:
+            soft = target / target.amax(dim=1, keepdim=True).clamp_min(1e-12)
+            bce = F.binary_cross_entropy_with_logits(z_sel, soft, reduction="none")
+            distill = (bce * valid).sum() / valid.sum().clamp_min(1)
+        loss = distill
+        n_neg = min(self.negatives, z.shape[1] - idx.shape[1])
+        if n_neg > 0:
+            noise = torch.rand_like(z).scatter(1, idx, -1.0)  # (B, H*W), selected pixels excluded
+            neg = noise.topk(n_neg, dim=1).indices
+            loss = loss + F.softplus(z.gather(1, neg)).mean()  # BCE toward 0
+        loss = self.distill_weight * loss
+        if self.k_rule == "ratio":
+            target_ratio = float(self.k_rule_config.get("k_target_ratio", K_TARGET_RATIO_DEFAULT))
+            loss = loss + RATIO_LOSS_WEIGHT * _ratio_loss(z.sigmoid(), target_ratio)
+        return loss
+
+    # ----- reports and cost ------------------------------------------------------------------------
+    @torch.no_grad()
+    def _eval_selection(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        was_training = self.training
+        self.eval()
+        try:
+            return self._select(images)
+        finally:
+            self.train(was_training)
+
+    def used_map(self, images: torch.Tensor) -> torch.Tensor:
+        """1 at the pixels each image attends (eval selection), else 0."""
+        B, _, H, W = images.shape
+        sel = self._eval_selection(images)
+        weight = sel["valid"].to(images.dtype) if "valid" in sel else images.new_ones(sel["idx"].shape)
+        return images.new_zeros(B, H * W).scatter(1, sel["idx"], weight).reshape(B, H, W)
+
+    def analytic_flops(self, images: torch.Tensor) -> float:
+        """Mean per-image FLOPs: coarse CNN over every pixel, the embedding and blocks at each image's
+        kept count (+ CLS), and the head. Top-k, gathers, norms and activations are excluded."""
+        H, W = images.shape[2:]
+        sel = self._eval_selection(images)
+        n = sel["counts"] if "counts" in sel else sel["idx"].new_full((images.shape[0],), sel["idx"].shape[1])
+        n = n.double()  # (B,) kept pixels per image
+        per_image = self.embed.flops(n) + self.depth * block_flops(n + 1, self.embed_dim, self.mlp_ratio)
+        fixed = self.selector.flops(H, W) + linear_flops(1, self.embed_dim, self.num_classes)
+        return fixed + float(per_image.mean())
+
+
+@register_strategy(
+    "sparse_topk",
+    params={
+        "coarse_channels": ParamSpec("int", low=2, high=64, doc="channels of the coarse scoring CNN"),
+        "coarse_layers": ParamSpec("int", low=1, high=4, doc="3x3 conv layers of the coarse CNN"),
+        "coarse_stride": ParamSpec("choice", choices=(1, 2, 4), doc="coarse CNN resolution divisor (logits upsampled)"),
+        "k_fraction": ParamSpec("float", low=0.0, high=1.0, low_open=True, doc="initial k as a fraction of H*W"),
+        "pixel_embedding": ParamSpec("choice", choices=("mlp_xyv", "fourier"), doc="how (x, y, values) become a token"),
+        "embed_dim": ParamSpec("int", low=8, high=512, doc="token width D"),
+        "num_heads": ParamSpec("int", low=1, high=16, doc="attention heads; must divide embed_dim"),
+        "depth": ParamSpec("int", low=1, high=12, doc="transformer blocks"),
+        "mlp_ratio": ParamSpec("float", low=1.0, high=8.0, doc="MLP hidden width / embed_dim"),
+        "distill_loss": ParamSpec("choice", choices=("kl", "bce"), doc="form of the coarse-map distillation loss"),
+        "distill_weight": ParamSpec("float", low=0.0, high=10.0, doc="weight of distillation + negatives"),
+        "negatives": ParamSpec("int", low=0, high=4096, doc="unselected pixels per image pushed toward score 0"),
+        "explore_fraction": ParamSpec("float", low=0.0, high=0.5, doc="training-only share of k given to random pixels"),
+        "st_gating": ParamSpec("bool", doc="straight-through gate so the class loss reaches the selector"),
+    },
+    defaults={
+        "coarse_channels": 8,
+        "coarse_layers": 2,
+        "coarse_stride": 1,
+        "k_fraction": 0.1,
+        "pixel_embedding": "mlp_xyv",
+        "embed_dim": 64,
+        "num_heads": 4,
+        "depth": 2,
+        "mlp_ratio": 2.0,
+        "distill_loss": "kl",
+        "distill_weight": 1.0,
+        "negatives": 32,
+        "explore_fraction": 0.05,
+        "st_gating": True,
+    },
+    doc="SparseAttnNet: coarse CNN picks top-k pixels, a transformer classifies them as tokens.",
+)
+def build_sparse_topk(*, config: dict, in_channels: int, num_classes: int, image_size: int) -> SparseTopK:
+    """Registered factory: a ``SparseTopK`` from a completed config (reads the k-rule keys it needs)."""
+    return SparseTopK(
+        in_channels=in_channels,
+        num_classes=num_classes,
+        image_size=image_size,
+        coarse_channels=int(config["coarse_channels"]),
+        coarse_layers=int(config["coarse_layers"]),
+        coarse_stride=int(config["coarse_stride"]),
+        k_fraction=float(config["k_fraction"]),
+        pixel_embedding=str(config["pixel_embedding"]),
+        embed_dim=int(config["embed_dim"]),
+        num_heads=int(config["num_heads"]),
+        depth=int(config["depth"]),
+        mlp_ratio=float(config["mlp_ratio"]),
+        distill_loss=str(config["distill_loss"]),
+        distill_weight=float(config["distill_weight"]),
+        negatives=int(config["negatives"]),
+        explore_fraction=float(config["explore_fraction"]),
+        st_gating=bool(config["st_gating"]),
+        k_rule=str(config.get("k_rule", "fixed")),
+        k_rule_config={key: value for key, value in config.items() if key.startswith("k_")},
+    )
