@@ -1,1 +1,32 @@
-"""What a trial is measured by."""
+"""What a trial is measured by: accuracy, FLOPs, parameters, latency and peak memory.
+
+``get_objective(name)`` gives the name's direction, unit, label and measure function; the count
+and measure functions below are usable on their own. Importing this package pulls in torch only.
+"""
+
+from objectives.flops import count_flops, counted_flops
+from objectives.registry import (
+    DIRECTIONS,
+    Objective,
+    ObjectiveError,
+    get_objective,
+    measure_accuracy,
+    objective_names,
+    register_objective,
+)
+from objectives.resources import count_params, measure_latency_ms, measure_peak_memory_mb
+
+__all__ = [
+    "DIRECTIONS",
+    "Objective",
+    "ObjectiveError",
+    "count_flops",
+    "count_params",
+    "counted_flops",
+    "get_objective",
+    "measure_accuracy",
+    "measure_latency_ms",
+    "measure_peak_memory_mb",
+    "objective_names",
+    "register_objective",
+]
