@@ -13,6 +13,8 @@ from search_space.strategies.base import (
 # Each import below registers one strategy (kept in the order reports list them).
 # isort: off
 from search_space.strategies import sparse_topk  # noqa: F401
+from search_space.strategies import tnet_traversal  # noqa: F401
+from search_space.strategies import span_pyramid  # noqa: F401
 from search_space.strategies import dense_cnn  # noqa: F401
 from search_space.strategies import dense_vit  # noqa: F401
 # isort: on
