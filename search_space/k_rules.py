@@ -71,9 +71,7 @@ K_RULE_PARAMS: dict[str, ParamSpec] = {
     "k_min_fraction": ParamSpec("float", low=0.02, high=1.0, doc="loss_trend: lowest k as a fraction of the initial k"),
     "k_step": ParamSpec("float", low=0.01, high=0.5, doc="loss_trend: relative shrink per step (grow is 1.5x this)"),
     "k_patience": ParamSpec("int", low=1, high=10, doc="loss_trend: epochs in each loss window"),
-    "k_freeze_fraction": ParamSpec(
-        "float", low=0.0, high=0.9, doc="fraction of the epochs at the end during which k is frozen"
-    ),
+    "k_freeze_fraction": ParamSpec("float", low=0.0, high=0.9, doc="fraction of the epochs at the end that run at a frozen k"),
     "k_target_ratio": ParamSpec("float", low=0.05, high=0.9, doc="ratio: target mean keep fraction per image"),
     "k_top_p": ParamSpec("float", low=0.5, high=0.99, doc="top_p: cumulative score mass each image keeps"),
 }
