@@ -383,10 +383,7 @@ def _parse_data(where: _Where, raw: dict[str, Any]) -> DataSpec:
     else:
         if not isinstance(path, str) or not path.strip():
             raise where.fail("data.path", f"expected a file or folder path for source {source!r}, got {path!r}")
-        expanded = os.path.expandvars(os.path.expanduser(path))
-        if "$" in expanded:
-            raise where.fail("data.path", f"environment variable in {path!r} is not set")
-        path = expanded
+        path = _expand_path(where, path)
     modality = _choice(where, "data.modality", raw.get("modality", "brightfield"), MODALITIES, "modality")
     image_size = _number(where, "data.image_size", raw.get("image_size", 32), integer=True, low=16)
     if image_size > 128:
@@ -409,6 +406,24 @@ def _parse_data(where: _Where, raw: dict[str, Any]) -> DataSpec:
         class_names = tuple(class_names)
     return DataSpec(source, path, modality, image_size, sizes["train"], sizes["val"], sizes["test"],
                     difficulty, augment, class_names)
+
+
+_ENV_VAR = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}|\$(\w+)")
+
+
+def _expand_path(where: _Where, path: str) -> str:
+    """Expand ``~``, ``$VAR``, ``${VAR}`` and ``${VAR:-default}``; an unset variable without default is an error."""
+
+    def substitute(match: re.Match[str]) -> str:
+        name = match.group(1) or match.group(3)
+        value = os.environ.get(name)
+        if value:
+            return value
+        if match.group(2) is not None:
+            return match.group(2)
+        raise where.fail("data.path", f"environment variable ${name} in {path!r} is not set (or write ${{{name}:-default}})")
+
+    return os.path.expanduser(_ENV_VAR.sub(substitute, path))
 
 
 def _objective_names() -> list[str]:

@@ -178,3 +178,12 @@ def test_missing_and_binary_files(tmp_path):
         load_space(binary)
     with pytest.raises(SpecError, match="is a directory"):
         load_space(tmp_path)
+
+
+def test_env_var_default_and_unset(tmp_path, monkeypatch):
+    monkeypatch.delenv("CELLS_NPZ", raising=False)
+    data = mutated("data", {"source": "npz", "path": "${CELLS_NPZ:-cells/default.npz}"})
+    assert load_space(write(tmp_path, data)).data.path == "cells/default.npz"
+    data = mutated("data", {"source": "npz", "path": "$CELLS_NPZ/x.npz"})
+    with pytest.raises(SpecError, match=r"data\.path: environment variable \$CELLS_NPZ"):
+        load_space(write(tmp_path, data))
