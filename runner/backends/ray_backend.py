@@ -1,0 +1,220 @@
+"""The Ray Tune backend (the default): trials run in Ray worker processes, locally or on a cluster.
+
+The only module that imports Ray; ``runner.search`` imports it only when the ray backend is chosen.
+
+Wiring (Ray 2.60, Optuna 5.0): ``OptunaSearch`` with our define-by-run :class:`ConfigSampler`, the
+space's seeded sampler and the run's journal storage, behind a ``ConcurrencyLimiter``; metric and
+mode are set on the searcher only (Tune's own are single-metric). Two traps of ``OptunaSearch`` are
+closed by :class:`RunSearch`:
+
+* a NaN or missing objective makes ``study.tell`` raise, which ``OptunaSearch`` only logs, leaving
+  the trial RUNNING forever: here such a trial is told FAIL with the reason;
+* a trial stopped early (time budget, scheduler) is told COMPLETE on partial results: here it is
+  told PRUNED unless its final result (``final: True``) arrived.
+
+Trials report every objective each epoch (Tune checks every result for every metric) through
+``ray.tune.report`` (``ray.train.report`` raises inside Tune on 2.60). A trial that fails reports a
+final result with ``failed: True`` instead of raising, so its error lands in the journal.
+
+Resume does not use ``Tuner.restore``: after a hard kill Ray's experiment snapshot lags the journal
+(a trial the journal holds as COMPLETE may still be RUNNING in the snapshot and would run again).
+``runner.search`` instead fails the journal's unfinished trials and starts a new Tune session for
+the remaining trials on the same study; Ray keeps each session under ``ray/session-<k>/``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+import ray
+from ray import tune
+from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search.optuna import OptunaSearch
+
+from runner import rundir
+from runner.backends.common import (
+    PAYLOAD_KEY,
+    ConfigSampler,
+    TrialError,
+    TrialSettings,
+    describe_error,
+    execute,
+    objective_values,
+    trial_attrs,
+)
+from search_space.errors import UserError
+from search_space.spec import SearchSpace
+
+logger = logging.getLogger(__name__)
+
+CRASHED = "the trial process failed (out of memory or killed?); Ray's log is under the run's ray/ folder"
+
+
+# ---------------------------------------------------------------------------------------------
+# Connecting
+
+
+def check_address(address: str, *, timeout_s: float = 3.0) -> None:
+    """Fail fast with one line when a ``host:port`` cluster address does not answer.
+
+    ``ray.init`` itself may wait a minute before giving up on an unreachable head node.
+    """
+    if address == "auto":
+        return
+    target = address.split("://", 1)[-1]
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"--address {address}: expected host:port (e.g. 10.0.0.5:6379), 'auto' or ray://host:port")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            pass
+    except OSError as err:
+        raise UserError(f"--address {address}: no Ray cluster answers there ({err.strerror or err})") from None
+
+
+def connect(address: str | None) -> bool:
+    """Start a local Ray instance or join ``address``; return whether this call started Ray."""
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic reporter honours verbose=0
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR}
+    if address:
+        check_address(address)
+        try:
+            ray.init(address=address, **kwargs)
+        except (ConnectionError, RuntimeError, ValueError) as err:
+            raise UserError(f"--address {address}: cannot join the Ray cluster ({str(err).splitlines()[0]})") from None
+    else:
+        ray.init(num_cpus=os.cpu_count(), **kwargs)
+    return True
+
+
+def check_resources(space: SearchSpace) -> None:
+    """A trial asking for more than the whole cluster has would wait forever: say so instead."""
+    have = ray.cluster_resources()
+    cpus, gpus = space.search.cpus_per_trial, space.search.gpus_per_trial
+    if cpus > have.get("CPU", 0):
+        raise UserError(f"search.resources.cpu={cpus:g} per trial, but the Ray cluster has {have.get('CPU', 0):g} CPUs")
+    if gpus > have.get("GPU", 0):
+        raise UserError(f"search.resources.gpu={gpus:g} per trial, but the Ray cluster has {have.get('GPU', 0):g} GPUs")
+
+
+def disconnect() -> None:
+    ray.shutdown()
+
+
+# ---------------------------------------------------------------------------------------------
+# Trial side (Ray worker)
+
+
+def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in metrics.items() if v is None or isinstance(v, (bool, int, float, str))}
+
+
+def _trainable(config: dict[str, Any], settings: TrialSettings) -> None:
+    payload = config[PAYLOAD_KEY]
+    try:
+        metrics = execute(payload, settings, lambda row: tune.report(_scalars(row)))
+    except Exception as err:
+        directory = rundir.trial_dir(Path(settings.run_dir), int(payload["number"]))
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "error.txt").write_text("".join(traceback.format_exception(err)), encoding="utf-8")
+        nan = {name: math.nan for name in settings.space.objective_names}
+        tune.report({**nan, "final": True, "failed": True, "error": describe_error(err)})
+        return
+    tune.report({**_scalars(metrics), "final": True, "failed": False})
+
+
+# ---------------------------------------------------------------------------------------------
+# Driver side
+
+
+class RunSearch(OptunaSearch):
+    """``OptunaSearch`` that always finishes the Optuna trial (FAIL/PRUNED/COMPLETE, never RUNNING),
+    stores the trial's extra figures as user attributes, and calls ``on_finished`` after each tell."""
+
+    def __init__(self, *args: Any, on_finished: Callable[[optuna.Study, int], None] | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._on_finished = on_finished
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return super().on_trial_complete(trial_id, result, error)
+        ot_trial = self._ot_trials[trial_id]
+        state, values = optuna.trial.TrialState.FAIL, None
+        if result and result.get("final") and not result.get("failed"):
+            try:
+                values = objective_values(result, self._metric)
+                state = optuna.trial.TrialState.COMPLETE
+                for key, value in trial_attrs(result).items():
+                    ot_trial.set_user_attr(key, value)
+            except TrialError as err:
+                ot_trial.set_user_attr(rundir.ATTR_ERROR, describe_error(err))
+        elif result and result.get("failed"):
+            ot_trial.set_user_attr(rundir.ATTR_ERROR, str(result.get("error") or "failed"))
+        elif error:
+            ot_trial.set_user_attr(rundir.ATTR_ERROR, CRASHED)
+        elif result:
+            state = optuna.trial.TrialState.PRUNED  # stopped before its final result
+        else:
+            ot_trial.set_user_attr(rundir.ATTR_ERROR, "stopped before reporting any result")
+        try:
+            self._ot_study.tell(ot_trial, values, state=state)
+        except Exception as err:  # noqa: BLE001 - never leave a RUNNING zombie
+            ot_trial.set_user_attr(rundir.ATTR_ERROR, f"could not record the result: {describe_error(err)}")
+            self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+        self._completed_trials.add(trial_id)
+        if self._on_finished is not None:
+            try:
+                self._on_finished(self._ot_study, ot_trial.number)
+            except Exception:  # noqa: BLE001 - a progress line must not stop the search
+                logger.warning("progress update failed", exc_info=True)
+
+
+def run_ray(
+    space: SearchSpace,
+    run_dir: Path,
+    *,
+    sampler: optuna.samplers.BaseSampler,
+    n_trials: int,
+    session: str,
+    on_finished: Callable[[optuna.Study, int], None],
+) -> None:
+    """Run ``n_trials`` more trials of the run's study as one Tune session (Ray already connected)."""
+    settings = TrialSettings.for_run(space, run_dir)
+    modes = ["max" if d == "maximize" else "min" for d in space.directions]
+    searcher = RunSearch(
+        ConfigSampler(space),
+        metric=space.objective_names,
+        mode=modes,
+        sampler=sampler,
+        study_name=space.name,
+        storage=rundir.open_storage(run_dir),
+        on_finished=on_finished,
+    )
+    resources = {"cpu": space.search.cpus_per_trial, "gpu": space.search.gpus_per_trial}
+    trainable = tune.with_resources(tune.with_parameters(_trainable, settings=settings), resources)
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=ConcurrencyLimiter(searcher, max_concurrent=space.search.max_concurrent),
+            num_samples=n_trials,
+            reuse_actors=True,  # one worker process serves many trials: data is loaded once per worker
+            time_budget_s=space.search.timeout_s,
+        ),
+        run_config=tune.RunConfig(
+            name=session,
+            storage_path=str((Path(run_dir) / rundir.RAY_DIR).resolve()),
+            failure_config=tune.FailureConfig(max_failures=0),  # a retried trial would count twice
+            verbose=0,
+        ),
+    )
+    tuner.fit()

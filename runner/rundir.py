@@ -1,0 +1,316 @@
+"""The run directory: the one contract between the search, the report and export.
+
+Layout (``runs/<name>/``)::
+
+    space.yaml      the resolved space that ran (``SearchSpace.to_yaml()``)
+    run.json        when, where and with what it ran (machine, versions, command, sessions)
+    study.journal   Optuna JournalStorage: the source of truth for trials
+    trials.csv      one row per trial, rewritten from the journal as trials finish
+    trials/<n>/     config.json, metrics.json, history.json, model.pt, meta.json, looked_at.npz
+    report.html     the report (built at the end)
+    ray/            Ray Tune's own experiment files (ray backend only)
+
+``trials.csv`` is regenerated from the journal alone: everything beyond Optuna's own fields (the full
+config, test accuracy, final k, ...) is stored on each trial as a user attribute.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+import yaml
+
+from search_space.errors import UserError
+from search_space.spec import SearchSpace
+
+SPACE_FILE = "space.yaml"
+RUN_FILE = "run.json"
+JOURNAL_FILE = "study.journal"
+TRIALS_FILE = "trials.csv"
+TRIALS_DIR = "trials"
+REPORT_FILE = "report.html"
+RAY_DIR = "ray"
+
+#: Settings that may change between sessions of one run (``--resume`` with other flags).
+SESSION_SETTINGS = ("trials", "backend", "max_concurrent", "resources", "timeout_s")
+
+#: Per-trial figures kept as Optuna user attributes (so trials.csv can be rebuilt from the journal).
+ATTR_CONFIG = "config"
+ATTR_STRATEGY = "strategy"
+ATTR_FEASIBLE = "feasible"
+ATTR_TEST_ACCURACY = "test_accuracy"
+ATTR_K_FINAL = "k_final"
+ATTR_PARAMS = "params_count"
+ATTR_DURATION = "duration_s"
+ATTR_ERROR = "error"
+
+#: What a FAIL trial without a recorded error is: its driver stopped (Ctrl-C, kill) mid-trial.
+INTERRUPTED = "interrupted: the search stopped before this trial finished"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a run directory is meant to be shared
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def trial_dir(run_dir: Path, number: int) -> Path:
+    return Path(run_dir) / TRIALS_DIR / str(int(number))
+
+
+def open_storage(run_dir: Path) -> optuna.storages.JournalStorage:
+    """The run's journal storage (created on first use)."""
+    from optuna.storages.journal import JournalFileBackend
+
+    return optuna.storages.JournalStorage(JournalFileBackend(str(Path(run_dir) / JOURNAL_FILE)))
+
+
+def has_run(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a run (a resolved space and a journal)."""
+    run_dir = Path(run_dir)
+    return (run_dir / SPACE_FILE).is_file() and (run_dir / JOURNAL_FILE).is_file()
+
+
+def _comparable(space_yaml: str) -> dict[str, Any]:
+    """The parts of a resolved space that define a run (session settings left out)."""
+    data = yaml.safe_load(space_yaml) or {}
+    search = dict(data.get("search") or {})
+    for key in SESSION_SETTINGS:
+        search.pop(key, None)
+    data["search"] = search
+    return data
+
+
+def check_out_dir(run_dir: Path, space: SearchSpace, *, resume: bool) -> None:
+    """Refuse to start where it would mix two runs; raise UserError naming the directory and the fix.
+
+    A new run needs an empty or absent directory. ``resume`` needs a run there whose space matches
+    ``space`` up to the session settings (trials, backend, concurrency, resources, timeout).
+    """
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"--out {run_dir}: exists and is not a directory")
+    existing = run_dir / SPACE_FILE
+    if not resume:
+        if has_run(run_dir) or existing.is_file():
+            stored = existing.read_text(encoding="utf-8") if existing.is_file() else ""
+            same = stored and _comparable(stored) == _comparable(space.to_yaml())
+            what = "this run" if same else f"a different run (its {SPACE_FILE} differs from {space.path})"
+            raise UserError(
+                f"{run_dir} already holds {what}; pass --resume to continue it, or --out to start a new one"
+            )
+        if run_dir.is_dir() and any(run_dir.iterdir()):
+            raise UserError(f"{run_dir} is not empty and holds no run; pass --out with a new or empty directory")
+        return
+    if not has_run(run_dir):
+        raise UserError(f"--resume: {run_dir} holds no run to resume (no {SPACE_FILE} and {JOURNAL_FILE} there)")
+    stored = existing.read_text(encoding="utf-8")
+    if _comparable(stored) != _comparable(space.to_yaml()):
+        raise UserError(
+            f"--resume: {run_dir} holds a run of a different space ({existing} differs from {space.path}); "
+            "resume with the same space file, or use --out for a new run"
+        )
+
+
+def write_space(run_dir: Path, space: SearchSpace) -> None:
+    write_atomic(Path(run_dir) / SPACE_FILE, space.to_yaml())
+
+
+def _versions() -> dict[str, str | None]:
+    from importlib import metadata
+
+    def version(dist: str) -> str | None:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return None
+
+    import torch
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "optuna": optuna.__version__,
+        "ray": version("ray"),
+        "cellsparse": version("cellsparse"),
+    }
+
+
+def _machine() -> dict[str, Any]:
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"platform": platform.platform(), "cpus": os.cpu_count(), "gpu": gpu}
+
+
+def read_run_json(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / RUN_FILE
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def start_session(run_dir: Path, space: SearchSpace, *, command: Sequence[str], address: str | None) -> dict[str, Any]:
+    """Write run.json for a new session (a first run or a resume); return its content.
+
+    ``started_at`` stays the first session's; ``sessions`` lists every session; ``wall_time_s`` sums them.
+    """
+    info = read_run_json(run_dir)
+    started = now_iso()
+    session = {
+        "started_at": started,
+        "finished_at": None,
+        "wall_time_s": None,
+        "backend": space.search.backend,
+        "address": address,
+        "command": " ".join(command),
+    }
+    info.update(
+        {
+            "name": space.name,
+            "started_at": info.get("started_at") or started,
+            "finished_at": None,
+            "wall_time_s": info.get("wall_time_s") or 0.0,
+            "backend": space.search.backend,
+            "sampler": space.search.sampler,
+            "seed": space.seed,
+            "machine": _machine(),
+            "versions": _versions(),
+            "command": " ".join(command),
+        }
+    )
+    info["sessions"] = [*info.get("sessions", []), session]
+    write_atomic(Path(run_dir) / RUN_FILE, json.dumps(info, indent=2) + "\n")
+    return info
+
+
+def finish_session(run_dir: Path, *, wall_time_s: float, finished: bool) -> None:
+    """Record the end of the current session; ``finished_at`` is set only when the run is complete."""
+    info = read_run_json(run_dir)
+    ended = now_iso()
+    sessions = info.get("sessions") or [{}]
+    sessions[-1].update({"finished_at": ended, "wall_time_s": round(wall_time_s, 3)})
+    info["sessions"] = sessions
+    info["wall_time_s"] = round(sum(s.get("wall_time_s") or 0.0 for s in sessions), 3)
+    info["finished_at"] = ended if finished else None
+    write_atomic(Path(run_dir) / RUN_FILE, json.dumps(info, indent=2) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# Trials table
+
+
+def is_interrupted(trial: optuna.trial.FrozenTrial) -> bool:
+    """A FAIL trial with no recorded error: its search stopped mid-trial. It does not count as run."""
+    return trial.state == optuna.trial.TrialState.FAIL and ATTR_ERROR not in trial.user_attrs
+
+
+def counts_as_run(trial: optuna.trial.FrozenTrial) -> bool:
+    """Finished trials that use up the trial budget: COMPLETE, PRUNED and genuinely FAILED ones."""
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+    return trial.state in finished and not is_interrupted(trial)
+
+
+def is_feasible(trial: optuna.trial.FrozenTrial) -> bool:
+    return all(value <= 0 for value in trial.constraints.values())
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value)
+    return value
+
+
+def trials_frame(study: optuna.Study, objective_names: Sequence[str]) -> pd.DataFrame:
+    """One row per trial, from the journal alone (see the module docstring for the columns)."""
+    rows = []
+    config_keys: list[str] = []
+    for trial in study.get_trials(deepcopy=False):
+        attrs = trial.user_attrs
+        config = attrs.get(ATTR_CONFIG) or {}
+        for key in config:
+            if key not in config_keys:
+                config_keys.append(key)
+        values = trial.values if trial.state == optuna.trial.TrialState.COMPLETE and trial.values else None
+        error = attrs.get(ATTR_ERROR)
+        if is_interrupted(trial):
+            error = INTERRUPTED
+        row: dict[str, Any] = {
+            "number": trial.number,
+            "state": trial.state.name,
+            "feasible": is_feasible(trial),
+            "strategy": attrs.get(ATTR_STRATEGY, config.get("strategy")),
+        }
+        for i, name in enumerate(objective_names):
+            row[name] = _cell(values[i]) if values else None
+        row.update(
+            {
+                "test_accuracy": attrs.get(ATTR_TEST_ACCURACY),
+                "k_final": attrs.get(ATTR_K_FINAL),
+                "params_count": attrs.get(ATTR_PARAMS),
+                "duration_s": attrs.get(ATTR_DURATION, trial.duration.total_seconds() if trial.duration else None),
+                "datetime_start": trial.datetime_start.isoformat() if trial.datetime_start else None,
+                "datetime_complete": trial.datetime_complete.isoformat() if trial.datetime_complete else None,
+                "error": error,
+            }
+        )
+        for key, value in config.items():
+            row[f"config.{key}"] = _cell(value)
+        rows.append(row)
+    base = ["number", "state", "feasible", "strategy", *objective_names, "test_accuracy", "k_final", "params_count",
+            "duration_s", "datetime_start", "datetime_complete", "error"]
+    columns = base + [f"config.{k}" for k in config_keys]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def write_trials_csv(run_dir: Path, study: optuna.Study, objective_names: Sequence[str]) -> pd.DataFrame:
+    """Rewrite trials.csv from the study (atomically); return the table."""
+    frame = trials_frame(study, objective_names)
+    write_atomic(Path(run_dir) / TRIALS_FILE, frame.to_csv(index=False))
+    return frame
+
+
+def python_command() -> list[str]:
+    """How this process was started, for run.json (``python -m runner.search ...``)."""
+    argv = list(sys.argv)
+    if argv and argv[0].endswith(os.path.join("runner", "search.py")):
+        argv = ["python", "-m", "runner.search", *argv[1:]]
+    return argv

@@ -1,0 +1,321 @@
+"""``python -m runner.search``: run a multi-objective search over a space file.
+
+    python -m runner.search --space search_space/cells.yaml
+    python -m runner.search --space search_space/cells.yaml --trials 40 --backend optuna
+    python -m runner.search --out runs/cells --resume            # continue a stopped run
+    python -m runner.search --space search_space/cells.yaml --dry-run
+
+Every trial is trained and measured; the run directory (default ``runs/<name>``) gets the resolved
+space, the Optuna journal, trials.csv (rewritten as trials finish), one folder per trial and, at the
+end, report.html. One line is printed per finished trial, then the Pareto front and the command
+that exports a chosen model.
+
+Stopping and resuming: Ctrl-C stops cleanly (unfinished trials are marked FAIL as interrupted, the
+journal and trials.csv stay consistent); ``--resume`` continues until the requested number of
+trials have run. Interrupted trials do not count and are never resumed half-way: each is replaced
+by a fresh one. The same holds after the driver is killed outright.
+
+Bad input (a flag, the space file, the output directory, a cluster address) prints one
+``error: ...`` line and exits with status 2, before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, NoReturn
+
+from search_space.errors import UserError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag on one line (``error: ...``) with status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USER_ERROR, f"error: {message} (see python -m runner.search --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="python -m runner.search",
+        description="Search sparse-attention cell classifiers for the accuracy/cost trade-off "
+        "(Optuna samplers, Ray Tune or in-process trials).",
+        epilog="Flags override the space file's search settings. Exit status: 0 done, 2 bad input, "
+        "130 stopped (continue with --resume). Extra strategy modules: set CELLSPARSE_PLUGINS=mod1,mod2.",
+    )
+    parser.add_argument("--space", type=Path, metavar="FILE",
+                        help="YAML space file (optional with --resume: the run's own space.yaml is used)")
+    parser.add_argument("--out", type=Path, metavar="DIR", help="run directory (default: runs/<space name>)")
+    parser.add_argument("--trials", type=int, metavar="N", help="trials in the whole run (search.trials)")
+    parser.add_argument("--backend", choices=("ray", "optuna"),
+                        help="ray: Ray Tune workers, locally or on a cluster; optuna: in this process, one at a time")
+    parser.add_argument("--address", metavar="ADDR",
+                        help="join a running Ray cluster (host:port, 'auto' or ray://host:port); ray backend only. "
+                        "The run directory must then be on storage every node sees")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --out (or runs/<name>) up to the requested number of trials")
+    parser.add_argument("--max-concurrent", type=int, metavar="N", help="trials run at once (ray backend)")
+    parser.add_argument("--cpus-per-trial", type=float, metavar="C", help="CPUs per trial (also torch threads)")
+    parser.add_argument("--gpus-per-trial", type=float, metavar="G", help="GPUs per trial (fractions pack trials)")
+    parser.add_argument("--seed", type=int, metavar="S", help="seed of the sampler, the data and every trial")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="validate, then print the first N sampled configs with their FLOPs; train and write nothing")
+    return parser
+
+
+def _check_flags(args: argparse.Namespace) -> None:
+    if args.space is None and not args.resume:
+        raise UserError("--space FILE is required (or --resume with --out DIR)")
+    if args.space is None and args.out is None:
+        raise UserError("--resume without --space needs --out DIR (the run to continue)")
+    if args.dry_run and args.resume:
+        raise UserError("--dry-run and --resume cannot be combined")
+    if args.address and args.backend == "optuna":
+        raise UserError("--address joins a Ray cluster; it cannot be combined with --backend optuna")
+    for flag in ("trials", "max_concurrent"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise UserError(f"--{flag.replace('_', '-')} must be at least 1, but got {value}")
+    if args.cpus_per_trial is not None and not args.cpus_per_trial > 0:
+        raise UserError(f"--cpus-per-trial must be > 0, but got {args.cpus_per_trial}")
+    if args.gpus_per_trial is not None and args.gpus_per_trial < 0:
+        raise UserError(f"--gpus-per-trial must be >= 0, but got {args.gpus_per_trial}")
+    if args.seed is not None and args.seed < 0:
+        raise UserError(f"--seed must be >= 0, but got {args.seed}")
+
+
+def _load(args: argparse.Namespace) -> tuple[Any, Path]:
+    """The space to run (file + flags) and the run directory; validates everything, writes nothing."""
+    from runner import rundir
+    from runner.backends.common import data_shape
+    from search_space.spec import load_space
+
+    given = load_space(args.space) if args.space is not None else None
+    out = args.out if args.out is not None else Path("runs") / given.name
+    if args.resume:
+        if given is not None:  # the file must describe the same run; its session settings are not taken
+            rundir.check_out_dir(out, given, resume=True)
+        if not rundir.has_run(out):
+            raise UserError(f"--resume: {out} holds no run to resume (no space.yaml and study.journal there)")
+        space = load_space(out / rundir.SPACE_FILE)  # the run as it was started; flags below change it
+    else:
+        space = given
+    space = space.with_overrides(
+        trials=args.trials,
+        backend=args.backend,
+        seed=args.seed,
+        max_concurrent=args.max_concurrent,
+        cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial,
+    )
+    if args.resume and args.seed is not None:
+        raise UserError("--seed cannot change on --resume: the run's seed fixes its data and trials")
+    if args.address and space.search.backend != "ray":
+        raise UserError(f"--address joins a Ray cluster, but the backend is {space.search.backend!r}; add --backend ray")
+    if not args.resume and not args.dry_run:
+        rundir.check_out_dir(out, space, resume=False)
+    data_shape(space)  # a missing or unreadable dataset is a UserError now, not in every trial
+    return space, out
+
+
+def dry_run(space: Any, n: int) -> None:
+    """Print ``n`` configs as the sampler would draw them first, with their FLOPs; nothing is trained."""
+    import optuna
+    import torch
+
+    from objectives import count_flops
+    from runner.backends.common import PAYLOAD_KEY, ConfigSampler, data_shape, format_value
+    from search_space.build import build_model
+    from search_space.sampling import make_sampler
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(directions=space.directions, sampler=make_sampler(space))
+    sample = ConfigSampler(space)
+    in_channels, num_classes, size = data_shape(space)
+    images = torch.randn(2, in_channels, size, size, generator=torch.Generator().manual_seed(0))
+    print(f"space {space.name}: {len(space.model.strategies)} strategies, data {in_channels}x{size}x{size}, "
+          f"{num_classes} classes; the first {n} sampled configs:")
+    for _ in range(n):
+        trial = study.ask()
+        payload = sample(trial)[PAYLOAD_KEY]
+        config = payload["config"]
+        if payload["build_error"]:
+            flops_text, note = "-", f"  ({payload['build_error']})"
+        else:
+            model = build_model(config, in_channels, num_classes, size)
+            flops_text = format_value("flops", count_flops(model.eval(), images))
+            note = "" if payload["feasible"] else f"  over budget: {payload['constraints']}"
+        print(f"  #{trial.number:<3d} {config['strategy']:<14s} flops={flops_text:<8s}{note}")
+        print(f"       {json.dumps(config, sort_keys=False)}")
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+
+
+def _front_table(study: Any, space: Any) -> list[str]:
+    from runner import rundir
+    from runner.backends.common import format_value, pareto_trials
+
+    front = pareto_trials(study)
+    if not front:
+        return ["Pareto front: empty (no complete, feasible trial)"]
+    names = space.objective_names
+    header = ["trial", "strategy", *names, "k_final", "test_acc"]
+    rows = []
+    for t in front:
+        rows.append([
+            str(t.number),
+            str(t.user_attrs.get(rundir.ATTR_STRATEGY, "?")),
+            *[format_value(n, v) for n, v in zip(names, t.values, strict=True)],
+            format_value("k", t.user_attrs.get(rundir.ATTR_K_FINAL)),
+            format_value("test_accuracy", t.user_attrs.get(rundir.ATTR_TEST_ACCURACY)),
+        ])
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = [f"Pareto front ({len(front)} trials):"]
+    for row in [header, *rows]:
+        lines.append("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
+    return lines
+
+
+def _pick(study: Any, space: Any) -> int | None:
+    """A front trial to suggest for export: the most accurate one."""
+    from runner.backends.common import pareto_trials
+
+    front = pareto_trials(study)
+    if not front:
+        return None
+    index = space.objective_names.index("accuracy")
+    sign = 1 if space.directions[index] == "maximize" else -1
+    return max(front, key=lambda t: sign * t.values[index]).number
+
+
+def build_report(run_dir: Path) -> str:
+    """Build report.html when ``reports.build`` is available; never lose the run over it."""
+    try:
+        from reports.build import build_report as build
+    except ImportError as err:
+        return f"report: not built (reports.build is not available: {err})"
+    try:
+        path = build(run_dir)
+    except Exception as err:  # noqa: BLE001 - the run is complete either way
+        return f"report: not built ({type(err).__name__}: {err}); the run directory is intact"
+    return f"report: {path or Path(run_dir) / 'report.html'}"
+
+
+def run_search(args: argparse.Namespace) -> int:
+    """Validate, prepare the run directory, run the trials, print the front. Returns the exit status."""
+    import optuna
+
+    from runner import rundir
+    from runner.backends.common import (
+        TrialFinished,
+        fail_unfinished,
+        import_plugins,
+        open_study,
+        plugin_modules,
+        sampler_for_session,
+        trials_done,
+    )
+
+    import_plugins(plugin_modules())
+    _check_flags(args)
+    space, out = _load(args)
+    if args.dry_run:
+        dry_run(space, args.trials or space.search.trials)
+        return 0
+
+    backend = space.search.backend
+    ray_backend = None
+    if backend == "ray":
+        from runner.backends import ray_backend
+
+        started_ray = ray_backend.connect(args.address)
+        try:
+            ray_backend.check_resources(space)
+        except UserError:
+            if started_ray:
+                ray_backend.disconnect()
+            raise
+    elif space.search.max_concurrent > 1:
+        print("note: the optuna backend runs one trial at a time; max_concurrent applies to the ray backend")
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # one line per trial is ours to print
+    start = time.perf_counter()
+    interrupted = False
+    out.mkdir(parents=True, exist_ok=True)
+    rundir.write_space(out, space)
+    info = rundir.start_session(out, space, command=rundir.python_command(), address=args.address)
+    study = open_study(space, out)
+    stale = fail_unfinished(study)
+    if stale:
+        print(f"marked {len(stale)} trial(s) left unfinished by an earlier session as FAIL (interrupted): {stale}")
+    rundir.write_trials_csv(out, study, space.objective_names)
+    total = space.search.trials
+    done = trials_done(study)
+    remaining = max(0, total - done)
+    where = f"{backend}" + (f" at {args.address}" if args.address else "")
+    print(f"run {out}: {total} trials ({done} done), backend {where}, sampler {space.search.sampler}, "
+          f"{space.search.max_concurrent if backend == 'ray' else 1} at a time")
+    on_finished = TrialFinished(out, space, total=total)
+    try:
+        if remaining:
+            sampler = sampler_for_session(space, len(study.trials))
+            if backend == "ray":
+                session = f"session-{len(info.get('sessions', [])) - 1}"
+                ray_backend.run_ray(space, out, sampler=sampler, n_trials=remaining, session=session,
+                                    on_finished=on_finished)
+            else:
+                from runner.backends.optuna_backend import run_optuna
+
+                study = open_study(space, out, sampler)
+                run_optuna(space, out, study=study, n_trials=remaining, on_finished=on_finished)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        if ray_backend is not None and started_ray:
+            ray_backend.disconnect()
+        study = open_study(space, out)
+        stale = fail_unfinished(study)
+        rundir.write_trials_csv(out, study, space.objective_names)
+        done = trials_done(study)
+        timed_out = space.search.timeout_s is not None and time.perf_counter() - start >= space.search.timeout_s
+        complete = done >= total or timed_out
+        interrupted = interrupted or not complete
+        rundir.finish_session(out, wall_time_s=time.perf_counter() - start, finished=complete)
+
+    print()
+    for line in _front_table(study, space):
+        print(line)
+    if interrupted:
+        print(f"stopped after {done} of {total} trials; continue with: python -m runner.search --out {out} --resume")
+        return EXIT_INTERRUPTED
+    if timed_out and done < total:
+        print(f"search.timeout_s={space.search.timeout_s:g} reached after {done} of {total} trials")
+    print(build_report(out))
+    pick = _pick(study, space)
+    if pick is not None:
+        print(f"export a model: python -m runner.export {out} --trial {pick}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)  # progress lines appear as trials finish, even in a pipe
+    args = build_parser().parse_args(argv)
+    try:
+        return run_search(args)
+    except UserError as err:
+        message = " ".join(str(err).split("\n"))
+        print(f"error: {message}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("stopped", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,322 @@
+"""Train and measure one config: the training loop both backends run. Plain PyTorch, no Ray or Optuna.
+
+    result = run_trial(config, data=dataset, trial_dir=Path("runs/cells/trials/3"),
+                       objectives=["accuracy", "flops"], seed=0 + 3)
+
+What it does, top to bottom:
+
+1. build the model from the config (``build_model``), and its k rule when the model has a k;
+2. train with AdamW, a linear warm-up then a cosine decay per step, loss = cross-entropy (with label
+   smoothing) + the model's auxiliary loss (selector training), on augmented batches (flips and
+   90-degree rotations: cells have no orientation) when ``augment``;
+3. after each epoch: validation accuracy, FLOPs at the k that epoch ran at, a ``report`` call with
+   every objective (Ray checks each report for every metric), then the k rule picks the next k;
+4. at the end: every objective measured on the final model (accuracy is validation accuracy; FLOPs
+   are counted at the final k on a validation batch), test accuracy as extra information only;
+5. the files of ``runs/<name>/trials/<n>/``: config.json, metrics.json, history.json, model.pt,
+   meta.json (what rebuilding the model and feeding it needs) and looked_at.npz (a few validation
+   images with what the model used in each, for the report).
+
+A loss that becomes NaN or infinite raises :class:`NonFiniteLossError`; the backends record the
+trial as FAILED and the search goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from objectives import count_flops, count_params, get_objective
+from search_space.build import build_model
+from search_space.k_rules import make_k_rule
+from search_space.strategies import SparseModel
+
+GRAD_CLIP = 1.0  # max global grad norm: cheap insurance against one bad step killing a trial
+EVAL_CHUNK = 256  # images per forward when evaluating
+MEASURE_BATCH = 32  # validation images the cost objectives are measured on (FLOPs are per image)
+LOOKED_AT = 8  # validation images saved with their used maps for the report
+
+Report = Callable[[dict[str, Any]], None]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite: the config diverged (too high lr, unstable selector)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Small pure helpers
+
+
+def lr_at(step: int, *, base_lr: float, warmup_steps: int, total_steps: int) -> float:
+    """Linear warm-up from ~0 to ``base_lr`` over ``warmup_steps``, then cosine decay to 0 at ``total_steps``."""
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    decay_steps = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / decay_steps)
+    return base_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def batches(n: int, batch_size: int, generator: torch.Generator | None) -> list[torch.Tensor]:
+    """Index batches over ``n`` items: shuffled when a generator is given, in order otherwise."""
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    return list(order.split(batch_size))
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, images: torch.Tensor, device: str) -> torch.Tensor:
+    """Arg-max predictions in eval mode, ``EVAL_CHUNK`` images at a time: (N, C, H, W) -> (N,)."""
+    model.eval()
+    out = [model(images[i : i + EVAL_CHUNK].to(device)).argmax(dim=-1).cpu() for i in range(0, len(images), EVAL_CHUNK)]
+    return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
+
+
+def accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, device: str) -> float:
+    if len(images) == 0:
+        return float("nan")
+    return float((predict(model, images, device) == labels).float().mean())
+
+
+def current_k(model: SparseModel) -> float | None:
+    k = model.k
+    return None if k is None else float(k)
+
+
+def to_display(images: torch.Tensor) -> np.ndarray:
+    """Normalised images -> [0, 1] per image and channel (min-max), for showing in the report."""
+    x = images.detach().float().cpu()
+    lo = x.amin(dim=(-2, -1), keepdim=True)
+    hi = x.amax(dim=(-2, -1), keepdim=True)
+    return ((x - lo) / (hi - lo).clamp_min(1e-8)).numpy().astype(np.float32)
+
+
+def _as_list(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().flatten().tolist()
+    if isinstance(value, np.ndarray):
+        return value.flatten().tolist()
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2, default=_as_list) + "\n", encoding="utf-8")
+
+
+def measure(model: torch.nn.Module, names: Sequence[str], *, val_accuracy: float, images: torch.Tensor) -> dict[str, float]:
+    """Every objective in ``names`` on ``model``: accuracy is the given validation accuracy, the
+    cost objectives are measured on ``images`` (a validation batch, already on the model's device)."""
+    values: dict[str, float] = {}
+    for name in names:
+        if name == "accuracy":
+            values[name] = float(val_accuracy)
+        else:
+            values[name] = float(get_objective(name).measure(model, images, None))
+    return values
+
+
+# ---------------------------------------------------------------------------------------------
+# The trial
+
+
+def run_trial(
+    config: dict[str, Any],
+    *,
+    data: Any,
+    trial_dir: Path,
+    objectives: Sequence[str],
+    augment: bool = True,
+    device: str = "cpu",
+    threads: int = 1,
+    seed: int = 0,
+    report: Report | None = None,
+) -> dict[str, Any]:
+    """Train ``config`` on ``data`` (a ``runner.data.CellDataset``), measure it, save it to ``trial_dir``.
+
+    ``seed`` seeds everything random in the trial (callers pass the space seed + the trial number),
+    so the same seed gives the same numbers on CPU. ``threads`` sets torch's intra-op threads.
+    Returns the metrics (also written to metrics.json): every objective by name, plus
+    ``val_accuracy``, ``test_accuracy``, ``k_final``, ``params_count``, ``epochs``, ``train_time_s``.
+    """
+    from runner.data import augment_batch
+
+    start = time.perf_counter()
+    trial_dir = Path(trial_dir)
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(trial_dir / "config.json", config)
+    torch.set_num_threads(max(1, int(threads)))
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)  # batch order and augmentation
+
+    # -- model, k rule, optimiser ------------------------------------------------------------
+    model = build_model(config, data.in_channels, data.num_classes, data.image_size).to(device)
+    epochs, batch_size = int(config["epochs"]), int(config["batch_size"])
+    bounds = model.k_bounds()
+    rule = None
+    if bounds is not None:
+        rule = make_k_rule(config, k_init=int(round(model.k)), k_bounds=bounds, epochs=epochs)
+        model.set_k(rule.k)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=float(config["lr"]), weight_decay=float(config["weight_decay"]))
+    steps_per_epoch = math.ceil(len(data.train_x) / batch_size)
+    total_steps = epochs * steps_per_epoch
+    warmup_steps = min(total_steps, round(float(config.get("warmup_epochs", 0.0)) * steps_per_epoch))
+    smoothing = float(config.get("label_smoothing", 0.0))
+
+    val_batch = data.val_x[:MEASURE_BATCH].to(device)
+    params_count = count_params(model)
+    # Objective values reported each epoch; the costly ones are measured once now, again at the end.
+    latest = measure(model, [n for n in objectives if n not in ("accuracy", "flops")], val_accuracy=0.0, images=val_batch)
+
+    # -- training ----------------------------------------------------------------------------
+    history: list[dict[str, Any]] = []
+    step = 0
+    for epoch in range(epochs):
+        model.train()
+        epoch_start, loss_sum, seen = time.perf_counter(), 0.0, 0
+        for index in batches(len(data.train_x), batch_size, generator):
+            x, y = data.train_x[index], data.train_y[index]
+            if augment:
+                x = augment_batch(x, generator)
+            x, y = x.to(device), y.to(device)
+            lr = lr_at(step, base_lr=float(config["lr"]), warmup_steps=warmup_steps, total_steps=total_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            logits = model(x)  # (B, num_classes)
+            loss = F.cross_entropy(logits, y, label_smoothing=smoothing) + model.auxiliary_loss(logits, y)
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"training loss became {loss.item()} at epoch {epoch + 1}/{epochs}, step {step} "
+                    f"(lr={lr:.3g}); the config diverged"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
+            optimizer.step()
+            loss_sum += loss.item() * len(y)
+            seen += len(y)
+            step += 1
+        train_loss = loss_sum / max(1, seen)
+
+        val_accuracy = accuracy(model, data.val_x, data.val_y, device)
+        latest["accuracy"] = val_accuracy
+        latest["flops"] = count_flops(model, val_batch)
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": train_loss,
+            "val_accuracy": val_accuracy,
+            "k": current_k(model),  # this epoch's k (per-image rules: mean over the last batch)
+            "flops": latest["flops"],
+            "lr": lr,
+            "epoch_time_s": time.perf_counter() - epoch_start,
+        }
+        history.append(row)
+        if report is not None:
+            report({**row, **{name: latest[name] for name in objectives}})
+        if rule is not None:
+            model.set_k(rule.step(epoch, train_loss))
+
+    # -- final measurements (at the final k) -------------------------------------------------
+    final_val = history[-1]["val_accuracy"] if history else accuracy(model, data.val_x, data.val_y, device)
+    values = measure(model, objectives, val_accuracy=final_val, images=val_batch)
+    metrics: dict[str, Any] = {
+        **values,
+        "val_accuracy": final_val,
+        "test_accuracy": accuracy(model, data.test_x, data.test_y, device),
+        "flops": values.get("flops", count_flops(model, val_batch)),
+        "k_final": current_k(model),
+        "params_count": params_count,
+        "epochs": epochs,
+        "train_time_s": time.perf_counter() - start,
+        "feasible": True,
+    }
+    save_trial(trial_dir, model=model, data=data, config=config, metrics=metrics, history=history, device=device)
+    return metrics
+
+
+def save_trial(
+    trial_dir: Path,
+    *,
+    model: SparseModel,
+    data: Any,
+    config: dict[str, Any],
+    metrics: dict[str, Any],
+    history: list[dict[str, Any]],
+    device: str,
+) -> None:
+    """Write what the report and export read: weights, how to rebuild and feed them, what the model used."""
+    trial_dir = Path(trial_dir)
+    model.eval()
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, trial_dir / "model.pt")
+    meta = {
+        "strategy": config["strategy"],
+        "in_channels": data.in_channels,
+        "num_classes": data.num_classes,
+        "image_size": data.image_size,
+        "class_names": list(data.class_names),
+        "mean": _as_list(data.mean),
+        "std": _as_list(data.std),
+        "modality": data.modality,
+        "source": data.source,
+        "k_final": metrics.get("k_final"),
+    }
+    _write_json(trial_dir / "meta.json", meta)
+    _write_json(trial_dir / "history.json", history)
+
+    images = data.val_x[:LOOKED_AT]
+    with torch.no_grad():
+        used = model.used_map(images.to(device)).float().cpu().numpy()
+        preds = predict(model, images, device).numpy()
+    np.savez_compressed(
+        trial_dir / "looked_at.npz",
+        images=to_display(images),  # (N, C, H, W) in [0, 1]
+        used=used.astype(np.float32),  # (N, H, W) in [0, 1]
+        labels=data.val_y[:LOOKED_AT].cpu().numpy(),
+        preds=preds,
+        class_names=np.array(list(data.class_names)),
+    )
+    _write_json(trial_dir / "metrics.json", metrics)  # last: its presence marks a finished trial dir
+
+
+def record_infeasible(
+    config: dict[str, Any],
+    *,
+    shape: tuple[int, int, int],
+    num_classes: int,
+    trial_dir: Path,
+    objectives: Sequence[str],
+    constraints: dict[str, float],
+) -> dict[str, Any]:
+    """Measure an over-budget config without training it: accuracy 0, its cost objectives as built.
+
+    ``shape`` is (in_channels, image_size, image_size); costs are measured on a zero batch of two.
+    """
+    trial_dir = Path(trial_dir)
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(trial_dir / "config.json", config)
+    in_channels, size, _ = shape
+    model = build_model(config, in_channels, num_classes, size)
+    model.eval()
+    dummy = torch.zeros(2, *shape)
+    values = measure(model, objectives, val_accuracy=0.0, images=dummy)
+    metrics = {
+        **values,
+        "val_accuracy": 0.0,
+        "test_accuracy": None,
+        "flops": values.get("flops", count_flops(model, dummy)),
+        "k_final": current_k(model),
+        "params_count": count_params(model),
+        "epochs": 0,
+        "train_time_s": 0.0,
+        "feasible": False,
+        "constraints": constraints,
+    }
+    _write_json(trial_dir / "metrics.json", metrics)
+    return metrics

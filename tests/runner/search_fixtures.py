@@ -1,0 +1,122 @@
+"""Test-only pieces for the search tests: a tiny strategy that can be told to fail, and space files.
+
+``probe_net`` is registered when this module is imported. Trial processes import it through the
+``CELLSPARSE_PLUGINS`` environment variable (the same way a user's own strategy package is
+loaded), so Ray workers and CLI subprocesses know it too. Its ``behaviour`` parameter forces the
+failures the backends must record: ``raise`` raises in the first forward pass, ``nan`` makes the
+loss NaN.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from search_space.strategies import ParamSpec, SparseModel, register_strategy, strategy_names
+
+MODULE = "tests.runner.search_fixtures"
+NAME = "probe_net"
+
+
+class ProbeNet(SparseModel):
+    """Keeps the k brightest pixels (by mean |value|), then conv -> pool -> linear. Cheap on purpose."""
+
+    def __init__(self, *, in_channels: int, num_classes: int, image_size: int, width: int, k_fraction: float,
+                 behaviour: str) -> None:
+        super().__init__()
+        self.pixels = image_size * image_size
+        self._k = max(1, round(k_fraction * self.pixels))
+        self.behaviour = behaviour
+        self.conv = nn.Conv2d(in_channels, width, 3, padding=1)
+        self.head = nn.Linear(width, num_classes)
+
+    def _mask(self, images: torch.Tensor) -> torch.Tensor:
+        score = images.abs().mean(dim=1).flatten(1)  # (B, H*W)
+        keep = score.topk(self._k, dim=1).indices
+        mask = torch.zeros_like(score).scatter_(1, keep, 1.0)
+        return mask.view(images.shape[0], 1, *images.shape[-2:])
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.behaviour == "raise" and self.training:
+            raise RuntimeError("probe_net was told to fail")
+        x = torch.relu(self.conv(images * self._mask(images)))  # (B, width, H, W)
+        logits = self.head(x.mean(dim=(-2, -1)))
+        if self.behaviour == "nan" and self.training:
+            logits = logits * float("nan")
+        return logits
+
+    def used_map(self, images: torch.Tensor) -> torch.Tensor:
+        return self._mask(images)[:, 0]
+
+    def k_bounds(self) -> tuple[int, int]:
+        return (1, self.pixels)
+
+    @property
+    def k(self) -> float:
+        return float(self._k)
+
+    def set_k(self, k: int) -> None:
+        self._k = int(min(max(k, 1), self.pixels))
+
+    def analytic_flops(self, images: torch.Tensor) -> float:
+        h, w = images.shape[-2:]
+        conv = 2 * self.conv.in_channels * self.conv.out_channels * 9 * h * w
+        return float(conv + 2 * self.head.in_features * self.head.out_features)
+
+
+if NAME not in strategy_names():
+    register_strategy(
+        NAME,
+        params={
+            "width": ParamSpec("int", low=1, high=64),
+            "k_fraction": ParamSpec("float", low=0.01, high=1.0),
+            "behaviour": ParamSpec("choice", choices=("ok", "raise", "nan")),
+        },
+        defaults={"width": 4, "k_fraction": 0.5, "behaviour": "ok"},
+        doc="test-only probe",
+    )(lambda *, config, in_channels, num_classes, image_size: ProbeNet(
+        in_channels=in_channels, num_classes=num_classes, image_size=image_size,
+        width=config["width"], k_fraction=config["k_fraction"], behaviour=config["behaviour"]))
+
+
+def write_space(
+    directory: Path,
+    *,
+    name: str = "probe",
+    trials: int = 3,
+    backend: str = "optuna",
+    behaviour: str | list[str] = "ok",
+    epochs: int = 1,
+    max_flops: float | None = None,
+    max_concurrent: int = 1,
+    extra_objectives: str = "",
+    train: int = 64,
+) -> Path:
+    """A tiny space file over probe_net (16 px synthetic cells, 64 training images)."""
+    behaviour_yaml = behaviour if isinstance(behaviour, str) else "[" + ", ".join(behaviour) + "]"
+    constraints = f"constraints: {{max_flops: {max_flops}}}\n" if max_flops else ""
+    text = textwrap.dedent(f"""\
+        name: {name}
+        seed: 0
+        data: {{source: synthetic, image_size: 16, train: {train}, val: 32, test: 32, augment: true}}
+        objectives: {{accuracy: maximize, flops: minimize{extra_objectives}}}
+        training: {{epochs: {epochs}, batch_size: 32, lr: {{log: [1.0e-3, 1.0e-2]}}, warmup_epochs: 0.5}}
+        search:
+          trials: {trials}
+          sampler: {{name: tpe, seed: 0}}
+          backend: {backend}
+          max_concurrent: {max_concurrent}
+          resources: {{cpu: 1, gpu: 0}}
+        space:
+          strategy:
+            {NAME}:
+              width: {{int: [2, 8]}}
+              k_fraction: {{float: [0.1, 0.9]}}
+              behaviour: {behaviour_yaml}
+        """) + constraints
+    path = Path(directory) / f"{name}.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
