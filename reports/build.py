@@ -1,0 +1,108 @@
+"""Build a run's HTML report: ``python -m reports.build runs/<name> [--out FILE]``.
+
+Writes one self-contained ``report.html`` (plotly.js inlined, opens offline) into the run directory
+or to ``--out``, plus ``trials.parquet`` beside it (when pyarrow is installed) and a copy of
+``trials.csv`` when the report goes elsewhere. Bad input prints one ``error: ...`` line, exits 2 and
+writes nothing; files are written whole or not at all (temporary file, then rename).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from search_space.errors import UserError
+
+from .page import render
+from .rundir import load_run
+
+__all__ = ["build_report", "main"]
+
+
+def _temp_beside(path: Path) -> Path:
+    """A fresh hidden file next to ``path`` (same folder, so the final rename is atomic; umask applies)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_beside(path)
+    try:
+        with open(tmp, "xb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _parquet_ready(trials: pd.DataFrame) -> pd.DataFrame:
+    """Object columns holding mixed types (e.g. a config key that is a number for one strategy and a
+    word for another) become text, which Arrow needs; missing stays missing."""
+    out = trials.copy()
+    for column in out.columns:
+        if out[column].dtype == object:
+            values = out[column].dropna()
+            if len({type(v) for v in values}) > 1:
+                out[column] = out[column].map(lambda v: v if pd.isna(v) else str(v))
+    return out
+
+
+def _write_parquet(trials: pd.DataFrame, path: Path) -> bool:
+    try:
+        import pyarrow  # noqa: F401  (optional: only decides whether the parquet copy is written)
+    except ImportError:
+        return False
+    tmp = _temp_beside(path)
+    try:
+        _parquet_ready(trials).to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return True
+
+
+def build_report(run_dir: Path, out: Path | None = None) -> Path:
+    """Write the report of ``run_dir`` (to ``run_dir/report.html`` unless ``out`` is given); return its path.
+
+    Raises UserError, having written nothing, when ``run_dir`` is not a run directory.
+    """
+    run_dir = Path(run_dir)
+    run = load_run(run_dir)
+    target = Path(out) if out is not None else run_dir / "report.html"
+    if target.is_dir():
+        raise UserError(f"--out {target}: is a folder; give a file name such as {target / 'report.html'}")
+    document = render(run)
+    _write_atomic(target, document.encode("utf-8"))
+    beside = target.parent
+    if beside.resolve() != run_dir.resolve():
+        shutil.copyfile(run_dir / "trials.csv", beside / "trials.csv")
+    _write_parquet(run.trials, beside / "trials.parquet")
+    return target
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m reports.build", description="Build a run's HTML report.")
+    parser.add_argument("run_dir", type=Path, help="the run directory, e.g. runs/cells")
+    parser.add_argument("--out", type=Path, default=None, help="report file (default: <run_dir>/report.html)")
+    args = parser.parse_args(argv)
+    try:
+        path = build_report(args.run_dir, args.out)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"report written to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

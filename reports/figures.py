@@ -1,0 +1,378 @@
+"""Plotly figures of a run. Every string that came from the run is HTML-escaped before it reaches a
+figure: plotly renders legend names, tick labels and hover texts as a subset of HTML."""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from itertools import combinations
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.colors import qualitative
+from plotly.subplots import make_subplots
+
+from .pareto import eligible_mask, pareto_mask
+from .rundir import DENSE_STRATEGIES, Run, config_columns
+
+PALETTE = qualitative.Plotly + qualitative.D3 + qualitative.Dark24
+LOG_OBJECTIVES = frozenset({"flops", "params", "latency_ms", "peak_mem_mb"})
+BUDGETS = {"flops": "max_flops", "params": "max_params", "latency_ms": "max_latency_ms"}
+LABELS = {
+    "accuracy": "validation accuracy",
+    "flops": "FLOPs per image",
+    "params": "parameters",
+    "latency_ms": "latency (ms)",
+    "peak_mem_mb": "peak memory (MB)",
+}
+MAX_HOVER_CONFIG = 16
+
+
+def esc(value: Any) -> str:
+    """Any run-supplied value as escaped text."""
+    return html.escape(str(value), quote=True)
+
+
+def fmt(value: Any) -> str:
+    """A number for people: 4 significant digits, k/M/G suffixes for big counts; other values as text."""
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value)).lower()
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        v = float(value)
+        if not math.isfinite(v):
+            return "" if math.isnan(v) else str(v)
+        for scale, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e4, "k")):
+            if abs(v) >= scale:
+                return f"{v / scale:.3g}{suffix}" if suffix != "k" else f"{v / 1e3:.4g}k"
+        if v == int(v):
+            return str(int(v))
+        return f"{v:.4g}"
+    return str(value)
+
+
+def label(name: str) -> str:
+    return esc(LABELS.get(name, name))
+
+
+def strategy_colours(strategies: Iterable[str]) -> dict[str, str]:
+    """One stable colour per strategy (sorted names), shared by every figure."""
+    return {s: PALETTE[i % len(PALETTE)] for i, s in enumerate(sorted(set(strategies)))}
+
+
+def hover_text(row: pd.Series, objectives: Sequence[str], configs: Sequence[str]) -> str:
+    """Escaped hover text: trial, strategy, state, objectives, test accuracy, k and the config."""
+    lines = [f"<b>trial {int(row['number'])}</b> · {esc(row.get('strategy', ''))}"]
+    if str(row.get("feasible", "")).lower() in ("false", "0"):
+        lines.append("<i>infeasible (over a constraint)</i>")
+    for name in [*objectives, "test_accuracy", "k_final"]:
+        if name in row.index and pd.notna(row[name]):
+            lines.append(f"{esc(name)}: {esc(fmt(row[name]))}")
+    shown = [c for c in configs if pd.notna(row.get(c))]
+    for c in shown[:MAX_HOVER_CONFIG]:
+        lines.append(f"{esc(c.removeprefix('config.'))} = {esc(fmt(row[c]))}")
+    if len(shown) > MAX_HOVER_CONFIG:
+        lines.append(f"… {len(shown) - MAX_HOVER_CONFIG} more in the table")
+    return "<br>".join(lines)
+
+
+def primary_pair(objectives: Sequence[str]) -> tuple[str, str] | None:
+    """(y, x) of the main trade-off plot: accuracy against FLOPs where both are searched."""
+    if len(objectives) < 2:
+        return None
+    y = "accuracy" if "accuracy" in objectives else objectives[0]
+    rest = [o for o in objectives if o != y]
+    return y, ("flops" if "flops" in rest else rest[0])
+
+
+def _log_axis(name: str, values: np.ndarray) -> bool:
+    finite = values[np.isfinite(values)]
+    return name in LOG_OBJECTIVES and len(finite) > 0 and bool((finite > 0).all())
+
+
+def _num(frame: pd.DataFrame, column: str) -> np.ndarray:
+    return pd.to_numeric(frame[column], errors="coerce").to_numpy(float)
+
+
+def _front_order(frame: pd.DataFrame, x: str, x_dir: str) -> pd.DataFrame:
+    """Front points from best to worst x, the order in which an 'hv' step line traces the attainment."""
+    return frame.assign(_x=_num(frame, x)).sort_values("_x", ascending=(x_dir == "minimize"), kind="stable")
+
+
+def _budget_trace(run: Run, x: str, ys: np.ndarray) -> go.Scatter | None:
+    budget = (run.space.get("constraints") or {}).get(BUDGETS.get(x, ""), None)
+    finite = ys[np.isfinite(ys)]
+    if budget is None or len(finite) == 0:
+        return None
+    lo, hi = float(finite.min()), float(finite.max())
+    pad = 0.05 * (hi - lo) if hi > lo else 0.05 * max(abs(hi), 1.0)
+    return go.Scatter(
+        x=[float(budget), float(budget)],
+        y=[lo - pad, hi + pad],
+        mode="lines",
+        line={"color": "#c0392b", "dash": "dash", "width": 2},
+        name=f"{label(x)} budget ({esc(fmt(float(budget)))})",
+        hoverinfo="name",
+    )
+
+
+def pareto_figure(run: Run, colours: Mapping[str, str], pareto: pd.Series) -> go.Figure | None:
+    """Every complete trial on the main trade-off plane, the front joined by a step line."""
+    pair = primary_pair(run.objectives)
+    if pair is None:
+        return None
+    y, x = pair
+    trials = run.trials
+    complete = trials[(trials["state"] == "COMPLETE").to_numpy() & np.isfinite(_num(trials, x)) & np.isfinite(_num(trials, y))]
+    if complete.empty:
+        return None
+    eligible = eligible_mask(complete, run.objectives).to_numpy()
+    configs = config_columns(trials)
+    fig = go.Figure()
+    for strategy, group in complete.groupby("strategy", sort=True):
+        ok = eligible[complete.index.get_indexer(group.index)]
+        dense = strategy in DENSE_STRATEGIES
+        symbols = np.where(ok, "diamond" if dense else "circle", "x")
+        fig.add_trace(
+            go.Scatter(
+                x=_num(group, x),
+                y=_num(group, y),
+                mode="markers",
+                name=esc(strategy) + (" (dense baseline)" if dense else ""),
+                marker={"color": colours[strategy], "symbol": symbols, "size": np.where(ok, 10, 8),
+                        "opacity": 0.9, "line": {"width": 0.5, "color": "#333"}},
+                hovertext=[hover_text(r, run.objectives, configs) for _, r in group.iterrows()],
+                hoverinfo="text",
+            )
+        )
+    front = trials[pareto.to_numpy()]
+    if len(front):
+        front = _front_order(front, x, run.directions[x])
+        fig.add_trace(
+            go.Scatter(
+                x=_num(front, x),
+                y=_num(front, y),
+                mode="lines+markers",
+                line={"shape": "hv", "color": "#111", "width": 1.5},
+                marker={"symbol": "circle-open", "size": 17, "color": "#111", "line": {"width": 2}},
+                name="Pareto front" + (" (all objectives)" if len(run.objectives) > 2 else ""),
+                hovertext=[hover_text(r, run.objectives, configs) for _, r in front.iterrows()],
+                hoverinfo="text",
+            )
+        )
+    budget = _budget_trace(run, x, _num(complete, y))
+    if budget is not None:
+        fig.add_trace(budget)
+    for symbol, name in (("diamond", "◆ dense baseline"), ("x", "✕ infeasible (over a constraint)")):
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=name,
+                                 marker={"symbol": symbol, "color": "#777", "size": 10}, hoverinfo="skip"))
+    fig.update_layout(
+        xaxis={"title": {"text": label(x)}, "type": "log" if _log_axis(x, _num(complete, x)) else "linear"},
+        yaxis={"title": {"text": label(y)}},
+        height=520,
+        legend={"title": {"text": "strategy"}},
+    )
+    return fig
+
+
+def pairwise_figure(run: Run, colours: Mapping[str, str], pareto: pd.Series) -> go.Figure | None:
+    """With three or more objectives: one panel per pair, the full front's trials ringed."""
+    names = run.objectives
+    if len(names) < 3:
+        return None
+    ok = run.eligible().to_numpy()
+    pool = run.trials[ok]
+    if pool.empty:
+        return None
+    pairs = list(combinations(names, 2))
+    fig = make_subplots(rows=1, cols=len(pairs), horizontal_spacing=0.07)
+    configs = config_columns(run.trials)
+    on_front = pareto.to_numpy()[ok]
+    for col, (a, b) in enumerate(pairs, start=1):
+        y, x = (a, b) if a == "accuracy" or b != "accuracy" else (b, a)
+        for strategy, group in pool.groupby("strategy", sort=True):
+            fig.add_trace(
+                go.Scatter(x=_num(group, x), y=_num(group, y), mode="markers", name=esc(strategy),
+                           legendgroup=esc(strategy), showlegend=col == 1,
+                           marker={"color": colours[strategy], "size": 8,
+                                   "symbol": "diamond" if strategy in DENSE_STRATEGIES else "circle"},
+                           hovertext=[hover_text(r, names, configs) for _, r in group.iterrows()],
+                           hoverinfo="text"),
+                row=1, col=col,
+            )
+        front = pool[on_front]
+        fig.add_trace(
+            go.Scatter(x=_num(front, x), y=_num(front, y), mode="markers", name="on the Pareto front",
+                       legendgroup="front", showlegend=col == 1,
+                       marker={"symbol": "circle-open", "size": 15, "color": "#111", "line": {"width": 2}},
+                       hoverinfo="skip"),
+            row=1, col=col,
+        )
+        fig.update_xaxes(title_text=label(x), type="log" if _log_axis(x, _num(pool, x)) else "linear", row=1, col=col)
+        fig.update_yaxes(title_text=label(y), row=1, col=col)
+    fig.update_layout(height=420)
+    return fig
+
+
+def strategy_fronts_figure(run: Run, colours: Mapping[str, str]) -> go.Figure | None:
+    """Each strategy's own front on the main plane: which design wins where."""
+    pair = primary_pair(run.objectives)
+    if pair is None:
+        return None
+    y, x = pair
+    pool = run.trials[run.eligible().to_numpy()]
+    if pool.empty:
+        return None
+    configs = config_columns(run.trials)
+    fig = go.Figure()
+    for strategy, group in pool.groupby("strategy", sort=True):
+        values = np.column_stack([_num(group, o) for o in run.objectives])
+        front = _front_order(group[pareto_mask(values, [run.directions[o] for o in run.objectives])], x, run.directions[x])
+        dense = strategy in DENSE_STRATEGIES
+        fig.add_trace(
+            go.Scatter(
+                x=_num(front, x), y=_num(front, y), mode="lines+markers",
+                name=esc(strategy) + f" ({len(front)} of {len(group)})",
+                line={"shape": "hv", "color": colours[strategy], "width": 2, "dash": "dot" if dense else "solid"},
+                marker={"color": colours[strategy], "size": 9, "symbol": "diamond" if dense else "circle"},
+                hovertext=[hover_text(r, run.objectives, configs) for _, r in front.iterrows()],
+                hoverinfo="text",
+            )
+        )
+    budget = _budget_trace(run, x, _num(pool, y))
+    if budget is not None:
+        fig.add_trace(budget)
+    fig.update_layout(
+        xaxis={"title": {"text": label(x)}, "type": "log" if _log_axis(x, _num(pool, x)) else "linear"},
+        yaxis={"title": {"text": label(y)}},
+        height=460,
+        legend={"title": {"text": "strategy (front of trials)"}},
+    )
+    return fig
+
+
+def hypervolume_figure(by_number: pd.DataFrame, by_time: pd.DataFrame) -> go.Figure:
+    """Hypervolume of the running front against trial number and against wall-clock minutes."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("by trial number", "by wall-clock time"),
+                        horizontal_spacing=0.1)
+    fig.add_trace(go.Scatter(x=by_number["number"], y=by_number["hypervolume"], mode="lines+markers",
+                             line={"shape": "hv", "color": "#1f77b4"}, marker={"size": 5}, name="by trial",
+                             hovertemplate="trial %{x}<br>hypervolume %{y:.4g}<extra></extra>"), row=1, col=1)
+    minutes = by_time["elapsed_s"].to_numpy(float) / 60.0
+    fig.add_trace(go.Scatter(x=minutes, y=by_time["hypervolume"], mode="lines+markers",
+                             line={"shape": "hv", "color": "#ff7f0e"}, marker={"size": 5}, name="by time",
+                             text=[f"trial {int(n)}" for n in by_time["number"]],
+                             hovertemplate="%{text}<br>%{x:.1f} min<br>hypervolume %{y:.4g}<extra></extra>"),
+                  row=1, col=2)
+    fig.update_xaxes(title_text="trial number", row=1, col=1)
+    fig.update_xaxes(title_text="minutes since the first trial started", row=1, col=2)
+    fig.update_yaxes(title_text="hypervolume", rangemode="tozero")
+    fig.update_layout(height=380, showlegend=False)
+    return fig
+
+
+NA = "n/a"
+
+
+def _parallel_dimension(column: str, col: pd.Series) -> dict[str, Any] | None:
+    """One parcoords axis; keys a strategy does not use sit on an extra 'n/a' tick below the range."""
+    present = col.dropna()
+    if present.empty:
+        return None
+    name = esc(column.removeprefix("config."))
+    numeric = pd.to_numeric(present, errors="coerce")
+    missing = bool(col.isna().any())
+    if column != "strategy" and numeric.notna().all():
+        lo, hi = float(numeric.min()), float(numeric.max())
+        if lo == hi and not missing:
+            return None  # constant: says nothing
+        if not missing:
+            return {"label": name, "values": pd.to_numeric(col).to_numpy(float)}
+        fill = lo - 0.15 * (hi - lo) if hi > lo else lo - 1.0
+        distinct = sorted(set(numeric.tolist()))
+        few_ints = len(distinct) <= 8 and all(float(v).is_integer() for v in distinct)
+        ticks = distinct if few_ints or hi == lo else np.linspace(lo, hi, 5).tolist()
+        return {"label": name, "values": pd.to_numeric(col).fillna(fill).to_numpy(float),
+                "tickvals": [fill, *ticks], "ticktext": [NA, *[esc(fmt(t)) for t in ticks]]}
+    cats = sorted(present.astype(str).unique())
+    if len(cats) < 2 and not missing and column != "strategy":
+        return None
+    if missing:
+        cats = [NA, *cats]
+    codes = col.map(lambda v: NA if pd.isna(v) else str(v)).map({c: i for i, c in enumerate(cats)})
+    return {"label": name, "values": codes.to_numpy(float), "tickvals": list(range(len(cats))),
+            "ticktext": [esc(c) for c in cats]}
+
+
+def parallel_figure(run: Run) -> tuple[go.Figure | None, list[str]]:
+    """Parallel coordinates over the config and the objectives of complete trials, coloured by the
+    first objective; returns the figure and the conditional keys (shown at 'n/a' where unused)."""
+    trials = run.trials
+    rows = trials[(trials["state"] == "COMPLETE").to_numpy()]
+    values = np.column_stack([_num(rows, o) for o in run.objectives]) if len(rows) else np.empty((0, 0))
+    if len(rows):
+        rows = rows[np.isfinite(values).all(axis=1)]
+    if rows.empty:
+        return None, []
+    dims: list[dict[str, Any]] = []
+    conditional: list[str] = []
+    for column in ["strategy", *config_columns(trials)]:
+        dim = _parallel_dimension(column, rows[column])
+        if dim is not None:
+            dims.append(dim)
+            if rows[column].isna().any():
+                conditional.append(column.removeprefix("config."))
+    for o in run.objectives:
+        dims.append({"label": esc(o), "values": _num(rows, o)})
+    first = run.objectives[0]
+    fig = go.Figure(go.Parcoords(
+        line={"color": _num(rows, first), "colorscale": "Viridis", "showscale": True,
+              "reversescale": run.directions[first] == "minimize", "colorbar": {"title": {"text": label(first)}}},
+        dimensions=dims,
+    ))
+    fig.update_layout(height=480, margin={"l": 130, "r": 60, "t": 70, "b": 30})
+    return fig, conditional
+
+
+def importance_figure(importances: Mapping[str, Mapping[str, float]]) -> go.Figure:
+    """Grouped horizontal bars: for each objective, how much each parameter mattered."""
+    params = sorted({p for imp in importances.values() for p in imp},
+                    key=lambda p: sum(imp.get(p, 0.0) for imp in importances.values()))
+    fig = go.Figure()
+    for objective, imp in importances.items():
+        fig.add_trace(go.Bar(
+            y=[esc(p) for p in params], x=[imp.get(p, 0.0) for p in params], orientation="h", name=label(objective),
+            hovertemplate="%{y}: %{x:.3f}<extra>" + label(objective) + "</extra>",
+        ))
+    fig.update_layout(barmode="group", height=max(320, 60 + 22 * len(params) * max(1, len(importances))),
+                      xaxis={"title": {"text": "importance (sums to 1 per objective)"}},
+                      legend={"title": {"text": "objective"}})
+    return fig
+
+
+def learning_curves_figure(curves: Mapping[int, list[dict[str, Any]]], strategies: Mapping[int, str]
+                           ) -> go.Figure | None:
+    """Validation accuracy and k per epoch for the given trials (the Pareto ones)."""
+    if not curves:
+        return None
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("validation accuracy", "k (tokens / pixels / regions kept)"),
+                        horizontal_spacing=0.1)
+    for i, (number, history) in enumerate(sorted(curves.items())):
+        epochs = [h.get("epoch", j) for j, h in enumerate(history)]
+        strategy = strategies.get(number, "")
+        colour = PALETTE[i % len(PALETTE)]  # one colour per trial: several can share a strategy
+        name = f"trial {number} · {esc(strategy)}"
+        for col, key in ((1, "val_accuracy"), (2, "k")):
+            ys = [h.get(key) for h in history]
+            ys = [float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None for v in ys]
+            if not any(v is not None for v in ys):
+                continue
+            fig.add_trace(go.Scatter(x=epochs, y=ys, mode="lines+markers", name=name, legendgroup=str(number),
+                                     showlegend=col == 1, line={"color": colour}, marker={"size": 5},
+                                     hovertemplate=name + "<br>epoch %{x}<br>%{y:.4g}<extra></extra>"),
+                          row=1, col=col)
+    fig.update_xaxes(title_text="epoch")
+    fig.update_layout(height=400)
+    return fig

@@ -1,0 +1,374 @@
+"""Pareto front, hypervolume and "which trial do I take" maths over a run's trials.
+
+Pure numpy (plus pandas for the trials-table helpers) so that ``runner.export`` and the report share
+one definition of the front. Every function takes the objectives in their own units and directions
+("maximize" or "minimize"); internally values are turned into losses (maximised columns negated) so
+that smaller is better everywhere.
+
+Which trials count: a trial is *eligible* when its state is COMPLETE, it is feasible (within every
+constraint) and all its objective values are finite. Failed, pruned, running and infeasible trials
+never enter a front, a hypervolume or a pick.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from search_space.errors import UserError
+
+__all__ = [
+    "DIRECTIONS",
+    "eligible_mask",
+    "hypervolume",
+    "hypervolume_history",
+    "knee_point",
+    "most_accurate",
+    "most_accurate_within_budget",
+    "pareto_mask",
+    "pick_trial",
+    "reference_point_from_space",
+    "to_losses",
+]
+
+DIRECTIONS = ("maximize", "minimize")
+
+# Objectives that a constraint in space.yaml bounds from above: name -> constraint key.
+_BUDGET_KEYS = {"flops": "max_flops", "params": "max_params", "latency_ms": "max_latency_ms"}
+# Costs that span orders of magnitude: the knee is looked for on their log scale (as they are plotted).
+_LOG_SCALE_OBJECTIVES = frozenset({"flops", "params", "latency_ms", "peak_mem_mb"})
+
+
+# --------------------------------------------------------------------------------------- arrays
+
+
+def _check_directions(directions: Sequence[str], m: int) -> None:
+    if len(directions) != m:
+        raise ValueError(f"need one direction per objective column: got {len(directions)} for {m} columns")
+    bad = [d for d in directions if d not in DIRECTIONS]
+    if bad:
+        raise ValueError(f"directions must be 'maximize' or 'minimize', but got {bad}")
+
+
+def to_losses(values: np.ndarray, directions: Sequence[str]) -> np.ndarray:
+    """Values (n, m) as losses: maximised columns negated, so smaller is better in every column."""
+    values = np.asarray(values, dtype=float)
+    if values.ndim != 2:
+        raise ValueError(f"values must be a 2-D array (n, m), but got shape {values.shape}")
+    _check_directions(directions, values.shape[1])
+    sign = np.array([-1.0 if d == "maximize" else 1.0 for d in directions])
+    return values * sign
+
+
+def pareto_mask(values: np.ndarray, directions: Sequence[str]) -> np.ndarray:
+    """Boolean mask (n,) of the non-dominated rows of ``values`` (n, m).
+
+    A row is dominated when another row is at least as good in every objective and strictly better in
+    one. Exact duplicates do not dominate each other, so both copies of a non-dominated point are kept
+    (two trials that reached the same figures are equally good answers). Rows holding a NaN are never
+    on the front and dominate nothing. O(n^2 m) time, chunked to keep memory at O(n * chunk).
+    """
+    losses = to_losses(values, directions)
+    n = losses.shape[0]
+    finite = np.isfinite(losses).all(axis=1)
+    mask = finite.copy()
+    pts = losses[finite]
+    if len(pts) == 0:
+        return mask
+    dominated = np.zeros(len(pts), dtype=bool)
+    chunk = max(1, 2_000_000 // max(1, len(pts) * losses.shape[1]))
+    for start in range(0, len(pts), chunk):
+        block = pts[start : start + chunk]  # (c, m): is block[i] dominated by any pts[j]?
+        le = (pts[None, :, :] <= block[:, None, :]).all(axis=2)  # (c, n)
+        lt = (pts[None, :, :] < block[:, None, :]).any(axis=2)
+        dominated[start : start + chunk] = (le & lt).any(axis=1)
+    mask[np.flatnonzero(finite)] = ~dominated
+    assert mask.shape == (n,)
+    return mask
+
+
+def _hv_losses(points: np.ndarray, ref: np.ndarray) -> float:
+    """Exact hypervolume of loss points (all strictly below ``ref``) by slicing on the last axis."""
+    m = points.shape[1]
+    if len(points) == 0:
+        return 0.0
+    if m == 1:
+        return float(ref[0] - points[:, 0].min())
+    if m == 2:
+        # Sweep in x; each point adds the strip between its y and the best y seen so far.
+        order = np.lexsort((points[:, 1], points[:, 0]))
+        area, best_y = 0.0, ref[1]
+        for x, y in points[order]:
+            if y < best_y:
+                area += (ref[0] - x) * (best_y - y)
+                best_y = y
+        return float(area)
+    # m >= 3: the slab between consecutive last-axis levels is covered by the (m-1)-D volume of
+    # every point at or below the lower level.
+    order = np.argsort(points[:, -1], kind="stable")
+    pts = points[order]
+    levels = np.append(pts[:, -1], ref[-1])
+    volume = 0.0
+    for i in range(len(pts)):
+        depth = levels[i + 1] - levels[i]
+        if depth <= 0:
+            continue
+        head = pts[: i + 1, :-1]
+        head = head[pareto_mask(head, ["minimize"] * (m - 1))]
+        volume += _hv_losses(head, ref[:-1]) * depth
+    return float(volume)
+
+
+def hypervolume(values: np.ndarray, directions: Sequence[str], reference_point: Sequence[float]) -> float:
+    """Exact hypervolume dominated by ``values`` (n, m) and bounded by ``reference_point`` (m,).
+
+    Points not strictly better than the reference in every objective contribute nothing, and neither
+    do rows with NaN. Exact for any m: a sweep for 2 objectives, slicing along the last objective
+    for 3 or more (O(n^2 log n) for 3, fine for the few hundred trials of a search).
+    """
+    losses = to_losses(values, directions)
+    ref = to_losses(np.asarray(reference_point, dtype=float)[None, :], directions)[0]
+    if not np.isfinite(ref).all():
+        raise ValueError(f"the reference point must be finite, but got {list(reference_point)}")
+    inside = np.isfinite(losses).all(axis=1) & (losses < ref).all(axis=1)
+    pts = losses[inside]
+    if len(pts) == 0:
+        return 0.0
+    pts = pts[pareto_mask(pts, ["minimize"] * pts.shape[1])]
+    return _hv_losses(np.unique(pts, axis=0), ref)
+
+
+def knee_point(values: np.ndarray, directions: Sequence[str], log_scale: Sequence[bool] | None = None) -> int:
+    """Row index of the knee of a 2-D front ``values`` (n, 2).
+
+    Only the non-dominated rows are considered. Each objective is taken on a log scale where
+    ``log_scale`` says so (costs spanning decades, as plotted), then normalised to [0, 1] over the
+    front, 0 being best. The knee is the front point farthest from the straight line through the
+    two extremes, on the side of the ideal point: where the trade-off bends most, so a step either
+    way gives up more than it gains. Ties, and fronts of one or two points where no bend exists,
+    go to the point best in the first objective.
+    """
+    values = np.asarray(values, dtype=float)
+    if values.ndim != 2 or values.shape[1] != 2:
+        raise ValueError(f"knee_point needs a 2-objective array (n, 2), but got shape {values.shape}")
+    front = np.flatnonzero(pareto_mask(values, directions))
+    if len(front) == 0:
+        raise ValueError("knee_point needs at least one finite point")
+    pts = values[front].copy()
+    for j, use_log in enumerate(log_scale or (False, False)):
+        if use_log and (pts[:, j] > 0).all():
+            pts[:, j] = np.log10(pts[:, j])
+    losses = to_losses(pts, directions)
+    span = losses.max(axis=0) - losses.min(axis=0)
+    norm = (losses - losses.min(axis=0)) / np.where(span > 0, span, 1.0)
+    # Extremes: best in objective 0 (norm (0, 1)) and best in objective 1 (norm (1, 0)) on a 2-D front;
+    # the line x + y = 1 joins them, and distance toward the ideal (0, 0) is (1 - x - y) / sqrt(2).
+    gain = 1.0 - norm.sum(axis=1)
+    best_first = np.lexsort((losses[:, 1], losses[:, 0]))  # first objective, then second
+    if len(front) <= 2 or np.allclose(gain, gain.max()):
+        return int(front[best_first[0]])
+    top = np.flatnonzero(np.isclose(gain, gain.max()))
+    rank = np.empty(len(front), dtype=int)
+    rank[best_first] = np.arange(len(front))
+    return int(front[top[np.argmin(rank[top])]])
+
+
+# ---------------------------------------------------------------------------------- trials tables
+
+
+def _as_bool(column: pd.Series) -> pd.Series:
+    """trials.csv booleans (True/False, "true"/"false", 1/0, empty) as a bool Series (empty -> False)."""
+    if column.dtype == bool:
+        return column
+    text = column.astype(str).str.strip().str.lower()
+    return text.isin(["true", "1", "1.0", "yes"])
+
+
+def eligible_mask(trials: pd.DataFrame, objectives: Sequence[str]) -> pd.Series:
+    """COMPLETE, feasible trials with every objective finite: the only ones a front counts."""
+    ok = trials["state"].astype(str).str.upper().eq("COMPLETE")
+    if "feasible" in trials.columns:
+        ok &= _as_bool(trials["feasible"])
+    for name in objectives:
+        if name not in trials.columns:
+            return pd.Series(False, index=trials.index)
+        ok &= np.isfinite(pd.to_numeric(trials[name], errors="coerce"))
+    return ok
+
+
+def _values(trials: pd.DataFrame, objectives: Sequence[str]) -> np.ndarray:
+    return np.column_stack([pd.to_numeric(trials[o], errors="coerce").to_numpy(float) for o in objectives])
+
+
+def hypervolume_history(
+    trials: pd.DataFrame,
+    directions: Mapping[str, str],
+    reference_point: Mapping[str, float],
+    by: Literal["number", "time"] = "number",
+) -> pd.DataFrame:
+    """Hypervolume of the eligible trials seen so far, after each trial.
+
+    ``by="number"`` walks the trials in trial-number order and returns columns ``number`` and
+    ``hypervolume`` (one row per trial, ineligible ones repeating the last value). ``by="time"`` walks
+    eligible trials in order of ``datetime_complete`` and returns ``elapsed_s`` (seconds since the
+    earliest ``datetime_start``), ``number`` and ``hypervolume``.
+    """
+    names = list(directions)
+    dirs = [directions[n] for n in names]
+    ref = [float(reference_point[n]) for n in names]
+    ok = eligible_mask(trials, names)
+    if by == "number":
+        frame = trials.assign(_ok=ok.to_numpy()).sort_values("number", kind="stable")
+    elif by == "time":
+        done, start = (_times(trials, c) for c in ("datetime_complete", "datetime_start"))
+        frame = trials.assign(_ok=ok.to_numpy() & done.notna().to_numpy(), _done=done)
+        frame = frame[frame["_ok"]].sort_values(["_done", "number"], kind="stable")
+        origin = start.min() if start.notna().any() else frame["_done"].min()
+    else:
+        raise ValueError(f"by must be 'number' or 'time', but got {by!r}")
+    values = _values(frame, names)
+    hv, kept, out = 0.0, np.empty((0, len(names))), []
+    for row, is_ok in zip(values, frame["_ok"].to_numpy(), strict=True):
+        if is_ok:
+            kept = np.vstack([kept, row])
+            kept = kept[pareto_mask(kept, dirs)]
+            hv = hypervolume(kept, dirs, ref)
+        out.append(hv)
+    result = pd.DataFrame({"number": frame["number"].to_numpy(), "hypervolume": out})
+    if by == "time":
+        result.insert(0, "elapsed_s", (frame["_done"] - origin).dt.total_seconds().to_numpy())
+    return result
+
+
+def _times(trials: pd.DataFrame, column: str) -> pd.Series:
+    """An ISO-time column as UTC timestamps (NaT where empty, unreadable or absent)."""
+    if column not in trials.columns:
+        return pd.Series(pd.NaT, index=trials.index, dtype="datetime64[ns, UTC]")
+    return pd.to_datetime(trials[column], errors="coerce", utc=True, format="ISO8601")
+
+
+def _eligible(trials: pd.DataFrame, objectives: Sequence[str]) -> pd.DataFrame:
+    return trials[eligible_mask(trials, objectives).to_numpy()]
+
+
+def most_accurate(trials: pd.DataFrame, directions: Mapping[str, str] | None = None) -> int | None:
+    """Trial number with the best accuracy among eligible trials (ties: fewest FLOPs, then lowest number)."""
+    objectives = list(directions) if directions else ["accuracy"]
+    if "accuracy" not in objectives:
+        objectives = ["accuracy", *objectives]
+    pool = _eligible(trials, objectives)
+    if pool.empty:
+        return None
+    keys = [pd.to_numeric(pool["accuracy"]).to_numpy() * -1.0]
+    if "flops" in pool.columns:
+        keys.append(pd.to_numeric(pool["flops"], errors="coerce").fillna(np.inf).to_numpy())
+    keys.append(pool["number"].to_numpy())
+    return int(pool["number"].to_numpy()[np.lexsort(keys[::-1])[0]])
+
+
+def most_accurate_within_budget(
+    trials: pd.DataFrame, max_flops: float, directions: Mapping[str, str] | None = None
+) -> int | None:
+    """Most accurate eligible trial whose FLOPs are at most ``max_flops`` (None when none fits)."""
+    objectives = list(directions) if directions else ["accuracy", "flops"]
+    objectives = list(dict.fromkeys(["accuracy", "flops", *objectives]))
+    pool = _eligible(trials, objectives)
+    pool = pool[pd.to_numeric(pool["flops"]) <= float(max_flops)]
+    return most_accurate(pool, {"accuracy": "maximize", "flops": "minimize"})
+
+
+def _knee_pair(directions: Mapping[str, str]) -> list[str]:
+    """The two objectives a knee is taken on: accuracy against FLOPs where both are searched."""
+    names = list(directions)
+    first = "accuracy" if "accuracy" in names else names[0]
+    rest = [n for n in names if n != first]
+    second = "flops" if "flops" in rest else rest[0]
+    return [first, second]
+
+
+def pick_trial(
+    trials: pd.DataFrame,
+    directions: Mapping[str, str],
+    how: Literal["knee", "accuracy", "budget"],
+    max_flops: float | None = None,
+) -> int:
+    """Trial number to export, chosen among eligible trials (COMPLETE, feasible, finite objectives).
+
+    ``directions`` maps objective name (a trials.csv column) to "maximize"/"minimize".
+    ``how="knee"``: the knee of the accuracy-vs-FLOPs front (see :func:`knee_point`; with other
+    objectives, the first two searched). ``how="accuracy"``: the most accurate trial.
+    ``how="budget"``: the most accurate trial with FLOPs at most ``max_flops``.
+    Raises UserError when no trial qualifies or the request cannot be answered.
+    """
+    if how not in ("knee", "accuracy", "budget"):
+        raise UserError(f"how must be one of 'knee', 'accuracy', 'budget', but got {how!r}")
+    needed = {"knee": list(directions), "accuracy": ["accuracy"], "budget": ["accuracy", "flops"]}[how]
+    missing = [c for c in ["number", "state", *needed] if c not in trials.columns]
+    if missing:
+        raise UserError(f"the trials table has no column(s) {missing}; cannot pick by {how!r}")
+    if how == "knee":
+        if len(directions) < 2:
+            raise UserError("the knee needs at least two objectives; pick by 'accuracy' instead")
+        pair = _knee_pair(directions)
+        pool = _eligible(trials, list(directions))
+        if pool.empty:
+            raise UserError("no complete, feasible trial with finite objectives to pick from")
+        # The knee is taken on the full front's members, seen in the two plotted objectives.
+        full = pareto_mask(_values(pool, list(directions)), [directions[n] for n in directions])
+        pool = pool[full]
+        index = knee_point(
+            _values(pool, pair), [directions[n] for n in pair], [n in _LOG_SCALE_OBJECTIVES for n in pair]
+        )
+        return int(pool["number"].to_numpy()[index])
+    if how == "accuracy":
+        number = most_accurate(trials, {**dict(directions), "accuracy": "maximize"})
+        if number is None:
+            raise UserError("no complete, feasible trial with an accuracy to pick from")
+        return number
+    if max_flops is None:
+        raise UserError("picking within a FLOPs budget needs max_flops (e.g. --max-flops 2e7)")
+    number = most_accurate_within_budget(trials, max_flops, directions)
+    if number is None:
+        raise UserError(f"no complete, feasible trial has FLOPs <= {max_flops:g}; raise the budget")
+    return number
+
+
+def reference_point_from_space(space: Mapping) -> tuple[dict[str, float] | None, str]:
+    """The hypervolume reference point declared for a run, and a sentence saying where it came from.
+
+    Taken from ``search.reference_point`` in space.yaml; objectives it leaves out are filled from the
+    constraints (accuracy 0, FLOPs ``max_flops``, params ``max_params``, latency ``max_latency_ms``).
+    Never derived from the run's own results, which would move the yardstick with the thing measured.
+    Returns (None, reason) when some objective has no declared bound.
+    """
+    objectives = dict(space.get("objectives") or {})
+    declared = (space.get("search") or {}).get("reference_point") or {}
+    declared = dict(declared) if isinstance(declared, Mapping) else {}
+    constraints = dict(space.get("constraints") or {})
+    point: dict[str, float] = {}
+    derived: list[str] = []
+    missing: list[str] = []
+    for name, direction in objectives.items():
+        if declared.get(name) is not None:
+            point[name] = float(declared[name])
+        elif name == "accuracy" and direction == "maximize":
+            point[name] = 0.0
+            derived.append("accuracy = 0")
+        elif name in _BUDGET_KEYS and constraints.get(_BUDGET_KEYS[name]) is not None:
+            point[name] = float(constraints[_BUDGET_KEYS[name]])
+            derived.append(f"{name} = constraints.{_BUDGET_KEYS[name]}")
+        else:
+            missing.append(name)
+    if missing:
+        return None, (
+            f"no reference point for {', '.join(missing)}: search.reference_point in space.yaml does not "
+            "give one and no constraint bounds it; set search.reference_point to compute hypervolume"
+        )
+    if not derived:
+        return point, "from space.yaml search.reference_point"
+    if len(derived) == len(objectives):
+        return point, "derived from the constraints (" + ", ".join(derived) + "): search.reference_point is not set"
+    return point, "from space.yaml search.reference_point, with " + ", ".join(derived) + " taken from the constraints"

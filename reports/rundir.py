@@ -1,0 +1,140 @@
+"""Read a run directory (space.yaml, run.json, trials.csv, trials/<n>/...) into plain data.
+
+The run directory is the report's only input. Required: space.yaml and trials.csv; everything else
+is optional and its absence becomes a note in the report rather than an error, so a report can be
+built mid-run or from a partly copied run.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from search_space.errors import UserError
+
+from .pareto import eligible_mask, pareto_mask
+
+DENSE_STRATEGIES = ("dense_cnn", "dense_vit")
+STATES = ("COMPLETE", "FAIL", "PRUNED", "RUNNING", "WAITING")
+
+
+@dataclass
+class Run:
+    """One run directory, loaded."""
+
+    path: Path
+    space: dict[str, Any]
+    info: dict[str, Any]
+    trials: pd.DataFrame
+    directions: dict[str, str]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return str(self.space.get("name") or self.info.get("name") or self.path.name)
+
+    @property
+    def objectives(self) -> list[str]:
+        return list(self.directions)
+
+    def eligible(self) -> pd.Series:
+        """COMPLETE, feasible trials with finite objectives (what fronts and picks use)."""
+        return eligible_mask(self.trials, self.objectives)
+
+    def pareto(self) -> pd.Series:
+        """Mask of the trials on the run's Pareto front (over all objectives, eligible trials only)."""
+        ok = self.eligible().to_numpy()
+        mask = np.zeros(len(self.trials), dtype=bool)
+        if ok.any() and self.objectives:
+            values = np.column_stack([pd.to_numeric(self.trials[o], errors="coerce") for o in self.objectives])
+            mask[np.flatnonzero(ok)] = pareto_mask(values[ok], [self.directions[o] for o in self.objectives])
+        return pd.Series(mask, index=self.trials.index)
+
+    def trial_dir(self, number: int) -> Path:
+        return self.path / "trials" / str(int(number))
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise UserError(f"{path}: cannot read the run's space file ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a YAML mapping (the resolved search space), got {type(data).__name__}")
+    return data
+
+
+def _read_trials(path: Path) -> pd.DataFrame:
+    try:
+        trials = pd.read_csv(path, keep_default_na=True)
+    except pd.errors.EmptyDataError:
+        trials = pd.DataFrame(columns=["number", "state"])
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        raise UserError(f"{path}: cannot read the trials table ({type(exc).__name__}: {exc})") from exc
+    missing = [c for c in ("number", "state") if c not in trials.columns]
+    if missing:
+        raise UserError(f"{path}: the trials table has no column(s) {missing}; is this a cellsparse run?")
+    trials["number"] = pd.to_numeric(trials["number"], errors="coerce")
+    trials = trials[trials["number"].notna()].copy()
+    trials["number"] = trials["number"].astype(int)
+    trials["state"] = trials["state"].fillna("").astype(str).str.upper()
+    if "strategy" not in trials.columns:
+        trials["strategy"] = trials.get("config.strategy", "unknown")
+    trials["strategy"] = trials["strategy"].fillna("unknown").astype(str)
+    return trials.sort_values("number", kind="stable").reset_index(drop=True)
+
+
+def load_run(run_dir: Path) -> Run:
+    """Load a run directory; UserError naming the path when it is not one."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: not a run directory (no such folder); pass runs/<name>")
+    space_path, trials_path = run_dir / "space.yaml", run_dir / "trials.csv"
+    for required in (space_path, trials_path):
+        if not required.is_file():
+            raise UserError(f"{run_dir}: not a run directory ({required.name} is missing at {required})")
+    space = _read_yaml(space_path)
+    notes: list[str] = []
+    info: dict[str, Any] = {}
+    info_path = run_dir / "run.json"
+    if info_path.is_file():
+        try:
+            loaded = json.loads(info_path.read_text(encoding="utf-8"))
+            info = loaded if isinstance(loaded, dict) else {}
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            notes.append(f"run.json could not be read ({type(exc).__name__}); run details are missing")
+    else:
+        notes.append("run.json is missing; run details (wall time, machine, versions) are not shown")
+    objectives = space.get("objectives") or {}
+    if not isinstance(objectives, dict) or not objectives:
+        raise UserError(f"{space_path}: 'objectives' must map objective names to maximize/minimize")
+    bad = {k: v for k, v in objectives.items() if v not in ("maximize", "minimize")}
+    if bad:
+        raise UserError(f"{space_path}: objective directions must be 'maximize' or 'minimize', but got {bad}")
+    trials = _read_trials(trials_path)
+    directions = {str(k): str(v) for k, v in objectives.items()}
+    absent = [o for o in directions if o not in trials.columns]
+    if absent:
+        notes.append(f"trials.csv has no column for objective(s) {', '.join(absent)}; no trial counts as done")
+        for name in absent:
+            trials[name] = np.nan
+    return Run(path=run_dir, space=space, info=info, trials=trials, directions=directions, notes=notes)
+
+
+def load_json(path: Path) -> Any:
+    """A trial's JSON file, or None when it is absent or unreadable (the report notes the gap)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+
+
+def config_columns(trials: pd.DataFrame) -> list[str]:
+    """The ``config.*`` columns, in table order, without the duplicated strategy."""
+    return [c for c in trials.columns if c.startswith("config.") and c != "config.strategy"]
