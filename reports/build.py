@@ -18,8 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from search_space.errors import UserError
-
+from ._errors import user_error, user_error_type
 from .page import render
 from .rundir import load_run
 
@@ -79,7 +78,7 @@ def build_report(run_dir: Path, out: Path | None = None) -> Path:
     run = load_run(run_dir)
     target = Path(out) if out is not None else run_dir / "report.html"
     if target.is_dir():
-        raise UserError(f"--out {target}: is a folder; give a file name such as {target / 'report.html'}")
+        raise user_error(f"--out {target}: is a folder; give a file name such as {target / 'report.html'}")
     document = render(run)
     _write_atomic(target, document.encode("utf-8"))
     beside = target.parent
@@ -97,8 +96,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         path = build_report(args.run_dir, args.out)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except Exception as exc:
+        if not isinstance(exc, user_error_type()):
+            raise
+        print("error: " + " ".join(str(exc).split()), file=sys.stderr)  # always one line
         return 2
     print(f"report written to {path}")
     return 0

@@ -22,13 +22,17 @@ import plotly.io as pio
 import yaml
 from plotly.offline import get_plotlyjs
 
-from search_space.errors import UserError
-
 from . import figures as F
 from .figures import esc, fmt
 from .images import looked_at_pair
 from .importance import param_importances
-from .pareto import hypervolume_history, pick_trial, reference_point_from_space
+from .pareto import (
+    hypervolume_history,
+    most_accurate,
+    most_accurate_within_budget,
+    pick_trial,
+    reference_point_from_space,
+)
 from .rundir import STATES, Run, config_columns, load_json
 
 MAX_LOOKED_AT_TRIALS = 12  # Pareto trials whose images are shown
@@ -424,8 +428,29 @@ def looked_at_section(run: Run, pareto: pd.Series) -> str:
     return "\n".join(parts)
 
 
+def _pick(run: Run, how: str, budget: float | None) -> tuple[int | None, str]:
+    """(trial number, "") or (None, why not); the usual reasons are checked here, without raising."""
+    if not run.eligible().any():
+        return None, "no complete, feasible trial yet"
+    if "accuracy" not in run.objectives:
+        return None, "accuracy is not among the objectives"
+    if how == "knee":
+        if len(run.objectives) < 2:
+            return None, "the knee needs accuracy and a cost objective"
+        return pick_trial(run.trials, run.directions, "knee"), ""
+    if how == "accuracy":
+        return most_accurate(run.trials, run.directions), ""
+    if budget is None:
+        return None, "no FLOPs budget (constraints.max_flops) is set in space.yaml"
+    if "flops" not in run.trials.columns:
+        return None, "the trials table has no flops column"
+    number = most_accurate_within_budget(run.trials, budget, run.directions)
+    return number, "" if number is not None else f"no complete, feasible trial has FLOPs ≤ {fmt(budget)}"
+
+
 def picks_section(run: Run) -> str:
     budget = (run.space.get("constraints") or {}).get("max_flops")
+    budget = float(budget) if isinstance(budget, (int, float)) else None
     where = display_path(run.path)
     choices = [
         ("knee", "Knee of the front", "where the accuracy/FLOPs trade-off bends most (largest distance from the "
@@ -436,14 +461,9 @@ def picks_section(run: Run) -> str:
     ]
     cards = []
     for how, title, why in choices:
-        try:
-            if how == "budget" and budget is None:
-                raise UserError("no FLOPs budget (constraints.max_flops) is set in space.yaml")
-            if how == "knee" and ("accuracy" not in run.objectives or len(run.objectives) < 2):
-                raise UserError("the knee needs accuracy and a cost objective")
-            number = pick_trial(run.trials, run.directions, how, max_flops=budget)
-        except UserError as exc:
-            cards.append(f'<div class="pick"><h3>{title}</h3>{note(why)}{note(esc(exc), warn=True)}</div>')
+        number, reason = _pick(run, how, budget)
+        if number is None:
+            cards.append(f'<div class="pick"><h3>{title}</h3>{note(why)}{note(esc(reason), warn=True)}</div>')
             continue
         row = run.trials[run.trials["number"] == number].iloc[0]
         figures = " · ".join(f"{esc(o)} {esc(fmt(row[o]))}" for o in run.objectives)

@@ -18,7 +18,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from search_space.errors import UserError
+from ._errors import user_error
 
 __all__ = [
     "DIRECTIONS",
@@ -304,18 +304,18 @@ def pick_trial(
     Raises UserError when no trial qualifies or the request cannot be answered.
     """
     if how not in ("knee", "accuracy", "budget"):
-        raise UserError(f"how must be one of 'knee', 'accuracy', 'budget', but got {how!r}")
+        raise user_error(f"how must be one of 'knee', 'accuracy', 'budget', but got {how!r}")
     needed = {"knee": list(directions), "accuracy": ["accuracy"], "budget": ["accuracy", "flops"]}[how]
     missing = [c for c in ["number", "state", *needed] if c not in trials.columns]
     if missing:
-        raise UserError(f"the trials table has no column(s) {missing}; cannot pick by {how!r}")
+        raise user_error(f"the trials table has no column(s) {missing}; cannot pick by {how!r}")
     if how == "knee":
         if len(directions) < 2:
-            raise UserError("the knee needs at least two objectives; pick by 'accuracy' instead")
+            raise user_error("the knee needs at least two objectives; pick by 'accuracy' instead")
         pair = _knee_pair(directions)
         pool = _eligible(trials, list(directions))
         if pool.empty:
-            raise UserError("no complete, feasible trial with finite objectives to pick from")
+            raise user_error("no complete, feasible trial with finite objectives to pick from")
         # The knee is taken on the full front's members, seen in the two plotted objectives.
         full = pareto_mask(_values(pool, list(directions)), [directions[n] for n in directions])
         pool = pool[full]
@@ -326,13 +326,13 @@ def pick_trial(
     if how == "accuracy":
         number = most_accurate(trials, {**dict(directions), "accuracy": "maximize"})
         if number is None:
-            raise UserError("no complete, feasible trial with an accuracy to pick from")
+            raise user_error("no complete, feasible trial with an accuracy to pick from")
         return number
     if max_flops is None:
-        raise UserError("picking within a FLOPs budget needs max_flops (e.g. --max-flops 2e7)")
+        raise user_error("picking within a FLOPs budget needs max_flops (e.g. --max-flops 2e7)")
     number = most_accurate_within_budget(trials, max_flops, directions)
     if number is None:
-        raise UserError(f"no complete, feasible trial has FLOPs <= {max_flops:g}; raise the budget")
+        raise user_error(f"no complete, feasible trial has FLOPs <= {max_flops:g}; raise the budget")
     return number
 
 

@@ -16,8 +16,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from search_space.errors import UserError
-
+from ._errors import user_error
 from .pareto import eligible_mask, pareto_mask
 
 DENSE_STRATEGIES = ("dense_cnn", "dense_vit")
@@ -63,10 +62,15 @@ class Run:
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise UserError(f"{path}: cannot read the run's space file ({type(exc).__name__}: {exc})") from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise user_error(f"{path}: not valid YAML ({where}{problem})") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise user_error(f"{path}: cannot read the run's space file ({type(exc).__name__}: {exc})") from exc
     if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a YAML mapping (the resolved search space), got {type(data).__name__}")
+        raise user_error(f"{path}: expected a YAML mapping (the resolved search space), got {type(data).__name__}")
     return data
 
 
@@ -76,10 +80,10 @@ def _read_trials(path: Path) -> pd.DataFrame:
     except pd.errors.EmptyDataError:
         trials = pd.DataFrame(columns=["number", "state"])
     except (OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
-        raise UserError(f"{path}: cannot read the trials table ({type(exc).__name__}: {exc})") from exc
+        raise user_error(f"{path}: cannot read the trials table ({type(exc).__name__}: {exc})") from exc
     missing = [c for c in ("number", "state") if c not in trials.columns]
     if missing:
-        raise UserError(f"{path}: the trials table has no column(s) {missing}; is this a cellsparse run?")
+        raise user_error(f"{path}: the trials table has no column(s) {missing}; is this a cellsparse run?")
     trials["number"] = pd.to_numeric(trials["number"], errors="coerce")
     trials = trials[trials["number"].notna()].copy()
     trials["number"] = trials["number"].astype(int)
@@ -94,11 +98,11 @@ def load_run(run_dir: Path) -> Run:
     """Load a run directory; UserError naming the path when it is not one."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise UserError(f"{run_dir}: not a run directory (no such folder); pass runs/<name>")
+        raise user_error(f"{run_dir}: not a run directory (no such folder); pass runs/<name>")
     space_path, trials_path = run_dir / "space.yaml", run_dir / "trials.csv"
     for required in (space_path, trials_path):
         if not required.is_file():
-            raise UserError(f"{run_dir}: not a run directory ({required.name} is missing at {required})")
+            raise user_error(f"{run_dir}: not a run directory ({required.name} is missing at {required})")
     space = _read_yaml(space_path)
     notes: list[str] = []
     info: dict[str, Any] = {}
@@ -113,10 +117,10 @@ def load_run(run_dir: Path) -> Run:
         notes.append("run.json is missing; run details (wall time, machine, versions) are not shown")
     objectives = space.get("objectives") or {}
     if not isinstance(objectives, dict) or not objectives:
-        raise UserError(f"{space_path}: 'objectives' must map objective names to maximize/minimize")
+        raise user_error(f"{space_path}: 'objectives' must map objective names to maximize/minimize")
     bad = {k: v for k, v in objectives.items() if v not in ("maximize", "minimize")}
     if bad:
-        raise UserError(f"{space_path}: objective directions must be 'maximize' or 'minimize', but got {bad}")
+        raise user_error(f"{space_path}: objective directions must be 'maximize' or 'minimize', but got {bad}")
     trials = _read_trials(trials_path)
     directions = {str(k): str(v) for k, v in objectives.items()}
     absent = [o for o in directions if o not in trials.columns]

@@ -1,0 +1,166 @@
+"""The HTML report built from fake run directories: sections, edge cases, escaping, bad input."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from plotly.offline import get_plotlyjs
+
+from reports.build import build_report, main
+from search_space.errors import UserError
+
+from .fake_run import XSS, write_run
+
+SECTIONS = ["summary", "pareto", "hypervolume", "strategies", "parameters", "curves", "looked-at", "pick", "trials"]
+REPO = Path(__file__).resolve().parents[2]
+
+
+def read(path: Path) -> str:
+    return path.read_text(encoding="utf-8")
+
+
+def without_plotlyjs(html: str) -> str:
+    """The page minus the inlined plotly.js bundle (checked separately)."""
+    bundle = get_plotlyjs()
+    assert html.count(bundle) == 1, "plotly.js must be inlined exactly once"
+    return html.replace(bundle, "")
+
+
+def test_report_has_every_section_and_opens_offline(demo_run):
+    html = read(demo_run / "report.html")
+    page = without_plotlyjs(html)
+    for anchor in SECTIONS:
+        assert f'<section id="{anchor}">' in page
+    assert "cdn.plot.ly" not in page and not re.search(r"<script[^>]+src=", page)
+    assert not re.search(r"""(src|href)=["']https?://""", page)
+    assert page.count("Plotly.newPlot(") == 6  # front, hypervolume, per strategy, parallel, importance, curves
+    assert "Reference point: <b>accuracy = 0, flops = 40M</b>" in page
+    assert "derived from the constraints" in page
+    assert "data:image/png;base64," in page  # looked-at images
+    assert 'id="trials"' in page and "★" in page
+    assert page.count("python -m runner.export ") == 3
+    assert "computed with optuna.importance" in page and "study.journal" in page
+    assert (demo_run / "trials.parquet").is_file()
+    assert len(html.encode()) < 10_000_000
+
+
+def test_summary_counts_states(demo_run):
+    page = without_plotlyjs(read(demo_run / "report.html"))
+    for label, count in (("total", 12), ("complete", 10), ("failed", 1), ("pruned", 1), ("infeasible", 2)):
+        assert f"<tr><th>{label}</th><td>{count}</td></tr>" in page
+    assert "5.0.0" in page and "ci-runner" in page  # versions and machine from run.json
+
+
+def test_pick_box_commands_point_at_the_run(demo_run, monkeypatch, tmp_path):
+    monkeypatch.chdir(demo_run.parent)
+    out = build_report(demo_run, tmp_path / "again.html")
+    page = read(out)
+    numbers = re.findall(r"python -m runner\.export demo --trial (\d+)", page)
+    assert len(numbers) == 3
+    trials = pd.read_csv(demo_run / "trials.csv")
+    chosen = trials[trials["number"].isin([int(n) for n in numbers])]
+    assert (chosen["state"] == "COMPLETE").all() and (chosen["feasible"].astype(str).str.lower() == "true").all()
+
+
+def test_trials_table_lists_pareto_trials_first(demo_run):
+    page = read(demo_run / "report.html")
+    body = page[page.index('<table class="sortable" id="trials">'):]
+    rows = re.findall(r"<tr class=\"(front|)\">", body)
+    assert len(rows) == 12
+    assert rows == sorted(rows, key=lambda r: r != "front") and rows[0] == "front"
+
+
+@pytest.mark.parametrize("n_complete, message", [(0, "No trial has completed"), (1, "Only one trial has completed")])
+def test_runs_with_zero_or_one_complete_trial_still_report(tmp_path, n_complete, message):
+    run_dir = write_run(tmp_path, "few", n_trials=4, n_complete=n_complete, journal=False)
+    page = read(build_report(run_dir))
+    assert message in page
+    assert "parameter importance needs at least 2" in page
+    for anchor in SECTIONS:
+        assert f'<section id="{anchor}">' in page
+
+
+def test_three_objectives_get_pairwise_panels_and_importance_without_a_journal(tmp_path):
+    run_dir = write_run(tmp_path, "three", n_trials=12, objectives=("accuracy", "flops", "latency_ms"),
+                        reference_point={"latency_ms": 10.0}, journal=False)
+    page = read(build_report(run_dir))
+    assert "Three or more objectives" in page
+    assert "latency_ms = 10" in page and "accuracy = 0" in page
+    assert "from trials.csv" in page
+
+
+def test_without_a_reference_point_the_report_says_why(tmp_path):
+    run_dir = write_run(tmp_path, "noref", objectives=("accuracy", "params"))
+    page = read(build_report(run_dir))
+    assert "Hypervolume cannot be computed" in page and "params" in page
+
+
+def test_nothing_from_the_run_reaches_the_page_unescaped(hostile_run):
+    html = read(hostile_run / "report.html")
+    page = without_plotlyjs(html)
+    assert XSS not in html
+    # Inside <script> the JSON spells < as \u003c: decoded, it must still be escaped text, not a tag.
+    assert "\\u003cscript\\u003ealert" not in page
+    assert page.lower().count("<script") == 8  # plotly.js, six figures, the page's own script
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page  # shown, as text (name, class, error, machine)
+    assert "\\u0026lt;script\\u0026gt;alert(1)" in page  # shown in hover texts / ticks, as text
+
+
+def test_out_writes_elsewhere_and_leaves_the_run_alone(demo_run, tmp_path):
+    before = sorted(p.name for p in demo_run.iterdir())
+    out = tmp_path / "elsewhere" / "r.html"
+    assert build_report(demo_run, out) == out
+    assert out.is_file() and (out.parent / "trials.csv").is_file() and (out.parent / "trials.parquet").is_file()
+    assert sorted(p.name for p in demo_run.iterdir()) == before
+    parquet = pd.read_parquet(out.parent / "trials.parquet")
+    assert len(parquet) == 12 and "config.k_rule" in parquet.columns
+
+
+@pytest.mark.parametrize("damage", ["missing_folder", "no_space", "no_trials", "bad_yaml", "no_objectives"])
+def test_bad_input_is_one_error_line_exit_2_and_nothing_written(tmp_path, capsys, damage):
+    run_dir = write_run(tmp_path, "bad", n_trials=3, journal=False)
+    if damage == "missing_folder":
+        shutil.rmtree(run_dir)
+    elif damage == "no_space":
+        (run_dir / "space.yaml").unlink()
+    elif damage == "no_trials":
+        (run_dir / "trials.csv").unlink()
+    elif damage == "bad_yaml":
+        (run_dir / "space.yaml").write_text("name: [unclosed\n")
+    else:
+        space = yaml.safe_load((run_dir / "space.yaml").read_text())
+        space["objectives"] = {"accuracy": "maximise"}
+        (run_dir / "space.yaml").write_text(yaml.safe_dump(space))
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    assert main([str(run_dir)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and str(run_dir) in err[0]
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+    with pytest.raises(UserError):
+        build_report(run_dir)
+
+
+def test_command_line(tmp_path):
+    run_dir = write_run(tmp_path, "cli", n_trials=3, journal=False)
+    ok = subprocess.run([sys.executable, "-m", "reports.build", str(run_dir), "--out", str(tmp_path / "x.html")],
+                        capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert (tmp_path / "x.html").is_file() and not (run_dir / "report.html").exists()
+    assert ok.stdout.strip() == f"report written to {tmp_path / 'x.html'}"
+
+
+def test_building_a_report_imports_neither_torch_nor_ray(tmp_path):
+    run_dir = write_run(tmp_path, "light", n_trials=4, n_complete=0, journal=False)
+    code = ("import sys; from reports.build import main; rc = main([sys.argv[1]]); "
+            "print(sorted(m for m in ('torch', 'ray') if m in sys.modules)); sys.exit(rc)")
+    done = subprocess.run([sys.executable, "-c", code, str(run_dir)], capture_output=True, text=True, cwd=REPO,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
