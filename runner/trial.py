@@ -146,7 +146,8 @@ def run_trial(
     Returns the metrics (also written to metrics.json): every objective by name, plus
     ``val_accuracy``, ``test_accuracy``, ``k_final``, ``params_count``, ``epochs``, ``train_time_s``.
     """
-    from runner.data import augment_batch
+    if augment:
+        from runner.data import augment_batch
 
     start = time.perf_counter()
     trial_dir = Path(trial_dir)

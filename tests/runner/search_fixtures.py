@@ -4,11 +4,14 @@
 ``CELLSPARSE_PLUGINS`` environment variable (the same way a user's own strategy package is
 loaded), so Ray workers and CLI subprocesses know it too. Its ``behaviour`` parameter forces the
 failures the backends must record: ``raise`` raises in the first forward pass, ``nan`` makes the
-loss NaN.
+loss NaN, and ``by_trial`` takes the behaviour of trial n from the comma-separated list in the
+``PROBE_BEHAVIOURS`` environment variable (cycled; the trial's seed is the space seed 0 + n, and a
+trial seeds torch before it builds its model), so a test decides which trials fail.
 """
 
 from __future__ import annotations
 
+import os
 import textwrap
 from pathlib import Path
 
@@ -29,6 +32,9 @@ class ProbeNet(SparseModel):
         super().__init__()
         self.pixels = image_size * image_size
         self._k = max(1, round(k_fraction * self.pixels))
+        if behaviour == "by_trial":
+            plan = os.environ.get("PROBE_BEHAVIOURS", "ok").split(",")
+            behaviour = plan[torch.initial_seed() % len(plan)]
         self.behaviour = behaviour
         self.conv = nn.Conv2d(in_channels, width, 3, padding=1)
         self.head = nn.Linear(width, num_classes)
@@ -73,7 +79,7 @@ if NAME not in strategy_names():
         params={
             "width": ParamSpec("int", low=1, high=64),
             "k_fraction": ParamSpec("float", low=0.01, high=1.0),
-            "behaviour": ParamSpec("choice", choices=("ok", "raise", "nan")),
+            "behaviour": ParamSpec("choice", choices=("ok", "raise", "nan", "by_trial")),
         },
         defaults={"width": 4, "k_fraction": 0.5, "behaviour": "ok"},
         doc="test-only probe",
@@ -120,3 +126,36 @@ def write_space(
     path = Path(directory) / f"{name}.yaml"
     path.write_text(text, encoding="utf-8")
     return path
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def set_env(monkeypatch: object) -> None:
+    """Make this module load in every process a test starts: CLI subprocesses and Ray workers run
+    in other directories, so the repository goes on PYTHONPATH and the module into CELLSPARSE_PLUGINS."""
+    paths = [str(REPO), *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(dict.fromkeys(paths)))
+    monkeypatch.setenv("CELLSPARSE_PLUGINS", plugins_env())
+
+
+def plugins_env() -> str:
+    """CELLSPARSE_PLUGINS with this module first (keeps any modules already listed)."""
+    existing = os.environ.get("CELLSPARSE_PLUGINS", "")
+    listed = [m for m in existing.split(",") if m and m != MODULE]
+    return ",".join([MODULE, *listed])
+
+
+def read_trials(run_dir: Path) -> list[dict[str, str]]:
+    import csv
+
+    with open(Path(run_dir) / "trials.csv", newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def journal_trials(run_dir: Path, name: str = "probe") -> list:
+    import optuna
+
+    from runner.rundir import open_storage
+
+    return optuna.load_study(study_name=name, storage=open_storage(run_dir)).get_trials()

@@ -1,0 +1,180 @@
+"""``python -m runner.search`` with the in-process optuna backend: the run directory, reproducibility,
+failed trials, the FLOPs budget, the dry run, and every kind of bad input."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+
+from runner.rundir import open_storage, trials_frame
+from runner.search import main
+from tests.runner.search_fixtures import journal_trials, read_trials, set_env, write_space
+
+RUN_FILES = ("space.yaml", "run.json", "study.journal", "trials.csv")
+TRIAL_FILES = ("config.json", "metrics.json", "history.json", "model.pt", "meta.json", "looked_at.npz")
+
+
+@pytest.fixture(autouse=True)
+def _env(monkeypatch, tmp_path):
+    set_env(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+
+
+def search(*args: str | Path) -> int:
+    """Run the CLI in this process; its exit status (argparse exits through SystemExit)."""
+    try:
+        return main([str(a) for a in args])
+    except SystemExit as exit_:
+        return int(exit_.code)
+
+
+def snapshot(path: Path) -> dict[str, bytes]:
+    """Every file under ``path`` with its bytes (to prove a refused command touched nothing)."""
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def test_optuna_search_writes_a_complete_run_dir(tmp_path, capsys) -> None:
+    space = write_space(tmp_path, trials=3)
+    assert search("--space", space) == 0
+    out = capsys.readouterr().out
+    run = tmp_path / "runs" / "probe"  # the default --out
+    for name in RUN_FILES:
+        assert (run / name).is_file(), name
+    rows = read_trials(run)
+    assert [r["number"] for r in rows] == ["0", "1", "2"] and {r["state"] for r in rows} == {"COMPLETE"}
+    expected = {"number", "state", "feasible", "strategy", "accuracy", "flops", "test_accuracy", "k_final",
+                "params_count", "duration_s", "datetime_start", "datetime_complete", "error", "config.strategy",
+                "config.width", "config.lr", "config.epochs", "config.k_rule"}
+    assert expected <= set(rows[0])
+    for number in range(3):
+        for name in TRIAL_FILES:
+            assert (run / "trials" / str(number) / name).is_file(), (number, name)
+    info = json.loads((run / "run.json").read_text())
+    assert info["backend"] == "optuna" and info["finished_at"] and info["wall_time_s"] > 0
+    assert {"python", "torch", "optuna", "ray", "cellsparse"} <= set(info["versions"])
+    assert {"platform", "cpus", "gpu"} <= set(info["machine"])
+    assert (run / "space.yaml").read_text().startswith("name: probe")
+    assert out.count("COMPLETE") == 3 and "Pareto front" in out
+    assert f"python -m runner.export {Path('runs') / 'probe'} --trial" in out
+    # the journal alone regenerates the same table
+    study = optuna.load_study(study_name="probe", storage=open_storage(run))
+    regenerated = trials_frame(study, ["accuracy", "flops"])
+    assert regenerated["number"].tolist() == [0, 1, 2]
+    assert regenerated["test_accuracy"].notna().all()
+
+
+def test_same_seed_same_trials(tmp_path) -> None:
+    space = write_space(tmp_path, trials=3)
+    assert search("--space", space, "--out", "a") == 0
+    assert search("--space", space, "--out", "b") == 0
+    a, b = journal_trials(tmp_path / "a"), journal_trials(tmp_path / "b")
+    assert [t.params for t in a] == [t.params for t in b]
+    assert [t.values for t in a] == [t.values for t in b]  # and the same numbers, on CPU
+    assert search("--space", space, "--out", "c", "--seed", "1") == 0
+    assert [t.params for t in journal_trials(tmp_path / "c")] != [t.params for t in a]
+
+
+def test_failing_and_nan_trials_are_recorded_and_the_search_goes_on(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("PROBE_BEHAVIOURS", "ok,raise,nan,ok")  # trial 1 raises, trial 2 diverges
+    space = write_space(tmp_path, trials=4, behaviour="by_trial")
+    assert search("--space", space, "--out", "run") == 0
+    rows = read_trials(tmp_path / "run")
+    assert [r["state"] for r in rows] == ["COMPLETE", "FAIL", "FAIL", "COMPLETE"]
+    assert rows[0]["error"] == rows[3]["error"] == ""
+    assert rows[1]["error"] == "RuntimeError: probe_net was told to fail"
+    assert rows[2]["error"].startswith("NonFiniteLossError: training loss became nan at epoch 1/1")
+    for number in (1, 2):
+        assert (tmp_path / "run" / "trials" / str(number) / "error.txt").is_file()
+    assert "[4/4]" in capsys.readouterr().out  # failed trials count toward the budget
+
+
+def test_over_budget_configs_are_not_trained(tmp_path) -> None:
+    # probe_net FLOPs grow with width (2..8): ~28k to ~111k per 16 px image
+    space = write_space(tmp_path, trials=4, max_flops=6.0e4)
+    assert search("--space", space, "--out", "run") == 0
+    rows = read_trials(tmp_path / "run")
+    over = [r for r in rows if r["feasible"] == "False"]
+    under = [r for r in rows if r["feasible"] == "True"]
+    assert over and under
+    for row in over:
+        assert row["state"] == "COMPLETE" and float(row["accuracy"]) == 0.0 and float(row["flops"]) > 6.0e4
+        assert not (tmp_path / "run" / "trials" / row["number"] / "model.pt").exists()
+    for row in under:
+        assert float(row["flops"]) <= 6.0e4
+    trials = {t.number: t for t in journal_trials(tmp_path / "run")}
+    assert all(trials[int(r["number"])].constraints["flops"] > 0 for r in over)
+
+
+def test_dry_run_prints_configs_and_writes_nothing(tmp_path, capsys) -> None:
+    space = write_space(tmp_path, trials=3)
+    before = snapshot(tmp_path)
+    assert search("--space", space, "--dry-run", "--trials", "2") == 0
+    out = capsys.readouterr().out
+    assert out.count("probe_net") >= 2 and "flops=" in out and '"strategy": "probe_net"' in out
+    assert snapshot(tmp_path) == before
+
+
+def test_resume_of_a_finished_run_runs_nothing_more(tmp_path) -> None:
+    space = write_space(tmp_path, trials=2)
+    assert search("--space", space, "--out", "run") == 0
+    assert search("--out", "run", "--resume") == 0
+    assert len(journal_trials(tmp_path / "run")) == 2
+    assert search("--out", "run", "--resume", "--trials", "3") == 0  # a resume may raise the budget
+    assert [t.state.name for t in journal_trials(tmp_path / "run")] == ["COMPLETE"] * 3
+    assert len(json.loads((tmp_path / "run" / "run.json").read_text())["sessions"]) == 3
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--space", "missing.yaml"], "missing.yaml: no such space file"),
+        (["--space", "{space}", "--address", "10.0.0.1:6379", "--backend", "optuna"], "--address"),
+        (["--space", "{space}", "--address", "127.0.0.1:{port}", "--backend", "ray"], "no Ray cluster answers"),
+        (["--space", "{space}", "--bogus"], "unrecognized arguments: --bogus"),
+        (["--space", "{space}", "--backend", "dask"], "invalid choice: 'dask'"),
+        (["--space", "{space}", "--trials", "0"], "--trials must be at least 1"),
+        (["--space", "{space}", "--resume", "--out", "empty"], "holds no run to resume"),
+        ([], "--space FILE is required"),
+        (["--resume"], "--resume without --space needs --out DIR"),
+        (["--space", "{space}", "--out", "{run}"], "already holds a different run"),
+        (["--space", "{same}", "--out", "{run}"], "already holds this run; pass --resume"),
+        (["--space", "{space}", "--out", "{run}", "--resume"], "holds a run of a different space"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_touches_nothing(tmp_path, capsys, args, message) -> None:
+    run = tmp_path / "existing"
+    same = write_space(tmp_path, name="probe", trials=1)
+    assert search("--space", same, "--out", run) == 0
+    space = write_space(tmp_path, name="other", trials=1, epochs=2)
+    (tmp_path / "empty").mkdir()
+    capsys.readouterr()
+    before = snapshot(tmp_path)
+    values = {"space": space, "same": same, "run": run, "port": _free_port()}
+    assert search(*[a.format(**values) for a in args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err
+    assert message in err
+    assert snapshot(tmp_path) == before
+
+
+def test_cli_subprocess_help_and_bad_flag() -> None:
+    help_run = subprocess.run([sys.executable, "-m", "runner.search", "--help"], capture_output=True, text=True)
+    assert help_run.returncode == 0
+    for flag in ("--space", "--out", "--trials", "--backend", "--address", "--resume", "--max-concurrent",
+                 "--cpus-per-trial", "--gpus-per-trial", "--seed", "--dry-run"):
+        assert flag in help_run.stdout
+    bad = subprocess.run([sys.executable, "-m", "runner.search", "--space", "nope.yaml"], capture_output=True,
+                         text=True)
+    assert bad.returncode == 2 and bad.stderr.strip() == "error: nope.yaml: no such space file"

@@ -1,0 +1,161 @@
+"""The training loop of one trial: schedule, files, determinism, reports, k stepping, failures."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+
+from runner.trial import NonFiniteLossError, lr_at, record_infeasible, run_trial
+from search_space.build import default_config
+from tests.runner import search_fixtures  # noqa: F401 - registers probe_net
+
+FILES = ("config.json", "metrics.json", "history.json", "model.pt", "meta.json", "looked_at.npz")
+
+
+@dataclass
+class TinyData:
+    """Stands in for runner.data.CellDataset: separable 4-class 16 px images."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    class_names: tuple[str, ...] = ("a", "b", "c", "d")
+    mean: tuple[float, ...] = (0.5, 0.5, 0.5)
+    std: tuple[float, ...] = (0.2, 0.2, 0.2)
+    modality: str = "brightfield"
+    source: str = "synthetic"
+
+    in_channels = property(lambda self: self.train_x.shape[1])
+    num_classes = property(lambda self: len(self.class_names))
+    image_size = property(lambda self: self.train_x.shape[-1])
+
+
+def tiny_data(n: int = 64, size: int = 16) -> TinyData:
+    g = torch.Generator().manual_seed(0)
+
+    def split(count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        y = torch.randint(0, 4, (count,), generator=g)
+        x = 0.3 * torch.randn(count, 3, size, size, generator=g)
+        for c in range(4):
+            x[y == c, c % 3, : size // 2 if c < 2 else size] += 1.0
+        return x, y
+
+    (tx, ty), (vx, vy), (sx, sy) = split(n), split(32), split(32)
+    return TinyData(tx, ty, vx, vy, sx, sy)
+
+
+def probe_config(**overrides: object) -> dict:
+    config = {
+        **default_config("probe_net"),
+        "k_rule": "schedule",
+        "k_final_fraction": 0.5,
+        "k_freeze_fraction": 0.0,
+        "epochs": 3,
+        "batch_size": 32,
+        "lr": 5e-3,
+        "weight_decay": 0.0,
+        "warmup_epochs": 0.5,
+        "label_smoothing": 0.1,
+    }
+    config.update(overrides)
+    return config
+
+
+def test_lr_warms_up_then_decays_to_zero() -> None:
+    lrs = [lr_at(s, base_lr=1.0, warmup_steps=4, total_steps=20) for s in range(21)]
+    assert lrs[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert lrs[4] == 1.0 and all(a >= b for a, b in zip(lrs[4:], lrs[5:], strict=False))
+    assert lrs[20] == pytest.approx(0.0)
+    assert lr_at(0, base_lr=1.0, warmup_steps=0, total_steps=10) == 1.0
+
+
+def test_trial_writes_every_file_and_reports_each_epoch(tmp_path) -> None:
+    reports: list[dict] = []
+    metrics = run_trial(
+        probe_config(),
+        data=tiny_data(),
+        trial_dir=tmp_path,
+        objectives=["accuracy", "flops", "params"],
+        augment=False,
+        report=reports.append,
+    )
+    for name in FILES:
+        assert (tmp_path / name).is_file(), name
+    assert len(reports) == 3
+    for row in reports:  # Ray checks every objective in every report
+        assert {"epoch", "val_accuracy", "k", "flops", "train_loss", "accuracy", "params"} <= set(row)
+        assert all(math.isfinite(row[k]) for k in ("accuracy", "flops", "params", "train_loss"))
+    assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["accuracy"] == metrics["val_accuracy"]
+    assert metrics["params"] == metrics["params_count"] > 0
+    assert metrics["test_accuracy"] is not None
+    # the schedule rule moved k from k_init (128 of 256 pixels) down to half of it
+    history = json.loads((tmp_path / "history.json").read_text())
+    ks = [row["k"] for row in history]
+    assert ks[0] == 128 and ks[-1] == metrics["k_final"] == 64 and ks == sorted(ks, reverse=True)
+    looked = np.load(tmp_path / "looked_at.npz")
+    assert looked["images"].shape == (8, 3, 16, 16) and looked["used"].shape == (8, 16, 16)
+    assert looked["images"].min() >= 0.0 and looked["images"].max() <= 1.0
+    assert looked["used"].sum(axis=(1, 2)).tolist() == [64.0] * 8  # the final k
+    assert list(looked["class_names"]) == ["a", "b", "c", "d"] and looked["preds"].shape == (8,)
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    assert meta["in_channels"] == 3 and meta["num_classes"] == 4 and meta["image_size"] == 16
+    assert meta["mean"] == [0.5, 0.5, 0.5] and meta["class_names"] == ["a", "b", "c", "d"]
+    assert json.loads((tmp_path / "config.json").read_text())["strategy"] == "probe_net"
+
+
+def test_same_seed_same_numbers(tmp_path) -> None:
+    data = tiny_data()
+    runs = [
+        run_trial(probe_config(), data=data, trial_dir=tmp_path / str(i), objectives=["accuracy", "flops"],
+                  augment=False, seed=7)
+        for i in range(2)
+    ]
+    for key in ("accuracy", "test_accuracy", "flops", "k_final"):
+        assert runs[0][key] == runs[1][key]
+    a, b = (torch.load(tmp_path / str(i) / "model.pt") for i in range(2))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    histories = [json.loads((tmp_path / str(i) / "history.json").read_text()) for i in range(2)]
+    assert [h["train_loss"] for h in histories[0]] == [h["train_loss"] for h in histories[1]]
+
+
+@pytest.mark.parametrize("behaviour", ["nan"])
+def test_nan_loss_raises_a_clear_error(tmp_path, behaviour: str) -> None:
+    with pytest.raises(NonFiniteLossError, match="loss became nan at epoch 1"):
+        run_trial(probe_config(behaviour=behaviour), data=tiny_data(), trial_dir=tmp_path,
+                  objectives=["accuracy", "flops"], augment=False)
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_infeasible_config_is_measured_not_trained(tmp_path) -> None:
+    metrics = record_infeasible(probe_config(), shape=(3, 16, 16), num_classes=4, trial_dir=tmp_path,
+                                objectives=["accuracy", "flops"], constraints={"flops": 1.0})
+    assert metrics["accuracy"] == 0.0 and metrics["flops"] > 0 and metrics["feasible"] is False
+    assert not (tmp_path / "model.pt").exists()
+    assert json.loads((tmp_path / "metrics.json").read_text())["constraints"] == {"flops": 1.0}
+
+
+def test_dense_model_has_no_k_rule(tmp_path) -> None:
+    config = {**default_config("dense_cnn"), "width": 4, "stages": 2, "epochs": 1, "batch_size": 32, "lr": 1e-3,
+              "weight_decay": 0.0, "warmup_epochs": 0.0, "label_smoothing": 0.0}
+    metrics = run_trial(config, data=tiny_data(32), trial_dir=tmp_path, objectives=["accuracy", "flops"],
+                        augment=False)
+    assert metrics["k_final"] is None and metrics["flops"] > 0
+
+
+def test_augmented_training_runs(tmp_path) -> None:
+    pytest.importorskip("runner.data", reason="runner.data not available")
+    from runner import data as data_module
+
+    if not hasattr(data_module, "augment_batch"):
+        pytest.skip("runner.data.augment_batch not available yet")
+    metrics = run_trial(probe_config(epochs=1), data=tiny_data(32), trial_dir=tmp_path,
+                        objectives=["accuracy", "flops"], augment=True)
+    assert math.isfinite(metrics["accuracy"])
