@@ -1,0 +1,128 @@
+"""A finished trial, rebuilt from its directory: the network at its final k with its trained weights.
+
+Export, the benchmarks and anything else that serves a trained model read ``runs/<name>/trials/<n>/``
+through :func:`load_trained`, so there is one place that knows how the runner stores a trial:
+
+    config.json   the flat config; ``build_model(config, in_channels, num_classes, image_size)``
+    meta.json     in_channels, num_classes, image_size, class_names, mean, std, modality, source, k_final
+    metrics.json  the final figures; written last, so its presence marks a finished trial
+    model.pt      the state_dict (loaded with ``weights_only=True``: a checkpoint cannot run code)
+
+The k a model runs at is not in its state_dict. Rules that move k between epochs (fixed,
+loss_trend, schedule) leave the final k in ``k_final``; per-image rules (ratio, top_p) keep the
+candidate cap the model was built with and record the *mean kept count* as ``k_final``, so for them
+the built k is kept (setting the mean would change the model).
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from search_space.build import build_model
+from search_space.errors import UserError
+from search_space.k_rules import PER_IMAGE_RULES
+from search_space.strategies import SparseModel
+
+#: meta.json keys export and prediction cannot do without.
+META_KEYS = ("in_channels", "num_classes", "image_size", "class_names", "mean", "std")
+
+
+@dataclass
+class TrainedTrial:
+    """A trial's saved files, and its model rebuilt in eval mode on the CPU."""
+
+    number: int
+    directory: Path
+    config: dict[str, Any]
+    meta: dict[str, Any]
+    metrics: dict[str, Any]
+    model: SparseModel
+
+    @property
+    def strategy(self) -> str:
+        return str(self.config["strategy"])
+
+    @property
+    def k(self) -> float | None:
+        """The k the rebuilt model runs at (None for dense models)."""
+        return None if self.model.k_bounds() is None else float(self.model.k)
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"{path}: missing; {what}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"{path}: cannot be read ({type(err).__name__}: {err}); the trial directory is damaged") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a JSON object, got {type(data).__name__}; the trial directory is damaged")
+    return data
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors in ``path`` (weights only); UserError when the file is absent, corrupt or truncated."""
+    if not path.is_file():
+        raise UserError(f"{path}: missing; the trial finished without saving its weights")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"{path}: corrupt or truncated model file ({reason}); re-run the trial or copy it again") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{path}: not a state_dict of tensors; expected the weights the runner saves")
+    return state
+
+
+def _final_k(config: dict[str, Any], meta: dict[str, Any], metrics: dict[str, Any]) -> int | None:
+    """The k to set after loading, or None to keep the built k (per-image rules, no k recorded)."""
+    if config.get("k_rule") in PER_IMAGE_RULES:
+        return None
+    k = meta.get("k_final", metrics.get("k_final"))
+    return None if k is None else int(round(float(k)))
+
+
+def load_trained(trial_dir: Path, number: int | None = None) -> TrainedTrial:
+    """Rebuild the trial in ``trial_dir``: config -> network, weights loaded, final k set, eval mode.
+
+    Raises UserError naming the file when the trial is unfinished (no metrics.json), was never
+    trained (infeasible), or a file is missing, unreadable or does not match the config.
+    """
+    trial_dir = Path(trial_dir)
+    if number is None:
+        number = int(trial_dir.name) if trial_dir.name.isdigit() else -1
+    if not trial_dir.is_dir():
+        raise UserError(f"trial {number}: no trial directory {trial_dir}; the run directory may be partly copied")
+    metrics = _read_json(trial_dir / "metrics.json", f"trial {number} is not complete (it failed or is still running)")
+    if metrics.get("feasible") is False:
+        raise UserError(f"trial {number} is infeasible: it was over a constraint and never trained; pick another trial")
+    config = _read_json(trial_dir / "config.json", "the trial's config is needed to rebuild it")
+    meta = _read_json(trial_dir / "meta.json", "the trial's input shape, classes and normalisation are needed")
+    missing = [key for key in META_KEYS if key not in meta]
+    if missing:
+        raise UserError(f"{trial_dir / 'meta.json'}: missing {missing}; the trial was saved by an older runner")
+    model = build_model(config, int(meta["in_channels"]), int(meta["num_classes"]), int(meta["image_size"]))
+    state = read_state_dict(trial_dir / "model.pt")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()
+        raise UserError(
+            f"{trial_dir / 'model.pt'}: the weights do not fit the network config.json describes "
+            f"({first[1].strip() if len(first) > 1 else first[0]})"
+        ) from None
+    k = _final_k(config, meta, metrics)
+    if k is not None and model.k_bounds() is not None:
+        try:
+            model.set_k(k)
+        except ValueError as err:
+            raise UserError(f"trial {number}: its final k={k} does not fit the rebuilt network ({err})") from None
+    model.eval()
+    return TrainedTrial(number=number, directory=trial_dir, config=config, meta=meta, metrics=metrics, model=model)

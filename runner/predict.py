@@ -1,0 +1,515 @@
+"""``python -m runner.predict``: classify cell images with an exported model.
+
+    python -m runner.predict runs/cells/export cells/ --out predictions.csv
+    python -m runner.predict runs/cells/export a.png b.tif --format pt2
+    python -m runner.predict runs/cells/export pbc28.npz --split test --batch-size 512
+
+INPUT is any mix of image files (png, jpg, jpeg, bmp, tif, tiff), folders (searched recursively
+for those, hidden entries skipped) and MedMNIST-layout ``.npz`` files (every ``*_images`` array,
+or only ``<split>_images`` with ``--split``; when the matching ``*_labels`` are there, the CSV gets
+a ``label`` column and the summary an accuracy).
+
+Preprocessing is the training loaders' (``runner.data``), read from the export's model card:
+values scaled as the loaders scale them (8-bit / 255, 16-bit / 65535, float as stored), resized to
+the model's size with the same bilinear antialiased resize (non-square images are stretched, as
+in training), then normalised with the card's per-channel mean and std.
+
+Channel conversions, and why each is sound or refused:
+
+=============================  ============================================================
+model takes / input has        what happens
+=============================  ============================================================
+3 (RGB) / gray                 repeated to 3 channels: a gray image is an RGB one with R=G=B
+                               (exactly what the folder loader does with gray files)
+3 (RGB) / RGBA                 alpha dropped (as the loaders do)
+1 (gray) / RGB whose channels  one channel taken: the image is gray, saved as colour; exact
+are equal
+1 (gray) / colour RGB          luminance (ITU-R 601: 0.299 R + 0.587 G + 0.114 B, PIL's "L"),
+                               only for a model trained on gray light images (modality gray);
+                               what a gray camera would have recorded, approximately
+1 (opd phase) / colour         refused: colour is not optical path difference
+1 (opd phase) / 8 or 16-bit    refused: phase models take radians as float values (float
+                               TIFF or a float npz array); integer levels have no phase scale
+2 (event ON/OFF) / anything    only 2-channel arrays in an npz, (N, H, W, 2), counts as stored;
+but 2-channel arrays           images of 1, 3 or 4 channels are refused
+=============================  ============================================================
+
+Output: a CSV (``input``, ``predicted``, ``probability``, ``top3``, and ``label`` where known)
+written whole at the end (default ``EXPORT_DIR/predictions.csv``), and a summary: images per
+class, images per second (end to end, and the model alone). Bad input (an unknown export
+directory, a missing or unreadable model card, a corrupt model file, an unreadable image, an
+empty folder) prints one ``error: ...`` line and exits with status 2, writing nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import os
+import sys
+import tempfile
+import time
+import zipfile
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+import numpy as np
+
+from search_space.errors import UserError
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
+GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
+LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601-2, as PIL's convert("L")
+DEFAULT_BATCH = 256
+EXIT_USER_ERROR = 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image to classify: a file, or image ``index`` of array ``key`` in an npz."""
+
+    path: Path
+    key: str | None = None
+    index: int | None = None
+    label: int | None = None
+
+    @property
+    def name(self) -> str:
+        return str(self.path) if self.key is None else f"{self.path}:{self.key}[{self.index}]"
+
+
+def _npz_items(path: Path, split: str | None) -> list[Item]:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            keys = [k for k in archive.files if k.endswith("_images")]
+            if split is not None:
+                keys = [k for k in keys if k == f"{split}_images"]
+                if not keys:
+                    found = ", ".join(k for k in archive.files if k.endswith("_images")) or "none"
+                    raise UserError(f"{path}: no '{split}_images' array (image arrays: {found})")
+            if not keys:
+                raise UserError(f"{path}: no '*_images' array (keys: {', '.join(archive.files) or 'none'}); "
+                                "expected the MedMNIST layout (train_images, val_images, test_images)")
+            items = []
+            for key in keys:
+                shape = _npy_shape(archive, key)
+                labels = _npz_labels(archive, key.removesuffix("_images") + "_labels", shape[0])
+                items += [Item(path, key, i, None if labels is None else int(labels[i])) for i in range(shape[0])]
+            return items
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
+        raise UserError(f"{path}: not a readable .npz file ({err})") from None
+
+
+def _npy_shape(archive: Any, key: str) -> tuple[int, ...]:
+    """An npz member's shape from its .npy header (pixels unread); newer .npy versions are read whole."""
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    with archive.zip.open(f"{key}.npy") as member:
+        reader = readers.get(np.lib.format.read_magic(member))
+        if reader is not None:
+            return tuple(reader(member)[0])
+    return tuple(archive[key].shape)
+
+
+def _npz_labels(archive: Any, key: str, n: int) -> np.ndarray | None:
+    if key not in archive.files:
+        return None
+    labels = archive[key]
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1 or len(labels) != n or labels.dtype.kind not in "iu":
+        return None
+    return labels
+
+
+def collect(inputs: Sequence[Path], *, split: str | None = None) -> list[Item]:
+    """Every image named by ``inputs`` (files, folders searched recursively, npz files), in order."""
+    if not inputs:
+        raise UserError("no INPUT given; pass image files, folders or an .npz file")
+    items: list[Item] = []
+    for raw in inputs:
+        path = Path(raw)
+        if path.is_dir():
+            files = sorted(
+                p for p in path.rglob("*")
+                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            )
+            if not files:
+                raise UserError(f"{path}: no images ({', '.join(sorted(s[1:] for s in IMAGE_SUFFIXES))}) in this "
+                                "folder or below")
+            items += [Item(p) for p in files]
+        elif path.is_file() and path.suffix.lower() == ".npz":
+            items += _npz_items(path, split)
+        elif path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+            items.append(Item(path))
+        elif path.exists():
+            raise UserError(f"{path}: not an image ({', '.join(sorted(IMAGE_SUFFIXES))}), folder or .npz file")
+        else:
+            raise UserError(f"{path}: no such file or folder")
+    if split is not None and not any(item.key is not None for item in items):
+        raise UserError("--split applies to .npz inputs only, and none was given")
+    return items
+
+
+# ---------------------------------------------------------------------------------------------
+# Preprocessing
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What the model takes, from the card: channels, square size, modality, normalisation."""
+
+    channels: int
+    image_size: int
+    modality: str
+    mean: np.ndarray  # (C,)
+    std: np.ndarray  # (C,)
+
+    @classmethod
+    def from_card(cls, card: dict[str, Any]) -> InputSpec:
+        spec = card["input"]
+        return cls(int(spec["channels"]), int(spec["image_size"]), str(spec.get("modality", "")),
+                   np.asarray(spec["mean"], dtype=np.float32), np.asarray(spec["std"], dtype=np.float32))
+
+
+def _read_image(path: Path, spec: InputSpec) -> np.ndarray:
+    """An image file as (H, W, C) float32 in the loaders' scale, channels converted for the model."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode = im.mode
+            if mode in GRAY_MODES:
+                if spec.modality == "event":
+                    raise UserError(_event_refusal(path, 1))
+                if spec.modality == "opd" and mode != "F":
+                    raise UserError(f"{path}: a {mode} image of integer levels; this phase (opd) model takes optical "
+                                    "path difference in radians as float values (a float TIFF or a float npz array)")
+                if spec.channels == 3:
+                    return np.asarray(im.convert("RGB"), dtype=np.float32) / 255  # gray repeated, as the loader does
+                if mode == "F":
+                    array = np.asarray(im, dtype=np.float32)
+                elif mode.startswith("I"):
+                    array = np.asarray(im, dtype=np.float32) / 65535
+                else:
+                    array = np.asarray(im.convert("L"), dtype=np.float32) / 255
+                return array[..., None]
+            rgb = np.asarray(im.convert("RGB"), dtype=np.float32) / 255
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
+        raise UserError(f"{path}: cannot read image ({err})") from None
+    return _from_colour(rgb, spec, str(path), channels_in=4 if mode in ("RGBA", "LA", "PA") else 3)
+
+
+def _event_refusal(where: str | Path, channels: int) -> str:
+    return (f"{where}: {channels}-channel input, but this event-camera model takes 2-channel (ON, OFF) event "
+            "counts; pass them as an npz array (N, H, W, 2)")
+
+
+def _from_colour(rgb: np.ndarray, spec: InputSpec, where: str, *, channels_in: int = 3) -> np.ndarray:
+    """(H, W, 3) colour -> what the model takes, by the rules in the module docstring."""
+    if spec.channels == 3:
+        return rgb
+    if spec.channels == 1:
+        if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]):
+            return rgb[..., :1]  # a gray image stored as colour: exact
+        if spec.modality == "opd":
+            raise UserError(f"{where}: a colour image, but this phase (opd) model takes 1-channel optical path "
+                            "difference; colour cannot be turned into phase")
+        if spec.modality in ("gray", ""):
+            return (rgb @ LUMA)[..., None]
+        raise UserError(f"{where}: a colour image, but this {spec.modality} model takes 1 channel")
+    if spec.channels == 2 and spec.modality == "event":
+        raise UserError(_event_refusal(where, channels_in))
+    raise UserError(f"{where}: a {channels_in}-channel image, but the model takes {spec.channels} channels")
+
+
+def _from_array(array: np.ndarray, spec: InputSpec, where: str) -> np.ndarray:
+    """One npz image (H, W) or (H, W, C) -> (H, W, C') float32, scaled as the npz loader scales."""
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[-1] not in (1, 2, 3, 4):
+        raise UserError(f"{where}: image of shape {array.shape}; expected (H, W) or (H, W, C) with C in 1..4 "
+                        "(channels last, the MedMNIST layout)")
+    kind = array.dtype.kind
+    if kind not in "uifb":
+        raise UserError(f"{where}: dtype {array.dtype}; expected uint8, uint16, bool or float images")
+    channels = array.shape[-1]
+    if spec.modality == "event":
+        if channels != 2:
+            raise UserError(_event_refusal(where, channels))
+        return array.astype(np.float32)  # counts, as stored
+    if channels == 2:
+        raise UserError(f"{where}: a 2-channel image, but the model takes {spec.channels} channel(s)")
+    if spec.modality == "opd" and kind != "f":
+        raise UserError(f"{where}: dtype {array.dtype}; this phase (opd) model takes optical path difference in "
+                        "radians as float values")
+    x = array.astype(np.float32)
+    if array.dtype == np.uint8:
+        x /= 255
+    elif array.dtype == np.uint16:
+        x /= 65535
+    elif kind in "iu":
+        raise UserError(f"{where}: dtype {array.dtype}; expected uint8, uint16, bool or float images")
+    elif not np.isfinite(x).all():
+        raise UserError(f"{where}: the image contains NaN or infinite values")
+    if channels == 1:
+        return np.repeat(x, 3, axis=-1) if spec.channels == 3 else x
+    return _from_colour(x[..., :3], spec, where, channels_in=channels)
+
+
+def _finish(images: list[np.ndarray], spec: InputSpec) -> np.ndarray:
+    """(H, W, C) float images -> (N, C, S, S) resized (as in training) and normalised, float32."""
+    import torch
+
+    from runner.data.dataset import resize
+
+    out = np.empty((len(images), spec.channels, spec.image_size, spec.image_size), dtype=np.float32)
+    for i, image in enumerate(images):
+        x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None]
+        out[i] = resize(x, spec.image_size)[0].numpy()
+    return (out - spec.mean[None, :, None, None]) / spec.std[None, :, None, None]
+
+
+def preprocess(items: Sequence[Item], spec: InputSpec, arrays: dict[tuple[Path, str], np.ndarray] | None = None) -> np.ndarray:
+    """Items -> the model's input batch (N, C, S, S) float32; UserError naming an unreadable image."""
+    arrays = {} if arrays is None else arrays
+    images = []
+    for item in items:
+        if item.key is None:
+            images.append(_read_image(item.path, spec))
+            continue
+        source = (item.path, item.key)
+        if source not in arrays:
+            try:
+                with np.load(item.path, allow_pickle=False) as archive:
+                    arrays.clear()  # one array in memory at a time
+                    arrays[source] = archive[item.key]
+            except (OSError, ValueError, zipfile.BadZipFile) as err:
+                raise UserError(f"{item.path}: cannot read '{item.key}' ({err})") from None
+        images.append(_from_array(arrays[source][item.index], spec, item.name))
+    return _finish(images, spec)
+
+
+# ---------------------------------------------------------------------------------------------
+# Runtimes
+
+
+Runner = Callable[[np.ndarray], np.ndarray]
+
+
+def load_runtime(export_dir: Path, card: dict[str, Any], fmt: str | None, device: str) -> tuple[str, Runner]:
+    """(format, function (N, C, S, S) float32 -> logits) for the export's onnx or pt2 file."""
+    files = card["files"]
+    fmt = fmt or ("onnx" if "onnx" in files else "pt2")
+    if fmt not in files:
+        raise UserError(f"{export_dir}: no {fmt} model in this export (it has: {', '.join(files)}); "
+                        "pick another --format or export it with --formats " + fmt)
+    path = export_dir / files[fmt]
+    if not path.is_file():
+        raise UserError(f"{path}: missing; the model card lists it; export the model again")
+    if device == "cuda":
+        _check_cuda(fmt)
+    try:
+        if fmt == "onnx":
+            return fmt, _onnx(path, device)
+        return fmt, _pt2(path, device)
+    except UserError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any loader failure means the file is unusable
+        line = (str(err).strip().splitlines() or [type(err).__name__])[-1][:200]
+        raise UserError(f"{path}: corrupt or truncated model file ({line}); export the model again") from None
+
+
+def _check_cuda(fmt: str) -> None:
+    if fmt == "onnx":
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise UserError("--device cuda: this onnxruntime has no CUDA provider (install onnxruntime-gpu), "
+                            "or use --format pt2 or --device cpu")
+    else:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda: no CUDA device is available to torch here; use --device cpu")
+
+
+def _onnx(path: Path, device: str) -> Callable[[np.ndarray], np.ndarray]:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+    session = ort.InferenceSession(str(path), options, providers=providers)
+    name, output = session.get_inputs()[0].name, session.get_outputs()[0].name
+    return lambda x: session.run([output], {name: x})[0]
+
+
+def _pt2(path: Path, device: str) -> Callable[[np.ndarray], np.ndarray]:
+    import torch
+
+    program = torch.export.load(path)
+    if device == "cuda":
+        from torch.export.passes import move_to_device_pass
+
+        program = move_to_device_pass(program, "cuda")
+    module = program.module()
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return module(torch.from_numpy(x).to(device)).float().cpu().numpy()
+
+    return run
+
+
+# ---------------------------------------------------------------------------------------------
+# Prediction
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _batches(items: Sequence[Item], size: int) -> Iterator[Sequence[Item]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+@dataclass
+class Prediction:
+    rows: list[dict[str, Any]]
+    counts: Counter
+    seconds_total: float
+    seconds_model: float
+    fmt: str
+    correct: int = 0
+    labelled: int = 0
+
+
+def predict(export_dir: Path, inputs: Sequence[Path], *, batch_size: int = DEFAULT_BATCH, device: str = "cpu",
+            fmt: str | None = None, split: str | None = None) -> Prediction:
+    """Classify every image named by ``inputs`` with the export in ``export_dir``."""
+    from runner.modelcard import read_card
+
+    start = time.perf_counter()
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, but got {batch_size}")
+    export_dir = Path(export_dir)
+    card = read_card(export_dir)
+    classes = [str(c) for c in card["classes"]]
+    spec = InputSpec.from_card(card)
+    items = collect(inputs, split=split)
+    fmt, run = load_runtime(export_dir, card, fmt, device)
+    rows: list[dict[str, Any]] = []
+    counts: Counter = Counter()
+    model_seconds, correct, labelled = 0.0, 0, 0
+    arrays: dict[tuple[Path, str], np.ndarray] = {}
+    top = min(3, len(classes))
+    for batch in _batches(items, batch_size):
+        x = preprocess(batch, spec, arrays)
+        t0 = time.perf_counter()
+        logits = run(x)
+        model_seconds += time.perf_counter() - t0
+        probs = softmax(np.asarray(logits, dtype=np.float64))
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :top]
+        for item, p, best in zip(batch, probs, order, strict=True):
+            predicted = classes[best[0]]
+            counts[predicted] += 1
+            row = {
+                "input": item.name,
+                "predicted": predicted,
+                "probability": f"{p[best[0]]:.6f}",
+                "top3": ";".join(f"{classes[j]}:{p[j]:.4f}" for j in best),
+            }
+            if item.label is not None:
+                row["label"] = classes[item.label] if 0 <= item.label < len(classes) else str(item.label)
+                labelled += 1
+                correct += int(best[0] == item.label)
+            rows.append(row)
+    return Prediction(rows, counts, time.perf_counter() - start, model_seconds, fmt, correct, labelled)
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    """Write the predictions through a temporary file, so a failure leaves no half-written CSV."""
+    columns = ["input", "predicted", "probability", "top3"] + (["label"] if any("label" in r for r in rows) else [])
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, restval="", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            handle.write(buffer.getvalue())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def summary(result: Prediction, out: Path) -> list[str]:
+    n = len(result.rows)
+    lines = [f"classified {n} images with {result.fmt} -> {out}"]
+    width = max((len(c) for c in result.counts), default=0)
+    for name, count in result.counts.most_common():
+        lines.append(f"  {name:<{width}s}  {count:>7d}  ({count / max(1, n):.1%})")
+    if result.labelled:
+        lines.append(f"accuracy on the {result.labelled} labelled images: {result.correct / result.labelled:.4f}")
+    rate = n / result.seconds_total if result.seconds_total > 0 else float("inf")
+    model_rate = n / result.seconds_model if result.seconds_model > 0 else float("inf")
+    lines.append(f"{rate:.0f} images/s end to end (reading and preprocessing included), {model_rate:.0f} images/s "
+                 "in the model")
+    return lines
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USER_ERROR, f"error: {message} (see python -m runner.predict --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="python -m runner.predict",
+        description="Classify cell images with a model exported by python -m runner.export.",
+        epilog="Exit status: 0 done, 2 bad input. Channel conversions and preprocessing: see the module docstring.",
+    )
+    parser.add_argument("export_dir", type=Path, metavar="EXPORT_DIR", help="an export directory (runs/<name>/export)")
+    parser.add_argument("inputs", type=Path, nargs="+", metavar="INPUT",
+                        help="image files, folders (recursive) or MedMNIST-layout .npz files")
+    parser.add_argument("--out", type=Path, metavar="CSV", help="where to write the CSV (default: EXPORT_DIR/predictions.csv)")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, metavar="N",
+                        help=f"images per model call (default {DEFAULT_BATCH})")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the model runs (default cpu)")
+    parser.add_argument("--format", choices=("onnx", "pt2"), dest="fmt",
+                        help="which exported file to run (default: onnx when present)")
+    parser.add_argument("--split", metavar="NAME", help="npz inputs: only <NAME>_images (e.g. test); default: all arrays")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        out = args.out if args.out is not None else args.export_dir / "predictions.csv"
+        result = predict(args.export_dir, args.inputs, batch_size=args.batch_size, device=args.device,
+                         fmt=args.fmt, split=args.split)
+        write_csv(result.rows, out)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    print("\n".join(summary(result, out)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
