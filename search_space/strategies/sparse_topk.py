@@ -278,10 +278,11 @@ class SparseTopK(SparseModel):
             distill = (bce * valid).sum() / valid.sum().clamp_min(1)
         loss = distill
         n_neg = min(self.negatives, z.shape[1] - idx.shape[1])
-        if n_neg > 0:
+        if n_neg > 0:  # kept and negative pixels weigh by their share of the supervised pixels
             noise = torch.rand_like(z).scatter(1, idx, -1.0)  # (B, H*W), selected pixels excluded
             neg = noise.topk(n_neg, dim=1).indices
-            loss = loss + F.softplus(z.gather(1, neg)).mean()  # BCE toward 0
+            share = n_neg / (n_neg + idx.shape[1])
+            loss = (1 - share) * distill + share * F.softplus(z.gather(1, neg)).mean()  # BCE toward 0
         loss = self.distill_weight * loss
         if self.k_rule == "ratio":
             target_ratio = float(self.k_rule_config.get("k_target_ratio", K_TARGET_RATIO_DEFAULT))
