@@ -35,10 +35,11 @@ the cap; patches past an image's count are masked out of attention, merging and 
 FLOPs convention: the attention is computed as a dense, masked (N x N) product for simplicity and
 exportability, but ``analytic_flops`` counts what a sparse kernel computes -- QK^T and AV only at
 the allowed query-key pairs of each image's real tokens, and linears / MLPs only on real tokens
-(kept patches, present parents, global tokens) -- so FLOPs grow linearly with the kept patches for a
-fixed window and global-token count. The learned scorer runs on every patch and is counted as such.
-Scoring by foreground or variance, top-k, gathers, merges (means), norms and activations are
-excluded.
+(kept patches, present parents, global tokens). A real token has at most its union window and the
+global tokens as keys, so FLOPs grow at most linearly with the kept patches for a fixed window and
+global-token count (exactly linearly at a fixed density of kept neighbours per window). The
+learned scorer runs on every patch and is counted as such. Scoring by foreground or variance,
+top-k, gathers, merges (means), norms and activations are excluded.
 """
 
 from __future__ import annotations

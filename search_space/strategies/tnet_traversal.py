@@ -54,9 +54,11 @@ _PE_DIM = 3 * 2 * len(_PE_FREQS)
 _MAX_SUPERSAMPLE = 4
 
 
-def _conv_bn_relu(c_in: int, c_out: int, stride: int) -> nn.Sequential:
+def _conv_norm_relu(c_in: int, c_out: int, stride: int) -> nn.Sequential:
+    # GroupNorm, not BatchNorm: the backbone runs once per level, so BatchNorm would normalise each
+    # level by its own batch statistics in training but by their blended running averages in eval.
     return nn.Sequential(
-        nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()
+        nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False), nn.GroupNorm(math.gcd(4, c_out), c_out), nn.ReLU()
     )
 
 
@@ -72,9 +74,9 @@ class _Backbone(nn.Module):
         super().__init__()
         self.grid_size = grid_size
         self.convs = nn.Sequential(
-            _conv_bn_relu(in_channels, width, 1),
-            _conv_bn_relu(width, 2 * width, 2),
-            _conv_bn_relu(2 * width, 4 * width, 2),
+            _conv_norm_relu(in_channels, width, 1),
+            _conv_norm_relu(width, 2 * width, 2),
+            _conv_norm_relu(2 * width, 4 * width, 2),
         )
         self.proj = nn.Linear(4 * width, embed_dim)
 
@@ -272,7 +274,12 @@ class TNetTraversal(SparseModel):
     def used_map(self, images: torch.Tensor) -> torch.Tensor:
         """(B, H, W) fraction of full-resolution pixels resolved at each pixel by its best view."""
         B, _, H, W = images.shape
-        _, all_centres, _ = self._traverse(images)
+        was_training = self.training
+        self.eval()  # the map shows the deterministic eval selection
+        try:
+            _, all_centres, _ = self._traverse(images)
+        finally:
+            self.train(was_training)
         py = (2 * torch.arange(H, device=images.device, dtype=images.dtype) + 1) / H - 1
         px = (2 * torch.arange(W, device=images.device, dtype=images.dtype) + 1) / W - 1
         used = images.new_zeros(B, H, W)

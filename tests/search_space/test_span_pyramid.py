@@ -161,6 +161,18 @@ def test_disallowed_pairs_get_zero_attention() -> None:
             assert bool(allowed[0, 2 + i, 2 + j]) == (regular or shifted)
 
 
+@pytest.mark.parametrize("size", [16, 128])
+def test_smallest_and_largest_images(size: int) -> None:
+    torch.manual_seed(0)
+    model = build(2, size).eval()
+    x = torch.rand(2, 2, size, size)
+    with torch.no_grad():
+        assert model(x).shape == (2, NUM_CLASSES)
+    used = model.used_map(x)
+    assert used.shape == (2, size, size) and used.min() >= 0 and used.max() <= 1
+    assert model.analytic_flops(x) > 0
+
+
 def test_eval_is_deterministic() -> None:
     torch.manual_seed(0)
     model = build(3, 64, keep_score="learned").eval()

@@ -111,6 +111,18 @@ def test_gumbel_exploration_samples_in_training_only() -> None:
         assert torch.equal(model._traverse(x)[1][1], model._traverse(x)[1][1])
 
 
+@pytest.mark.parametrize("size", [16, 128])
+def test_smallest_and_largest_images(size: int) -> None:
+    torch.manual_seed(0)
+    model = build(2, size).eval()
+    x = torch.rand(2, 2, size, size)
+    with torch.no_grad():
+        assert model(x).shape == (2, NUM_CLASSES)
+    used = model.used_map(x)
+    assert used.shape == (2, size, size) and used.min() >= 0 and used.max() <= 1
+    assert model.analytic_flops(x) > 0
+
+
 def test_eval_is_deterministic_and_batch_independent() -> None:
     torch.manual_seed(0)
     model = build(3, 64, levels=3, pooling="attention").eval()
@@ -130,11 +142,14 @@ def test_used_map_is_resolution_density() -> None:
     assert used.min() >= 0 and used.max() <= 1
     assert torch.allclose(used.amin(dim=(1, 2)), torch.tensor(1 / 16))
     assert torch.allclose(used.amax(dim=(1, 2)), torch.tensor(1 / 4))
+    model.train()
+    assert model.used_map(torch.randn(3, 3, 64, 64)).shape == used.shape and model.training
     crop_pixels = (used == 0.25).sum(dim=(1, 2))
     assert ((crop_pixels >= 32 * 32) & (crop_pixels <= 2 * 32 * 32)).all()  # two 32x32 crops, maybe overlapping
 
 
 def test_set_k_bounds() -> None:
+    assert build(width=6)(torch.randn(1, 3, 28, 28)).shape == (1, NUM_CLASSES)  # any width
     model = build(grid_size=3)
     assert model.k_bounds() == (1, 9) and model.k == 2
     model.set_k(5)
