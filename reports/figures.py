@@ -165,7 +165,7 @@ def pareto_figure(run: Run, colours: Mapping[str, str], pareto: pd.Series) -> go
     budget = _budget_trace(run, x, _num(complete, y))
     if budget is not None:
         fig.add_trace(budget)
-    for symbol, name in (("diamond", "◆ dense baseline"), ("x", "✕ infeasible (over a constraint)")):
+    for symbol, name in (("diamond", "dense baseline"), ("x", "infeasible (over a constraint)")):
         fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=name,
                                  marker={"symbol": symbol, "color": "#777", "size": 10}, hoverinfo="skip"))
     fig.update_layout(
@@ -332,7 +332,7 @@ def parallel_figure(run: Run) -> tuple[go.Figure | None, list[str]]:
               "reversescale": run.directions[first] == "minimize", "colorbar": {"title": {"text": label(first)}}},
         dimensions=dims,
     ))
-    fig.update_layout(height=480, margin={"l": 130, "r": 60, "t": 70, "b": 30})
+    fig.update_layout(height=480, margin={"l": 130, "r": 150, "t": 70, "b": 30})
     return fig, conditional
 
 

@@ -291,18 +291,20 @@ def _knee_pair(directions: Mapping[str, str]) -> list[str]:
 
 def pick_trial(
     trials: pd.DataFrame,
-    directions: Mapping[str, str],
+    directions: Mapping[str, str] | Sequence[tuple[str, str]],
     how: Literal["knee", "accuracy", "budget"],
     max_flops: float | None = None,
 ) -> int:
     """Trial number to export, chosen among eligible trials (COMPLETE, feasible, finite objectives).
 
-    ``directions`` maps objective name (a trials.csv column) to "maximize"/"minimize".
+    ``directions`` maps objective name (a trials.csv column) to "maximize"/"minimize" (a mapping or
+    (name, direction) pairs, in the space's objective order).
     ``how="knee"``: the knee of the accuracy-vs-FLOPs front (see :func:`knee_point`; with other
     objectives, the first two searched). ``how="accuracy"``: the most accurate trial.
     ``how="budget"``: the most accurate trial with FLOPs at most ``max_flops``.
     Raises UserError when no trial qualifies or the request cannot be answered.
     """
+    directions = dict(directions)
     if how not in ("knee", "accuracy", "budget"):
         raise user_error(f"how must be one of 'knee', 'accuracy', 'budget', but got {how!r}")
     needed = {"knee": list(directions), "accuracy": ["accuracy"], "budget": ["accuracy", "flops"]}[how]

@@ -178,6 +178,8 @@ class Browser:
         return result["result"].get("value")
 
     def open(self, url: str, timeout: float = 60.0) -> None:
+        """Load ``url``; the events of earlier pages are dropped, so checks see this page only."""
+        self.events.clear()
         self.call("Page.navigate", url=url)
         self.wait_for("Page.loadEventFired", timeout=timeout)
 

@@ -159,6 +159,7 @@ def test_picks_skip_failed_pruned_running_and_infeasible_trials():
     assert most_accurate_within_budget(trials, 1e3, DIRS) is None
     # Front of eligible trials: 6 (0.60, 1e4), 0 (0.70, 1e5), 1 (0.85, 1e6), 5 (0.90, 1e7); the knee is 1.
     assert pick_trial(trials, DIRS, "knee") == 1
+    assert pick_trial(trials, list(DIRS.items()), "knee") == 1  # (name, direction) pairs work too
 
 
 def test_feasible_column_as_written_to_csv(tmp_path):

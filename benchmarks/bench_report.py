@@ -1,0 +1,99 @@
+"""How big and how slow is the HTML report? Builds synthetic run directories (12 and 200 trials, in
+the runner's layout, in a temporary folder), times ``reports.build`` and writes docs/bench_report.md.
+
+    python benchmarks/bench_report.py [--trials 12 200] [--no-write]
+
+Targets: a 200-trial report under 10 MB that builds in under 20 s on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from reports.build import build_report  # noqa: E402
+from tests.reports.fake_run import write_run  # noqa: E402
+
+SIZE_LIMIT_MB = 10.0
+TIME_LIMIT_S = 20.0
+
+
+def machine() -> str:
+    """One line naming the machine the figures come from (load average included: shared machines vary)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    return f"{cpu}, {cores} cores available, load average {load}; {platform.platform()}; Python {platform.python_version()}"
+
+
+def bench(n_trials: int, root: Path) -> dict[str, float]:
+    run_dir = write_run(root, f"bench{n_trials}", n_trials=n_trials, seed=1)
+    build_report(run_dir)  # warm: imports, plotly.js read once
+    timings = []
+    for _ in range(2):
+        start = time.perf_counter()
+        out = build_report(run_dir)
+        timings.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "reports.build", str(run_dir), "--out", str(root / f"cli{n_trials}.html")],
+                   check=True, cwd=REPO, capture_output=True)
+    cli = time.perf_counter() - start
+    return {"trials": n_trials, "size_mb": out.stat().st_size / 1e6, "build_s": min(timings), "cli_s": cli}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, nargs="+", default=[12, 200])
+    parser.add_argument("--no-write", action="store_true", help="print only; do not write docs/bench_report.md")
+    args = parser.parse_args()
+    where = machine()
+    with tempfile.TemporaryDirectory(prefix="bench-report-") as tmp:
+        rows = [bench(n, Path(tmp)) for n in args.trials]
+    lines = [
+        "| trials | report size (MB) | build_report (s) | `python -m reports.build` cold (s) |",
+        "|---:|---:|---:|---:|",
+        *[f"| {r['trials']} | {r['size_mb']:.2f} | {r['build_s']:.2f} | {r['cli_s']:.2f} |" for r in rows],
+    ]
+    for line in lines:
+        print(line)
+    print(f"machine: {where}")
+    failed = [r for r in rows if r["trials"] >= 200 and (r["size_mb"] > SIZE_LIMIT_MB or r["cli_s"] > TIME_LIMIT_S)]
+    if not args.no_write:
+        doc = [
+            "# Report size and build time",
+            "",
+            "Synthetic run directories in the runner's layout (5 strategies; 1 in 12 trials failed, 1 pruned, 2 over",
+            "the FLOPs budget, histories and looked-at images for every complete trial), built with",
+            "`reports.build`. `build_report` is the best of two warm builds in one process; the cold command",
+            "includes Python start-up and imports. Targets for 200 trials: under "
+            f"{SIZE_LIMIT_MB:g} MB and {TIME_LIMIT_S:g} s on 2 cores.",
+            "",
+            *lines,
+            "",
+            f"Machine: {where}.",
+            f"Measured {dt.date.today().isoformat()} with `python benchmarks/bench_report.py`.",
+            "",
+        ]
+        (REPO / "docs" / "bench_report.md").write_text("\n".join(doc), encoding="utf-8")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

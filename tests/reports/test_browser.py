@@ -1,0 +1,97 @@
+"""The report in headless Chromium: every plot drawn, no console errors, no dialogs, no network,
+sortable table; a full-page screenshot is saved under test-artifacts/ for people to look at."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .cdp import Browser, find_chromium
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = find_chromium()
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+
+PLOTS_JS = """
+Array.from(document.querySelectorAll('div.plot')).map(function (div) {
+  var svg = div.querySelector('svg.main-svg'), box = svg ? svg.getBoundingClientRect() : {width: 0, height: 0};
+  var marks = div.querySelectorAll('.scatterlayer .trace path, .barlayer .point, .parcoords .axis').length;
+  var canvases = Array.from(div.querySelectorAll('canvas')).filter(function (c) { return c.width > 0; }).length;
+  return {id: div.id, svg: !!svg, width: box.width, height: box.height, marks: marks, canvases: canvases,
+          traces: div.data ? div.data.length : 0};
+})
+"""
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    with Browser(CHROMIUM) as b:
+        yield b
+
+
+@pytest.fixture(scope="module")
+def demo_page(browser: Browser, demo_run: Path) -> Browser:
+    """The browser with the demo report loaded and drawn (once for the tests that only read it)."""
+    browser.open((demo_run / "report.html").as_uri())
+    wait_for_plots(browser)
+    return browser
+
+
+def wait_for_plots(browser: Browser, timeout: float = 30.0) -> list[dict]:
+    """Plot states once every plot has its SVG (plotly draws asynchronously)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        plots = browser.evaluate(PLOTS_JS)
+        if (plots and all(p["svg"] for p in plots)) or time.monotonic() > deadline:
+            return plots
+        time.sleep(0.25)
+
+
+def test_every_plot_renders_without_errors_or_network(demo_page):
+    browser = demo_page
+    plots = wait_for_plots(browser)
+    assert len(plots) == 6
+    for plot in plots:
+        assert plot["svg"] and plot["width"] > 100 and plot["height"] > 100, plot
+        assert plot["traces"] > 0 and (plot["marks"] > 0 or plot["canvases"] > 0), plot
+    assert browser.errors() == []
+    assert browser.dialogs() == []
+    remote = [u for u in browser.requests() if not u.startswith(("file:", "data:"))]
+    assert remote == [], "the report must open offline"
+    images = browser.evaluate("Array.from(document.images).filter(i => i.complete && i.naturalWidth > 0).length")
+    assert images > 0
+    browser.screenshot(ARTIFACTS / "report.png")
+    assert (ARTIFACTS / "report.png").stat().st_size > 10_000
+
+
+def test_trials_table_sorts_on_click(demo_page):
+    browser = demo_page
+    numbers = "Array.from(document.querySelectorAll('#trials tbody tr')).map(r => Number(r.cells[1].textContent))"
+    header = "document.querySelectorAll('#trials thead th')[1]"
+    browser.evaluate(header + ".click()")
+    ascending = browser.evaluate(numbers)
+    assert ascending == sorted(ascending) and len(ascending) == 12
+    browser.evaluate(header + ".click()")
+    assert browser.evaluate(numbers) == sorted(ascending, reverse=True)
+    assert browser.errors() == []
+
+
+def test_hostile_values_run_no_script(browser, hostile_run):
+    browser.open((hostile_run / "report.html").as_uri())
+    plots = wait_for_plots(browser)
+    assert plots and all(p["svg"] for p in plots)
+    # Hover a span_pyramid trial (its k_rule is the script tag): the label shows the tag as text.
+    browser.evaluate("Plotly.Fx.hover('plot-1', [{curveNumber: 2, pointNumber: 0}]); true")
+    time.sleep(0.5)
+    label = browser.evaluate("document.querySelector('#plot-1 .hoverlayer').textContent")
+    assert "k_rule = <script>alert(1)</script>" in label
+    assert browser.evaluate("document.querySelectorAll('.hoverlayer script, .hoverlayer img').length") == 0
+    assert browser.dialogs() == []
+    assert browser.errors() == []
+    assert "<script>alert(1)</script>" in browser.evaluate("document.title")  # shown as text, not run
