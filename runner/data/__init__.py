@@ -1,1 +1,187 @@
-"""Datasets: the embedded synthetic cells and loaders for real images."""
+"""Datasets: the embedded synthetic cells (the default) and loaders for real images.
+
+Public API::
+
+    data = load_dataset(source="synthetic")                     # 2000/500/500 brightfield 32x32
+    data = load_dataset(source="npz", path="../shared/data/pbc28.npz")
+    c, k, s = describe_dataset(source="folder", path="cells/")  # cheap: no pixels read
+    x = augment_batch(x, generator)                             # random flips / 90-degree turns
+
+Sources: ``synthetic`` (see :mod:`runner.data.synthetic`), ``npz`` (MedMNIST layout, see
+:mod:`runner.data.npz`), ``folder`` (class folders, see :mod:`runner.data.folder`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from search_space.errors import DataError
+
+from . import synthetic
+from .augment import augment_batch
+from .dataset import SPLITS, CellDataset, Size, check_size, normalised
+from .folder import describe_folder, load_folder
+from .npz import BLOODMNIST_CLASSES, KNOWN_CLASS_NAMES, describe_npz, load_npz
+from .synthetic import MODALITY_CHANNELS, SYNTHETIC_CLASSES
+
+__all__ = [
+    "BLOODMNIST_CLASSES",
+    "KNOWN_CLASS_NAMES",
+    "MODALITY_CHANNELS",
+    "SOURCES",
+    "SYNTHETIC_CLASSES",
+    "SYNTHETIC_DEFAULT_SIZES",
+    "CellDataset",
+    "augment_batch",
+    "describe_dataset",
+    "load_dataset",
+]
+
+SOURCES: tuple[str, ...] = ("synthetic", "npz", "folder")
+SYNTHETIC_DEFAULT_SIZES: dict[str, int] = {"train": 2000, "val": 500, "test": 500}
+SYNTHETIC_DEFAULT_IMAGE_SIZE = 32
+_REAL_MODALITIES = ("brightfield", "rgb", "gray")  # what may be asked of real images (see load_dataset)
+
+
+def load_dataset(
+    *,
+    source: str,
+    path: str | Path | None = None,
+    modality: str = "brightfield",
+    image_size: int | None = None,
+    train: Size = None,
+    val: Size = None,
+    test: Size = None,
+    difficulty: float = 0.5,
+    class_names: list[str] | None = None,
+    seed: int = 0,
+) -> CellDataset:
+    """Load or generate a dataset, normalised with its train split's per-channel mean and std.
+
+    ``source``: "synthetic" (generated; ``path`` unused), "npz" or "folder" (``path`` required).
+
+    ``image_size``: output side in pixels; None = 32 for synthetic data, the stored size for real
+    data (which must then be square and, for a folder, the same for every image).
+
+    Split sizes ``train``/``val``/``test`` (None and 0 mean "the default"):
+
+    - synthetic: image counts, default 2000/500/500; each split is its own seeded stream, so
+      changing one size never changes another split's images.
+    - real data: caps. None/0 = every image; an int = at most that many; a float in (0, 1] = that
+      fraction. The pick is seeded and class-stratified (each class keeps at least one image).
+      For a folder without train/val/test subfolders, ``val`` and ``test`` instead say how to split
+      it (fraction of each class, default 0.1 and 0.2, or a total count) and ``train`` caps the rest.
+
+    ``modality``: for synthetic data "brightfield" (3 channels), "opd" (1) or "event" (2). Real
+    images are what they are: the dataset's modality is "rgb" or "gray" from the files; asking for
+    "rgb" or "gray" checks that, the default "brightfield" accepts either, "opd"/"event" are refused.
+
+    ``difficulty`` (synthetic only, in [0, 1]): how ambiguous and cluttered the cells are.
+    ``class_names``: synthetic, a subset of :data:`SYNTHETIC_CLASSES` (in the order given); npz, the
+    names of labels 0..K-1; folder, the class folders to use, in that order.
+    ``seed``: the generator's or the subsampling's seed; the same arguments give identical tensors.
+
+    Raises DataError, naming the file and the problem, for anything it cannot use.
+    """
+    sizes = _check_common(source, path, modality, image_size, {"train": train, "val": val, "test": test}, seed)
+    if source == "synthetic":
+        return _synthetic(modality, image_size, sizes, difficulty, class_names, seed)
+    loader: Callable[..., CellDataset] = {"npz": load_npz, "folder": load_folder}[source]
+    data = loader(path, image_size=image_size, sizes=sizes, class_names=class_names, seed=seed)
+    _check_real_modality(modality, data.modality, path)
+    return data
+
+
+def describe_dataset(
+    *,
+    source: str,
+    path: str | Path | None = None,
+    modality: str = "brightfield",
+    image_size: int | None = None,
+    train: Size = None,
+    val: Size = None,
+    test: Size = None,
+    difficulty: float = 0.5,
+    class_names: list[str] | None = None,
+    seed: int = 0,
+) -> tuple[int, int, int]:
+    """(in_channels, num_classes, image_size) that ``load_dataset`` with the same arguments gives,
+    cheaply: synthetic data is not generated, npz images are not read (only array headers and the
+    labels), folder images are not decoded (only listed and their headers read)."""
+    _check_common(source, path, modality, image_size, {"train": train, "val": val, "test": test}, seed)
+    if source == "synthetic":
+        names = _synthetic_classes(class_names)
+        _check_difficulty(difficulty)
+        return MODALITY_CHANNELS[modality], len(names), image_size or SYNTHETIC_DEFAULT_IMAGE_SIZE
+    describe: Callable[..., tuple[int, int, int]] = {"npz": describe_npz, "folder": describe_folder}[source]
+    channels, num_classes, size = describe(path, image_size=image_size, class_names=class_names)
+    _check_real_modality(modality, "rgb" if channels == 3 else "gray", path)
+    return channels, num_classes, size
+
+
+def _check_common(
+    source: str, path: str | Path | None, modality: str, image_size: int | None, sizes: dict[str, Size], seed: int
+) -> dict[str, Size]:
+    if source not in SOURCES:
+        raise DataError(f"unknown data source {source!r}; choose one of {', '.join(SOURCES)}")
+    if source == "synthetic":
+        if modality not in MODALITY_CHANNELS:
+            raise DataError(f"unknown modality {modality!r} for synthetic data; choose one of {', '.join(MODALITY_CHANNELS)}")
+        for name, value in sizes.items():
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise DataError(f"{name} must be an image count (int >= 0) for synthetic data, got {value!r}")
+    else:
+        if path is None:
+            raise DataError(f"source {source!r} needs a path (to the {'.npz file' if source == 'npz' else 'folder'})")
+        if modality not in _REAL_MODALITIES + tuple(MODALITY_CHANNELS):
+            raise DataError(f"unknown modality {modality!r}; choose one of {', '.join(_REAL_MODALITIES)} for real images")
+        for name, value in sizes.items():
+            check_size(name, value)
+    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 4):
+        raise DataError(f"image_size must be an int >= 4 (or None for the default), got {image_size!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise DataError(f"seed must be a non-negative int, got {seed!r}")
+    return sizes
+
+
+def _check_real_modality(asked: str, found: str, path: str | Path | None) -> None:
+    if asked in MODALITY_CHANNELS and asked != "brightfield":
+        raise DataError(f"{path}: modality {asked!r} exists only as synthetic data; real images are 'rgb' or 'gray'")
+    if asked in ("rgb", "gray") and asked != found:
+        raise DataError(f"{path}: modality {asked!r} was asked for but the images are {found}")
+
+
+def _check_difficulty(difficulty: float) -> None:
+    if isinstance(difficulty, bool) or not isinstance(difficulty, (int, float)) or not 0 <= difficulty <= 1:
+        raise DataError(f"difficulty must be a number in [0, 1], got {difficulty!r}")
+
+
+def _synthetic_classes(class_names: list[str] | None) -> tuple[str, ...]:
+    if class_names is None:
+        return SYNTHETIC_CLASSES
+    unknown = [c for c in class_names if c not in SYNTHETIC_CLASSES]
+    if unknown:
+        names = ", ".join(map(repr, unknown))
+        raise DataError(f"unknown synthetic class(es) {names}; choose from {', '.join(SYNTHETIC_CLASSES)}")
+    if len(set(class_names)) != len(class_names) or len(class_names) < 2:
+        raise DataError(f"class_names must name at least two different classes, got {list(class_names)}")
+    return tuple(class_names)
+
+
+def _synthetic(
+    modality: str, image_size: int | None, sizes: dict[str, Size], difficulty: float,
+    class_names: list[str] | None, seed: int,
+) -> CellDataset:
+    classes = _synthetic_classes(class_names)
+    _check_difficulty(difficulty)
+    size = image_size or SYNTHETIC_DEFAULT_IMAGE_SIZE
+    splits = {}
+    for split in SPLITS:
+        n = int(sizes[split] or SYNTHETIC_DEFAULT_SIZES[split])
+        batch = synthetic.generate(
+            n, modality=modality, image_size=size, difficulty=float(difficulty), seed=seed, split=split, classes=classes
+        )
+        splits[split] = (batch.images, batch.labels)
+    source = f"synthetic {modality}, {size}px, difficulty {difficulty:g}, seed {seed}"
+    return normalised(splits, class_names=list(classes), modality=modality, source=source)

@@ -1,0 +1,211 @@
+"""Images in a MedMNIST-layout ``.npz``: ``{train,val,test}_images`` and ``{train,val,test}_labels``.
+
+Images are (N, H, W) or (N, H, W, C) with C in {1, 3, 4} (RGBA loses its alpha); uint8 is scaled
+by 1/255, uint16 by 1/65535, float kept as stored. Labels are integers, (N,) or (N, 1).
+
+Class names, first found wins: the ``class_names`` argument; a ``class_names`` array in the file;
+:data:`KNOWN_CLASS_NAMES` when the file name starts with one of its keys and the label count
+matches (this is how ``pbc28.npz`` and MedMNIST's ``bloodmnist.npz`` get BloodMNIST's names);
+otherwise ``class_0``, ``class_1``, ... up to the largest label.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from search_space.errors import DataError
+
+from .dataset import SPLITS, CellDataset, Size, check_every_class, normalised, resize, stratified_pick, wanted
+
+BLOODMNIST_CLASSES: tuple[str, ...] = (
+    "basophil",
+    "eosinophil",
+    "erythroblast",
+    "immature granulocyte",
+    "lymphocyte",
+    "monocyte",
+    "neutrophil",
+    "platelet",
+)
+# File-name prefix (lower case) -> class names in label order, for files that carry no names.
+KNOWN_CLASS_NAMES: dict[str, tuple[str, ...]] = {"bloodmnist": BLOODMNIST_CLASSES, "pbc": BLOODMNIST_CLASSES}
+
+_SCALE = {np.dtype(np.uint8): 1 / 255, np.dtype(np.uint16): 1 / 65535}
+
+
+def load_npz(
+    path: str | Path,
+    *,
+    image_size: int | None,
+    sizes: dict[str, Size],
+    class_names: list[str] | None,
+    seed: int,
+) -> CellDataset:
+    """Read, check, subsample (seeded, class-stratified), resize and normalise an npz dataset."""
+    path = Path(path)
+    with _open(path) as archive:
+        names = _class_names(path, archive, class_names)
+        labels = {s: _labels(path, archive, s, len(names) if names else None) for s in SPLITS}
+        shapes = {s: _image_shape(path, archive, s) for s in SPLITS}
+        _check_shapes(path, shapes, labels)
+        size = _output_size(path, shapes["train"], image_size)
+        names = names or _default_names(path, labels)
+        splits = {}
+        for i, split in enumerate(SPLITS):
+            y = labels[split]
+            keep = stratified_pick(y, wanted(sizes[split], len(y)), len(names), np.random.default_rng([seed, i]))
+            check_every_class(y[keep], names, split, str(path), _hint(sizes[split], len(names), split))
+            images = archive[f"{split}_images"]
+            images = images[keep] if len(keep) < len(images) else images
+            x = _to_float(path, images)
+            splits[split] = (resize(x, size), torch.from_numpy(y[keep]))
+    modality = "rgb" if splits["train"][0].shape[1] == 3 else "gray"
+    return normalised(splits, class_names=names, modality=modality, source=str(path))
+
+
+def describe_npz(path: str | Path, *, image_size: int | None, class_names: list[str] | None) -> tuple[int, int, int]:
+    """(in_channels, num_classes, image_size) from the array headers and the labels, images unread."""
+    path = Path(path)
+    with _open(path) as archive:
+        names = _class_names(path, archive, class_names)
+        labels = {s: _labels(path, archive, s, len(names) if names else None) for s in SPLITS}
+        shapes = {s: _image_shape(path, archive, s) for s in SPLITS}
+        _check_shapes(path, shapes, labels)
+        num_classes = len(names) if names else len(_default_names(path, labels))
+    channels = shapes["train"][3]
+    return (3 if channels == 4 else channels), num_classes, _output_size(path, shapes["train"], image_size)
+
+
+def _open(path: Path) -> np.lib.npyio.NpzFile:
+    if not path.is_file():
+        raise DataError(f"{path}: no such file" + (" (it is a folder; use source='folder')" if path.is_dir() else ""))
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
+        raise DataError(f"{path}: not a readable .npz file ({err})") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise DataError(f"{path}: holds a single array, not an .npz archive with {_required()}")
+    missing = [k for k in _required() if k not in archive.files]
+    if missing:
+        archive.close()
+        raise DataError(
+            f"{path}: missing key(s) {', '.join(missing)}; the file has: {', '.join(archive.files) or 'nothing'}"
+            f" (expected MedMNIST layout: {', '.join(_required())})"
+        )
+    return archive
+
+
+def _required() -> list[str]:
+    return [f"{s}_{kind}" for s in SPLITS for kind in ("images", "labels")]
+
+
+def _class_names(path: Path, archive: np.lib.npyio.NpzFile, given: list[str] | None) -> list[str] | None:
+    if given is not None:
+        return list(given)
+    if "class_names" in archive.files:
+        names = archive["class_names"]
+        if names.ndim != 1 or names.dtype.kind not in "US":
+            raise DataError(f"{path}: 'class_names' must be a 1-D array of strings, got {names.dtype} {names.shape}")
+        return [str(n) for n in names]
+    return None
+
+
+def _default_names(path: Path, labels: dict[str, np.ndarray]) -> list[str]:
+    count = int(max(y.max(initial=-1) for y in labels.values())) + 1
+    stem = path.name.lower()
+    for prefix, names in KNOWN_CLASS_NAMES.items():
+        if stem.startswith(prefix) and len(names) == count:
+            return list(names)
+    return [f"class_{i}" for i in range(count)]
+
+
+def _labels(path: Path, archive: np.lib.npyio.NpzFile, split: str, num_classes: int | None) -> np.ndarray:
+    key = f"{split}_labels"
+    y = archive[key]
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise DataError(f"{path}: '{key}' must have shape (N,) or (N, 1), got {y.shape} (multi-label is not supported)")
+    if y.dtype.kind not in "iu":
+        raise DataError(f"{path}: '{key}' must hold integer class indices, got dtype {y.dtype}")
+    if len(y) and y.min() < 0:
+        raise DataError(f"{path}: '{key}' has negative label {int(y.min())}; labels must be 0..num_classes-1")
+    if num_classes is not None and len(y) and y.max() >= num_classes:
+        raise DataError(
+            f"{path}: '{key}' has label {int(y.max())} but there are only {num_classes} class names"
+            f" (labels must be 0..{num_classes - 1})"
+        )
+    return y.astype(np.int64)
+
+
+def _image_shape(path: Path, archive: np.lib.npyio.NpzFile, split: str) -> tuple[int, int, int, int]:
+    """(N, H, W, C) of one split's images, read from the .npy header inside the zip."""
+    key = f"{split}_images"
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    with archive.zip.open(f"{key}.npy") as member:
+        reader = readers.get(np.lib.format.read_magic(member))
+        if reader is not None:
+            shape, _, dtype = reader(member)
+    if reader is None:  # a newer .npy version: read the array itself
+        array = archive[key]
+        shape, dtype = array.shape, array.dtype
+    if dtype not in _SCALE and dtype.kind not in "fb":
+        raise DataError(f"{path}: '{key}' has dtype {dtype}; expected uint8, uint16, bool or float images")
+    if len(shape) == 3:
+        return (*shape, 1)
+    if len(shape) == 4 and shape[3] in (1, 3, 4):
+        return shape
+    raise DataError(
+        f"{path}: '{key}' has shape {shape}; expected (N, H, W) or (N, H, W, C) with C in 1, 3, 4"
+        + (" (it looks channels-first: transpose it to (N, H, W, C))" if len(shape) == 4 and shape[1] in (1, 3) else "")
+    )
+
+
+def _check_shapes(path: Path, shapes: dict[str, tuple[int, ...]], labels: dict[str, np.ndarray]) -> None:
+    for split in SPLITS:
+        if shapes[split][0] != len(labels[split]):
+            raise DataError(
+                f"{path}: '{split}_images' has {shapes[split][0]} images but '{split}_labels' has"
+                f" {len(labels[split])} labels"
+            )
+        if shapes[split][1:] != shapes["train"][1:]:
+            raise DataError(
+                f"{path}: '{split}_images' are {shapes[split][1:]} (H, W, C) but 'train_images' are"
+                f" {shapes['train'][1:]}; all splits must share one image shape"
+            )
+    if len(labels["train"]) == 0:
+        raise DataError(f"{path}: 'train_images' is empty")
+
+
+def _output_size(path: Path, shape: tuple[int, ...], image_size: int | None) -> int:
+    """The asked size, else the stored one, which must then be square."""
+    if image_size:
+        return image_size
+    if shape[1] != shape[2]:
+        raise DataError(f"{path}: images are {shape[1]}x{shape[2]}, not square; pass image_size to resize them")
+    return int(shape[1])
+
+
+def _to_float(path: Path, images: np.ndarray) -> torch.Tensor:
+    """(N, H, W[, C]) array -> (N, C, H, W) float32 in the documented scale; RGBA -> RGB."""
+    x = torch.from_numpy(np.ascontiguousarray(images))
+    if x.ndim == 3:
+        x = x[..., None]
+    x = x[..., :3].permute(0, 3, 1, 2).contiguous()  # reorder while still small (e.g. uint8)
+    scale = _SCALE.get(images.dtype)
+    x = x.to(torch.float32)
+    if scale is not None:
+        return x.mul_(scale)
+    if not torch.isfinite(x).all():
+        raise DataError(f"{path}: the images contain NaN or infinite values")
+    return x
+
+
+def _hint(size: Size, num_classes: int, split: str) -> str:
+    if size:
+        return f" after taking {size!r} of them; give {split} a larger value (at least {num_classes})"
+    return "; every split needs every class"
