@@ -1,0 +1,102 @@
+"""Stopping a search (Ctrl-C, kill -9 of the driver) and ``--resume``: no completed trial lost or run
+twice, interrupted trials marked FAIL and replaced, exactly the requested number of trials in the end."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.runner.search_fixtures import journal_trials, read_trials, set_env, write_space
+
+
+@pytest.fixture(autouse=True)
+def _env(monkeypatch, tmp_path):
+    set_env(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+
+
+def start(*args: str | Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "runner.search", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for_complete(run: Path, count: int, process: subprocess.Popen, timeout_s: float = 180) -> None:
+    """Poll trials.csv until ``count`` trials are COMPLETE (the driver must still be running)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.stdout.read()
+        if (run / "trials.csv").is_file():
+            try:
+                rows = read_trials(run)
+            except (OSError, ValueError):
+                rows = []
+            if sum(r["state"] == "COMPLETE" for r in rows) >= count:
+                return
+        time.sleep(0.2)
+    process.kill()
+    raise AssertionError(f"no {count} complete trials within {timeout_s} s")
+
+
+def completed(run: Path, name: str = "probe") -> dict[int, tuple]:
+    return {t.number: (t.values, t.datetime_complete) for t in journal_trials(run, name) if t.state.name == "COMPLETE"}
+
+
+def check_final(run: Path, trials: int, before: dict[int, tuple]) -> None:
+    final = journal_trials(run)
+    states = [t.state.name for t in final]
+    assert states.count("COMPLETE") == trials
+    assert set(states) <= {"COMPLETE", "FAIL"}  # nothing left RUNNING
+    after = completed(run)
+    assert all(after[n] == before[n] for n in before)  # completed trials kept as they were, not re-run
+    rows = {int(r["number"]): r for r in read_trials(run)}
+    assert sorted(rows) == [t.number for t in final]
+    for number, row in rows.items():
+        if row["state"] == "FAIL":
+            assert row["error"].startswith("interrupted")
+        else:
+            assert (run / "trials" / str(number) / "metrics.json").is_file()
+
+
+def test_kill_9_then_resume_finishes_the_requested_trials(tmp_path) -> None:
+    space = write_space(tmp_path, trials=5, epochs=2, train=128)
+    run = tmp_path / "run"
+    driver = start("--space", space, "--out", run)
+    wait_for_complete(run, 2, driver)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait(timeout=30)
+    before = completed(run)
+    assert len(before) >= 2
+    assert "RUNNING" in {t.state.name for t in journal_trials(run)} or len(before) < 5
+
+    resumed = subprocess.run([sys.executable, "-m", "runner.search", "--out", str(run), "--resume"],
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    check_final(run, 5, before)
+    assert "[5/5]" in resumed.stdout and "Pareto front" in resumed.stdout
+
+
+def test_ctrl_c_stops_cleanly_and_resume_continues(tmp_path) -> None:
+    space = write_space(tmp_path, trials=4, epochs=2, train=128)
+    run = tmp_path / "run"
+    driver = start("--space", space, "--out", run)
+    wait_for_complete(run, 1, driver)
+    driver.send_signal(signal.SIGINT)
+    output, _ = driver.communicate(timeout=120)
+    assert driver.returncode == 130, output
+    assert "continue with: python -m runner.search --out" in output and "--resume" in output
+    rows = read_trials(run)
+    assert "RUNNING" not in {r["state"] for r in rows}
+    assert {t.state.name for t in journal_trials(run)} <= {"COMPLETE", "FAIL"}
+    before = completed(run)
+    assert os.path.exists(run / "run.json")
+
+    resumed = subprocess.run([sys.executable, "-m", "runner.search", "--space", str(space), "--out", str(run),
+                              "--resume"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    check_final(run, 4, before)

@@ -1,0 +1,60 @@
+"""The Ray Tune backend end to end: a local Ray cluster, trials in worker processes, failures
+recorded in the journal, and (slow) resume after the driver is killed."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from runner.search import main
+from tests.runner.search_fixtures import journal_trials, read_trials, set_env, write_space
+from tests.runner.test_resume import check_final, completed, start, wait_for_complete
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(autouse=True)
+def _env(monkeypatch, tmp_path):
+    set_env(monkeypatch)  # Ray workers inherit PYTHONPATH and CELLSPARSE_PLUGINS from this process
+    monkeypatch.chdir(tmp_path)
+
+
+def test_ray_search_runs_trials_in_parallel_and_records_failures(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("PROBE_BEHAVIOURS", "ok,raise,nan,ok")
+    space = write_space(tmp_path, trials=4, backend="ray", max_concurrent=2, behaviour="by_trial")
+    assert main(["--space", str(space), "--out", "run"]) == 0
+    run = tmp_path / "run"
+    rows = read_trials(run)
+    assert [r["number"] for r in rows] == ["0", "1", "2", "3"]
+    assert [r["state"] for r in rows] == ["COMPLETE", "FAIL", "FAIL", "COMPLETE"]
+    assert rows[1]["error"] == "RuntimeError: probe_net was told to fail"
+    assert rows[2]["error"].startswith("NonFiniteLossError: training loss became nan")
+    for number in (0, 3):  # trial folders are named by Optuna trial number
+        for name in ("config.json", "metrics.json", "history.json", "model.pt", "meta.json", "looked_at.npz"):
+            assert (run / "trials" / str(number) / name).is_file()
+        assert json.loads((run / "trials" / str(number) / "config.json").read_text())["strategy"] == "probe_net"
+    assert (run / "ray" / "session-0").is_dir()
+    info = json.loads((run / "run.json").read_text())
+    assert info["backend"] == "ray" and info["finished_at"]
+    out = capsys.readouterr().out
+    assert "[4/4]" in out and "Pareto front" in out
+
+
+@pytest.mark.slow
+def test_ray_kill_9_then_resume(tmp_path) -> None:
+    space = write_space(tmp_path, trials=5, backend="ray", max_concurrent=2, epochs=2, train=256)
+    run = tmp_path / "run"
+    driver = start("--space", space, "--out", run)
+    wait_for_complete(run, 2, driver, timeout_s=300)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait(timeout=30)
+    before = completed(run)
+    resumed = subprocess.run([sys.executable, "-m", "runner.search", "--out", str(run), "--resume"],
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    check_final(run, 5, before)
+    assert len(journal_trials(run)) >= 5
