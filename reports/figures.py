@@ -286,18 +286,18 @@ def _parallel_dimension(column: str, col: pd.Series) -> dict[str, Any] | None:
     missing = bool(col.isna().any())
     if column != "strategy" and numeric.notna().all():
         lo, hi = float(numeric.min()), float(numeric.max())
-        if lo == hi and not missing:
-            return None  # constant: says nothing
+        if lo == hi:
+            return None  # one value (where set at all): the strategy axis already says as much
         if not missing:
             return {"label": name, "values": pd.to_numeric(col).to_numpy(float)}
-        fill = lo - 0.15 * (hi - lo) if hi > lo else lo - 1.0
+        fill = lo - 0.15 * (hi - lo)
         distinct = sorted(set(numeric.tolist()))
         few_ints = len(distinct) <= 8 and all(float(v).is_integer() for v in distinct)
-        ticks = distinct if few_ints or hi == lo else np.linspace(lo, hi, 5).tolist()
+        ticks = distinct if few_ints else np.linspace(lo, hi, 5).tolist()
         return {"label": name, "values": pd.to_numeric(col).fillna(fill).to_numpy(float),
                 "tickvals": [fill, *ticks], "ticktext": [NA, *[esc(fmt(t)) for t in ticks]]}
     cats = sorted(present.astype(str).unique())
-    if len(cats) < 2 and not missing and column != "strategy":
+    if len(cats) < 2 and column != "strategy":
         return None
     if missing:
         cats = [NA, *cats]
@@ -306,24 +306,32 @@ def _parallel_dimension(column: str, col: pd.Series) -> dict[str, Any] | None:
             "ticktext": [esc(c) for c in cats]}
 
 
-def parallel_figure(run: Run) -> tuple[go.Figure | None, list[str]]:
+def parallel_figure(run: Run, ranking: Sequence[str] = (), max_config_axes: int = 12
+                    ) -> tuple[go.Figure | None, list[str], list[str]]:
     """Parallel coordinates over the config and the objectives of complete trials, coloured by the
-    first objective; returns the figure and the conditional keys (shown at 'n/a' where unused)."""
+    first objective. Past ``max_config_axes`` varying config keys, those first in ``ranking`` (e.g.
+    by importance) are kept. Returns the figure, the conditional keys shown (at 'n/a' where a
+    strategy does not use them) and the keys left out."""
     trials = run.trials
     rows = trials[(trials["state"] == "COMPLETE").to_numpy()]
     values = np.column_stack([_num(rows, o) for o in run.objectives]) if len(rows) else np.empty((0, 0))
     if len(rows):
         rows = rows[np.isfinite(values).all(axis=1)]
     if rows.empty:
-        return None, []
-    dims: list[dict[str, Any]] = []
-    conditional: list[str] = []
-    for column in ["strategy", *config_columns(trials)]:
-        dim = _parallel_dimension(column, rows[column])
-        if dim is not None:
-            dims.append(dim)
-            if rows[column].isna().any():
-                conditional.append(column.removeprefix("config."))
+        return None, [], []
+    candidates = [(c, d) for c in config_columns(trials) if (d := _parallel_dimension(c, rows[c])) is not None]
+    left_out: list[str] = []
+    if len(candidates) > max_config_axes:
+        order = {key: i for i, key in enumerate(ranking)}
+        ranked = sorted(range(len(candidates)),
+                        key=lambda i: (order.get(candidates[i][0].removeprefix("config."), len(order)), i))
+        keep = set(ranked[:max_config_axes])
+        left_out = [c.removeprefix("config.") for i, (c, _) in enumerate(candidates) if i not in keep]
+        candidates = [cd for i, cd in enumerate(candidates) if i in keep]
+    strategy_axis = _parallel_dimension("strategy", rows["strategy"])
+    dims: list[dict[str, Any]] = [strategy_axis] if strategy_axis is not None else []
+    dims += [d for _, d in candidates]
+    conditional = [c.removeprefix("config.") for c, _ in candidates if rows[c].isna().any()]
     for o in run.objectives:
         dims.append({"label": esc(o), "values": _num(rows, o)})
     first = run.objectives[0]
@@ -333,7 +341,7 @@ def parallel_figure(run: Run) -> tuple[go.Figure | None, list[str]]:
         dimensions=dims,
     ))
     fig.update_layout(height=480, margin={"l": 130, "r": 150, "t": 70, "b": 30})
-    return fig, conditional
+    return fig, conditional, left_out
 
 
 def importance_figure(importances: Mapping[str, Mapping[str, float]]) -> go.Figure:

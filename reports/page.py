@@ -319,24 +319,35 @@ def strategy_section(page: Page, run: Run, colours: Mapping[str, str]) -> str:
                 "the dense baselines.") + page.figure(fig)
 
 
+def _ranking(importances: Mapping[str, Mapping[str, float]]) -> list[str]:
+    """Config keys by their largest importance over the objectives (journal names may carry a
+    'strategy.' prefix; the key is the last dotted part)."""
+    best: dict[str, float] = {}
+    for imp in importances.values():
+        for param, value in imp.items():
+            key = param.rsplit(".", 1)[-1]
+            best[key] = max(best.get(key, 0.0), float(value))
+    return sorted(best, key=lambda k: -best[k])
+
+
 def parameters_section(page: Page, run: Run) -> str:
+    importances, why = param_importances(run)
     parts = []
-    fig, conditional = F.parallel_figure(run)
+    fig, conditional, left_out = F.parallel_figure(run, _ranking(importances))
     if fig is None:
         parts.append(note("No complete trials to draw parallel coordinates from."))
     else:
         parts.append(note("Parallel coordinates over the configuration and the objectives of complete trials. "
                           "Drag along an axis to filter."
                           + (f" 'n/a' marks keys that a trial's strategy does not use "
-                             f"({esc(', '.join(conditional))})." if conditional else "")))
+                             f"({esc(', '.join(conditional))})." if conditional else "")
+                          + (" Left out to keep the plot readable (the most important keys are kept): "
+                             f"{esc(', '.join(left_out))}." if left_out else "")))
         parts.append(page.figure(fig))
-    importances, why = param_importances(run)
     parts.append("<h3>Parameter importance per objective</h3>")
+    parts.append(note(esc(why) + "."))
     if importances:
-        parts.append(note(esc(why) + "."))
         parts.append(page.figure(F.importance_figure(importances)))
-    else:
-        parts.append(note(esc(why) + "."))
     return "\n".join(parts)
 
 

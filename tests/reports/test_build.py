@@ -164,3 +164,15 @@ def test_building_a_report_imports_neither_torch_nor_ray(tmp_path):
                           timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_parallel_coordinates_keep_the_most_important_keys(demo_run):
+    from reports.figures import parallel_figure
+    from reports.rundir import load_run
+
+    run = load_run(demo_run)
+    fig, conditional, left_out = parallel_figure(run, ranking=["k_rule", "lr"], max_config_axes=2)
+    labels = [d.label for d in fig.data[0].dimensions]
+    assert labels == ["strategy", "lr", "k_rule", "accuracy", "flops"]  # table order among the kept keys
+    assert "k_rule" in conditional and "lr" not in conditional
+    assert "embed_dim" in left_out and "k_rule" not in left_out
