@@ -1,11 +1,27 @@
 """The search space: YAML specs, the model space they describe, and sampling from it.
 
 Public API: ``build_model``, ``default_config``, ``load_space``, ``SearchSpace``, ``strategy_names``.
-Importing this package pulls in torch and pyyaml, never Ray or plotly.
+They load on first use, so ``search_space.errors`` (needed by reports) imports without torch;
+nothing here ever imports Ray or plotly.
 """
 
-from search_space.build import build_model, default_config
-from search_space.spec import SearchSpace, load_space
-from search_space.strategies import strategy_names
+from __future__ import annotations
 
-__all__ = ["SearchSpace", "build_model", "default_config", "load_space", "strategy_names"]
+from importlib import import_module
+from typing import Any
+
+_PUBLIC = {
+    "build_model": "search_space.build",
+    "default_config": "search_space.build",
+    "load_space": "search_space.spec",
+    "SearchSpace": "search_space.spec",
+    "strategy_names": "search_space.strategies",
+}
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC:
+        return getattr(import_module(_PUBLIC[name]), name)
+    raise AttributeError(f"module 'search_space' has no attribute {name!r}")
