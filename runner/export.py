@@ -274,12 +274,14 @@ def save_onnx(program: torch.export.ExportedProgram, path: Path, metadata: dict[
     onnx_program.save(path, external_data=False)
 
 
-def onnx_runner(path: Path) -> Callable[[np.ndarray], np.ndarray]:
-    """(N, C, S, S) float32 -> logits through onnxruntime on the CPU."""
+def onnx_runner(path: Path, threads: int = 1) -> Callable[[np.ndarray], np.ndarray]:
+    """(N, C, S, S) float32 -> logits through onnxruntime on the CPU, with ``threads`` intra-op threads."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     return lambda x: session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(x, dtype=np.float32)})[0]
 
@@ -355,7 +357,8 @@ def measure_latency(runners: dict[str, Callable[[np.ndarray], np.ndarray]], imag
                     batch_sizes: Sequence[int] = (1, PARITY_IMAGES)) -> dict[str, dict[str, dict[str, float]]]:
     """``{runtime: {"batch_<n>": {"ms_per_batch", "ms_per_image", "images_per_s"}}}`` on the CPU.
 
-    Batches larger than the check images repeat them. Uses each runtime's default threads.
+    Batches larger than the check images repeat them. Threads are whatever the runners were built
+    with (the exporter uses the same count for torch and onnxruntime).
     """
     out: dict[str, dict[str, dict[str, float]]] = {}
     for name, run in runners.items():
@@ -438,14 +441,31 @@ def export_run(
     formats: Sequence[str] = FORMATS,
     out: Path | None = None,
     measure: bool = True,
+    threads: int = 1,
     log: Callable[[str], None] = print,
 ) -> ExportResult:
     """Export one trial of the run in ``run_dir``; see the module docstring for what is written and checked.
 
     Raises UserError for bad input (the run, the trial, the flags) and ExportError when a format
     cannot be produced or disagrees with the eager model; in both cases nothing is written.
-    ``measure=False`` skips the latency measurements (the card then holds none).
+    ``measure=False`` skips the latency measurements (the card then holds none). ``threads`` is the
+    intra-op thread count of torch and onnxruntime while exporting, checking and timing: 1 by
+    default, a per-core figure that stays meaningful on a shared machine (where more threads than
+    idle cores make torch many times slower) and scales out by running one process per core.
     """
+    if threads < 1:
+        raise UserError(f"--threads must be at least 1, but got {threads}")
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _export(Path(run_dir), trial=trial, pick=pick, max_flops=max_flops, formats=formats, out=out,
+                       measure=measure, threads=threads, log=log)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _export(run_dir: Path, *, trial: int | None, pick: str, max_flops: float | None, formats: Sequence[str],
+            out: Path | None, measure: bool, threads: int, log: Callable[[str], None]) -> ExportResult:
     from reports.rundir import load_run
     from runner.checkpoint import load_trained
     from runner.modelcard import CARD_FILE, README_FILE, build_card, render_readme
@@ -455,7 +475,6 @@ def export_run(
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
         raise UserError(f"--formats: unknown format(s) {unknown or '(none given)'}; valid: {', '.join(FORMATS)}")
-    run_dir = Path(run_dir)
     run = load_run(run_dir)
     space = parse_space(run.space, source=run_dir / "space.yaml")
     choice = choose_trial(run, trial=trial, pick=pick, max_flops=max_flops)
@@ -495,7 +514,7 @@ def export_run(
                     runner = pt2_runner(path)
                 else:
                     save_onnx(program, path, {"cellsparse.model_card": card_json})
-                    runner = onnx_runner(path)
+                    runner = onnx_runner(path, threads)
             except Exception as err:  # noqa: BLE001
                 raise ExportError(f"{fmt} export failed for trial {choice.number} ({trained.strategy}): "
                                   f"{_first_line(err)}; nothing was written") from err
@@ -512,8 +531,8 @@ def export_run(
             **{fmt: {f"batch_{p.batch_size}": {"max_abs_diff": p.max_abs_diff, "class_mismatches": p.class_mismatches}
                      for p in results} for fmt, results in parity.items()},
         }
-        card["latency"] = {"cpu": _cpu_name(), "torch_threads": torch.get_num_threads(),
-                           "load_average_1min": _load_average(), "runtimes": latency}
+        card["latency"] = {"cpu": _cpu_name(), "threads": threads, "load_average_1min": _load_average(),
+                           "runtimes": latency}
         np.savez_compressed(tmp / PARITY_FILE, images=checks.images.numpy(),
                             logits=eager_logits(model, checks.images, len(checks.images)).numpy())
         (tmp / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
@@ -577,6 +596,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--formats", default=",".join(FORMATS), metavar="LIST",
                         help=f"comma-separated formats to write (default: {','.join(FORMATS)})")
     parser.add_argument("--out", type=Path, metavar="DIR", help="output directory (default: RUN_DIR/export)")
+    parser.add_argument("--threads", type=int, default=1, metavar="N",
+                        help="intra-op threads of torch and onnxruntime while checking and timing (default 1: "
+                        "per-core figures)")
     parser.add_argument("--no-latency", action="store_true", help="skip the latency measurements")
     return parser
 
@@ -591,7 +613,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UserError("--max-flops only applies to --pick budget")
         formats = [f.strip() for f in args.formats.split(",") if f.strip()]
         export_run(args.run_dir, trial=args.trial, pick=args.pick, max_flops=args.max_flops, formats=formats,
-                   out=args.out, measure=not args.no_latency)
+                   out=args.out, measure=not args.no_latency, threads=args.threads)
     except ExportError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_FAILED

@@ -215,9 +215,9 @@ def render_readme(card: dict[str, Any]) -> str:
     if runtimes:
         batches = sorted({b for figures in runtimes.values() for b in figures}, key=lambda b: int(b.split("_")[1]))
         lines += [
-            f"Measured at export on {latency.get('cpu', 'this CPU')} (default threads; torch used "
-            f"{latency.get('torch_threads')}; 1-minute load average {latency.get('load_average_1min')}): "
-            "images per second (ms per batch).",
+            f"Measured at export on {latency.get('cpu', 'this CPU')} with {latency.get('threads')} thread(s) "
+            f"per runtime (1-minute load average {latency.get('load_average_1min')}): images per second "
+            "(ms per batch).",
             "",
             "| runtime | " + " | ".join(f"batch {b.split('_')[1]}" for b in batches) + " |",
             "| --- |" + " --- |" * len(batches),

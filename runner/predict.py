@@ -79,14 +79,14 @@ class Item:
     path: Path
     key: str | None = None
     index: int | None = None
-    label: int | None = None
+    label: str | None = None  # the true class name, when the npz has labels
 
     @property
     def name(self) -> str:
         return str(self.path) if self.key is None else f"{self.path}:{self.key}[{self.index}]"
 
 
-def _npz_items(path: Path, split: str | None) -> list[Item]:
+def _npz_items(path: Path, split: str | None, classes: Sequence[str]) -> list[Item]:
     try:
         with np.load(path, allow_pickle=False) as archive:
             keys = [k for k in archive.files if k.endswith("_images")]
@@ -102,7 +102,8 @@ def _npz_items(path: Path, split: str | None) -> list[Item]:
             for key in keys:
                 shape = _npy_shape(archive, key)
                 labels = _npz_labels(archive, key.removesuffix("_images") + "_labels", shape[0])
-                items += [Item(path, key, i, None if labels is None else int(labels[i])) for i in range(shape[0])]
+                names = None if labels is None else _label_names(path, archive, labels, classes)
+                items += [Item(path, key, i, None if names is None else names[int(labels[i])]) for i in range(shape[0])]
             return items
     except (OSError, ValueError, zipfile.BadZipFile) as err:
         raise UserError(f"{path}: not a readable .npz file ({err})") from None
@@ -124,13 +125,29 @@ def _npz_labels(archive: Any, key: str, n: int) -> np.ndarray | None:
     labels = archive[key]
     if labels.ndim == 2 and labels.shape[1] == 1:
         labels = labels[:, 0]
-    if labels.ndim != 1 or len(labels) != n or labels.dtype.kind not in "iu":
-        return None
-    return labels
+    if labels.ndim != 1 or len(labels) != n or labels.dtype.kind not in "iu" or (n and labels.min() < 0):
+        return None  # not usable as class indices: predict without them
+    return labels.astype(np.int64)
 
 
-def collect(inputs: Sequence[Path], *, split: str | None = None) -> list[Item]:
-    """Every image named by ``inputs`` (files, folders searched recursively, npz files), in order."""
+def _label_names(path: Path, archive: Any, labels: np.ndarray, classes: Sequence[str]) -> list[str]:
+    """Names of an npz's integer labels, found as the npz loader finds them: a ``class_names`` array,
+    else the known names of the file (pbc28, bloodmnist), else the model's own classes by index."""
+    from runner.data.npz import KNOWN_CLASS_NAMES
+
+    count = int(labels.max(initial=-1)) + 1
+    if "class_names" in archive.files and archive["class_names"].dtype.kind in "US":
+        names = [str(n) for n in archive["class_names"]]
+    else:
+        known = [n for prefix, n in KNOWN_CLASS_NAMES.items() if path.name.lower().startswith(prefix)]
+        names = list(known[0]) if known and len(known[0]) >= count else list(classes)
+    return names + [f"class_{i}" for i in range(len(names), count)]
+
+
+def collect(inputs: Sequence[Path], *, split: str | None = None, classes: Sequence[str] = ()) -> list[Item]:
+    """Every image named by ``inputs`` (files, folders searched recursively, npz files), in order.
+
+    ``classes`` (the model's) name npz labels when the file does not name them itself."""
     if not inputs:
         raise UserError("no INPUT given; pass image files, folders or an .npz file")
     items: list[Item] = []
@@ -147,7 +164,7 @@ def collect(inputs: Sequence[Path], *, split: str | None = None) -> list[Item]:
                                 "folder or below")
             items += [Item(p) for p in files]
         elif path.is_file() and path.suffix.lower() == ".npz":
-            items += _npz_items(path, split)
+            items += _npz_items(path, split, classes)
         elif path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
             items.append(Item(path))
         elif path.exists():
@@ -390,11 +407,12 @@ def _batches(items: Sequence[Item], size: int) -> Iterator[Sequence[Item]]:
 class Prediction:
     rows: list[dict[str, Any]]
     counts: Counter
-    seconds_total: float
+    seconds_total: float  # reading, preprocessing and the model (loading it excluded)
     seconds_model: float
     fmt: str
     correct: int = 0
     labelled: int = 0
+    classes: tuple[str, ...] = ()
 
 
 def predict(export_dir: Path, inputs: Sequence[Path], *, batch_size: int = DEFAULT_BATCH, device: str = "cpu",
@@ -409,8 +427,9 @@ def predict(export_dir: Path, inputs: Sequence[Path], *, batch_size: int = DEFAU
     card = read_card(export_dir)
     classes = [str(c) for c in card["classes"]]
     spec = InputSpec.from_card(card)
-    items = collect(inputs, split=split)
+    items = collect(inputs, split=split, classes=classes)
     fmt, run = load_runtime(export_dir, card, fmt, device)
+    start = time.perf_counter()  # throughput counts reading, preprocessing and the model, not loading it
     rows: list[dict[str, Any]] = []
     counts: Counter = Counter()
     model_seconds, correct, labelled = 0.0, 0, 0
@@ -433,11 +452,11 @@ def predict(export_dir: Path, inputs: Sequence[Path], *, batch_size: int = DEFAU
                 "top3": ";".join(f"{classes[j]}:{p[j]:.4f}" for j in best),
             }
             if item.label is not None:
-                row["label"] = classes[item.label] if 0 <= item.label < len(classes) else str(item.label)
+                row["label"] = item.label
                 labelled += 1
-                correct += int(best[0] == item.label)
+                correct += int(predicted == item.label)
             rows.append(row)
-    return Prediction(rows, counts, time.perf_counter() - start, model_seconds, fmt, correct, labelled)
+    return Prediction(rows, counts, time.perf_counter() - start, model_seconds, fmt, correct, labelled, tuple(classes))
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
@@ -465,7 +484,12 @@ def summary(result: Prediction, out: Path) -> list[str]:
     for name, count in result.counts.most_common():
         lines.append(f"  {name:<{width}s}  {count:>7d}  ({count / max(1, n):.1%})")
     if result.labelled:
-        lines.append(f"accuracy on the {result.labelled} labelled images: {result.correct / result.labelled:.4f}")
+        known = {row["label"] for row in result.rows if "label" in row}
+        if known & set(result.classes):
+            lines.append(f"accuracy on the {result.labelled} labelled images: {result.correct / result.labelled:.4f}")
+        else:
+            lines.append("no accuracy: the input's labels name other classes than the model's "
+                         f"({', '.join(sorted(known)[:4])}, ... vs {', '.join(result.classes[:4])}, ...)")
     rate = n / result.seconds_total if result.seconds_total > 0 else float("inf")
     model_rate = n / result.seconds_model if result.seconds_model > 0 else float("inf")
     lines.append(f"{rate:.0f} images/s end to end (reading and preprocessing included), {model_rate:.0f} images/s "
