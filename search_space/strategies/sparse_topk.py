@@ -6,7 +6,11 @@ The coarse map cannot learn from the hard top-k, so it is distilled from the fin
 last block's CLS-to-token attention (stop-gradient, over the kept pixels) is its target, and
 randomly sampled unselected pixels are pushed toward 0 ("negatives") so the map learns there too.
 Optional: random exploration slots while training, and straight-through gating so the
-classification loss also reaches the selector.
+classification loss also reaches the selector. The default distillation is BCE toward the
+attention normalised by its maximum: it gives absolute targets, so selected pixels the fine
+attention ignores fall out of the top-k and others get their turn. KL over the kept pixels is
+shift-invariant, so only the negatives move kept against unkept pixels, and on synthetic blob
+images it often locked onto its first (background) choice.
 
 k is set by a k-adaptation rule. Rules that change k between epochs (fixed, loss_trend, schedule)
 call ``set_k``. Per-image rules (``top_p``, ``ratio``) keep the static top-``k`` candidates and
@@ -346,9 +350,9 @@ class SparseTopK(SparseModel):
         "num_heads": 4,
         "depth": 2,
         "mlp_ratio": 2.0,
-        "distill_loss": "kl",
+        "distill_loss": "bce",
         "distill_weight": 1.0,
-        "negatives": 32,
+        "negatives": 8,
         "explore_fraction": 0.05,
         "st_gating": True,
     },

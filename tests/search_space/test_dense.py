@@ -183,9 +183,13 @@ def test_torch_export(name: str) -> None:
         torch.testing.assert_close(exported.module()(images), model(images))
 
 
-@pytest.mark.parametrize(("name", "steps", "lr"), [("dense_cnn", 40, 3e-3), ("dense_vit", 60, 3e-3)])
-def test_overfits_learnable_images(name: str, steps: int, lr: float) -> None:
+@pytest.mark.parametrize(
+    ("name", "changes", "lr"),
+    [("dense_cnn", {"width": 8}, 1e-2), ("dense_vit", {"embed_dim": 32, "num_heads": 2}, 3e-3)],
+)
+def test_overfits_learnable_images(name: str, changes: dict, lr: float) -> None:
+    """64 blob images, 40 full-batch steps (~1-2 s of one core); reliable over seeds 0-4."""
     images, labels = make_blobs(channels=3, size=28)
     torch.manual_seed(0)
-    model = build_model(default_config(name), 3, 4, 28)
-    assert fit(model, images, labels, steps=steps, lr=lr) >= 0.95
+    model = build_model({**default_config(name), **changes}, 3, 4, 28)
+    assert fit(model, images, labels, steps=40, lr=lr) >= 0.95
