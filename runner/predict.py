@@ -271,9 +271,9 @@ def _from_array(array: np.ndarray, spec: InputSpec, where: str) -> np.ndarray:
                         "radians as float values")
     x = array.astype(np.float32)
     if array.dtype == np.uint8:
-        x /= 255
+        x *= np.float32(1 / 255)  # multiplied, as the npz loader does (not divided): bit-identical
     elif array.dtype == np.uint16:
-        x /= 65535
+        x *= np.float32(1 / 65535)
     elif kind in "iu":
         raise UserError(f"{where}: dtype {array.dtype}; expected uint8, uint16, bool or float images")
     elif not np.isfinite(x).all():
@@ -290,9 +290,12 @@ def _finish(images: list[np.ndarray], spec: InputSpec) -> np.ndarray:
     from runner.data.dataset import resize
 
     out = np.empty((len(images), spec.channels, spec.image_size, spec.image_size), dtype=np.float32)
+    by_shape: dict[tuple[int, ...], list[int]] = {}
     for i, image in enumerate(images):
-        x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None]
-        out[i] = resize(x, spec.image_size)[0].numpy()
+        by_shape.setdefault(image.shape, []).append(i)
+    for indices in by_shape.values():  # one resize call per image size (an npz has one size)
+        x = torch.from_numpy(np.ascontiguousarray(np.stack([images[i] for i in indices]).transpose(0, 3, 1, 2)))
+        out[indices] = resize(x, spec.image_size).numpy()
     return (out - spec.mean[None, :, None, None]) / spec.std[None, :, None, None]
 
 

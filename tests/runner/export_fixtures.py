@@ -123,3 +123,21 @@ def load_without_project(export_dir: Path, workdir: Path) -> dict:
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+_EXPORTS: dict[tuple[Path, str], tuple[Path, object, list[str]]] = {}
+
+
+def tiny_export(root: Path, strategy: str) -> tuple[Path, object, list[str]]:
+    """The tiny run of ``strategy`` exported in both formats with latency measured, once per session:
+    (export directory, ``ExportResult``, the lines the exporter printed)."""
+    from runner.export import export_run
+
+    key = (Path(root), strategy)
+    if key not in _EXPORTS:
+        run = tiny_run(root, strategy)
+        lines: list[str] = []
+        out = Path(root) / "exports" / strategy
+        result = export_run(run, out=out, log=lines.append)
+        _EXPORTS[key] = (out, result, lines)
+    return _EXPORTS[key]

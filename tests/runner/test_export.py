@@ -20,7 +20,7 @@ import torch
 from runner import export as E
 from runner.checkpoint import load_trained
 from search_space.errors import UserError
-from tests.runner.export_fixtures import load_without_project, project_strategies, search, space_text, tiny_run
+from tests.runner.export_fixtures import load_without_project, project_strategies, search, space_text, tiny_export, tiny_run
 
 
 @pytest.fixture(scope="session")
@@ -34,11 +34,8 @@ def topk_run(runs_root: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def exported(topk_run: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, E.ExportResult, list[str]]:
-    lines: list[str] = []
-    out = tmp_path_factory.mktemp("export") / "sparse_topk"
-    result = E.export_run(topk_run, out=out, log=lines.append)
-    return out, result, lines
+def exported(runs_root: Path, topk_run: Path) -> tuple[Path, E.ExportResult, list[str]]:
+    return tiny_export(runs_root, "sparse_topk")  # type: ignore[return-value]
 
 
 def _leftovers(parent: Path) -> list[str]:
