@@ -206,8 +206,9 @@ class SparseTopK(SparseModel):
 
     # ----- selection -------------------------------------------------------------------------------
     def _select(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Pick K = min(k, H*W) pixels per image: indices, logits there, and a validity mask for
-        per-image rules. Training adds exploration slots (last ones) from unselected pixels."""
+        """Pick K = min(k, H*W) pixels per image: the coarse logits ``z`` (B, H*W), the indices ``idx``
+        (B, K) and, for per-image rules, ``counts`` (B,) and a ``valid`` mask (B, K). Training puts
+        random unselected pixels in the last ``explore_fraction`` of the slots."""
         B, _, H, W = images.shape
         z = self.selector(images)  # (B, H*W) coarse logits
         K = min(self._k, H * W)
