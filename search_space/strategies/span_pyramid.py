@@ -26,11 +26,17 @@ a linear layer. The mean global token of every stage is normalised and the stage
 classifier head, as SPAN's ``multi_addition`` readout.
 
 Per-image k rules: ``top_p`` keeps, per image, the fewest best patches holding ``k_top_p`` of the
-score mass (sigmoid scores for ``learned``, the raw non-negative scores otherwise); ``ratio`` keeps
-the patches whose learned keep probability exceeds 0.5, steered toward ``k_target_ratio`` by the
-ratio loss, and needs ``keep_score: learned`` (a fixed score has no keep decision to learn; with a
-fixed score ``ratio`` keeps ``k_target_ratio`` of the patches for every image). The static top-k is
-the cap; patches past an image's count are masked out of attention, merging and pooling.
+score mass (sigmoid scores for ``learned``, the raw non-negative scores otherwise). ``ratio`` is
+DynamicViT's rule and needs ``keep_score: learned``: while training, each candidate is kept with
+probability sigmoid(score) (logistic noise, the straight-through gate carrying the class loss), the
+ratio loss pulls the mean keep probability toward ``k_target_ratio`` and replaces the distillation
+(whose negatives would pull every probability under 0.5); in eval an image keeps its round(sum of
+probabilities) best patches, the expected number of sampled keeps. (The shared ``per_image_k``
+counts probabilities above 0.5 instead, but a ratio-trained scorer's probabilities settle around the
+target, mostly below 0.5, so that count collapses toward 1.) With a fixed score there is no keep
+decision to learn, and ``ratio`` keeps ``k_target_ratio`` of the patches for every image. The
+static top-k is the cap; patches not kept by an image are masked out of attention, merging and
+pooling.
 
 FLOPs convention: the attention is computed as a dense, masked (N x N) product for simplicity and
 exportability, but ``analytic_flops`` counts what a sparse kernel computes -- QK^T and AV only at
@@ -200,12 +206,23 @@ class SpanPyramid(SparseModel):
         order = ranked.topk(K, dim=1).indices  # (B, K), best first
         row = torch.div(order, cols, rounding_mode="floor")
         coords = torch.stack([row, order - row * cols], dim=-1)  # (B, K, 2) integer (row, col)
-        if self.per_image:
-            mass = scores.sigmoid() if self.scorer is not None else scores.clamp_min(0)
-            counts = per_image_k(mass, rule=self.k_rule, config=self.k_rule_config, k_max=K)  # (B,)
+        rank = torch.arange(K, device=order.device)[None, :]  # (1, K)
+        if self.per_image and self.k_rule == "ratio" and self.training:
+            # DynamicViT: sampled keep decisions while training, kept with probability sigmoid(score).
+            kept_logits = scores.gather(1, order)  # (B, K)
+            u = torch.rand_like(kept_logits).clamp(1e-6, 1 - 1e-6)
+            valid = (kept_logits.detach() + torch.log(u) - torch.log1p(-u) > 0) | (rank == 0)  # (B, K)
+            counts = valid.sum(dim=1)
         else:
-            counts = order.new_full((images.shape[0],), K)
-        valid = torch.arange(K, device=order.device)[None, :] < counts[:, None]  # (B, K)
+            if self.per_image and self.k_rule == "ratio":
+                # Eval keeps the expected number of sampled keeps, the count the ratio loss controls.
+                counts = scores.sigmoid().sum(dim=1).round().long().clamp(1, K)  # (B,)
+            elif self.per_image:
+                mass = scores.sigmoid() if self.scorer is not None else scores.clamp_min(0)
+                counts = per_image_k(mass, rule=self.k_rule, config=self.k_rule_config, k_max=K)  # (B,)
+            else:
+                counts = order.new_full((images.shape[0],), K)
+            valid = rank < counts[:, None]  # (B, K): each image keeps a prefix of its ranking
         return {
             "patches": patches, "scores": scores, "order": order, "coords": coords, "valid": valid,
             "counts": counts, "grid": (rows, cols),
@@ -320,18 +337,17 @@ class SpanPyramid(SparseModel):
     # --- training signal -------------------------------------------------------------------------
     def auxiliary_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Learned scorer only: distil the global tokens' attention over kept patches, unselected
-        patches as negatives (+ the keep-ratio loss under ``ratio``). Zero for fixed scores."""
+        patches as negatives; under ``ratio`` the keep-ratio loss instead. Zero for fixed scores."""
         cache, self._cache = self._cache, {}
         if not cache:
             return logits.new_zeros(())
         scores, order, valid = cache["scores"], cache["order"], cache["valid"]
+        if self.k_rule == "ratio":  # the negatives would pull every keep probability under 0.5
+            return RATIO_LOSS_WEIGHT * ratio_loss(scores.sigmoid(), self._target_ratio())
         attn = cache["attn"].detach() * valid  # (B, K)
         attn = attn / attn.amax(dim=1, keepdim=True).clamp_min(1e-12)
         target = torch.zeros_like(scores).scatter(1, order, attn)  # (B, n): 0 at unselected patches
-        loss = self.score_loss_weight * F.binary_cross_entropy_with_logits(scores, target)
-        if self.k_rule == "ratio":
-            loss = loss + RATIO_LOSS_WEIGHT * ratio_loss(scores.sigmoid(), self._target_ratio())
-        return loss
+        return self.score_loss_weight * F.binary_cross_entropy_with_logits(scores, target)
 
     # --- reporting -------------------------------------------------------------------------------
     @torch.no_grad()
@@ -361,7 +377,7 @@ class SpanPyramid(SparseModel):
         D, G = self.embed_dim, self.global_tokens
         P = sel["patches"].shape[-1]
         n_patches = sel["patches"].shape[1]
-        per_image = linear_flops(sel["counts"].double(), P, D)  # (B,) patch embedding of kept patches
+        per_image = linear_flops(sel["valid"].sum(dim=1).double(), P, D)  # (B,) embedding of kept patches
         if self.scorer is not None:
             per_image = per_image + linear_flops(n_patches, P, SCORER_HIDDEN) + linear_flops(n_patches, SCORER_HIDDEN, 1)
         for stage in range(len(self.stages)):

@@ -218,13 +218,21 @@ def test_per_image_k_equals_fixed_k_at_each_images_count() -> None:
 def test_ratio_rule() -> None:
     fixed = build(3, 28, keep_score="foreground", k_rule="ratio", k_target_ratio=0.3)
     assert fixed.k == round(0.3 * 49) and not fixed.per_image
-    learned = build(3, 28, keep_score="learned", k_rule="ratio", k_target_ratio=0.3).train()
-    x = torch.randn(2, 3, 28, 28)
-    learned(x)
+    torch.manual_seed(0)
+    learned = build(3, 28, keep_score="learned", k_rule="ratio", k_target_ratio=0.3)
+    x, y = torch.randn(8, 3, 28, 28), torch.arange(8) % NUM_CLASSES
     with torch.no_grad():
-        probs = learned._scores(x, learned._patches(x)[0]).sigmoid()
-    expected = (probs > 0.5).sum(dim=1).clamp(1, learned._k).float().mean().item()
+        probs = learned._scores(x, learned._patches(x)[0]).sigmoid()  # (B, 49)
+    learned.eval()
+    with torch.no_grad():
+        learned(x)
+    expected = probs.sum(dim=1).round().clamp(1, learned._k).mean().item()  # expected keeps, capped
     assert learned.k == pytest.approx(expected)
+    learned.train()  # training samples keep decisions: not a prefix of the ranking, counts vary
+    sel = learned._select(x)
+    assert sel["valid"][:, 0].all() and not torch.equal(sel["valid"], learned._select(x)["valid"])
+    learned.auxiliary_loss(learned(x), y).backward()  # the ratio loss trains the scorer
+    assert learned.scorer[0].weight.grad.abs().sum() > 0
 
 
 def test_k_bounds_and_set_k() -> None:
