@@ -128,6 +128,8 @@ class TNetTraversal(SparseModel):
         baseline_decay: float = 0.9,
     ) -> None:
         super().__init__()
+        if levels < 2 or grid_size < 2:
+            raise ValueError(f"levels={levels} and grid_size={grid_size} must both be >= 2 (at least one glimpse level)")
         if not 1 <= regions <= grid_size**2:
             raise ValueError(f"regions={regions} must lie in [1, grid_size**2={grid_size**2}]")
         if pooling not in ("mean", "attention"):

@@ -158,6 +158,8 @@ def test_set_k_bounds() -> None:
         model.set_k(10)
     with pytest.raises(ValueError, match="regions"):
         build(grid_size=2, regions=5)
+    with pytest.raises(ValueError, match="levels"):
+        build(levels=1)
 
 
 def hand_flops(*, channels: int, base: int, width: int, dim: int, grid: int, regions: int, levels: int) -> float:
