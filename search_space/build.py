@@ -22,9 +22,15 @@ def _strategy_of(name: Any) -> StrategyInfo:
 
 
 def default_config(strategy: str) -> dict[str, Any]:
-    """A mid-range, valid config for ``strategy``: ``{"strategy": name, **registered defaults}``."""
+    """A mid-range, valid config for ``strategy``: its registered defaults, plus the k-rule
+    defaults for strategies with a k (so the config says how k moves during training)."""
     info = _strategy_of(strategy)
-    return {"strategy": info.name, **info.defaults}
+    config = {"strategy": info.name, **info.defaults}
+    if info.uses_k_rule:
+        from search_space.k_rules import K_RULE_DEFAULTS
+
+        config.update(K_RULE_DEFAULTS)
+    return config
 
 
 def complete_config(config: dict[str, Any]) -> dict[str, Any]:

@@ -299,13 +299,14 @@ def make_k_rule(config: dict[str, Any], *, k_init: int, k_bounds: tuple[int, int
     return cls(settings, k_init=int(k_init), k_bounds=(lo, hi), epochs=int(epochs))
 
 
-def per_image_k(scores: torch.Tensor, *, rule: str, config: dict[str, Any], k_max: int) -> torch.Tensor:
+def per_image_k(scores: torch.Tensor, *, rule: str, config: dict[str, Any], k_max: int, k_min: int = 1) -> torch.Tensor:
     """How many candidates each image keeps under a per-image rule: (B, N) scores -> (B,) int64.
 
     ``top_p``: the fewest highest scores whose sum reaches ``k_top_p`` of the image's total score.
     ``ratio``: the number of scores above 0.5 (the learned keep decisions).
-    Both are clamped to [1, k_max]. Static shapes, no ``.item()`` and no branching on values, so
-    ``torch.export`` traces it.
+    Both are clamped to [k_min, k_max]: a model passes its smallest useful k as ``k_min`` so an
+    untrained scorer (no score above 0.5 yet) still sees a few candidates. Static shapes, no
+    ``.item()`` and no branching on values, so ``torch.export`` traces it.
     """
     if rule == "top_p":
         p = float(_setting(config, "k_top_p"))
@@ -317,7 +318,7 @@ def per_image_k(scores: torch.Tensor, *, rule: str, config: dict[str, Any], k_ma
         count = (scores > 0.5).sum(dim=-1)
     else:
         raise KRuleError(f"k_rule {rule!r} has no per-image k; per-image rules: {', '.join(PER_IMAGE_RULES)}")
-    return count.clamp(min=1, max=int(k_max)).long()
+    return count.clamp(min=int(k_min), max=int(k_max)).long()
 
 
 def ratio_loss(scores: torch.Tensor, target: float) -> torch.Tensor:

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from search_space.k_rules import K_RULE_DEFAULTS, PER_IMAGE_RULES, per_image_k, ratio_loss
 from search_space.strategies.base import ParamSpec, SparseModel, register_strategy
 from search_space.strategies.blocks import (
     ClassifierHead,
@@ -35,36 +36,7 @@ from search_space.strategies.blocks import (
     linear_flops,
 )
 
-PER_IMAGE_RULES = ("ratio", "top_p")
 RATIO_LOSS_WEIGHT = 2.0  # DynamicViT's weight on the keep-ratio loss
-# Interim defaults of the k-rule keys this model reads (the k-rules module owns them).
-K_TOP_P_DEFAULT = 0.8
-K_TARGET_RATIO_DEFAULT = 0.3
-
-
-def _per_image_k(scores: torch.Tensor, *, rule: str, config: dict, k_max: int) -> torch.Tensor:
-    """(B, N) pixel scores in (0, 1) -> (B,) pixels each image keeps, clamped to [1, k_max].
-
-    ``top_p``: the fewest best pixels whose score sum reaches ``k_top_p`` of the image's total.
-    ``ratio``: the pixels whose learned keep decision is on (score > 0.5); the ratio loss steers
-    how many. Both keep a prefix of the score ranking. Interim copy of the k-rules module's
-    ``per_image_k``, same contract; the two are to be unified.
-    """
-    if rule == "top_p":
-        p = float(config.get("k_top_p", K_TOP_P_DEFAULT))
-        ranked = scores.sort(dim=-1, descending=True).values  # (B, N)
-        before = ranked.cumsum(dim=-1) - ranked  # score mass of the better-ranked pixels
-        count = (before < p * ranked.sum(dim=-1, keepdim=True)).sum(dim=-1)
-    elif rule == "ratio":
-        count = (scores > 0.5).sum(dim=-1)
-    else:
-        raise ValueError(f"k_rule {rule!r} has no per-image k; per-image rules: {list(PER_IMAGE_RULES)}")
-    return count.clamp(min=1, max=int(k_max)).long()
-
-
-def _ratio_loss(scores: torch.Tensor, target: float) -> torch.Tensor:
-    """DynamicViT's ratio loss on (B, N) keep scores: (mean score per image - target)^2, batch mean."""
-    return (scores.mean(dim=-1) - target).pow(2).mean()
 
 
 class CoarseSelector(nn.Module):
@@ -215,7 +187,9 @@ class SparseTopK(SparseModel):
         idx = z.topk(K, dim=1).indices  # (B, K), sorted high to low
         out = {"z": z, "idx": idx}
         if self.per_image:  # each image keeps a prefix of its K ranked candidates
-            counts = _per_image_k(z.sigmoid(), rule=self.k_rule, config=self.k_rule_config, k_max=K)  # (B,)
+            counts = per_image_k(
+                z.sigmoid(), rule=self.k_rule, config=self.k_rule_config, k_max=K, k_min=min(self.k_bounds()[0], K)
+            )  # (B,)
             out["counts"] = counts
             out["valid"] = torch.arange(K, device=z.device)[None, :] < counts[:, None]  # (B, K)
         n_explore = min(int(self.explore_fraction * K), H * W - K) if self.training else 0
@@ -290,8 +264,8 @@ class SparseTopK(SparseModel):
             loss = (1 - share) * distill + share * F.softplus(z.gather(1, neg)).mean()  # BCE toward 0
         loss = self.distill_weight * loss
         if self.k_rule == "ratio":
-            target_ratio = float(self.k_rule_config.get("k_target_ratio", K_TARGET_RATIO_DEFAULT))
-            loss = loss + RATIO_LOSS_WEIGHT * _ratio_loss(z.sigmoid(), target_ratio)
+            target_ratio = float(self.k_rule_config.get("k_target_ratio", K_RULE_DEFAULTS["k_target_ratio"]))
+            loss = loss + RATIO_LOSS_WEIGHT * ratio_loss(z.sigmoid(), target_ratio)
         return loss
 
     # ----- reports and cost ------------------------------------------------------------------------

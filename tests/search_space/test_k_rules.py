@@ -207,3 +207,8 @@ def test_per_image_k_traces_under_torch_export() -> None:
     fresh = torch.rand(3, 10, generator=torch.Generator().manual_seed(0))
     for got, want in zip(exported.module()(fresh), Counter()(fresh), strict=True):
         assert torch.equal(got, want)
+
+
+def test_per_image_k_respects_a_floor():
+    scores = torch.full((2, 10), 0.1)  # an untrained scorer: no keep decision is on
+    assert per_image_k(scores, rule="ratio", config={}, k_max=8, k_min=4).tolist() == [4, 4]

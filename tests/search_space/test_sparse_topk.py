@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from search_space.build import build_model, default_config
+from search_space.k_rules import per_image_k
 from search_space.strategies.blocks import block_flops
-from search_space.strategies.sparse_topk import _per_image_k
 from tests.search_space.test_dense import counted_flops, fit, make_blobs
 
 TINY = {"coarse_channels": 4, "coarse_layers": 1, "embed_dim": 16, "num_heads": 2, "depth": 1, "mlp_ratio": 2.0}
@@ -222,10 +222,10 @@ def test_per_image_rule_counts_only_kept_pixels(rule: str) -> None:
 def test_top_p_counts_follow_the_score_mass() -> None:
     model = build_model(tiny(k_fraction=1.0, k_rule="top_p", k_top_p=0.5), 1, 2, 16)
     scores = torch.tensor([[0.9, 0.1, 0.5, 0.5], [0.25, 0.25, 0.25, 0.25]])
-    counts = _per_image_k(scores, rule="top_p", config=model.k_rule_config, k_max=4)
+    counts = per_image_k(scores, rule="top_p", config=model.k_rule_config, k_max=4)
     assert counts.tolist() == [2, 2]  # 0.9 = 45% of 2.0 -> one more; 2 x 0.25 = 50%
-    assert _per_image_k(scores, rule="ratio", config={}, k_max=4).tolist() == [1, 1]  # at least one
-    assert _per_image_k(scores, rule="top_p", config={"k_top_p": 0.99}, k_max=3).tolist() == [3, 3]
+    assert per_image_k(scores, rule="ratio", config={}, k_max=4).tolist() == [1, 1]  # at least one
+    assert per_image_k(scores, rule="top_p", config={"k_top_p": 0.99}, k_max=3).tolist() == [3, 3]
 
 
 def test_ratio_rule_adds_the_ratio_loss() -> None:
