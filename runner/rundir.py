@@ -48,7 +48,6 @@ SESSION_SETTINGS = ("trials", "backend", "max_concurrent", "resources", "timeout
 #: Per-trial figures kept as Optuna user attributes (so trials.csv can be rebuilt from the journal).
 ATTR_CONFIG = "config"
 ATTR_STRATEGY = "strategy"
-ATTR_FEASIBLE = "feasible"
 ATTR_TEST_ACCURACY = "test_accuracy"
 ATTR_K_FINAL = "k_final"
 ATTR_PARAMS = "params_count"
