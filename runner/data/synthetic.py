@@ -341,11 +341,11 @@ def _brightfield(scene: _Scene, g: torch.Generator, d: float, scale: float) -> T
 
 def _opd(scene: _Scene, g: torch.Generator, d: float, scale: float) -> Tensor:
     n, size = scene.cell.shape[0], scene.cell.shape[-1]
-    thickness = 0.9 * (0.8 + 0.4 * torch.rand(n, 1, 1, generator=g))
+    thickness = 0.7 * (0.8 + 0.4 * torch.rand(n, 1, 1, generator=g))
     phase = thickness * scene.dome
-    phase = phase + 1.4 * scene.nucleus * scene.density[:, None, None] * (1 + 0.15 * scene.chromatin)
-    phase = phase + 0.9 * scene.eos * scene.granules[:, 1, None, None] + 0.8 * scene.baso * scene.granules[:, 2, None, None]
-    phase = phase + 0.25 * scene.fine * scene.granules[:, 0, None, None]
+    phase = phase + 1.8 * scene.nucleus * scene.density[:, None, None] * (1 + 0.15 * scene.chromatin)
+    phase = phase + 1.3 * scene.eos * scene.granules[:, 1, None, None] + 1.2 * scene.baso * scene.granules[:, 2, None, None]
+    phase = phase + 0.4 * scene.fine * scene.granules[:, 0, None, None]
     phase = phase + 1.1 * scene.rbc_thick + 1.0 * scene.other_nucleus + 0.7 * scene.debris
     tilt = _gradient(n, size, 0.2 + 0.6 * d, g) - 1  # residual phase ramp after background removal
     phase = phase + tilt + 0.1 * torch.randn(n, 1, 1, generator=g)
@@ -359,7 +359,7 @@ def _event(scene: _Scene, g: torch.Generator, d: float, scale: float) -> Tensor:
     n, size = scene.cell.shape[0], scene.cell.shape[-1]
     stain = 0.9 + 0.2 * torch.rand(n, 1, 1, 1, generator=g)
     first = _random_blur(scene.absorbance(_GRAY) * stain, g, d, scale)  # (N, 1, S, S)
-    speed = (1.0 + 1.0 * torch.rand(n, generator=g)) * scale  # pixels moved between the frames
+    speed = (1.5 + 1.0 * torch.rand(n, generator=g)) * scale  # pixels moved between the frames
     heading = torch.rand(n, generator=g) * 2 * math.pi
     shift = torch.stack([speed * heading.cos(), speed * heading.sin()], 1) * 2 / size  # normalised units
     affine = torch.zeros(n, 2, 3)
@@ -369,7 +369,7 @@ def _event(scene: _Scene, g: torch.Generator, d: float, scale: float) -> Tensor:
     second = F.grid_sample(first, grid, mode="bilinear", padding_mode="border", align_corners=False)
     # Log intensity = log(light) - OD: the light cancels, the change in OD fires events.
     change = first - second  # (N, 1, S, S) = log I2 - log I1
-    threshold = 0.16 * (1 + 0.1 * torch.randn(1, 1, size, size, generator=g)).clamp(min=0.5)  # pixel mismatch
+    threshold = 0.12 * (1 + 0.1 * torch.randn(1, 1, size, size, generator=g)).clamp(min=0.5)  # pixel mismatch
     counts = torch.cat([(change / threshold).clamp(min=0).floor(), (-change / threshold).clamp(min=0).floor()], 1)
     rate = 0.002 + 0.01 * d  # background activity: spurious single events
     spurious = torch.rand(n, 2, size, size, generator=g) < rate

@@ -1,0 +1,128 @@
+"""Data pipeline speed (and, optionally, how hard the synthetic task is).
+
+Times generating 10,000 synthetic images per modality (32 px, and brightfield at 64 px) and loading
+pbc28.npz, both as wall time and as this process's CPU time: on a shared machine the wall time
+also counts other people's work, the CPU time does not. With ``--accuracy`` it also trains a small
+plain-torch CNN (3 double-conv blocks, 32-64-128 channels, 8 epochs, 2000 training images) on each
+modality at the default difficulty and reports validation accuracy on 1000 images.
+
+    python benchmarks/bench_data.py [--accuracy] [--n 10000] [--threads 1] [--no-write]
+
+Writes docs/bench_data.md (its own file: docs/benchmarks.md belongs to other scripts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT))
+
+from _doc import markdown_table, stamp, write_section  # noqa: E402
+
+from runner.data import MODALITY_CHANNELS, load_dataset  # noqa: E402
+from runner.data.synthetic import generate  # noqa: E402
+
+DOC = ROOT / "docs" / "bench_data.md"
+PBC28 = ROOT / ".." / "shared" / "data" / "pbc28.npz"
+
+
+def timed(fn) -> tuple[float, float, object]:
+    """(wall seconds, CPU seconds of this process, result)."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = fn()
+    return time.perf_counter() - wall, time.process_time() - cpu, result
+
+
+def bench_generation(n: int) -> list[dict]:
+    rows = []
+    for modality, size in [(m, 32) for m in MODALITY_CHANNELS] + [("brightfield", 64)]:
+        generate(50, modality=modality, image_size=size)  # warm caches (blur matrices)
+        wall, cpu, _ = timed(lambda m=modality, s=size: generate(n, modality=m, image_size=s))
+        rows.append({"what": f"generate {n:,} {modality} {size}x{size}", "wall_s": wall, "cpu_s": cpu})
+    return rows
+
+
+def bench_pbc28() -> list[dict]:
+    if not PBC28.is_file():
+        print(f"skipping pbc28: {PBC28} not found")
+        return []
+    wall, cpu, data = timed(lambda: load_dataset(source="npz", path=PBC28))
+    n = len(data.train_y) + len(data.val_y) + len(data.test_y)
+    return [{"what": f"load pbc28.npz ({n:,} images, normalised)", "wall_s": wall, "cpu_s": cpu}]
+
+
+def cnn(in_channels: int, classes: int) -> nn.Module:
+    def block(i: int, o: int) -> nn.Module:
+        return nn.Sequential(
+            nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU(),
+            nn.Conv2d(o, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU(), nn.MaxPool2d(2),
+        )
+
+    return nn.Sequential(block(in_channels, 32), block(32, 64), block(64, 128),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, classes))
+
+
+def cnn_accuracy(modality: str, *, train: int = 2000, epochs: int = 8, seed: int = 0) -> float:
+    """Validation accuracy of the small dense CNN on the default synthetic data (difficulty 0.5)."""
+    data = load_dataset(source="synthetic", modality=modality, train=train, val=1000, test=10, seed=seed)
+    torch.manual_seed(seed)
+    net = cnn(data.in_channels, data.num_classes)
+    opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 4e-3, total_steps=epochs * -(-train // 64))
+    for _ in range(epochs):
+        net.train()
+        for idx in torch.randperm(train).split(64):
+            loss = F.cross_entropy(net(data.train_x[idx]), data.train_y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    net.eval()
+    with torch.no_grad():
+        return (net(data.val_x).argmax(1) == data.val_y).float().mean().item()
+
+
+def main() -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=10_000, help="images per generation timing")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for loading and training")
+    parser.add_argument("--accuracy", action="store_true", help="also train the small CNN per modality (minutes)")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave docs/bench_data.md alone")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    rows = bench_generation(args.n) + bench_pbc28()
+    load = Path("/proc/loadavg").read_text().split()[0] if Path("/proc/loadavg").exists() else "?"
+    table = markdown_table(["what", "wall s", "CPU s"], [[r["what"], f"{r['wall_s']:.2f}", f"{r['cpu_s']:.2f}"] for r in rows])
+    print(table)
+    results: dict = {"timings": rows}
+    body = (f"{stamp(' '.join(['python benchmarks/bench_data.py', *sys.argv[1:]]))} "
+            f"Load average at the end: {load}.\n\n{table}\n")
+
+    if args.accuracy:
+        accuracy = {m: cnn_accuracy(m) for m in MODALITY_CHANNELS}
+        results["cnn_val_accuracy"] = accuracy
+        acc_table = markdown_table(["modality", "val accuracy"], [[m, f"{a:.3f}"] for m, a in accuracy.items()])
+        print(acc_table)
+        body += (
+            "\nSmall dense CNN (3 double-conv blocks 32-64-128, AdamW + one-cycle, 8 epochs, batch 64, 2000 train"
+            " images, seed 0) on the default synthetic data (32 px, difficulty 0.5), 1000 validation images"
+            " (chance 0.2):\n\n" + acc_table + "\n"
+        )
+    if not args.no_write:
+        write_section("data", "Data: synthetic generation and pbc28 loading", body, doc=DOC)
+        print(f"wrote {DOC.relative_to(ROOT)}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
