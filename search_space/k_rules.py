@@ -303,7 +303,9 @@ def per_image_k(scores: torch.Tensor, *, rule: str, config: dict[str, Any], k_ma
     """How many candidates each image keeps under a per-image rule: (B, N) scores -> (B,) int64.
 
     ``top_p``: the fewest highest scores whose sum reaches ``k_top_p`` of the image's total score.
-    ``ratio``: the number of scores above 0.5 (the learned keep decisions).
+    ``ratio``: the expected number of keeps, round(sum of keep probabilities). Counting scores
+    above 0.5 instead collapses k once the ratio loss has pulled every probability toward a
+    target below 0.5; the expected count follows the target (DynamicViT's keep ratio).
     Both are clamped to [k_min, k_max]: a model passes its smallest useful k as ``k_min`` so an
     untrained scorer (no score above 0.5 yet) still sees a few candidates. Static shapes, no
     ``.item()`` and no branching on values, so ``torch.export`` traces it.
@@ -315,7 +317,7 @@ def per_image_k(scores: torch.Tensor, *, rule: str, config: dict[str, Any], k_ma
         total = ranked.sum(dim=-1, keepdim=True)  # (B, 1)
         count = (before < p * total).sum(dim=-1)
     elif rule == "ratio":
-        count = (scores > 0.5).sum(dim=-1)
+        count = scores.sum(dim=-1).round()
     else:
         raise KRuleError(f"k_rule {rule!r} has no per-image k; per-image rules: {', '.join(PER_IMAGE_RULES)}")
     return count.clamp(min=int(k_min), max=int(k_max)).long()

@@ -176,9 +176,10 @@ def test_per_image_k_top_p_on_hand_made_scores() -> None:
     assert per_image_k(scores, rule="top_p", config={"k_top_p": 0.8}, k_max=2).tolist() == [1, 2, 2, 1]
 
 
-def test_per_image_k_ratio_counts_keep_decisions() -> None:
-    scores = torch.tensor([[0.9, 0.6, 0.4, 0.51], [0.1, 0.2, 0.3, 0.4], [1.0, 1.0, 1.0, 1.0]])
-    assert per_image_k(scores, rule="ratio", config={}, k_max=3).tolist() == [3, 1, 3]
+def test_per_image_k_ratio_keeps_the_expected_count() -> None:
+    scores = torch.tensor([[0.9, 0.6, 0.4, 0.51], [0.1, 0.2, 0.3, 0.4], [1.0, 1.0, 1.0, 1.0], [0.3] * 4])
+    # sums 2.41, 1.0, 4.0, 1.2: rounded, clamped to [1, 3]; probabilities all below 0.5 still keep one
+    assert per_image_k(scores, rule="ratio", config={}, k_max=3).tolist() == [2, 1, 3, 1]
 
 
 def test_per_image_k_refuses_an_epoch_rule() -> None:

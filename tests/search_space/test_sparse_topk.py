@@ -224,7 +224,7 @@ def test_top_p_counts_follow_the_score_mass() -> None:
     scores = torch.tensor([[0.9, 0.1, 0.5, 0.5], [0.25, 0.25, 0.25, 0.25]])
     counts = per_image_k(scores, rule="top_p", config=model.k_rule_config, k_max=4)
     assert counts.tolist() == [2, 2]  # 0.9 = 45% of 2.0 -> one more; 2 x 0.25 = 50%
-    assert per_image_k(scores, rule="ratio", config={}, k_max=4).tolist() == [1, 1]  # at least one
+    assert per_image_k(scores, rule="ratio", config={}, k_max=4).tolist() == [2, 1]  # expected keeps: 2.0, 1.0
     assert per_image_k(scores, rule="top_p", config={"k_top_p": 0.99}, k_max=3).tolist() == [3, 3]
 
 
