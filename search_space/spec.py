@@ -27,7 +27,8 @@ DIRECTIONS = {"maximize": "maximize", "max": "maximize", "minimize": "minimize",
 SAMPLERS = ("tpe", "nsga2", "nsga3", "gp", "random")
 BACKENDS = ("ray", "optuna")
 SOURCES = ("synthetic", "npz", "folder")
-MODALITIES = ("brightfield", "opd", "event")
+MODALITIES = ("brightfield", "opd", "event")  # synthetic; real data also takes rgb | gray as a check
+REAL_MODALITIES = ("brightfield", "rgb", "gray")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 #: Training settings every trial reads; any of them may be a searched parameter.
@@ -384,7 +385,8 @@ def _parse_data(where: _Where, raw: dict[str, Any]) -> DataSpec:
         if not isinstance(path, str) or not path.strip():
             raise where.fail("data.path", f"expected a file or folder path for source {source!r}, got {path!r}")
         path = _expand_path(where, path)
-    modality = _choice(where, "data.modality", raw.get("modality", "brightfield"), MODALITIES, "modality")
+    modalities = MODALITIES if source == "synthetic" else REAL_MODALITIES
+    modality = _choice(where, "data.modality", raw.get("modality", "brightfield"), modalities, f"modality for {source} data")
     image_size = _number(where, "data.image_size", raw.get("image_size", 32), integer=True, low=16)
     if image_size > 128:
         raise where.fail("data.image_size", f"expected an integer from 16 to 128, got {image_size}")
