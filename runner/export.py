@@ -186,7 +186,8 @@ def recheck_accuracy(model: torch.nn.Module, checks: CheckImages, recorded: floa
         if abs(accuracy - recorded) * n > ACCURACY_SLACK + 1e-6:
             raise ExportError(
                 f"the rebuilt model scores {accuracy:.4f} on the {n} validation images, the trial recorded "
-                f"{recorded:.4f}: its config, final k or data settings do not rebuild it; nothing was written"
+                f"{recorded:.4f}: the config and final k do not rebuild it, or the validation data differ from the "
+                "trial's (the data files or the generator changed since the run); nothing was written"
             )
     return accuracy
 
@@ -215,8 +216,25 @@ def _median_dim(self: Any, dim: int, keepdim: bool = False) -> Any:
     return value, index
 
 
+def _sort_stable(self: Any, *, stable: bool | None = None, dim: int = -1, descending: bool = False) -> Any:
+    """ONNX for ``aten.sort.stable``, which the exporter lacks: a full-length TopK.
+
+    onnxruntime's TopK puts equal elements in index order (lower index first), which is exactly a
+    stable sort, ascending or descending. A stable sort is how a model breaks ties between equal
+    scores deterministically, so that eager PyTorch and onnxruntime select the same elements;
+    ``topk`` does not (PyTorch's CPU kernel and onnxruntime break ties differently).
+    """
+    from onnxscript import opset18 as op
+
+    rank = len(self.shape)
+    dim = dim + rank if dim < 0 else dim
+    n = op.Shape(self, start=dim, end=dim + 1)
+    values, indices = op.TopK(self, n, axis=dim, largest=1 if descending else 0, sorted=1)
+    return values, indices
+
+
 def _onnx_translations() -> dict[Any, Callable[..., Any]]:
-    return {torch.ops.aten.median.dim: _median_dim}
+    return {torch.ops.aten.median.dim: _median_dim, torch.ops.aten.sort.stable: _sort_stable}
 
 
 @contextlib.contextmanager
@@ -249,7 +267,8 @@ def to_exported_program(model: torch.nn.Module, example: torch.Tensor) -> torch.
     """``torch.export`` the eval model with a dynamic batch dimension (any N >= 1)."""
     batch = torch.export.Dim("batch", min=1)
     with _quiet():
-        return torch.export.export(model, (example,), dynamic_shapes={INPUT_NAME: {0: batch}}, strict=False)
+        # positional form: the forward's argument may have any name (plugin strategies)
+        return torch.export.export(model, (example,), dynamic_shapes=({0: batch},), strict=False)
 
 
 def save_pt2(program: torch.export.ExportedProgram, path: Path, card_json: str) -> None:
@@ -315,9 +334,20 @@ class Parity:
         return self.max_abs_diff <= PARITY_ATOL and self.class_mismatches == 0
 
 
+def uses_topk(program: torch.export.ExportedProgram) -> bool:
+    """Whether the program selects with ``topk`` (whose tie-breaking differs between runtimes)."""
+    return any(node.op == "call_function" and "topk" in str(node.target) for node in program.graph.nodes)
+
+
+TOPK_HINT = (" (the model selects with topk: where scores tie, PyTorch and onnxruntime keep different elements; "
+             "the strategy should select with a stable sort, torch.sort(..., stable=True), which exports exactly)")
+
+
 def check_parity(fmt: str, run: Callable[[np.ndarray], np.ndarray], model: torch.nn.Module,
-                 images: torch.Tensor) -> list[Parity]:
-    """Compare ``run`` with eager at batch 1 and batch len(images); ExportError with the figures on a mismatch."""
+                 images: torch.Tensor, hint: str = "") -> list[Parity]:
+    """Compare ``run`` with eager at batch 1 and batch len(images); ExportError with the figures on a mismatch.
+
+    ``hint`` is added to the message of a mismatch (a likely cause)."""
     results = []
     for batch_size in sorted({1, len(images)}):
         expected = eager_logits(model, images, batch_size).numpy()
@@ -336,7 +366,7 @@ def check_parity(fmt: str, run: Callable[[np.ndarray], np.ndarray], model: torch
             f"batch {p.batch_size}: max |exported - eager| = {p.max_abs_diff:.3g} (limit {PARITY_ATOL:g}), "
             f"{p.class_mismatches} of {p.images} predicted classes differ" for p in bad
         )
-        raise ExportError(f"parity check failed for {fmt}: {text}; nothing was written")
+        raise ExportError(f"parity check failed for {fmt}: {text}{hint}; nothing was written")
     return results
 
 
@@ -518,7 +548,8 @@ def _export(run_dir: Path, *, trial: int | None, pick: str, max_flops: float | N
             except Exception as err:  # noqa: BLE001
                 raise ExportError(f"{fmt} export failed for trial {choice.number} ({trained.strategy}): "
                                   f"{_first_line(err)}; nothing was written") from err
-            parity[fmt] = check_parity(fmt, runner, model, checks.images)
+            hint = TOPK_HINT if fmt == "onnx" and uses_topk(program) else ""
+            parity[fmt] = check_parity(fmt, runner, model, checks.images, hint)
             files[fmt] = path
             runners[{"onnx": "onnxruntime", "pt2": "torch_export"}[fmt]] = runner
             worst = max(p.max_abs_diff for p in parity[fmt])

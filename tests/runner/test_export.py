@@ -283,6 +283,30 @@ def test_re_export_replaces_the_previous_one(exported: tuple[Path, E.ExportResul
 # --------------------------------------------------------------------------------------------- ONNX pieces
 
 
+def test_stable_sort_is_exported_exactly_where_topk_is_not(tmp_path: Path) -> None:
+    """Ties: a stable sort keeps the same elements in torch and onnxruntime; topk does not."""
+
+    class Select(torch.nn.Module):
+        def __init__(self, stable: bool) -> None:
+            super().__init__()
+            self.stable = stable
+
+        def forward(self, scores: torch.Tensor) -> torch.Tensor:
+            if self.stable:
+                return scores.sort(dim=1, descending=True, stable=True).indices[:, :5].float()
+            return scores.topk(5, dim=1).indices.float()
+
+    scores = torch.randint(0, 3, (16, 40)).float()  # many ties
+    differing = {}
+    for stable in (True, False):
+        program = E.to_exported_program(Select(stable).eval(), scores)
+        E.save_onnx(program, tmp_path / "s.onnx", {})
+        got = E.onnx_runner(tmp_path / "s.onnx")(scores.numpy())
+        differing[stable] = int((got != Select(stable)(scores).numpy()).any(axis=1).sum())
+        assert E.uses_topk(program) is not stable
+    assert differing[True] == 0 and differing[False] > 0
+
+
 def test_median_translation_matches_torch(tmp_path: Path) -> None:
     """aten.median.dim has no ONNX translation in torch; ours returns torch's lower median."""
     import onnxruntime as ort
@@ -337,9 +361,16 @@ def test_config_variants_export(strategy: str, block: str, runs_root: Path, tmp_
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["sparse_topk", "span_pyramid", "dense_cnn"])
 @pytest.mark.parametrize("modality", ["opd", "event"])
-def test_other_modalities_export(modality: str, runs_root: Path, tmp_path: Path) -> None:
-    run = tiny_run(runs_root, "sparse_topk", modality=modality)
-    result = E.export_run(run, out=tmp_path / "export", measure=False, log=lambda line: None)
+def test_other_modalities_export(modality: str, strategy: str, runs_root: Path, tmp_path: Path) -> None:
+    """Flat backgrounds (phase near 0, no events) give many equal selector scores: the hard case for parity."""
+    run = tiny_run(runs_root, strategy, modality=modality)
+    try:
+        result = E.export_run(run, out=tmp_path / "export", measure=False, log=lambda line: None)
+    except E.ExportError as err:
+        if "selects with topk" in str(err):
+            pytest.xfail(f"{strategy} breaks score ties with topk, which onnxruntime breaks differently: {err}")
+        raise
     assert result.card["input"]["modality"] == modality
     assert result.card["input"]["channels"] == {"opd": 1, "event": 2}[modality]

@@ -1,0 +1,187 @@
+"""Deployment throughput: images per second of a run's knee model and its best dense baseline.
+
+    python benchmarks/bench_export.py runs/cells
+    python benchmarks/bench_export.py runs/cells --threads 1,2 --batch-sizes 1,256 --out docs/bench_export.md
+
+For the knee of the accuracy/FLOPs front (``reports.pareto.pick_trial(..., "knee")``) and the most
+accurate complete, feasible dense trial (dense_cnn or dense_vit), rebuilt from the run directory
+exactly as ``runner.export`` rebuilds them, this times on the CPU:
+
+- ``onnxruntime``: the ONNX file the exporter writes (dynamo exporter, onnxruntime's default
+  graph optimisations), with the given intra-op threads;
+- ``torch eager``: the PyTorch model itself, ``torch.no_grad``;
+- ``torch .pt2``: the ``torch.export`` program, loaded back with ``torch.export.load``.
+
+at each batch size (default 1 and 256) and thread count (default 1 and every core), on random
+normal inputs of the model's shape (the cost of these models does not depend on the pixel values:
+k is fixed at inference). Each figure is the median of repeated calls after two warm-up calls.
+Then it says how far the knee model's best figure is from 10,000 cells per second, the rate an
+imaging flow cytometer asks for. The table goes to ``docs/bench_export.md`` (or ``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+TARGET = 10_000  # cells per second
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _load() -> str:
+    try:
+        return ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    except (OSError, AttributeError):
+        return "n/a"
+
+
+def pick_models(run_dir: Path) -> list[tuple[str, int]]:
+    """[("knee", n), ("best dense", m)]: the trials to time (the dense one when the run has one)."""
+    from reports.pareto import eligible_mask, most_accurate, pick_trial
+    from reports.rundir import load_run
+    from search_space.strategies import get_strategy, strategy_names
+
+    run = load_run(run_dir)
+    chosen = [("knee", pick_trial(run.trials, run.directions, "knee"))]
+    dense_names = [n for n in strategy_names() if not get_strategy(n).sparse]
+    dense = run.trials[run.trials["strategy"].isin(dense_names)]
+    dense = dense[eligible_mask(dense, run.objectives).to_numpy()]
+    number = most_accurate(dense, run.directions) if not dense.empty else None
+    if number is not None:
+        chosen.append(("best dense", number))
+    return chosen
+
+
+def time_model(trial_dir: Path, workdir: Path, *, threads: list[int], batch_sizes: list[int]) -> tuple[dict, list[dict]]:
+    """(what the trial is, one row per runtime x threads x batch size)."""
+    from runner.checkpoint import load_trained
+    from runner.export import eager_runner, onnx_runner, pt2_runner, save_onnx, save_pt2, time_batches, to_exported_program
+
+    trained = load_trained(trial_dir)
+    model = trained.model
+    c, s = int(trained.meta["in_channels"]), int(trained.meta["image_size"])
+    example = torch.randn(8, c, s, s, generator=torch.Generator().manual_seed(0))
+    program = to_exported_program(model, example)
+    onnx_path, pt2_path = workdir / f"{trial_dir.name}.onnx", workdir / f"{trial_dir.name}.pt2"
+    save_onnx(program, onnx_path, {})
+    save_pt2(program, pt2_path, "{}")
+    about = {
+        "trial": trained.number,
+        "strategy": trained.strategy,
+        "accuracy": trained.metrics.get("val_accuracy", trained.metrics.get("accuracy")),
+        "flops": trained.metrics.get("flops"),
+        "size": f"{c}x{s}x{s}",
+    }
+    rows = []
+    for n_threads in threads:
+        torch.set_num_threads(n_threads)
+        runners = {"onnxruntime": onnx_runner(onnx_path, n_threads), "torch eager": eager_runner(model),
+                   "torch .pt2": pt2_runner(pt2_path)}
+        for runtime, run in runners.items():
+            for batch in batch_sizes:
+                x = torch.randn(batch, c, s, s, generator=torch.Generator().manual_seed(1)).numpy()
+                ms = time_batches(run, x, min_time_s=1.0, max_repeats=50)
+                rows.append({"runtime": runtime, "threads": n_threads, "batch": batch, "images_per_s": batch / ms * 1e3})
+    return about, rows
+
+
+def render(run_dir: Path, results: list[tuple[str, dict, list[dict]]], *, threads: list[int], batch_sizes: list[int],
+           command: str) -> str:
+    lines = [
+        "# Export throughput: knee model vs best dense baseline",
+        "",
+        f"Run `{run_dir}`. Images per second on the CPU (median of repeated calls, random normal inputs of the "
+        "model's shape; k fixed at inference, so cost does not depend on pixel values).",
+        "",
+        "| model | trial | strategy | val acc | FLOPs/image | runtime | threads | "
+        + " | ".join(f"batch {b}" for b in batch_sizes) + " |",
+        "|---|---:|---|---:|---:|---|---:|" + "---:|" * len(batch_sizes),
+    ]
+    for label, about, rows in results:
+        for runtime in ("onnxruntime", "torch eager", "torch .pt2"):
+            for n_threads in threads:
+                cells = []
+                for b in batch_sizes:
+                    hit = [r for r in rows if (r["runtime"], r["threads"], r["batch"]) == (runtime, n_threads, b)]
+                    cells.append(f"{hit[0]['images_per_s']:,.0f}" if hit else "-")
+                acc = "n/a" if about["accuracy"] is None else f"{about['accuracy']:.3f}"
+                flops = "n/a" if about["flops"] is None else f"{about['flops']:.3g}"
+                lines.append(f"| {label} | {about['trial']} | {about['strategy']} | {acc} | {flops} | {runtime} | "
+                             f"{n_threads} | " + " | ".join(cells) + " |")
+    knee_rows = results[0][2]
+    best = max(knee_rows, key=lambda r: r["images_per_s"])
+    rate = best["images_per_s"]
+    verdict = (f"reaches {rate:,.0f} images/s ({rate / TARGET:.2f}x the 10,000 cells/s target)" if rate >= TARGET
+               else f"reaches {rate:,.0f} images/s, {TARGET / rate:.1f}x short of 10,000 cells/s "
+               f"({TARGET - rate:,.0f} images/s missing)")
+    lines += [
+        "",
+        f"**Knee model vs 10,000 cells/s:** on this machine its best configuration ({best['runtime']}, "
+        f"{best['threads']} thread(s), batch {best['batch']}) {verdict}. With one process per core the per-core "
+        "figure (threads = 1) scales roughly with the cores that are free.",
+        "",
+        f"Machine: {_cpu()}, {os.cpu_count()} logical CPUs, load average {_load()} (other work on the machine "
+        f"slows and scatters the figures); Python {platform.python_version()}, torch {torch.__version__}, "
+        f"onnxruntime {_ort_version()}. Measured {dt.date.today().isoformat()} with `{command}`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _ort_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python benchmarks/bench_export.py", description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path, help="a run directory (runs/<name>)")
+    parser.add_argument("--threads", default=f"1,{os.cpu_count() or 1}", help="comma-separated thread counts")
+    parser.add_argument("--batch-sizes", default="1,256", help="comma-separated batch sizes")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "bench_export.md")
+    args = parser.parse_args(argv)
+    from search_space.errors import UserError
+
+    threads = sorted({int(t) for t in args.threads.split(",") if t.strip()})
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
+    command = "python benchmarks/bench_export.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    try:
+        picks = pick_models(args.run_dir)
+        results = []
+        with tempfile.TemporaryDirectory() as tmp:
+            for label, number in picks:
+                print(f"timing {label}: trial {number}", flush=True)
+                about, rows = time_model(args.run_dir / "trials" / str(number), Path(tmp), threads=threads,
+                                         batch_sizes=batch_sizes)
+                results.append((label, about, rows))
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    text = render(args.run_dir, results, threads=threads, batch_sizes=batch_sizes, command=command)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_out = args.out.with_name(f".{args.out.name}.tmp")
+    tmp_out.write_text(text, encoding="utf-8")
+    os.replace(tmp_out, args.out)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
