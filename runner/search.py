@@ -206,6 +206,17 @@ def build_report(run_dir: Path) -> str:
     return f"report: {path or Path(run_dir) / 'report.html'}"
 
 
+def _interrupted_by(err: BaseException) -> bool:
+    """Whether ``err`` was raised while handling a KeyboardInterrupt (anywhere down its chain)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, KeyboardInterrupt):
+            return True
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return False
+
+
 def run_search(args: argparse.Namespace) -> int:
     """Validate, prepare the run directory, run the trials, print the front. Returns the exit status."""
     import optuna
@@ -275,6 +286,10 @@ def run_search(args: argparse.Namespace) -> int:
                 run_optuna(space, out, study=study, n_trials=remaining, on_finished=on_finished)
     except KeyboardInterrupt:
         interrupted = True
+    except Exception as err:
+        if not _interrupted_by(err):
+            raise
+        interrupted = True  # Ctrl-C landed inside Optuna's own tell and surfaced as a follow-on error
     finally:
         if ray_backend is not None and started_ray:
             ray_backend.disconnect()
