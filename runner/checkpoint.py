@@ -81,9 +81,14 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def has_per_image_k(config: dict[str, Any]) -> bool:
+    """Whether the config's k rule picks a count per image (its k is a fixed cap, k_final a mean)."""
+    return config.get("k_rule") in PER_IMAGE_RULES
+
+
 def _final_k(config: dict[str, Any], meta: dict[str, Any], metrics: dict[str, Any]) -> int | None:
     """The k to set after loading, or None to keep the built k (per-image rules, no k recorded)."""
-    if config.get("k_rule") in PER_IMAGE_RULES:
+    if has_per_image_k(config):
         return None
     k = meta.get("k_final", metrics.get("k_final"))
     return None if k is None else int(round(float(k)))

@@ -74,6 +74,7 @@ def build_card(
 ) -> dict[str, Any]:
     """The card's content (parity and latency are added by the exporter once measured)."""
     from objectives import count_params
+    from runner.checkpoint import has_per_image_k
     from runner.export import FILES, INPUT_NAME, OUTPUT_NAME
 
     meta, metrics, config = trained.meta, trained.metrics, trained.config
@@ -87,7 +88,9 @@ def build_card(
         "trial": {"number": trained.number, "picked_by": choice.how, "reason": choice.reason},
         "strategy": trained.strategy,
         "config": config,
-        "k": trained.k,
+        "k_rule": config.get("k_rule") if trained.k is not None else None,
+        # the k the exported model runs at; per-image rules keep a cap and choose per image (k_final: mean kept)
+        "k": None if has_per_image_k(config) else trained.k,
         "classes": list(meta["class_names"]),
         "input": {
             "name": INPUT_NAME,
