@@ -8,8 +8,9 @@ float ones kept as stored.
 
 Without split folders the images of every class are split with a seeded shuffle: ``val`` and
 ``test`` are fractions of each class (default 0.1 and 0.2, like pbc28.npz) or total counts (ints,
-shared out over classes in proportion); ``train`` gets the rest. Each class needs an image in every
-split. Caps are then applied as for pre-split data (see ``load_dataset``).
+shared out over classes in proportion); ``train`` gets the rest, capped by the ``train`` argument
+(see ``load_dataset``). Each class needs an image in every split. The split has its own seeded
+stream, so capping ``train`` never moves an image into or out of val/test.
 """
 
 from __future__ import annotations

@@ -59,16 +59,17 @@ _EDGE_PX = 0.45  # width of the soft (anti-aliased) edge of every shape, in pixe
 # Per-class morphology at full cue strength (t = 1); index order = SYNTHETIC_CLASSES, last row = the
 # generic cell every class turns into at t = 0. Columns: cell radius (fraction of the frame side),
 # lobe radius and arc radius (fractions of the cell radius), arc spread (radians, whole chain),
-# notch depth (fraction of the lobe radius), nucleus stain density.
+# notch depth (fraction of the lobe radius), nucleus stain density, cytoplasm dry-mass density
+# (what a phase image sees instead of the stain's colour).
 _MORPH = torch.tensor(
     [
-        # radius lobe_r arc_r spread notch density
-        [0.250, 0.21, 0.50, 3.00, 0.00, 1.15],  # neutrophil
-        [0.190, 0.84, 0.00, 0.00, 0.00, 1.35],  # lymphocyte
-        [0.300, 0.60, 0.00, 0.00, 0.55, 0.85],  # monocyte
-        [0.260, 0.31, 0.60, 1.25, 0.00, 1.00],  # eosinophil
-        [0.225, 0.38, 0.45, 1.60, 0.00, 1.00],  # basophil
-        [0.240, 0.58, 0.00, 0.00, 0.00, 1.05],  # generic
+        # radius lobe_r arc_r spread notch density dry_mass
+        [0.250, 0.21, 0.50, 3.00, 0.00, 1.15, 0.85],  # neutrophil
+        [0.190, 0.84, 0.00, 0.00, 0.00, 1.35, 1.20],  # lymphocyte
+        [0.300, 0.60, 0.00, 0.00, 0.55, 0.85, 0.55],  # monocyte
+        [0.260, 0.31, 0.60, 1.25, 0.00, 1.00, 1.00],  # eosinophil
+        [0.225, 0.38, 0.45, 1.60, 0.00, 1.00, 0.70],  # basophil
+        [0.240, 0.58, 0.00, 0.00, 0.00, 1.05, 0.80],  # generic
     ]
 )
 # Lobe count range per class (inclusive); spread 0 collapses any count into one round nucleus.
@@ -167,7 +168,7 @@ def _render_chunk(
 
     # Cue strength: 1 = the class's own look, 0 = the generic cell shared by all classes.
     t = (1 - 2 * d * torch.rand(n, 1, generator=g)).clamp(0, 1)  # (N, 1)
-    morph = _MORPH[-1] + (_MORPH[cls] - _MORPH[-1]) * t  # (N, 6)
+    morph = _MORPH[-1] + (_MORPH[cls] - _MORPH[-1]) * t  # (N, 7)
     granules = _GRANULES[cls] * t  # (N, 3)
     cyto_od = _CYTO_OD[-1] + (_CYTO_OD[cls] - _CYTO_OD[-1]) * t  # (N, 3)
 
@@ -182,8 +183,8 @@ def _render_chunk(
     debris = _debris(n, size, d, scale, g)
     rbc, rbc_thickness, other_nucleus = _neighbours(n, size, d, g, thickness=modality == "opd")
 
-    scene = _Scene(body.mask, body.dome, nucleus, morph[:, 5], chromatin, granules, fine, eos, baso, cyto_od,
-                   rbc, rbc_thickness, other_nucleus, debris)
+    scene = _Scene(body.mask, body.dome, nucleus, morph[:, 5], morph[:, 6], chromatin, granules, fine, eos, baso,
+                   cyto_od, rbc, rbc_thickness, other_nucleus, debris)
     render = {"brightfield": _brightfield, "opd": _opd, "event": _event}[modality]
     return render(scene, g, d, scale).contiguous(), local, body.mask
 
@@ -300,6 +301,7 @@ class _Scene:
     dome: Tensor
     nucleus: Tensor
     density: Tensor  # (N,) nucleus stain density
+    dry_mass: Tensor  # (N,) cytoplasm dry-mass density
     chromatin: Tensor  # (N, S, S) standard normal texture
     granules: Tensor  # (N, 3) amounts: fine, eosinophilic, basophilic
     fine: Tensor
@@ -341,7 +343,7 @@ def _brightfield(scene: _Scene, g: torch.Generator, d: float, scale: float) -> T
 
 def _opd(scene: _Scene, g: torch.Generator, d: float, scale: float) -> Tensor:
     n, size = scene.cell.shape[0], scene.cell.shape[-1]
-    thickness = 0.7 * (0.8 + 0.4 * torch.rand(n, 1, 1, generator=g))
+    thickness = 0.8 * scene.dry_mass[:, None, None] * (0.85 + 0.3 * torch.rand(n, 1, 1, generator=g))
     phase = thickness * scene.dome
     phase = phase + 1.8 * scene.nucleus * scene.density[:, None, None] * (1 + 0.15 * scene.chromatin)
     phase = phase + 1.3 * scene.eos * scene.granules[:, 1, None, None] + 1.2 * scene.baso * scene.granules[:, 2, None, None]
