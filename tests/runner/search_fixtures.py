@@ -6,13 +6,16 @@ loaded), so Ray workers and CLI subprocesses know it too. Its ``behaviour`` para
 failures the backends must record: ``raise`` raises in the first forward pass, ``nan`` makes the
 loss NaN, and ``by_trial`` takes the behaviour of trial n from the comma-separated list in the
 ``PROBE_BEHAVIOURS`` environment variable (cycled; the trial's seed is the space seed 0 + n, and a
-trial seeds torch before it builds its model), so a test decides which trials fail.
+trial seeds torch before it builds its model), so a test decides which trials fail. With
+``PROBE_SLEEP_S`` set, every training step sleeps that long: trials last long enough for a test
+to stop the search in the middle of one, whatever the machine's speed.
 """
 
 from __future__ import annotations
 
 import os
 import textwrap
+import time
 from pathlib import Path
 
 import torch
@@ -48,6 +51,8 @@ class ProbeNet(SparseModel):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.behaviour == "raise" and self.training:
             raise RuntimeError("probe_net was told to fail")
+        if self.training and os.environ.get("PROBE_SLEEP_S"):
+            time.sleep(float(os.environ["PROBE_SLEEP_S"]))
         x = torch.relu(self.conv(images * self._mask(images)))  # (B, width, H, W)
         logits = self.head(x.mean(dim=(-2, -1)))
         if self.behaviour == "nan" and self.training:

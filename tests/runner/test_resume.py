@@ -18,6 +18,7 @@ from tests.runner.search_fixtures import journal_trials, read_trials, set_env, w
 @pytest.fixture(autouse=True)
 def _env(monkeypatch, tmp_path):
     set_env(monkeypatch)
+    monkeypatch.setenv("PROBE_SLEEP_S", "0.1")  # 8 steps: every trial takes about a second
     monkeypatch.chdir(tmp_path)
 
 
@@ -71,8 +72,7 @@ def test_kill_9_then_resume_finishes_the_requested_trials(tmp_path) -> None:
     driver.send_signal(signal.SIGKILL)
     driver.wait(timeout=30)
     before = completed(run)
-    assert len(before) >= 2
-    assert "RUNNING" in {t.state.name for t in journal_trials(run)} or len(before) < 5
+    assert 2 <= len(before) < 5
 
     resumed = subprocess.run([sys.executable, "-m", "runner.search", "--out", str(run), "--resume"],
                              capture_output=True, text=True, timeout=300)

@@ -45,7 +45,8 @@ def test_ray_search_runs_trials_in_parallel_and_records_failures(tmp_path, monke
 
 
 @pytest.mark.slow
-def test_ray_kill_9_then_resume(tmp_path) -> None:
+def test_ray_kill_9_then_resume(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("PROBE_SLEEP_S", "0.1")  # each trial takes over a second
     space = write_space(tmp_path, trials=5, backend="ray", max_concurrent=2, epochs=2, train=256)
     run = tmp_path / "run"
     driver = start("--space", space, "--out", run)
