@@ -251,8 +251,13 @@ def run_search(args: argparse.Namespace) -> int:
             if started_ray:
                 ray_backend.disconnect()
             raise
-    elif space.search.max_concurrent > 1:
-        print("note: the optuna backend runs one trial at a time; max_concurrent applies to the ray backend")
+    else:
+        import torch
+
+        if space.search.gpus_per_trial > 0 and not torch.cuda.is_available():
+            raise UserError(f"search.resources.gpu={space.search.gpus_per_trial:g}, but torch sees no CUDA device here")
+        if space.search.max_concurrent > 1:
+            print("note: the optuna backend runs one trial at a time; max_concurrent applies to the ray backend")
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # one line per trial is ours to print
     start = time.perf_counter()

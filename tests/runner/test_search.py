@@ -11,6 +11,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
 
 from runner.rundir import open_storage, trials_frame
 from runner.search import main
@@ -145,6 +146,8 @@ def _free_port() -> int:
         (["--space", "{space}", "--bogus"], "unrecognized arguments: --bogus"),
         (["--space", "{space}", "--backend", "dask"], "invalid choice: 'dask'"),
         (["--space", "{space}", "--trials", "0"], "--trials must be at least 1"),
+        pytest.param(["--space", "{space}", "--gpus-per-trial", "1"], "torch sees no CUDA device",
+                     marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")),
         (["--space", "{space}", "--resume", "--out", "empty"], "holds no run to resume"),
         ([], "--space FILE is required"),
         (["--resume"], "--resume without --space needs --out DIR"),
