@@ -1,0 +1,56 @@
+"""Shared helpers for benchmark scripts: the machine line and writing a section of docs/benchmarks.md.
+
+Each script owns one section, delimited by HTML comments, and rewrites only that section, so
+scripts can be re-run one at a time without clobbering each other's figures.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import re
+from pathlib import Path
+
+import torch
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+HEADER = "# Benchmarks\n\nEvery figure here is written by a script in `benchmarks/`; re-run it to refresh its section.\n"
+
+
+def machine() -> str:
+    """One line naming the machine, so figures are never quoted without it."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (
+        f"{cpu}, {os.cpu_count()} CPUs, {gpu}; torch {torch.__version__}, torch threads {torch.get_num_threads()}, "
+        f"Python {platform.python_version()}"
+    )
+
+
+def stamp(command: str) -> str:
+    return f"Machine: {machine()}. Date: {dt.date.today().isoformat()}. Command: `{command}`."
+
+
+def write_section(name: str, title: str, body: str, doc: Path = DOC) -> None:
+    """Replace (or append) the section ``name`` of docs/benchmarks.md."""
+    begin, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+    block = f"{begin}\n## {title}\n\n{body.strip()}\n{end}"
+    text = doc.read_text() if doc.exists() else HEADER
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text(text)
+
+
+def markdown_table(header: list[str], rows: list[list[object]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)

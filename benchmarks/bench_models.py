@@ -1,0 +1,71 @@
+"""Cost of each strategy at its default config: params, FLOPs and measured CPU latency.
+
+Answers whether FLOPs savings become time savings: for each strategy, its FLOPs and latency are
+divided by dense_cnn's at the same image size and batch, measured side by side in one run.
+
+    python benchmarks/bench_models.py [--threads 2] [--sizes 28 64] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _doc import markdown_table, stamp, write_section  # noqa: E402
+
+from objectives import count_flops, count_params, measure_latency_ms  # noqa: E402
+from search_space import build_model, default_config, strategy_names  # noqa: E402
+
+
+def measure(size: int, batches: tuple[int, ...], channels: int = 3, classes: int = 8) -> list[dict]:
+    rows = []
+    for name in strategy_names():
+        torch.manual_seed(0)
+        model = build_model(default_config(name), channels, classes, size).eval()
+        images = torch.rand(max(batches), channels, size, size)
+        row = {"strategy": name, "size": size, "params": count_params(model),
+               "flops": count_flops(model, images[:8])}
+        for batch in batches:
+            repeats = 30 if batch == 1 else 3
+            row[f"ms_b{batch}"] = measure_latency_ms(model, images[:batch], warmup=3, repeats=repeats)
+        rows.append(row)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[28, 64])
+    parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    batches = (1, 256)
+    table = []
+    for size in args.sizes:
+        rows = measure(size, batches)
+        base = next(r for r in rows if r["strategy"] == "dense_cnn")
+        for r in rows:
+            table.append([
+                r["strategy"], size, f"{r['params']:,}", f"{r['flops'] / 1e6:.2f}",
+                f"{r['ms_b1']:.3f}", f"{r['ms_b256']:.4f}",
+                f"{r['flops'] / base['flops']:.2f}", f"{r['ms_b1'] / base['ms_b1']:.2f}",
+                f"{r['ms_b256'] / base['ms_b256']:.2f}",
+            ])
+    header = ["strategy", "px", "params", "MFLOPs/image", "ms/image b=1", "ms/image b=256",
+              "FLOPs vs dense_cnn", "latency b=1 vs dense_cnn", "latency b=256 vs dense_cnn"]
+    text = markdown_table(header, table)
+    print(text)
+    if not args.no_write:
+        command = "python benchmarks/bench_models.py " + " ".join(sys.argv[1:])
+        body = (f"{stamp(command.strip())}\n\nDefault config of each strategy, 3 channels, 8 classes, eval mode, "
+                f"median of repeated batches (latency per image = batch time / batch size).\n\n{text}\n")
+        write_section("models", "Model cost per strategy (FLOPs against measured latency)", body)
+
+
+if __name__ == "__main__":
+    main()
