@@ -89,6 +89,13 @@ def current_k(model: SparseModel) -> float | None:
     return None if k is None else float(k)
 
 
+@torch.no_grad()
+def used_fraction(model: SparseModel, images: torch.Tensor) -> float:
+    """Mean fraction of each image the model looked at (its ``used_map``), in eval mode."""
+    model.eval()
+    return float(model.used_map(images).float().mean())
+
+
 def to_display(images: torch.Tensor) -> np.ndarray:
     """Normalised images -> [0, 1] per image and channel (min-max), for showing in the report."""
     x = images.detach().float().cpu()
@@ -233,6 +240,7 @@ def run_trial(
         "test_accuracy": accuracy(model, data.test_x, data.test_y, device),
         "flops": values.get("flops", count_flops(model, val_batch)),
         "k_final": current_k(model),
+        "used_fraction": used_fraction(model, val_batch),
         "params_count": params_count,
         "epochs": epochs,
         "train_time_s": time.perf_counter() - start,

@@ -96,6 +96,7 @@ def test_trial_writes_every_file_and_reports_each_epoch(tmp_path) -> None:
     assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["accuracy"] == metrics["val_accuracy"]
     assert metrics["params"] == metrics["params_count"] > 0
     assert metrics["test_accuracy"] is not None
+    assert metrics["used_fraction"] == pytest.approx(64 / 256)  # the final k of 256 pixels
     # the schedule rule moved k from k_init (128 of 256 pixels) down to half of it
     history = json.loads((tmp_path / "history.json").read_text())
     ks = [row["k"] for row in history]
