@@ -16,6 +16,11 @@ Trials report every objective each epoch (Tune checks every result for every met
 ``ray.tune.report`` (``ray.train.report`` raises inside Tune on 2.60). A trial that fails reports a
 final result with ``failed: True`` instead of raising, so its error lands in the journal.
 
+On a cluster (``--address``), every node needs this project installed and the run directory on
+storage all nodes see (NFS or similar): trials write their folders there and Ray keeps its own files
+under ``ray/`` in it. Ray 2.59+ turns on token authentication for clusters started with ``ray start``
+when ``RAY_AUTH_MODE=token`` is set; the driver then needs the same token.
+
 Resume does not use ``Tuner.restore``: after a hard kill Ray's experiment snapshot lags the journal
 (a trial the journal holds as COMPLETE may still be RUNNING in the snapshot and would run again).
 ``runner.search`` instead fails the journal's unfinished trials and starts a new Tune session for
