@@ -50,7 +50,7 @@ from typing import Any, ClassVar
 import torch
 
 from search_space.errors import UserError
-from search_space.strategies.base import ParamSpec
+from search_space.params import ParamSpec
 
 #: Relative improvement of the windowed loss above which ``loss_trend`` shrinks k (methods.md §2.6).
 IMPROVE_THRESHOLD = 0.01

@@ -24,46 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-
-@dataclass(frozen=True)
-class ParamSpec:
-    """What values one config key may take. ``kind`` is 'int', 'float', 'choice' or 'bool'.
-
-    ``low``/``high`` bound int and float values (inclusive unless ``low_open``/``high_open``);
-    ``choices`` lists the values of a 'choice'. ``doc`` is shown in error messages and docs.
-    """
-
-    kind: str
-    low: float | None = None
-    high: float | None = None
-    choices: tuple[Any, ...] = ()
-    low_open: bool = False
-    high_open: bool = False
-    doc: str = ""
-
-    def check(self, value: Any) -> str | None:
-        """Return None when ``value`` is allowed, else what was expected (for an error message)."""
-        if self.kind == "choice":
-            return None if value in self.choices else f"one of {list(self.choices)}"
-        if self.kind == "bool":
-            return None if isinstance(value, bool) else "true or false"
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return f"a{'n integer' if self.kind == 'int' else ' number'}{self.bounds_text()}"
-        if self.kind == "int" and not float(value).is_integer():
-            return f"an integer{self.bounds_text()}"
-        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
-            return f"a value{self.bounds_text()}"
-        if self.high is not None and (value > self.high or (self.high_open and value == self.high)):
-            return f"a value{self.bounds_text()}"
-        return None
-
-    def bounds_text(self) -> str:
-        parts = []
-        if self.low is not None:
-            parts.append(f"{'>' if self.low_open else '>='} {self.low:g}")
-        if self.high is not None:
-            parts.append(f"{'<' if self.high_open else '<='} {self.high:g}")
-        return (" " + " and ".join(parts)) if parts else ""
+from search_space.params import ParamSpec  # re-exported: strategies declare their keys with it
 
 
 class SparseModel(nn.Module, ABC):

@@ -119,3 +119,13 @@ def block_flops(n_tokens: float, dim: int, mlp_ratio: float) -> float:
 def conv2d_flops(h_out: int, w_out: int, c_in: int, c_out: int, kernel: int, groups: int = 1) -> float:
     """FLOPs of a 2-D convolution producing an (h_out, w_out) map."""
     return 2.0 * h_out * w_out * c_out * (c_in // groups) * kernel * kernel
+
+
+def top_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the ``k`` largest ``scores`` along dim 1, best first, ties in index order.
+
+    ``torch.topk`` breaks ties differently on CPU, CUDA and in onnxruntime, so an exported model
+    could keep other pixels than the eager one on flat backgrounds; a stable sort exports to an
+    ONNX TopK that orders ties by index, exactly like this.
+    """
+    return scores.sort(dim=1, descending=True, stable=True).indices[:, :k]

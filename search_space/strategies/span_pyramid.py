@@ -58,7 +58,7 @@ from torch import nn
 
 from search_space.k_rules import K_RULE_DEFAULTS, PER_IMAGE_RULES, per_image_k, ratio_loss
 from search_space.strategies.base import ParamSpec, SparseModel, register_strategy
-from search_space.strategies.blocks import ClassifierHead, TransformerBlock, linear_flops, mlp_flops
+from search_space.strategies.blocks import ClassifierHead, TransformerBlock, linear_flops, mlp_flops, top_indices
 
 KEEP_SCORES = ("foreground", "variance", "learned")
 SCORER_HIDDEN = 16  # width of the learned patch scorer
@@ -203,7 +203,7 @@ class SpanPyramid(SparseModel):
         scores = self._scores(images, patches)  # (B, n)
         K = self._k if n == self.n_patches else min(max(round(self._k * n / self.n_patches), 1), n)
         ranked = scores.detach() + _TIE_BREAK * self._centre_preference(rows, cols, scores)
-        order = ranked.topk(K, dim=1).indices  # (B, K), best first
+        order = top_indices(ranked, K)  # (B, K), best first
         row = torch.div(order, cols, rounding_mode="floor")
         coords = torch.stack([row, order - row * cols], dim=-1)  # (B, K, 2) integer (row, col)
         rank = torch.arange(K, device=order.device)[None, :]  # (1, K)
@@ -242,7 +242,7 @@ class SpanPyramid(SparseModel):
             )  # (B, K) parent cell of each child
             counts = valid.new_zeros(valid.shape[0], M, dtype=torch.float32).scatter_add(1, pid, valid.float())
             present_first = (counts > 0).float() * 2 - torch.arange(M, device=counts.device) / M  # id order
-            cells = present_first.topk(min(K, M), dim=1).indices  # (B, K'): present parents first
+            cells = top_indices(present_first, min(K, M))  # (B, K'): present parents first
             count = counts.gather(1, cells)
             row = torch.div(cells, cols, rounding_mode="floor")
             coords, valid = torch.stack([row, cells - row * cols], dim=-1), count > 0

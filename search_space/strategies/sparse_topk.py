@@ -34,6 +34,7 @@ from search_space.strategies.blocks import (
     block_flops,
     conv2d_flops,
     linear_flops,
+    top_indices,
 )
 
 RATIO_LOSS_WEIGHT = 2.0  # DynamicViT's weight on the keep-ratio loss
@@ -184,7 +185,7 @@ class SparseTopK(SparseModel):
         B, _, H, W = images.shape
         z = self.selector(images)  # (B, H*W) coarse logits
         K = min(self._k, H * W)
-        idx = z.topk(K, dim=1).indices  # (B, K), sorted high to low
+        idx = top_indices(z, K)  # (B, K), sorted high to low
         out = {"z": z, "idx": idx}
         if self.per_image:  # each image keeps a prefix of its K ranked candidates
             counts = per_image_k(

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from search_space.strategies.base import ParamSpec, SparseModel, register_strategy
-from search_space.strategies.blocks import ClassifierHead, conv2d_flops, linear_flops
+from search_space.strategies.blocks import ClassifierHead, conv2d_flops, linear_flops, top_indices
 
 _PE_FREQS = (1.0, 2.0, 4.0, 8.0)  # sine/cosine frequencies (in units of pi/2) per (y, x, level) coordinate
 _PE_DIM = 3 * 2 * len(_PE_FREQS)
@@ -225,7 +225,7 @@ class TNetTraversal(SparseModel):
             chosen = log_pi.gather(1, idx)
             taken = chosen.exp().cumsum(dim=1) - chosen.exp()  # mass drawn before each pick
             return idx, (chosen - torch.log1p(-taken.clamp(max=1.0 - 1e-6))).sum(dim=1)  # Plackett-Luce
-        idx = log_pi.topk(k, dim=1).indices
+        idx = top_indices(log_pi, k)
         return idx, log_pi.gather(1, idx).sum(dim=1)  # faithful: sum of the chosen cells' log pi
 
     def _look(self, images: torch.Tensor, centres: torch.Tensor, level: int) -> tuple[torch.Tensor, torch.Tensor]:
