@@ -366,11 +366,6 @@ def test_config_variants_export(strategy: str, block: str, runs_root: Path, tmp_
 def test_other_modalities_export(modality: str, strategy: str, runs_root: Path, tmp_path: Path) -> None:
     """Flat backgrounds (phase near 0, no events) give many equal selector scores: the hard case for parity."""
     run = tiny_run(runs_root, strategy, modality=modality)
-    try:
-        result = E.export_run(run, out=tmp_path / "export", measure=False, log=lambda line: None)
-    except E.ExportError as err:
-        if "selects with topk" in str(err):
-            pytest.xfail(f"{strategy} breaks score ties with topk, which onnxruntime breaks differently: {err}")
-        raise
+    result = E.export_run(run, out=tmp_path / "export", measure=False, log=lambda line: None)
     assert result.card["input"]["modality"] == modality
     assert result.card["input"]["channels"] == {"opd": 1, "event": 2}[modality]
