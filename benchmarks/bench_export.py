@@ -1,7 +1,7 @@
 """Deployment throughput: images per second of a run's knee model and its best dense baseline.
 
     python benchmarks/bench_export.py runs/cells
-    python benchmarks/bench_export.py runs/cells --threads 1,2 --batch-sizes 1,256 --out docs/bench_export.md
+    python benchmarks/bench_export.py runs/cells --threads 1,2 --batch-sizes 1,256
 
 For the knee of the accuracy/FLOPs front (``reports.pareto.pick_trial(..., "knee")``) and the most
 accurate complete, feasible dense trial (dense_cnn or dense_vit), rebuilt from the run directory
@@ -18,7 +18,7 @@ k is fixed at inference). Each figure is the best of three rounds, each the medi
 calls after two warm-up calls; the rounds interleave the settings, so on a shared machine a burst
 of other work does not land on one setting only.
 Then it says how far the knee model's best figure is from 10,000 cells per second, the rate an
-imaging flow cytometer asks for. The table goes to ``docs/bench_export.md`` (or ``--out``).
+imaging flow cytometer asks for. The table goes to its section of ``docs/benchmarks.md`` (or ``--out``).
 """
 
 from __future__ import annotations
@@ -175,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dir", type=Path, help="a run directory (runs/<name>)")
     parser.add_argument("--threads", default=f"1,{os.cpu_count() or 1}", help="comma-separated thread counts")
     parser.add_argument("--batch-sizes", default="1,256", help="comma-separated batch sizes")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "bench_export.md")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="write the table to this file instead of its section of docs/benchmarks.md")
     args = parser.parse_args(argv)
     from search_space.errors import UserError
 
@@ -195,10 +196,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     text = render(args.run_dir, results, threads=threads, batch_sizes=batch_sizes, command=command)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = args.out.with_name(f".{args.out.name}.tmp")
-    tmp_out.write_text(text, encoding="utf-8")
-    os.replace(tmp_out, args.out)
+    if args.out is None:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from _doc import write_section
+
+        title, _, body = text.partition("\n")
+        write_section("export", title.lstrip("# ").strip(), body)
+    else:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        tmp_out = args.out.with_name(f".{args.out.name}.tmp")
+        tmp_out.write_text(text, encoding="utf-8")
+        os.replace(tmp_out, args.out)
     print(text)
     return 0
 

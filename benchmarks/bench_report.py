@@ -1,5 +1,5 @@
 """How big and how slow is the HTML report? Builds synthetic run directories (12 and 200 trials, in
-the runner's layout, in a temporary folder), times ``reports.build`` and writes docs/bench_report.md.
+the runner's layout, in a temporary folder), times ``reports.build`` and writes its section of docs/benchmarks.md.
 
     python benchmarks/bench_report.py [--trials 12 200] [--no-write]
 
@@ -61,7 +61,7 @@ def bench(n_trials: int, root: Path) -> dict[str, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, nargs="+", default=[12, 200])
-    parser.add_argument("--no-write", action="store_true", help="print only; do not write docs/bench_report.md")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = parser.parse_args()
     where = machine()
     with tempfile.TemporaryDirectory(prefix="bench-report-") as tmp:
@@ -91,7 +91,11 @@ def main() -> int:
             f"Measured {dt.date.today().isoformat()} with `python benchmarks/bench_report.py`.",
             "",
         ]
-        (REPO / "docs" / "bench_report.md").write_text("\n".join(doc), encoding="utf-8")
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from _doc import write_section
+
+        body = "\n".join(line for line in doc if not line.startswith("# "))
+        write_section("report", "Report size and build time", body)
     return 1 if failed else 0
 
 
