@@ -139,7 +139,7 @@ def check_out_dir(run_dir: Path, space: SearchSpace, *, resume: bool) -> None:
     if _comparable(stored) != _comparable(space.to_yaml()):
         raise UserError(
             f"--resume: {run_dir} holds a run of a different space ({existing} differs from {space.path}); "
-            "resume with the same space file, or use --out for a new run"
+            "resume without --space (the run keeps its own space.yaml), or use --out for a new run"
         )
 
 

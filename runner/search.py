@@ -59,7 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="join a running Ray cluster (host:port, 'auto' or ray://host:port); ray backend only. "
                         "The run directory must then be on storage every node sees")
     parser.add_argument("--resume", action="store_true",
-                        help="continue the run in --out (or runs/<name>) up to the requested number of trials")
+                        help="continue the run in --out (or runs/<name>) as it was started, up to its number of "
+                        "trials; flags change the session settings (--trials, --backend, resources). Trials cut "
+                        "short earlier are marked FAIL (interrupted) and replaced")
     parser.add_argument("--max-concurrent", type=int, metavar="N", help="trials run at once (ray backend)")
     parser.add_argument("--cpus-per-trial", type=float, metavar="C", help="CPUs per trial (also torch threads)")
     parser.add_argument("--gpus-per-trial", type=float, metavar="G", help="GPUs per trial (fractions pack trials)")
@@ -299,7 +301,7 @@ def run_search(args: argparse.Namespace) -> int:
         if ray_backend is not None and started_ray:
             ray_backend.disconnect()
         study = open_study(space, out)
-        stale = fail_unfinished(study)
+        fail_unfinished(study)  # trials a Ctrl-C cut short: FAIL now, so the journal and trials.csv agree
         rundir.write_trials_csv(out, study, space.objective_names)
         done = trials_done(study)
         timed_out = space.search.timeout_s is not None and time.perf_counter() - start >= space.search.timeout_s
