@@ -37,6 +37,8 @@ def test_ray_search_runs_trials_in_parallel_and_records_failures(tmp_path, monke
         for name in ("config.json", "metrics.json", "history.json", "model.pt", "meta.json", "looked_at.npz"):
             assert (run / "trials" / str(number) / name).is_file()
         assert json.loads((run / "trials" / str(number) / "config.json").read_text())["strategy"] == "probe_net"
+    for name in ("space.yaml", "run.json", "study.journal", "trials.csv"):
+        assert (run / name).is_file(), name
     assert (run / "ray" / "session-0").is_dir()
     info = json.loads((run / "run.json").read_text())
     assert info["backend"] == "ray" and info["finished_at"]
