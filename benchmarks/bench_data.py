@@ -106,7 +106,7 @@ def main() -> dict:
     print(table)
     results: dict = {"timings": rows}
     body = (f"{stamp(' '.join(['python benchmarks/bench_data.py', *sys.argv[1:]]))} "
-            f"Load average at the end: {load}.\n\n{table}\n")
+            f"Load average (1 min) after the timings: {load}.\n\n{table}\n")
 
     if args.accuracy:
         accuracy = {m: cnn_accuracy(m) for m in MODALITY_CHANNELS}
