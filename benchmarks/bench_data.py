@@ -8,7 +8,7 @@ modality at the default difficulty and reports validation accuracy on 1000 image
 
     python benchmarks/bench_data.py [--accuracy] [--n 10000] [--threads 1] [--no-write]
 
-Writes docs/bench_data.md (its own file: docs/benchmarks.md belongs to other scripts).
+Writes its section of docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ from _doc import markdown_table, stamp, write_section  # noqa: E402
 from runner.data import MODALITY_CHANNELS, load_dataset  # noqa: E402
 from runner.data.synthetic import generate  # noqa: E402
 
-DOC = ROOT / "docs" / "bench_data.md"
 PBC28 = ROOT / ".." / "shared" / "data" / "pbc28.npz"
 
 
@@ -96,7 +95,7 @@ def main() -> dict:
     parser.add_argument("--n", type=int, default=10_000, help="images per generation timing")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for loading and training")
     parser.add_argument("--accuracy", action="store_true", help="also train the small CNN per modality (minutes)")
-    parser.add_argument("--no-write", action="store_true", help="print only; leave docs/bench_data.md alone")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -119,8 +118,8 @@ def main() -> dict:
             " (chance 0.2):\n\n" + acc_table + "\n"
         )
     if not args.no_write:
-        write_section("data", "Data: synthetic generation and pbc28 loading", body, doc=DOC)
-        print(f"wrote {DOC.relative_to(ROOT)}")
+        write_section("data", "Data: synthetic generation and pbc28 loading", body)
+        print("wrote docs/benchmarks.md")
     return results
 
 
