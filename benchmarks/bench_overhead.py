@@ -16,7 +16,7 @@ where a trial's own duration is measured inside the trial (data loading, trainin
 saving) and the wall time includes everything else: Ray start-up and shutdown, sampling, the FLOPs
 check, Tune's scheduling, journal writes, trials.csv and the report. Parallel speed-up = wall time
 one at a time / wall time two at a time (ray). The table is printed and written to
-docs/bench_overhead.md with the machine it ran on.
+its section of docs/benchmarks.md with the machine it ran on.
 """
 
 from __future__ import annotations
@@ -157,7 +157,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trial-s", type=float, default=10.0, help="target seconds per trial")
     parser.add_argument("--trials", type=int, default=6, help="trials per search")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "bench_overhead.md")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="write the table to this file instead of its section of docs/benchmarks.md")
     args = parser.parse_args()
 
     where = machine()
@@ -216,9 +217,17 @@ def main() -> None:
     ]
     text = "\n".join(lines)
     print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text, encoding="utf-8")
-    print(f"written to {args.out}")
+    if args.out is None:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from _doc import write_section
+
+        title, _, body = text.partition("\n")
+        write_section("overhead", title.lstrip("# ").strip(), body)
+        print("written to docs/benchmarks.md")
+    else:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text, encoding="utf-8")
+        print(f"written to {args.out}")
 
 
 if __name__ == "__main__":
