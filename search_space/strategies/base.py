@@ -17,7 +17,8 @@ Lifecycle of a model inside a trial::
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,28 @@ import torch
 from torch import nn
 
 from search_space.params import ParamSpec  # re-exported: strategies declare their keys with it
+
+
+def transformer_params(*, depth_doc: str = "transformer blocks") -> dict[str, ParamSpec]:
+    """The shared transformer keys, declared once so every strategy accepts the same ranges."""
+    return {
+        "embed_dim": ParamSpec("int", low=8, high=512, doc="token width D"),
+        "num_heads": ParamSpec("int", low=1, high=16, doc="attention heads; must divide embed_dim"),
+        "depth": ParamSpec("int", low=1, high=12, doc=depth_doc),
+        "mlp_ratio": ParamSpec("float", low=1.0, high=8.0, doc="MLP hidden width / embed_dim"),
+    }
+
+
+@contextmanager
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    """Run a block in eval mode and no_grad, then restore the module's own mode (for reports)."""
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        module.train(was_training)
 
 
 class SparseModel(nn.Module, ABC):

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from search_space.strategies.base import ParamSpec, SparseModel, register_strategy
+from search_space.strategies.base import ParamSpec, SparseModel, register_strategy, transformer_params
 from search_space.strategies.blocks import ClassifierHead, TransformerBlock, block_flops, conv2d_flops, linear_flops
 
 
@@ -106,10 +106,7 @@ class DenseViT(SparseModel):
     "dense_vit",
     params={
         "patch_size": ParamSpec("int", low=2, high=16, doc="side of the square patches (images are padded to fit)"),
-        "embed_dim": ParamSpec("int", low=8, high=512, doc="token width D"),
-        "num_heads": ParamSpec("int", low=1, high=16, doc="attention heads; must divide embed_dim"),
-        "depth": ParamSpec("int", low=1, high=12, doc="transformer blocks"),
-        "mlp_ratio": ParamSpec("float", low=1.0, high=8.0, doc="MLP hidden width / embed_dim"),
+        **transformer_params(),
         "pos_embedding": ParamSpec("choice", choices=("learned", "sincos"), doc="patch position embedding"),
     },
     defaults={"patch_size": 4, "embed_dim": 64, "num_heads": 4, "depth": 2, "mlp_ratio": 2.0, "pos_embedding": "learned"},

@@ -57,7 +57,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from search_space.k_rules import K_RULE_DEFAULTS, PER_IMAGE_RULES, per_image_k, ratio_loss
-from search_space.strategies.base import ParamSpec, SparseModel, register_strategy
+from search_space.strategies.base import ParamSpec, SparseModel, eval_mode, register_strategy, transformer_params
 from search_space.strategies.blocks import ClassifierHead, TransformerBlock, linear_flops, mlp_flops, top_indices
 
 KEEP_SCORES = ("foreground", "variance", "learned")
@@ -350,14 +350,9 @@ class SpanPyramid(SparseModel):
         return self.score_loss_weight * F.binary_cross_entropy_with_logits(scores, target)
 
     # --- reporting -------------------------------------------------------------------------------
-    @torch.no_grad()
     def _eval_selection(self, images: torch.Tensor) -> dict[str, Any]:
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             return self._select(images)
-        finally:
-            self.train(was_training)
 
     def used_map(self, images: torch.Tensor) -> torch.Tensor:
         """(B, H, W): 1 on the pixels of the patches each image keeps, else 0."""
@@ -403,10 +398,7 @@ class SpanPyramid(SparseModel):
         "patch_size": ParamSpec("int", 2, 16, doc="patch side in pixels (the integer grid)"),
         "keep_score": ParamSpec("choice", choices=KEEP_SCORES, doc="how informative patches are scored"),
         "keep_fraction": ParamSpec("float", 0.0, 1.0, low_open=True, doc="initial k as a fraction of the patches"),
-        "embed_dim": ParamSpec("int", 8, 512, doc="token width D"),
-        "num_heads": ParamSpec("int", 1, 16, doc="attention heads; must divide embed_dim"),
-        "depth": ParamSpec("int", 1, 12, doc="transformer blocks per stage"),
-        "mlp_ratio": ParamSpec("float", 1.0, 8.0, doc="MLP hidden width / embed_dim"),
+        **transformer_params(depth_doc="transformer blocks per stage"),
         "stages": ParamSpec("int", 1, 4, doc="pyramid stages, stride-2 sparse downsampling between them"),
         "window": ParamSpec("int", 2, 8, doc="window side in grid cells (shifted windows offset by half)"),
         "global_tokens": ParamSpec("int", 1, 4, doc="global tokens attending to and from every token"),

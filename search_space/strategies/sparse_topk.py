@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from search_space.k_rules import K_RULE_DEFAULTS, PER_IMAGE_RULES, per_image_k, ratio_loss
-from search_space.strategies.base import ParamSpec, SparseModel, register_strategy
+from search_space.strategies.base import ParamSpec, SparseModel, eval_mode, register_strategy, transformer_params
 from search_space.strategies.blocks import (
     ClassifierHead,
     TransformerBlock,
@@ -270,14 +270,9 @@ class SparseTopK(SparseModel):
         return loss
 
     # ----- reports and cost ------------------------------------------------------------------------
-    @torch.no_grad()
     def _eval_selection(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             return self._select(images)
-        finally:
-            self.train(was_training)
 
     def used_map(self, images: torch.Tensor) -> torch.Tensor:
         """1 at the pixels each image attends (eval selection), else 0."""
@@ -306,10 +301,7 @@ class SparseTopK(SparseModel):
         "coarse_stride": ParamSpec("choice", choices=(1, 2, 4), doc="coarse CNN resolution divisor (logits upsampled)"),
         "k_fraction": ParamSpec("float", low=0.0, high=1.0, low_open=True, doc="initial k as a fraction of H*W"),
         "pixel_embedding": ParamSpec("choice", choices=("mlp_xyv", "fourier"), doc="how (x, y, values) become a token"),
-        "embed_dim": ParamSpec("int", low=8, high=512, doc="token width D"),
-        "num_heads": ParamSpec("int", low=1, high=16, doc="attention heads; must divide embed_dim"),
-        "depth": ParamSpec("int", low=1, high=12, doc="transformer blocks"),
-        "mlp_ratio": ParamSpec("float", low=1.0, high=8.0, doc="MLP hidden width / embed_dim"),
+        **transformer_params(),
         "distill_loss": ParamSpec("choice", choices=("kl", "bce"), doc="form of the coarse-map distillation loss"),
         "distill_weight": ParamSpec("float", low=0.0, high=10.0, doc="weight of distillation + negatives"),
         "negatives": ParamSpec("int", low=0, high=4096, doc="unselected pixels per image pushed toward score 0"),

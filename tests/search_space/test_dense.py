@@ -17,14 +17,6 @@ TINY = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_blobs(
     n: int = 64, channels: int = 3, size: int = 28, classes: int = 4, seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,14 +15,6 @@ from search_space.strategies.span_pyramid import SpanPyramid
 NUM_CLASSES = 4
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def build(in_channels: int = 3, image_size: int = 28, **overrides) -> SpanPyramid:
     info = get_strategy("span_pyramid")
     config = {**info.defaults, **overrides}

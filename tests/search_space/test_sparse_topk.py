@@ -14,14 +14,6 @@ from tests.search_space.test_dense import counted_flops, fit, make_blobs
 TINY = {"coarse_channels": 4, "coarse_layers": 1, "embed_dim": 16, "num_heads": 2, "depth": 1, "mlp_ratio": 2.0}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny(**changes) -> dict:
     return {**default_config("sparse_topk"), **TINY, **changes}
 

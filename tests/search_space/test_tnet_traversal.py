@@ -15,14 +15,6 @@ from search_space.strategies.tnet_traversal import TNetTraversal
 NUM_CLASSES = 4
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def build(in_channels: int = 3, image_size: int = 28, **overrides) -> TNetTraversal:
     info = get_strategy("tnet_traversal")
     config = {**info.defaults, **overrides}
