@@ -1,0 +1,158 @@
+"""Re-run every benchmark in benchmarks/, one after the other, then write the "summary" section at the
+top of docs/benchmarks.md.
+
+    python benchmarks/run_all.py                 # everything: about 1.5-2 hours on 2 CPU cores
+    python benchmarks/run_all.py --dry-run       # print the commands, run nothing
+    python benchmarks/run_all.py --only models data --summary
+    python benchmarks/run_all.py --summary-only  # rewrite the summary from the sections as they are
+
+Order (each one a separate process, so one heavy job at a time; each writes its own section):
+
+1. ``bench_models.py``            model cost per strategy (FLOPs against latency)
+2. ``bench_data.py --accuracy``   data generation and loading, small-CNN accuracy per modality
+3. ``bench_report.py``            report size and build time
+4. ``bench_overhead.py``          framework overhead and parallel speed-up
+5. ``bench_search_efficiency.py`` hypervolume per sampler (random, TPE, NSGA-II)
+6. ``bench_real_cells.py``        a pbc28 search (skipped, with a message, where pbc28.npz is absent)
+7. ``bench_export.py RUN``        export throughput; RUN is a short cells.yaml search made first
+                                  (``--export-run DIR`` reuses a run directory instead)
+
+A benchmark that fails is reported and the rest still run; the exit status is 1 if any failed.
+The summary lists, per section, what ran, how long it took, and the section's key sentences (its
+bold verdicts), so it says in a few lines what the numbers say; it is placed right after the header.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+from _doc import DOC, HEADER, stamp, write_section  # noqa: E402
+
+PY = sys.executable
+
+
+def plan(export_run: Path | None, tmp: Path) -> list[tuple[str, list[list[str]]]]:
+    """(section name, commands) in the order they run; commands run from the project root."""
+    cells_run = export_run or tmp / "runs" / "cells"
+    make_cells = [] if export_run else [[PY, "-m", "runner.search", "--space", "search_space/cells.yaml",
+                                         "--trials", "10", "--backend", "optuna", "--out", str(cells_run)]]
+    return [
+        ("models", [[PY, "benchmarks/bench_models.py"]]),
+        ("data", [[PY, "benchmarks/bench_data.py", "--accuracy"]]),
+        ("report", [[PY, "benchmarks/bench_report.py"]]),
+        ("overhead", [[PY, "benchmarks/bench_overhead.py", "--trial-s", "10", "--trials", "6"]]),
+        ("search_efficiency", [[PY, "benchmarks/bench_search_efficiency.py"]]),
+        ("real_cells", [[PY, "benchmarks/bench_real_cells.py", "--out", "runs/pbc28"]]),
+        ("export", make_cells + [[PY, "benchmarks/bench_export.py", str(cells_run)]]),
+    ]
+
+
+def sections(text: str) -> dict[str, tuple[str, str]]:
+    """name -> (title, body) of every section of docs/benchmarks.md."""
+    found = {}
+    for m in re.finditer(r"<!-- bench:(\w+) -->\n## (.*?)\n(.*?)<!-- /bench:\1 -->", text, re.S):
+        found[m.group(1)] = (m.group(2).strip(), m.group(3))
+    return found
+
+
+def key_sentences(body: str, limit: int = 3) -> list[str]:
+    """The bold verdicts of a section: the sentences that hold a ``**...**``."""
+    out = []
+    for para in re.split(r"\n\s*\n", body):
+        if "**" in para and not para.lstrip().startswith("|"):
+            out.append(" ".join(para.split()))
+    return out[:limit]
+
+
+def write_summary(status: dict[str, str], command: str) -> None:
+    text = DOC.read_text() if DOC.exists() else HEADER
+    found = sections(text)
+    lines = [stamp(command), ""]
+    if status:
+        lines += ["This run: " + "; ".join(f"{k} {v}" for k, v in status.items()) + ".", ""]
+    for name, (title, body) in found.items():
+        if name == "summary":
+            continue
+        keys = key_sentences(body)
+        lines.append(f"- **{title}** (`{name}`): " + (" ".join(keys) if keys else "see its section."))
+    write_section("summary", "Summary", "\n".join(lines))
+    move_summary_to_top()
+
+
+def move_summary_to_top() -> None:
+    """Place the summary section right after the header (write_section appends new sections at the end)."""
+    text = DOC.read_text()
+    m = re.search(r"<!-- bench:summary -->.*?<!-- /bench:summary -->\n?", text, re.S)
+    if not m:
+        return
+    block = m.group(0).rstrip("\n")
+    rest = (text[: m.start()] + text[m.end():]).rstrip() + "\n"
+    first = rest.find("<!-- bench:")
+    first = len(rest) if first < 0 else first
+    rest = rest[:first].rstrip() + "\n\n" + block + "\n\n" + rest[first:]
+    DOC.write_text(re.sub(r"\n{3,}", "\n\n", rest))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dry-run", action="store_true", help="print the commands in order; run nothing")
+    parser.add_argument("--only", nargs="+", metavar="SECTION",
+                        help="run only these sections (models data report overhead search_efficiency real_cells export)")
+    parser.add_argument("--export-run", type=Path, help="run directory for bench_export.py (default: a fresh "
+                        "10-trial cells.yaml search in a temporary folder)")
+    parser.add_argument("--summary-only", action="store_true", help="only rewrite the summary from the sections as they are")
+    parser.add_argument("--no-summary", action="store_true", help="do not write the summary at the end")
+    args = parser.parse_args()
+
+    command = "python benchmarks/run_all.py" + "".join(f" {a}" for a in sys.argv[1:])
+    if args.summary_only:
+        write_summary({}, command)
+        print(f"summary written to {DOC}")
+        return 0
+
+    status: dict[str, str] = {}
+    with tempfile.TemporaryDirectory(prefix="cellsparse-bench-") as tmp:
+        steps = plan(args.export_run, Path(tmp))
+        known = [name for name, _ in steps]
+        if args.only:
+            unknown = sorted(set(args.only) - set(known))
+            if unknown:
+                parser.error(f"unknown section(s) {unknown}; choose from {known}")
+            steps = [s for s in steps if s[0] in args.only]
+        for name, cmds in steps:
+            if args.dry_run:
+                for cmd in cmds:
+                    print(f"[{name}] " + shlex.join(["python" if c == PY else c for c in cmd]))
+                continue
+            start = time.perf_counter()
+            code = 0
+            for cmd in cmds:
+                print(f"== [{name}] {shlex.join(cmd)}", flush=True)
+                code = subprocess.call(cmd, cwd=ROOT)
+                if code != 0:
+                    break
+            minutes = (time.perf_counter() - start) / 60
+            status[name] = f"ok ({minutes:.1f} min)" if code == 0 else f"FAILED with status {code} ({minutes:.1f} min)"
+            print(f"== [{name}] {status[name]}", flush=True)
+    if args.dry_run:
+        if not args.no_summary:
+            print("[summary] write the summary section at the top of docs/benchmarks.md")
+        return 0
+    if not args.no_summary:
+        write_summary(status, command)
+    return 1 if any("FAILED" in s for s in status.values()) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
