@@ -43,6 +43,7 @@ GRAD_CLIP = 1.0  # max global grad norm: cheap insurance against one bad step ki
 EVAL_CHUNK = 256  # images per forward when evaluating
 MEASURE_BATCH = 32  # validation images the cost objectives are measured on (FLOPs are per image)
 LOOKED_AT = 8  # validation images saved with their used maps for the report
+CHECK_BATCH = 2  # images the pre-training budget check and an infeasible trial's costs are measured on
 
 Report = Callable[[dict[str, Any]], None]
 
@@ -116,6 +117,13 @@ def _as_list(value: Any) -> Any:
 
 def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, default=_as_list) + "\n", encoding="utf-8")
+
+
+def check_batch(in_channels: int, size: int) -> torch.Tensor:
+    """The fixed (seeded) batch a config's budgets are checked on before training, and on which an
+    infeasible trial's costs are recorded: per-image rules select by content, so both must see the
+    same images or a config rejected as over budget could be recorded under it."""
+    return torch.randn(CHECK_BATCH, in_channels, size, size, generator=torch.Generator().manual_seed(0))
 
 
 def measure(model: torch.nn.Module, names: Sequence[str], *, val_accuracy: float, images: torch.Tensor) -> dict[str, float]:
@@ -305,7 +313,8 @@ def record_infeasible(
 ) -> dict[str, Any]:
     """Measure an over-budget config without training it: accuracy 0, its cost objectives as built.
 
-    ``shape`` is (in_channels, image_size, image_size); costs are measured on a zero batch of two.
+    ``shape`` is (in_channels, image_size, image_size); costs are measured on :func:`check_batch`,
+    the batch the budgets were checked on.
     """
     trial_dir = Path(trial_dir)
     trial_dir.mkdir(parents=True, exist_ok=True)
@@ -313,7 +322,7 @@ def record_infeasible(
     in_channels, size, _ = shape
     model = build_model(config, in_channels, num_classes, size)
     model.eval()
-    dummy = torch.zeros(2, *shape)
+    dummy = check_batch(in_channels, size)
     values = measure(model, objectives, val_accuracy=0.0, images=dummy)
     metrics = {
         **values,

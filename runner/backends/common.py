@@ -34,8 +34,6 @@ PLUGINS_ENV = "CELLSPARSE_PLUGINS"
 #: The key under which the define-by-run function hands the clean config and trial number to the
 #: trial (Ray merges the returned dict into its own config, next to Optuna's parameter names).
 PAYLOAD_KEY = "_cellsparse"
-#: Batch the pre-training cost checks run on (matches the trial's cost measurements).
-CHECK_BATCH = 2
 
 
 class TrialError(RuntimeError):
@@ -123,21 +121,21 @@ def data_shape(space: SearchSpace) -> tuple[int, int, int]:
 def check_costs(config: dict[str, Any], space: SearchSpace) -> dict[str, float]:
     """Constraint values (<= 0 feasible) of ``config`` as built, before any training.
 
-    FLOPs are counted at the k the model is built with, the largest k its rule starts from, on a
-    batch of ``CHECK_BATCH`` images; params are exact. Only the constraints the space sets appear.
+    FLOPs are counted at the k the model is built with, the largest k its rule starts from, on
+    ``runner.trial.check_batch`` (the batch an infeasible trial's costs are recorded on); params
+    are exact. Only the constraints the space sets appear.
     """
     limits = space.constraints
     if limits.max_flops is None and limits.max_params is None and limits.max_latency_ms is None:
         return {}
-    import torch
-
     from objectives import count_flops, count_params, measure_latency_ms
+    from runner.trial import check_batch
     from search_space.build import build_model
 
     in_channels, num_classes, size = data_shape(space)
     model = build_model(config, in_channels, num_classes, size)
     model.eval()
-    images = torch.randn(CHECK_BATCH, in_channels, size, size, generator=torch.Generator().manual_seed(0))
+    images = check_batch(in_channels, size)
     found: dict[str, float] = {}
     if limits.max_flops is not None:
         found["flops"] = count_flops(model, images) - limits.max_flops

@@ -160,3 +160,27 @@ def test_augmented_training_runs(tmp_path) -> None:
     metrics = run_trial(probe_config(epochs=1), data=tiny_data(32), trial_dir=tmp_path,
                         objectives=["accuracy", "flops"], augment=True)
     assert math.isfinite(metrics["accuracy"])
+
+
+def test_infeasible_costs_are_recorded_on_the_batch_the_budget_was_checked_on(tmp_path) -> None:
+    # span_pyramid with top_p keeps patches by content: its FLOPs depend on the images, so a config
+    # rejected as over budget must not be recorded with FLOPs measured on other images (under it).
+    from runner.backends.common import check_costs
+    from search_space.spec import load_space
+
+    space_file = tmp_path / "tp.yaml"
+    space_file.write_text(
+        "name: tp\ndata: {source: synthetic, image_size: 16, train: 16, val: 8, test: 8}\n"
+        "objectives: {accuracy: maximize, flops: minimize}\nconstraints: {max_flops: 100000}\n"
+        "training: {epochs: 1}\nspace:\n  strategy:\n    span_pyramid: {k_rule: top_p}\n",
+        encoding="utf-8",
+    )
+    space = load_space(space_file)
+    config = {**default_config("span_pyramid"), "k_rule": "top_p", "epochs": 1, "batch_size": 8, "lr": 1e-3,
+              "weight_decay": 0.0, "warmup_epochs": 0.0, "label_smoothing": 0.0}
+    over = check_costs(config, space)["flops"]
+    assert over > 0
+    metrics = record_infeasible(config, shape=(3, 16, 16), num_classes=5, trial_dir=tmp_path / "0",
+                                objectives=["accuracy", "flops"], constraints={"flops": over})
+    assert metrics["flops"] == pytest.approx(100000 + over)
+    assert metrics["flops"] > 100000
