@@ -470,8 +470,13 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
     writer = csv.DictWriter(buffer, fieldnames=columns, restval="", lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    if path.is_dir():
+        raise UserError(f"--out {path}: is a directory; pass the path of a CSV file")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as err:
+        raise UserError(f"--out {path}: cannot write there ({err.strerror or err})") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
             handle.write(buffer.getvalue())
@@ -529,6 +534,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         out = args.out if args.out is not None else args.export_dir / "predictions.csv"
+        if out.is_dir():  # before the (possibly long) prediction, not after it
+            raise UserError(f"--out {out}: is a directory; pass the path of a CSV file")
         result = predict(args.export_dir, args.inputs, batch_size=args.batch_size, device=args.device,
                          fmt=args.fmt, split=args.split)
         write_csv(result.rows, out)

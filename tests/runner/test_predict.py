@@ -304,6 +304,21 @@ def test_empty_folder_and_missing_input(export_dir: Path, tmp_path: Path, capsys
     assert status == 2 and "not an image" in _one_error_line(err)
 
 
+def test_out_that_is_not_a_writable_file_is_one_line(export_dir: Path, images: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "results"
+    folder.mkdir()
+    status, _, err = _cli([str(export_dir), str(images), "--out", str(folder)], capsys)
+    line = _one_error_line(err)
+    assert status == 2 and str(folder) in line and "is a directory" in line
+    assert list(folder.iterdir()) == []
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    status, _, err = _cli([str(export_dir), str(images), "--out", str(blocker / "p.csv")], capsys)
+    line = _one_error_line(err)
+    assert status == 2 and "--out" in line and "cannot write there" in line
+
+
 def test_bad_flags(export_dir: Path, images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     status, _, err = _cli([str(export_dir), str(images), "--batch-size", "0"], capsys)
     assert status == 2 and "--batch-size must be at least 1" in _one_error_line(err)
