@@ -27,9 +27,9 @@ def default_config(strategy: str) -> dict[str, Any]:
     info = _strategy_of(strategy)
     config = {"strategy": info.name, **info.defaults}
     if info.uses_k_rule:
-        from search_space.k_rules import K_RULE_DEFAULTS
+        from search_space.k_rules import k_rule_defaults
 
-        config.update(K_RULE_DEFAULTS)
+        config.update(k_rule_defaults())
     return config
 
 

@@ -282,6 +282,19 @@ def _setting(config: dict[str, Any], key: str) -> Any:
     return value
 
 
+def rule_keys(name: str) -> tuple[str, ...]:
+    """The config keys rule ``name`` reads (besides ``k_rule``): the others are not sampled for it."""
+    if name not in _RULES:
+        raise KRuleError(f"unknown k_rule {name!r}; valid: {', '.join(_RULES)}")
+    return _RULES[name].keys
+
+
+def k_rule_defaults(name: str | None = None) -> dict[str, Any]:
+    """``k_rule`` plus the defaults of just the keys that rule reads (the default rule if None)."""
+    name = name or K_RULE_DEFAULTS["k_rule"]
+    return {"k_rule": name, **{key: K_RULE_DEFAULTS[key] for key in rule_keys(name)}}
+
+
 def make_k_rule(config: dict[str, Any], *, k_init: int, k_bounds: tuple[int, int], epochs: int) -> KRule:
     """Build the rule named by ``config['k_rule']``; missing k-rule keys take ``K_RULE_DEFAULTS``."""
     name = config.get("k_rule", K_RULE_DEFAULTS["k_rule"])

@@ -3,8 +3,10 @@
 Parameter names seen by Optuna: ``strategy``; shared model keys and training keys by their own
 name (one distribution across strategies, so samplers learn across them); keys from a strategy's
 own block as ``<strategy>.<key>`` (conditional: sampled only when that strategy is chosen).
-The returned config is flat and complete: the strategy's defaults, then k-rule defaults for
-sparse strategies, then every sampled or fixed value.
+The returned config is flat and complete: the strategy's defaults, then every sampled or fixed
+value. k-rule keys are conditional on the rule: ``k_rule`` is drawn first and only the keys that
+rule reads are sampled and kept (a ``k_top_p`` range costs nothing in trials that chose
+``schedule``).
 """
 
 from __future__ import annotations
@@ -54,14 +56,21 @@ def suggest_config(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
     info = get_strategy(strategy)
 
     config: dict[str, Any] = {"strategy": strategy, **info.defaults}
-    if info.uses_k_rule:
-        from search_space.k_rules import K_RULE_DEFAULTS
-
-        config.update(K_RULE_DEFAULTS)
     params = dict(chosen.params)
-    for key in _ordered_keys(params):
+
+    def suggest(key: str) -> Any:
         optuna_name = f"{strategy}.{key}" if key in chosen.own else key
-        config[key] = _suggest(trial, optuna_name, params[key])
+        return _suggest(trial, optuna_name, params.pop(key))
+
+    if info.uses_k_rule:
+        from search_space.k_rules import K_RULE_PARAMS, k_rule_defaults
+
+        rule = suggest("k_rule") if "k_rule" in params else None
+        config.update(k_rule_defaults(rule))
+        for key in set(K_RULE_PARAMS) - set(config):
+            params.pop(key, None)  # read by other rules only
+    for key in _ordered_keys(params):
+        config[key] = suggest(key)
     if "embed_dim" in config and "num_heads" in config and config["embed_dim"] % config["num_heads"]:
         # Only reachable with an int range for embed_dim; lists are checked when the file loads.
         heads = config["num_heads"]

@@ -9,7 +9,7 @@ import torch
 
 from search_space.build import build_model, complete_config, default_config
 from search_space.errors import UserError
-from search_space.k_rules import K_RULE_DEFAULTS
+from search_space.k_rules import k_rule_defaults
 from search_space.strategies import get_strategy, strategy_names
 
 
@@ -47,7 +47,7 @@ def test_default_config_round_trips_through_json_and_builds(name: str) -> None:
     config = default_config(name)
     assert config["strategy"] == name
     info = get_strategy(name)
-    assert set(config) == {"strategy", *info.params, *(K_RULE_DEFAULTS if info.uses_k_rule else {})}
+    assert set(config) == {"strategy", *info.params, *(k_rule_defaults() if info.uses_k_rule else {})}
     restored = json.loads(json.dumps(config))
     assert restored == config
     model = build_model(restored, 3, 4, 28).eval()

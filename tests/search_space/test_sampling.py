@@ -6,11 +6,12 @@ import json
 from pathlib import Path
 
 from search_space.build import build_model
-from search_space.k_rules import K_RULE_PARAMS
+from search_space.k_rules import K_RULE_PARAMS, rule_keys
 from search_space.sampling import sample_configs
-from search_space.spec import load_space
+from search_space.spec import TRAINING_PARAMS, load_space
 from search_space.strategies import get_strategy
 
+TRAINING_KEYS = set(TRAINING_PARAMS)
 CELLS = Path(__file__).resolve().parents[2] / "search_space" / "cells.yaml"
 
 
@@ -22,9 +23,10 @@ def test_200_configs_valid_cover_every_strategy_and_repeat_with_seed():
         json.dumps(config)  # JSON-serialisable
         info = get_strategy(config["strategy"])
         accepted = {**info.params, **(K_RULE_PARAMS if info.uses_k_rule else {})}
-        for key, spec in accepted.items():
-            assert key in config, (key, config)
-            assert spec.check(config[key]) is None, (key, config[key])
+        expected = set(info.params) | ({"k_rule", *rule_keys(config["k_rule"])} if info.uses_k_rule else set())
+        assert set(config) - TRAINING_KEYS - {"strategy"} == expected, config
+        for key in expected:
+            assert accepted[key].check(config[key]) is None, (key, config[key])
         if "num_heads" in config:
             assert config["embed_dim"] % config["num_heads"] == 0
     assert sample_configs(space, 200) == configs
@@ -52,3 +54,27 @@ def test_sampled_configs_build(tmp_path):
     for config in sample_configs(space, 10, seed=5):
         model = build_model(config, 3, 5, 28)
         assert model is not None
+
+
+def test_k_rule_keys_are_conditional_on_the_rule(tmp_path):
+    import optuna
+
+    from search_space.sampling import suggest_config
+
+    text = CELLS.read_text().replace("k_rule: [fixed, loss_trend, schedule, top_p]",
+                                      "k_rule: [fixed, top_p]\n      k_top_p: {float: [0.6, 0.9]}")
+    assert "k_top_p: {float" in text
+    space_file = tmp_path / "cells.yaml"
+    space_file.write_text(text)
+    space = load_space(space_file)
+    study = optuna.create_study(directions=space.directions, sampler=optuna.samplers.RandomSampler(seed=1))
+    rules = set()
+    for _ in range(60):
+        trial = study.ask()
+        config = suggest_config(trial, space)
+        if config["strategy"] == "sparse_topk":
+            rules.add(config["k_rule"])
+            assert ("sparse_topk.k_top_p" in trial.params) == (config["k_rule"] == "top_p")
+            assert ("k_top_p" in config) == (config["k_rule"] == "top_p")
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    assert rules == {"fixed", "top_p"}
