@@ -420,6 +420,9 @@ def _check_out(out: Path) -> bool:
     from runner.modelcard import CARD_FILE
 
     if not out.exists():
+        blocker = next((p for p in out.parents if p.exists() or p.is_symlink()), None)
+        if blocker is not None and not blocker.is_dir():
+            raise UserError(f"--out {out}: {blocker} is a file, not a directory")
         return False
     if not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a directory")

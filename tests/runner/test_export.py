@@ -232,6 +232,10 @@ def test_bad_flags(topk_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
     status, err = _cli([str(topk_run), "--out", str(busy)], capsys)
     assert status == 2 and "not empty and holds no export" in _one_error_line(err)
     assert (busy / "notes.txt").read_text() == "mine"
+    status, err = _cli([str(topk_run), "--out", str(busy / "notes.txt" / "export")], capsys)
+    line = _one_error_line(err)
+    assert status == 2 and "notes.txt is a file, not a directory" in line
+    assert sorted(p.name for p in busy.iterdir()) == ["notes.txt"]
 
 
 def test_a_model_that_does_not_rebuild_is_refused(topk_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
