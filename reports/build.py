@@ -79,6 +79,9 @@ def build_report(run_dir: Path, out: Path | None = None) -> Path:
     target = Path(out) if out is not None else run_dir / "report.html"
     if target.is_dir():
         raise user_error(f"--out {target}: is a folder; give a file name such as {target / 'report.html'}")
+    blocker = next((p for p in target.parents if p.exists() or p.is_symlink()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise user_error(f"--out {target}: {blocker} is a file, not a folder")
     document = render(run)
     _write_atomic(target, document.encode("utf-8"))
     beside = target.parent

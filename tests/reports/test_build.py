@@ -147,6 +147,16 @@ def test_bad_input_is_one_error_line_exit_2_and_nothing_written(tmp_path, capsys
         build_report(run_dir)
 
 
+def test_out_below_a_file_is_one_error_line_exit_2(tmp_path, capsys):
+    run_dir = write_run(tmp_path, "blocked", n_trials=3, journal=False)
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("mine")
+    assert main([str(run_dir), "--out", str(blocker / "r.html")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "notes.txt is a file" in err[0]
+    assert blocker.read_text() == "mine" and not (run_dir / "report.html").exists()
+
+
 def test_command_line(tmp_path):
     run_dir = write_run(tmp_path, "cli", n_trials=3, journal=False)
     ok = subprocess.run([sys.executable, "-m", "reports.build", str(run_dir), "--out", str(tmp_path / "x.html")],
