@@ -23,6 +23,7 @@ import platform
 import sys
 import tempfile
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,15 @@ def has_run(run_dir: Path) -> bool:
     return (run_dir / SPACE_FILE).is_file() and (run_dir / JOURNAL_FILE).is_file()
 
 
+def _with_absolute_data_path(space: SearchSpace) -> SearchSpace:
+    """``space`` with a relative ``data.path`` made absolute (from the working directory it was given
+    in), so the stored space.yaml still finds the data when resume, report or export run elsewhere."""
+    data = space.data
+    if data.path and not os.path.isabs(data.path):
+        return replace(space, data=replace(data, path=os.path.abspath(data.path)))
+    return space
+
+
 def _comparable(space_yaml: str) -> dict[str, Any]:
     """The parts of a resolved space that define a run (session settings left out)."""
     data = yaml.safe_load(space_yaml) or {}
@@ -125,7 +135,7 @@ def check_out_dir(run_dir: Path, space: SearchSpace, *, resume: bool) -> None:
     if not resume:
         if has_run(run_dir) or existing.is_file():
             stored = existing.read_text(encoding="utf-8") if existing.is_file() else ""
-            same = stored and _comparable(stored) == _comparable(space.to_yaml())
+            same = stored and _comparable(stored) == _comparable(_with_absolute_data_path(space).to_yaml())
             what = "this run" if same else f"a different run (its {SPACE_FILE} differs from {space.path})"
             raise UserError(
                 f"{run_dir} already holds {what}; pass --resume to continue it, or --out to start a new one"
@@ -136,7 +146,7 @@ def check_out_dir(run_dir: Path, space: SearchSpace, *, resume: bool) -> None:
     if not has_run(run_dir):
         raise UserError(f"--resume: {run_dir} holds no run to resume (no {SPACE_FILE} and {JOURNAL_FILE} there)")
     stored = existing.read_text(encoding="utf-8")
-    if _comparable(stored) != _comparable(space.to_yaml()):
+    if _comparable(stored) != _comparable(_with_absolute_data_path(space).to_yaml()):
         raise UserError(
             f"--resume: {run_dir} holds a run of a different space ({existing} differs from {space.path}); "
             "resume without --space (the run keeps its own space.yaml), or use --out for a new run"
@@ -144,7 +154,7 @@ def check_out_dir(run_dir: Path, space: SearchSpace, *, resume: bool) -> None:
 
 
 def write_space(run_dir: Path, space: SearchSpace) -> None:
-    write_atomic(Path(run_dir) / SPACE_FILE, space.to_yaml())
+    write_atomic(Path(run_dir) / SPACE_FILE, _with_absolute_data_path(space).to_yaml())
 
 
 def _versions() -> dict[str, str | None]:

@@ -181,3 +181,26 @@ def test_cli_subprocess_help_and_bad_flag() -> None:
     bad = subprocess.run([sys.executable, "-m", "runner.search", "--space", "nope.yaml"], capture_output=True,
                          text=True)
     assert bad.returncode == 2 and bad.stderr.strip() == "error: nope.yaml: no such space file"
+
+
+def test_a_relative_data_path_is_stored_absolute_and_the_run_still_resumes(tmp_path, monkeypatch) -> None:
+    # space.yaml is what resume, the report and export read, from any working directory.
+    import yaml
+
+    from runner import rundir
+    from search_space.spec import load_space
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "space.yaml").write_text(
+        "name: rel\ndata: {source: npz, path: data/cells.npz}\nobjectives: {accuracy: maximize, flops: minimize}\n"
+        "space: {strategy: {dense_cnn: {}}}\n",
+        encoding="utf-8",
+    )
+    space = load_space(tmp_path / "space.yaml")
+    out = tmp_path / "runs" / "rel"
+    out.mkdir(parents=True)
+    rundir.write_space(out, space)
+    (out / rundir.JOURNAL_FILE).write_text("", encoding="utf-8")
+    stored = yaml.safe_load((out / rundir.SPACE_FILE).read_text(encoding="utf-8"))
+    assert stored["data"]["path"] == str(tmp_path / "data" / "cells.npz")
+    rundir.check_out_dir(out, space, resume=True)  # the same file, given again, is the same run
