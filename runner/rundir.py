@@ -131,6 +131,12 @@ def check_out_dir(run_dir: Path, space: SearchSpace, *, resume: bool) -> None:
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"--out {run_dir}: exists and is not a directory")
+    if not run_dir.exists():
+        base = next((p for p in run_dir.absolute().parents if p.exists()), None)
+        if base is not None and not base.is_dir():
+            raise UserError(f"--out {run_dir}: {base} is a file, not a directory")
+        if base is not None and not os.access(base, os.W_OK | os.X_OK):
+            raise UserError(f"--out {run_dir}: cannot create it, {base} is not writable")
     existing = run_dir / SPACE_FILE
     if not resume:
         if has_run(run_dir) or existing.is_file():

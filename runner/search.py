@@ -264,7 +264,10 @@ def run_search(args: argparse.Namespace) -> int:
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # one line per trial is ours to print
     start = time.perf_counter()
     interrupted = False
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"--out {out}: cannot create the run directory ({err.strerror or err})") from None
     rundir.write_space(out, space)
     info = rundir.start_session(out, space, command=rundir.python_command(), address=args.address)
     study = open_study(space, out)

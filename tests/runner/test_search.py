@@ -154,6 +154,7 @@ def _free_port() -> int:
         (["--space", "{space}", "--out", "{run}"], "already holds a different run"),
         (["--space", "{same}", "--out", "{run}"], "already holds this run; pass --resume"),
         (["--space", "{space}", "--out", "{run}", "--resume"], "holds a run of a different space"),
+        (["--space", "{space}", "--out", "{space}/run"], "is a file, not a directory"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_touches_nothing(tmp_path, capsys, args, message) -> None:
