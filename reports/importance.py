@@ -84,7 +84,14 @@ def param_importances(run: Run) -> tuple[dict[str, dict[str, float]], str]:
     if study is None:
         study = _table_study(run)
         source = source if source.startswith("trials.csv") else "trials.csv (no usable study.journal)"
-    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE and t.values]
+    # Only what the front counts: an over-budget trial is COMPLETE in the journal with accuracy 0 (never
+    # trained), and would teach the evaluator "over budget" instead of what drives each objective.
+    eligible = set(pd.to_numeric(run.trials.loc[done.to_numpy(), "number"]).astype(int))
+    complete = [t for t in study.trials
+                if t.state == optuna.trial.TrialState.COMPLETE and t.values and t.number in eligible]
+    if len(complete) < len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]):
+        study = optuna.create_study(directions=study.directions)
+        study.add_trials(complete)
     if len(complete) < MIN_TRIALS:
         return {}, f"parameter importance needs at least {MIN_TRIALS} complete trials in the study"
     result: dict[str, dict[str, float]] = {}

@@ -186,3 +186,24 @@ def test_parallel_coordinates_keep_the_most_important_keys(demo_run):
     assert labels == ["strategy", "lr", "k_rule", "accuracy", "flops"]  # table order among the kept keys
     assert "k_rule" in conditional and "lr" not in conditional
     assert "embed_dim" in left_out and "k_rule" not in left_out
+
+
+def test_importance_leaves_out_over_budget_trials_from_the_journal(tmp_path, monkeypatch):
+    # Trials 5 and 10 are over the budget: COMPLETE in the journal, but never trained.
+    import optuna
+
+    from reports.importance import param_importances
+    from reports.rundir import load_run
+
+    run = load_run(write_run(tmp_path, "budget"))
+    seen: list[int] = []
+    real = optuna.importance.get_param_importances
+
+    def spy(study, **kwargs):
+        seen.append(len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))))
+        return real(study, **kwargs)
+
+    monkeypatch.setattr(optuna.importance, "get_param_importances", spy)
+    result, note = param_importances(run)
+    assert "study.journal" in note and result
+    assert seen and set(seen) == {int(run.eligible().sum())} == {8}
