@@ -308,12 +308,12 @@ def _parallel_dimension(column: str, col: pd.Series) -> dict[str, Any] | None:
 
 def parallel_figure(run: Run, ranking: Sequence[str] = (), max_config_axes: int = 12
                     ) -> tuple[go.Figure | None, list[str], list[str]]:
-    """Parallel coordinates over the config and the objectives of complete trials, coloured by the
+    """Parallel coordinates over the config and the objectives of complete, feasible trials, coloured by the
     first objective. Past ``max_config_axes`` varying config keys, those first in ``ranking`` (e.g.
     by importance) are kept. Returns the figure, the conditional keys shown (at 'n/a' where a
     strategy does not use them) and the keys left out."""
     trials = run.trials
-    rows = trials[(trials["state"] == "COMPLETE").to_numpy()]
+    rows = trials[run.eligible().to_numpy()]  # over-budget trials were never trained: their accuracy is not one
     values = np.column_stack([_num(rows, o) for o in run.objectives]) if len(rows) else np.empty((0, 0))
     if len(rows):
         rows = rows[np.isfinite(values).all(axis=1)]

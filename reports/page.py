@@ -335,9 +335,9 @@ def parameters_section(page: Page, run: Run) -> str:
     parts = []
     fig, conditional, left_out = F.parallel_figure(run, _ranking(importances))
     if fig is None:
-        parts.append(note("No complete trials to draw parallel coordinates from."))
+        parts.append(note("No complete, feasible trials to draw parallel coordinates from."))
     else:
-        parts.append(note("Parallel coordinates over the configuration and the objectives of complete trials. "
+        parts.append(note("Parallel coordinates over the configuration and the objectives of complete, feasible trials. "
                           "Drag along an axis to filter."
                           + (f" 'n/a' marks keys that a trial's strategy does not use "
                              f"({esc(', '.join(conditional))})." if conditional else "")

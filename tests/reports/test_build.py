@@ -207,3 +207,15 @@ def test_importance_leaves_out_over_budget_trials_from_the_journal(tmp_path, mon
     result, note = param_importances(run)
     assert "study.journal" in note and result
     assert seen and set(seen) == {int(run.eligible().sum())} == {8}
+
+
+def test_parallel_coordinates_leave_out_over_budget_trials(demo_run):
+    # Over-budget trials (5 and 10) were never trained: their accuracy 0 is not a measurement.
+    from reports.figures import parallel_figure
+    from reports.rundir import load_run
+
+    run = load_run(demo_run)
+    fig, _, _ = parallel_figure(run)
+    dims = {d.label: d for d in fig.data[0].dimensions}
+    assert len(dims["accuracy"].values) == int(run.eligible().sum()) == 8
+    assert max(dims["flops"].values) <= 4.0e7
