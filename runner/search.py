@@ -184,7 +184,8 @@ def _front_table(study: Any, space: Any) -> list[str]:
 
 
 def _pick(study: Any, space: Any) -> int | None:
-    """A front trial to suggest for export: the most accurate one."""
+    """A front trial to suggest for export: the most accurate one (ties: fewer FLOPs, then lower number,
+    as the report's pick box)."""
     from runner.backends.common import pareto_trials
 
     front = pareto_trials(study)
@@ -192,7 +193,13 @@ def _pick(study: Any, space: Any) -> int | None:
         return None
     index = space.objective_names.index("accuracy")
     sign = 1 if space.directions[index] == "maximize" else -1
-    return max(front, key=lambda t: sign * t.values[index]).number
+    flops = space.objective_names.index("flops") if "flops" in space.objective_names else None
+
+    def rank(t: Any) -> tuple[float, float, int]:
+        cost = t.values[flops] if flops is not None else 0.0
+        return (-sign * t.values[index], cost, t.number)
+
+    return min(front, key=rank).number
 
 
 def build_report(run_dir: Path) -> str:

@@ -196,7 +196,7 @@ def run_trial(
     step = 0
     for epoch in range(epochs):
         model.train()
-        epoch_start, loss_sum, seen = time.perf_counter(), 0.0, 0
+        epoch_start, loss_sum, class_loss_sum, seen = time.perf_counter(), 0.0, 0.0, 0
         for index in batches(len(data.train_x), batch_size, generator):
             x, y = data.train_x[index], data.train_y[index]
             if augment:
@@ -206,7 +206,8 @@ def run_trial(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             logits = model(x)  # (B, num_classes)
-            loss = F.cross_entropy(logits, y, label_smoothing=smoothing) + model.auxiliary_loss(logits, y)
+            class_loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
+            loss = class_loss + model.auxiliary_loss(logits, y)
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(
                     f"training loss became {loss.item()} at epoch {epoch + 1}/{epochs}, step {step} "
@@ -217,9 +218,11 @@ def run_trial(
             torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
             optimizer.step()
             loss_sum += loss.item() * len(y)
+            class_loss_sum += class_loss.item() * len(y)
             seen += len(y)
             step += 1
         train_loss = loss_sum / max(1, seen)
+        class_loss = class_loss_sum / max(1, seen)  # what the k rule follows: auxiliary terms (REINFORCE) can be negative
 
         val_accuracy = accuracy(model, data.val_x, data.val_y, device)
         latest["accuracy"] = val_accuracy
@@ -227,6 +230,7 @@ def run_trial(
         row = {
             "epoch": epoch + 1,
             "train_loss": train_loss,
+            "class_loss": class_loss,
             "val_accuracy": val_accuracy,
             "k": current_k(model),  # this epoch's k (per-image rules: mean over the last batch)
             "flops": latest["flops"],
@@ -237,7 +241,7 @@ def run_trial(
         if report is not None:
             report({**row, **{name: latest[name] for name in objectives}})
         if rule is not None:
-            model.set_k(rule.step(epoch, train_loss))
+            model.set_k(rule.step(epoch, class_loss))
 
     # -- final measurements (at the final k) -------------------------------------------------
     final_val = history[-1]["val_accuracy"] if history else accuracy(model, data.val_x, data.val_y, device)

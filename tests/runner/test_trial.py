@@ -184,3 +184,30 @@ def test_infeasible_costs_are_recorded_on_the_batch_the_budget_was_checked_on(tm
                                 objectives=["accuracy", "flops"], constraints={"flops": over})
     assert metrics["flops"] == pytest.approx(100000 + over)
     assert metrics["flops"] > 100000
+
+
+def test_k_rule_follows_the_classification_loss_not_the_auxiliary_terms(tmp_path, monkeypatch) -> None:
+    """TNet's REINFORCE term can be negative; the k rule must see the cross-entropy alone."""
+    import runner.trial as trial_module
+
+    seen: list[float] = []
+    real = trial_module.make_k_rule
+
+    def spy(*args, **kwargs):
+        rule = real(*args, **kwargs)
+        step = rule.step
+
+        def recording_step(epoch: int, loss: float) -> int:
+            seen.append(loss)
+            return step(epoch, loss)
+
+        rule.step = recording_step
+        return rule
+
+    monkeypatch.setattr(trial_module, "make_k_rule", spy)
+    config = {**default_config("tnet_traversal"), "k_rule": "fixed", "reinforce_weight": 1.0, "epochs": 2,
+              "batch_size": 32, "lr": 1e-3, "weight_decay": 0.0, "warmup_epochs": 0.0, "label_smoothing": 0.0}
+    run_trial(config, data=tiny_data(32), trial_dir=tmp_path, objectives=["accuracy", "flops"], augment=False)
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert seen == [row["class_loss"] for row in history]
+    assert any(row["class_loss"] != row["train_loss"] for row in history)
