@@ -37,6 +37,16 @@ def measure(size: int, batches: tuple[int, ...], channels: int = 3, classes: int
     return rows
 
 
+def verdict(row: dict, base: dict) -> str:
+    """One line: a model cheaper than dense_cnn in FLOPs, and whether it is also faster, per batch size."""
+    flops = row["flops"] / base["flops"]
+    parts = []
+    for batch in (1, 256):
+        ratio = row[f"ms_b{batch}"] / base[f"ms_b{batch}"]
+        parts.append(f"batch {batch}: {ratio:.2f}x the time ({'faster' if ratio < 1 else 'not faster'})")
+    return f"- {row['strategy']} at {row['size']} px: {flops:.2f}x the FLOPs of dense_cnn; " + "; ".join(parts) + "."
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
@@ -45,10 +55,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     batches = (1, 256)
-    table = []
+    table, verdicts = [], []
     for size in args.sizes:
         rows = measure(size, batches)
         base = next(r for r in rows if r["strategy"] == "dense_cnn")
+        verdicts += [verdict(r, base) for r in rows if r["strategy"] != "dense_cnn" and r["flops"] < base["flops"]]
         for r in rows:
             table.append([
                 r["strategy"], size, f"{r['params']:,}", f"{r['flops'] / 1e6:.2f}",
@@ -58,12 +69,13 @@ def main() -> None:
             ])
     header = ["strategy", "px", "params", "MFLOPs/image", "ms/image b=1", "ms/image b=256",
               "FLOPs vs dense_cnn", "latency b=1 vs dense_cnn", "latency b=256 vs dense_cnn"]
-    text = markdown_table(header, table)
+    text = markdown_table(header, table) + "\n\nDo FLOPs savings become time savings?\n\n" + "\n".join(verdicts)
     print(text)
     if not args.no_write:
         command = "python benchmarks/bench_models.py " + " ".join(sys.argv[1:])
         body = (f"{stamp(command.strip())}\n\nDefault config of each strategy, 3 channels, 8 classes, eval mode, "
-                f"median of repeated batches (latency per image = batch time / batch size).\n\n{text}\n")
+                f"median of repeated batches (latency per image = batch time / batch size). On a shared 2-core machine "
+                f"single figures vary between runs by up to 2x; compare the ratios, measured side by side.\n\n{text}\n")
         write_section("models", "Model cost per strategy (FLOPs against measured latency)", body)
 
 
