@@ -22,18 +22,25 @@ from objectives import count_flops, count_params, measure_latency_ms  # noqa: E4
 from search_space import build_model, default_config, strategy_names  # noqa: E402
 
 
-def measure(size: int, batches: tuple[int, ...], channels: int = 3, classes: int = 8) -> list[dict]:
-    rows = []
+def measure(size: int, batches: tuple[int, ...], *, rounds: int = 3, channels: int = 3, classes: int = 8) -> list[dict]:
+    """Params, FLOPs and latency of every strategy's default model at one image size.
+
+    Latency is the best of ``rounds`` round-robin passes over all models, so a burst of load from
+    other work on the machine hits every model alike instead of whichever ran at the time.
+    """
+    models, rows = {}, []
+    images = torch.rand(max(batches), channels, size, size)
     for name in strategy_names():
         torch.manual_seed(0)
-        model = build_model(default_config(name), channels, classes, size).eval()
-        images = torch.rand(max(batches), channels, size, size)
-        row = {"strategy": name, "size": size, "params": count_params(model),
-               "flops": count_flops(model, images[:8])}
-        for batch in batches:
-            repeats = 30 if batch == 1 else 3
-            row[f"ms_b{batch}"] = measure_latency_ms(model, images[:batch], warmup=3, repeats=repeats)
-        rows.append(row)
+        models[name] = build_model(default_config(name), channels, classes, size).eval()
+        rows.append({"strategy": name, "size": size, "params": count_params(models[name]),
+                     "flops": count_flops(models[name], images[:8])})
+    for _ in range(rounds):
+        for row in rows:
+            for batch in batches:
+                repeats = 20 if batch == 1 else 2
+                ms = measure_latency_ms(models[row["strategy"]], images[:batch], warmup=2, repeats=repeats)
+                row[f"ms_b{batch}"] = min(ms, row.get(f"ms_b{batch}", float("inf")))
     return rows
 
 
@@ -49,7 +56,7 @@ def verdict(row: dict, base: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: per-core figures)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[28, 64])
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = parser.parse_args()
@@ -74,7 +81,8 @@ def main() -> None:
     if not args.no_write:
         command = "python benchmarks/bench_models.py " + " ".join(sys.argv[1:])
         body = (f"{stamp(command.strip())}\n\nDefault config of each strategy, 3 channels, 8 classes, eval mode, "
-                f"median of repeated batches (latency per image = batch time / batch size). On a shared 2-core machine "
+                f"latency per image = batch time / batch size, the best of 3 round-robin passes over the models. "
+                f"On a shared 2-core machine "
                 f"single figures vary between runs by up to 2x; compare the ratios, measured side by side.\n\n{text}\n")
         write_section("models", "Model cost per strategy (FLOPs against measured latency)", body)
 
