@@ -107,6 +107,7 @@ def run_one(workdir: Path, sampler: str, seed: int, trials: int) -> dict:
     directions = {"accuracy": "maximize", "flops": "minimize"}
     ref = {"accuracy": 0.0, "flops": MAX_FLOPS}
     box = 1.0 * MAX_FLOPS
+    feasible = table["feasible"].astype(str).str.lower().eq("true")
     by_n = hypervolume_history(table, directions, ref, by="number")
     by_t = hypervolume_history(table, directions, ref, by="time")
     return {
@@ -116,6 +117,8 @@ def run_one(workdir: Path, sampler: str, seed: int, trials: int) -> dict:
         "complete": int(((table["state"] == "COMPLETE") & table["feasible"].astype(str).str.lower().eq("true")).sum()),
         "infeasible": int((~table["feasible"].astype(str).str.lower().eq("true")).sum()),
         "best_acc": float(pd.to_numeric(table["accuracy"], errors="coerce").max()),
+        "trained_by_strategy": table[feasible]["strategy"].value_counts().to_dict(),
+        "infeasible_by_strategy": table[~feasible]["strategy"].value_counts().to_dict(),
     }
 
 
@@ -189,6 +192,15 @@ def main() -> None:
     table_n = markdown_table(["sampler", "seeds"] + [f"HV after {n} trials" for n in checkpoints], rows_n)
     table_t = markdown_table(["sampler", "seeds"] + [f"HV at {s} s" for s in time_marks]
                              + ["mean search wall (s)", "mean infeasible trials"], rows_t)
+    trained: dict[str, int] = {}
+    over: dict[str, int] = {}
+    for r in runs:
+        for k, v in r["trained_by_strategy"].items():
+            trained[k] = trained.get(k, 0) + int(v)
+        for k, v in r["infeasible_by_strategy"].items():
+            over[k] = over.get(k, 0) + int(v)
+    mix = ", ".join(f"{k} {trained.get(k, 0)} trained / {over.get(k, 0)} over budget"
+                    for k in sorted(set(trained) | set(over)))
     command = "python benchmarks/bench_search_efficiency.py" + (
         f" --seeds {args.seeds}" if args.seeds != 5 else "") + (f" --trials {args.trials}" if args.trials != 16 else "")
     body = f"""\
@@ -216,6 +228,9 @@ median search time; a run that has not finished a trial by then counts 0):
 {table_t}
 
 {verdict(runs, args.samplers, args.trials)}
+
+Trials per strategy over all {len(runs)} searches: {mix}. Configs over the budget are recorded
+infeasible without training; they use up a trial but almost no time.
 """
     print(body)
     if not args.no_write:

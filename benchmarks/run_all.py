@@ -86,7 +86,7 @@ def write_summary(status: dict[str, str], command: str) -> None:
             continue
         keys = key_sentences(body)
         lines.append(f"- **{title}** (`{name}`): " + (" ".join(keys) if keys else "see its section."))
-    write_section("summary", "Summary", "\n".join(lines))
+    write_section("summary", "Summary", "\n".join(lines), doc=DOC)
     move_summary_to_top()
 
 
