@@ -230,6 +230,8 @@ def main() -> None:
         if not path.exists():
             print(f"skipped: pbc28.npz not found at {path} (set PBC28_NPZ=/path/to/pbc28.npz)")
             return
+        if (Path(args.out) / "study.journal").exists():
+            raise SystemExit(f"{args.out} already holds a run: read it with --run-dir {args.out}, or pass another --out")
         run_dir, command, wall = run_search(args)
         command = args.command or command
     body = section(run_dir, command, wall)
