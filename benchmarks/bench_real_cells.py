@@ -6,7 +6,7 @@ next to the published BloodMNIST figures.
     python benchmarks/bench_real_cells.py --run-dir runs/pbc28                  # reads a finished run
     python benchmarks/bench_real_cells.py --run-dir runs/pbc28 --no-write       # print only
 
-Without ``--run-dir`` it runs ``python -m runner.search --space search_space/pbc28.yaml --out DIR``
+Without ``--run-dir`` it runs ``python -m runner.search --space search_space/blood_cells.yaml --out DIR``
 (extra flags: ``--trials``, ``--backend``, ``--max-concurrent``), with the data file taken from
 ``PBC28_NPZ`` or the space file's default ``../shared/data/pbc28.npz``; when neither exists it says
 so and exits 0 without writing anything (a fresh clone does not have the file).
@@ -58,7 +58,7 @@ def data_path() -> Path:
 
 
 def run_search(args: argparse.Namespace) -> tuple[Path, str, float]:
-    cmd = [sys.executable, "-m", "runner.search", "--space", "search_space/pbc28.yaml", "--out", str(args.out)]
+    cmd = [sys.executable, "-m", "runner.search", "--space", "search_space/blood_cells.yaml", "--out", str(args.out)]
     for flag, value in (("--trials", args.trials), ("--backend", args.backend), ("--max-concurrent", args.max_concurrent)):
         if value is not None:
             cmd += [flag, str(value)]
@@ -179,7 +179,7 @@ FLOPs budget, recorded infeasible without training). Data: pbc28 (PBC peripheral
 BloodMNIST was made from; 8 classes, 28x28 RGB, train 11,966 / val 1,708 / test 3,418, a seeded
 class-stratified 70/10/20 split, not MedMNIST's official split, so the published figures below
 compare only approximately). The search optimises validation accuracy and FLOPs; test accuracy is
-recorded, never used to choose. Training settings and ranges: `search_space/pbc28.yaml` as committed.
+recorded, never used to choose. Training settings and ranges: `search_space/blood_cells.yaml` as committed.
 
 Pareto front over all strategies (validation accuracy against FLOPs):
 

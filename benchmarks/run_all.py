@@ -114,7 +114,7 @@ def main() -> int:
     parser.add_argument("--export-run", type=Path, help="run directory for bench_export.py (default: a fresh "
                         "10-trial cells.yaml search in a temporary folder)")
     parser.add_argument("--pbc28-run", type=Path, help="read this finished pbc28 run instead of searching again "
-                        "(default: a fresh search from search_space/pbc28.yaml in a temporary folder, ~30 min)")
+                        "(default: a fresh search from search_space/blood_cells.yaml in a temporary folder, ~30 min)")
     parser.add_argument("--summary-only", action="store_true", help="only rewrite the summary from the sections as they are")
     parser.add_argument("--no-summary", action="store_true", help="do not write the summary at the end")
     args = parser.parse_args()
