@@ -94,6 +94,31 @@ class SparseModel(nn.Module, ABC):
         raise TypeError(f"{type(self).__name__} has no k to set")
 
 
+class CountedKModel(SparseModel):
+    """A model whose k is a count of kept elements (pixels, patches), set by epoch rules or, for
+    per-image rules, reported as the mean kept per image on the last batch.
+
+    Subclasses set ``self._k``, ``self.per_image`` and ``self._last_counts`` and define ``k_bounds``.
+    """
+
+    _k: int
+    per_image: bool = False
+    _last_counts: torch.Tensor | None = None
+
+    @property
+    def k(self) -> float:
+        """The set k, or for per-image rules the mean kept per image on the last batch."""
+        if self.per_image and self._last_counts is not None:
+            return float(self._last_counts.float().mean())
+        return float(self._k)
+
+    def set_k(self, k: int) -> None:
+        low, high = self.k_bounds()
+        if not low <= int(k) <= high:
+            raise ValueError(f"k must lie in [{low}, {high}] for this {type(self).__name__}, got {k}")
+        self._k = int(k)
+
+
 ModelFactory = Callable[..., SparseModel]
 
 

@@ -57,7 +57,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from search_space.k_rules import K_RULE_DEFAULTS, PER_IMAGE_RULES, per_image_k, ratio_loss
-from search_space.strategies.base import ParamSpec, SparseModel, eval_mode, register_strategy, transformer_params
+from search_space.strategies.base import CountedKModel, ParamSpec, eval_mode, register_strategy, transformer_params
 from search_space.strategies.blocks import ClassifierHead, TransformerBlock, linear_flops, mlp_flops, top_indices
 
 KEEP_SCORES = ("foreground", "variance", "learned")
@@ -83,7 +83,7 @@ class _Layout:
         self.n_cells: list[int] = []  # per transition: cells in the parent grid
 
 
-class SpanPyramid(SparseModel):
+class SpanPyramid(CountedKModel):
     """Kept patches -> window + shifted-window + global-token attention stages with sparse pooling."""
 
     def __init__(
@@ -152,18 +152,6 @@ class SpanPyramid(SparseModel):
     def k_bounds(self) -> tuple[int, int]:
         return 1, self.n_patches
 
-    @property
-    def k(self) -> float:
-        """The set k, or for per-image rules the mean kept per image on the last batch."""
-        if self.per_image and self._last_counts is not None:
-            return float(self._last_counts.float().mean())
-        return float(self._k)
-
-    def set_k(self, k: int) -> None:
-        low, high = self.k_bounds()
-        if not low <= int(k) <= high:
-            raise ValueError(f"k={k} must lie in [{low}, {high}] kept patches")
-        self._k = int(k)
 
     # --- selection -------------------------------------------------------------------------------
     def _patches(self, images: torch.Tensor) -> tuple[torch.Tensor, int, int]:

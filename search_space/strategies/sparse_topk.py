@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from search_space.k_rules import K_RULE_DEFAULTS, PER_IMAGE_RULES, per_image_k, ratio_loss
-from search_space.strategies.base import ParamSpec, SparseModel, eval_mode, register_strategy, transformer_params
+from search_space.strategies.base import CountedKModel, ParamSpec, eval_mode, register_strategy, transformer_params
 from search_space.strategies.blocks import (
     ClassifierHead,
     TransformerBlock,
@@ -103,7 +103,7 @@ class FourierXYV(nn.Module):
         return linear_flops(n, self.d_in, self.dim)
 
 
-class SparseTopK(SparseModel):
+class SparseTopK(CountedKModel):
     """Coarse CNN -> top-k pixels -> pixel tokens + CLS -> transformer blocks -> head on CLS."""
 
     def __init__(
@@ -164,18 +164,6 @@ class SparseTopK(SparseModel):
     def k_bounds(self) -> tuple[int, int]:
         return max(4, math.ceil(0.01 * self.num_pixels)), self.num_pixels
 
-    @property
-    def k(self) -> float:
-        """The set k, or for per-image rules the mean kept per image on the last batch."""
-        if self.per_image and self._last_counts is not None:
-            return float(self._last_counts.float().mean())
-        return float(self._k)
-
-    def set_k(self, k: int) -> None:
-        low, high = self.k_bounds()
-        if not low <= k <= high:
-            raise ValueError(f"k must lie in [{low}, {high}] for {self.num_pixels} pixels, got {k}")
-        self._k = int(k)
 
     # ----- selection -------------------------------------------------------------------------------
     def _select(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
