@@ -43,7 +43,9 @@ GRAD_CLIP = 1.0  # max global grad norm: cheap insurance against one bad step ki
 EVAL_CHUNK = 256  # images per forward when evaluating
 MEASURE_BATCH = 32  # validation images the cost objectives are measured on (FLOPs are per image)
 LOOKED_AT = 8  # validation images saved with their used maps for the report
-CHECK_BATCH = 2  # images the pre-training budget check and an infeasible trial's costs are measured on
+# Images the pre-training budget check and an infeasible trial's costs are measured on: as many as a
+# trained trial's cost objectives, so a latency budget means the same per-image figure for both.
+CHECK_BATCH = MEASURE_BATCH
 
 Report = Callable[[dict[str, Any]], None]
 

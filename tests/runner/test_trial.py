@@ -211,3 +211,36 @@ def test_k_rule_follows_the_classification_loss_not_the_auxiliary_terms(tmp_path
     history = json.loads((tmp_path / "history.json").read_text())
     assert seen == [row["class_loss"] for row in history]
     assert any(row["class_loss"] != row["train_loss"] for row in history)
+
+
+def test_latency_budget_is_checked_like_the_objective_is_measured(tmp_path, monkeypatch) -> None:
+    """Same batch size as a trained trial's latency objective, on the trial's threads, driver threads restored."""
+    import objectives
+    from runner.backends.common import check_costs
+    from runner.trial import MEASURE_BATCH
+    from search_space.spec import load_space
+
+    space_file = tmp_path / "space.yaml"
+    space_file.write_text(
+        "objectives: {accuracy: maximize, flops: minimize}\n"
+        "data: {source: synthetic, image_size: 16}\n"
+        "constraints: {max_latency_ms: 1000.0}\n"
+        "search: {resources: {cpu: 1}}\n"
+        "space: {strategy: {dense_cnn: {}}}\n"
+    )
+    seen = {}
+
+    def fake_latency(model, images, **kwargs):
+        seen["batch"], seen["threads"] = images.shape[0], torch.get_num_threads()
+        return 1.0
+
+    monkeypatch.setattr(objectives, "measure_latency_ms", fake_latency)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        found = check_costs({**default_config("dense_cnn")}, load_space(space_file))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert found == {"latency_ms": 1.0 - 1000.0}
+    assert seen == {"batch": MEASURE_BATCH, "threads": 1}
