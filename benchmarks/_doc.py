@@ -29,9 +29,10 @@ def machine() -> str:
     except OSError:
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
     return (
         f"{cpu}, {os.cpu_count()} CPUs, {gpu}; torch {torch.__version__}, torch threads {torch.get_num_threads()}, "
-        f"Python {platform.python_version()}"
+        f"Python {platform.python_version()}; load average {load}"
     )
 
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -21,26 +19,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from _doc import machine  # noqa: E402
+
 from reports.build import build_report  # noqa: E402
 from tests.reports.fake_run import write_run  # noqa: E402
 
 SIZE_LIMIT_MB = 10.0
 TIME_LIMIT_S = 20.0
-
-
-def machine() -> str:
-    """One line naming the machine the figures come from (load average included: shared machines vary)."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-    return f"{cpu}, {cores} cores available, load average {load}; {platform.platform()}; Python {platform.python_version()}"
 
 
 def bench(n_trials: int, root: Path) -> dict[str, float]:
