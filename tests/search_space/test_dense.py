@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from search_space.build import build_model, default_config
+from tests.search_space.blob_images import blobs
 
 DENSE = ["dense_cnn", "dense_vit"]
 # Tiny presets so the suite stays fast.
@@ -15,22 +16,6 @@ TINY = {
     "dense_cnn": {"width": 4, "stages": 2, "blocks_per_stage": 1, "stem_stride": 1},
     "dense_vit": {"patch_size": 4, "embed_dim": 16, "num_heads": 2, "depth": 1, "mlp_ratio": 2.0},
 }
-
-
-def make_blobs(
-    n: int = 64, channels: int = 3, size: int = 28, classes: int = 4, seed: int = 0
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Learnable images: class c has a bright Gaussian blob near corner c (jittered) on noise."""
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.arange(n) % classes
-    corners = torch.tensor([[0.3, 0.3], [0.3, 0.7], [0.7, 0.3], [0.7, 0.7]])[:classes] * size
-    centres = corners[labels] + (torch.rand(n, 2, generator=g) - 0.5) * 0.15 * size  # (n, 2) as (y, x)
-    grid = torch.arange(size, dtype=torch.float32)
-    dy = (grid[None, :] - centres[:, :1]) ** 2  # (n, S)
-    dx = (grid[None, :] - centres[:, 1:]) ** 2
-    blob = torch.exp(-(dy[:, :, None] + dx[:, None, :]) / (2 * (size / 10) ** 2))  # (n, S, S)
-    images = 2 * blob[:, None] + 0.2 * torch.randn(n, channels, size, size, generator=g)
-    return images, labels
 
 
 def fit(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, *, steps: int, lr: float) -> float:
@@ -181,7 +166,7 @@ def test_torch_export(name: str) -> None:
 )
 def test_overfits_learnable_images(name: str, changes: dict, lr: float) -> None:
     """64 blob images, 40 full-batch steps (~1-2 s of one core); reliable over seeds 0-4."""
-    images, labels = make_blobs(channels=3, size=28)
+    images, labels = blobs(channels=3, size=28, layout="corner")
     torch.manual_seed(0)
     model = build_model({**default_config(name), **changes}, 3, 4, 28)
     assert fit(model, images, labels, steps=40, lr=lr) >= 0.95

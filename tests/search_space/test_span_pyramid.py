@@ -11,6 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from search_space.strategies import get_strategy
 from search_space.strategies.span_pyramid import SpanPyramid
+from tests.search_space.blob_images import blobs
 
 NUM_CLASSES = 4
 
@@ -19,21 +20,6 @@ def build(in_channels: int = 3, image_size: int = 28, **overrides) -> SpanPyrami
     info = get_strategy("span_pyramid")
     config = {**info.defaults, **overrides}
     return info.factory(config=config, in_channels=in_channels, num_classes=NUM_CLASSES, image_size=image_size)
-
-
-def blobs(n: int = 64, size: int = 28, channels: int = 3, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Noisy Gaussian blobs at random positions; the class sets the radius and the channel pattern."""
-    g = torch.Generator().manual_seed(seed)
-    yy, xx = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(), indexing="ij")
-    labels = torch.arange(n) % NUM_CLASSES
-    images = torch.zeros(n, channels, size, size)
-    for i, c in enumerate(labels.tolist()):
-        cy, cx = (torch.rand(2, generator=g) * 0.4 + 0.3) * size
-        r = size * (0.12 + 0.06 * (c % 2))
-        blob = torch.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r**2))
-        for ch in range(channels):
-            images[i, ch] = blob * (1.0 if (ch + c // 2) % 2 == 0 else 0.3)
-    return images + 0.05 * torch.randn(images.shape, generator=g), labels
 
 
 def bright_patches(cells: list[tuple[int, int]], *, size: int, patch: int, channels: int = 3) -> torch.Tensor:
@@ -346,7 +332,7 @@ def test_export_matches_eval_model(overrides: dict) -> None:
 @pytest.mark.parametrize("keep_score", ["foreground", "learned"])
 def test_overfits_64_blob_images(keep_score: str) -> None:
     torch.manual_seed(0)
-    x, y = blobs()
+    x, y = blobs(classes=NUM_CLASSES)
     model = build(3, 28, keep_score=keep_score)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     start, accuracy = time.perf_counter(), 0.0

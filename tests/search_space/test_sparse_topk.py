@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from search_space.build import build_model, default_config
 from search_space.k_rules import per_image_k
 from search_space.strategies.blocks import block_flops
-from tests.search_space.test_dense import counted_flops, fit, make_blobs
+from tests.search_space.blob_images import blobs
+from tests.search_space.test_dense import counted_flops, fit
 
 TINY = {"coarse_channels": 4, "coarse_layers": 1, "embed_dim": 16, "num_heads": 2, "depth": 1, "mlp_ratio": 2.0}
 
@@ -243,7 +244,7 @@ def test_torch_export(changes: dict) -> None:
 
 def test_overfits_learnable_images() -> None:
     """64 blob images, 40 full-batch steps (~2 s of one core); reliable over seeds 0-4."""
-    images, labels = make_blobs(channels=3, size=28)
+    images, labels = blobs(channels=3, size=28, layout="corner")
     torch.manual_seed(0)
     model = build_model({**default_config("sparse_topk"), "embed_dim": 32, "num_heads": 2}, 3, 4, 28)
     assert fit(model, images, labels, steps=40, lr=3e-3) >= 0.95
