@@ -48,12 +48,8 @@ def load_npz(
     """Read, check, subsample (seeded, class-stratified), resize and normalise an npz dataset."""
     path = Path(path)
     with _open(path) as archive:
-        names = _class_names(path, archive, class_names)
-        labels = {s: _labels(path, archive, s, len(names) if names else None) for s in SPLITS}
-        shapes = {s: _image_shape(path, archive, s) for s in SPLITS}
-        _check_shapes(path, shapes, labels)
+        names, labels, shapes = _checked_header(path, archive, class_names)
         size = _output_size(path, shapes["train"], image_size)
-        names = names or _default_names(path, labels)
         splits = {}
         for i, split in enumerate(SPLITS):
             y = labels[split]
@@ -71,13 +67,20 @@ def describe_npz(path: str | Path, *, image_size: int | None, class_names: list[
     """(in_channels, num_classes, image_size) from the array headers and the labels, images unread."""
     path = Path(path)
     with _open(path) as archive:
-        names = _class_names(path, archive, class_names)
-        labels = {s: _labels(path, archive, s, len(names) if names else None) for s in SPLITS}
-        shapes = {s: _image_shape(path, archive, s) for s in SPLITS}
-        _check_shapes(path, shapes, labels)
-        num_classes = len(names) if names else len(_default_names(path, labels))
+        names, _, shapes = _checked_header(path, archive, class_names)
     channels = shapes["train"][3]
-    return (3 if channels == 4 else channels), num_classes, _output_size(path, shapes["train"], image_size)
+    return (3 if channels == 4 else channels), len(names), _output_size(path, shapes["train"], image_size)
+
+
+def _checked_header(
+    path: Path, archive: np.lib.npyio.NpzFile, class_names: list[str] | None
+) -> tuple[list[str], dict[str, np.ndarray], dict[str, tuple[int, int, int, int]]]:
+    """(class names, labels by split, (N, H, W, C) by split), checked; what loading and describing share."""
+    names = _class_names(path, archive, class_names)
+    labels = {s: _labels(path, archive, s, len(names) if names else None) for s in SPLITS}
+    shapes = {s: _image_shape(path, archive, s) for s in SPLITS}
+    _check_shapes(path, shapes, labels)
+    return names or _default_names(path, labels), labels, shapes
 
 
 def _open(path: Path) -> np.lib.npyio.NpzFile:
