@@ -15,18 +15,17 @@ From the run's trials.csv (COMPLETE, feasible trials) it writes the section "rea
 docs/benchmarks.md: the Pareto front of all strategies (validation accuracy against FLOPs, test
 accuracy beside), the best test accuracy within 1, 5, 20 and 100 MFLOPs (picked by validation
 accuracy, as a user would pick, and also the best test accuracy present), the best sparse model
-against the best dense model in each budget, and whether the front holds a model at or above
-96.6% test accuracy (Google AutoML Vision on BloodMNIST) at no more than 10 MFLOPs.
+against the best dense model in each budget (in words, with the share of each frame the cells and their
+neighbours cover, measured on the validation images: the figure that decides whether skipping pixels
+can pay), and whether the front holds a model at or above 96.6% test accuracy (Google AutoML Vision on
+BloodMNIST) at no more than 10 MFLOPs.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -36,9 +35,28 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
 
 from _doc import markdown_table, stamp, write_section  # noqa: E402
+from _front import (  # noqa: E402
+    BUDGET_HEADER,
+    DENSE,
+    FRONT_HEADER,
+    PER_STRATEGY_HEADER,
+    SPARSE,
+    best_in,
+    budget_rows,
+    content_fraction,
+    describe,
+    eligible,
+    front,
+    front_rows,
+    pct,
+    per_strategy_rows,
+    raw_images,
+    run_search,
+    run_summary,
+    sparse_vs_dense,
+    synthetic_content_share,
+)
 
-SPARSE = ("sparse_topk", "tnet_traversal", "span_pyramid")
-DENSE = ("dense_cnn", "dense_vit")
 BUDGETS_MFLOPS = (1, 5, 20, 100)
 BAR_ACC, BAR_MFLOPS = 0.966, 10.0
 PUBLISHED = [  # BloodMNIST (MedMNIST v2) test split, 28x28 input; FLOPs from /work/shared/data/README.md
@@ -57,153 +75,92 @@ def data_path() -> Path:
     return (ROOT / ".." / "shared" / "data" / "pbc28.npz").resolve()
 
 
-def run_search(args: argparse.Namespace) -> tuple[Path, str, float]:
-    cmd = [sys.executable, "-m", "runner.search", "--space", "search_space/blood_cells.yaml", "--out", str(args.out)]
-    for flag, value in (("--trials", args.trials), ("--backend", args.backend), ("--max-concurrent", args.max_concurrent)):
-        if value is not None:
-            cmd += [flag, str(value)]
-    env = {**os.environ, "PBC28_NPZ": str(data_path())}
-    start = time.perf_counter()
-    code = subprocess.call(cmd, cwd=ROOT, env=env)
-    wall = time.perf_counter() - start
-    if code != 0:
-        raise SystemExit(f"the search exited with status {code}: {' '.join(cmd)}")
-    shown = "python -m runner.search " + " ".join(cmd[3:])
-    return Path(args.out), shown, wall
+def pbc28_content_share() -> float | None:
+    """Share of a pbc28 validation frame that is not background (None where the file is absent)."""
+    from runner.data import load_dataset
 
-
-def eligible(table: pd.DataFrame) -> pd.DataFrame:
-    ok = (table["state"] == "COMPLETE") & table["feasible"].astype(str).str.lower().eq("true")
-    frame = table[ok].copy()
-    for col in ("accuracy", "flops", "test_accuracy"):
-        frame[col] = pd.to_numeric(frame[col], errors="coerce")
-    return frame.dropna(subset=["accuracy", "flops"])
-
-
-def front(frame: pd.DataFrame) -> pd.DataFrame:
-    from reports.pareto import pareto_mask
-
-    mask = pareto_mask(frame[["accuracy", "flops"]].to_numpy(float), ["maximize", "minimize"])
-    return frame[mask].sort_values("flops")
-
-
-def pct(x: float | None) -> str:
-    return "-" if x is None or pd.isna(x) else f"{100 * x:.2f}%"
-
-
-def used_fraction(run_dir: Path, number: int) -> str:
-    """Share of the image the model looked at (metrics.json ``used_fraction``; 1 for dense models)."""
-    path = run_dir / "trials" / str(number) / "metrics.json"
-    try:
-        value = json.loads(path.read_text()).get("used_fraction")
-    except (OSError, ValueError):
-        return "-"
-    return "-" if value is None else f"{100 * float(value):.0f}%"
-
-
-def best_in(frame: pd.DataFrame, mflops: float, strategies: tuple[str, ...] | None = None) -> pd.Series | None:
-    """Most accurate on validation within the budget (ties: fewer FLOPs), as a user would pick it."""
-    sub = frame[frame["flops"] <= mflops * 1e6]
-    if strategies is not None:
-        sub = sub[sub["strategy"].isin(strategies)]
-    if sub.empty:
+    path = data_path()
+    if not path.exists():
         return None
-    return sub.sort_values(["accuracy", "flops"], ascending=[False, True]).iloc[0]
+    return content_fraction(raw_images(load_dataset(source="npz", path=path, seed=0)))
 
 
-def describe(row: pd.Series | None) -> str:
-    if row is None:
-        return "none"
-    return (f"#{int(row['number'])} {row['strategy']}: val {pct(row['accuracy'])}, test {pct(row['test_accuracy'])}, "
-            f"{row['flops'] / 1e6:.2f} MFLOPs")
-
-
-def section(run_dir: Path, command: str, wall_s: float | None) -> str:
-    table = pd.read_csv(run_dir / "trials.csv")
-    frame = eligible(table)
-    space_info = ""
-    run_json = run_dir / "run.json"
-    if run_json.exists():
-        info = json.loads(run_json.read_text())
-        space_info = f" Run started {info.get('started_at', '?')}"
-        if info.get("wall_time_s"):
-            space_info += f", search wall time {float(info['wall_time_s']) / 60:.1f} min"
-        space_info += f" ({info.get('backend', '?')} backend, sampler {info.get('sampler', '?')}, seed {info.get('seed', '?')})."
-    states = table["state"].value_counts().to_dict()
-    infeasible = int((~table["feasible"].astype(str).str.lower().eq("true")).sum())
-    if frame.empty:
-        return f"{stamp(command)}\n\nNo complete, feasible trial in `{run_dir}` (states: {states})."
-
-    per_strategy = []
-    for name, group in frame.groupby("strategy"):
-        best = group.sort_values(["accuracy", "flops"], ascending=[False, True]).iloc[0]
-        per_strategy.append([name, len(group), pct(best["accuracy"]), pct(best["test_accuracy"]),
-                             f"{best['flops'] / 1e6:.2f}", f"{group['flops'].min() / 1e6:.2f}-{group['flops'].max() / 1e6:.2f}",
-                             f"{pd.to_numeric(group['duration_s'], errors='coerce').mean() / 60:.1f}"])
-
+def bar_verdict(frame: pd.DataFrame) -> str:
     par = front(frame)
-    front_rows = [[int(r["number"]), r["strategy"], pct(r["accuracy"]), pct(r["test_accuracy"]),
-                   f"{r['flops'] / 1e6:.2f}", f"{int(r['params_count']):,}", used_fraction(run_dir, int(r["number"]))]
-                  for _, r in par.iterrows()]
-
-    budget_rows = []
-    for b in BUDGETS_MFLOPS:
-        pick = best_in(frame, b)
-        within = frame[frame["flops"] <= b * 1e6]
-        top_test = within["test_accuracy"].max() if not within.empty else None
-        budget_rows.append([f"<= {b}", len(within), describe(pick), pct(top_test),
-                            describe(best_in(frame, b, SPARSE)), describe(best_in(frame, b, DENSE))])
-
     bar = frame[(frame["flops"] <= BAR_MFLOPS * 1e6) & (frame["test_accuracy"] >= BAR_ACC)]
     bar_front = par[(par["flops"] <= BAR_MFLOPS * 1e6) & (par["test_accuracy"] >= BAR_ACC)]
-    best_bar = best_in(frame, BAR_MFLOPS)
     if not bar_front.empty:
-        verdict = (f"**Met.** The front holds {len(bar_front)} model(s) at or above {pct(BAR_ACC)} test accuracy at no "
-                   f"more than {BAR_MFLOPS:g} MFLOPs, e.g. {describe(bar_front.iloc[0])}.")
-    else:
-        verdict = (f"**Not met.** No model on the front reaches {pct(BAR_ACC)} test accuracy at no more than "
-                   f"{BAR_MFLOPS:g} MFLOPs; the most accurate (by validation) within {BAR_MFLOPS:g} MFLOPs is "
-                   f"{describe(best_bar)}.")
-        if not bar.empty:
-            verdict += (f" ({len(bar)} trial(s) off the front do reach it on the test split, e.g. "
-                        f"{describe(bar.sort_values('flops').iloc[0])}, but validation accuracy, which the search "
-                        "optimises, does not pick them.)")
+        return (f"**Met.** The front holds {len(bar_front)} model(s) at or above {pct(BAR_ACC)} test accuracy at no "
+                f"more than {BAR_MFLOPS:g} MFLOPs, e.g. {describe(bar_front.iloc[0])}.")
+    verdict = (f"**Not met.** No model on the front reaches {pct(BAR_ACC)} test accuracy at no more than "
+               f"{BAR_MFLOPS:g} MFLOPs; the most accurate (by validation) within {BAR_MFLOPS:g} MFLOPs is "
+               f"{describe(best_in(frame, BAR_MFLOPS))}.")
+    if not bar.empty:
+        verdict += (f" ({len(bar)} trial(s) off the front do reach it on the test split, e.g. "
+                    f"{describe(bar.sort_values('flops').iloc[0])}, but validation accuracy, which the search "
+                    "optimises, does not pick them.)")
+    return verdict
 
+
+def why(frame: pd.DataFrame, content: float | None) -> str:
+    """The measured reasons: how much of a frame is content here and on 64-px synthetic frames, and how
+    cheap the dense models on the front already are."""
+    if content is None:
+        return ""
+    dense_front = front(frame)
+    dense_front = dense_front[dense_front["strategy"].isin(DENSE)]
+    cost = (f" The dense models on the front cost {dense_front['flops'].min() / 1e6:.2f}-"
+            f"{dense_front['flops'].max() / 1e6:.2f} MFLOPs, which leaves a sparse model little to save."
+            if not dense_front.empty else "")
+    return (f"Why: {100 * content:.0f}% of a pbc28 frame is content (the cell and the red cells around it: pixels "
+            f"more than 0.1 away from the frame's border colour in any channel, validation images), against "
+            f"{100 * synthetic_content_share(64):.0f}% of a 64-px synthetic frame, so at 28 px a model that skips "
+            f"pixels skips mostly cell.{cost}")
+
+
+def section(run_dir: Path, command: str, wall_s: float | None, content: float | None) -> str:
+    table = pd.read_csv(run_dir / "trials.csv")
+    frame = eligible(table)
+    if frame.empty:
+        return f"{stamp(command)}\n\nNo complete, feasible trial in `{run_dir}` ({run_summary(run_dir, table)})."
+    wall = f" Measured wall time of this script's search: {wall_s / 60:.1f} min." if wall_s else ""
     best_sparse, best_dense = best_in(frame, 1e9, SPARSE), best_in(frame, 1e9, DENSE)
-    wall = f" Search wall time: {wall_s / 60:.1f} min." if wall_s else ""
     return f"""\
-{stamp(command)}{space_info}{wall}
+{stamp(command)}
 
-Run `{run_dir}`: {len(table)} trials ({', '.join(f'{k} {v}' for k, v in states.items())}; {infeasible} over the
-FLOPs budget, recorded infeasible without training). Data: pbc28 (PBC peripheral blood cells, the images
-BloodMNIST was made from; 8 classes, 28x28 RGB, train 11,966 / val 1,708 / test 3,418, a seeded
-class-stratified 70/10/20 split, not MedMNIST's official split, so the published figures below
-compare only approximately). The search optimises validation accuracy and FLOPs; test accuracy is
-recorded, never used to choose. Training settings and ranges: `search_space/blood_cells.yaml` as committed.
+{run_summary(run_dir, table)}{wall} Data: pbc28 (PBC peripheral blood cells, the images BloodMNIST was made
+from; 8 classes, 28x28 RGB, train 11,966 / val 1,708 / test 3,418, a seeded class-stratified 70/10/20
+split, not MedMNIST's official split, so the published figures below compare only approximately). The
+search optimises validation accuracy and FLOPs; test accuracy is recorded, never used to choose.
+Training settings and ranges: `search_space/blood_cells.yaml` as committed.
+
+**Bar: >= {pct(BAR_ACC)} test accuracy at <= {BAR_MFLOPS:g} MFLOPs.** {bar_verdict(frame)}
 
 Pareto front over all strategies (validation accuracy against FLOPs):
 
-{markdown_table(["trial", "strategy", "val acc", "test acc", "MFLOPs", "params", "image used"], front_rows)}
+{markdown_table(FRONT_HEADER, front_rows(run_dir, frame))}
 
 Best trial of each strategy (by validation accuracy):
 
-{markdown_table(["strategy", "trials", "val acc", "test acc", "MFLOPs", "MFLOPs range tried", "mean trial (min)"], per_strategy)}
+{markdown_table(PER_STRATEGY_HEADER, per_strategy_rows(frame))}
 
 Within a FLOPs budget: the model a user would pick (most accurate on validation, its test accuracy
 beside), the highest test accuracy present in the budget, and the best sparse against the best dense
 model:
 
-{markdown_table(["MFLOPs", "trials", "pick (by val)", "best test acc present", "best sparse", "best dense"], budget_rows)}
+{markdown_table(BUDGET_HEADER, budget_rows(frame, BUDGETS_MFLOPS))}
+
+{sparse_vs_dense(run_dir, frame, BUDGETS_MFLOPS, "At 28 px on real cells")}
+
+{why(frame, content)}
+
+Best sparse model overall: {describe(best_sparse)}. Best dense model overall: {describe(best_dense)}.
 
 Published BloodMNIST figures (MedMNIST v2 test split, 28x28 input; no FLOPs are published: these are
 counted with PyTorch's FlopCounterMode at 2 per multiply-accumulate, as our FLOPs are, for the
 CIFAR-stem ResNets the MedMNIST "(28)" rows use):
 
 {markdown_table(["model", "test acc", "MFLOPs"], [[n, pct(a), f] for n, a, f in PUBLISHED])}
-
-**Bar: >= {pct(BAR_ACC)} test accuracy at <= {BAR_MFLOPS:g} MFLOPs.** {verdict}
-
-Best sparse model overall: {describe(best_sparse)}. Best dense model overall: {describe(best_dense)}.
 """
 
 
@@ -232,9 +189,10 @@ def main() -> None:
             return
         if (Path(args.out) / "study.journal").exists():
             raise SystemExit(f"{args.out} already holds a run: read it with --run-dir {args.out}, or pass another --out")
-        run_dir, command, wall = run_search(args)
-        command = args.command or command
-    body = section(run_dir, command, wall)
+        flags = {"--trials": args.trials, "--backend": args.backend, "--max-concurrent": args.max_concurrent}
+        command, wall = run_search("search_space/blood_cells.yaml", Path(args.out), flags, {"PBC28_NPZ": str(path)})
+        run_dir, command = Path(args.out), args.command or command
+    body = section(run_dir, command, wall, pbc28_content_share())
     if args.notes is not None and args.notes.exists():
         body += "\n" + args.notes.read_text()
     print(body)

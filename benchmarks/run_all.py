@@ -1,7 +1,7 @@
 """Re-run every benchmark in benchmarks/, one after the other, then write the "summary" section at the
 top of docs/benchmarks.md.
 
-    python benchmarks/run_all.py                 # everything: about an hour on 2 CPU cores (the pbc28 search ~30 min)
+    python benchmarks/run_all.py                 # everything: about 2.5 hours on 2 CPU cores (the pbc28 search ~1 h)
     python benchmarks/run_all.py --dry-run       # print the commands, run nothing
     python benchmarks/run_all.py --only models data --summary
     python benchmarks/run_all.py --summary-only  # rewrite the summary from the sections as they are
@@ -15,7 +15,9 @@ Order (each one a separate process, so one heavy job at a time; each writes its 
 5. ``bench_search_efficiency.py`` hypervolume per sampler (random, TPE, NSGA-II)
 6. ``bench_real_cells.py``        a pbc28 search (skipped, with a message, where pbc28.npz is absent);
                                   ``--pbc28-run DIR`` reads a finished run instead
-7. ``bench_export.py RUN``        export throughput; RUN is a short cells.yaml search made first
+7. ``bench_sparse_vs_dense.py``   a 64-px synthetic search, sparse against dense on its front;
+                                  ``--cells64-run DIR`` reads a finished run instead
+8. ``bench_export.py RUN``        export throughput; RUN is a short cells.yaml search made first
                                   (``--export-run DIR`` reuses a run directory instead)
 
 A benchmark that fails is reported and the rest still run; the exit status is 1 if any failed.
@@ -43,7 +45,8 @@ from _doc import DOC, HEADER, stamp, write_section  # noqa: E402
 PY = sys.executable
 
 
-def plan(export_run: Path | None, tmp: Path, pbc28_run: Path | None = None) -> list[tuple[str, list[list[str]]]]:
+def plan(export_run: Path | None, tmp: Path, pbc28_run: Path | None = None,
+         cells64_run: Path | None = None) -> list[tuple[str, list[list[str]]]]:
     """(section name, commands) in the order they run; commands run from the project root."""
     cells_run = export_run or tmp / "runs" / "cells"
     make_cells = [] if export_run else [[PY, "-m", "runner.search", "--space", "search_space/cells.yaml",
@@ -56,6 +59,8 @@ def plan(export_run: Path | None, tmp: Path, pbc28_run: Path | None = None) -> l
         ("search_efficiency", [[PY, "benchmarks/bench_search_efficiency.py"]]),
         ("real_cells", [[PY, "benchmarks/bench_real_cells.py", "--run-dir", str(pbc28_run)] if pbc28_run else
                         [PY, "benchmarks/bench_real_cells.py", "--out", str(tmp / "runs" / "pbc28")]]),
+        ("sparse_vs_dense", [[PY, "benchmarks/bench_sparse_vs_dense.py", "--run-dir", str(cells64_run)] if cells64_run else
+                             [PY, "benchmarks/bench_sparse_vs_dense.py", "--out", str(tmp / "runs" / "cells64")]]),
         ("export", make_cells + [[PY, "benchmarks/bench_export.py", str(cells_run)]]),
     ]
 
@@ -110,11 +115,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dry-run", action="store_true", help="print the commands in order; run nothing")
     parser.add_argument("--only", nargs="+", metavar="SECTION",
-                        help="run only these sections (models data report overhead search_efficiency real_cells export)")
+                        help="run only these sections (models data report overhead search_efficiency real_cells "
+                        "sparse_vs_dense export)")
     parser.add_argument("--export-run", type=Path, help="run directory for bench_export.py (default: a fresh "
                         "10-trial cells.yaml search in a temporary folder)")
     parser.add_argument("--pbc28-run", type=Path, help="read this finished pbc28 run instead of searching again "
-                        "(default: a fresh search from search_space/blood_cells.yaml in a temporary folder, ~30 min)")
+                        "(default: a fresh search from search_space/blood_cells.yaml in a temporary folder, ~1 h)")
+    parser.add_argument("--cells64-run", type=Path, help="read this finished 64-px synthetic run instead of searching "
+                        "again (default: a fresh search from search_space/cells64.yaml in a temporary folder, ~30 min)")
     parser.add_argument("--summary-only", action="store_true", help="only rewrite the summary from the sections as they are")
     parser.add_argument("--no-summary", action="store_true", help="do not write the summary at the end")
     args = parser.parse_args()
@@ -127,7 +135,7 @@ def main() -> int:
 
     status: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="cellsparse-bench-") as tmp:
-        steps = plan(args.export_run, Path(tmp), args.pbc28_run)
+        steps = plan(args.export_run, Path(tmp), args.pbc28_run, args.cells64_run)
         known = [name for name, _ in steps]
         if args.only:
             unknown = sorted(set(args.only) - set(known))

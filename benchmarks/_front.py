@@ -1,0 +1,208 @@
+"""Reading a finished run for the benchmark sections: its eligible trials, its accuracy/FLOPs front,
+the model a user would pick within a FLOPs budget, sparse against dense strategies, and how much of a
+frame the cells cover (the figure that decides whether looking at fewer pixels can pay).
+
+Shared by bench_real_cells.py (pbc28, 28 px) and bench_sparse_vs_dense.py (synthetic, 64 px), so the
+two sections answer the same questions in the same words.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from reports.pareto import pareto_mask  # noqa: E402
+from runner.data.dataset import CellDataset  # noqa: E402
+
+SPARSE = ("sparse_topk", "tnet_traversal", "span_pyramid")
+DENSE = ("dense_cnn", "dense_vit")
+
+
+def eligible(table: pd.DataFrame) -> pd.DataFrame:
+    """COMPLETE trials within the run's constraints, with numeric accuracy/FLOPs columns."""
+    ok = (table["state"] == "COMPLETE") & table["feasible"].astype(str).str.lower().eq("true")
+    frame = table[ok].copy()
+    for col in ("accuracy", "flops", "test_accuracy"):
+        frame[col] = pd.to_numeric(frame[col], errors="coerce")
+    return frame.dropna(subset=["accuracy", "flops"])
+
+
+def front(frame: pd.DataFrame) -> pd.DataFrame:
+    """Pareto front of validation accuracy (max) against FLOPs (min), cheapest first."""
+    mask = pareto_mask(frame[["accuracy", "flops"]].to_numpy(float), ["maximize", "minimize"])
+    return frame[mask].sort_values("flops")
+
+
+def pct(x: float | None) -> str:
+    return "-" if x is None or pd.isna(x) else f"{100 * x:.2f}%"
+
+
+def used_fraction(run_dir: Path, number: int) -> float | None:
+    """Share of the image the trial's model looked at (metrics.json ``used_fraction``; 1 for dense)."""
+    path = run_dir / "trials" / str(number) / "metrics.json"
+    try:
+        value = json.loads(path.read_text()).get("used_fraction")
+    except (OSError, ValueError):
+        return None
+    return None if value is None else float(value)
+
+
+def share(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.0f}%"
+
+
+def best_in(frame: pd.DataFrame, mflops: float, strategies: tuple[str, ...] | None = None) -> pd.Series | None:
+    """Most accurate on validation within the budget (ties: fewer FLOPs), as a user would pick it."""
+    sub = frame[frame["flops"] <= mflops * 1e6]
+    if strategies is not None:
+        sub = sub[sub["strategy"].isin(strategies)]
+    if sub.empty:
+        return None
+    return sub.sort_values(["accuracy", "flops"], ascending=[False, True]).iloc[0]
+
+
+def describe(row: pd.Series | None) -> str:
+    if row is None:
+        return "none"
+    return (f"#{int(row['number'])} {row['strategy']}: val {pct(row['accuracy'])}, test {pct(row['test_accuracy'])}, "
+            f"{row['flops'] / 1e6:.2f} MFLOPs")
+
+
+def front_rows(run_dir: Path, frame: pd.DataFrame) -> list[list[object]]:
+    """Rows of the front table: trial, strategy, val, test, MFLOPs, params, share of image used."""
+    return [[int(r["number"]), r["strategy"], pct(r["accuracy"]), pct(r["test_accuracy"]), f"{r['flops'] / 1e6:.2f}",
+             f"{int(r['params_count']):,}", share(used_fraction(run_dir, int(r["number"])))]
+            for _, r in front(frame).iterrows()]
+
+
+FRONT_HEADER = ["trial", "strategy", "val acc", "test acc", "MFLOPs", "params", "image used"]
+
+
+def per_strategy_rows(frame: pd.DataFrame) -> list[list[object]]:
+    """Best trial of each strategy (by validation accuracy), with how many were tried and at what cost."""
+    rows = []
+    for name, group in frame.groupby("strategy"):
+        best = group.sort_values(["accuracy", "flops"], ascending=[False, True]).iloc[0]
+        rows.append([name, len(group), pct(best["accuracy"]), pct(best["test_accuracy"]), f"{best['flops'] / 1e6:.2f}",
+                     f"{group['flops'].min() / 1e6:.2f}-{group['flops'].max() / 1e6:.2f}",
+                     f"{pd.to_numeric(group['duration_s'], errors='coerce').mean() / 60:.1f}"])
+    return rows
+
+
+PER_STRATEGY_HEADER = ["strategy", "trials", "val acc", "test acc", "MFLOPs", "MFLOPs range tried", "mean trial (min)"]
+
+
+def budget_rows(frame: pd.DataFrame, budgets: tuple[float, ...]) -> list[list[object]]:
+    """Per budget: the pick by validation, the best test accuracy present, best sparse and best dense."""
+    rows = []
+    for b in budgets:
+        within = frame[frame["flops"] <= b * 1e6]
+        top_test = within["test_accuracy"].max() if not within.empty else None
+        rows.append([f"<= {b:g}", len(within), describe(best_in(frame, b)), pct(top_test),
+                     describe(best_in(frame, b, SPARSE)), describe(best_in(frame, b, DENSE))])
+    return rows
+
+
+BUDGET_HEADER = ["MFLOPs", "trials", "pick (by val)", "best test acc present", "best sparse", "best dense"]
+
+
+def sparse_vs_dense(run_dir: Path, frame: pd.DataFrame, budgets: tuple[float, ...], where: str) -> str:
+    """Plain-words comparison of the best sparse and best dense model in each budget (validation
+    accuracy decides, as in the search; test accuracy beside), and how many front points are sparse."""
+    par = front(frame)
+    n_sparse = int(par["strategy"].isin(SPARSE).sum())
+    lines, wins, contests = [], 0, 0
+    for b in budgets:
+        s, d = best_in(frame, b, SPARSE), best_in(frame, b, DENSE)
+        if s is None and d is None:
+            continue
+        if d is None:
+            lines.append(f"- <= {b:g} MFLOPs: only sparse models fit ({describe(s)}).")
+            continue
+        if s is None:
+            lines.append(f"- <= {b:g} MFLOPs: only dense models were tried or fit ({describe(d)}).")
+            continue
+        contests += 1
+        gap_val = 100 * (float(s["accuracy"]) - float(d["accuracy"]))
+        gap_test = 100 * (float(s["test_accuracy"]) - float(d["test_accuracy"]))
+        wins += gap_val > 0
+        ahead = "ahead of" if gap_val > 0 else "behind"
+        lines.append(f"- <= {b:g} MFLOPs: best sparse {ahead} best dense by {abs(gap_val):.2f} points on validation "
+                     f"({gap_test:+.2f} on test): {describe(s)} against {describe(d)}.")
+    used = [u for u in (used_fraction(run_dir, int(n)) for n in par[par["strategy"].isin(SPARSE)]["number"]) if u is not None]
+    used_text = (f" The sparse models on the front looked at {share(min(used))}-{share(max(used))} of the image."
+                 if used else "")
+    verdict = (f"**{where}: sparse strategies hold {n_sparse} of the {len(par)} front points, and the best sparse model "
+               f"beats the best dense one in {wins} of the {contests} budgets where both fit.**{used_text}")
+    return verdict + "\n\n" + "\n".join(lines)
+
+
+def content_fraction(images: torch.Tensor, threshold: float = 0.1) -> float:
+    """Mean share of a frame's pixels that are not background, for images in [0, 1], (N, C, H, W).
+
+    Background is each image's per-channel median over its one-pixel border; a pixel is content when
+    any channel differs from it by more than ``threshold``. Neighbouring cells and debris count as
+    content: they are pixels a model must look at to tell them apart from the cell."""
+    x = images.float()
+    border = torch.cat([x[..., 0, :], x[..., -1, :], x[..., 1:-1, 0], x[..., 1:-1, -1]], dim=-1)
+    background = border.median(dim=-1).values[..., None, None]
+    content = (x - background).abs().amax(dim=1) > threshold
+    return float(content.float().mean())
+
+
+def raw_images(data: CellDataset, split: str = "val") -> torch.Tensor:
+    """A split back in its loader's value scale (undoes the train-statistics normalisation)."""
+    x, _ = data.split(split)
+    mean = torch.tensor(data.mean).view(1, -1, 1, 1)
+    std = torch.tensor(data.std).view(1, -1, 1, 1)
+    return x * std + mean
+
+
+def run_search(space: str, out: Path, flags: dict[str, object | None], env: dict[str, str] | None = None) -> tuple[str, float]:
+    """Run ``python -m runner.search --space SPACE --out OUT`` (plus the flags that are set) from the
+    project root; return the command as a user would type it and the wall time in seconds."""
+    cmd = [sys.executable, "-m", "runner.search", "--space", space, "--out", str(out)]
+    for flag, value in flags.items():
+        if value is not None:
+            cmd += [flag, str(value)]
+    start = time.perf_counter()
+    code = subprocess.call(cmd, cwd=ROOT, env={**os.environ, **(env or {})})
+    wall = time.perf_counter() - start
+    if code != 0:
+        raise SystemExit(f"the search exited with status {code}: {' '.join(cmd)}")
+    return "python -m runner.search " + " ".join(cmd[3:]), wall
+
+
+def run_summary(run_dir: Path, table: pd.DataFrame) -> str:
+    """One paragraph: when and how the run ran, and what became of its trials."""
+    text = ""
+    run_json = run_dir / "run.json"
+    if run_json.exists():
+        info = json.loads(run_json.read_text())
+        text = f"Run `{run_dir.name}` started {info.get('started_at', '?')}"
+        if info.get("wall_time_s"):
+            text += f", search wall time {float(info['wall_time_s']) / 60:.1f} min"
+        text += f" ({info.get('backend', '?')} backend, sampler {info.get('sampler', '?')}, seed {info.get('seed', '?')}). "
+    states = table["state"].value_counts().to_dict()
+    infeasible = int((~table["feasible"].astype(str).str.lower().eq("true")).sum())
+    return (text + f"{len(table)} trials ({', '.join(f'{k} {v}' for k, v in states.items())}; {infeasible} over the "
+            "FLOPs budget, recorded infeasible without training).")
+
+
+def synthetic_content_share(image_size: int, n: int = 500) -> float:
+    """Share of a synthetic validation frame (brightfield, default difficulty) that is content."""
+    from runner.data import load_dataset
+
+    data = load_dataset(source="synthetic", image_size=image_size, train=n, val=n, test=1, seed=0)
+    return content_fraction(raw_images(data))

@@ -1,0 +1,122 @@
+"""Sparse against dense where the cell fills a minority of the frame: a search on 64-px synthetic cells.
+
+    python benchmarks/bench_sparse_vs_dense.py                        # runs search_space/cells64.yaml (~30 min, 2 cores)
+    python benchmarks/bench_sparse_vs_dense.py --trials 8 --out /tmp/c64
+    python benchmarks/bench_sparse_vs_dense.py --run-dir runs/cells64  # reads a finished run
+
+It runs ``python -m runner.search --space search_space/cells64.yaml --out DIR`` (default runs/cells64),
+then writes the section "sparse_vs_dense" of docs/benchmarks.md from the run's trials.csv: the front
+over all strategies (validation accuracy against FLOPs, test accuracy and the share of the image each
+model looked at beside), the best trial of each strategy, the best sparse against the best dense model
+within FLOPs budgets of 2, 5, 10, 20 and 50 MFLOPs, in words, and the share of each frame that is
+content (cell, neighbours, debris) on these frames, on 32-px synthetic frames and on pbc28 where that
+file is present: the figure that decides how much a model can gain by skipping pixels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT))
+
+from _doc import markdown_table, stamp, write_section  # noqa: E402
+from _front import (  # noqa: E402
+    BUDGET_HEADER,
+    FRONT_HEADER,
+    PER_STRATEGY_HEADER,
+    budget_rows,
+    eligible,
+    front_rows,
+    per_strategy_rows,
+    run_search,
+    run_summary,
+    sparse_vs_dense,
+    synthetic_content_share,
+)
+
+SPACE = "search_space/cells64.yaml"
+BUDGETS_MFLOPS = (2, 5, 10, 20, 50)
+
+
+def content_rows() -> list[list[object]]:
+    """Share of the frame that is content, per dataset (pbc28 only where the file is present)."""
+    from bench_real_cells import pbc28_content_share
+
+    rows: list[list[object]] = [[f"synthetic brightfield, {px} px", f"{100 * synthetic_content_share(px):.0f}%"]
+                                for px in (64, 32)]
+    real = pbc28_content_share()
+    if real is not None:
+        rows.append(["pbc28 (real, 28 px)", f"{100 * real:.0f}%"])
+    return rows
+
+
+def section(run_dir: Path, command: str, wall_s: float | None) -> str:
+    table = pd.read_csv(run_dir / "trials.csv")
+    frame = eligible(table)
+    if frame.empty:
+        return f"{stamp(command)}\n\nNo complete, feasible trial in `{run_dir}` ({run_summary(run_dir, table)})."
+    wall = f" Measured wall time of this script's search: {wall_s / 60:.1f} min." if wall_s else ""
+    return f"""\
+{stamp(command)}
+
+{run_summary(run_dir, table)}{wall} Data: synthetic brightfield cells (5 classes, difficulty 0.5) on a
+64x64 frame, train 2,000 / val 500 / test 1,000; settings and ranges in `{SPACE}` as committed
+(8 epochs, FLOPs budget 50 MFLOPs). Test accuracy is recorded, never used to choose.
+
+{sparse_vs_dense(run_dir, frame, BUDGETS_MFLOPS, "At 64 px on synthetic cells")}
+
+Share of a frame that is content (pixels more than 0.1 away from the frame's border colour in any
+channel, validation images): where it is small a model can skip most pixels and keep the cell.
+
+{markdown_table(["images", "content"], content_rows())}
+
+Pareto front over all strategies (validation accuracy against FLOPs):
+
+{markdown_table(FRONT_HEADER, front_rows(run_dir, frame))}
+
+Best trial of each strategy (by validation accuracy):
+
+{markdown_table(PER_STRATEGY_HEADER, per_strategy_rows(frame))}
+
+Within a FLOPs budget:
+
+{markdown_table(BUDGET_HEADER, budget_rows(frame, BUDGETS_MFLOPS))}
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run-dir", type=Path, help="read this finished run instead of searching")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "cells64",
+                        help="run directory of a new search (default runs/cells64; it must not hold another run)")
+    parser.add_argument("--trials", type=int)
+    parser.add_argument("--backend", choices=("ray", "optuna"))
+    parser.add_argument("--max-concurrent", type=int)
+    parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    args = parser.parse_args()
+
+    wall = None
+    if args.run_dir is not None:
+        run_dir, command = args.run_dir, f"python benchmarks/bench_sparse_vs_dense.py --run-dir {args.run_dir}"
+        if not (run_dir / "trials.csv").exists():
+            raise SystemExit(f"{run_dir}: no trials.csv")
+    else:
+        if (args.out / "study.journal").exists():
+            raise SystemExit(f"{args.out} already holds a run: read it with --run-dir {args.out}, or pass another --out")
+        flags = {"--trials": args.trials, "--backend": args.backend, "--max-concurrent": args.max_concurrent}
+        command, wall = run_search(SPACE, args.out, flags)
+        run_dir = args.out
+    body = section(run_dir, command, wall)
+    print(body)
+    if not args.no_write:
+        write_section("sparse_vs_dense", "Sparse against dense: 64-px synthetic cells", body)
+
+
+if __name__ == "__main__":
+    main()
