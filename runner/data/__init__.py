@@ -13,12 +13,8 @@ Sources: ``synthetic`` (see :mod:`runner.data.synthetic`), ``npz`` (MedMNIST lay
 
 from __future__ import annotations
 
-import functools
-import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import ParamSpec, TypeVar
 
 from search_space.errors import DataError
 
@@ -48,48 +44,20 @@ SYNTHETIC_DEFAULT_IMAGE_SIZE = 32
 _REAL_MODALITIES = ("brightfield", "rgb", "gray")  # what may be asked of real images (see load_dataset)
 
 
-@dataclass(frozen=True, kw_only=True)
-class _Options:
-    """The keyword arguments of ``load_dataset`` and ``describe_dataset`` (documented on ``load_dataset``),
-    declared once so that the two always accept the same ones with the same defaults."""
-
-    source: str
-    path: str | Path | None = None
-    modality: str = "brightfield"
-    image_size: int | None = None
-    train: Size = None
-    val: Size = None
-    test: Size = None
-    difficulty: float = 0.5
-    class_names: list[str] | None = None
-    seed: int = 0
-
-
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
-
-
-def _keywords_of(options: Callable[_P, _Options]) -> Callable[[Callable[[_Options], _R]], Callable[_P, _R]]:
-    """Make ``f(options)`` callable as ``f(source=..., path=..., ...)``, with ``options``' keywords, types and
-    defaults (for type checkers through the ParamSpec, for ``help`` and ``inspect`` through ``__signature__``)."""
-
-    def decorate(func: Callable[[_Options], _R]) -> Callable[_P, _R]:
-        @functools.wraps(func)
-        def call(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-            return func(options(*args, **kwargs))
-
-        returns = inspect.signature(func).return_annotation
-        call.__signature__ = inspect.signature(options).replace(return_annotation=returns)  # type: ignore[attr-defined]
-        return call
-
-    return decorate
-
-
-@_keywords_of(_Options)
-def load_dataset(o: _Options) -> CellDataset:
+def load_dataset(
+    *,
+    source: str,
+    path: str | Path | None = None,
+    modality: str = "brightfield",
+    image_size: int | None = None,
+    train: Size = None,
+    val: Size = None,
+    test: Size = None,
+    difficulty: float = 0.5,
+    class_names: list[str] | None = None,
+    seed: int = 0,
+) -> CellDataset:
     """Load or generate a dataset, normalised with its train split's per-channel mean and std.
-
-    Keyword arguments only (declared once, on :class:`_Options`); all but ``source`` are optional.
 
     ``source``: "synthetic" (generated; ``path`` unused), "npz" or "folder" (``path`` required).
 
@@ -116,35 +84,45 @@ def load_dataset(o: _Options) -> CellDataset:
 
     Raises DataError, naming the file and the problem, for anything it cannot use.
     """
-    sizes = _check_common(o)
-    if o.source == "synthetic":
-        return _synthetic(o.modality, o.image_size, sizes, o.difficulty, o.class_names, o.seed)
-    loader: Callable[..., CellDataset] = {"npz": load_npz, "folder": load_folder}[o.source]
-    data = loader(o.path, image_size=o.image_size, sizes=sizes, class_names=o.class_names, seed=o.seed)
-    _check_real_modality(o.modality, data.modality, o.path)
+    sizes = _check_common(source, path, modality, image_size, {"train": train, "val": val, "test": test}, seed)
+    if source == "synthetic":
+        return _synthetic(modality, image_size, sizes, difficulty, class_names, seed)
+    loader: Callable[..., CellDataset] = {"npz": load_npz, "folder": load_folder}[source]
+    data = loader(path, image_size=image_size, sizes=sizes, class_names=class_names, seed=seed)
+    _check_real_modality(modality, data.modality, path)
     return data
 
 
-@_keywords_of(_Options)
-def describe_dataset(o: _Options) -> tuple[int, int, int]:
+def describe_dataset(
+    *,
+    source: str,
+    path: str | Path | None = None,
+    modality: str = "brightfield",
+    image_size: int | None = None,
+    train: Size = None,
+    val: Size = None,
+    test: Size = None,
+    difficulty: float = 0.5,
+    class_names: list[str] | None = None,
+    seed: int = 0,
+) -> tuple[int, int, int]:
     """(in_channels, num_classes, image_size) that ``load_dataset`` with the same arguments gives,
     cheaply: synthetic data is not generated, npz images are not read (only array headers and the
     labels), folder images are not decoded (only listed and their headers read)."""
-    _check_common(o)
-    if o.source == "synthetic":
-        names = _synthetic_classes(o.class_names)
-        _check_difficulty(o.difficulty)
-        return MODALITY_CHANNELS[o.modality], len(names), o.image_size or SYNTHETIC_DEFAULT_IMAGE_SIZE
-    describe: Callable[..., tuple[int, int, int]] = {"npz": describe_npz, "folder": describe_folder}[o.source]
-    channels, num_classes, size = describe(o.path, image_size=o.image_size, class_names=o.class_names)
-    _check_real_modality(o.modality, "rgb" if channels == 3 else "gray", o.path)
+    _check_common(source, path, modality, image_size, {"train": train, "val": val, "test": test}, seed)
+    if source == "synthetic":
+        names = _synthetic_classes(class_names)
+        _check_difficulty(difficulty)
+        return MODALITY_CHANNELS[modality], len(names), image_size or SYNTHETIC_DEFAULT_IMAGE_SIZE
+    describe: Callable[..., tuple[int, int, int]] = {"npz": describe_npz, "folder": describe_folder}[source]
+    channels, num_classes, size = describe(path, image_size=image_size, class_names=class_names)
+    _check_real_modality(modality, "rgb" if channels == 3 else "gray", path)
     return channels, num_classes, size
 
 
-def _check_common(o: _Options) -> dict[str, Size]:
-    """Checks both functions make before anything else; returns the split sizes by name."""
-    sizes = {"train": o.train, "val": o.val, "test": o.test}
-    source, modality, image_size, seed = o.source, o.modality, o.image_size, o.seed
+def _check_common(
+    source: str, path: str | Path | None, modality: str, image_size: int | None, sizes: dict[str, Size], seed: int
+) -> dict[str, Size]:
     if source not in SOURCES:
         raise DataError(f"unknown data source {source!r}; choose one of {', '.join(SOURCES)}")
     if source == "synthetic":
@@ -154,7 +132,7 @@ def _check_common(o: _Options) -> dict[str, Size]:
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
                 raise DataError(f"{name} must be an image count (int >= 0) for synthetic data, got {value!r}")
     else:
-        if o.path is None:
+        if path is None:
             raise DataError(f"source {source!r} needs a path (to the {'.npz file' if source == 'npz' else 'folder'})")
         if modality not in _REAL_MODALITIES + tuple(MODALITY_CHANNELS):
             raise DataError(f"unknown modality {modality!r}; choose one of {', '.join(_REAL_MODALITIES)} for real images")
