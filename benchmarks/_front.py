@@ -117,35 +117,54 @@ def budget_rows(frame: pd.DataFrame, budgets: tuple[float, ...]) -> list[list[ob
 BUDGET_HEADER = ["MFLOPs", "trials", "pick (by val)", "best test acc present", "best sparse", "best dense"]
 
 
+def budget_contests(frame: pd.DataFrame, budgets: tuple[float, ...]) -> list[tuple[float, pd.Series | None, pd.Series | None]]:
+    """(budget, best sparse, best dense) for every budget that holds at least one model."""
+    picks = [(b, best_in(frame, b, SPARSE), best_in(frame, b, DENSE)) for b in budgets]
+    return [(b, s, d) for b, s, d in picks if s is not None or d is not None]
+
+
+def front_share(frame: pd.DataFrame, budgets: tuple[float, ...]) -> str:
+    """'sparse strategies hold N of the M front points, and ... wins in W of the C budgets where both fit.'"""
+    par = front(frame)
+    both = [(s, d) for _, s, d in budget_contests(frame, budgets) if s is not None and d is not None]
+    wins = sum(float(s["accuracy"]) > float(d["accuracy"]) for s, d in both)
+    return (f"sparse strategies hold {int(par['strategy'].isin(SPARSE).sum())} of the {len(par)} front points, and the "
+            f"best sparse model beats the best dense one in {wins} of the {len(both)} budgets where both fit.")
+
+
 def sparse_vs_dense(run_dir: Path, frame: pd.DataFrame, budgets: tuple[float, ...], where: str) -> str:
     """Plain-words comparison of the best sparse and best dense model in each budget (validation
     accuracy decides, as in the search; test accuracy beside), and how many front points are sparse."""
-    par = front(frame)
-    n_sparse = int(par["strategy"].isin(SPARSE).sum())
-    lines, wins, contests = [], 0, 0
-    for b in budgets:
-        s, d = best_in(frame, b, SPARSE), best_in(frame, b, DENSE)
-        if s is None and d is None:
-            continue
+    lines = []
+    for b, s, d in budget_contests(frame, budgets):
         if d is None:
             lines.append(f"- <= {b:g} MFLOPs: only sparse models fit ({describe(s)}).")
-            continue
-        if s is None:
+        elif s is None:
             lines.append(f"- <= {b:g} MFLOPs: only dense models were tried or fit ({describe(d)}).")
-            continue
-        contests += 1
-        gap_val = 100 * (float(s["accuracy"]) - float(d["accuracy"]))
-        gap_test = 100 * (float(s["test_accuracy"]) - float(d["test_accuracy"]))
-        wins += gap_val > 0
-        ahead = "ahead of" if gap_val > 0 else "behind"
-        lines.append(f"- <= {b:g} MFLOPs: best sparse {ahead} best dense by {abs(gap_val):.2f} points on validation "
-                     f"({gap_test:+.2f} on test): {describe(s)} against {describe(d)}.")
+        else:
+            gap_val = 100 * (float(s["accuracy"]) - float(d["accuracy"]))
+            gap_test = 100 * (float(s["test_accuracy"]) - float(d["test_accuracy"]))
+            ahead = "ahead of" if gap_val > 0 else "behind"
+            lines.append(f"- <= {b:g} MFLOPs: best sparse {ahead} best dense by {abs(gap_val):.2f} points on validation "
+                         f"({gap_test:+.2f} on test): {describe(s)} against {describe(d)}.")
+    par = front(frame)
     used = [u for u in (used_fraction(run_dir, int(n)) for n in par[par["strategy"].isin(SPARSE)]["number"]) if u is not None]
     used_text = (f" The sparse models on the front looked at {share(min(used))}-{share(max(used))} of the image."
                  if used else "")
-    verdict = (f"**{where}: sparse strategies hold {n_sparse} of the {len(par)} front points, and the best sparse model "
-               f"beats the best dense one in {wins} of the {contests} budgets where both fit.**{used_text}")
-    return verdict + "\n\n" + "\n".join(lines)
+    return f"**{where}: {front_share(frame, budgets)}**{used_text}\n\n" + "\n".join(lines)
+
+
+def family_gap(frame: pd.DataFrame) -> str:
+    """One sentence: the best sparse model overall against the best dense one (validation picks)."""
+    s, d = best_in(frame, float("inf"), SPARSE), best_in(frame, float("inf"), DENSE)
+    if s is None or d is None:
+        return f"Only {'dense' if s is None else 'sparse'} models completed."
+    gap = 100 * (float(s["test_accuracy"]) - float(d["test_accuracy"]))
+    cost = float(s["flops"]) / float(d["flops"])
+    side = "ahead of" if gap > 0 else "behind"
+    return (f"The best sparse model ({s['strategy']}, {pct(s['test_accuracy'])} test at {s['flops'] / 1e6:.2f} MFLOPs) is "
+            f"{abs(gap):.2f} points {side} the best dense one ({d['strategy']}, {pct(d['test_accuracy'])} at "
+            f"{d['flops'] / 1e6:.2f} MFLOPs) at {cost:.2f}x its FLOPs.")
 
 
 def content_fraction(images: torch.Tensor, threshold: float = 0.1) -> float:

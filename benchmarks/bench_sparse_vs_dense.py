@@ -32,7 +32,9 @@ from _front import (  # noqa: E402
     PER_STRATEGY_HEADER,
     budget_rows,
     eligible,
+    family_gap,
     front_rows,
+    front_share,
     per_strategy_rows,
     run_search,
     run_summary,
@@ -56,6 +58,12 @@ def content_rows() -> list[list[object]]:
     return rows
 
 
+def in_short(run_dir: Path, frame: pd.DataFrame, content: float) -> str:
+    """The section in plain words: who holds the front where the cell is small, and by how much."""
+    return (f"**In short:** on 64-px synthetic frames, where {100 * content:.0f}% of the pixels are content, "
+            f"{front_share(frame, BUDGETS_MFLOPS)} {family_gap(frame)}")
+
+
 def section(run_dir: Path, command: str, wall_s: float | None) -> str:
     table = pd.read_csv(run_dir / "trials.csv")
     frame = eligible(table)
@@ -64,6 +72,8 @@ def section(run_dir: Path, command: str, wall_s: float | None) -> str:
     wall = f" Measured wall time of this script's search: {wall_s / 60:.1f} min." if wall_s else ""
     return f"""\
 {stamp(command)}
+
+{in_short(run_dir, frame, synthetic_content_share(64))}
 
 {run_summary(run_dir, table)}{wall} Data: synthetic brightfield cells (5 classes, difficulty 0.5) on a
 64x64 frame, train 2,000 / val 500 / test 1,000; settings and ranges in `{SPACE}` as committed

@@ -21,8 +21,9 @@ Order (each one a separate process, so one heavy job at a time; each writes its 
                                   (``--export-run DIR`` reuses a run directory instead)
 
 A benchmark that fails is reported and the rest still run; the exit status is 1 if any failed.
-The summary lists, per section, what ran, how long it took, and the section's key sentences (its
-bold verdicts), so it says in a few lines what the numbers say; it is placed right after the header.
+The summary lists, per section, what ran, how long it took, and what the section says in plain words
+(the paragraph each script starts with ``**In short:**``, computed from its own figures), so it says
+in a few lines what the numbers say; it is placed right after the header.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
+import torch  # noqa: E402
 from _doc import DOC, HEADER, stamp, write_section  # noqa: E402
 
 PY = sys.executable
@@ -74,18 +76,20 @@ def sections(text: str) -> dict[str, tuple[str, str]]:
 
 
 def key_sentences(body: str, limit: int = 3) -> list[str]:
-    """The bold verdicts of a section: the sentences that hold a ``**...**``."""
-    out = []
-    for para in re.split(r"\n\s*\n", body):
-        if "**" in para and not para.lstrip().startswith("|"):
-            out.append(" ".join(para.split()))
-    return out[:limit]
+    """What a section says in plain words: its ``**In short:**`` paragraph, else its bold verdicts."""
+    paras = [" ".join(p.split()) for p in re.split(r"\n\s*\n", body)]
+    short = [p.replace("**In short:**", "").strip() for p in paras if p.startswith("**In short:**")]
+    if short:
+        return short[:1]
+    return [p for p in paras if "**" in p and not p.startswith("|")][:limit]
 
 
 def write_summary(status: dict[str, str], command: str) -> None:
     text = DOC.read_text() if DOC.exists() else HEADER
     found = sections(text)
     lines = [stamp(command), ""]
+    if not torch.cuda.is_available():
+        lines += ["No GPU on this machine: every figure below is from its CPUs (training, inference, export).", ""]
     if status:
         lines += ["This run: " + "; ".join(f"{k} {v}" for k, v in status.items()) + ".", ""]
     for name, (title, body) in found.items():
