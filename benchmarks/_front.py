@@ -225,3 +225,36 @@ def synthetic_content_share(image_size: int, n: int = 500) -> float:
 
     data = load_dataset(source="synthetic", image_size=image_size, train=n, val=n, test=1, seed=0)
     return content_fraction(raw_images(data))
+
+
+def _retrain(run_dir: str, number: int, seed: int, out: str) -> dict[str, float]:
+    """One re-training of trial ``number``'s config with another training seed (same data split)."""
+    from runner.backends.common import cached_dataset
+    from runner.trial import run_trial
+    from search_space.spec import load_space
+
+    space = load_space(Path(run_dir) / "space.yaml")
+    config = json.loads((Path(run_dir) / "trials" / str(number) / "config.json").read_text())
+    metrics = run_trial(config, data=cached_dataset(space), trial_dir=Path(out) / f"seed{seed}",
+                        objectives=space.objective_names, augment=space.data.augment, threads=1, seed=seed)
+    return {"seed": seed, "val": float(metrics["val_accuracy"]), "test": float(metrics["test_accuracy"])}
+
+
+def retrain_seeds(run_dir: Path, number: int, extra: int, workers: int = 2) -> list[dict[str, float]]:
+    """Trial ``number`` as the search trained it, plus ``extra`` re-trainings with other training seeds
+    (initialisation, batch order, augmentation; the data split stays the space's), ``workers`` at a time
+    on one thread each: how much of a front model's accuracy is its seed."""
+    import multiprocessing
+    import tempfile
+    from concurrent.futures import ProcessPoolExecutor
+
+    from search_space.spec import load_space
+
+    base = load_space(run_dir / "space.yaml").seed + number  # the seed the search trained it with
+    metrics = json.loads((run_dir / "trials" / str(number) / "metrics.json").read_text())
+    rows = [{"seed": base, "val": float(metrics["val_accuracy"]), "test": float(metrics["test_accuracy"])}]
+    seeds = [base + 1000 * i for i in range(1, extra + 1)]
+    with tempfile.TemporaryDirectory(prefix="cellsparse-reseed-") as tmp, ProcessPoolExecutor(
+            workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        rows += list(pool.map(_retrain, [str(run_dir)] * extra, [number] * extra, seeds, [tmp] * extra))
+    return rows
