@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 from _doc import markdown_table, stamp, write_section  # noqa: E402
 
 from runner.data import MODALITY_CHANNELS, load_dataset  # noqa: E402
-from runner.data.synthetic import generate  # noqa: E402
+from runner.data.synthetic import SYNTHETIC_CLASSES, generate  # noqa: E402
 
 PBC28 = ROOT / ".." / "shared" / "data" / "pbc28.npz"
 
@@ -46,7 +46,8 @@ def bench_generation(n: int) -> list[dict]:
     for modality, size in [(m, 32) for m in MODALITY_CHANNELS] + [("brightfield", 64)]:
         generate(50, modality=modality, image_size=size)  # warm caches (blur matrices)
         wall, cpu, _ = timed(lambda m=modality, s=size: generate(n, modality=m, image_size=s))
-        rows.append({"what": f"generate {n:,} {modality} {size}x{size}", "wall_s": wall, "cpu_s": cpu})
+        rows.append({"what": f"generate {n:,} {modality} {size}x{size}", "wall_s": wall, "cpu_s": cpu,
+                     "kind": "generate", "n": n, "modality": modality, "size": size})
     return rows
 
 
@@ -56,7 +57,7 @@ def bench_pbc28() -> list[dict]:
         return []
     wall, cpu, data = timed(lambda: load_dataset(source="npz", path=PBC28))
     n = len(data.train_y) + len(data.val_y) + len(data.test_y)
-    return [{"what": f"load pbc28.npz ({n:,} images, normalised)", "wall_s": wall, "cpu_s": cpu}]
+    return [{"what": f"load pbc28.npz ({n:,} images, normalised)", "wall_s": wall, "cpu_s": cpu, "kind": "load", "n": n}]
 
 
 def cnn(in_channels: int, classes: int) -> nn.Module:
@@ -90,6 +91,28 @@ def cnn_accuracy(modality: str, *, train: int = 2000, epochs: int = 8, seed: int
         return (net(data.val_x).argmax(1) == data.val_y).float().mean().item()
 
 
+def in_short(results: dict) -> str:
+    """The section's plain-words paragraph, from this run's figures: generation speed in images/s, the pbc28
+    load time (when it was measured) and the small CNN's accuracy per modality (when ``--accuracy`` ran)."""
+    generated = [r for r in results["timings"] if r.get("kind") == "generate"]
+    rates = [f"{r['n'] / r['wall_s']:,.0f}{' images/s' if i == 0 else ''} ({r['modality']}, {r['size']} px)"
+             for i, r in enumerate(generated)]
+    sentences = []
+    if rates:
+        listed = rates[0] if len(rates) == 1 else ", ".join(rates[:-1]) + " and " + rates[-1]
+        sentences.append(f"synthetic images generate at {listed}, by wall time")
+    for r in results["timings"]:
+        if r.get("kind") == "load":
+            sentences.append(f"loading pbc28.npz ({r['n']:,} images) takes {r['wall_s']:.2f} s")
+    accuracy = results.get("cnn_val_accuracy")
+    if accuracy:
+        parts = [f"{a:.2f} on {m}" for m, a in accuracy.items()]
+        chance = results.get("chance")
+        listed = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+        sentences.append(f"a small CNN reaches validation accuracy {listed}" + (f" (chance {chance:.2f})" if chance else ""))
+    return "**In short:** " + " ".join(s[0].upper() + s[1:] + "." for s in sentences)
+
+
 def main() -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=10_000, help="images per generation timing")
@@ -104,20 +127,25 @@ def main() -> dict:
     table = markdown_table(["what", "wall s", "CPU s"], [[r["what"], f"{r['wall_s']:.2f}", f"{r['cpu_s']:.2f}"] for r in rows])
     print(table)
     results: dict = {"timings": rows}
-    body = (f"{stamp(' '.join(['python benchmarks/bench_data.py', *sys.argv[1:]]))} "
-            f"Load average (1 min) after the timings: {load}.\n\n{table}\n")
+    head = (f"{stamp(' '.join(['python benchmarks/bench_data.py', *sys.argv[1:]]))} "
+            f"Load average (1 min) after the timings: {load}.\n\n")
+    body = f"{table}\n"
 
     if args.accuracy:
         accuracy = {m: cnn_accuracy(m) for m in MODALITY_CHANNELS}
         results["cnn_val_accuracy"] = accuracy
+        results["chance"] = 1 / len(SYNTHETIC_CLASSES)
         acc_table = markdown_table(["modality", "val accuracy"], [[m, f"{a:.3f}"] for m, a in accuracy.items()])
         print(acc_table)
         body += (
             "\nSmall dense CNN (3 double-conv blocks 32-64-128, AdamW + one-cycle, 8 epochs, batch 64, 2000 train"
             " images, seed 0) on the default synthetic data (32 px, difficulty 0.5), 1000 validation images"
-            " (chance 0.2):\n\n" + acc_table + "\n"
+            f" (chance {results['chance']:g}):\n\n" + acc_table + "\n"
         )
+    short = in_short(results)
+    print(short)
     if not args.no_write:
+        body = f"{head}{short}\n\n{body}"
         write_section("data", "Data: synthetic generation and pbc28 loading", body)
         print("wrote docs/benchmarks.md")
     return results

@@ -120,6 +120,47 @@ def time_model(trial_dir: Path, workdir: Path, *, threads: list[int], batch_size
     return about, rows
 
 
+def _setting(row: dict) -> str:
+    return f"{row['runtime']}, {row['threads']} thread{'s' if row['threads'] != 1 else ''}, batch {row['batch']}"
+
+
+def _best(rows: list[dict], batch: int | None = None) -> dict:
+    """The fastest row (of one batch size, when given): the model's best configuration on this machine."""
+    return max((r for r in rows if batch is None or r["batch"] == batch), key=lambda r: r["images_per_s"])
+
+
+def _model(about: dict) -> str:
+    acc = about.get("accuracy")
+    return about["strategy"] + ("" if acc is None else f", val {acc:.2f}")
+
+
+def in_short(results: list[tuple[str, dict, list[dict]]]) -> str:
+    """The section's plain-words paragraph: the knee model's best rate against 10,000 cells/s and against the
+    best dense baseline (at best, and at the smallest batch), built from this run's timings."""
+    _, knee, knee_rows = results[0]
+    best = _best(knee_rows)
+    rate = best["images_per_s"]
+    text = (f"The knee model ({_model(knee)}) reaches {rate:,.0f} images/s at best ({_setting(best)}): "
+            f"{rate / TARGET:.2f}x the {TARGET:,} cells/s target ({'above' if rate >= TARGET else 'short of'} it).")
+    if len(results) < 2:
+        return "**In short:** " + text + " The run has no complete dense trial to compare it with."
+    _, dense, dense_rows = results[1]
+
+    def against(mine: dict, theirs: dict) -> str:
+        ratio = mine["images_per_s"] / theirs["images_per_s"]
+        return f"{'faster' if ratio >= 1 else 'slower'} ({ratio:.2f}x its rate)"
+
+    dense_best = _best(dense_rows)
+    text += (f" The best dense model ({_model(dense)}) reaches {dense_best['images_per_s']:,.0f} at best "
+             f"({_setting(dense_best)}), so the knee model is {against(best, dense_best)}.")
+    small = min(r["batch"] for r in knee_rows)
+    if small != best["batch"] and any(r["batch"] == small for r in dense_rows):
+        knee_small, dense_small = _best(knee_rows, small), _best(dense_rows, small)
+        text += (f" At batch {small} it is {against(knee_small, dense_small)}: {knee_small['images_per_s']:,.0f} "
+                 f"images/s against {dense_small['images_per_s']:,.0f}.")
+    return "**In short:** " + text
+
+
 def render(run_dir: Path, results: list[tuple[str, dict, list[dict]]], *, threads: list[int], batch_sizes: list[int],
            command: str) -> str:
     lines = [
@@ -128,6 +169,8 @@ def render(run_dir: Path, results: list[tuple[str, dict, list[dict]]], *, thread
         describe_run(run_dir) + f" Images per second on the CPU: the best of {ROUNDS} rounds, each the median of "
         "repeated calls after warm-up, on random normal inputs of the model's shape (k is fixed at inference, so "
         "the cost does not depend on pixel values).",
+        "",
+        in_short(results),
         "",
         "| model | trial | strategy | val acc | FLOPs/image | runtime | threads | "
         + " | ".join(f"batch {b}" for b in batch_sizes) + " |",
@@ -145,7 +188,7 @@ def render(run_dir: Path, results: list[tuple[str, dict, list[dict]]], *, thread
                 lines.append(f"| {label} | {about['trial']} | {about['strategy']} | {acc} | {flops} | {runtime} | "
                              f"{n_threads} | " + " | ".join(cells) + " |")
     knee_rows = results[0][2]
-    best = max(knee_rows, key=lambda r: r["images_per_s"])
+    best = _best(knee_rows)
     rate = best["images_per_s"]
     verdict = (f"reaches {rate:,.0f} images/s ({rate / TARGET:.2f}x the 10,000 cells/s target)" if rate >= TARGET
                else f"reaches {rate:,.0f} images/s, {TARGET / rate:.1f}x short of 10,000 cells/s "

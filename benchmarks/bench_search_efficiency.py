@@ -136,24 +136,55 @@ def spread(values: list[float]) -> str:
     return f"{mean:.3f} ± {sd:.3f} ({min(values):.3f}-{max(values):.3f})"
 
 
-def verdict(runs: list[dict], samplers: list[str], trials: int) -> str:
-    """One bold sentence: does any sampler's final hypervolume stand apart by more than the seed spread?"""
+def compare(runs: list[dict], samplers: list[str], trials: int) -> dict:
+    """Final hypervolume per sampler (mean and sd over seeds), the leader, the runner-up, the gap between their
+    means and the largest seed spread: a sampler stands apart only when that gap exceeds the spread."""
     final = {s: [r["hv_by_trial"][trials - 1] for r in runs if r["sampler"] == s] for s in samplers}
     means = {s: statistics.fmean(v) for s, v in final.items()}
     sds = {s: (statistics.stdev(v) if len(v) > 1 else 0.0) for s, v in final.items()}
     best = max(means, key=means.get)
     others = [s for s in samplers if s != best]
-    if not others:
+    runner_up = max(others, key=means.get) if others else None
+    gap = means[best] - means[runner_up] if runner_up is not None else 0.0
+    noise = max(sds.values())
+    return {"final": final, "means": means, "sds": sds, "best": best, "runner_up": runner_up, "gap": gap,
+            "noise": noise, "apart": runner_up is not None and gap > noise}
+
+
+def verdict(runs: list[dict], samplers: list[str], trials: int) -> str:
+    """One bold sentence: does any sampler's final hypervolume stand apart by more than the seed spread?"""
+    c = compare(runs, samplers, trials)
+    means, best, runner_up, noise = c["means"], c["best"], c["runner_up"], c["noise"]
+    if runner_up is None:
         return f"**{best}: HV {means[best]:.3f} after {trials} trials.**"
-    runner_up = max(others, key=means.get)
-    gap, noise = means[best] - means[runner_up], max(sds.values())
-    if gap > noise:
+    if c["apart"]:
         return (f"**After {trials} trials {best} leads (HV {means[best]:.3f} against {runner_up}'s {means[runner_up]:.3f}), "
                 f"by more than the largest spread between seeds ({noise:.3f}).** One small task and few seeds: "
                 "a hint, not a ranking.")
     return (f"**After {trials} trials no sampler stands apart: the means lie within {means[best] - min(means.values()):.3f} "
             f"of each other (best {best}, {means[best]:.3f}), less than the spread between seeds (up to {noise:.3f} "
             "standard deviation).** On a task this small and short, differences of this size are seed noise.")
+
+
+def in_short(runs: list[dict], samplers: list[str], trials: int) -> str:
+    """The section's plain-words paragraph: hypervolume after the last trial per sampler (mean ± sd over seeds)
+    and whether one stands apart, i.e. whether the gap between the two best means exceeds the seed spread."""
+    c = compare(runs, samplers, trials)
+    seeds = max(len(v) for v in c["final"].values())
+    each = [f"{s} {c['means'][s]:.3f} ± {c['sds'][s]:.3f}" for s in samplers]
+    listed = each[0] if len(each) == 1 else ", ".join(each[:-1]) + " and " + each[-1]
+    text = (f"Hypervolume of the accuracy/FLOPs front after {trials} trials (higher is better; mean ± sd over {seeds} "
+            f"seed{'s' if seeds != 1 else ''}): {listed}.")
+    best, runner_up = c["best"], c["runner_up"]
+    if runner_up is None:
+        return "**In short:** " + text
+    if c["apart"]:
+        text += (f" One sampler stands apart: {best} leads {runner_up} by {c['gap']:.3f}, more than the largest "
+                 f"spread between seeds (sd {c['noise']:.3f}).")
+    else:
+        text += (f" No sampler stands apart: the gap between the best two means ({best} over {runner_up}, "
+                 f"{c['gap']:.3f}) is no larger than the spread between seeds (sd up to {c['noise']:.3f}).")
+    return "**In short:** " + text
 
 
 def main() -> None:
@@ -205,6 +236,8 @@ def main() -> None:
         f" --seeds {args.seeds}" if args.seeds != 5 else "") + (f" --trials {args.trials}" if args.trials != 16 else "")
     body = f"""\
 {stamp(command)} Whole benchmark: {total_s / 60:.1f} min.
+
+{in_short(runs, args.samplers, args.trials)}
 
 Task (fixed for every search): synthetic brightfield cells at {IMAGE_SIZE} px, train 512 / val 256 / test 128
 (data and trial seed 0), 2 epochs per trial, {args.trials} trials per search, strategies sparse_topk,
