@@ -121,7 +121,8 @@ def seed_text(rows: list[dict[str, float]] | None) -> str:
     above = int((tests >= BAR_ACC).sum())
     table = markdown_table(["training seed", "val acc", "test acc"],
                            [[int(r["seed"]), pct(r["val"]), pct(r["test"])] for r in rows])
-    return (f"Seed spread of that model (its config re-trained with {len(rows) - 1} other training seeds: "
+    extra = len(rows) - 1
+    return (f"Seed spread of that model (its config re-trained with {extra} other training seed{'s' * (extra != 1)}: "
             f"initialisation, batch order and augmentation; same data split): test {pct(tests.mean())} +- "
             f"{100 * tests.std():.2f} points (val {pct(vals.mean())} +- {100 * vals.std():.2f}), {above} of {len(rows)} "
             f"seeds at or above {pct(BAR_ACC)}.\n\n{table}")
