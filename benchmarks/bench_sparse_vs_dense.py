@@ -77,7 +77,7 @@ def section(run_dir: Path, command: str, wall_s: float | None) -> str:
 
 {run_summary(run_dir, table)}{wall} Data: synthetic brightfield cells (5 classes, difficulty 0.5) on a
 64x64 frame, train 2,000 / val 500 / test 1,000; settings and ranges in `{SPACE}` as committed
-(8 epochs, FLOPs budget 50 MFLOPs). Test accuracy is recorded, never used to choose.
+(10 epochs, FLOPs budget 50 MFLOPs). Test accuracy is recorded, never used to choose.
 
 {sparse_vs_dense(run_dir, frame, BUDGETS_MFLOPS, "At 64 px on synthetic cells")}
 
