@@ -135,7 +135,8 @@ def main() -> None:
     print(short + "\n\n" + text)
     if not args.no_write:
         command = "python benchmarks/bench_models.py " + " ".join(sys.argv[1:])
-        body = (f"{stamp(command.strip())}\n\n{short}\n\nDefault config of each strategy, 3 channels, 8 classes, eval mode, "
+        body = (f"{stamp(command.strip())}\n\n{short}\n\nDefault config of each strategy (weights seeded 0), "
+                f"3 channels, 8 classes, eval mode, "
                 f"latency per image = batch time / batch size, the best of 3 round-robin passes over the models. "
                 f"On a shared 2-core machine "
                 f"single figures vary between runs by up to 2x; compare the ratios, measured side by side.\n\n{text}\n")
