@@ -22,6 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from _doc import markdown_table  # noqa: E402
+
 from reports.pareto import pareto_mask  # noqa: E402
 from runner.data.dataset import CellDataset  # noqa: E402
 
@@ -87,6 +89,19 @@ def front_rows(run_dir: Path, frame: pd.DataFrame) -> list[list[object]]:
 
 
 FRONT_HEADER = ["trial", "strategy", "val acc", "test acc", "MFLOPs", "params", "image used"]
+
+
+def front_tables(run_dir: Path, frame: pd.DataFrame) -> str:
+    """The front over all strategies, then the front of the sparse strategies alone and of the dense
+    baselines alone: each family's own trade-off curve, also where the other dominates it."""
+    parts = []
+    for title, strategies in (("all strategies", None), ("the sparse strategies alone", SPARSE),
+                              ("the dense baselines alone", DENSE)):
+        sub = frame if strategies is None else frame[frame["strategy"].isin(strategies)]
+        if not sub.empty:
+            parts.append(f"Pareto front of {title} (validation accuracy against FLOPs):\n\n"
+                         + markdown_table(FRONT_HEADER, front_rows(run_dir, sub)))
+    return "\n\n".join(parts)
 
 
 def per_strategy_rows(frame: pd.DataFrame) -> list[list[object]]:

@@ -38,7 +38,6 @@ from _doc import markdown_table, stamp, write_section  # noqa: E402
 from _front import (  # noqa: E402
     BUDGET_HEADER,
     DENSE,
-    FRONT_HEADER,
     PER_STRATEGY_HEADER,
     SPARSE,
     best_in,
@@ -48,7 +47,7 @@ from _front import (  # noqa: E402
     eligible,
     family_gap,
     front,
-    front_rows,
+    front_tables,
     pct,
     per_strategy_rows,
     raw_images,
@@ -188,9 +187,7 @@ Training settings and ranges: `search_space/blood_cells.yaml` as committed.
 
 {seed_text(seeds)}
 
-Pareto front over all strategies (validation accuracy against FLOPs):
-
-{markdown_table(FRONT_HEADER, front_rows(run_dir, frame))}
+{front_tables(run_dir, frame)}
 
 Best trial of each strategy (by validation accuracy):
 

@@ -28,13 +28,12 @@ sys.path.insert(0, str(ROOT))
 from _doc import markdown_table, stamp, write_section  # noqa: E402
 from _front import (  # noqa: E402
     BUDGET_HEADER,
-    FRONT_HEADER,
     PER_STRATEGY_HEADER,
     budget_rows,
     eligible,
     family_gap,
-    front_rows,
     front_share,
+    front_tables,
     per_strategy_rows,
     run_search,
     run_summary,
@@ -86,9 +85,7 @@ channel, validation images): where it is small a model can skip most pixels and 
 
 {markdown_table(["images", "content"], content_rows())}
 
-Pareto front over all strategies (validation accuracy against FLOPs):
-
-{markdown_table(FRONT_HEADER, front_rows(run_dir, frame))}
+{front_tables(run_dir, frame)}
 
 Best trial of each strategy (by validation accuracy):
 
