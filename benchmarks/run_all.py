@@ -20,6 +20,9 @@ Order (each one a separate process, so one heavy job at a time; each writes its 
                                   ``--cells64-run DIR`` reads a finished run instead
 8. ``bench_export.py RUN``        export throughput; RUN is a short cells.yaml search made first
                                   (``--export-run DIR`` reuses a run directory instead)
+9. ``bench_gpu.py``               the real-cells search, fractional-GPU packing and exported-model
+                                  throughput on CUDA (skipped, with a message, where torch sees no GPU
+                                  or pbc28.npz is absent; its section then stays as it was)
 
 A benchmark that fails is reported and the rest still run; the exit status is 1 if any failed.
 The summary lists, per section, what ran, how long it took, and what the section says in plain words
@@ -65,6 +68,7 @@ def plan(export_run: Path | None, tmp: Path, pbc28_run: Path | None = None,
         ("sparse_vs_dense", [[PY, "benchmarks/bench_sparse_vs_dense.py", "--run-dir", str(cells64_run)] if cells64_run else
                              [PY, "benchmarks/bench_sparse_vs_dense.py", "--out", str(tmp / "runs" / "cells64")]]),
         ("export", make_cells + [[PY, "benchmarks/bench_export.py", str(cells_run)]]),
+        ("gpu", [[PY, "benchmarks/bench_gpu.py"]]),
     ]
 
 
@@ -90,7 +94,8 @@ def write_summary(status: dict[str, str], command: str) -> None:
     found = sections(text)
     lines = [stamp(command), ""]
     if not torch.cuda.is_available():
-        lines += ["No GPU on this machine: every figure below is from its CPUs (training, inference, export).", ""]
+        where = " except the GPU section's, measured on the GPU machine it names" if "gpu" in found else ""
+        lines += [f"No GPU on this machine: every figure below is from its CPUs{where}.", ""]
     if status:
         lines += ["This run: " + "; ".join(f"{k} {v}" for k, v in status.items()) + ".", ""]
     for name, (title, body) in found.items():
@@ -121,7 +126,7 @@ def main() -> int:
     parser.add_argument("--dry-run", action="store_true", help="print the commands in order; run nothing")
     parser.add_argument("--only", nargs="+", metavar="SECTION",
                         help="run only these sections (models data report overhead search_efficiency real_cells "
-                        "sparse_vs_dense export)")
+                        "sparse_vs_dense export gpu)")
     parser.add_argument("--export-run", type=Path, help="run directory for bench_export.py (default: a fresh "
                         "10-trial cells.yaml search in a temporary folder)")
     parser.add_argument("--pbc28-run", type=Path, help="read this finished pbc28 run instead of searching again "

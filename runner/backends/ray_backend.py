@@ -103,8 +103,15 @@ def connect(address: str | None) -> bool:
         except (ConnectionError, RuntimeError, ValueError) as err:
             raise UserError(f"--address {address}: cannot join the Ray cluster ({str(err).splitlines()[0]})") from None
     else:
-        ray.init(num_cpus=os.cpu_count(), **kwargs)
+        # The GPUs torch can use, stated rather than left to Ray's detection, which misses some virtual machines.
+        ray.init(num_cpus=os.cpu_count(), num_gpus=_torch_gpus(), **kwargs)
     return True
+
+
+def _torch_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def check_resources(space: SearchSpace) -> None:

@@ -1,0 +1,392 @@
+"""GPU: the real-cells search on a CUDA device, trials packed onto it with fractional GPUs, and the
+exported models' throughput there.
+
+    PBC28_NPZ=/path/to/pbc28.npz python benchmarks/bench_gpu.py                 # ~6 min on one H200
+    python benchmarks/bench_gpu.py --data pbc28.npz --json gpu.json --search-limit-s 300
+    python benchmarks/bench_gpu.py --from-json docs/bench_gpu.json --cpu-run runs/pbc28   # re-render only
+
+Where torch sees no CUDA device it says so and exits 0 without writing anything. Otherwise, on the
+first GPU, each part a ray search (``python -m runner.search``, the project's own CLI):
+
+1. **The real-cells search**: ``search_space/blood_cells.yaml`` as committed (24 trials, 15 epochs,
+   TPE seed 0) with P trials sharing the GPU (``--gpus-per-trial 1/P --max-concurrent P``) and a
+   safety stop of ``--search-limit-s``: trials per hour, the Pareto front and the test accuracy of
+   its models.
+2. **Exported-model throughput**: the knee of that front and its most accurate dense model are
+   exported with ``runner.export`` (.pt2, parity-checked against eager on the CPU) and run through
+   ``runner.predict``'s loader on CUDA, as a deployment would: images/s at each batch size, the copy
+   of the images from host memory and of the logits back included; torch eager on CUDA beside it.
+3. **Packing**: one fixed small CNN (pbc28, ``--packing-epochs`` epochs) trained ``--packing-trials``
+   times with 1 trial on the GPU and with several at once: trials per hour and the speed-up that
+   fractional GPUs buy for models this small.
+
+The raw figures go to ``--json`` as they are measured (so a part that fails keeps the ones before
+it); the section "gpu" of docs/benchmarks.md is rendered from them. ``--from-json`` renders from a
+saved file, and ``--cpu-run`` adds a per-strategy comparison with a CPU run of the same space.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT))
+
+from _doc import markdown_table, write_section  # noqa: E402
+from _front import describe, eligible, front, pct, run_search  # noqa: E402
+
+SPACE = ROOT / "search_space" / "blood_cells.yaml"
+PACKING_CONFIG = {"width": 16, "stages": 3, "blocks_per_stage": 1, "stem_stride": 2}  # the 5 MFLOPs CNN
+BATCH_SIZES = (1, 256, 4096)
+TARGET = 10_000  # cells per second, an imaging flow cytometer's rate
+
+
+# ---------------------------------------------------------------------------------------------
+# Measuring
+
+
+def machine_info() -> dict[str, Any]:
+    props = torch.cuda.get_device_properties(0)
+    return {
+        "gpu": torch.cuda.get_device_name(0),
+        "gpu_memory_gib": round(props.total_memory / 2**30, 1),
+        "cuda": torch.version.cuda,
+        "torch": torch.__version__,
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "date": dt.date.today().isoformat(),
+    }
+
+
+def derived_space(tmp: Path, name: str, data: Path, edit: dict[str, Any]) -> Path:
+    """blood_cells.yaml with ``data.path`` set to ``data`` and the top-level sections in ``edit`` merged in."""
+    raw = yaml.safe_load(SPACE.read_text())
+    raw["name"] = name
+    raw["data"]["path"] = str(data)
+    for section, values in edit.items():
+        if isinstance(values, dict) and isinstance(raw.get(section), dict):
+            raw[section] = {**raw[section], **values}
+        else:
+            raw[section] = values
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def trial_table(run_dir: Path) -> list[dict[str, Any]]:
+    """trials.csv as records, with the share of the image each model used (from metrics.json)."""
+    table = pd.read_csv(run_dir / "trials.csv")
+    records = json.loads(table.to_json(orient="records"))
+    for row in records:
+        try:
+            metrics = json.loads((run_dir / "trials" / str(int(row["number"])) / "metrics.json").read_text())
+            row["used_fraction"] = metrics.get("used_fraction")
+        except (OSError, ValueError):
+            row["used_fraction"] = None
+    return records
+
+
+def search_figures(run_dir: Path, wall_s: float) -> dict[str, Any]:
+    table = pd.DataFrame(trial_table(run_dir))
+    complete = table[table["state"] == "COMPLETE"]
+    durations = pd.to_numeric(complete["duration_s"], errors="coerce").dropna()
+    # From the first trial's start to the last one's end: the rate once Ray is up (start-up left out).
+    starts = pd.to_datetime(table["datetime_start"], errors="coerce", utc=True).dropna()
+    ends = pd.to_datetime(table["datetime_complete"], errors="coerce", utc=True).dropna()
+    span_s = (ends.max() - starts.min()).total_seconds() if len(starts) and len(ends) else None
+    return {
+        "wall_s": wall_s,
+        "span_s": span_s,
+        "states": table["state"].value_counts().to_dict(),
+        "complete": len(complete),
+        "trials_per_hour": 3600 * len(complete) / wall_s if wall_s else None,
+        "steady_trials_per_hour": 3600 * len(complete) / span_s if span_s else None,
+        "mean_trial_s": float(durations.mean()) if len(durations) else None,
+        "trials": json.loads(table.to_json(orient="records")),
+    }
+
+
+def search_flags(per_gpu: int, cpus: int, gpu: bool) -> dict[str, object]:
+    """``per_gpu`` trials at once, each on 1/per_gpu of the GPU (``gpu=False``: on the CPUs alone, to check the script)."""
+    return {"--gpus-per-trial": 1 / per_gpu if gpu else None, "--max-concurrent": per_gpu, "--cpus-per-trial": cpus}
+
+
+def run_real_search(tmp: Path, data: Path, *, per_gpu: int, cpus: int, limit_s: float, gpu: bool = True,
+                    edit: dict[str, Any] | None = None) -> tuple[Path, dict[str, Any]]:
+    """blood_cells.yaml as committed (plus ``edit``), with a safety stop of ``limit_s``."""
+    space = derived_space(tmp, "pbc28_gpu", data, {"search": {"timeout_s": limit_s}, **(edit or {})})
+    out = tmp / "runs" / "pbc28_gpu"
+    flags = search_flags(per_gpu, cpus, gpu)
+    command, wall = run_search(str(space), out, flags)
+    figures = search_figures(out, wall)
+    figures.update(per_gpu=per_gpu, cpus_per_trial=cpus, limit_s=limit_s,
+                   command=command.replace(str(space), "<blood_cells.yaml with the data path and time limit set>"))
+    return out, figures
+
+
+def run_packing(tmp: Path, data: Path, *, per_gpu: int, cpus: int, trials: int, epochs: int,
+                gpu: bool = True) -> dict[str, Any]:
+    """``trials`` trainings of one fixed CNN config, ``per_gpu`` of them sharing the GPU at a time."""
+    edit = {
+        "training": {"epochs": epochs, "lr": 0.004},
+        "search": {"trials": trials, "sampler": {"name": "random", "seed": 0}, "timeout_s": None},
+        "space": {"shared": {}, "strategy": {"dense_cnn": dict(PACKING_CONFIG)}},
+    }
+    space = derived_space(tmp, f"packing{per_gpu}", data, edit)
+    out = tmp / "runs" / f"packing{per_gpu}"
+    flags = search_flags(per_gpu, cpus, gpu)
+    _, wall = run_search(str(space), out, flags)
+    figures = search_figures(out, wall)
+    figures.pop("trials")
+    accuracy = pd.to_numeric(pd.read_csv(out / "trials.csv")["accuracy"], errors="coerce")
+    figures.update(per_gpu=per_gpu, trials_asked=trials, epochs=epochs, mean_val_accuracy=float(accuracy.mean()))
+    return figures
+
+
+def throughput(run_dir: Path, tmp: Path, batch_sizes: tuple[int, ...], device: str = "cuda") -> list[dict[str, Any]]:
+    """Images/s on ``device`` of the run's knee model and its most accurate dense model, exported and eager."""
+    from bench_export import pick_models
+
+    from runner.checkpoint import load_trained
+    from runner.export import export_run, time_batches
+    from runner.predict import load_runtime
+
+    rows = []
+    for role, number in pick_models(run_dir):
+        result = export_run(run_dir, trial=number, formats=("pt2",), out=tmp / f"export{number}", measure=False,
+                            log=lambda _line: None)
+        trained = load_trained(run_dir / "trials" / str(number))
+        model = trained.model.eval().to(device)
+
+        def eager(x: Any, model: torch.nn.Module = model) -> Any:
+            with torch.no_grad():
+                return model(torch.from_numpy(x).to(device)).float().cpu().numpy()
+
+        _, pt2 = load_runtime(result.out, result.card, "pt2", device)
+        c, s = int(trained.meta["in_channels"]), int(trained.meta["image_size"])
+        for runtime, run in (("exported .pt2 (runner.predict)", pt2), ("torch eager", eager)):
+            for batch in batch_sizes:
+                x = torch.randn(batch, c, s, s, generator=torch.Generator().manual_seed(1)).numpy()
+                best = min(time_batches(run, x, min_time_s=0.5, max_repeats=200) for _ in range(3))
+                rows.append({"role": role, "trial": number, "strategy": trained.strategy,
+                             "val_accuracy": trained.metrics.get("val_accuracy"),
+                             "test_accuracy": trained.metrics.get("test_accuracy"),
+                             "flops": trained.metrics.get("flops"), "runtime": runtime, "batch": batch,
+                             "images_per_s": batch / best * 1e3})
+    return rows
+
+
+def measure(args: argparse.Namespace, save: Any) -> dict[str, Any]:
+    results: dict[str, Any] = {"machine": machine_info()}
+    cpus = args.cpus_per_trial or max(1, (os.cpu_count() or 1) // max(args.per_gpu, *args.packing))
+    with tempfile.TemporaryDirectory(prefix="cellsparse-gpu-") as name:
+        tmp = Path(name)
+        start = time.perf_counter()
+        run_dir, results["search"] = run_real_search(tmp, args.data, per_gpu=args.per_gpu, cpus=cpus,
+                                                     limit_s=args.search_limit_s)
+        save(results)
+        try:
+            results["throughput"] = throughput(run_dir, tmp, BATCH_SIZES)
+        except Exception as err:  # noqa: BLE001 - keep the search's figures; say what failed
+            results["throughput_error"] = f"{type(err).__name__}: {err}"
+        save(results)
+        results["packing"] = []
+        for per_gpu in args.packing:
+            results["packing"].append(run_packing(tmp, args.data, per_gpu=per_gpu, cpus=cpus,
+                                                  trials=args.packing_trials, epochs=args.packing_epochs))
+            save(results)
+        results["total_s"] = time.perf_counter() - start
+    save(results)
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering
+
+
+def _search_text(search: dict[str, Any]) -> str:
+    table = pd.DataFrame(search["trials"])
+    frame = eligible(table)
+    states = ", ".join(f"{k} {v}" for k, v in search["states"].items())
+    stopped = int(table.get("error", pd.Series(dtype=str)).astype(str).str.startswith("interrupted").sum())
+    if stopped:
+        states += f"; the {stopped} FAIL trials still running at the safety stop were recorded as interrupted"
+    text = (f"Command: `{search['command']}`, {search['per_gpu']} trials sharing the GPU "
+            f"({1 / search['per_gpu']:.3g} GPU and {search['cpus_per_trial']} CPUs each), a safety stop after "
+            f"{search['limit_s']:.0f} s. {len(table)} trials ({states}) in {search['wall_s'] / 60:.1f} min of wall "
+            f"time, Ray start-up included: **{search['trials_per_hour']:.0f} trials per hour** "
+            f"({search['steady_trials_per_hour']:.0f} from the first trial's start to the last one's end), each trial "
+            f"{search['mean_trial_s']:.0f} s on average.")
+    if frame.empty:
+        return text + " No complete, feasible trial."
+    rows = []
+    for _, row in front(frame).iterrows():
+        used = row.get("used_fraction")
+        rows.append([int(row["number"]), row["strategy"], pct(row["accuracy"]), pct(row["test_accuracy"]),
+                     f"{row['flops'] / 1e6:.2f}", "-" if used is None or pd.isna(used) else f"{100 * used:.0f}%"])
+    bar = frame[(frame["flops"] <= 10e6)]
+    best = bar.loc[bar["accuracy"].idxmax()] if not bar.empty else None
+    return (text + "\n\nPareto front (validation accuracy against FLOPs; test accuracy beside, never used to choose):\n\n"
+            + markdown_table(["trial", "strategy", "val acc", "test acc", "MFLOPs", "image used"], rows)
+            + f"\n\nMost accurate (by validation) within 10 MFLOPs: {describe(best)}.")
+
+
+def _cpu_comparison(search: dict[str, Any], cpu_run: Path) -> str:
+    cpu = pd.read_csv(cpu_run / "trials.csv")
+    gpu = pd.DataFrame(search["trials"])
+    rows = []
+    for strategy in sorted(set(gpu["strategy"].dropna()) | set(cpu["strategy"].dropna())):
+        def mean_s(table: pd.DataFrame, strategy: str = strategy) -> float | None:
+            part = table[(table["strategy"] == strategy) & (table["state"] == "COMPLETE")]
+            values = pd.to_numeric(part["duration_s"], errors="coerce").dropna()
+            return float(values.mean()) if len(values) else None
+
+        c, g = mean_s(cpu), mean_s(gpu)
+        rows.append([strategy, "-" if c is None else f"{c:.0f}", "-" if g is None else f"{g:.0f}",
+                     "-" if c is None or g is None else f"{c / g:.1f}x"])
+    info = json.loads((cpu_run / "run.json").read_text()) if (cpu_run / "run.json").exists() else {}
+    cpu_done = int((cpu["state"] == "COMPLETE").sum())
+    cpu_wall = float(info.get("wall_time_s") or 0)
+    rate = f"{3600 * cpu_done / cpu_wall:.0f} trials per hour" if cpu_wall else "its rate unknown"
+    return (f"Against the CPU run of the same space (`{cpu_run.name}`, the real-cells section: {cpu_done} complete "
+            f"trials, {rate}, 2 trials at a time on 1 thread each): mean seconds per complete trial, by strategy "
+            "(the two searches sampled different configs, so this compares the kinds of model, not the same ones):\n\n"
+            + markdown_table(["strategy", "CPU s/trial", "GPU s/trial", "CPU / GPU"], rows))
+
+
+def _throughput_text(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "No throughput figures."
+    table = []
+    for r in rows:
+        table.append([r["role"], r["trial"], r["strategy"], pct(r["val_accuracy"]), pct(r["test_accuracy"]),
+                      f"{r['flops'] / 1e6:.2f}", r["runtime"], r["batch"], f"{r['images_per_s']:,.0f}"])
+    best = {}
+    for r in rows:
+        key = (r["role"], r["trial"])
+        if key not in best or r["images_per_s"] > best[key]["images_per_s"]:
+            best[key] = r
+    words = "; ".join(f"the {r['role']} model ({r['strategy']}, {r['flops'] / 1e6:.2f} MFLOPs) {r['images_per_s']:,.0f} "
+                      f"images/s ({r['images_per_s'] / TARGET:.1f}x the {TARGET:,} cells/s of an imaging flow cytometer) "
+                      f"with {r['runtime']} at batch {r['batch']}" for r in best.values())
+    batch1 = [r for r in rows if r["batch"] == 1 and r["runtime"].startswith("exported")]
+    one = "; ".join(f"{r['role']} {r['images_per_s']:,.0f} images/s" for r in batch1)
+    return (markdown_table(["model", "trial", "strategy", "val acc", "test acc", "MFLOPs", "runtime", "batch", "images/s"], table)
+            + f"\n\nBest figures: {words}. One image at a time (batch 1, exported): {one}: at batch 1 the GPU waits on "
+            "kernel launches and copies, not arithmetic.")
+
+
+def _packing_text(packing: list[dict[str, Any]]) -> str:
+    if not packing:
+        return "No packing figures."
+    base = packing[0]
+    rows = [[p["per_gpu"], f"{1 / p['per_gpu']:.3g}", p["complete"], f"{p['wall_s']:.0f}", f"{p['span_s']:.0f}",
+             f"{p['mean_trial_s']:.1f}", f"{p['steady_trials_per_hour']:.0f}",
+             f"{p['steady_trials_per_hour'] / base['steady_trials_per_hour']:.2f}x", pct(p["mean_val_accuracy"])]
+            for p in packing]
+    cfg = ", ".join(f"{k} {v}" for k, v in PACKING_CONFIG.items())
+    return (f"The same dense_cnn ({cfg}; 5.2 MFLOPs) trained {base['trials_asked']} times on pbc28 for "
+            f"{base['epochs']} epochs (random sampler over a space that holds only this config; each trial has its "
+            "own seed), with 1 trial on the GPU at a time and with several sharing it:\n\n"
+            + "\n\nWall s counts Ray's start-up and shut-down; trial span s runs from the first trial's start to the "
+            "last one's end, and trials per hour are taken over it, so the comparison is of the trials alone.\n\n"
+            + markdown_table(["trials per GPU", "GPU per trial", "complete", "wall s", "trial span s", "s per trial",
+                              "trials per hour", "vs 1 per GPU", "mean val acc"], rows))
+
+
+def in_short(results: dict[str, Any]) -> str:
+    m, s = results["machine"], results["search"]
+    parts = [f"**In short:** on one {m['gpu']}, the real-cells search ran {s['trials_per_hour']:.0f} trials per hour "
+             f"with {s['per_gpu']} trials sharing the GPU"]
+    packing = results.get("packing") or []
+    if len(packing) > 1:
+        best = max(packing[1:], key=lambda p: p["steady_trials_per_hour"])
+        ratio = best["steady_trials_per_hour"] / packing[0]["steady_trials_per_hour"]
+        verdict = "more" if ratio > 1.05 else "fewer" if ratio < 0.95 else "about as many"
+        parts.append(f"packing {best['per_gpu']} small-CNN trials on the GPU finished {verdict} trials per hour than one "
+                     f"at a time ({ratio:.2f}x)")
+    rows = results.get("throughput") or []
+    knee = [r for r in rows if r["role"] == "knee"]
+    if knee:
+        r = max(knee, key=lambda r: r["images_per_s"])
+        parts.append(f"the knee model classifies {r['images_per_s']:,.0f} images/s ({r['runtime']}, batch {r['batch']})")
+    return "; ".join(parts) + "."
+
+
+def render(results: dict[str, Any], cpu_run: Path | None, command: str) -> str:
+    m = results["machine"]
+    head = (f"Machine: {m['gpu']} ({m['gpu_memory_gib']} GiB), {m['cpus']} CPUs; torch {m['torch']} (CUDA {m['cuda']}), "
+            f"Python {m['python']}. Date: {m['date']}. Command: `{command}`.")
+    parts = [head, in_short(results), "### The real-cells search on the GPU", _search_text(results["search"])]
+    if cpu_run is not None and (cpu_run / "trials.csv").exists():
+        parts.append(_cpu_comparison(results["search"], cpu_run))
+    parts += ["### Exported-model throughput on the GPU",
+              "Each figure is the best of 3 rounds, each the median of repeated calls after 2 warm-up calls, on "
+              "random normal inputs of the model's shape held in host memory (k is fixed at inference, so the cost "
+              "does not depend on pixel values); the host-to-GPU copy and the logits' copy back are included.",
+              results.get("throughput_error", "") and f"Not measured: {results['throughput_error']}.",
+              _throughput_text(results.get("throughput") or []),
+              "### Several trials per GPU (fractional GPUs)",
+              _packing_text(results.get("packing") or [])]
+    return "\n\n".join(p for p in parts if p)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    default_data = Path(os.environ.get("PBC28_NPZ", ROOT / ".." / "shared" / "data" / "pbc28.npz"))
+    parser.add_argument("--data", type=Path, default=default_data,
+                        help="pbc28.npz (default: $PBC28_NPZ, else ../shared/data/pbc28.npz)")
+    parser.add_argument("--per-gpu", type=int, default=8, help="trials sharing the GPU in the real-cells search (default 8)")
+    parser.add_argument("--cpus-per-trial", type=int, help="CPUs per trial (default: the CPUs / the most trials per GPU)")
+    parser.add_argument("--search-limit-s", type=float, default=300, help="safety stop of the real-cells search (s)")
+    parser.add_argument("--packing", type=lambda s: [int(v) for v in s.split(",")], default=[1, 8],
+                        help="trials per GPU to compare, first is the base (default 1,8)")
+    parser.add_argument("--packing-trials", type=int, default=8)
+    parser.add_argument("--packing-epochs", type=int, default=2)
+    parser.add_argument("--json", type=Path, help="write the raw figures here as they are measured")
+    parser.add_argument("--from-json", type=Path, help="render the section from these saved figures; measure nothing")
+    parser.add_argument("--cpu-run", type=Path, help="a CPU run of blood_cells.yaml to compare trial times with")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    args = parser.parse_args(argv)
+
+    if args.from_json is not None:
+        results = json.loads(args.from_json.read_text())
+        command = results.get("command", "python benchmarks/bench_gpu.py")
+    else:
+        if not torch.cuda.is_available():
+            print("skipped: torch sees no CUDA device on this machine")
+            return 0
+        if not args.data.exists():
+            print(f"skipped: pbc28.npz not found at {args.data} (pass --data or set PBC28_NPZ)")
+            return 0
+        args.data = args.data.resolve()
+        command = "python benchmarks/bench_gpu.py" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
+
+        def save(results: dict[str, Any]) -> None:
+            if args.json is not None:
+                args.json.write_text(json.dumps({**results, "command": command}, indent=1, default=str))
+
+        results = measure(args, save)
+    body = render(results, args.cpu_run, command)
+    print(body)
+    if not args.no_write:
+        write_section("gpu", "GPU: the real-cells search and exported-model throughput", body)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
