@@ -227,7 +227,15 @@ def run_summary(run_dir: Path, table: pd.DataFrame) -> str:
         text = f"Run `{run_dir.name}` started {info.get('started_at', '?')}"
         if info.get("wall_time_s"):
             text += f", search wall time {float(info['wall_time_s']) / 60:.1f} min"
-        text += f" ({info.get('backend', '?')} backend, sampler {info.get('sampler', '?')}, seed {info.get('seed', '?')}). "
+        text += f" ({info.get('backend', '?')} backend, sampler {info.get('sampler', '?')}, seed {info.get('seed', '?')}"
+        machine, versions = info.get("machine") or {}, info.get("versions") or {}
+        if machine:
+            text += (f"; ran on {machine.get('cpus', '?')} CPUs and {machine.get('gpu') or 'no GPU'}, "
+                     f"torch {versions.get('torch', '?')}")
+        text += ")"
+        if info.get("command"):
+            text += f", made with `{info['command']}`"
+        text += ". "
     states = table["state"].value_counts().to_dict()
     infeasible = int((~table["feasible"].astype(str).str.lower().eq("true")).sum())
     return (text + f"{len(table)} trials ({', '.join(f'{k} {v}' for k, v in states.items())}; {infeasible} over the "

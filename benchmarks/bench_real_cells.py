@@ -221,6 +221,8 @@ def main() -> None:
     parser.add_argument("--trials", type=int)
     parser.add_argument("--backend", choices=("ray", "optuna"))
     parser.add_argument("--max-concurrent", type=int)
+    parser.add_argument("--cpus-per-trial", type=float)
+    parser.add_argument("--gpus-per-trial", type=float, help="a fraction packs several trials on one GPU")
     parser.add_argument("--command", help="the command to state in the section (default: this script's own)")
     parser.add_argument("--reseed", type=int, default=0, metavar="N",
                         help="re-train the model the bar is judged on with N other training seeds (2 at a time; "
@@ -241,7 +243,8 @@ def main() -> None:
             return
         if (Path(args.out) / "study.journal").exists():
             raise SystemExit(f"{args.out} already holds a run: read it with --run-dir {args.out}, or pass another --out")
-        flags = {"--trials": args.trials, "--backend": args.backend, "--max-concurrent": args.max_concurrent}
+        flags = {"--trials": args.trials, "--backend": args.backend, "--max-concurrent": args.max_concurrent,
+                 "--cpus-per-trial": args.cpus_per_trial, "--gpus-per-trial": args.gpus_per_trial}
         command, wall = run_search("search_space/blood_cells.yaml", Path(args.out), flags, {"PBC28_NPZ": str(path)})
         run_dir, command = Path(args.out), args.command or command
     body = section(run_dir, command, wall, pbc28_content_share(), args.reseed)

@@ -105,6 +105,8 @@ def main() -> None:
     parser.add_argument("--trials", type=int)
     parser.add_argument("--backend", choices=("ray", "optuna"))
     parser.add_argument("--max-concurrent", type=int)
+    parser.add_argument("--cpus-per-trial", type=float)
+    parser.add_argument("--gpus-per-trial", type=float, help="a fraction packs several trials on one GPU")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = parser.parse_args()
 
@@ -116,7 +118,8 @@ def main() -> None:
     else:
         if (args.out / "study.journal").exists():
             raise SystemExit(f"{args.out} already holds a run: read it with --run-dir {args.out}, or pass another --out")
-        flags = {"--trials": args.trials, "--backend": args.backend, "--max-concurrent": args.max_concurrent}
+        flags = {"--trials": args.trials, "--backend": args.backend, "--max-concurrent": args.max_concurrent,
+                 "--cpus-per-trial": args.cpus_per_trial, "--gpus-per-trial": args.gpus_per_trial}
         command, wall = run_search(SPACE, args.out, flags)
         run_dir = args.out
     body = section(run_dir, command, wall)
