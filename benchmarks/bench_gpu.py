@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import os
 import platform
 import sys
@@ -90,7 +91,7 @@ def derived_space(tmp: Path, name: str, data: Path, edit: dict[str, Any]) -> Pat
 def trial_table(run_dir: Path) -> list[dict[str, Any]]:
     """trials.csv as records, with the share of the image each model used (from metrics.json)."""
     table = pd.read_csv(run_dir / "trials.csv")
-    records = json.loads(table.to_json(orient="records"))
+    records = json.loads(table.to_json(orient="records", double_precision=15))
     for row in records:
         try:
             metrics = json.loads((run_dir / "trials" / str(int(row["number"])) / "metrics.json").read_text())
@@ -116,7 +117,7 @@ def search_figures(run_dir: Path, wall_s: float) -> dict[str, Any]:
         "trials_per_hour": 3600 * len(complete) / wall_s if wall_s else None,
         "steady_trials_per_hour": 3600 * len(complete) / span_s if span_s else None,
         "mean_trial_s": float(durations.mean()) if len(durations) else None,
-        "trials": json.loads(table.to_json(orient="records")),
+        "trials": json.loads(table.to_json(orient="records", double_precision=15)),
     }
 
 
@@ -134,7 +135,8 @@ def run_real_search(tmp: Path, data: Path, *, per_gpu: int, cpus: int, limit_s: 
     command, wall = run_search(str(space), out, flags)
     figures = search_figures(out, wall)
     figures.update(per_gpu=per_gpu, cpus_per_trial=cpus, limit_s=limit_s,
-                   command=command.replace(str(space), "<blood_cells.yaml with the data path and time limit set>"))
+                   command=command.replace(str(space), "<blood_cells.yaml with the data path and time limit set>")
+                   .replace(str(tmp), "<tmp>"))
     return out, figures
 
 
@@ -245,27 +247,55 @@ def _search_text(search: dict[str, Any]) -> str:
             + f"\n\nMost accurate (by validation) within 10 MFLOPs: {describe(best)}.")
 
 
+def _same_configs(cpu: pd.DataFrame, gpu: pd.DataFrame) -> pd.DataFrame:
+    """Trials both runs completed with the same config (the seeded sampler's first draws agree), joined on number."""
+    both = cpu[cpu["state"] == "COMPLETE"].merge(gpu[gpu["state"] == "COMPLETE"], on="number", suffixes=("_cpu", "_gpu"))
+    keys = sorted({c[: -len("_cpu")] for c in both.columns if c.startswith("config.") and c.endswith("_cpu")}
+                  & {c[: -len("_gpu")] for c in both.columns if c.startswith("config.") and c.endswith("_gpu")})
+
+    def equal(a: Any, b: Any) -> bool:
+        if pd.isna(a) or pd.isna(b):
+            return bool(pd.isna(a) and pd.isna(b))
+        try:
+            return math.isclose(float(a), float(b), rel_tol=1e-6)  # the saved figures keep 10 significant digits
+        except (TypeError, ValueError):
+            return str(a) == str(b)
+
+    def same(row: pd.Series) -> bool:
+        return all(equal(row[f"{k}_cpu"], row[f"{k}_gpu"]) for k in keys)
+
+    return both[both.apply(same, axis=1)] if len(both) else both
+
+
 def _cpu_comparison(search: dict[str, Any], cpu_run: Path) -> str:
     cpu = pd.read_csv(cpu_run / "trials.csv")
     gpu = pd.DataFrame(search["trials"])
-    rows = []
-    for strategy in sorted(set(gpu["strategy"].dropna()) | set(cpu["strategy"].dropna())):
-        def mean_s(table: pd.DataFrame, strategy: str = strategy) -> float | None:
-            part = table[(table["strategy"] == strategy) & (table["state"] == "COMPLETE")]
-            values = pd.to_numeric(part["duration_s"], errors="coerce").dropna()
-            return float(values.mean()) if len(values) else None
-
-        c, g = mean_s(cpu), mean_s(gpu)
-        rows.append([strategy, "-" if c is None else f"{c:.0f}", "-" if g is None else f"{g:.0f}",
-                     "-" if c is None or g is None else f"{c / g:.1f}x"])
     info = json.loads((cpu_run / "run.json").read_text()) if (cpu_run / "run.json").exists() else {}
     cpu_done = int((cpu["state"] == "COMPLETE").sum())
     cpu_wall = float(info.get("wall_time_s") or 0)
     rate = f"{3600 * cpu_done / cpu_wall:.0f} trials per hour" if cpu_wall else "its rate unknown"
-    return (f"Against the CPU run of the same space (`{cpu_run.name}`, the real-cells section: {cpu_done} complete "
-            f"trials, {rate}, 2 trials at a time on 1 thread each): mean seconds per complete trial, by strategy "
-            "(the two searches sampled different configs, so this compares the kinds of model, not the same ones):\n\n"
-            + markdown_table(["strategy", "CPU s/trial", "GPU s/trial", "CPU / GPU"], rows))
+    machine = info.get("machine") or {}
+    text = (f"Against the CPU run of the same space (`{cpu_run.name}`, the real-cells section: {cpu_done} complete trials "
+            f"in {cpu_wall / 60:.0f} min, {rate}, 2 trials at a time on 1 thread each of {machine.get('cpus', '?')} "
+            f"CPUs): {search['trials_per_hour'] / (3600 * cpu_done / cpu_wall):.0f}x the trials per hour."
+            if cpu_wall and cpu_done else f"Against the CPU run `{cpu_run.name}` (not finished):")
+    matched = _same_configs(cpu, gpu)
+    if matched.empty:
+        return text
+    rows = []
+    for _, r in matched.sort_values("number").iterrows():
+        c, g = float(r["duration_s_cpu"]), float(r["duration_s_gpu"])
+        rows.append([int(r["number"]), r["strategy_cpu"], f"{float(r['flops_cpu']) / 1e6:.2f}", f"{c:.0f}", f"{g:.0f}",
+                     f"{c / g:.1f}x", pct(r["accuracy_cpu"]), pct(r["accuracy_gpu"]),
+                     pct(r["test_accuracy_cpu"]), pct(r["test_accuracy_gpu"])])
+    ratios = matched["duration_s_cpu"].astype(float) / matched["duration_s_gpu"].astype(float)
+    gaps = (matched["test_accuracy_cpu"].astype(float) - matched["test_accuracy_gpu"].astype(float)).abs() * 100
+    return (text + f" The two searches drew the same configs for {len(matched)} trials (the seeded sampler's first "
+            f"draws), so those compare like for like: a trial took {ratios.min():.0f}-{ratios.max():.0f}x less time "
+            f"on the GPU (8 sharing it) than on one CPU thread, and its test accuracy differed by at most "
+            f"{gaps.max():.2f} points (other arithmetic, same seed):\n\n"
+            + markdown_table(["trial", "strategy", "MFLOPs", "CPU s", "GPU s", "CPU / GPU", "val acc CPU", "val acc GPU",
+                              "test acc CPU", "test acc GPU"], rows))
 
 
 def _throughput_text(rows: list[dict[str, Any]]) -> str:

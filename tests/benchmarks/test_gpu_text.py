@@ -104,3 +104,13 @@ def test_the_committed_figures_render(capsys: pytest.CaptureFixture[str]):
     assert gpu.main(["--from-json", str(saved), "--no-write"]) == 0
     out = capsys.readouterr().out
     assert json.loads(saved.read_text())["machine"]["gpu"] in out and "trials per hour" in out
+
+
+def test_cpu_and_gpu_trials_are_matched_only_where_the_configs_agree():
+    def row(number: int, lr: float, width: float | None) -> dict:
+        return {"number": number, "state": "COMPLETE", "strategy": "dense_cnn", "config.lr": lr, "config.width": width}
+
+    cpu = pd.DataFrame([row(0, 0.004702243567771814, 16), row(1, 0.003, 16), row(2, 0.002, None)])
+    on_gpu = pd.DataFrame([row(0, 0.0047022436, 16.0), row(1, 0.003, 24), row(2, 0.002, None)])  # 10 digits, as saved
+    assert sorted(int(n) for n in gpu._same_configs(cpu, on_gpu)["number"]) == [0, 2]
+
