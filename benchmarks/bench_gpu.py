@@ -228,7 +228,8 @@ def _search_text(search: dict[str, Any]) -> str:
     if stopped:
         states += f"; the {stopped} FAIL trials still running at the safety stop were recorded as interrupted"
     text = (f"Command: `{search['command']}`, {search['per_gpu']} trials sharing the GPU "
-            f"({1 / search['per_gpu']:.3g} GPU and {search['cpus_per_trial']} CPUs each), a safety stop after "
+            f"({1 / search['per_gpu']:.3g} GPU and {search['cpus_per_trial']} CPUs each), TPE sampler seed 0 and "
+            f"trial seeds 0 + trial number as in the space file, a safety stop after "
             f"{search['limit_s']:.0f} s. {len(table)} trials ({states}) in {search['wall_s'] / 60:.1f} min of wall "
             f"time, Ray start-up included: **{search['trials_per_hour']:.0f} trials per hour** "
             f"({search['steady_trials_per_hour']:.0f} from the first trial's start to the last one's end), each trial "
@@ -330,9 +331,11 @@ def _packing_text(packing: list[dict[str, Any]]) -> str:
             for p in packing]
     cfg = ", ".join(f"{k} {v}" for k, v in PACKING_CONFIG.items())
     return (f"The same dense_cnn ({cfg}; 5.2 MFLOPs) trained {base['trials_asked']} times on pbc28 for "
-            f"{base['epochs']} epochs (random sampler over a space that holds only this config; each trial has its "
-            "own seed), with 1 trial on the GPU at a time and with several sharing it:\n\n"
-            + "\n\nWall s counts Ray's start-up and shut-down; trial span s runs from the first trial's start to the "
+            f"{base['epochs']} epochs (a space that holds only this config; trial n trains with seed n, so both "
+            "settings train the same models up to the GPU's non-deterministic kernels), with 1 trial on the GPU at a "
+            f"time and with several sharing it. Trials this short ({base['mean_trial_s']:.1f} s alone on the GPU) spend "
+            "much of their time outside the GPU (process hand-off, data loading, evaluation), which packing overlaps. "
+            "Wall s counts Ray's start-up and shut-down; trial span s runs from the first trial's start to the "
             "last one's end, and trials per hour are taken over it, so the comparison is of the trials alone.\n\n"
             + markdown_table(["trials per GPU", "GPU per trial", "complete", "wall s", "trial span s", "s per trial",
                               "trials per hour", "vs 1 per GPU", "mean val acc"], rows))
@@ -366,7 +369,7 @@ def render(results: dict[str, Any], cpu_run: Path | None, command: str) -> str:
         parts.append(_cpu_comparison(results["search"], cpu_run))
     parts += ["### Exported-model throughput on the GPU",
               "Each figure is the best of 3 rounds, each the median of repeated calls after 2 warm-up calls, on "
-              "random normal inputs of the model's shape held in host memory (k is fixed at inference, so the cost "
+              "random normal inputs of the model's shape (seed 1) held in host memory (k is fixed at inference, so the cost "
               "does not depend on pixel values); the host-to-GPU copy and the logits' copy back are included.",
               results.get("throughput_error", "") and f"Not measured: {results['throughput_error']}.",
               _throughput_text(results.get("throughput") or []),
