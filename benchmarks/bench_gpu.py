@@ -359,7 +359,8 @@ def in_short(results: dict[str, Any]) -> str:
     knee = [r for r in rows if r["role"] == "knee"]
     if knee:
         r = max(knee, key=lambda r: r["images_per_s"])
-        parts.append(f"the knee model classifies {r['images_per_s']:,.0f} images/s ({r['runtime']}, batch {r['batch']})")
+        parts.append(f"the front's knee model ({r['strategy']}, {r['flops'] / 1e6:.2f} MFLOPs) classifies "
+                     f"{r['images_per_s']:,.0f} images/s ({r['runtime']}, batch {r['batch']})")
     return "; ".join(parts) + "."
 
 
