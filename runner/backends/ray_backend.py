@@ -9,8 +9,10 @@ closed by :class:`RunSearch`:
 
 * a NaN or missing objective makes ``study.tell`` raise, which ``OptunaSearch`` only logs, leaving
   the trial RUNNING forever: here such a trial is told FAIL with the reason;
-* a trial stopped early (time budget, scheduler) is told COMPLETE on partial results: here it is
-  told PRUNED unless its final result (``final: True``) arrived.
+* a trial stopped early by a scheduler is told COMPLETE on partial results: here it is told PRUNED
+  unless its final result (``final: True``) arrived. Trials still running when ``time_budget_s``
+  (``search.timeout_s``) ends the session never reach the searcher (Ray 2.60); ``runner.search``
+  records them as interrupted afterwards, as after Ctrl-C.
 
 Trials report every objective each epoch (Tune checks every result for every metric) through
 ``ray.tune.report`` (``ray.train.report`` raises inside Tune on 2.60). A trial that fails reports a
