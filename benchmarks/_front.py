@@ -61,7 +61,7 @@ def used_fraction(run_dir: Path, number: int) -> float | None:
 
 
 def share(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.0f}%"
+    return "-" if x is None or pd.isna(x) else f"{100 * x:.0f}%"
 
 
 def best_in(frame: pd.DataFrame, mflops: float, strategies: tuple[str, ...] | None = None) -> pd.Series | None:
@@ -81,10 +81,16 @@ def describe(row: pd.Series | None) -> str:
             f"{row['flops'] / 1e6:.2f} MFLOPs")
 
 
-def front_rows(run_dir: Path, frame: pd.DataFrame) -> list[list[object]]:
-    """Rows of the front table: trial, strategy, val, test, MFLOPs, params, share of image used."""
+def front_rows(run_dir: Path | None, frame: pd.DataFrame) -> list[list[object]]:
+    """Rows of the front table: trial, strategy, val, test, MFLOPs, params, share of image used (the
+    frame's ``used_fraction`` column where it has one, else each trial's metrics.json in ``run_dir``)."""
+    def used(r: pd.Series) -> float | None:
+        if "used_fraction" in r.index or run_dir is None:
+            return r.get("used_fraction")
+        return used_fraction(run_dir, int(r["number"]))
+
     return [[int(r["number"]), r["strategy"], pct(r["accuracy"]), pct(r["test_accuracy"]), f"{r['flops'] / 1e6:.2f}",
-             f"{int(r['params_count']):,}", share(used_fraction(run_dir, int(r["number"])))]
+             f"{int(r['params_count']):,}", share(used(r))]
             for _, r in front(frame).iterrows()]
 
 

@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
 
 from _doc import markdown_table, write_section  # noqa: E402
-from _front import describe, eligible, front, pct, run_search  # noqa: E402
+from _front import FRONT_HEADER, best_in, describe, eligible, front_rows, pct, run_search  # noqa: E402
 
 SPACE = ROOT / "search_space" / "blood_cells.yaml"
 PACKING_CONFIG = {"width": 16, "stages": 3, "blocks_per_stage": 1, "stem_stride": 2}  # the 5 MFLOPs CNN
@@ -153,8 +153,7 @@ def run_packing(tmp: Path, data: Path, *, per_gpu: int, cpus: int, trials: int, 
     flags = search_flags(per_gpu, cpus, gpu)
     _, wall = run_search(str(space), out, flags)
     figures = search_figures(out, wall)
-    figures.pop("trials")
-    accuracy = pd.to_numeric(pd.read_csv(out / "trials.csv")["accuracy"], errors="coerce")
+    accuracy = pd.to_numeric(pd.DataFrame(figures.pop("trials"))["accuracy"], errors="coerce")
     figures.update(per_gpu=per_gpu, trials_asked=trials, epochs=epochs, mean_val_accuracy=float(accuracy.mean()))
     return figures
 
@@ -236,16 +235,9 @@ def _search_text(search: dict[str, Any]) -> str:
             f"{search['mean_trial_s']:.0f} s on average.")
     if frame.empty:
         return text + " No complete, feasible trial."
-    rows = []
-    for _, row in front(frame).iterrows():
-        used = row.get("used_fraction")
-        rows.append([int(row["number"]), row["strategy"], pct(row["accuracy"]), pct(row["test_accuracy"]),
-                     f"{row['flops'] / 1e6:.2f}", "-" if used is None or pd.isna(used) else f"{100 * used:.0f}%"])
-    bar = frame[(frame["flops"] <= 10e6)]
-    best = bar.loc[bar["accuracy"].idxmax()] if not bar.empty else None
     return (text + "\n\nPareto front (validation accuracy against FLOPs; test accuracy beside, never used to choose):\n\n"
-            + markdown_table(["trial", "strategy", "val acc", "test acc", "MFLOPs", "image used"], rows)
-            + f"\n\nMost accurate (by validation) within 10 MFLOPs: {describe(best)}.")
+            + markdown_table(FRONT_HEADER, front_rows(None, frame))
+            + f"\n\nMost accurate (by validation) within 10 MFLOPs: {describe(best_in(frame, 10.0))}.")
 
 
 def _same_configs(cpu: pd.DataFrame, gpu: pd.DataFrame) -> pd.DataFrame:

@@ -105,7 +105,7 @@ def connect(address: str | None) -> bool:
         except (ConnectionError, RuntimeError, ValueError) as err:
             raise UserError(f"--address {address}: cannot join the Ray cluster ({str(err).splitlines()[0]})") from None
     else:
-        # The GPUs torch can use, stated rather than left to Ray's detection, which misses some virtual machines.
+        # Trials train with torch, so the GPUs torch can use are the ones to offer (Ray's own count goes through NVML).
         ray.init(num_cpus=os.cpu_count(), num_gpus=_torch_gpus(), **kwargs)
     return True
 

@@ -29,7 +29,8 @@ def packing(per_gpu: int, rate: float) -> dict:
 
 def results(rate_packed: float) -> dict:
     trial = {"number": 0, "state": "COMPLETE", "feasible": True, "strategy": "dense_cnn", "accuracy": 0.97,
-             "test_accuracy": 0.96, "flops": 5e6, "duration_s": 30.0, "error": None, "used_fraction": 1.0}
+             "test_accuracy": 0.96, "flops": 5e6, "params_count": 19_888, "duration_s": 30.0, "error": None,
+             "used_fraction": 1.0}
     return {
         "machine": {"gpu": "Test GPU", "gpu_memory_gib": 80.0, "cuda": "12.0", "torch": "2.x", "cpus": 16,
                     "python": "3.12", "date": "2026-01-01"},
