@@ -28,7 +28,7 @@ import torch
 from search_space.build import build_model
 from search_space.errors import UserError
 from search_space.k_rules import PER_IMAGE_RULES
-from search_space.strategies import SparseModel
+from search_space.strategies import CellClassifier
 
 #: meta.json keys export and prediction cannot do without.
 META_KEYS = ("in_channels", "num_classes", "image_size", "class_names", "mean", "std")
@@ -43,7 +43,7 @@ class TrainedTrial:
     config: dict[str, Any]
     meta: dict[str, Any]
     metrics: dict[str, Any]
-    model: SparseModel
+    model: CellClassifier
 
     @property
     def strategy(self) -> str:

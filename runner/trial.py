@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from objectives import count_flops, count_params, get_objective
 from search_space.build import build_model
 from search_space.k_rules import make_k_rule
-from search_space.strategies import SparseModel
+from search_space.strategies import CellClassifier
 
 GRAD_CLIP = 1.0  # max global grad norm: cheap insurance against one bad step killing a trial
 EVAL_CHUNK = 256  # images per forward when evaluating
@@ -87,13 +87,13 @@ def accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
     return float((predict(model, images, device) == labels).float().mean())
 
 
-def current_k(model: SparseModel) -> float | None:
+def current_k(model: CellClassifier) -> float | None:
     k = model.k
     return None if k is None else float(k)
 
 
 @torch.no_grad()
-def used_fraction(model: SparseModel, images: torch.Tensor) -> float:
+def used_fraction(model: CellClassifier, images: torch.Tensor) -> float:
     """Mean fraction of each image the model looked at (its ``used_map``), in eval mode."""
     model.eval()
     return float(model.used_map(images).float().mean())
@@ -267,7 +267,7 @@ def run_trial(
 def save_trial(
     trial_dir: Path,
     *,
-    model: SparseModel,
+    model: CellClassifier,
     data: Any,
     config: dict[str, Any],
     metrics: dict[str, Any],

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from search_space.errors import UserError
-from search_space.strategies import SparseModel, StrategyInfo, get_strategy, strategy_names
+from search_space.strategies import CellClassifier, StrategyInfo, get_strategy, strategy_names
 
 
 def _strategy_of(name: Any) -> StrategyInfo:
@@ -46,20 +46,20 @@ def complete_config(config: dict[str, Any]) -> dict[str, Any]:
         problem = spec.check(full[key])
         if problem:
             raise UserError(f"strategy {info.name!r}: config key {key!r}={full[key]!r} must be {problem}")
-        if spec.kind == "int":
-            full[key] = int(full[key])  # JSON may hand back 64.0
+        full[key] = spec.cast(full[key])  # JSON may hand back 64.0 for an int
     return full
 
 
-def build_model(config: dict[str, Any], in_channels: int, num_classes: int, image_size: int) -> SparseModel:
+def build_model(config: dict[str, Any], in_channels: int, num_classes: int, image_size: int) -> CellClassifier:
     """Build the network ``config`` describes for (in_channels, image_size x image_size) images.
 
     Raises ``UserError`` for an unknown strategy (listing the valid ones), an out-of-range value, or
     values the strategy rejects together (e.g. ``num_heads`` not dividing ``embed_dim``).
     """
     full = complete_config(config)
-    factory = get_strategy(full["strategy"]).factory
     try:
-        return factory(config=full, in_channels=in_channels, num_classes=num_classes, image_size=image_size)
+        return get_strategy(full["strategy"]).create(
+            full, in_channels=in_channels, num_classes=num_classes, image_size=image_size
+        )
     except ValueError as err:
         raise UserError(f"strategy {full['strategy']!r}: {err}") from err

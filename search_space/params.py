@@ -12,6 +12,7 @@ Forms accepted in YAML::
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,9 @@ class ParamSpec:
     """What values one config key may take. ``kind`` is 'int', 'float', 'choice' or 'bool'.
 
     ``low``/``high`` bound int and float values (inclusive unless ``low_open``/``high_open``);
-    ``choices`` lists the values of a 'choice'. ``doc`` is shown in error messages and docs.
+    ``choices`` lists the values of a 'choice'. ``default`` is the value a config that leaves the
+    key out takes (strategies declare it beside the range, so each key is written once); ``doc`` is
+    shown in error messages and docs.
     """
 
     kind: str
@@ -33,6 +36,17 @@ class ParamSpec:
     low_open: bool = False
     high_open: bool = False
     doc: str = ""
+    default: Any = None
+
+    def cast(self, value: Any) -> Any:
+        """``value`` as the Python type this key holds (JSON may hand back 64.0 for an int)."""
+        if self.kind == "int":
+            return int(value)
+        if self.kind == "float":
+            return float(value)
+        if self.kind == "bool":
+            return bool(value)
+        return value
 
     def check(self, value: Any) -> str | None:
         """Return None when ``value`` is allowed, else what was expected (for an error message)."""
@@ -42,6 +56,8 @@ class ParamSpec:
             return None if isinstance(value, bool) else "true or false"
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return f"a{'n integer' if self.kind == 'int' else ' number'}{self.bounds_text()}"
+        if not math.isfinite(value):
+            return f"a finite number{self.bounds_text()}"
         if self.kind == "int" and not float(value).is_integer():
             return f"an integer{self.bounds_text()}"
         if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
@@ -57,7 +73,6 @@ class ParamSpec:
         if self.high is not None:
             parts.append(f"{'<' if self.high_open else '<='} {self.high:g}")
         return (" " + " and ".join(parts)) if parts else ""
-
 
 
 class ParamFormError(ValueError):

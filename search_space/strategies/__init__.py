@@ -1,8 +1,8 @@
 """Strategy models, one module each; importing this package registers all of them."""
 
 from search_space.strategies.base import (
+    CellClassifier,
     ParamSpec,
-    SparseModel,
     StrategyInfo,
     get_strategy,
     params_for,
@@ -21,7 +21,7 @@ from search_space.strategies import dense_vit  # noqa: F401
 
 __all__ = [
     "ParamSpec",
-    "SparseModel",
+    "CellClassifier",
     "StrategyInfo",
     "get_strategy",
     "params_for",

@@ -1,21 +1,26 @@
 """The interface every strategy model implements, and the registry that builds them by name.
 
-A strategy is one file in this package that defines a ``SparseModel`` subclass and registers it
-with :func:`register_strategy`, declaring its tunable parameters (``ParamSpec``) and a mid-range
-default for each. The YAML spec validates a space against these declarations, so a parameter name
-lives in exactly one place: the strategy that reads it.
+A strategy is one file in this package that defines a ``CellClassifier`` subclass and registers the
+class with :func:`register_strategy`, declaring each tunable keyword of its constructor once, as a
+``ParamSpec`` carrying its range, its default and its meaning. The YAML spec validates a space
+against these declarations and ``build_model`` hands the validated, typed values straight to the
+constructor, so a parameter name lives in exactly one place: the strategy that reads it.
 
 Lifecycle of a model inside a trial::
 
     model = build_model(config, in_channels, num_classes, image_size)
     logits = model(images)                                   # (B, num_classes)
     loss = ce(logits, y) + model.auxiliary_loss(logits, y)   # uses state cached by that forward
-    rule.step(...); model.set_k(rule.k)                      # k-adaptation, once per epoch
+    rule.step(...); model.set_k(rule.k)                      # k-adaptation
     used = model.used_map(images)                            # (B, H, W) in [0, 1], for reports
+
+The k a model runs at is part of its ``state_dict`` (as module extra state), so saved weights
+rebuild the network at the k it was trained to.
 """
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -28,13 +33,16 @@ from torch import nn
 from search_space.params import ParamSpec  # re-exported: strategies declare their keys with it
 
 
-def transformer_params(*, depth_doc: str = "transformer blocks") -> dict[str, ParamSpec]:
-    """The shared transformer keys, declared once so every strategy accepts the same ranges."""
+def transformer_params(
+    *, embed_dim: int, num_heads: int, depth: int, mlp_ratio: float, depth_doc: str = "transformer blocks"
+) -> dict[str, ParamSpec]:
+    """The shared transformer keys, declared once so every strategy accepts the same ranges; the
+    arguments are this strategy's defaults."""
     return {
-        "embed_dim": ParamSpec("int", low=8, high=512, doc="token width D"),
-        "num_heads": ParamSpec("int", low=1, high=16, doc="attention heads; must divide embed_dim"),
-        "depth": ParamSpec("int", low=1, high=12, doc=depth_doc),
-        "mlp_ratio": ParamSpec("float", low=1.0, high=8.0, doc="MLP hidden width / embed_dim"),
+        "embed_dim": ParamSpec("int", low=8, high=512, doc="token width D", default=embed_dim),
+        "num_heads": ParamSpec("int", low=1, high=16, doc="attention heads; must divide embed_dim", default=num_heads),
+        "depth": ParamSpec("int", low=1, high=12, doc=depth_doc, default=depth),
+        "mlp_ratio": ParamSpec("float", low=1.0, high=8.0, doc="MLP hidden width / embed_dim", default=mlp_ratio),
     }
 
 
@@ -50,13 +58,33 @@ def eval_mode(module: nn.Module) -> Iterator[None]:
         module.train(was_training)
 
 
-class SparseModel(nn.Module, ABC):
-    """A cell classifier that may look at only part of each image.
+K_STATE_KEY = "k_value"  # the state_dict entry holding a model's k
+
+
+class CellClassifier(nn.Module, ABC):
+    """A cell classifier, dense or looking at only part of each image.
 
     Subclasses implement ``forward`` and ``used_map``; sparse ones also ``k_bounds``/``set_k`` and
     ``auxiliary_loss``. Inference (eval mode) must be deterministic and exportable with
     ``torch.export`` and ONNX: no Python loops over data-dependent shapes.
     """
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):  # noqa: ANN001 (torch's hook signature)
+        # k is a Python int (shapes depend on it, so forward must not read it from a tensor at trace
+        # time), saved beside the weights as a 0-d tensor so a state_dict rebuilds the model at its k.
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        k = getattr(self, "_k", None)
+        if k is not None and self.k_bounds() is not None:
+            destination[prefix + K_STATE_KEY] = torch.tensor(int(k))
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):  # noqa: ANN001
+        # Weights saved before k was part of the state dict load as they are, at the built k.
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        key = prefix + K_STATE_KEY
+        if key in unexpected_keys and self.k_bounds() is not None:
+            unexpected_keys.remove(key)
+        if key in state_dict and self.k_bounds() is not None:
+            self.set_k(int(state_dict[key]))
 
     @abstractmethod
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -94,7 +122,7 @@ class SparseModel(nn.Module, ABC):
         raise TypeError(f"{type(self).__name__} has no k to set")
 
 
-class CountedKModel(SparseModel):
+class CountedKModel(CellClassifier):
     """A model whose k is a count of kept elements (pixels, patches), set by epoch rules or, for
     per-image rules, reported as the mean kept per image on the last batch.
 
@@ -119,20 +147,42 @@ class CountedKModel(SparseModel):
         self._k = int(k)
 
 
-ModelFactory = Callable[..., SparseModel]
+ModelClass = type[CellClassifier]
+
+# Keyword arguments a constructor may take besides its declared keys: the data's shape, and for
+# strategies with a k rule, the rule and its keys (a per-image rule changes what the model runs).
+CONTEXT_ARGS = ("in_channels", "num_classes", "image_size", "k_rule", "k_rule_config")
 
 
 @dataclass(frozen=True)
 class StrategyInfo:
-    """A registered strategy: how to build it, what it accepts, and a mid-range default config."""
+    """A registered strategy: its model class, the keys it accepts (with defaults), and its kind."""
 
     name: str
-    factory: ModelFactory
+    model: ModelClass
     params: dict[str, ParamSpec]
-    defaults: dict[str, Any]
     sparse: bool = True
     doc: str = ""
     uses_k_rule: bool = field(default=True)
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """A mid-range value for every declared key (what a config that leaves a key out takes)."""
+        return {key: spec.default for key, spec in self.params.items()}
+
+    def create(self, config: dict[str, Any], *, in_channels: int, num_classes: int, image_size: int) -> CellClassifier:
+        """The model for a config holding every declared key (values unchecked: ``build_model``
+        checks them), plus the context arguments (``CONTEXT_ARGS``) its constructor takes."""
+        context = {
+            "in_channels": in_channels,
+            "num_classes": num_classes,
+            "image_size": image_size,
+            "k_rule": str(config.get("k_rule", "fixed")),
+            "k_rule_config": {key: value for key, value in config.items() if key.startswith("k_")},
+        }
+        accepted = set(inspect.signature(self.model.__init__).parameters)
+        values = {key: config[key] for key in self.params}
+        return self.model(**values, **{key: value for key, value in context.items() if key in accepted})
 
 
 _REGISTRY: dict[str, StrategyInfo] = {}
@@ -142,30 +192,31 @@ def register_strategy(
     name: str,
     *,
     params: dict[str, ParamSpec],
-    defaults: dict[str, Any],
     sparse: bool = True,
     uses_k_rule: bool = True,
     doc: str = "",
-) -> Callable[[ModelFactory], ModelFactory]:
-    """Class or function decorator: register a model factory under ``name``.
+) -> Callable[[ModelClass], ModelClass]:
+    """Class decorator: register a model class under ``name``.
 
-    The factory is called as ``factory(config=..., in_channels=..., num_classes=...,
-    image_size=...)`` with ``config`` already completed from ``defaults``.
+    Every key in ``params`` must be a keyword of the class's constructor and carry a valid default;
+    ``build_model`` calls ``cls(**values, in_channels=..., num_classes=..., ...)`` with the values
+    checked and cast, passing only the context arguments (``CONTEXT_ARGS``) the constructor takes.
     """
 
-    missing = sorted(set(params) ^ set(defaults))
-    if missing:
-        raise ValueError(f"strategy {name!r}: params and defaults must name the same keys, differ on {missing}")
     for key, spec in params.items():
-        problem = spec.check(defaults[key])
+        problem = spec.check(spec.default)
         if problem:
-            raise ValueError(f"strategy {name!r}: default {key}={defaults[key]!r} is not {problem}")
+            raise ValueError(f"strategy {name!r}: default {key}={spec.default!r} is not {problem}")
 
-    def decorate(factory: ModelFactory) -> ModelFactory:
+    def decorate(model: ModelClass) -> ModelClass:
         if name in _REGISTRY:
             raise ValueError(f"strategy {name!r} is registered twice")
-        _REGISTRY[name] = StrategyInfo(name, factory, dict(params), dict(defaults), sparse, doc, uses_k_rule)
-        return factory
+        accepted = set(inspect.signature(model.__init__).parameters)
+        unknown = sorted(set(params) - accepted)
+        if unknown:
+            raise ValueError(f"strategy {name!r}: {model.__name__}() takes no keyword {unknown}")
+        _REGISTRY[name] = StrategyInfo(name, model, dict(params), sparse, doc, uses_k_rule)
+        return model
 
     return decorate
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from search_space.strategies.base import ParamSpec, SparseModel, register_strategy
+from search_space.strategies.base import CellClassifier, ParamSpec, register_strategy
 from search_space.strategies.blocks import conv2d_flops, linear_flops
 
 
@@ -39,7 +39,19 @@ class BasicBlock(nn.Module):
         return self.act(out + self.shortcut(x))
 
 
-class DenseCNN(SparseModel):
+@register_strategy(
+    "dense_cnn",
+    params={
+        "width": ParamSpec("int", low=4, high=128, default=16, doc="channels of the stem and first stage (doubled per stage)"),
+        "stages": ParamSpec("int", low=1, high=4, default=3, doc="resolution stages; each after the first halves H and W"),
+        "blocks_per_stage": ParamSpec("int", low=1, high=4, default=1, doc="basic residual blocks (two 3x3 convs) per stage"),
+        "stem_stride": ParamSpec("choice", choices=(1, 2), default=1, doc="stride of the stem conv (2 = 4x cheaper body)"),
+    },
+    sparse=False,
+    uses_k_rule=False,
+    doc="Small ResNet-style CNN over every pixel (dense baseline).",
+)
+class DenseCNN(CellClassifier):
     """Stem conv -> ``stages`` stages of ``blocks_per_stage`` basic blocks -> global average pool -> linear.
 
     Stage s has ``width * 2**s`` channels; every stage after the first halves the resolution.
@@ -89,28 +101,3 @@ class DenseCNN(SparseModel):
                     flops += conv2d_flops(h, w, c_in, c_out, 1)
                 c_in = c_out
         return flops + linear_flops(1, c_in, self.num_classes)
-
-
-@register_strategy(
-    "dense_cnn",
-    params={
-        "width": ParamSpec("int", low=4, high=128, doc="channels of the stem and first stage (doubled per stage)"),
-        "stages": ParamSpec("int", low=1, high=4, doc="resolution stages; each after the first halves H and W"),
-        "blocks_per_stage": ParamSpec("int", low=1, high=4, doc="basic residual blocks (two 3x3 convs) per stage"),
-        "stem_stride": ParamSpec("choice", choices=(1, 2), doc="stride of the stem conv (2 = 4x cheaper body)"),
-    },
-    defaults={"width": 16, "stages": 3, "blocks_per_stage": 1, "stem_stride": 1},
-    sparse=False,
-    uses_k_rule=False,
-    doc="Small ResNet-style CNN over every pixel (dense baseline).",
-)
-def build_dense_cnn(*, config: dict, in_channels: int, num_classes: int, image_size: int) -> DenseCNN:
-    """Registered factory: a ``DenseCNN`` from a completed config (``image_size`` is not needed)."""
-    return DenseCNN(
-        in_channels=in_channels,
-        num_classes=num_classes,
-        width=int(config["width"]),
-        stages=int(config["stages"]),
-        blocks_per_stage=int(config["blocks_per_stage"]),
-        stem_stride=int(config["stem_stride"]),
-    )

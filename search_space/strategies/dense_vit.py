@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from search_space.strategies.base import ParamSpec, SparseModel, register_strategy, transformer_params
+from search_space.strategies.base import CellClassifier, ParamSpec, register_strategy, transformer_params
 from search_space.strategies.blocks import ClassifierHead, TransformerBlock, block_flops, conv2d_flops, linear_flops
 
 
@@ -30,7 +30,18 @@ def sincos_2d(grid_h: int, grid_w: int, dim: int) -> torch.Tensor:
     return F.pad(emb, (0, dim - emb.shape[1]))  # (N, dim)
 
 
-class DenseViT(SparseModel):
+@register_strategy(
+    "dense_vit",
+    params={
+        "patch_size": ParamSpec("int", low=2, high=16, default=4, doc="side of the square patches (images are padded to fit)"),
+        **transformer_params(embed_dim=64, num_heads=4, depth=2, mlp_ratio=2.0),
+        "pos_embedding": ParamSpec("choice", choices=("learned", "sincos"), default="learned", doc="patch position embedding"),
+    },
+    sparse=False,
+    uses_k_rule=False,
+    doc="Patch ViT over the whole image (dense transformer baseline).",
+)
+class DenseViT(CellClassifier):
     """Conv patch embedding + position embedding -> CLS + ``depth`` transformer blocks -> head on CLS."""
 
     def __init__(
@@ -100,30 +111,3 @@ class DenseViT(SparseModel):
         flops = conv2d_flops(gh, gw, self.in_channels, self.embed_dim, self.patch_size)
         flops += self.depth * block_flops(gh * gw + 1, self.embed_dim, self.mlp_ratio)
         return flops + linear_flops(1, self.embed_dim, self.num_classes)
-
-
-@register_strategy(
-    "dense_vit",
-    params={
-        "patch_size": ParamSpec("int", low=2, high=16, doc="side of the square patches (images are padded to fit)"),
-        **transformer_params(),
-        "pos_embedding": ParamSpec("choice", choices=("learned", "sincos"), doc="patch position embedding"),
-    },
-    defaults={"patch_size": 4, "embed_dim": 64, "num_heads": 4, "depth": 2, "mlp_ratio": 2.0, "pos_embedding": "learned"},
-    sparse=False,
-    uses_k_rule=False,
-    doc="Patch ViT over the whole image (dense transformer baseline).",
-)
-def build_dense_vit(*, config: dict, in_channels: int, num_classes: int, image_size: int) -> DenseViT:
-    """Registered factory: a ``DenseViT`` from a completed config."""
-    return DenseViT(
-        in_channels=in_channels,
-        num_classes=num_classes,
-        image_size=image_size,
-        patch_size=int(config["patch_size"]),
-        embed_dim=int(config["embed_dim"]),
-        num_heads=int(config["num_heads"]),
-        depth=int(config["depth"]),
-        mlp_ratio=float(config["mlp_ratio"]),
-        pos_embedding=str(config["pos_embedding"]),
-    )

@@ -83,6 +83,26 @@ class _Layout:
         self.n_cells: list[int] = []  # per transition: cells in the parent grid
 
 
+@register_strategy(
+    "span_pyramid",
+    params={
+        "patch_size": ParamSpec("int", 2, 16, default=4, doc="patch side in pixels (the integer grid)"),
+        "keep_score": ParamSpec("choice", choices=KEEP_SCORES, default="foreground", doc="how informative patches are scored"),
+        "keep_fraction": ParamSpec(
+            "float", 0.0, 1.0, low_open=True, default=0.5, doc="initial k as a fraction of the patches"
+        ),
+        **transformer_params(embed_dim=32, num_heads=2, depth=1, mlp_ratio=2.0, depth_doc="transformer blocks per stage"),
+        "stages": ParamSpec("int", 1, 4, default=2, doc="pyramid stages, stride-2 sparse downsampling between them"),
+        "window": ParamSpec("int", 2, 8, default=4, doc="window side in grid cells (shifted windows offset by half)"),
+        "global_tokens": ParamSpec("int", 1, 4, default=1, doc="global tokens attending to and from every token"),
+        "score_loss_weight": ParamSpec(
+            "float", 0.0, 10.0, default=1.0, doc="learned scorer: weight of its distillation loss"
+        ),
+    },
+    sparse=True,
+    uses_k_rule=True,
+    doc="SPAN: informative patches, window + shifted-window + global-token attention, sparse pyramid.",
+)
 class SpanPyramid(CountedKModel):
     """Kept patches -> window + shifted-window + global-token attention stages with sparse pooling."""
 
@@ -378,56 +398,3 @@ class SpanPyramid(CountedKModel):
             )
             per_image = per_image + self.depth * per_block
         return float(per_image.mean()) + linear_flops(1, D, self.num_classes)
-
-
-@register_strategy(
-    "span_pyramid",
-    params={
-        "patch_size": ParamSpec("int", 2, 16, doc="patch side in pixels (the integer grid)"),
-        "keep_score": ParamSpec("choice", choices=KEEP_SCORES, doc="how informative patches are scored"),
-        "keep_fraction": ParamSpec("float", 0.0, 1.0, low_open=True, doc="initial k as a fraction of the patches"),
-        **transformer_params(depth_doc="transformer blocks per stage"),
-        "stages": ParamSpec("int", 1, 4, doc="pyramid stages, stride-2 sparse downsampling between them"),
-        "window": ParamSpec("int", 2, 8, doc="window side in grid cells (shifted windows offset by half)"),
-        "global_tokens": ParamSpec("int", 1, 4, doc="global tokens attending to and from every token"),
-        "score_loss_weight": ParamSpec("float", 0.0, 10.0, doc="learned scorer: weight of its distillation loss"),
-    },
-    defaults={
-        "patch_size": 4,
-        "keep_score": "foreground",
-        "keep_fraction": 0.5,
-        "embed_dim": 32,
-        "num_heads": 2,
-        "depth": 1,
-        "mlp_ratio": 2.0,
-        "stages": 2,
-        "window": 4,
-        "global_tokens": 1,
-        "score_loss_weight": 1.0,
-    },
-    sparse=True,
-    uses_k_rule=True,
-    doc="SPAN: informative patches, window + shifted-window + global-token attention, sparse pyramid.",
-)
-def build_span_pyramid(
-    *, config: dict[str, Any], in_channels: int, num_classes: int, image_size: int
-) -> SpanPyramid:
-    """Build a SPAN model from a completed config (reads the k-rule keys it needs)."""
-    return SpanPyramid(
-        in_channels=in_channels,
-        num_classes=num_classes,
-        image_size=image_size,
-        patch_size=int(config["patch_size"]),
-        keep_score=str(config["keep_score"]),
-        keep_fraction=float(config["keep_fraction"]),
-        embed_dim=int(config["embed_dim"]),
-        num_heads=int(config["num_heads"]),
-        depth=int(config["depth"]),
-        mlp_ratio=float(config["mlp_ratio"]),
-        stages=int(config["stages"]),
-        window=int(config["window"]),
-        global_tokens=int(config["global_tokens"]),
-        score_loss_weight=float(config["score_loss_weight"]),
-        k_rule=str(config.get("k_rule", "fixed")),
-        k_rule_config={key: value for key, value in config.items() if key.startswith("k_")},
-    )

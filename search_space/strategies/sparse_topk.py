@@ -103,6 +103,29 @@ class FourierXYV(nn.Module):
         return linear_flops(n, self.d_in, self.dim)
 
 
+@register_strategy(
+    "sparse_topk",
+    params={
+        "coarse_channels": ParamSpec("int", low=2, high=64, default=8, doc="channels of the coarse scoring CNN"),
+        "coarse_layers": ParamSpec("int", low=1, high=4, default=2, doc="3x3 conv layers of the coarse CNN"),
+        "coarse_stride": ParamSpec(
+            "choice", choices=(1, 2, 4), default=1, doc="coarse CNN resolution divisor (logits upsampled)"
+        ),
+        "k_fraction": ParamSpec("float", low=0.0, high=1.0, low_open=True, default=0.1, doc="initial k as a fraction of H*W"),
+        "pixel_embedding": ParamSpec(
+            "choice", choices=("mlp_xyv", "fourier"), default="mlp_xyv", doc="how (x, y, values) become a token"
+        ),
+        **transformer_params(embed_dim=64, num_heads=4, depth=2, mlp_ratio=2.0),
+        "distill_loss": ParamSpec("choice", choices=("kl", "bce"), default="bce", doc="form of the coarse-map distillation loss"),
+        "distill_weight": ParamSpec("float", low=0.0, high=10.0, default=1.0, doc="weight of distillation + negatives"),
+        "negatives": ParamSpec("int", low=0, high=4096, default=8, doc="unselected pixels per image pushed toward score 0"),
+        "explore_fraction": ParamSpec(
+            "float", low=0.0, high=0.5, default=0.05, doc="training-only share of k given to random pixels"
+        ),
+        "st_gating": ParamSpec("bool", default=True, doc="straight-through gate so the class loss reaches the selector"),
+    },
+    doc="SparseAttnNet: coarse CNN picks top-k pixels, a transformer classifies them as tokens.",
+)
 class SparseTopK(CountedKModel):
     """Coarse CNN -> top-k pixels -> pixel tokens + CLS -> transformer blocks -> head on CLS."""
 
@@ -279,61 +302,3 @@ class SparseTopK(CountedKModel):
         per_image = self.embed.flops(n) + self.depth * block_flops(n + 1, self.embed_dim, self.mlp_ratio)
         fixed = self.selector.flops(H, W) + linear_flops(1, self.embed_dim, self.num_classes)
         return fixed + float(per_image.mean())
-
-
-@register_strategy(
-    "sparse_topk",
-    params={
-        "coarse_channels": ParamSpec("int", low=2, high=64, doc="channels of the coarse scoring CNN"),
-        "coarse_layers": ParamSpec("int", low=1, high=4, doc="3x3 conv layers of the coarse CNN"),
-        "coarse_stride": ParamSpec("choice", choices=(1, 2, 4), doc="coarse CNN resolution divisor (logits upsampled)"),
-        "k_fraction": ParamSpec("float", low=0.0, high=1.0, low_open=True, doc="initial k as a fraction of H*W"),
-        "pixel_embedding": ParamSpec("choice", choices=("mlp_xyv", "fourier"), doc="how (x, y, values) become a token"),
-        **transformer_params(),
-        "distill_loss": ParamSpec("choice", choices=("kl", "bce"), doc="form of the coarse-map distillation loss"),
-        "distill_weight": ParamSpec("float", low=0.0, high=10.0, doc="weight of distillation + negatives"),
-        "negatives": ParamSpec("int", low=0, high=4096, doc="unselected pixels per image pushed toward score 0"),
-        "explore_fraction": ParamSpec("float", low=0.0, high=0.5, doc="training-only share of k given to random pixels"),
-        "st_gating": ParamSpec("bool", doc="straight-through gate so the class loss reaches the selector"),
-    },
-    defaults={
-        "coarse_channels": 8,
-        "coarse_layers": 2,
-        "coarse_stride": 1,
-        "k_fraction": 0.1,
-        "pixel_embedding": "mlp_xyv",
-        "embed_dim": 64,
-        "num_heads": 4,
-        "depth": 2,
-        "mlp_ratio": 2.0,
-        "distill_loss": "bce",
-        "distill_weight": 1.0,
-        "negatives": 8,
-        "explore_fraction": 0.05,
-        "st_gating": True,
-    },
-    doc="SparseAttnNet: coarse CNN picks top-k pixels, a transformer classifies them as tokens.",
-)
-def build_sparse_topk(*, config: dict, in_channels: int, num_classes: int, image_size: int) -> SparseTopK:
-    """Registered factory: a ``SparseTopK`` from a completed config (reads the k-rule keys it needs)."""
-    return SparseTopK(
-        in_channels=in_channels,
-        num_classes=num_classes,
-        image_size=image_size,
-        coarse_channels=int(config["coarse_channels"]),
-        coarse_layers=int(config["coarse_layers"]),
-        coarse_stride=int(config["coarse_stride"]),
-        k_fraction=float(config["k_fraction"]),
-        pixel_embedding=str(config["pixel_embedding"]),
-        embed_dim=int(config["embed_dim"]),
-        num_heads=int(config["num_heads"]),
-        depth=int(config["depth"]),
-        mlp_ratio=float(config["mlp_ratio"]),
-        distill_loss=str(config["distill_loss"]),
-        distill_weight=float(config["distill_weight"]),
-        negatives=int(config["negatives"]),
-        explore_fraction=float(config["explore_fraction"]),
-        st_gating=bool(config["st_gating"]),
-        k_rule=str(config.get("k_rule", "fixed")),
-        k_rule_config={key: value for key, value in config.items() if key.startswith("k_")},
-    )

@@ -40,13 +40,12 @@ pixel takes the best view covering it. The whole-image view therefore shows as a
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from search_space.strategies.base import ParamSpec, SparseModel, register_strategy
+from search_space.strategies.base import CellClassifier, ParamSpec, register_strategy
 from search_space.strategies.blocks import ClassifierHead, conv2d_flops, linear_flops, top_indices
 
 _PE_FREQS = (1.0, 2.0, 4.0, 8.0)  # sine/cosine frequencies (in units of pi/2) per (y, x, level) coordinate
@@ -106,7 +105,26 @@ class _LocationModule(nn.Module):
         return F.normalize(logits, dim=1)
 
 
-class TNetTraversal(SparseModel):
+@register_strategy(
+    "tnet_traversal",
+    params={
+        "base_resolution": ParamSpec("int", 8, 48, default=16, doc="side in pixels every view is resized to"),
+        "grid_size": ParamSpec("int", 2, 5, default=3, doc="G: each view is scored as a G x G grid of regions"),
+        "regions": ParamSpec("int", 1, 8, default=2, doc="k: regions attended per level (at most grid_size**2)"),
+        "levels": ParamSpec("int", 2, 4, default=2, doc="scale levels, counting the whole-image view"),
+        "overlap": ParamSpec("float", 0.2, 0.8, default=0.5, doc="side of a child region as a fraction of its parent"),
+        "width": ParamSpec("int", 4, 64, default=8, doc="backbone channels of the first conv (then 2x, 4x)"),
+        "embed_dim": ParamSpec("int", 8, 256, default=32, doc="feature dimension of a view"),
+        "pooling": ParamSpec("choice", choices=("mean", "attention"), default="mean", doc="how view features are combined"),
+        "gumbel_explore": ParamSpec("bool", default=False, doc="sample regions by Gumbel top-k while training"),
+        "glimpse_loss_weight": ParamSpec("float", 0.0, 2.0, default=0.5, doc="weight of the per-glimpse cross-entropy"),
+        "reinforce_weight": ParamSpec("float", 0.0, 1.0, default=0.1, doc="weight of the REINFORCE term"),
+    },
+    sparse=True,
+    uses_k_rule=True,
+    doc="TNet: recursive top-k glimpses through one small CNN; location module trained by REINFORCE.",
+)
+class TNetTraversal(CellClassifier):
     """Recursive top-k glimpses through one shared backbone; see the module docstring."""
 
     def __init__(
@@ -311,56 +329,3 @@ class TNetTraversal(SparseModel):
         views = self.n_views()
         per_view = backbone + linear_flops(1, _PE_DIM, D) + (linear_flops(1, D, 1) if self.pool_score else 0.0)
         return views * per_view + scored_views * location + linear_flops(1, D, self.num_classes)
-
-
-@register_strategy(
-    "tnet_traversal",
-    params={
-        "base_resolution": ParamSpec("int", 8, 48, doc="side in pixels every view is resized to"),
-        "grid_size": ParamSpec("int", 2, 5, doc="G: each view is scored as a G x G grid of regions"),
-        "regions": ParamSpec("int", 1, 8, doc="k: regions attended per level (at most grid_size**2)"),
-        "levels": ParamSpec("int", 2, 4, doc="scale levels, counting the whole-image view"),
-        "overlap": ParamSpec("float", 0.2, 0.8, doc="side of a child region as a fraction of its parent"),
-        "width": ParamSpec("int", 4, 64, doc="backbone channels of the first conv (then 2x, 4x)"),
-        "embed_dim": ParamSpec("int", 8, 256, doc="feature dimension of a view"),
-        "pooling": ParamSpec("choice", choices=("mean", "attention"), doc="how view features are combined"),
-        "gumbel_explore": ParamSpec("bool", doc="sample regions by Gumbel top-k while training"),
-        "glimpse_loss_weight": ParamSpec("float", 0.0, 2.0, doc="weight of the per-glimpse cross-entropy"),
-        "reinforce_weight": ParamSpec("float", 0.0, 1.0, doc="weight of the REINFORCE term"),
-    },
-    defaults={
-        "base_resolution": 16,
-        "grid_size": 3,
-        "regions": 2,
-        "levels": 2,
-        "overlap": 0.5,
-        "width": 8,
-        "embed_dim": 32,
-        "pooling": "mean",
-        "gumbel_explore": False,
-        "glimpse_loss_weight": 0.5,
-        "reinforce_weight": 0.1,
-    },
-    sparse=True,
-    uses_k_rule=True,
-    doc="TNet: recursive top-k glimpses through one small CNN; location module trained by REINFORCE.",
-)
-def build_tnet_traversal(
-    *, config: dict[str, Any], in_channels: int, num_classes: int, image_size: int
-) -> TNetTraversal:
-    """Build a TNet from a completed config; FLOPs do not depend on ``image_size``."""
-    return TNetTraversal(
-        in_channels=in_channels,
-        num_classes=num_classes,
-        base_resolution=int(config["base_resolution"]),
-        grid_size=int(config["grid_size"]),
-        regions=int(config["regions"]),
-        levels=int(config["levels"]),
-        overlap=float(config["overlap"]),
-        width=int(config["width"]),
-        embed_dim=int(config["embed_dim"]),
-        pooling=str(config["pooling"]),
-        gumbel_explore=bool(config["gumbel_explore"]),
-        glimpse_loss_weight=float(config["glimpse_loss_weight"]),
-        reinforce_weight=float(config["reinforce_weight"]),
-    )

@@ -28,7 +28,7 @@ _RUNS: dict[tuple[Path, str], Path] = {}
 
 def project_strategies() -> list[str]:
     """Registered strategies that ship with the project (test-only plugins left out)."""
-    return [n for n in strategy_names() if get_strategy(n).factory.__module__.startswith("search_space.")]
+    return [n for n in strategy_names() if get_strategy(n).model.__module__.startswith("search_space.")]
 
 
 def space_text(name: str, strategy: str, *, block: str | None = None, trials: int = 1, extra: str = "",

@@ -21,13 +21,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from search_space.strategies import ParamSpec, SparseModel, register_strategy, strategy_names
+from search_space.strategies import CellClassifier, ParamSpec, register_strategy, strategy_names
 
 MODULE = "tests.runner.search_fixtures"
 NAME = "probe_net"
 
 
-class ProbeNet(SparseModel):
+class ProbeNet(CellClassifier):
     """Keeps the k brightest pixels (by mean |value|), then conv -> pool -> linear. Cheap on purpose."""
 
     def __init__(self, *, in_channels: int, num_classes: int, image_size: int, width: int, k_fraction: float,
@@ -82,15 +82,12 @@ if NAME not in strategy_names():
     register_strategy(
         NAME,
         params={
-            "width": ParamSpec("int", low=1, high=64),
-            "k_fraction": ParamSpec("float", low=0.01, high=1.0),
-            "behaviour": ParamSpec("choice", choices=("ok", "raise", "nan", "by_trial")),
+            "width": ParamSpec("int", low=1, high=64, default=4),
+            "k_fraction": ParamSpec("float", low=0.01, high=1.0, default=0.5),
+            "behaviour": ParamSpec("choice", choices=("ok", "raise", "nan", "by_trial"), default="ok"),
         },
-        defaults={"width": 4, "k_fraction": 0.5, "behaviour": "ok"},
         doc="test-only probe",
-    )(lambda *, config, in_channels, num_classes, image_size: ProbeNet(
-        in_channels=in_channels, num_classes=num_classes, image_size=image_size,
-        width=config["width"], k_fraction=config["k_fraction"], behaviour=config["behaviour"]))
+    )(ProbeNet)
 
 
 def write_space(

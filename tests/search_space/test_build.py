@@ -104,3 +104,35 @@ def test_json_floats_for_int_keys_are_accepted() -> None:
     assert model.embed_dim == 32
     with pytest.raises(UserError, match="embed_dim"):
         build_model({**config, "embed_dim": 32.5}, 3, 4, 28)
+
+
+@pytest.mark.parametrize("name", ["sparse_topk", "tnet_traversal", "span_pyramid"])
+def test_k_is_saved_with_the_weights(name):
+    """A state_dict carries the model's k, so loading it rebuilds the network at the trained k."""
+    trained = build_model(default_config(name), 3, 4, 32)
+    low, _ = trained.k_bounds()
+    trained.set_k(low)
+    fresh = build_model(default_config(name), 3, 4, 32)
+    assert fresh.k != low
+    fresh.load_state_dict(trained.state_dict(), strict=True)
+    assert fresh.k == low
+
+
+def test_weights_saved_without_k_still_load():
+    """Weights written before k joined the state_dict load strictly, at the built k."""
+    model = build_model(default_config("sparse_topk"), 3, 4, 32)
+    state = {key: value for key, value in model.state_dict().items() if key != "k_value"}
+    other = build_model(default_config("sparse_topk"), 3, 4, 32)
+    other.load_state_dict(state, strict=True)
+    assert other.k == model.k
+
+
+def test_registration_rejects_a_key_the_constructor_does_not_take():
+    from search_space.strategies import ParamSpec, register_strategy
+
+    class Tiny(torch.nn.Module):
+        def __init__(self, *, in_channels: int, width: int) -> None:
+            super().__init__()
+
+    with pytest.raises(ValueError, match="takes no keyword"):
+        register_strategy("tiny_bad", params={"depth": ParamSpec("int", 1, 4, default=2)})(Tiny)

@@ -19,7 +19,7 @@ NUM_CLASSES = 4
 def build(in_channels: int = 3, image_size: int = 28, **overrides) -> SpanPyramid:
     info = get_strategy("span_pyramid")
     config = {**info.defaults, **overrides}
-    return info.factory(config=config, in_channels=in_channels, num_classes=NUM_CLASSES, image_size=image_size)
+    return info.create(config, in_channels=in_channels, num_classes=NUM_CLASSES, image_size=image_size)
 
 
 def bright_patches(cells: list[tuple[int, int]], *, size: int, patch: int, channels: int = 3) -> torch.Tensor:

@@ -19,7 +19,7 @@ NUM_CLASSES = 4
 def build(in_channels: int = 3, image_size: int = 28, **overrides) -> TNetTraversal:
     info = get_strategy("tnet_traversal")
     config = {**info.defaults, **overrides}
-    return info.factory(config=config, in_channels=in_channels, num_classes=NUM_CLASSES, image_size=image_size)
+    return info.create(config, in_channels=in_channels, num_classes=NUM_CLASSES, image_size=image_size)
 
 
 @pytest.mark.parametrize(("channels", "size"), [(1, 28), (3, 28), (1, 64), (3, 64), (2, 28)])
