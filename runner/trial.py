@@ -6,9 +6,10 @@
 What it does, top to bottom:
 
 1. build the model from the config (``build_model``), and its k rule when the model has a k;
-2. train with AdamW, a linear warm-up then a cosine decay per step, loss = cross-entropy (with label
-   smoothing) + the model's auxiliary loss (selector training), on augmented batches (flips and
-   90-degree rotations: cells have no orientation) when ``augment``;
+2. train with AdamW (weight decay on weight matrices and conv kernels only), a linear warm-up then a
+   cosine decay per step, loss = cross-entropy (with label smoothing) + the model's auxiliary loss
+   (selector training), on augmented batches (flips and 90-degree rotations: cells have no
+   orientation) when ``augment``;
 3. after each epoch: validation accuracy, FLOPs at the k that epoch ran at, a ``report`` call with
    every objective (Ray checks each report for every metric), then the k rule picks the next k;
 4. at the end: every objective measured on the final model (accuracy is validation accuracy; FLOPs
@@ -33,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from objectives import count_flops, count_params, get_objective
 from search_space.build import build_model
@@ -140,6 +142,20 @@ def measure(model: torch.nn.Module, names: Sequence[str], *, val_accuracy: float
     return values
 
 
+_DECAYED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: decay on the weights of linear and conv layers; none on norms, biases, and
+    learned tokens or position tables, whose pull toward zero is a pull toward a wrong prior."""
+    decayed = {id(m.weight) for m in model.modules() if isinstance(m, _DECAYED) and m.weight is not None}
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [
+        {"params": [p for p in params if id(p) in decayed], "weight_decay": weight_decay},
+        {"params": [p for p in params if id(p) not in decayed], "weight_decay": 0.0},
+    ]
+
+
 # ---------------------------------------------------------------------------------------------
 # The trial
 
@@ -182,7 +198,7 @@ def run_trial(
     if bounds is not None:
         rule = make_k_rule(config, k_init=int(round(model.k)), k_bounds=bounds, epochs=epochs)
         model.set_k(rule.k)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=float(config["lr"]), weight_decay=float(config["weight_decay"]))
+    optimizer = torch.optim.AdamW(param_groups(model, float(config["weight_decay"])), lr=float(config["lr"]))
     steps_per_epoch = math.ceil(len(data.train_x) / batch_size)
     total_steps = epochs * steps_per_epoch
     warmup_steps = min(total_steps, round(float(config.get("warmup_epochs", 0.0)) * steps_per_epoch))

@@ -29,9 +29,9 @@ SPACE = textwrap.dedent("""\
 # (strategy, sampled keys, lr, FLOPs, val accuracy, test accuracy, last epoch's training loss)
 PINNED = [
     ("dense_vit", {"patch_size": 8, "embed_dim": 32}, 0.001335319866828355, 134592.0, 0.291667, 0.1875, 1.57199),
-    ("dense_cnn", {"width": 4, "stages": 1, "stem_stride": 1}, 0.004745204154703384, 202792.0, 0.1875, 0.1875, 1.6438),
-    ("dense_cnn", {"width": 4, "stages": 1, "stem_stride": 2}, 0.0027571076144843397, 50728.0, 0.1875, 0.208333, 1.60507),
-    ("dense_vit", {"patch_size": 4, "embed_dim": 32}, 0.008637412281434829, 364992.0, 0.208333, 0.208333, 1.66093),
+    ("dense_cnn", {"width": 4, "stages": 1, "stem_stride": 1}, 0.004745204154703384, 202792.0, 0.1875, 0.1875, 1.64386),
+    ("dense_cnn", {"width": 4, "stages": 1, "stem_stride": 2}, 0.0027571076144843397, 50728.0, 0.1875, 0.208333, 1.60509),
+    ("dense_vit", {"patch_size": 4, "embed_dim": 32}, 0.008637412281434829, 364992.0, 0.208333, 0.208333, 1.66105),
 ]
 
 

@@ -244,3 +244,21 @@ def test_latency_budget_is_checked_like_the_objective_is_measured(tmp_path, monk
         torch.set_num_threads(before)
     assert found == {"latency_ms": 1.0 - 1000.0}
     assert seen == {"batch": MEASURE_BATCH, "threads": 1}
+
+
+def test_weight_decay_reaches_only_weight_matrices_and_conv_kernels():
+    """Norms, biases, CLS/position tokens and relative-position tables are not decayed."""
+    from runner.trial import param_groups
+    from search_space.build import build_model, default_config
+
+    for name in ("dense_vit", "sparse_topk", "span_pyramid", "dense_cnn"):
+        model = build_model(default_config(name), 3, 4, 32)
+        decayed, plain = param_groups(model, 0.05)
+        assert decayed["weight_decay"] == 0.05 and plain["weight_decay"] == 0.0
+        names = {id(p): n for n, p in model.named_parameters()}
+        decayed_names = {names[id(p)] for p in decayed["params"]}
+        plain_names = {names[id(p)] for p in plain["params"]}
+        assert decayed_names and all(n.endswith("weight") for n in decayed_names), name
+        assert not any("norm" in n or n.endswith("bias") for n in decayed_names), name
+        assert not any(t in n for n in decayed_names for t in ("cls_token", "pos_embed", "global_init", "rel_bias")), name
+        assert len(decayed_names) + len(plain_names) == len(names), name
