@@ -1,10 +1,11 @@
-"""The objectives a trial can be measured by, registered by name.
+"""The objectives a trial can be measured by: each one's measure function, registered by name.
 
-An :class:`Objective` is plain data: a name, the direction a search should push it, a unit and a
-label for reports, and a measure function ``measure(model, images, labels) -> float``. Cost
+An :class:`Objective` is its facts (direction, unit, label, scale, whether a constraint may bound
+it: :class:`cellsparse.objective_info.ObjectiveInfo`, declared torch-free so the space validator and
+the report can read them) plus a measure function ``measure(model, images, labels) -> float``. Cost
 objectives read only the images (a representative batch); ``accuracy`` needs the labels of those
-images (the trainer passes its validation set). A search's ``objectives:`` list names entries of
-this registry; the direction given here is the default a space may override.
+images (the trainer passes its validation set). ``register_objective`` is the one call that adds
+an objective everywhere: the space file, the constraints, trials.csv, the report and the model card.
 """
 
 from __future__ import annotations
@@ -15,12 +16,17 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from cellsparse.objective_info import (
+    DIRECTIONS,  # noqa: F401 (re-exported by objectives)
+    ObjectiveInfo,
+    declare_objective,
+    declared_objectives,
+    objective_info,
+)
 from objectives._inference import inference
 from objectives.flops import count_flops
 from objectives.resources import count_params, measure_latency_ms, measure_peak_memory_mb
 from search_space.errors import UserError
-
-DIRECTIONS = ("maximize", "minimize")
 
 Measure = Callable[[nn.Module, torch.Tensor, "torch.Tensor | None"], float]
 
@@ -31,32 +37,46 @@ class ObjectiveError(UserError, ValueError):
 
 @dataclass(frozen=True)
 class Objective:
-    """One thing a trial is measured by. Every field is required, so a half-defined one cannot exist."""
+    """One thing a trial is measured by. The first five fields are required, so a half-defined one
+    cannot exist; the keyword options say how it is shown and whether a constraint may bound it."""
 
     name: str
     direction: str  # "maximize" or "minimize"
     unit: str  # for tables, e.g. "FLOPs", "ms"
     label: str  # for plot axes, e.g. "FLOPs / image"
     measure: Measure
+    log_scale: bool = False
+    bounded: bool = False  # measurable on an untrained model, so constraints.max_<name> may bound it
+    style: str = "number"
 
     def __post_init__(self) -> None:
-        if not self.name or not self.name.isidentifier():
-            raise ValueError(f"objective name must be an identifier, but got {self.name!r}")
-        if self.direction not in DIRECTIONS:
-            raise ValueError(f"objective {self.name!r}: direction must be one of {DIRECTIONS}, got {self.direction!r}")
+        self.info  # noqa: B018 (validates name, direction and style)
         if not callable(self.measure):
             raise TypeError(f"objective {self.name!r}: measure must be callable, got {self.measure!r}")
+
+    @property
+    def info(self) -> ObjectiveInfo:
+        return ObjectiveInfo(self.name, self.direction, self.unit, self.label, self.log_scale, self.bounded, self.style)
 
 
 _REGISTRY: dict[str, Objective] = {}
 
 
 def register_objective(objective: Objective) -> Objective:
-    """Add ``objective`` to the registry; a name registered twice is an error."""
-    if objective.name in _REGISTRY:
+    """Add ``objective`` (its facts to the declared objectives, its measure here); a name registered
+    twice is an error."""
+    if objective.name in _REGISTRY or objective.name in declared_objectives():
         raise ValueError(f"objective {objective.name!r} is registered twice")
+    declare_objective(objective.info)
     _REGISTRY[objective.name] = objective
     return objective
+
+
+def _attach(name: str, measure: Measure) -> None:
+    """Give a built-in objective, declared in ``cellsparse.objective_info``, its measure function."""
+    info = objective_info(name)
+    _REGISTRY[name] = Objective(info.name, info.direction, info.unit, info.label, measure,
+                                log_scale=info.log_scale, bounded=info.bounded, style=info.style)
 
 
 def objective_names() -> list[str]:
@@ -102,11 +122,11 @@ def _peak_memory(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | 
     return measure_peak_memory_mb(model, images)
 
 
-for _objective in (
-    Objective("accuracy", "maximize", "fraction", "accuracy", measure_accuracy),
-    Objective("flops", "minimize", "FLOPs", "FLOPs / image", _flops),
-    Objective("params", "minimize", "parameters", "parameters", _params),
-    Objective("latency_ms", "minimize", "ms", "latency (ms / image)", _latency),
-    Objective("peak_mem_mb", "minimize", "MiB", "peak memory (MiB)", _peak_memory),
+for _name, _measure in (
+    ("accuracy", measure_accuracy),
+    ("flops", _flops),
+    ("params", _params),
+    ("latency_ms", _latency),
+    ("peak_mem_mb", _peak_memory),
 ):
-    register_objective(_objective)
+    _attach(_name, _measure)

@@ -15,19 +15,12 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
+from cellsparse.objective_info import objective_info
+
 from .pareto import eligible_mask, pareto_mask
 from .rundir import DENSE_STRATEGIES, Run, config_columns
 
 PALETTE = qualitative.Plotly + qualitative.D3 + qualitative.Dark24
-LOG_OBJECTIVES = frozenset({"flops", "params", "latency_ms", "peak_mem_mb"})
-BUDGETS = {"flops": "max_flops", "params": "max_params", "latency_ms": "max_latency_ms"}
-LABELS = {
-    "accuracy": "validation accuracy",
-    "flops": "FLOPs per image",
-    "params": "parameters",
-    "latency_ms": "latency (ms)",
-    "peak_mem_mb": "peak memory (MB)",
-}
 MAX_HOVER_CONFIG = 16
 
 
@@ -54,7 +47,7 @@ def fmt(value: Any) -> str:
 
 
 def label(name: str) -> str:
-    return esc(LABELS.get(name, name))
+    return esc(objective_info(name).label)
 
 
 def strategy_colours(strategies: Iterable[str]) -> dict[str, str]:
@@ -89,7 +82,7 @@ def primary_pair(objectives: Sequence[str]) -> tuple[str, str] | None:
 
 def _log_axis(name: str, values: np.ndarray) -> bool:
     finite = values[np.isfinite(values)]
-    return name in LOG_OBJECTIVES and len(finite) > 0 and bool((finite > 0).all())
+    return objective_info(name).log_scale and len(finite) > 0 and bool((finite > 0).all())
 
 
 def _num(frame: pd.DataFrame, column: str) -> np.ndarray:
@@ -102,7 +95,8 @@ def _front_order(frame: pd.DataFrame, x: str, x_dir: str) -> pd.DataFrame:
 
 
 def _budget_trace(run: Run, x: str, ys: np.ndarray) -> go.Scatter | None:
-    budget = (run.space.get("constraints") or {}).get(BUDGETS.get(x, ""), None)
+    key = objective_info(x).constraint_key
+    budget = (run.space.get("constraints") or {}).get(key) if key else None
     finite = ys[np.isfinite(ys)]
     if budget is None or len(finite) == 0:
         return None

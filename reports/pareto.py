@@ -18,6 +18,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from cellsparse.objective_info import objective_info
 from cellsparse.pareto import DIRECTIONS, hypervolume, knee_point, pareto_mask, to_losses
 
 from ._errors import user_error
@@ -35,12 +36,6 @@ __all__ = [
     "reference_point_from_space",
     "to_losses",
 ]
-
-# Objectives that a constraint in space.yaml bounds from above: name -> constraint key.
-_BUDGET_KEYS = {"flops": "max_flops", "params": "max_params", "latency_ms": "max_latency_ms"}
-# Costs that span orders of magnitude: the knee is looked for on their log scale (as they are plotted).
-_LOG_SCALE_OBJECTIVES = frozenset({"flops", "params", "latency_ms", "peak_mem_mb"})
-
 
 # ---------------------------------------------------------------------------------- trials tables
 
@@ -188,7 +183,7 @@ def pick_trial(
         full = pareto_mask(_values(pool, list(directions)), [directions[n] for n in directions])
         pool = pool[full]
         index = knee_point(
-            _values(pool, pair), [directions[n] for n in pair], [n in _LOG_SCALE_OBJECTIVES for n in pair]
+            _values(pool, pair), [directions[n] for n in pair], [objective_info(n).log_scale for n in pair]
         )
         return int(pool["number"].to_numpy()[index])
     if how == "accuracy":
@@ -208,7 +203,7 @@ def reference_point_from_space(space: Mapping) -> tuple[dict[str, float] | None,
     """The hypervolume reference point declared for a run, and a sentence saying where it came from.
 
     Taken from ``search.reference_point`` in space.yaml; objectives it leaves out are filled from the
-    constraints (accuracy 0, FLOPs ``max_flops``, params ``max_params``, latency ``max_latency_ms``).
+    constraints (accuracy 0, a cost from its ``constraints.max_<name>``).
     Never derived from the run's own results, which would move the yardstick with the thing measured.
     Returns (None, reason) when some objective has no declared bound.
     """
@@ -225,9 +220,9 @@ def reference_point_from_space(space: Mapping) -> tuple[dict[str, float] | None,
         elif name == "accuracy" and direction == "maximize":
             point[name] = 0.0
             derived.append("accuracy = 0")
-        elif name in _BUDGET_KEYS and constraints.get(_BUDGET_KEYS[name]) is not None:
-            point[name] = float(constraints[_BUDGET_KEYS[name]])
-            derived.append(f"{name} = constraints.{_BUDGET_KEYS[name]}")
+        elif (key := objective_info(name).constraint_key) and constraints.get(key) is not None:
+            point[name] = float(constraints[key])
+            derived.append(f"{name} = constraints.{key}")
         else:
             missing.append(name)
     if missing:

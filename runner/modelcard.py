@@ -116,6 +116,7 @@ def build_card(
             "used_fraction": round(float(used_fraction), 5),
             "used_fraction_on": checks_source,
             "latency_ms_in_search": _number(metrics.get("latency_ms")),
+            "objectives": {name: _number(metrics.get(name)) for name in run.directions},
         },
         "data": {
             "source": data.source,

@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from cellsparse.objective_info import constraint_keys, declared_objectives, objective_info
 from search_space.errors import SpecError
 from search_space.params import Param, ParamFormError, check_against, parse_param
 from search_space.strategies import ParamSpec, get_strategy, strategy_names
@@ -52,7 +53,6 @@ TRAINING_DEFAULTS: dict[str, Any] = {
 _SECTIONS = ("name", "seed", "data", "objectives", "constraints", "training", "search", "space")
 _REQUIRED = ("objectives", "space")
 _DATA_KEYS = ("source", "path", "modality", "image_size", "train", "val", "test", "difficulty", "augment", "class_names")
-_CONSTRAINT_KEYS = ("max_flops", "max_params", "max_latency_ms")
 _SEARCH_KEYS = ("trials", "sampler", "backend", "max_concurrent", "resources", "reference_point", "timeout_s")
 
 
@@ -94,9 +94,17 @@ class ObjectiveSpec:
 
 @dataclass(frozen=True)
 class Constraints:
-    max_flops: float | None = None
-    max_params: float | None = None
-    max_latency_ms: float | None = None
+    """Upper bounds on cost objectives, checked on each config before it trains: objective -> limit."""
+
+    limits: Mapping[str, float] = field(default_factory=dict)
+
+    def limit(self, objective: str) -> float | None:
+        """The bound on ``objective``, or None when the space sets none."""
+        return self.limits.get(objective)
+
+    def to_yaml(self) -> dict[str, float]:
+        """The constraints section as written: {'max_flops': 2e7, ...} (set bounds only)."""
+        return {objective_info(name).constraint_key: value for name, value in self.limits.items()}
 
 
 @dataclass(frozen=True)
@@ -197,7 +205,7 @@ class SearchSpace:
             "seed": self.seed,
             "data": data,
             "objectives": {o.name: o.direction for o in self.objectives},
-            "constraints": {k: getattr(self.constraints, k) for k in _CONSTRAINT_KEYS},
+            "constraints": self.constraints.to_yaml(),
             "training": {k: p.to_yaml() for k, p in self.training.items()},
             "search": {
                 "trials": search.trials,
@@ -429,9 +437,7 @@ def _expand_path(where: _Where, path: str) -> str:
 
 
 def _objective_names() -> list[str]:
-    from objectives import objective_names
-
-    return list(objective_names())
+    return declared_objectives()
 
 
 def _parse_objectives(where: _Where, raw: Any) -> tuple[ObjectiveSpec, ...]:
@@ -454,10 +460,14 @@ def _parse_objectives(where: _Where, raw: Any) -> tuple[ObjectiveSpec, ...]:
 
 
 def _parse_constraints(where: _Where, raw: dict[str, Any]) -> Constraints:
-    _check_keys(where, "constraints", raw, _CONSTRAINT_KEYS)
-    values = {k: _number(where, f"constraints.{k}", raw.get(k), low=0, low_open=True, allow_none=True)
-              for k in _CONSTRAINT_KEYS}
-    return Constraints(**values)
+    keys = constraint_keys()
+    _check_keys(where, "constraints", raw, list(keys))
+    limits = {}
+    for key, value in raw.items():
+        limit = _number(where, f"constraints.{key}", value, low=0, low_open=True, allow_none=True)
+        if limit is not None:
+            limits[keys[key]] = limit
+    return Constraints(limits)
 
 
 def _parse_training(where: _Where, raw: dict[str, Any]) -> dict[str, Param]:

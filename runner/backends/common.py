@@ -25,6 +25,7 @@ from typing import Any
 import optuna
 import torch
 
+from cellsparse.objective_info import declared_objectives, format_figure, objective_info
 from runner import rundir
 from search_space.errors import UserError
 from search_space.spec import SearchSpace
@@ -122,14 +123,15 @@ def data_shape(space: SearchSpace) -> tuple[int, int, int]:
 def check_costs(config: dict[str, Any], space: SearchSpace) -> dict[str, float]:
     """Constraint values (<= 0 feasible) of ``config`` as built, before any training.
 
-    FLOPs are counted at the k the model is built with, the largest k its rule starts from, on
-    ``runner.trial.check_batch`` (the batch an infeasible trial's costs are recorded on); params
-    are exact. Only the constraints the space sets appear.
+    Each bounded objective is measured by its own measure function (the one the trial reports) at
+    the k the model is built with, the largest k its rule starts from, on ``runner.trial.check_batch``
+    (the batch an infeasible trial's costs are recorded on), with the threads a trial gets. Only the
+    constraints the space sets appear.
     """
-    limits = space.constraints
-    if limits.max_flops is None and limits.max_params is None and limits.max_latency_ms is None:
+    limits = space.constraints.limits
+    if not limits:
         return {}
-    from objectives import count_flops, count_params, measure_latency_ms
+    from objectives import get_objective
     from runner.trial import check_batch
     from search_space.build import build_model
 
@@ -137,20 +139,12 @@ def check_costs(config: dict[str, Any], space: SearchSpace) -> dict[str, float]:
     model = build_model(config, in_channels, num_classes, size)
     model.eval()
     images = check_batch(in_channels, size)
-    found: dict[str, float] = {}
-    if limits.max_flops is not None:
-        found["flops"] = count_flops(model, images) - limits.max_flops
-    if limits.max_params is not None:
-        found["params"] = count_params(model) - limits.max_params
-    if limits.max_latency_ms is not None:
-        # Timed with the threads a trial gets, whatever the driver process was left with.
-        threads = torch.get_num_threads()
-        torch.set_num_threads(max(1, int(space.search.cpus_per_trial)))
-        try:
-            found["latency_ms"] = measure_latency_ms(model, images, warmup=1, repeats=3) - limits.max_latency_ms
-        finally:
-            torch.set_num_threads(threads)
-    return found
+    threads = torch.get_num_threads()  # timed costs see a trial's threads, whatever the driver was left with
+    torch.set_num_threads(max(1, int(space.search.cpus_per_trial)))
+    try:
+        return {name: get_objective(name).measure(model, images, None) - limit for name, limit in limits.items()}
+    finally:
+        torch.set_num_threads(threads)
 
 
 class ConfigSampler:
@@ -316,20 +310,15 @@ def sampler_for_session(space: SearchSpace, study_trials: int) -> optuna.sampler
     return make_sampler(space, seed=base + study_trials)
 
 
+# Figures that are not objectives but are printed beside them, with the style they are printed in.
+_FIGURE_STYLES = {"test_accuracy": "fraction", "val_accuracy": "fraction", "params_count": "count"}
+
+
 def format_value(name: str, value: Any) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "-"
-    if name in ("flops", "params", "params_count"):
-        value = float(value)
-        for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-            if abs(value) >= scale:
-                return f"{value / scale:.3g}{unit}"
-        return f"{value:.0f}"
-    if name in ("accuracy", "test_accuracy", "val_accuracy"):
-        return f"{float(value):.4f}"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
+    """An objective's (or a trial figure's) value for a terminal line."""
+    if name in declared_objectives():
+        return objective_info(name).format(value)
+    return format_figure(value, _FIGURE_STYLES.get(name, "number"))
 
 
 class TrialFinished:

@@ -1,0 +1,100 @@
+"""What every layer needs to know about an objective, declared once: direction, unit, label, scale,
+and whether a constraint may bound it.
+
+Torch-free, so the space validator, the report and the driver read it without loading a model. The
+measure functions live with the models (``objectives.registry``); ``objectives.register_objective``
+declares a new objective's facts here and its measure there in one call, and from then on the space
+file accepts it (and ``constraints.max_<name>`` when it is a cost), trials.csv carries it, and the
+report plots it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+DIRECTIONS = ("maximize", "minimize")
+STYLES = ("fraction", "count", "number")
+CONSTRAINT_PREFIX = "max_"
+
+
+@dataclass(frozen=True)
+class ObjectiveInfo:
+    """The facts about one objective that are not how to measure it."""
+
+    name: str
+    direction: str  # the default a space may override: "maximize" or "minimize"
+    unit: str  # for tables, e.g. "FLOPs", "ms"
+    label: str  # for plot axes, e.g. "FLOPs per image"
+    log_scale: bool = False  # spans decades: plotted, and its knee looked for, on a log scale
+    bounded: bool = False  # a cost known before training: ``constraints.max_<name>`` may bound it
+    style: str = "number"  # how terminal lines print it: fraction (0.9312), count (4.96M), number (3.21)
+
+    def __post_init__(self) -> None:
+        if not self.name or not self.name.isidentifier():
+            raise ValueError(f"objective name must be an identifier, but got {self.name!r}")
+        if self.direction not in DIRECTIONS:
+            raise ValueError(f"objective {self.name!r}: direction must be one of {DIRECTIONS}, got {self.direction!r}")
+        if self.style not in STYLES:
+            raise ValueError(f"objective {self.name!r}: style must be one of {STYLES}, got {self.style!r}")
+
+    @property
+    def constraint_key(self) -> str | None:
+        """The constraints key that bounds this objective, or None when none may."""
+        return CONSTRAINT_PREFIX + self.name if self.bounded else None
+
+    def format(self, value: Any) -> str:
+        """``value`` for a terminal line; '-' when missing or not finite."""
+        return format_figure(value, self.style)
+
+
+def format_figure(value: Any, style: str = "number") -> str:
+    """A figure for a terminal line in one of the STYLES; '-' when missing or not finite."""
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return "-" if not isinstance(value, str) else value
+    if style == "count":
+        for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+            if abs(value) >= scale:
+                return f"{value / scale:.3g}{unit}"
+        return f"{value:.0f}"
+    if style == "fraction":
+        return f"{float(value):.4f}"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+_DECLARED: dict[str, ObjectiveInfo] = {}
+
+
+def declare_objective(info: ObjectiveInfo) -> ObjectiveInfo:
+    """Add ``info``; a name declared twice is an error."""
+    if info.name in _DECLARED:
+        raise ValueError(f"objective {info.name!r} is declared twice")
+    _DECLARED[info.name] = info
+    return info
+
+
+def declared_objectives() -> list[str]:
+    """Every declared objective, in declaration order."""
+    return list(_DECLARED)
+
+
+def objective_info(name: str) -> ObjectiveInfo:
+    """The facts about ``name``. A name not declared in this process (a plugin's objective read back
+    from a run directory without the plugin) gets neutral ones: its name as label, a linear scale."""
+    return _DECLARED.get(name) or ObjectiveInfo(name if name.isidentifier() else "unknown", "maximize", "", name)
+
+
+def constraint_keys() -> dict[str, str]:
+    """Every constraints key a space may set, with the objective it bounds: {'max_flops': 'flops', ...}."""
+    return {info.constraint_key: info.name for info in _DECLARED.values() if info.constraint_key}
+
+
+for _info in (
+    ObjectiveInfo("accuracy", "maximize", "fraction", "validation accuracy", style="fraction"),
+    ObjectiveInfo("flops", "minimize", "FLOPs", "FLOPs per image", log_scale=True, bounded=True, style="count"),
+    ObjectiveInfo("params", "minimize", "parameters", "parameters", log_scale=True, bounded=True, style="count"),
+    ObjectiveInfo("latency_ms", "minimize", "ms", "latency (ms per image)", log_scale=True, bounded=True),
+    ObjectiveInfo("peak_mem_mb", "minimize", "MiB", "peak memory (MiB)", log_scale=True, bounded=True),
+):
+    declare_objective(_info)
