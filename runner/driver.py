@@ -1,0 +1,149 @@
+"""The search driver: the one place that asks Optuna for trials and tells it their results.
+
+Backends only execute: the in-process backend calls the trial function itself, the Ray backend
+hands payloads to Ray Tune workers through a ``Searcher`` written against Tune's public interface.
+Both go through this object, so a trial ends the same way whichever ran it:
+
+    number, payload = driver.ask()                    # sample a config (define-by-run), check budgets
+    stop = driver.report(number, epoch, row)          # after each epoch: early stopping's decision
+    driver.complete(number, metrics)                  # COMPLETE with its figures as user attributes
+    driver.fail(number, err_or_reason, traceback=...) # FAIL with one error line (and error.txt)
+    driver.prune(number)                              # PRUNED by early stopping, last figures kept
+
+Every tell is followed by ``on_finished(study, number)`` (trials.csv and the progress line). A trial
+the driver asked for but never heard back from stays RUNNING in the journal; ``runner.search``
+marks such trials interrupted when the session ends.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from runner import rundir
+from runner.backends.common import PAYLOAD_KEY, ConfigSampler, TrialError, describe_error, objective_values, trial_attrs
+from runner.early_stopping import SuccessiveHalving
+from search_space.spec import SearchSpace
+
+logger = logging.getLogger(__name__)
+
+ATTR_STOPPED_AT = "stopped_at_epoch"  # PRUNED trials: the rung epoch early stopping cut them at
+ATTR_LAST = "last_"  # PRUNED trials: prefix of their objective values at that epoch
+ATTR_RUNG = "rung_"  # objective values a trial reached at rung epoch e, as attribute rung_<e>
+
+
+def rebuild_rungs(rule: SuccessiveHalving, trials: list[optuna.trial.FrozenTrial]) -> int:
+    """Enter the rung values recorded by earlier sessions into ``rule`` (``--resume``); how many."""
+    entered = 0
+    for trial in trials:
+        for key, values in trial.user_attrs.items():
+            if key.startswith(ATTR_RUNG) and key[len(ATTR_RUNG):].isdigit():
+                entered += rule.record(trial.number, int(key[len(ATTR_RUNG):]), values)
+    return entered
+
+
+class SearchDriver:
+    """Owns the study's ask/tell for one search session (see the module docstring)."""
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        run_dir: Path,
+        study: optuna.Study,
+        *,
+        on_finished: Callable[[optuna.Study, int], None] | None = None,
+        early_stopping: SuccessiveHalving | None = None,
+    ) -> None:
+        self.space = space
+        self.run_dir = Path(run_dir)
+        self.study = study
+        self.names = space.objective_names
+        self.on_finished = on_finished
+        self.early_stopping = early_stopping
+        self._sample = ConfigSampler(space)
+        self._running: dict[int, optuna.Trial] = {}
+        self._last: dict[int, dict[str, Any]] = {}
+
+    # --- asking ----------------------------------------------------------------------------------
+    def ask(self) -> tuple[int, dict[str, Any]]:
+        """A new trial: its number and the payload a backend executes."""
+        trial = self.study.ask()
+        self._running[trial.number] = trial
+        return trial.number, self._sample(trial)[PAYLOAD_KEY]
+
+    @property
+    def running(self) -> list[int]:
+        """Trials asked for and not yet told."""
+        return list(self._running)
+
+    # --- during a trial --------------------------------------------------------------------------
+    def report(self, number: int, epoch: int, row: dict[str, Any]) -> bool:
+        """A trial's figures after ``epoch``; True when early stopping says it should stop now."""
+        if number not in self._running:
+            return False
+        values = [row.get(name) for name in self.names]
+        if any(not isinstance(v, (int, float)) for v in values):
+            return False
+        self._last[number] = {"epoch": epoch, **{name: float(v) for name, v in zip(self.names, values, strict=True)}}
+        if self.early_stopping is None or not self.early_stopping.record(number, epoch, values):
+            return False
+        self._running[number].set_user_attr(f"{ATTR_RUNG}{epoch}", [float(v) for v in values])  # for --resume
+        return self.early_stopping.should_stop(number, epoch)
+
+    # --- telling ---------------------------------------------------------------------------------
+    def complete(self, number: int, metrics: dict[str, Any]) -> None:
+        """Tell COMPLETE with the objective values; FAIL instead when one is missing or not finite."""
+        trial = self._running.get(number)
+        if trial is None:
+            return
+        try:
+            values = objective_values(metrics, self.names)
+        except TrialError as err:
+            self.fail(number, err)
+            return
+        for key, value in trial_attrs(metrics).items():
+            trial.set_user_attr(key, value)
+        self._tell(number, optuna.trial.TrialState.COMPLETE, values)
+
+    def fail(self, number: int, error: BaseException | str, *, traceback: str | None = None) -> None:
+        """Tell FAIL with one error line in the journal and, when given, the traceback in error.txt."""
+        trial = self._running.get(number)
+        if trial is None:
+            return
+        trial.set_user_attr(rundir.ATTR_ERROR, describe_error(error) if isinstance(error, BaseException) else str(error))
+        if traceback:
+            directory = rundir.trial_dir(self.run_dir, number)
+            directory.mkdir(parents=True, exist_ok=True)
+            (directory / "error.txt").write_text(traceback, encoding="utf-8")
+        self._tell(number, optuna.trial.TrialState.FAIL)
+
+    def prune(self, number: int) -> None:
+        """Tell PRUNED (stopped by early stopping); the epoch and the figures it stopped at are kept."""
+        trial = self._running.get(number)
+        if trial is None:
+            return
+        last = self._last.get(number, {})
+        if "epoch" in last:
+            trial.set_user_attr(ATTR_STOPPED_AT, last["epoch"])
+        for name in self.names:
+            if name in last:
+                trial.set_user_attr(ATTR_LAST + name, last[name])
+        self._tell(number, optuna.trial.TrialState.PRUNED)
+
+    def _tell(self, number: int, state: optuna.trial.TrialState, values: list[float] | None = None) -> None:
+        trial = self._running.pop(number)
+        self._last.pop(number, None)
+        try:
+            self.study.tell(trial, values, state=state)
+        except Exception as err:  # noqa: BLE001 - never leave a RUNNING trial behind
+            trial.set_user_attr(rundir.ATTR_ERROR, f"could not record the result: {describe_error(err)}")
+            self.study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+        if self.on_finished is not None:
+            try:
+                self.on_finished(self.study, number)
+            except Exception:  # noqa: BLE001 - a progress line must not stop the search
+                logger.warning("progress update failed", exc_info=True)
