@@ -215,7 +215,7 @@ def test_k_rule_follows_the_classification_loss_not_the_auxiliary_terms(tmp_path
 
 def test_latency_budget_is_checked_like_the_objective_is_measured(tmp_path, monkeypatch) -> None:
     """Same batch size as a trained trial's latency objective, on the trial's threads, driver threads restored."""
-    import objectives
+    import objectives.registry
     from runner.backends.common import check_costs
     from runner.trial import MEASURE_BATCH
     from search_space.spec import load_space
@@ -234,7 +234,7 @@ def test_latency_budget_is_checked_like_the_objective_is_measured(tmp_path, monk
         seen["batch"], seen["threads"] = images.shape[0], torch.get_num_threads()
         return 1.0
 
-    monkeypatch.setattr(objectives, "measure_latency_ms", fake_latency)
+    monkeypatch.setattr(objectives.registry, "measure_latency_ms", fake_latency)  # what the objective measures with
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
