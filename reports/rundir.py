@@ -104,7 +104,8 @@ def _fill_input_size(trials: pd.DataFrame, space: dict[str, Any]) -> pd.DataFram
     if INPUT_COLUMN not in trials.columns:
         return trials
     sizes = pd.to_numeric(trials[INPUT_COLUMN], errors="coerce")
-    frame = (space.get("data") or {}).get("image_size") if isinstance(space.get("data"), dict) else None
+    data = space.get("data")
+    frame = data.get("image_size") if isinstance(data, dict) else None
     if isinstance(frame, (int, float)) and not isinstance(frame, bool):
         sizes = sizes.fillna(float(frame))
     trials[INPUT_COLUMN] = sizes
