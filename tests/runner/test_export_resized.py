@@ -96,3 +96,23 @@ def test_report_shows_each_trials_input_resolution(run: Path, trials: pd.DataFra
     assert "<th>strategy</th><th>input_size</th>" in html  # the trials table, right after the strategy
     assert "input: 12 px" in html and "input: 16 px" in html  # hover texts
     assert '"label":"input_size"' in html  # a parallel-coordinates axis
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["sparse_topk", "tnet_traversal", "span_pyramid", "dense_cnn", "dense_vit"])
+def test_every_strategy_exports_with_a_non_whole_downscale(strategy: str, tmp_path: Path) -> None:
+    """16 -> 12 px inside each strategy: the exported program and the ONNX file match eager at batch 8 and 1."""
+    from tests.search_space.test_resolution import config_of, frames, seeded
+
+    torch.set_num_threads(1)
+    model = seeded(config_of(strategy, input_size=12), 16)
+    x = frames(16, 8)
+    with torch.no_grad():
+        eager = model(x).numpy()
+    program = E.to_exported_program(model, x[:2])
+    E.save_onnx(program, tmp_path / "model.onnx", {})
+    run_onnx = E.onnx_runner(tmp_path / "model.onnx")
+    with torch.no_grad():
+        np.testing.assert_allclose(program.module()(x).numpy(), eager, atol=E.PARITY_ATOL, rtol=0)
+    np.testing.assert_allclose(run_onnx(x.numpy()), eager, atol=E.PARITY_ATOL, rtol=0)
+    np.testing.assert_allclose(run_onnx(x[:1].numpy()), eager[:1], atol=E.PARITY_ATOL, rtol=0)
