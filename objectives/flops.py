@@ -3,8 +3,10 @@
 Convention: floating-point operations of one forward pass in eval mode, divided by the batch size;
 2 FLOPs per multiply-accumulate in convolutions, linear layers, matmuls and attention (QK^T and
 attention @ V, counted over the query-key pairs actually computed); biases, normalisation,
-activations, softmax, pooling, elementwise and indexing ops are not counted. The selector and the
-coarse network run in that forward, so they are included.
+activations, softmax, pooling, interpolation, elementwise and indexing ops are not counted. The
+selector and the coarse network run in that forward, so they are included; the area downscale of a
+model built with ``input_size`` is interpolation and counts 0, so such a model costs what its
+network costs at ``input_size``.
 
 Two figures:
 

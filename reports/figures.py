@@ -18,7 +18,7 @@ from plotly.subplots import make_subplots
 from cellsparse.objective_info import objective_info
 
 from .pareto import eligible_mask, pareto_mask
-from .rundir import DENSE_STRATEGIES, Run, config_columns
+from .rundir import DENSE_STRATEGIES, INPUT_COLUMN, Run, config_columns
 
 PALETTE = qualitative.Plotly + qualitative.D3 + qualitative.Dark24
 MAX_HOVER_CONFIG = 16
@@ -56,14 +56,16 @@ def strategy_colours(strategies: Iterable[str]) -> dict[str, str]:
 
 
 def hover_text(row: pd.Series, objectives: Sequence[str], configs: Sequence[str]) -> str:
-    """Escaped hover text: trial, strategy, state, objectives, test accuracy, k and the config."""
+    """Escaped hover text: trial, strategy, state, objectives, test accuracy, k, input resolution and the config."""
     lines = [f"<b>trial {int(row['number'])}</b> · {esc(row.get('strategy', ''))}"]
     if str(row.get("feasible", "")).lower() in ("false", "0"):
         lines.append("<i>infeasible (over a constraint)</i>")
     for name in [*objectives, "test_accuracy", "k_final"]:
         if name in row.index and pd.notna(row[name]):
             lines.append(f"{esc(name)}: {esc(fmt(row[name]))}")
-    shown = [c for c in configs if pd.notna(row.get(c))]
+    if pd.notna(row.get(INPUT_COLUMN)):
+        lines.append(f"input: {esc(fmt(row[INPUT_COLUMN]))} px")
+    shown = [c for c in configs if c != INPUT_COLUMN and pd.notna(row.get(c))]
     for c in shown[:MAX_HOVER_CONFIG]:
         lines.append(f"{esc(c.removeprefix('config.'))} = {esc(fmt(row[c]))}")
     if len(shown) > MAX_HOVER_CONFIG:
@@ -316,7 +318,8 @@ def parallel_figure(run: Run, ranking: Sequence[str] = (), max_config_axes: int 
     candidates = [(c, d) for c in config_columns(trials) if (d := _parallel_dimension(c, rows[c])) is not None]
     left_out: list[str] = []
     if len(candidates) > max_config_axes:
-        order = {key: i for i, key in enumerate(ranking)}
+        # the input resolution, when it varies, is always an axis: it is the cost axis every strategy shares
+        order = {key: i for i, key in enumerate([INPUT_COLUMN.removeprefix("config."), *ranking])}
         ranked = sorted(range(len(candidates)),
                         key=lambda i: (order.get(candidates[i][0].removeprefix("config."), len(order)), i))
         keep = set(ranked[:max_config_axes])

@@ -33,7 +33,7 @@ from .pareto import (
     pick_trial,
     reference_point_from_space,
 )
-from .rundir import STATES, Run, config_columns, load_json
+from .rundir import INPUT_COLUMN, STATES, Run, config_columns, load_json
 
 MAX_LOOKED_AT_TRIALS = 12  # Pareto trials whose images are shown
 IMAGES_PER_TRIAL = 4
@@ -428,7 +428,8 @@ def looked_at_section(run: Run, pareto: pd.Series) -> str:
             continue
         metrics = load_json(run.trial_dir(number) / "metrics.json") or {}
         used_fraction = metrics.get("used_fraction") if isinstance(metrics, dict) else None
-        head = (f"<b>trial {number}</b> · {esc(row['strategy'])} · "
+        sees = f"sees {esc(fmt(row[INPUT_COLUMN]))} px · " if pd.notna(row.get(INPUT_COLUMN)) else ""
+        head = (f"<b>trial {number}</b> · {esc(row['strategy'])} · {sees}"
                 + " · ".join(f"{esc(o)} {esc(fmt(row[o]))}" for o in run.objectives)
                 + f" · used {all_used:.0%} of the pixels over {len(used)} images"
                 + (f" (metrics.json used_fraction {esc(fmt(used_fraction))})"
@@ -494,9 +495,9 @@ def trials_table_section(run: Run, pareto: pd.Series) -> str:
     front = trials[trials["_front"]].sort_values(first, ascending=run.directions[first] == "minimize", kind="stable")
     rest = trials[~trials["_front"]].sort_values("number", kind="stable")
     ordered = pd.concat([front, rest])
-    fixed = ["number", "state", "feasible", "strategy", *run.objectives, "test_accuracy", "k_final", "params_count",
-             "duration_s", "datetime_start"]
-    columns = [c for c in dict.fromkeys(fixed) if c in trials.columns] + config_columns(trials)
+    fixed = ["number", "state", "feasible", "strategy", INPUT_COLUMN, *run.objectives, "test_accuracy", "k_final",
+             "params_count", "duration_s", "datetime_start"]
+    columns = list(dict.fromkeys([c for c in fixed if c in trials.columns] + config_columns(trials)))
     if "error" in trials.columns:
         columns.append("error")
     head = "<th>front</th>" + "".join(f"<th>{esc(c.removeprefix('config.'))}</th>" for c in columns)

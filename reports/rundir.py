@@ -16,10 +16,14 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from search_space.resolution import INPUT_SIZE_KEY
+
 from ._errors import user_error
 from .pareto import eligible_mask, pareto_mask
 
 DENSE_STRATEGIES = ("dense_cnn", "dense_vit")
+#: The side in pixels each trial's model sees (its config's input_size, or the data's image_size).
+INPUT_COLUMN = f"config.{INPUT_SIZE_KEY}"
 STATES = ("COMPLETE", "FAIL", "PRUNED", "RUNNING", "WAITING")
 
 
@@ -94,6 +98,20 @@ def _read_trials(path: Path) -> pd.DataFrame:
     return trials.sort_values("number", kind="stable").reset_index(drop=True)
 
 
+def _fill_input_size(trials: pd.DataFrame, space: dict[str, Any]) -> pd.DataFrame:
+    """Where the run searched input_size, a trial that left it out (or null) sees the data's image_size:
+    the column says so, so tables, hover texts and axes show every trial's resolution as a number."""
+    if INPUT_COLUMN not in trials.columns:
+        return trials
+    sizes = pd.to_numeric(trials[INPUT_COLUMN], errors="coerce")
+    data = space.get("data")
+    frame = data.get("image_size") if isinstance(data, dict) else None
+    if isinstance(frame, (int, float)) and not isinstance(frame, bool):
+        sizes = sizes.fillna(float(frame))
+    trials[INPUT_COLUMN] = sizes
+    return trials
+
+
 def load_run(run_dir: Path) -> Run:
     """Load a run directory; UserError naming the path when it is not one."""
     run_dir = Path(run_dir)
@@ -121,7 +139,7 @@ def load_run(run_dir: Path) -> Run:
     bad = {k: v for k, v in objectives.items() if v not in ("maximize", "minimize")}
     if bad:
         raise user_error(f"{space_path}: objective directions must be 'maximize' or 'minimize', but got {bad}")
-    trials = _read_trials(trials_path)
+    trials = _fill_input_size(_read_trials(trials_path), space)
     directions = {str(k): str(v) for k, v in objectives.items()}
     absent = [o for o in directions if o not in trials.columns]
     if absent:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from search_space.errors import UserError
+from search_space.resolution import resolution_of
 
 CARD_FILE = "model_card.json"
 README_FILE = "README.md"
@@ -105,6 +106,8 @@ def build_card(
             "mean": [float(m) for m in meta["mean"]],
             "std": [float(s) for s in meta["std"]],
             "normalise": "x = (x - mean[c]) / std[c] per channel c, after resizing",
+            # the side the network itself sees: below image_size, the model area-downscales inside its graph
+            "model_resolution": resolution_of(config, size),
         },
         "metrics": {
             "val_accuracy": _number(metrics.get("val_accuracy", metrics.get("accuracy"))),
@@ -184,6 +187,15 @@ def snippet(card: dict[str, Any]) -> str:
     ])
 
 
+def _resolution_line(spec: dict[str, Any]) -> str:
+    """What the network sees, said for people (cards written before input_size lack the key)."""
+    size, seen = int(spec["image_size"]), int(spec.get("model_resolution") or spec["image_size"])
+    if seen == size:
+        return f"The network sees the frames at {size} x {size} px (no resize inside the model)."
+    return (f"The network sees {seen} x {seen} px: the model area-downscales each {size} x {size} frame inside "
+            "its graph (in model.onnx and model.pt2 too), so feed it frames at the size above.")
+
+
 def render_readme(card: dict[str, Any]) -> str:
     """README.md of an export: the card for people."""
     spec, m, data = card["input"], card["metrics"], card["data"]
@@ -200,6 +212,7 @@ def render_readme(card: dict[str, Any]) -> str:
         f"- Values before normalisation: {spec['value_scale']}.",
         f"- Resize: {spec['resize']}.",
         f"- Normalise: {spec['normalise']}, mean = {spec['mean']}, std = {spec['std']}.",
+        f"- {_resolution_line(spec)}",
         f"- Classes, in logit order: {', '.join(card['classes'])}.",
         "",
         "## How good and how costly",

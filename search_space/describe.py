@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from search_space.k_rules import K_RULE_DEFAULTS, K_RULE_PARAMS
+from search_space.resolution import INPUT_PARAMS, OptionalParamSpec
 from search_space.strategies import ParamSpec, get_strategy, strategy_names
 
 MARKER = "<!-- strategy-params -->"
@@ -23,7 +24,8 @@ def _accepts(spec: ParamSpec) -> str:
         return " \\| ".join(f"`{c}`" for c in spec.choices)
     if spec.kind == "bool":
         return "`true` \\| `false`"
-    return f"{spec.kind}{spec.bounds_text()}"
+    text = f"{spec.kind}{spec.bounds_text()}"
+    return f"{text} \\| `null`" if isinstance(spec, OptionalParamSpec) else text
 
 
 def _table(params: dict[str, ParamSpec], defaults: dict) -> list[str]:
@@ -34,12 +36,14 @@ def _table(params: dict[str, ParamSpec], defaults: dict) -> list[str]:
 
 
 def strategy_tables() -> str:
-    """Markdown: one table per registered strategy, then the k-rule keys."""
+    """Markdown: one table per registered strategy, then the k-rule keys, then the keys every strategy takes."""
     out: list[str] = []
     for name in strategy_names():
         info = get_strategy(name)
         out += [f"**`{name}`**: {info.doc}", ""] + _table(info.params, info.defaults) + [""]
-    out += ["**k-rule keys** (for strategies with a k):", ""] + _table(K_RULE_PARAMS, K_RULE_DEFAULTS)
+    out += ["**k-rule keys** (for strategies with a k):", ""] + _table(K_RULE_PARAMS, K_RULE_DEFAULTS) + [""]
+    defaults = {key: spec.default for key, spec in INPUT_PARAMS.items()}
+    out += ["**keys every strategy takes** (in `space.shared` or a strategy's block):", ""] + _table(INPUT_PARAMS, defaults)
     return "\n".join(out)
 
 

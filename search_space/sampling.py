@@ -6,7 +6,8 @@ own block as ``<strategy>.<key>`` (conditional: sampled only when that strategy 
 The returned config is flat and complete: the strategy's defaults, then every sampled or fixed
 value. k-rule keys are conditional on the rule: ``k_rule`` is drawn first and only the keys that
 rule reads are sampled and kept (a ``k_top_p`` range costs nothing in trials that chose
-``schedule``).
+``schedule``). ``input_size`` (``search_space.resolution``), which every strategy takes, is sampled
+like any other key when the space sets it and left out of the config when it does not.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ import yaml
 from cellsparse.objective_info import constraint_keys, declared_objectives, objective_info
 from search_space.errors import SpecError
 from search_space.params import Param, ParamFormError, check_against, parse_param
+from search_space.resolution import INPUT_PARAMS, INPUT_SIZE_KEY, input_size_problem
 from search_space.strategies import ParamSpec, get_strategy, strategy_names
 
 DIRECTIONS = {"maximize": "maximize", "max": "maximize", "minimize": "minimize", "min": "minimize"}
@@ -378,7 +379,7 @@ def parse_space(raw: Any, *, source: Path) -> SearchSpace:
     constraints = _parse_constraints(where, _mapping(where, "constraints", raw.get("constraints")))
     training = _parse_training(where, _mapping(where, "training", raw.get("training")))
     search = _parse_search(where, _mapping(where, "search", raw.get("search")), objectives, seed)
-    model = _parse_model(where, _mapping(where, "space", raw.get("space"), allow_none=False))
+    model = _parse_model(where, _mapping(where, "space", raw.get("space"), allow_none=False), data.image_size)
     return SearchSpace(name, seed, source, data, objectives, constraints, training, search, model)
 
 
@@ -535,7 +536,7 @@ def _check_search_settings(settings: SearchSettings, file: str) -> None:
         raise where.fail("search.backend", "the optuna backend runs one trial at a time; use backend: ray for GPU packing")
 
 
-def _parse_model(where: _Where, raw: dict[str, Any]) -> ModelSpace:
+def _parse_model(where: _Where, raw: dict[str, Any], image_size: int) -> ModelSpace:
     _check_keys(where, "space", raw, ("strategy", "shared"))
     if "strategy" not in raw:
         raise where.fail("space.strategy", "missing: list the strategies to search, e.g. {sparse_topk: {}, dense_cnn: {}}")
@@ -558,7 +559,7 @@ def _parse_model(where: _Where, raw: dict[str, Any]) -> ModelSpace:
 
     def accepted(name: str) -> dict[str, ParamSpec]:
         info = get_strategy(name)
-        return {**info.params, **(K_RULE_PARAMS if info.uses_k_rule else {})}
+        return {**info.params, **(K_RULE_PARAMS if info.uses_k_rule else {}), **INPUT_PARAMS}
 
     shared_raw = _mapping(where, "space.shared", raw.get("shared"))
     shared: dict[str, Param] = {}
@@ -568,6 +569,7 @@ def _parse_model(where: _Where, raw: dict[str, Any]) -> ModelSpace:
             every = sorted({k for n in blocks for k in accepted(n)})
             raise where.fail(f"space.shared.{key}", f"no chosen strategy takes {key!r}{_nearest(key, every)}")
         shared[key] = _param(where, f"space.shared.{key}", value, accepted(users[0])[key])
+        _check_input_size(where, f"space.shared.{key}", key, shared[key], image_size)
 
     strategies = []
     for name, block in blocks.items():
@@ -578,9 +580,20 @@ def _parse_model(where: _Where, raw: dict[str, Any]) -> ModelSpace:
         params = {k: p for k, p in shared.items() if k in valid}
         for key, value in block.items():
             params[key] = _param(where, f"{path}.{key}", value, valid[key])
+            _check_input_size(where, f"{path}.{key}", key, params[key], image_size)
         _check_heads_divide(where, path, params)
         strategies.append(StrategySpace(name, params, tuple(block)))
     return ModelSpace(tuple(strategies), shared)
+
+
+def _check_input_size(where: _Where, path: str, key: str, param: Param, image_size: int) -> None:
+    """``input_size`` may only shrink the frame: every value it can take must be at most data.image_size."""
+    if key != INPUT_SIZE_KEY:
+        return
+    for value in param.values_at_bounds():
+        problem = input_size_problem(value, image_size)
+        if problem:
+            raise where.fail(path, f"expected {problem}, got {value!r}")
 
 
 def _check_heads_divide(where: _Where, path: str, params: Mapping[str, Param]) -> None:

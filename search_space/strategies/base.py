@@ -16,6 +16,14 @@ Lifecycle of a model inside a trial::
 
 The k a model runs at is part of its ``state_dict`` (as module extra state), so saved weights
 rebuild the network at the k it was trained to.
+
+Input resolution: a strategy is always built for the frames it will see. When a config sets
+``input_size`` (the key every strategy takes, ``search_space.resolution``) below the data's size,
+``build_model`` passes ``image_size=input_size`` to the constructor and wraps the model in
+``search_space.build.ResizedInput``, which area-downscales each frame first and hands the k
+interface, ``auxiliary_loss`` and ``analytic_flops`` through. So every size a strategy reads (k as
+a fraction of H*W pixels, a patch grid, crops) is in the resized frame, and a strategy needs no
+code of its own for it.
 """
 
 from __future__ import annotations
