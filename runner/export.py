@@ -49,15 +49,13 @@ from typing import Any, NoReturn
 import numpy as np
 import torch
 
+from runner.artefacts import CARD_FILE, FILES, FORMATS, INPUT_NAME, OUTPUT_NAME, PARITY_FILE, README_FILE
+from runner.modelcard import build_card, render_readme
 from search_space.errors import UserError
 
-FORMATS = ("onnx", "pt2")
-FILES = {"onnx": "model.onnx", "pt2": "model.pt2"}
-PARITY_FILE = "parity.npz"
 PARITY_IMAGES = 64  # validation images every format is checked on (and timed at batch 64)
 PARITY_ATOL = 1e-4  # max |exported - eager| logit difference allowed (fp32)
 ACCURACY_SLACK = 1  # images the re-scored validation accuracy may differ by (thread-order ties)
-INPUT_NAME, OUTPUT_NAME = "images", "logits"
 
 EXIT_FAILED = 1
 EXIT_USER_ERROR = 2
@@ -417,7 +415,6 @@ def eager_runner(model: torch.nn.Module) -> Callable[[np.ndarray], np.ndarray]:
 
 def _check_out(out: Path) -> bool:
     """Whether ``out`` holds a previous export (to replace); UserError for anything else in the way."""
-    from runner.modelcard import CARD_FILE
 
     if not out.exists():
         blocker = next((p for p in out.parents if p.exists() or p.is_symlink()), None)
@@ -501,7 +498,6 @@ def _export(run_dir: Path, *, trial: int | None, pick: str, max_flops: float | N
             out: Path | None, measure: bool, threads: int, log: Callable[[str], None]) -> ExportResult:
     from reports.rundir import load_run
     from runner.checkpoint import load_trained
-    from runner.modelcard import CARD_FILE, README_FILE, build_card, render_readme
     from search_space.spec import parse_space
 
     formats = list(dict.fromkeys(formats))

@@ -14,11 +14,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from runner.artefacts import CARD_FILE, FILES, INPUT_NAME, OUTPUT_NAME
 from search_space.errors import UserError
 from search_space.resolution import resolution_of
 
-CARD_FILE = "model_card.json"
-README_FILE = "README.md"
 CARD_VERSION = 1
 
 #: What the raw values of each modality are before normalisation (what ``mean``/``std`` apply to).
@@ -76,7 +75,6 @@ def build_card(
     """The card's content (parity and latency are added by the exporter once measured)."""
     from objectives import count_params
     from runner.checkpoint import has_per_image_k
-    from runner.export import FILES, INPUT_NAME, OUTPUT_NAME
 
     meta, metrics, config = trained.meta, trained.metrics, trained.config
     channels, size = int(meta["in_channels"]), int(meta["image_size"])
