@@ -298,9 +298,10 @@ def run_search(args: argparse.Namespace) -> int:
                                     on_finished=on_finished)
             else:
                 from runner.backends.optuna_backend import run_optuna
+                from runner.driver import SearchDriver
 
-                study = open_study(space, out, sampler)
-                run_optuna(space, out, study=study, n_trials=remaining, on_finished=on_finished)
+                driver = SearchDriver(space, out, open_study(space, out, sampler), on_finished=on_finished)
+                run_optuna(driver, n_trials=remaining, timeout_s=space.search.timeout_s)
     except KeyboardInterrupt:
         interrupted = True
     except Exception as err:
