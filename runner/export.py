@@ -309,8 +309,10 @@ def onnx_runner(path: Path, threads: int = 1) -> Callable[[np.ndarray], np.ndarr
 
 
 def pt2_runner(path: Path) -> Callable[[np.ndarray], np.ndarray]:
-    """(N, C, S, S) float32 -> logits through the saved .pt2, loaded back from disk."""
-    module = torch.export.load(path).module()
+    """(N, C, S, S) float32 -> logits through the saved .pt2, loaded back from disk (never unpickled)."""
+    from runner.pt2 import load_program
+
+    module = load_program(path).module()
 
     def run(x: np.ndarray) -> np.ndarray:
         with torch.no_grad():

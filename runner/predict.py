@@ -377,7 +377,9 @@ def _onnx(path: Path, device: str) -> Callable[[np.ndarray], np.ndarray]:
 def _pt2(path: Path, device: str) -> Callable[[np.ndarray], np.ndarray]:
     import torch
 
-    program = torch.export.load(path)
+    from runner.pt2 import load_program
+
+    program = load_program(path)  # refuses an archive that would unpickle anything
     if device == "cuda":
         from torch.export.passes import move_to_device_pass
 
