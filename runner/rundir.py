@@ -97,6 +97,49 @@ def open_storage(run_dir: Path) -> optuna.storages.JournalStorage:
     return optuna.storages.JournalStorage(JournalFileBackend(str(Path(run_dir) / JOURNAL_FILE)))
 
 
+def check_journal(run_dir: Path) -> int | None:
+    """Read the run's journal line by line: UserError (file and line number) for a damaged record.
+
+    Returns the size to cut the file back to when only its last line is torn (no newline: a kill in
+    the middle of a write), else None. Optuna skips such a fragment when reading, but the next
+    append would be glued onto it and make that record, and every read after it, fail.
+    """
+    path = Path(run_dir) / JOURNAL_FILE
+    if not path.is_file():
+        return None
+    offset = 0
+    try:
+        with open(path, "rb") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.endswith(b"\n"):
+                    return offset  # the last line, torn
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    record = None
+                if not isinstance(record, dict):
+                    raise UserError(f"{path}: line {number} is not a journal record (damaged file); the trials "
+                                    f"after it cannot be read; restore the file from a copy or start a new run")
+                offset += len(line)
+    except OSError as err:
+        raise UserError(f"{path}: cannot be read ({err.strerror or err})") from None
+    return None
+
+
+def repair_journal(run_dir: Path) -> str | None:
+    """Cut a torn last line off the journal (see ``check_journal``); return a warning, or None."""
+    path = Path(run_dir) / JOURNAL_FILE
+    keep = check_journal(run_dir)
+    if keep is None:
+        return None
+    size = path.stat().st_size
+    with open(path, "r+b") as handle:
+        handle.truncate(keep)
+        os.fsync(handle.fileno())
+    return (f"warning: {path}: its last line was cut short (the search was killed while writing it); "
+            f"dropped those {size - keep} bytes (bytes {keep}-{size - 1}), the records before them are intact")
+
+
 def has_run(run_dir: Path) -> bool:
     """Whether ``run_dir`` holds a run (a resolved space and a journal)."""
     run_dir = Path(run_dir)

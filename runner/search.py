@@ -106,6 +106,7 @@ def _load(args: argparse.Namespace) -> tuple[Any, Path]:
         if not rundir.has_run(out):
             raise UserError(f"--resume: {out} holds no run to resume (no space.yaml and study.journal there)")
         space = load_space(out / rundir.SPACE_FILE)  # the run as it was started; flags below change it
+        rundir.check_journal(out)  # a damaged record is one line now; a torn last line is cut before appending
     else:
         space = given
     space = space.with_overrides(
@@ -275,6 +276,9 @@ def run_search(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(f"--out {out}: cannot create the run directory ({err.strerror or err})") from None
+    repaired = rundir.repair_journal(out)
+    if repaired:
+        print(repaired, file=sys.stderr)
     rundir.write_space(out, space)
     info = rundir.start_session(out, space, command=rundir.python_command(), address=args.address)
     study = open_study(space, out)
