@@ -315,19 +315,78 @@ def _param(where: _Where, path: str, raw: Any, spec: ParamSpec) -> Param:
     return param
 
 
+# Limits on a space file (a real one is a few kilobytes, a dozen levels deep, a few hundred values):
+# far above any real space, far below what would exhaust memory, the stack or the user's patience.
+MAX_FILE_BYTES = 1 << 20
+MAX_DEPTH = 64
+MAX_VALUES = 100_000  # scalars and collections, with every alias counted as the values it stands for
+
+
+def _check_limits(where: _Where, text: str) -> None:
+    """SpecError when the YAML is nested too deep, or expands (aliases included) to too many values.
+
+    Runs over the parser's events, which needs neither recursion nor the expanded document, so a
+    deeply nested file or an alias bomb is refused in milliseconds, before anything is built."""
+    stack: list[tuple[str | None, int]] = []  # per open collection: its anchor, the values it holds so far
+    anchors: dict[str, int] = {}
+    total = 0
+    for event in yaml.parse(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+        if isinstance(event, yaml.CollectionStartEvent):
+            if len(stack) >= MAX_DEPTH:
+                raise where.fail("", f"nested more than {MAX_DEPTH} levels deep (line {event.start_mark.line + 1}); "
+                                 "a space file needs a handful")
+            stack.append((event.anchor, 1))
+            size = 1
+        elif isinstance(event, yaml.CollectionEndEvent):
+            anchor, held = stack.pop()
+            if anchor is not None:
+                anchors[anchor] = held
+            if stack:
+                stack[-1] = (stack[-1][0], stack[-1][1] + held)
+            continue
+        elif isinstance(event, yaml.AliasEvent):
+            if any(anchor == event.anchor for anchor, _ in stack):
+                raise where.fail("", f"alias *{event.anchor} (line {event.start_mark.line + 1}) refers to a "
+                                 "collection that contains it; recursive structures are not allowed")
+            size = anchors.get(event.anchor, 1)  # an undefined alias is reported by the loader
+        elif isinstance(event, yaml.ScalarEvent):
+            size = 1
+            if event.anchor is not None:
+                anchors[event.anchor] = 1
+        else:
+            continue
+        total += size
+        if stack and not isinstance(event, yaml.CollectionStartEvent):
+            stack[-1] = (stack[-1][0], stack[-1][1] + size)
+        if total > MAX_VALUES:
+            raise where.fail("", f"expands to more than {MAX_VALUES:,} values (aliases counted in full; line "
+                             f"{event.start_mark.line + 1}); a space file needs a few hundred")
+
+
+def _read_text(where: _Where, path: Path) -> str:
+    """The file's text, reading at most MAX_FILE_BYTES + 1 bytes (a device or pipe may never end)."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_FILE_BYTES + 1)
+    except OSError as err:
+        raise where.fail("", f"cannot be read ({err.strerror})") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise where.fail("", f"larger than {MAX_FILE_BYTES // 1024} KiB; a space file is a few kilobytes of YAML")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise where.fail("", "not a text file; expected a YAML space file") from None
+
+
 def _read_yaml(path: Path) -> Any:
     where = _Where(str(path))
     if not path.exists():
         raise SpecError(f"{path}: no such space file")
     if path.is_dir():
         raise SpecError(f"{path}: is a directory, expected a YAML space file")
+    text = _read_text(where, path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise where.fail("", "not a text file; expected a YAML space file") from None
-    except OSError as err:
-        raise where.fail("", f"cannot be read ({err.strerror})") from None
-    try:
+        _check_limits(where, text)
         return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.constructor.ConstructorError as err:
         mark = f" (line {err.problem_mark.line + 1})" if err.problem_mark else ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 import pytest
@@ -167,6 +168,48 @@ def test_not_a_space_file(tmp_path, text, fragment):
     with pytest.raises(SpecError, match="^" + str(path).replace(".", r"\.")) as info:
         load_space(path)
     assert fragment in str(info.value)
+
+
+OVERSIZED = {
+    "alias bomb": ("expands to more than 100,000 values", lambda: "anchors:\n" + "".join(
+        f"  {line}\n" for line in _alias_bomb_levels()) + "objectives: *a8\n"),
+    "deep nesting": ("nested more than 64 levels deep", lambda: "objectives:\n" + "".join(
+        " " * i + "- \n" for i in range(1, 200))),
+    "deep flow nesting": ("", lambda: "objectives: " + "[" * 5000 + "]" * 5000 + "\n"),
+    "long list": ("expands to more than 100,000 values", lambda: "objectives: [" + ",".join(["0"] * 150_000) + "]\n"),
+    "huge file": ("larger than 1024 KiB", lambda: "# " + "x" * (2 << 20) + "\n"),
+    "recursive alias": ("recursive structures are not allowed", lambda: "objectives: &a {x: *a}\n"),
+}
+
+
+def _alias_bomb_levels() -> list[str]:
+    """Nine levels of nine aliases: 9**9 (387 million) strings once expanded."""
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, 9):
+        levels.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]")
+    return levels
+
+
+@pytest.mark.parametrize("case", list(OVERSIZED))
+def test_oversized_files_are_refused_quickly_in_one_line(tmp_path, case):
+    """Alias bombs, deep nesting, huge lists and files: refused before anything is built, in < 1 s."""
+    import time
+
+    fragment, make = OVERSIZED[case]
+    path = write(tmp_path, make())
+    start = time.perf_counter()
+    with pytest.raises(SpecError) as info:
+        load_space(path)
+    assert time.perf_counter() - start < 1.0
+    message = str(info.value)
+    assert message.startswith(str(path)) and fragment in message and "\n" not in message
+
+
+def test_an_endless_device_is_refused(tmp_path):
+    if not os.path.exists("/dev/zero"):
+        pytest.skip("no /dev/zero here")
+    with pytest.raises(SpecError, match="larger than 1024 KiB"):
+        load_space("/dev/zero")
 
 
 def test_missing_and_binary_files(tmp_path):
