@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -84,10 +86,10 @@ def _check_flags(args: argparse.Namespace) -> None:
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise UserError(f"--{flag.replace('_', '-')} must be at least 1, but got {value}")
-    if args.cpus_per_trial is not None and not args.cpus_per_trial > 0:
-        raise UserError(f"--cpus-per-trial must be > 0, but got {args.cpus_per_trial}")
-    if args.gpus_per_trial is not None and args.gpus_per_trial < 0:
-        raise UserError(f"--gpus-per-trial must be >= 0, but got {args.gpus_per_trial}")
+    if args.cpus_per_trial is not None and not (math.isfinite(args.cpus_per_trial) and args.cpus_per_trial > 0):
+        raise UserError(f"--cpus-per-trial must be a finite number > 0, but got {args.cpus_per_trial}")
+    if args.gpus_per_trial is not None and not (math.isfinite(args.gpus_per_trial) and args.gpus_per_trial >= 0):
+        raise UserError(f"--gpus-per-trial must be a finite number >= 0, but got {args.gpus_per_trial}")
     if args.seed is not None and args.seed < 0:
         raise UserError(f"--seed must be >= 0, but got {args.seed}")
 
@@ -227,6 +229,24 @@ def _interrupted_by(err: BaseException) -> bool:
     return False
 
 
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _check_local_resources(space: Any, gpus_here: int) -> None:
+    """The optuna backend runs trials in this process: a trial cannot have more than this machine has."""
+    cpus, gpus = space.search.cpus_per_trial, space.search.gpus_per_trial
+    if cpus > _usable_cpus():
+        raise UserError(f"search.resources.cpu={cpus:g} per trial (or --cpus-per-trial), but this machine has "
+                        f"{_usable_cpus()} CPUs for this process")
+    if gpus > gpus_here:
+        raise UserError(f"search.resources.gpu={gpus:g} per trial (or --gpus-per-trial), but torch sees {gpus_here} "
+                        "GPUs here")
+
+
 def run_search(args: argparse.Namespace) -> int:
     """Validate, prepare the run directory, run the trials, print the front. Returns the exit status."""
     import optuna
@@ -266,6 +286,7 @@ def run_search(args: argparse.Namespace) -> int:
 
         if space.search.gpus_per_trial > 0 and not torch.cuda.is_available():
             raise UserError(f"search.resources.gpu={space.search.gpus_per_trial:g}, but torch sees no CUDA device here")
+        _check_local_resources(space, torch.cuda.device_count() if torch.cuda.is_available() else 0)
         if space.search.max_concurrent > 1:
             print("note: the optuna backend runs one trial at a time; max_concurrent applies to the ray backend")
 

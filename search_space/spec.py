@@ -10,6 +10,7 @@ documented in README.md ("The space file").
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -281,14 +282,18 @@ def _mapping(where: _Where, path: str, value: Any, *, allow_none: bool = True) -
     return value
 
 
+def _finite(value: int | float) -> bool:
+    return isinstance(value, int) or math.isfinite(value)  # an int is finite (and may be too big for a float)
+
+
 def _number(where: _Where, path: str, value: Any, *, integer: bool = False, low: float | None = None,
             allow_none: bool = False, low_open: bool = False) -> Any:
     if value is None and allow_none:
         return None
-    kind = "an integer" if integer else "a number"
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    kind = "an integer" if integer else "a finite number"
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and _finite(value)
     if ok and integer:
-        ok = float(value).is_integer()
+        ok = isinstance(value, int) or float(value).is_integer()
     if ok and low is not None:
         ok = value > low if low_open else value >= low
     if not ok:
@@ -398,6 +403,8 @@ def _read_yaml(path: Path) -> Any:
         where_text = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or str(err)
         raise where.fail("", f"not valid YAML{where_text}: {problem}") from None
+    except ValueError as err:  # a value the constructors cannot convert (an integer of over 4300 digits)
+        raise where.fail("", f"a value cannot be read: {str(err).split(';')[0]}") from None
 
 
 def load_space(path: str | os.PathLike[str]) -> SearchSpace:
@@ -423,6 +430,8 @@ def parse_space(raw: Any, *, source: Path) -> SearchSpace:
     if not isinstance(name, str) or not NAME_PATTERN.match(name):
         raise where.fail("name", f"expected 1-64 letters, digits, '_', '.' or '-' (it names the run directory), got {name!r}")
     seed = _number(where, "seed", raw.get("seed", 0), integer=True, low=0)
+    if seed >= 2**32:
+        raise where.fail("seed", f"expected an integer from 0 to 2**32 - 1 (numpy's seed range), got {seed}")
 
     data = _parse_data(where, _mapping(where, "data", raw.get("data")))
     objectives = _parse_objectives(where, raw.get("objectives"))
@@ -551,6 +560,8 @@ def _parse_search(where: _Where, raw: dict[str, Any], objectives: tuple[Objectiv
     _check_keys(where, "search.sampler", sampler_raw, ("name", "seed", "options"))
     sampler = _choice(where, "search.sampler.name", sampler_raw.get("name", "tpe"), SAMPLERS, "sampler")
     sampler_seed = _number(where, "search.sampler.seed", sampler_raw.get("seed", seed), integer=True, low=0, allow_none=True)
+    if sampler_seed is not None and sampler_seed >= 2**32:
+        raise where.fail("search.sampler.seed", f"expected an integer from 0 to 2**32 - 1, got {sampler_seed}")
     options = _mapping(where, "search.sampler.options", sampler_raw.get("options"))
     valid_options = _sampler_option_names(sampler)
     _check_keys(where, "search.sampler.options", options, valid_options)
@@ -578,6 +589,9 @@ def _parse_search(where: _Where, raw: dict[str, Any], objectives: tuple[Objectiv
 
 def _check_search_settings(settings: SearchSettings, file: str) -> None:
     where = _Where(file)
+    for key, value, low in (("cpu", settings.cpus_per_trial, "> 0"), ("gpu", settings.gpus_per_trial, ">= 0")):
+        if not isinstance(value, (int, float)) or not _finite(value) or not (value > 0 if key == "cpu" else value >= 0):
+            raise where.fail(f"search.resources.{key}", f"expected a finite number {low}, got {value!r}")
     if settings.gpus_per_trial > 1 and not float(settings.gpus_per_trial).is_integer():
         raise where.fail("search.resources.gpu", f"expected a fraction up to 1 or a whole number, got {settings.gpus_per_trial}")
     if settings.backend == "optuna" and settings.max_concurrent > 1 and settings.gpus_per_trial:
