@@ -38,6 +38,7 @@ from search_space.spec import SearchSpace
 SPACE_FILE = "space.yaml"
 RUN_FILE = "run.json"
 JOURNAL_FILE = "study.journal"
+DATA_FINGERPRINT = "data_fingerprint"  # run.json key: runner.data.data_fingerprint of the data the run started with
 TRIALS_FILE = "trials.csv"
 TRIALS_DIR = "trials"
 REPORT_FILE = "report.html"
@@ -244,8 +245,12 @@ def read_run_json(run_dir: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def start_session(run_dir: Path, space: SearchSpace, *, command: Sequence[str], address: str | None) -> dict[str, Any]:
+def start_session(run_dir: Path, space: SearchSpace, *, command: Sequence[str], address: str | None,
+                  data_fingerprint: str | None = None) -> dict[str, Any]:
     """Write run.json for a new session (a first run or a resume); return its content.
+
+    ``data_fingerprint`` is kept from the first session that gives one (``runner.search`` refuses
+    to resume on data with another).
 
     ``started_at`` stays the first session's; ``sessions`` lists every session; ``wall_time_s`` sums them.
     """
@@ -271,6 +276,7 @@ def start_session(run_dir: Path, space: SearchSpace, *, command: Sequence[str], 
             "machine": _machine(),
             "versions": _versions(),
             "command": " ".join(command),
+            DATA_FINGERPRINT: info.get(DATA_FINGERPRINT) or data_fingerprint,
         }
     )
     info["sessions"] = [*info.get("sessions", []), session]

@@ -129,6 +129,29 @@ def _load(args: argparse.Namespace) -> tuple[Any, Path]:
     return space, out
 
 
+def _check_data(space: Any, out: Path, *, resume: bool) -> str | None:
+    """Load the data once before the first trial, so a problem with it (NaN pixels, an empty split, a
+    class missing from train, a single class, an undecodable image) is one line now instead of a
+    failure in every trial; on --resume, refuse data other than the run started with. Returns the
+    data's fingerprint (None for synthetic data). Writes nothing."""
+    from runner import rundir
+    from runner.backends.common import cached_dataset
+    from runner.data import data_fingerprint, load_dataset
+
+    kwargs = space.data.loader_kwargs()
+    fingerprint = data_fingerprint(**kwargs)
+    recorded = rundir.read_run_json(out).get(rundir.DATA_FINGERPRINT) if resume else None
+    if recorded and fingerprint != recorded:
+        raise UserError(f"--resume: the data at {space.data.path} differ from the data this run started with "
+                        f"({rundir.RUN_FILE} has {recorded}, the files now give {fingerprint}); put the original data "
+                        "back, or start a new run with --out")
+    if space.search.backend == "optuna":
+        cached_dataset(space)  # trials in this process reuse it
+    else:
+        load_dataset(**kwargs, seed=space.seed)  # Ray workers load their own copy
+    return fingerprint
+
+
 def dry_run(space: Any, n: int) -> None:
     """Print ``n`` configs as the sampler would draw them first, with their FLOPs; nothing is trained."""
     import optuna
@@ -268,6 +291,7 @@ def run_search(args: argparse.Namespace) -> int:
     if args.dry_run:
         dry_run(space, args.trials or space.search.trials)
         return 0
+    fingerprint = _check_data(space, out, resume=args.resume)
 
     backend = space.search.backend
     ray_backend = None
@@ -301,7 +325,8 @@ def run_search(args: argparse.Namespace) -> int:
     if repaired:
         print(repaired, file=sys.stderr)
     rundir.write_space(out, space)
-    info = rundir.start_session(out, space, command=rundir.python_command(), address=args.address)
+    info = rundir.start_session(out, space, command=rundir.python_command(), address=args.address,
+                                data_fingerprint=fingerprint)
     study = open_study(space, out)
     stale = fail_unfinished(study)
     if stale:
