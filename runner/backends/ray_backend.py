@@ -79,10 +79,16 @@ CRASHED = "worker died (out of memory or killed?); Ray's log is under the run's 
 # Connecting
 
 
-def check_address(address: str, *, timeout_s: float = 3.0) -> None:
-    """Fail fast with one line when a ``host:port`` cluster address does not answer.
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])  # + an empty SETTINGS frame
 
-    ``ray.init`` itself may wait a minute before giving up on an unreachable head node.
+
+def check_address(address: str, *, timeout_s: float = 3.0) -> None:
+    """Fail fast with one line when a ``host:port`` cluster address does not answer as Ray does.
+
+    ``ray.init`` itself may wait a minute before giving up on an unreachable head node, and over
+    five minutes on an open port that is not Ray. Ray's GCS (and the Ray Client server) speak gRPC,
+    which is HTTP/2: sent the HTTP/2 client preface, they answer with a SETTINGS frame at once.
+    Anything else (an HTTP/1 server, a database, a silent port) is refused within ``2 * timeout_s``.
     """
     if address == "auto":
         return
@@ -91,10 +97,19 @@ def check_address(address: str, *, timeout_s: float = 3.0) -> None:
     if not host or not port.isdigit():
         raise UserError(f"--address {address}: expected host:port (e.g. 10.0.0.5:6379), 'auto' or ray://host:port")
     try:
-        with socket.create_connection((host, int(port)), timeout=timeout_s):
-            pass
+        with socket.create_connection((host, int(port)), timeout=timeout_s) as conn:
+            conn.settimeout(timeout_s)
+            try:
+                conn.sendall(_HTTP2_PREFACE)
+                reply = conn.recv(9)  # a frame header: length (3 bytes), type, flags, stream id
+            except OSError:
+                reply = b""
     except OSError as err:
         raise UserError(f"--address {address}: no Ray cluster answers there ({err.strerror or err})") from None
+    if len(reply) < 4 or reply[3] != 0x4:
+        raise UserError(f"--address {address}: something listens there, but it is not a Ray cluster (no gRPC answer "
+                        f"within {timeout_s:g} s); give the head node's GCS port (ray start --head prints it, "
+                        "6379 by default)")
 
 
 def connect(address: str | None) -> bool:

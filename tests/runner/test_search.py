@@ -292,3 +292,39 @@ def test_resume_refuses_other_data(tmp_path, capsys) -> None:
     err = capsys.readouterr().err.strip()
     assert "differ from the data this run started with" in err and fingerprint in err and "\n" not in err
     assert snapshot(tmp_path / "run") == before
+
+
+@pytest.mark.parametrize("reply", [b"HTTP/1.1 400 Bad Request\r\n\r\n", b""], ids=["http-server", "silent-port"])
+def test_address_of_an_open_port_that_is_not_ray_is_one_line_fast(tmp_path, capsys, reply) -> None:
+    """ray.init waited over five minutes on such a port."""
+    import threading
+    import time
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    accepted: list[socket.socket] = []
+
+    def serve() -> None:
+        with server:
+            conn, _ = server.accept()
+            accepted.append(conn)
+            conn.recv(64)
+            if reply:
+                conn.sendall(reply)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    space = write_space(tmp_path, trials=1, backend="ray")
+    start = time.perf_counter()
+    try:
+        assert search("--space", space, "--address", f"127.0.0.1:{port}") == 2
+    finally:
+        thread.join(timeout=10)
+        for conn in accepted:
+            conn.close()
+    assert time.perf_counter() - start < 10
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "something listens there, but it is not a Ray cluster" in err
+    assert not (tmp_path / "runs").exists()
