@@ -641,20 +641,36 @@ def _parse_model(where: _Where, raw: dict[str, Any]) -> ModelSpace:
         params = {k: p for k, p in shared.items() if k in valid}
         for key, value in block.items():
             params[key] = _param(where, f"{path}.{key}", value, valid[key])
-        _check_heads_divide(where, path, params)
+        _check_heads_divide(where, path, params, get_strategy(name).defaults)
         strategies.append(StrategySpace(name, params, tuple(block)))
     return ModelSpace(tuple(strategies), shared)
 
 
-def _check_heads_divide(where: _Where, path: str, params: Mapping[str, Param]) -> None:
-    """Every listed num_heads must divide every listed embed_dim; ranges are rounded at sampling."""
-    dim, heads = params.get("embed_dim"), params.get("num_heads")
-    if dim is None or heads is None or dim.kind not in ("fixed", "choice") or heads.kind not in ("fixed", "choice"):
+def _check_heads_divide(where: _Where, path: str, params: Mapping[str, Param], defaults: Mapping[str, Any]) -> None:
+    """Every num_heads the space can give (listed, in a range, or the default) must divide every
+    embed_dim it can give; an embed_dim range must hold a multiple of each. Sampling never changes a
+    listed value to make them fit."""
+    if "embed_dim" not in params and "num_heads" not in params:
         return
-    for d in dim.values_at_bounds():
-        for h in heads.values_at_bounds():
+    if "embed_dim" not in defaults or "num_heads" not in defaults:
+        return
+    dim, heads = params.get("embed_dim"), params.get("num_heads")
+    if heads is None:
+        head_values, heads_text = [defaults["num_heads"]], "the default num_heads"
+    elif heads.kind in ("fixed", "choice"):
+        head_values, heads_text = list(heads.values_at_bounds()), "num_heads"
+    else:
+        head_values, heads_text = list(range(int(heads.low), int(heads.high) + 1, int(heads.step or 1))), "num_heads"
+    key = f"{path}.num_heads" if heads is not None else f"{path}.embed_dim"
+    if dim is not None and dim.kind not in ("fixed", "choice"):
+        for h in head_values:
+            if int(dim.high) // h * h < dim.low:
+                raise where.fail(key, f"{heads_text} {h} has no multiple in the embed_dim range [{dim.low}, {dim.high}]")
+        return
+    dims = list(dim.values_at_bounds()) if dim is not None else [defaults["embed_dim"]]
+    for d in dims:
+        for h in head_values:
             if d % h:
-                raise where.fail(
-                    f"{path}.num_heads",
-                    f"expected every num_heads to divide every embed_dim, but {h} does not divide {d}",
-                )
+                fix = "" if heads is not None else "; list num_heads too, or an embed_dim it divides"
+                raise where.fail(key, f"expected every num_heads to divide every embed_dim, but {heads_text} {h} does "
+                                 f"not divide {'the default embed_dim ' if dim is None else ''}{d}{fix}")
