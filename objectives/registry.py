@@ -4,7 +4,8 @@ An :class:`Objective` is plain data: a name, the direction a search should push 
 label for reports, and a measure function ``measure(model, images, labels) -> float``. Cost
 objectives read only the images (a representative batch); ``accuracy`` needs the labels of those
 images (the trainer passes its validation set). A search's ``objectives:`` list names entries of
-this registry; the direction given here is the default a space may override.
+this registry; a space must give each the direction registered here (minimising accuracy would
+search for the worst models, so a contrary direction is refused when the space file loads).
 """
 
 from __future__ import annotations

@@ -73,7 +73,10 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise UserError(f"{path}: missing; the trial finished without saving its weights")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
+    except pickle.UnpicklingError:
+        raise UserError(f"{path}: holds Python objects besides tensors, which are never unpickled here (a checkpoint "
+                        "cannot run code); re-run the trial or copy the weights the runner saved") from None
+    except (RuntimeError, OSError, EOFError, ValueError, zipfile.BadZipFile) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"{path}: corrupt or truncated model file ({reason}); re-run the trial or copy it again") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

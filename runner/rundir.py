@@ -279,9 +279,26 @@ def start_session(run_dir: Path, space: SearchSpace, *, command: Sequence[str], 
             DATA_FINGERPRINT: info.get(DATA_FINGERPRINT) or data_fingerprint,
         }
     )
-    info["sessions"] = [*info.get("sessions", []), session]
+    earlier = [_close_killed(run_dir, s) for s in info.get("sessions", [])]
+    info["sessions"] = [*earlier, session]
+    info["wall_time_s"] = round(sum(s.get("wall_time_s") or 0.0 for s in earlier), 3)
     write_atomic(Path(run_dir) / RUN_FILE, json.dumps(info, indent=2) + "\n")
     return info
+
+
+def _close_killed(run_dir: Path, session: dict[str, Any]) -> dict[str, Any]:
+    """A session that never recorded its end (killed): its wall time runs to the run's last write
+    (the journal's or trials.csv's modification time), marked as such."""
+    if session.get("finished_at") or session.get("wall_time_s") is not None or not session.get("started_at"):
+        return session
+    try:
+        started = datetime.fromisoformat(session["started_at"]).timestamp()
+    except (TypeError, ValueError):
+        return session
+    writes = [p.stat().st_mtime for p in (Path(run_dir) / JOURNAL_FILE, Path(run_dir) / TRIALS_FILE) if p.is_file()]
+    last = max(writes, default=started)
+    return {**session, "finished_at": datetime.fromtimestamp(last, timezone.utc).astimezone().isoformat(timespec="seconds"),
+            "wall_time_s": round(max(0.0, last - started), 3), "ended": "killed (wall time up to its last write)"}
 
 
 def finish_session(run_dir: Path, *, wall_time_s: float, finished: bool) -> None:

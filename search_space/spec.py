@@ -502,6 +502,12 @@ def _objective_names() -> list[str]:
     return list(objective_names())
 
 
+def _objective_direction(name: str) -> str:
+    from objectives import get_objective
+
+    return get_objective(name).direction
+
+
 def _parse_objectives(where: _Where, raw: Any) -> tuple[ObjectiveSpec, ...]:
     if isinstance(raw, list):
         raise where.fail("objectives", "expected a mapping of objective to direction, e.g. {accuracy: maximize, flops: minimize}")
@@ -513,6 +519,10 @@ def _parse_objectives(where: _Where, raw: Any) -> tuple[ObjectiveSpec, ...]:
             raise where.fail(f"objectives.{name}", f"unknown objective {name!r}{_nearest(name, valid)}")
         if direction not in DIRECTIONS:
             raise where.fail(f"objectives.{name}", f"expected maximize or minimize, got {direction!r}")
+        natural = _objective_direction(name)
+        if DIRECTIONS[direction] != natural:
+            raise where.fail(f"objectives.{name}", f"{name} is to be {natural[:-1]}ed (better that way); "
+                             f"{direction!r} would search for the worst models; write {natural}")
         result.append(ObjectiveSpec(name, DIRECTIONS[direction]))
     if len(result) < 2:
         raise where.fail("objectives", f"expected at least two objectives (e.g. accuracy and flops), got {len(result)}")

@@ -40,3 +40,16 @@ def test_not_a_zip_is_a_corrupt_file(tmp_path: Path) -> None:
     path.write_bytes(b"not a zip at all")
     with pytest.raises(UserError, match="corrupt or truncated model file"):
         load_program(path)
+
+
+def test_a_checkpoint_holding_python_objects_is_refused_without_advising_to_unpickle(tmp_path: Path) -> None:
+    """model.pt loads with weights_only=True; torch's message then advises weights_only=False: not passed on."""
+    from runner.checkpoint import read_state_dict
+    from tests.runner.pt2_crafted import Touch
+
+    marker = tmp_path / "ran"
+    path = tmp_path / "model.pt"
+    torch.save({"weight": torch.zeros(2), "evil": Touch(marker)}, path)
+    with pytest.raises(UserError, match="never unpickled") as info:
+        read_state_dict(path)
+    assert not marker.exists() and "weights_only" not in str(info.value) and "trust" not in str(info.value)

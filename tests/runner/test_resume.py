@@ -143,3 +143,27 @@ def test_a_damaged_journal_line_is_one_error_naming_it(tmp_path, monkeypatch, ca
     status, out, err = _search(capsys, "--out", run, "--resume", "--trials", "2")
     assert status == 2 and err.count("\n") == 1 and f"{journal}: line 3 is not a journal record" in err
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
+def test_a_killed_session_counts_in_the_wall_time_up_to_its_last_write(tmp_path) -> None:
+    import json
+
+    from runner import rundir
+    from search_space.spec import load_space
+
+    space = load_space(write_space(tmp_path, trials=1))
+    run = tmp_path / "run"
+    run.mkdir()
+    first = rundir.start_session(run, space, command=["search"], address=None)  # then killed: never finished
+    (run / rundir.JOURNAL_FILE).write_text("{}\n")
+    started = first["sessions"][0]["started_at"]
+    from datetime import datetime
+
+    last_write = datetime.fromisoformat(started).timestamp() + 125.0
+    os.utime(run / rundir.JOURNAL_FILE, (last_write, last_write))
+    rundir.start_session(run, space, command=["search", "--resume"], address=None)
+    rundir.finish_session(run, wall_time_s=10.0, finished=True)
+    info = json.loads((run / rundir.RUN_FILE).read_text())
+    killed, resumed = info["sessions"]
+    assert killed["wall_time_s"] == 125.0 and killed["ended"].startswith("killed")
+    assert resumed["wall_time_s"] == 10.0 and info["wall_time_s"] == 135.0

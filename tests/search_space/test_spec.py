@@ -107,6 +107,8 @@ MALFORMED = [
     (mutated("objectives", {"accuracy": "maximize"}), "objectives", "at least two objectives"),
     (mutated("objectives.flopz", "minimize"), "objectives.flopz", "did you mean 'flops'"),
     (mutated("objectives.flops", "smaller"), "objectives.flops", "expected maximize or minimize"),
+    (mutated("objectives.accuracy", "minimize"), "objectives.accuracy", "accuracy is to be maximized"),
+    (mutated("objectives.flops", "max"), "objectives.flops", "'max' would search for the worst models; write minimize"),
     (mutated("search.sampler", "tpee"), "search.sampler.name", "did you mean 'tpe'"),
     (mutated("search.sampler", {"name": "nsga2", "options": {"population": 8}}),
      "search.sampler.options.population", "did you mean 'population_size'"),
