@@ -13,6 +13,8 @@ What lands in the output directory (default ``runs/<name>/export/``)::
     parity.npz        the check inputs and eager logits, so a deployment can re-run the parity check
 
 Neither model file needs this project to load: ONNX through onnxruntime, .pt2 through torch.
+This project itself loads a .pt2 only through ``runner.pt2.load_program``, which first refuses any
+archive entry ``torch.export.load`` would unpickle (so a crafted .pt2 cannot run code).
 
 Before anything is kept, every format is checked against the eager PyTorch model on 64 validation
 images, at batch 1 (one image at a time) and batch 64: logits within 1e-4 and the same predicted
