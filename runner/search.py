@@ -291,6 +291,10 @@ def run_search(args: argparse.Namespace) -> int:
     if args.dry_run:
         dry_run(space, args.trials or space.search.trials)
         return 0
+    if space.search.backend == "ray" and args.address:
+        from runner.backends.ray_backend import check_address
+
+        check_address(args.address)  # seconds, before the data are loaded
     fingerprint = _check_data(space, out, resume=args.resume)
 
     backend = space.search.backend
