@@ -6,6 +6,8 @@ the report can read them) plus a measure function ``measure(model, images, label
 objectives read only the images (a representative batch); ``accuracy`` needs the labels of those
 images (the trainer passes its validation set). ``register_objective`` is the one call that adds
 an objective everywhere: the space file, the constraints, trials.csv, the report and the model card.
+A space must give each objective the direction declared here (minimising accuracy would search for
+the worst models, so a contrary direction is refused when the space file loads).
 """
 
 from __future__ import annotations

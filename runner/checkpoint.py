@@ -67,14 +67,25 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
+def _first_line(err: BaseException) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The tensors in ``path`` (weights only); UserError when the file is absent, corrupt or truncated."""
     if not path.is_file():
         raise UserError(f"{path}: missing; the trial finished without saving its weights")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    except pickle.UnpicklingError as err:
+        # torch's own message leads with advice to load with weights_only=False: never passed on
+        if "GLOBAL" not in str(err):  # not a checkpoint at all
+            raise UserError(f"{path}: corrupt or truncated model file (not a readable torch checkpoint); re-run the "
+                            "trial or copy it again") from None
+        raise UserError(f"{path}: holds Python objects besides tensors, which are never unpickled here (a checkpoint "
+                        "cannot run code); re-run the trial or copy the weights the runner saved") from None
+    except (RuntimeError, OSError, EOFError, ValueError, zipfile.BadZipFile) as err:
+        reason = _first_line(err)
         raise UserError(f"{path}: corrupt or truncated model file ({reason}); re-run the trial or copy it again") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError(f"{path}: not a state_dict of tensors; expected the weights the runner saves")

@@ -13,6 +13,8 @@ What lands in the output directory (default ``runs/<name>/export/``)::
     parity.npz        the check inputs and eager logits, so a deployment can re-run the parity check
 
 Neither model file needs this project to load: ONNX through onnxruntime, .pt2 through torch.
+This project itself loads a .pt2 only through ``runner.pt2.load_program``, which first refuses any
+archive entry ``torch.export.load`` would unpickle (so a crafted .pt2 cannot run code).
 
 Before anything is kept, every format is checked against the eager PyTorch model on 64 validation
 images, at batch 1 (one image at a time) and batch 64: logits within 1e-4 and the same predicted
@@ -24,7 +26,10 @@ a wrong k or config. When the data can no longer be loaded (a moved npz file), p
 
 Everything is written into a temporary directory beside the output and renamed into place at the
 end, so a failed export (bad input, an exporter error, a parity mismatch) leaves nothing behind.
-An existing export in the output directory is replaced; any other non-empty directory is refused.
+An existing export in the output directory is replaced file by file: only the files named above
+are swapped (a previous export's format files not written this time are removed with it), and
+anything else there (``predictions.csv`` from ``runner.predict``, a user's notes) is left alone.
+Any other non-empty directory is refused.
 Exit status: 0 done, 1 the export or its parity check failed, 2 bad input.
 """
 
@@ -304,8 +309,10 @@ def onnx_runner(path: Path, threads: int = 1) -> Callable[[np.ndarray], np.ndarr
 
 
 def pt2_runner(path: Path) -> Callable[[np.ndarray], np.ndarray]:
-    """(N, C, S, S) float32 -> logits through the saved .pt2, loaded back from disk."""
-    module = torch.export.load(path).module()
+    """(N, C, S, S) float32 -> logits through the saved .pt2, loaded back from disk (never unpickled)."""
+    from runner.pt2 import load_program
+
+    module = load_program(path).module()
 
     def run(x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
@@ -437,21 +444,44 @@ def _chmod_like_mkdir(path: Path) -> None:
     os.chmod(path, 0o777 & ~umask)
 
 
+def _owned_names() -> tuple[str, ...]:
+    """The file names an export writes into its directory, and the only ones it ever replaces or removes."""
+    from runner.modelcard import CARD_FILE, README_FILE
+
+    return (*FILES.values(), PARITY_FILE, CARD_FILE, README_FILE)
+
+
 def _move_into_place(tmp: Path, out: Path) -> None:
-    """Rename ``tmp`` to ``out``; a previous export there is swapped out first and then removed."""
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, old / out.name)
-    try:
+    """Move the staged files in ``tmp`` into ``out``; ``tmp`` is removed.
+
+    A new ``out`` is ``tmp`` renamed. Into an existing one (a previous export, see ``_check_out``)
+    only the export's own files are swapped: the previous ones are moved aside first and put back
+    if anything fails, so ``out`` ends up either wholly old or wholly new and nothing else in it
+    is touched.
+    """
+    if not out.exists():
         os.replace(tmp, out)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    set_aside: list[str] = []
+    placed: list[str] = []
+    try:
+        for name in _owned_names():
+            if (out / name).exists() or (out / name).is_symlink():
+                os.replace(out / name, old / name)
+                set_aside.append(name)
+        for path in sorted(tmp.iterdir()):
+            os.replace(path, out / path.name)
+            placed.append(path.name)
     except BaseException:
-        if old is not None:
-            os.replace(old / out.name, out)
+        for name in placed:
+            os.replace(out / name, tmp / name)
+        for name in set_aside:
+            os.replace(old / name, out / name)
         raise
     finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+    tmp.rmdir()
 
 
 @dataclass

@@ -106,7 +106,9 @@ def _npz_items(path: Path, split: str | None, classes: Sequence[str]) -> list[It
                 items += [Item(path, key, i, None if names is None else names[int(labels[i])]) for i in range(shape[0])]
             return items
     except (OSError, ValueError, zipfile.BadZipFile) as err:
-        raise UserError(f"{path}: not a readable .npz file ({err})") from None
+        from runner.data.npz import load_error
+
+        raise UserError(f"{path}: not a readable .npz file ({load_error(err)})") from None
 
 
 def _npy_shape(archive: Any, key: str) -> tuple[int, ...]:
@@ -314,7 +316,9 @@ def preprocess(items: Sequence[Item], spec: InputSpec, arrays: dict[tuple[Path, 
                     arrays.clear()  # one array in memory at a time
                     arrays[source] = archive[item.key]
             except (OSError, ValueError, zipfile.BadZipFile) as err:
-                raise UserError(f"{item.path}: cannot read '{item.key}' ({err})") from None
+                from runner.data.npz import load_error
+
+                raise UserError(f"{item.path}: cannot read '{item.key}' ({load_error(err)})") from None
         images.append(_from_array(arrays[source][item.index], spec, item.name))
     return _finish(images, spec)
 
@@ -377,7 +381,9 @@ def _onnx(path: Path, device: str) -> Callable[[np.ndarray], np.ndarray]:
 def _pt2(path: Path, device: str) -> Callable[[np.ndarray], np.ndarray]:
     import torch
 
-    program = torch.export.load(path)
+    from runner.pt2 import load_program
+
+    program = load_program(path)  # refuses an archive that would unpickle anything
     if device == "cuda":
         from torch.export.passes import move_to_device_pass
 

@@ -38,6 +38,7 @@ from search_space.spec import SearchSpace
 SPACE_FILE = "space.yaml"
 RUN_FILE = "run.json"
 JOURNAL_FILE = "study.journal"
+DATA_FINGERPRINT = "data_fingerprint"  # run.json key: runner.data.data_fingerprint of the data the run started with
 TRIALS_FILE = "trials.csv"
 TRIALS_DIR = "trials"
 REPORT_FILE = "report.html"
@@ -95,6 +96,49 @@ def open_storage(run_dir: Path) -> optuna.storages.JournalStorage:
     from optuna.storages.journal import JournalFileBackend
 
     return optuna.storages.JournalStorage(JournalFileBackend(str(Path(run_dir) / JOURNAL_FILE)))
+
+
+def check_journal(run_dir: Path) -> int | None:
+    """Read the run's journal line by line: UserError (file and line number) for a damaged record.
+
+    Returns the size to cut the file back to when only its last line is torn (no newline: a kill in
+    the middle of a write), else None. Optuna skips such a fragment when reading, but the next
+    append would be glued onto it and make that record, and every read after it, fail.
+    """
+    path = Path(run_dir) / JOURNAL_FILE
+    if not path.is_file():
+        return None
+    offset = 0
+    try:
+        with open(path, "rb") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.endswith(b"\n"):
+                    return offset  # the last line, torn
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    record = None
+                if not isinstance(record, dict):
+                    raise UserError(f"{path}: line {number} is not a journal record (damaged file); the trials "
+                                    f"after it cannot be read; restore the file from a copy or start a new run")
+                offset += len(line)
+    except OSError as err:
+        raise UserError(f"{path}: cannot be read ({err.strerror or err})") from None
+    return None
+
+
+def repair_journal(run_dir: Path) -> str | None:
+    """Cut a torn last line off the journal (see ``check_journal``); return a warning, or None."""
+    path = Path(run_dir) / JOURNAL_FILE
+    keep = check_journal(run_dir)
+    if keep is None:
+        return None
+    size = path.stat().st_size
+    with open(path, "r+b") as handle:
+        handle.truncate(keep)
+        os.fsync(handle.fileno())
+    return (f"warning: {path}: its last line was cut short (the search was killed while writing it); "
+            f"dropped those {size - keep} bytes (bytes {keep}-{size - 1}), the records before them are intact")
 
 
 def has_run(run_dir: Path) -> bool:
@@ -201,8 +245,12 @@ def read_run_json(run_dir: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def start_session(run_dir: Path, space: SearchSpace, *, command: Sequence[str], address: str | None) -> dict[str, Any]:
+def start_session(run_dir: Path, space: SearchSpace, *, command: Sequence[str], address: str | None,
+                  data_fingerprint: str | None = None) -> dict[str, Any]:
     """Write run.json for a new session (a first run or a resume); return its content.
+
+    ``data_fingerprint`` is kept from the first session that gives one (``runner.search`` refuses
+    to resume on data with another).
 
     ``started_at`` stays the first session's; ``sessions`` lists every session; ``wall_time_s`` sums them.
     """
@@ -228,11 +276,29 @@ def start_session(run_dir: Path, space: SearchSpace, *, command: Sequence[str], 
             "machine": _machine(),
             "versions": _versions(),
             "command": " ".join(command),
+            DATA_FINGERPRINT: info.get(DATA_FINGERPRINT) or data_fingerprint,
         }
     )
-    info["sessions"] = [*info.get("sessions", []), session]
+    earlier = [_close_killed(run_dir, s) for s in info.get("sessions", [])]
+    info["sessions"] = [*earlier, session]
+    info["wall_time_s"] = round(sum(s.get("wall_time_s") or 0.0 for s in earlier), 3)
     write_atomic(Path(run_dir) / RUN_FILE, json.dumps(info, indent=2) + "\n")
     return info
+
+
+def _close_killed(run_dir: Path, session: dict[str, Any]) -> dict[str, Any]:
+    """A session that never recorded its end (killed): its wall time runs to the run's last write
+    (the journal's or trials.csv's modification time), marked as such."""
+    if session.get("finished_at") or session.get("wall_time_s") is not None or not session.get("started_at"):
+        return session
+    try:
+        started = datetime.fromisoformat(session["started_at"]).timestamp()
+    except (TypeError, ValueError):
+        return session
+    writes = [p.stat().st_mtime for p in (Path(run_dir) / JOURNAL_FILE, Path(run_dir) / TRIALS_FILE) if p.is_file()]
+    last = max(writes, default=started)
+    return {**session, "finished_at": datetime.fromtimestamp(last, timezone.utc).astimezone().isoformat(timespec="seconds"),
+            "wall_time_s": round(max(0.0, last - started), 3), "ended": "killed (wall time up to its last write)"}
 
 
 def finish_session(run_dir: Path, *, wall_time_s: float, finished: bool) -> None:

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -84,10 +86,10 @@ def _check_flags(args: argparse.Namespace) -> None:
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise UserError(f"--{flag.replace('_', '-')} must be at least 1, but got {value}")
-    if args.cpus_per_trial is not None and not args.cpus_per_trial > 0:
-        raise UserError(f"--cpus-per-trial must be > 0, but got {args.cpus_per_trial}")
-    if args.gpus_per_trial is not None and args.gpus_per_trial < 0:
-        raise UserError(f"--gpus-per-trial must be >= 0, but got {args.gpus_per_trial}")
+    if args.cpus_per_trial is not None and not (math.isfinite(args.cpus_per_trial) and args.cpus_per_trial > 0):
+        raise UserError(f"--cpus-per-trial must be a finite number > 0, but got {args.cpus_per_trial}")
+    if args.gpus_per_trial is not None and not (math.isfinite(args.gpus_per_trial) and args.gpus_per_trial >= 0):
+        raise UserError(f"--gpus-per-trial must be a finite number >= 0, but got {args.gpus_per_trial}")
     if args.seed is not None and args.seed < 0:
         raise UserError(f"--seed must be >= 0, but got {args.seed}")
 
@@ -106,6 +108,7 @@ def _load(args: argparse.Namespace) -> tuple[Any, Path]:
         if not rundir.has_run(out):
             raise UserError(f"--resume: {out} holds no run to resume (no space.yaml and study.journal there)")
         space = load_space(out / rundir.SPACE_FILE)  # the run as it was started; flags below change it
+        rundir.check_journal(out)  # a damaged record is one line now; a torn last line is cut before appending
     else:
         space = given
     space = space.with_overrides(
@@ -124,6 +127,29 @@ def _load(args: argparse.Namespace) -> tuple[Any, Path]:
         rundir.check_out_dir(out, space, resume=False)
     data_shape(space)  # a missing or unreadable dataset is a UserError now, not in every trial
     return space, out
+
+
+def _check_data(space: Any, out: Path, *, resume: bool) -> str | None:
+    """Load the data once before the first trial, so a problem with it (NaN pixels, an empty split, a
+    class missing from train, a single class, an undecodable image) is one line now instead of a
+    failure in every trial; on --resume, refuse data other than the run started with. Returns the
+    data's fingerprint (None for synthetic data). Writes nothing."""
+    from runner import rundir
+    from runner.backends.common import cached_dataset
+    from runner.data import data_fingerprint, load_dataset
+
+    kwargs = space.data.loader_kwargs()
+    fingerprint = data_fingerprint(**kwargs)
+    recorded = rundir.read_run_json(out).get(rundir.DATA_FINGERPRINT) if resume else None
+    if recorded and fingerprint != recorded:
+        raise UserError(f"--resume: the data at {space.data.path} differ from the data this run started with "
+                        f"({rundir.RUN_FILE} has {recorded}, the files now give {fingerprint}); put the original data "
+                        "back, or start a new run with --out")
+    if space.search.backend == "optuna":
+        cached_dataset(space)  # trials in this process reuse it
+    else:
+        load_dataset(**kwargs, seed=space.seed)  # Ray workers load their own copy
+    return fingerprint
 
 
 def dry_run(space: Any, n: int) -> None:
@@ -226,6 +252,24 @@ def _interrupted_by(err: BaseException) -> bool:
     return False
 
 
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _check_local_resources(space: Any, gpus_here: int) -> None:
+    """The optuna backend runs trials in this process: a trial cannot have more than this machine has."""
+    cpus, gpus = space.search.cpus_per_trial, space.search.gpus_per_trial
+    if cpus > _usable_cpus():
+        raise UserError(f"search.resources.cpu={cpus:g} per trial (or --cpus-per-trial), but this machine has "
+                        f"{_usable_cpus()} CPUs for this process")
+    if gpus > gpus_here:
+        raise UserError(f"search.resources.gpu={gpus:g} per trial (or --gpus-per-trial), but torch sees {gpus_here} "
+                        "GPUs here")
+
+
 def run_search(args: argparse.Namespace) -> int:
     """Validate, prepare the run directory, run the trials, print the front. Returns the exit status."""
     import optuna
@@ -247,6 +291,11 @@ def run_search(args: argparse.Namespace) -> int:
     if args.dry_run:
         dry_run(space, args.trials or space.search.trials)
         return 0
+    if space.search.backend == "ray" and args.address:
+        from runner.backends.ray_backend import check_address
+
+        check_address(args.address)  # seconds, before the data are loaded
+    fingerprint = _check_data(space, out, resume=args.resume)
 
     backend = space.search.backend
     ray_backend = None
@@ -265,6 +314,7 @@ def run_search(args: argparse.Namespace) -> int:
 
         if space.search.gpus_per_trial > 0 and not torch.cuda.is_available():
             raise UserError(f"search.resources.gpu={space.search.gpus_per_trial:g}, but torch sees no CUDA device here")
+        _check_local_resources(space, torch.cuda.device_count() if torch.cuda.is_available() else 0)
         if space.search.max_concurrent > 1:
             print("note: the optuna backend runs one trial at a time; max_concurrent applies to the ray backend")
 
@@ -275,8 +325,12 @@ def run_search(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(f"--out {out}: cannot create the run directory ({err.strerror or err})") from None
+    repaired = rundir.repair_journal(out)
+    if repaired:
+        print(repaired, file=sys.stderr)
     rundir.write_space(out, space)
-    info = rundir.start_session(out, space, command=rundir.python_command(), address=args.address)
+    info = rundir.start_session(out, space, command=rundir.python_command(), address=args.address,
+                                data_fingerprint=fingerprint)
     study = open_study(space, out)
     stale = fail_unfinished(study)
     if stale:

@@ -73,9 +73,13 @@ def suggest_config(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
     for key in _ordered_keys(params):
         config[key] = suggest(key)
     if "embed_dim" in config and "num_heads" in config and config["embed_dim"] % config["num_heads"]:
-        # Only reachable with an int range for embed_dim; lists are checked when the file loads.
-        heads = config["num_heads"]
-        config["embed_dim"] = max(heads, round(config["embed_dim"] / heads) * heads)
+        # Only reachable with an int range for embed_dim (listed, fixed and default values are checked
+        # when the file loads): the nearest multiple of num_heads inside that range, which the file
+        # check guarantees exists.
+        heads, dim = config["num_heads"], chosen.params["embed_dim"]
+        low, high = int(dim.low), int(dim.high)
+        config["embed_dim"] = min(max(round(config["embed_dim"] / heads) * heads, -(-low // heads) * heads),
+                                  high // heads * heads)
     for key, param in space.training.items():
         config[key] = _suggest(trial, key, param)
     return config

@@ -10,6 +10,7 @@ documented in README.md ("The space file").
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -290,14 +291,18 @@ def _mapping(where: _Where, path: str, value: Any, *, allow_none: bool = True) -
     return value
 
 
+def _finite(value: int | float) -> bool:
+    return isinstance(value, int) or math.isfinite(value)  # an int is finite (and may be too big for a float)
+
+
 def _number(where: _Where, path: str, value: Any, *, integer: bool = False, low: float | None = None,
             allow_none: bool = False, low_open: bool = False) -> Any:
     if value is None and allow_none:
         return None
-    kind = "an integer" if integer else "a number"
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    kind = "an integer" if integer else "a finite number"
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and _finite(value)
     if ok and integer:
-        ok = float(value).is_integer()
+        ok = isinstance(value, int) or float(value).is_integer()
     if ok and low is not None:
         ok = value > low if low_open else value >= low
     if not ok:
@@ -324,19 +329,78 @@ def _param(where: _Where, path: str, raw: Any, spec: ParamSpec) -> Param:
     return param
 
 
+# Limits on a space file (a real one is a few kilobytes, a dozen levels deep, a few hundred values):
+# far above any real space, far below what would exhaust memory, the stack or the user's patience.
+MAX_FILE_BYTES = 1 << 20
+MAX_DEPTH = 64
+MAX_VALUES = 100_000  # scalars and collections, with every alias counted as the values it stands for
+
+
+def _check_limits(where: _Where, text: str) -> None:
+    """SpecError when the YAML is nested too deep, or expands (aliases included) to too many values.
+
+    Runs over the parser's events, which needs neither recursion nor the expanded document, so a
+    deeply nested file or an alias bomb is refused in milliseconds, before anything is built."""
+    stack: list[tuple[str | None, int]] = []  # per open collection: its anchor, the values it holds so far
+    anchors: dict[str, int] = {}
+    total = 0
+    for event in yaml.parse(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+        if isinstance(event, yaml.CollectionStartEvent):
+            if len(stack) >= MAX_DEPTH:
+                raise where.fail("", f"nested more than {MAX_DEPTH} levels deep (line {event.start_mark.line + 1}); "
+                                 "a space file needs a handful")
+            stack.append((event.anchor, 1))
+            size = 1
+        elif isinstance(event, yaml.CollectionEndEvent):
+            anchor, held = stack.pop()
+            if anchor is not None:
+                anchors[anchor] = held
+            if stack:
+                stack[-1] = (stack[-1][0], stack[-1][1] + held)
+            continue
+        elif isinstance(event, yaml.AliasEvent):
+            if any(anchor == event.anchor for anchor, _ in stack):
+                raise where.fail("", f"alias *{event.anchor} (line {event.start_mark.line + 1}) refers to a "
+                                 "collection that contains it; recursive structures are not allowed")
+            size = anchors.get(event.anchor, 1)  # an undefined alias is reported by the loader
+        elif isinstance(event, yaml.ScalarEvent):
+            size = 1
+            if event.anchor is not None:
+                anchors[event.anchor] = 1
+        else:
+            continue
+        total += size
+        if stack and not isinstance(event, yaml.CollectionStartEvent):
+            stack[-1] = (stack[-1][0], stack[-1][1] + size)
+        if total > MAX_VALUES:
+            raise where.fail("", f"expands to more than {MAX_VALUES:,} values (aliases counted in full; line "
+                             f"{event.start_mark.line + 1}); a space file needs a few hundred")
+
+
+def _read_text(where: _Where, path: Path) -> str:
+    """The file's text, reading at most MAX_FILE_BYTES + 1 bytes (a device or pipe may never end)."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_FILE_BYTES + 1)
+    except OSError as err:
+        raise where.fail("", f"cannot be read ({err.strerror})") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise where.fail("", f"larger than {MAX_FILE_BYTES // 1024} KiB; a space file is a few kilobytes of YAML")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise where.fail("", "not a text file; expected a YAML space file") from None
+
+
 def _read_yaml(path: Path) -> Any:
     where = _Where(str(path))
     if not path.exists():
         raise SpecError(f"{path}: no such space file")
     if path.is_dir():
         raise SpecError(f"{path}: is a directory, expected a YAML space file")
+    text = _read_text(where, path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise where.fail("", "not a text file; expected a YAML space file") from None
-    except OSError as err:
-        raise where.fail("", f"cannot be read ({err.strerror})") from None
-    try:
+        _check_limits(where, text)
         return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.constructor.ConstructorError as err:
         mark = f" (line {err.problem_mark.line + 1})" if err.problem_mark else ""
@@ -348,6 +412,8 @@ def _read_yaml(path: Path) -> Any:
         where_text = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or str(err)
         raise where.fail("", f"not valid YAML{where_text}: {problem}") from None
+    except ValueError as err:  # a value the constructors cannot convert (an integer of over 4300 digits)
+        raise where.fail("", f"a value cannot be read: {str(err).split(';')[0]}") from None
 
 
 def load_space(path: str | os.PathLike[str]) -> SearchSpace:
@@ -373,6 +439,8 @@ def parse_space(raw: Any, *, source: Path) -> SearchSpace:
     if not isinstance(name, str) or not NAME_PATTERN.match(name):
         raise where.fail("name", f"expected 1-64 letters, digits, '_', '.' or '-' (it names the run directory), got {name!r}")
     seed = _number(where, "seed", raw.get("seed", 0), integer=True, low=0)
+    if seed >= 2**32:
+        raise where.fail("seed", f"expected an integer from 0 to 2**32 - 1 (numpy's seed range), got {seed}")
 
     data = _parse_data(where, _mapping(where, "data", raw.get("data")))
     objectives = _parse_objectives(where, raw.get("objectives"))
@@ -441,6 +509,10 @@ def _objective_names() -> list[str]:
     return declared_objectives()
 
 
+def _objective_direction(name: str) -> str:
+    return objective_info(name).direction
+
+
 def _parse_objectives(where: _Where, raw: Any) -> tuple[ObjectiveSpec, ...]:
     if isinstance(raw, list):
         raise where.fail("objectives", "expected a mapping of objective to direction, e.g. {accuracy: maximize, flops: minimize}")
@@ -452,6 +524,10 @@ def _parse_objectives(where: _Where, raw: Any) -> tuple[ObjectiveSpec, ...]:
             raise where.fail(f"objectives.{name}", f"unknown objective {name!r}{_nearest(name, valid)}")
         if direction not in DIRECTIONS:
             raise where.fail(f"objectives.{name}", f"expected maximize or minimize, got {direction!r}")
+        natural = _objective_direction(name)
+        if DIRECTIONS[direction] != natural:
+            raise where.fail(f"objectives.{name}", f"{name} is to be {natural[:-1]}ed (better that way); "
+                             f"{direction!r} would search for the worst models; write {natural}")
         result.append(ObjectiveSpec(name, DIRECTIONS[direction]))
     if len(result) < 2:
         raise where.fail("objectives", f"expected at least two objectives (e.g. accuracy and flops), got {len(result)}")
@@ -503,6 +579,8 @@ def _parse_search(where: _Where, raw: dict[str, Any], objectives: tuple[Objectiv
     _check_keys(where, "search.sampler", sampler_raw, ("name", "seed", "options"))
     sampler = _choice(where, "search.sampler.name", sampler_raw.get("name", "tpe"), SAMPLERS, "sampler")
     sampler_seed = _number(where, "search.sampler.seed", sampler_raw.get("seed", seed), integer=True, low=0, allow_none=True)
+    if sampler_seed is not None and sampler_seed >= 2**32:
+        raise where.fail("search.sampler.seed", f"expected an integer from 0 to 2**32 - 1, got {sampler_seed}")
     options = _mapping(where, "search.sampler.options", sampler_raw.get("options"))
     valid_options = _sampler_option_names(sampler)
     _check_keys(where, "search.sampler.options", options, valid_options)
@@ -530,6 +608,9 @@ def _parse_search(where: _Where, raw: dict[str, Any], objectives: tuple[Objectiv
 
 def _check_search_settings(settings: SearchSettings, file: str) -> None:
     where = _Where(file)
+    for key, value, low in (("cpu", settings.cpus_per_trial, "> 0"), ("gpu", settings.gpus_per_trial, ">= 0")):
+        if not isinstance(value, (int, float)) or not _finite(value) or not (value > 0 if key == "cpu" else value >= 0):
+            raise where.fail(f"search.resources.{key}", f"expected a finite number {low}, got {value!r}")
     if settings.gpus_per_trial > 1 and not float(settings.gpus_per_trial).is_integer():
         raise where.fail("search.resources.gpu", f"expected a fraction up to 1 or a whole number, got {settings.gpus_per_trial}")
     if settings.backend == "optuna" and settings.max_concurrent > 1 and settings.gpus_per_trial:
@@ -581,7 +662,7 @@ def _parse_model(where: _Where, raw: dict[str, Any], image_size: int) -> ModelSp
         for key, value in block.items():
             params[key] = _param(where, f"{path}.{key}", value, valid[key])
             _check_input_size(where, f"{path}.{key}", key, params[key], image_size)
-        _check_heads_divide(where, path, params)
+        _check_heads_divide(where, path, params, get_strategy(name).defaults)
         strategies.append(StrategySpace(name, params, tuple(block)))
     return ModelSpace(tuple(strategies), shared)
 
@@ -596,15 +677,31 @@ def _check_input_size(where: _Where, path: str, key: str, param: Param, image_si
             raise where.fail(path, f"expected {problem}, got {value!r}")
 
 
-def _check_heads_divide(where: _Where, path: str, params: Mapping[str, Param]) -> None:
-    """Every listed num_heads must divide every listed embed_dim; ranges are rounded at sampling."""
-    dim, heads = params.get("embed_dim"), params.get("num_heads")
-    if dim is None or heads is None or dim.kind not in ("fixed", "choice") or heads.kind not in ("fixed", "choice"):
+def _check_heads_divide(where: _Where, path: str, params: Mapping[str, Param], defaults: Mapping[str, Any]) -> None:
+    """Every num_heads the space can give (listed, in a range, or the default) must divide every
+    embed_dim it can give; an embed_dim range must hold a multiple of each. Sampling never changes a
+    listed value to make them fit."""
+    if "embed_dim" not in params and "num_heads" not in params:
         return
-    for d in dim.values_at_bounds():
-        for h in heads.values_at_bounds():
+    if "embed_dim" not in defaults or "num_heads" not in defaults:
+        return
+    dim, heads = params.get("embed_dim"), params.get("num_heads")
+    if heads is None:
+        head_values, heads_text = [defaults["num_heads"]], "the default num_heads"
+    elif heads.kind in ("fixed", "choice"):
+        head_values, heads_text = list(heads.values_at_bounds()), "num_heads"
+    else:
+        head_values, heads_text = list(range(int(heads.low), int(heads.high) + 1, int(heads.step or 1))), "num_heads"
+    key = f"{path}.num_heads" if heads is not None else f"{path}.embed_dim"
+    if dim is not None and dim.kind not in ("fixed", "choice"):
+        for h in head_values:
+            if int(dim.high) // h * h < dim.low:
+                raise where.fail(key, f"{heads_text} {h} has no multiple in the embed_dim range [{dim.low}, {dim.high}]")
+        return
+    dims = list(dim.values_at_bounds()) if dim is not None else [defaults["embed_dim"]]
+    for d in dims:
+        for h in head_values:
             if d % h:
-                raise where.fail(
-                    f"{path}.num_heads",
-                    f"expected every num_heads to divide every embed_dim, but {h} does not divide {d}",
-                )
+                fix = "" if heads is not None else "; list num_heads too, or an embed_dim it divides"
+                raise where.fail(key, f"expected every num_heads to divide every embed_dim, but {heads_text} {h} does "
+                                 f"not divide {'the default embed_dim ' if dim is None else ''}{d}{fix}")

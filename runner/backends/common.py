@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -321,10 +322,19 @@ def format_value(name: str, value: Any) -> str:
     return format_figure(value, _FIGURE_STYLES.get(name, "number"))
 
 
+def print_line(line: str) -> None:
+    """Write one progress line to the current stdout.
+
+    Not ``print`` itself: Ray's tqdm integration swaps ``builtins.print`` when a worker dies, and an
+    object holding the old one can no longer be pickled."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 class TrialFinished:
     """Called in the driver after each trial is told: rewrite trials.csv and print one line."""
 
-    def __init__(self, run_dir: Path, space: SearchSpace, *, total: int, emit: Callable[[str], None] = print) -> None:
+    def __init__(self, run_dir: Path, space: SearchSpace, *, total: int, emit: Callable[[str], None] = print_line) -> None:
         self.run_dir = Path(run_dir)
         self.space = space
         self.total = total

@@ -26,11 +26,16 @@ when ``RAY_AUTH_MODE=token`` is set; the driver then needs the same token.
 Resume does not use ``Tuner.restore``: after a hard kill Ray's experiment snapshot lags the journal
 (a trial the journal holds as COMPLETE may still be RUNNING in the snapshot and would run again).
 ``runner.search`` instead fails the journal's unfinished trials and starts a new Tune session for
-the remaining trials on the same study; Ray keeps each session under ``ray/session-<k>/``.
+the remaining trials on the same study; Ray keeps each session under ``ray/session-<k>/``. For the
+same reason the searcher's part of Ray's experiment snapshot is a note, not a pickle of the searcher:
+pickling it would gain nothing and can fail (after a worker dies, Ray's tqdm integration replaces
+``builtins.print``, and anything holding the old ``print`` no longer pickles), which would abort the
+whole search at the next snapshot.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -67,17 +72,23 @@ logger = logging.getLogger(__name__)
 # what keeps over-budget configs from training); Ray's hint that it should take under 1 s is noise.
 warnings.filterwarnings("ignore", message="Define-by-run function passed in the `space` argument took")
 
-CRASHED = "the trial process failed (out of memory or killed?); Ray's log is under the run's ray/ folder"
+CRASHED = "worker died (out of memory or killed?); Ray's log is under the run's ray/ folder"
 
 
 # ---------------------------------------------------------------------------------------------
 # Connecting
 
 
-def check_address(address: str, *, timeout_s: float = 3.0) -> None:
-    """Fail fast with one line when a ``host:port`` cluster address does not answer.
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])  # + an empty SETTINGS frame
 
-    ``ray.init`` itself may wait a minute before giving up on an unreachable head node.
+
+def check_address(address: str, *, timeout_s: float = 3.0) -> None:
+    """Fail fast with one line when a ``host:port`` cluster address does not answer as Ray does.
+
+    ``ray.init`` itself may wait a minute before giving up on an unreachable head node, and over
+    five minutes on an open port that is not Ray. Ray's GCS (and the Ray Client server) speak gRPC,
+    which is HTTP/2: sent the HTTP/2 client preface, they answer with a SETTINGS frame at once.
+    Anything else (an HTTP/1 server, a database, a silent port) is refused within ``2 * timeout_s``.
     """
     if address == "auto":
         return
@@ -86,10 +97,19 @@ def check_address(address: str, *, timeout_s: float = 3.0) -> None:
     if not host or not port.isdigit():
         raise UserError(f"--address {address}: expected host:port (e.g. 10.0.0.5:6379), 'auto' or ray://host:port")
     try:
-        with socket.create_connection((host, int(port)), timeout=timeout_s):
-            pass
+        with socket.create_connection((host, int(port)), timeout=timeout_s) as conn:
+            conn.settimeout(timeout_s)
+            try:
+                conn.sendall(_HTTP2_PREFACE)
+                reply = conn.recv(9)  # a frame header: length (3 bytes), type, flags, stream id
+            except OSError:
+                reply = b""
     except OSError as err:
         raise UserError(f"--address {address}: no Ray cluster answers there ({err.strerror or err})") from None
+    if len(reply) < 4 or reply[3] != 0x4:
+        raise UserError(f"--address {address}: something listens there, but it is not a Ray cluster (no gRPC answer "
+                        f"within {timeout_s:g} s); give the head node's GCS port (ray start --head prints it, "
+                        "6379 by default)")
 
 
 def connect(address: str | None) -> bool:
@@ -163,6 +183,16 @@ class RunSearch(OptunaSearch):
     def __init__(self, *args: Any, on_finished: Callable[[optuna.Study, int], None] | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self._on_finished = on_finished
+
+    def save(self, checkpoint_path: str) -> None:
+        """Ray's experiment snapshot: a note only; the journal is the record and resume reads it."""
+        Path(checkpoint_path).write_text(
+            json.dumps({"searcher": type(self).__name__, "state": "in the run's study.journal (runner.search --resume)"}),
+            encoding="utf-8",
+        )
+
+    def restore(self, checkpoint_path: str) -> None:
+        raise UserError("this run resumes from its study.journal: python -m runner.search --out RUN_DIR --resume")
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:

@@ -13,15 +13,18 @@ Sources: ``synthetic`` (see :mod:`runner.data.synthetic`), ``npz`` (MedMNIST lay
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from pathlib import Path
+
+import torch
 
 from search_space.errors import DataError
 
 from . import synthetic
 from .augment import augment_batch
 from .dataset import SPLITS, CellDataset, Size, check_size, normalised
-from .folder import describe_folder, load_folder
+from .folder import IMAGE_SUFFIXES, describe_folder, load_folder
 from .npz import BLOODMNIST_CLASSES, KNOWN_CLASS_NAMES, describe_npz, load_npz
 from .synthetic import MODALITY_CHANNELS, SYNTHETIC_CLASSES
 
@@ -34,6 +37,7 @@ __all__ = [
     "SYNTHETIC_DEFAULT_SIZES",
     "CellDataset",
     "augment_batch",
+    "data_fingerprint",
     "describe_dataset",
     "load_dataset",
 ]
@@ -86,11 +90,57 @@ def load_dataset(
     """
     sizes = _check_common(source, path, modality, image_size, {"train": train, "val": val, "test": test}, seed)
     if source == "synthetic":
-        return _synthetic(modality, image_size, sizes, difficulty, class_names, seed)
-    loader: Callable[..., CellDataset] = {"npz": load_npz, "folder": load_folder}[source]
-    data = loader(path, image_size=image_size, sizes=sizes, class_names=class_names, seed=seed)
-    _check_real_modality(modality, data.modality, path)
+        data = _synthetic(modality, image_size, sizes, difficulty, class_names, seed)
+    else:
+        loader: Callable[..., CellDataset] = {"npz": load_npz, "folder": load_folder}[source]
+        data = loader(path, image_size=image_size, sizes=sizes, class_names=class_names, seed=seed)
+        _check_real_modality(modality, data.modality, path)
+    _check_usable(data, path if path is not None else "synthetic data")
     return data
+
+
+def _check_usable(data: CellDataset, where: str | Path) -> None:
+    """What every loader must hand over, whatever the source: two classes or more, every split
+    non-empty, every class in train, finite values (a trial cannot learn or be scored otherwise)."""
+    if data.num_classes < 2:
+        raise DataError(f"{where}: a single class ({', '.join(data.class_names) or 'none'}); classifying needs at least two")
+    for split in SPLITS:
+        x, y = data.split(split)
+        if len(x) == 0:
+            raise DataError(f"{where}: the {split} split is empty")
+        if not bool(torch.isfinite(x).all()):
+            raise DataError(f"{where}: the {split} images contain NaN or infinite values")
+    missing = sorted(set(range(data.num_classes)) - set(data.train_y.unique().tolist()))
+    if missing:
+        names = ", ".join(data.class_names[c] for c in missing)
+        raise DataError(f"{where}: the train split has no images of class(es) {names}")
+
+
+def data_fingerprint(*, source: str, path: str | Path | None = None, **_: object) -> str | None:
+    """A sha256 of the files a real dataset is read from (the .npz file; every image below a folder
+    with its relative path), so a run can tell that its data changed. None for synthetic data, which
+    its settings define. Takes ``loader_kwargs()`` as they are; raises DataError when unreadable."""
+    if source == "synthetic" or path is None:
+        return None
+    root = Path(path)
+    digest = hashlib.sha256()
+    try:
+        if source == "npz":
+            files = [("", root)]  # the content, whatever the file is called now
+        else:
+            files = sorted(
+                (p.relative_to(root).as_posix(), p) for p in root.rglob("*")
+                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                and not any(part.startswith(".") for part in p.relative_to(root).parts)
+            )
+        for name, file in files:
+            digest.update(name.encode("utf-8") + b"\0")
+            with open(file, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+    except OSError as err:
+        raise DataError(f"{path}: cannot be read to fingerprint it ({err.strerror or err})") from None
+    return "sha256:" + digest.hexdigest()
 
 
 def describe_dataset(

@@ -55,7 +55,7 @@ def load_npz(
             y = labels[split]
             keep = stratified_pick(y, wanted(sizes[split], len(y)), len(names), np.random.default_rng([seed, i]))
             check_every_class(y[keep], names, split, str(path), _hint(sizes[split], len(names), split))
-            images = archive[f"{split}_images"]
+            images = _array(path, archive, f"{split}_images")
             images = images[keep] if len(keep) < len(images) else images
             x = _to_float(path, images)
             splits[split] = (resize(x, size), torch.from_numpy(y[keep]))
@@ -83,13 +83,29 @@ def _checked_header(
     return names or _default_names(path, labels), labels, shapes
 
 
+def load_error(err: BaseException) -> str:
+    """Why numpy could not read an array, in words for the user: numpy's own message for an object
+    array suggests allow_pickle=True, which would let the file run code; never pass that on."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if "allow_pickle" in text or "pickle" in text.lower():
+        return "it holds Python objects (an object array), which are never unpickled here; save the arrays as numbers"
+    return text
+
+
+def _array(path: Path, archive: np.lib.npyio.NpzFile, key: str) -> np.ndarray:
+    try:
+        return archive[key]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise DataError(f"{path}: '{key}' cannot be read ({load_error(err)})") from None
+
+
 def _open(path: Path) -> np.lib.npyio.NpzFile:
     if not path.is_file():
         raise DataError(f"{path}: no such file" + (" (it is a folder; use source='folder')" if path.is_dir() else ""))
     try:
         archive = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile) as err:
-        raise DataError(f"{path}: not a readable .npz file ({err})") from None
+        raise DataError(f"{path}: not a readable .npz file ({load_error(err)})") from None
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise DataError(f"{path}: holds a single array, not an .npz archive with {_required()}")
     missing = [k for k in _required() if k not in archive.files]
@@ -110,7 +126,7 @@ def _class_names(path: Path, archive: np.lib.npyio.NpzFile, given: list[str] | N
     if given is not None:
         return list(given)
     if "class_names" in archive.files:
-        names = archive["class_names"]
+        names = _array(path, archive, "class_names")
         if names.ndim != 1 or names.dtype.kind not in "US":
             raise DataError(f"{path}: 'class_names' must be a 1-D array of strings, got {names.dtype} {names.shape}")
         return [str(n) for n in names]
@@ -128,7 +144,7 @@ def _default_names(path: Path, labels: dict[str, np.ndarray]) -> list[str]:
 
 def _labels(path: Path, archive: np.lib.npyio.NpzFile, split: str, num_classes: int | None) -> np.ndarray:
     key = f"{split}_labels"
-    y = archive[key]
+    y = _array(path, archive, key)
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if y.ndim != 1:
@@ -154,7 +170,7 @@ def _image_shape(path: Path, archive: np.lib.npyio.NpzFile, split: str) -> tuple
         if reader is not None:
             shape, _, dtype = reader(member)
     if reader is None:  # a newer .npy version: read the array itself
-        array = archive[key]
+        array = _array(path, archive, key)
         shape, dtype = array.shape, array.dtype
     if dtype not in _SCALE and dtype.kind not in "fb":
         raise DataError(f"{path}: '{key}' has dtype {dtype}; expected uint8, uint16, bool or float images")

@@ -4,7 +4,8 @@
 ``CELLSPARSE_PLUGINS`` environment variable (the same way a user's own strategy package is
 loaded), so Ray workers and CLI subprocesses know it too. Its ``behaviour`` parameter forces the
 failures the backends must record: ``raise`` raises in the first forward pass, ``nan`` makes the
-loss NaN, and ``by_trial`` takes the behaviour of trial n from the comma-separated list in the
+loss NaN, ``die`` kills its own process with SIGKILL (a worker killed for memory), and
+``by_trial`` takes the behaviour of trial n from the comma-separated list in the
 ``PROBE_BEHAVIOURS`` environment variable (cycled; the trial's seed is the space seed 0 + n, and a
 trial seeds torch before it builds its model), so a test decides which trials fail. With
 ``PROBE_SLEEP_S`` set, every training step sleeps that long: trials last long enough for a test
@@ -14,6 +15,7 @@ to stop the search in the middle of one, whatever the machine's speed.
 from __future__ import annotations
 
 import os
+import signal
 import textwrap
 import time
 from pathlib import Path
@@ -51,6 +53,8 @@ class ProbeNet(CellClassifier):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.behaviour == "raise" and self.training:
             raise RuntimeError("probe_net was told to fail")
+        if self.behaviour == "die" and self.training:
+            os.kill(os.getpid(), signal.SIGKILL)
         if self.training and os.environ.get("PROBE_SLEEP_S"):
             time.sleep(float(os.environ["PROBE_SLEEP_S"]))
         x = torch.relu(self.conv(images * self._mask(images)))  # (B, width, H, W)
@@ -84,7 +88,7 @@ if NAME not in strategy_names():
         params={
             "width": ParamSpec("int", low=1, high=64, default=4),
             "k_fraction": ParamSpec("float", low=0.01, high=1.0, default=0.5),
-            "behaviour": ParamSpec("choice", choices=("ok", "raise", "nan", "by_trial"), default="ok"),
+            "behaviour": ParamSpec("choice", choices=("ok", "raise", "nan", "die", "by_trial"), default="ok"),
         },
         doc="test-only probe",
     )(ProbeNet)

@@ -220,6 +220,23 @@ def test_bad_npz_content(tmp_path: Path, overrides: dict, match: str) -> None:
     assert str(path) in str(info.value)
 
 
+def test_object_arrays_are_refused_without_advising_pickle(tmp_path: Path) -> None:
+    """numpy's own message suggests allow_pickle=True (which would let the file run code): never shown."""
+    labels = np.empty(12, dtype=object)
+    labels[:] = [0, 1, 2] * 4
+    path = _npz_with(tmp_path, train_labels=labels)
+    for read in (load_dataset, describe_dataset):
+        with pytest.raises(DataError, match=r"'train_labels' cannot be read \(it holds Python objects") as info:
+            read(source="npz", path=path)
+        assert "allow_pickle" not in str(info.value)
+    single = tmp_path / "single.npz"
+    with open(single, "wb") as handle:
+        np.save(handle, labels)
+    with pytest.raises(DataError, match="never unpickled") as info:
+        load_dataset(source="npz", path=single)
+    assert "allow_pickle" not in str(info.value)
+
+
 def test_bad_npz_files(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"missing\.npz: no such file"):
         load_dataset(source="npz", path=tmp_path / "missing.npz")

@@ -217,7 +217,8 @@ def test_corrupt_or_truncated_model_file(topk_run: Path, tmp_path: Path, capsys:
     assert status == 2 and "corrupt or truncated model file" in line and "model.pt" in line
     weights.write_bytes(b"not a checkpoint")
     status, err = _cli([str(run)], capsys)
-    assert status == 2 and "corrupt or truncated" in _one_error_line(err)
+    line = _one_error_line(err)
+    assert status == 2 and "corrupt or truncated" in line and "weights_only" not in line  # torch's advice not passed on
     assert not (run / "export").exists() and _leftovers(run) == []
 
 
@@ -270,17 +271,40 @@ def test_parity_mismatch_fails_and_writes_nothing(exported: tuple[Path, E.Export
     assert not out.exists() and _leftovers(tmp_path) == []
 
 
-def test_re_export_replaces_the_previous_one(exported: tuple[Path, E.ExportResult, list[str]], topk_run: Path,
-                                             tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_re_export_replaces_only_its_own_files(exported: tuple[Path, E.ExportResult, list[str]], topk_run: Path,
+                                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Re-exporting swaps the export's files and keeps what runner.predict or the user put beside them."""
     program = torch.export.load(exported[0] / "model.pt2")
     monkeypatch.setattr(E, "to_exported_program", lambda model, example: program)
     out = tmp_path / "deploy"
     lines: list[str] = []
     E.export_run(topk_run, formats=["pt2"], out=out, measure=False, log=lines.append)
-    (out / "stale.txt").write_text("from the first export")
+    (out / "predictions.csv").write_text("input,predicted\na.png,x\n")
+    (out / "notes").mkdir()
+    (out / "notes" / "why.txt").write_text("the user's")
+    (out / "model.onnx").write_text("a format the previous export wrote and this one does not")
     E.export_run(topk_run, formats=["pt2"], out=out, measure=False, log=lines.append)
-    assert not (out / "stale.txt").exists() and any(line.startswith("replaced the export in") for line in lines)
+    assert (out / "predictions.csv").read_text() == "input,predicted\na.png,x\n"
+    assert (out / "notes" / "why.txt").read_text() == "the user's"
+    assert not (out / "model.onnx").exists() and any(line.startswith("replaced the export in") for line in lines)
     assert json.loads((out / "model_card.json").read_text())["files"] == {"pt2": "model.pt2"}
+    assert _leftovers(tmp_path) == []
+
+    failed: list[str] = []
+
+    def fail_at_readme(src: object, dst: object, _replace=os.replace) -> None:  # noqa: ANN001 - once, mid-swap
+        if not failed and Path(str(dst)) == out / "README.md" and ".partial-" in str(src):
+            failed.append(str(src))
+            raise OSError("disk full")
+        _replace(src, dst)
+
+    monkeypatch.setattr(E.os, "replace", fail_at_readme)
+    card_before = (out / "model_card.json").read_text()
+    with pytest.raises(OSError, match="disk full"):
+        E.export_run(topk_run, formats=["pt2"], out=out, measure=False, log=lines.append)
+    assert failed and (out / "model_card.json").read_text() == card_before  # the previous export, whole
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "model.pt2", "model_card.json", "notes", "parity.npz",
+                                                     "predictions.csv"]
     assert _leftovers(tmp_path) == []
 
 

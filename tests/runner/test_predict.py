@@ -281,6 +281,21 @@ def test_corrupt_or_truncated_model_file(fmt: str, export_dir: Path, images: Pat
     assert not (tmp_path / "p.csv").exists()
 
 
+def test_a_pt2_that_would_unpickle_is_refused_before_loading(export_dir: Path, images: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """A crafted model.pt2 (a weight marked for pickling) would run os.system inside torch.export.load."""
+    from tests.runner.pt2_crafted import craft
+
+    copy = tmp_path / "export"
+    shutil.copytree(export_dir, copy)
+    marker = tmp_path / "code_ran"
+    craft(export_dir / "model.pt2", copy / "model.pt2", "pickled_weight", marker)
+    status, _, err = _cli([str(copy), str(images), "--format", "pt2", "--out", str(tmp_path / "p.csv")], capsys)
+    line = _one_error_line(err)
+    assert status == 2 and "model.pt2: refused" in line and "use_pickle" in line
+    assert not marker.exists() and not (tmp_path / "p.csv").exists()
+
+
 def test_unreadable_image_is_named(export_dir: Path, images: Path, tmp_path: Path,
                                    capsys: pytest.CaptureFixture[str]) -> None:
     broken = images / "day2" / "broken.png"

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from runner.rundir import check_journal
 from tests.runner.search_fixtures import journal_trials, read_trials, set_env, write_space
 
 
@@ -100,3 +101,69 @@ def test_ctrl_c_stops_cleanly_and_resume_continues(tmp_path) -> None:
                               "--resume"], capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     check_final(run, 4, before)
+
+
+def _search(capsys, *args: str | Path) -> tuple[int, str, str]:
+    from runner.search import main
+
+    status = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_a_torn_last_journal_line_is_cut_before_resume_appends(tmp_path, monkeypatch, capsys) -> None:
+    """A kill in the middle of a journal write leaves a fragment without a newline; resume must not
+    append onto it (that made every later read fail with a JSONDecodeError)."""
+    monkeypatch.delenv("PROBE_SLEEP_S")
+    space = write_space(tmp_path, trials=1)
+    run = tmp_path / "run"
+    assert _search(capsys, "--space", space, "--out", run)[0] == 0
+    journal = run / "study.journal"
+    intact = journal.read_bytes()
+    fragment = b'{"op_code":5,"worker_id":"w","trial_id":0,"us'
+    journal.write_bytes(intact + fragment)
+    status, _, err = _search(capsys, "--out", run, "--resume", "--trials", "2")
+    assert status == 0, err
+    assert f"dropped those {len(fragment)} bytes" in err and str(journal) in err
+    assert journal.read_bytes().startswith(intact)
+    assert journal.read_bytes().endswith(b"\n") and check_journal(run) is None  # nothing left torn
+    assert [t.state.name for t in journal_trials(run)] == ["COMPLETE"] * 2
+
+
+def test_a_damaged_journal_line_is_one_error_naming_it(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.delenv("PROBE_SLEEP_S")
+    space = write_space(tmp_path, trials=1)
+    run = tmp_path / "run"
+    assert _search(capsys, "--space", space, "--out", run)[0] == 0
+    journal = run / "study.journal"
+    lines = journal.read_bytes().splitlines(keepends=True)
+    lines[2] = b'{"op_code": 4, "trial_id"\n'
+    journal.write_bytes(b"".join(lines))
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    status, out, err = _search(capsys, "--out", run, "--resume", "--trials", "2")
+    assert status == 2 and err.count("\n") == 1 and f"{journal}: line 3 is not a journal record" in err
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
+def test_a_killed_session_counts_in_the_wall_time_up_to_its_last_write(tmp_path) -> None:
+    import json
+
+    from runner import rundir
+    from search_space.spec import load_space
+
+    space = load_space(write_space(tmp_path, trials=1))
+    run = tmp_path / "run"
+    run.mkdir()
+    first = rundir.start_session(run, space, command=["search"], address=None)  # then killed: never finished
+    (run / rundir.JOURNAL_FILE).write_text("{}\n")
+    started = first["sessions"][0]["started_at"]
+    from datetime import datetime
+
+    last_write = datetime.fromisoformat(started).timestamp() + 125.0
+    os.utime(run / rundir.JOURNAL_FILE, (last_write, last_write))
+    rundir.start_session(run, space, command=["search", "--resume"], address=None)
+    rundir.finish_session(run, wall_time_s=10.0, finished=True)
+    info = json.loads((run / rundir.RUN_FILE).read_text())
+    killed, resumed = info["sessions"]
+    assert killed["wall_time_s"] == 125.0 and killed["ended"].startswith("killed")
+    assert resumed["wall_time_s"] == 10.0 and info["wall_time_s"] == 135.0

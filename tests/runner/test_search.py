@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 import torch
@@ -148,6 +149,10 @@ def _free_port() -> int:
         (["--space", "{space}", "--trials", "0"], "--trials must be at least 1"),
         pytest.param(["--space", "{space}", "--gpus-per-trial", "1"], "torch sees no CUDA device",
                      marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")),
+        (["--space", "{space}", "--gpus-per-trial", "nan"], "--gpus-per-trial must be a finite number >= 0, but got nan"),
+        (["--space", "{space}", "--cpus-per-trial", "inf"], "--cpus-per-trial must be a finite number > 0, but got inf"),
+        (["--out", "{run}", "--resume", "--gpus-per-trial", "nan"], "--gpus-per-trial must be a finite number"),
+        (["--space", "{space}", "--backend", "optuna", "--cpus-per-trial", "1e9"], "CPUs for this process"),
         (["--space", "{space}", "--resume", "--out", "empty"], "holds no run to resume"),
         ([], "--space FILE is required"),
         (["--resume"], "--resume without --space needs --out DIR"),
@@ -205,3 +210,121 @@ def test_a_relative_data_path_is_stored_absolute_and_the_run_still_resumes(tmp_p
     stored = yaml.safe_load((out / rundir.SPACE_FILE).read_text(encoding="utf-8"))
     assert stored["data"]["path"] == str(tmp_path / "data" / "cells.npz")
     rundir.check_out_dir(out, space, resume=True)  # the same file, given again, is the same run
+
+
+# --------------------------------------------------------------------------------------------- data checked up front
+
+
+def _npz(path: Path, *, classes: int = 3, per_class: int = 4, dtype: type = np.uint8, **overrides: np.ndarray) -> Path:
+    """A small MedMNIST-layout npz of 16 px RGB images, every class in every split."""
+    rng = np.random.default_rng(0)
+    arrays: dict[str, np.ndarray] = {}
+    for split in ("train", "val", "test"):
+        labels = np.repeat(np.arange(classes), per_class).astype(np.uint8)
+        images = rng.integers(0, 255, (len(labels), 16, 16, 3)).astype(dtype)
+        arrays[f"{split}_images"], arrays[f"{split}_labels"] = images, labels[:, None]
+    arrays.update(overrides)
+    np.savez(path, **arrays)
+    return path
+
+
+def _npz_space(directory: Path, data: str, name: str = "real") -> Path:
+    text = (write_space(directory, name=name, trials=1).read_text()
+            .replace("data: {source: synthetic, image_size: 16, train: 64, val: 32, test: 32, augment: true}",
+                     f"data: {{source: {data}, augment: false}}"))
+    path = directory / f"{name}.yaml"
+    path.write_text(text)
+    return path
+
+
+def _nan_images() -> np.ndarray:
+    images = np.random.default_rng(1).random((12, 16, 16, 3)).astype(np.float32)
+    images[3, 4, 5, 1] = np.nan
+    return images
+
+
+def _truncated_folder(root: Path) -> Path:
+    from PIL import Image
+
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(10):
+            Image.fromarray(np.full((16, 16), 25 * i, np.uint8)).save(root / c / f"{i}.png")
+    broken = root / "b" / "3.png"
+    broken.write_bytes(broken.read_bytes()[:-30])
+    return root
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda d: _npz(d / "x.npz", dtype=np.float32, train_images=_nan_images()), "NaN or infinite values"),
+        (lambda d: _npz(d / "x.npz", val_images=np.zeros((0, 16, 16, 3), np.uint8), val_labels=np.zeros((0, 1), np.uint8)),
+         "val"),
+        (lambda d: _npz(d / "x.npz", train_labels=np.repeat([0, 1, 1], 4).astype(np.uint8)[:, None]),
+         "train split has no images of class(es) class_2"),
+        (lambda d: _npz(d / "x.npz", classes=1), "a single class"),
+        (lambda d: _truncated_folder(d / "cells"), "cannot read image"),
+    ],
+    ids=["nan-pixels", "empty-split", "class-missing-from-train", "single-class", "truncated-image"],
+)
+def test_bad_data_is_one_line_before_any_trial(tmp_path, capsys, make, message) -> None:
+    data = make(tmp_path)
+    source = "folder" if data.is_dir() else "npz"
+    space = _npz_space(tmp_path, f"{source}, path: {data}")
+    capsys.readouterr()
+    assert search("--space", space, "--out", tmp_path / "run") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and message in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_refuses_other_data(tmp_path, capsys) -> None:
+    data = _npz(tmp_path / "cells.npz")
+    space = _npz_space(tmp_path, f"npz, path: {data}")
+    assert search("--space", space, "--out", tmp_path / "run") == 0
+    fingerprint = json.loads((tmp_path / "run" / "run.json").read_text())["data_fingerprint"]
+    assert fingerprint.startswith("sha256:")
+    _npz(data, per_class=5)  # the same file name, other images
+    before = snapshot(tmp_path / "run")
+    capsys.readouterr()
+    assert search("--out", tmp_path / "run", "--resume", "--trials", "2") == 2
+    err = capsys.readouterr().err.strip()
+    assert "differ from the data this run started with" in err and fingerprint in err and "\n" not in err
+    assert snapshot(tmp_path / "run") == before
+
+
+@pytest.mark.parametrize("reply", [b"HTTP/1.1 400 Bad Request\r\n\r\n", b""], ids=["http-server", "silent-port"])
+def test_address_of_an_open_port_that_is_not_ray_is_one_line_fast(tmp_path, capsys, reply) -> None:
+    """ray.init waited over five minutes on such a port."""
+    import threading
+    import time
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    accepted: list[socket.socket] = []
+
+    def serve() -> None:
+        with server:
+            conn, _ = server.accept()
+            accepted.append(conn)
+            conn.recv(64)
+            if reply:
+                conn.sendall(reply)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    space = write_space(tmp_path, trials=1, backend="ray")
+    start = time.perf_counter()
+    try:
+        assert search("--space", space, "--address", f"127.0.0.1:{port}") == 2
+    finally:
+        thread.join(timeout=10)
+        for conn in accepted:
+            conn.close()
+    assert time.perf_counter() - start < 10
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "something listens there, but it is not a Ray cluster" in err
+    assert not (tmp_path / "runs").exists()

@@ -46,6 +46,18 @@ def test_ray_search_runs_trials_in_parallel_and_records_failures(tmp_path, monke
     assert "[4/4]" in out and "Pareto front" in out
 
 
+def test_a_trial_whose_worker_dies_is_failed_and_the_search_goes_on(tmp_path, monkeypatch, capsys) -> None:
+    """A killed worker (SIGKILL mid-trial, as the OOM killer does) makes Ray patch builtins.print; the
+    experiment snapshot that follows must still pickle the searcher."""
+    monkeypatch.setenv("PROBE_BEHAVIOURS", "ok,die,ok")
+    space = write_space(tmp_path, trials=3, backend="ray", max_concurrent=1, behaviour="by_trial")
+    assert main(["--space", str(space), "--out", "run"]) == 0
+    rows = read_trials(tmp_path / "run")
+    assert [r["state"] for r in rows] == ["COMPLETE", "FAIL", "COMPLETE"]
+    assert "worker died" in rows[1]["error"]
+    assert "[3/3]" in capsys.readouterr().out
+
+
 @pytest.mark.slow
 def test_ray_kill_9_then_resume(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("PROBE_SLEEP_S", "0.1")  # each trial takes over a second

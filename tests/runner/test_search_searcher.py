@@ -65,4 +65,19 @@ def test_stopped_before_final_result_is_pruned(searcher) -> None:
 
 def test_crashed_trial_is_failed_with_a_reason(searcher) -> None:
     trial = state_after(searcher, None, error=True)
-    assert trial.state.name == "FAIL" and "trial process failed" in trial.user_attrs["error"]
+    assert trial.state.name == "FAIL" and "worker died" in trial.user_attrs["error"]
+
+
+def test_snapshot_does_not_pickle_the_searcher(searcher, tmp_path, monkeypatch) -> None:
+    """Ray swaps builtins.print when a worker dies; a snapshot pickling the searcher then failed."""
+    import builtins
+    import json
+    import pickle
+
+    from runner.backends.common import TrialFinished
+
+    searcher._on_finished = TrialFinished(tmp_path, load_space(write_space(tmp_path)), total=1)
+    monkeypatch.setattr(builtins, "print", lambda *args, **kwargs: None)
+    searcher.save(str(tmp_path / "searcher.json"))
+    assert "study.journal" in json.loads((tmp_path / "searcher.json").read_text())["state"]
+    pickle.dumps(searcher._on_finished)  # the progress callback holds no builtins.print

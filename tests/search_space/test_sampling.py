@@ -78,3 +78,23 @@ def test_k_rule_keys_are_conditional_on_the_rule(tmp_path):
             assert ("k_top_p" in config) == (config["k_rule"] == "top_p")
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
     assert rules == {"fixed", "top_p"}
+
+
+def test_listed_embed_dims_are_never_changed_and_ranges_stay_in_range(tmp_path):
+    """num_heads from a range with listed embed_dims: every config holds a listed embed_dim; an
+    embed_dim range is rounded to a multiple of num_heads inside it."""
+    path = tmp_path / "heads.yaml"
+    path.write_text(
+        "objectives: {accuracy: maximize, flops: minimize}\n"
+        "space:\n  strategy:\n"
+        "    dense_vit: {embed_dim: [48, 96], num_heads: {int: [2, 4]}, depth: 1}\n"
+        "    sparse_topk: {embed_dim: {int: [33, 41]}, num_heads: [4, 8], depth: 1}\n"
+    )
+    configs = sample_configs(load_space(path), 60)
+    for config in configs:
+        assert config["embed_dim"] % config["num_heads"] == 0, config
+        if config["strategy"] == "dense_vit":
+            assert config["embed_dim"] in (48, 96), config
+        else:
+            assert 33 <= config["embed_dim"] <= 41, config
+    assert {c["strategy"] for c in configs} == {"dense_vit", "sparse_topk"}

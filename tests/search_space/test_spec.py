@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 import pytest
@@ -106,6 +107,8 @@ MALFORMED = [
     (mutated("objectives", {"accuracy": "maximize"}), "objectives", "at least two objectives"),
     (mutated("objectives.flopz", "minimize"), "objectives.flopz", "did you mean 'flops'"),
     (mutated("objectives.flops", "smaller"), "objectives.flops", "expected maximize or minimize"),
+    (mutated("objectives.accuracy", "minimize"), "objectives.accuracy", "accuracy is to be maximized"),
+    (mutated("objectives.flops", "max"), "objectives.flops", "'max' would search for the worst models; write minimize"),
     (mutated("search.sampler", "tpee"), "search.sampler.name", "did you mean 'tpe'"),
     (mutated("search.sampler", {"name": "nsga2", "options": {"population": 8}}),
      "search.sampler.options.population", "did you mean 'population_size'"),
@@ -113,13 +116,32 @@ MALFORMED = [
     (mutated("search.trials", 0), "search.trials", "expected an integer >= 1, got 0"),
     (mutated("search.trials", "many"), "search.trials", "expected an integer"),
     (mutated("search.reference_point", {"accuracy": 0.0}), "search.reference_point", "missing ['flops']"),
-    (mutated("search.resources", {"cpu": 0}), "search.resources.cpu", "expected a number > 0"),
+    (mutated("search.resources", {"cpu": 0}), "search.resources.cpu", "expected a finite number > 0"),
+    (mutated("search.resources", {"cpu": float("inf")}), "search.resources.cpu", "expected a finite number > 0, got inf"),
+    (mutated("search.resources", {"gpu": float("nan")}), "search.resources.gpu", "expected a finite number >= 0, got nan"),
+    (mutated("search.reference_point", {"accuracy": float("nan"), "flops": 1e7}), "search.reference_point.accuracy",
+     "expected a finite number, got nan"),
+    (mutated("search.reference_point", {"accuracy": 0.0, "flops": float("inf")}), "search.reference_point.flops",
+     "expected a finite number, got inf"),
+    (mutated("search.timeout_s", float("inf")), "search.timeout_s", "expected a finite number > 0 or null, got inf"),
+    (mutated("constraints.max_flops", float("inf")), "constraints.max_flops", "expected a finite number > 0 or null"),
+    (mutated("data.difficulty", float("nan")), "data.difficulty", "expected a finite number >= 0, got nan"),
+    (mutated("seed", 2**64), "seed", "expected an integer from 0 to 2**32 - 1"),
     (mutated("training.epochs", {"float": [1, 3]}), "training.epochs", "integer range"),
     (mutated("training.lr", {"log": [0.0, 1.0e-3]}), "training.lr", "0 < low"),
     (mutated("training.lr", []), "training.lr", "non-empty list"),
     (mutated("training.momentum", 0.9), "training.momentum", "unknown key"),
     (mutated("training.batch_size", {"int": [16, 64], "steps": 2}), "training.batch_size", "expected a range like"),
     (mutated("space.shared.num_heads", [3]), "num_heads", "3 does not divide 32"),
+    # never a silently changed embed_dim: a default or a range of num_heads must divide the listed embed_dims
+    (mutated("space", {"strategy": {"dense_vit": {"embed_dim": [50]}}}), "space.strategy.dense_vit.embed_dim",
+     "the default num_heads 4 does not divide 50"),
+    (mutated("space", {"strategy": {"dense_vit": {"embed_dim": [16], "num_heads": {"int": [2, 5]}}}}),
+     "space.strategy.dense_vit.num_heads", "num_heads 3 does not divide 16"),
+    (mutated("space", {"strategy": {"dense_vit": {"num_heads": [5]}}}), "space.strategy.dense_vit.num_heads",
+     "num_heads 5 does not divide the default embed_dim 64"),
+    (mutated("space", {"strategy": {"dense_vit": {"embed_dim": {"int": [33, 35]}, "num_heads": [4]}}}),
+     "space.strategy.dense_vit.num_heads", "num_heads 4 has no multiple in the embed_dim range [33, 35]"),
     (mutated("space.shared.depth", {"int": [1, 2.5]}), "space.shared.depth", "integer bounds"),
     (mutated("space.shared.widht", 16), "space.shared.widht", "no chosen strategy takes 'widht'"),
     (mutated("space.strategy.dense_cnn.width", "wide"), "space.strategy.dense_cnn.width", "expected an integer"),
@@ -131,7 +153,7 @@ MALFORMED = [
     (mutated("data.image_size", 512), "data.image_size", "from 16 to 128"),
     (mutated("data.modality", "fluorescence"), "data.modality", "unknown modality"),
     (mutated("data.augment", "yes please"), "data.augment", "true or false"),
-    (mutated("constraints.max_flops", -1), "constraints.max_flops", "expected a number > 0"),
+    (mutated("constraints.max_flops", -1), "constraints.max_flops", "expected a finite number > 0"),
     (mutated("constraints.flops", 1e6), "constraints.flops", "did you mean 'max_flops'"),
     (mutated("name", "../escape"), "name", "names the run directory"),
     (mutated("seed", -4), "seed", "expected an integer >= 0"),
@@ -167,6 +189,49 @@ def test_not_a_space_file(tmp_path, text, fragment):
     with pytest.raises(SpecError, match="^" + str(path).replace(".", r"\.")) as info:
         load_space(path)
     assert fragment in str(info.value)
+
+
+OVERSIZED = {
+    "alias bomb": ("expands to more than 100,000 values", lambda: "anchors:\n" + "".join(
+        f"  {line}\n" for line in _alias_bomb_levels()) + "objectives: *a8\n"),
+    "deep nesting": ("nested more than 64 levels deep", lambda: "objectives:\n" + "".join(
+        " " * i + "- \n" for i in range(1, 200))),
+    "deep flow nesting": ("", lambda: "objectives: " + "[" * 5000 + "]" * 5000 + "\n"),
+    "long list": ("expands to more than 100,000 values", lambda: "objectives: [" + ",".join(["0"] * 150_000) + "]\n"),
+    "huge file": ("larger than 1024 KiB", lambda: "# " + "x" * (2 << 20) + "\n"),
+    "recursive alias": ("recursive structures are not allowed", lambda: "objectives: &a {x: *a}\n"),
+    "5000-digit integer": ("a value cannot be read", lambda: "seed: " + "1" * 5000 + "\n"),
+}
+
+
+def _alias_bomb_levels() -> list[str]:
+    """Nine levels of nine aliases: 9**9 (387 million) strings once expanded."""
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, 9):
+        levels.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]")
+    return levels
+
+
+@pytest.mark.parametrize("case", list(OVERSIZED))
+def test_oversized_files_are_refused_quickly_in_one_line(tmp_path, case):
+    """Alias bombs, deep nesting, huge lists and files: refused before anything is built, in < 1 s."""
+    import time
+
+    fragment, make = OVERSIZED[case]
+    path = write(tmp_path, make())
+    start = time.perf_counter()
+    with pytest.raises(SpecError) as info:
+        load_space(path)
+    assert time.perf_counter() - start < 1.0
+    message = str(info.value)
+    assert message.startswith(str(path)) and fragment in message and "\n" not in message
+
+
+def test_an_endless_device_is_refused(tmp_path):
+    if not os.path.exists("/dev/zero"):
+        pytest.skip("no /dev/zero here")
+    with pytest.raises(SpecError, match="larger than 1024 KiB"):
+        load_space("/dev/zero")
 
 
 def test_missing_and_binary_files(tmp_path):
