@@ -132,6 +132,21 @@ def allowed_pairs(coords: list[tuple[int, int]], window: int) -> set[tuple[int, 
     return pairs
 
 
+@pytest.mark.parametrize("size", [28, 32])  # 28 px pads to whole 8 px patches by edge replication
+def test_conv_embedding_is_a_dense_conv_stem_read_at_the_kept_patches(size: int) -> None:
+    torch.manual_seed(0)
+    model = build(3, size, patch_size=8, patch_embed="conv", keep_fraction=0.5).eval()
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        sel = model._select(x)
+        tokens = model._embed(x, sel)  # (B, K, D)
+        dense = model.stem(F.pad(model._padded(x)[0], (1, 1, 1, 1)))  # (B, 8, rows*p, cols*p)
+        for b in range(2):
+            for slot, (r, c) in enumerate(sel["coords"][b].tolist()):
+                patch = dense[b, :, 8 * r : 8 * r + 8, 8 * c : 8 * c + 8].reshape(-1)
+                torch.testing.assert_close(tokens[b, slot], model.embed(patch), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("window", [2, 3, 4])
 def test_local_keys_are_the_union_of_both_windows_once_each(window: int) -> None:
     torch.manual_seed(0)
