@@ -14,16 +14,35 @@ whole number of patches). Each patch gets an informativeness score and only the 
                 normalised by its maximum) with unselected patches as negatives (target 0).
 
 Kept patches are gathered (top-k, static shapes) into tokens with integer (row, col) coordinates and
-embedded by one linear layer. Each of ``stages`` stages runs ``depth`` transformer blocks in which a
-patch attends to the patches sharing its regular ``window`` x ``window`` window or its shifted window
-(offset window // 2) -- the union of both partitions at once, as SPAN's default "long" mode -- and to
-``global_tokens`` global tokens, which attend to and are attended by every token. Patch-patch scores
-carry a learned relative position bias per block and head. (SPAN gives the global graph its own
-Q/K/V and sums the two outputs; here one attention runs over the union of both graphs.) Between
-stages, sparse stride-2 downsampling halves the coordinates and merges the children present under
-each 2x2 parent: their mean (count-normalised, so absent children are not zeros), then LayerNorm and
-a linear layer. The mean global token of every stage is normalised and the stages are summed for the
-classifier head, as SPAN's ``multi_addition`` readout.
+embedded: ``patch_embed: linear`` flattens the patch pixels into one linear layer; ``conv`` first runs
+a small 3x3 conv stem (``STEM_CHANNELS``, GELU) on the patch and a one-pixel halo of its neighbours,
+which is a dense conv stem computed only where patches are kept, then the linear layer.
+
+Each of ``stages`` stages runs ``depth`` SPAN layers. A layer has two attention paths over the
+pre-normed tokens, whose outputs are summed before one output projection (SPAN's "long" mode):
+
+``local``   a patch attends, with its own Q/K/V and a learned relative position bias, to the patches
+            in its regular ``window`` x ``window`` window or its shifted window (offset window // 2),
+            one softmax over the union of both partitions. Each query gathers its two windows' cells
+            (2 * window**2 key slots, slots for absent patches and repeats masked), so only those
+            pairs are computed; when a stage has no more tokens than that, the dense masked product
+            over its tokens is cheaper and runs instead;
+``global``  ``global_tokens`` tokens with their own Q/K/V: they attend to every kept patch and to one
+            another, and every patch reads them in a softmax of its own (one global token is simply
+            read, the softmax over one key being 1).
+
+The network's last layer updates only the global tokens: the classifier reads nothing else, so its
+local path and its token projections would be dead work (in SPAN too) and are not built.
+The gathered path computes the fewest pairs (cost linear in kept patches, independent of the grid),
+but on a CPU it is memory-bound: with 128 tokens and 32 key slots (the default at patch_size 2) a
+CPU training step takes about 2x as long as with the dense masked product, for 4x fewer local pairs.
+
+Between stages, sparse stride-2 downsampling merges the children present under each 2x2 parent:
+LayerNorm, then a depthwise 2x2 stride-2 convolution over the four child slots (absent children are
+zeros) divided by the number of children present (SPAN's count-normalised edge mode; the weights
+start at 1, so the merge starts as the mean of the present children). Global tokens pass unchanged.
+The mean global token of every stage is normalised and the stages are summed for the classifier head,
+as SPAN's ``multi_addition`` readout.
 
 Per-image k rules: ``top_p`` keeps, per image, the fewest best patches holding ``k_top_p`` of the
 score mass (sigmoid scores for ``learned``, the raw non-negative scores otherwise). ``ratio`` is
@@ -35,17 +54,17 @@ probabilities) best patches, the expected number of sampled keeps. (The shared `
 counts probabilities above 0.5 instead, but a ratio-trained scorer's probabilities settle around the
 target, mostly below 0.5, so that count collapses toward 1.) With a fixed score there is no keep
 decision to learn, and ``ratio`` keeps ``k_target_ratio`` of the patches for every image. The
-static top-k is the cap; patches not kept by an image are masked out of attention, merging and
-pooling.
+static top-k is the cap; patches not kept by an image are padding slots, masked out of attention,
+merging and pooling.
 
-FLOPs convention: the attention is computed as a dense, masked (N x N) product for simplicity and
-exportability, but ``analytic_flops`` counts what a sparse kernel computes -- QK^T and AV only at
-the allowed query-key pairs of each image's real tokens, and linears / MLPs only on real tokens
-(kept patches, present parents, global tokens). A real token has at most its union window and the
-global tokens as keys, so FLOPs grow at most linearly with the kept patches for a fixed window and
-global-token count (exactly linearly at a fixed density of kept neighbours per window). The
-learned scorer runs on every patch and is counted as such. Scoring by foreground or variance,
-top-k, gathers, merges (means), norms and activations are excluded.
+FLOPs: ``analytic_flops`` counts what the forward executes (FlopCounterMode agrees, see the tests):
+every token slot of a stage in the linear layers and MLPs, K_s * min(K_s, 2 * window**2) query-key
+pairs in the local path, the global path's pairs, the merge convolution on every parent slot, the
+conv stem on every kept patch (``SpanLayer.flops`` and ``SpanPyramid.flops_at`` hold the formulas). Shapes
+are static, so a stage holds min(K_{s-1}, parent cells) parent slots even when fewer parents are
+present. Under a per-image rule an image is counted as the model run at its own k, which is what a
+runtime sized to that image executes. The learned scorer runs on every patch. Scoring by foreground
+or variance, top-k, gathers, norms, softmax and activations are excluded.
 """
 
 from __future__ import annotations
@@ -58,10 +77,12 @@ from torch import nn
 
 from search_space.k_rules import K_RULE_DEFAULTS, PER_IMAGE_RULES, per_image_k, ratio_loss
 from search_space.strategies.base import CountedKModel, ParamSpec, eval_mode, register_strategy, transformer_params
-from search_space.strategies.blocks import ClassifierHead, TransformerBlock, linear_flops, mlp_flops, top_indices
+from search_space.strategies.blocks import ClassifierHead, Mlp, conv2d_flops, linear_flops, top_indices
 
 KEEP_SCORES = ("foreground", "variance", "learned")
+PATCH_EMBEDS = ("linear", "conv")
 SCORER_HIDDEN = 16  # width of the learned patch scorer
+STEM_CHANNELS = 8  # output channels of the conv patch-embedding stem
 RATIO_LOSS_WEIGHT = 2.0  # DynamicViT's weight on the keep-ratio loss
 _TIE_BREAK = 1e-6  # equal scores prefer patches nearer the centre (cells are centred), deterministically
 
@@ -70,17 +91,171 @@ def _grid_side(size: int, patch_size: int) -> int:
     return -(-size // patch_size)
 
 
+def _masked_softmax(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dim where ``allowed``; a row with nothing allowed (a padding query) is
+    uniform instead of NaN, so padding slots stay finite (nothing real reads them)."""
+    return logits.masked_fill(~allowed, torch.finfo(logits.dtype).min).softmax(dim=-1)
+
+
+def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """(B, N, D) -> (B, heads, N, D / heads)."""
+    B, N, D = x.shape
+    return x.reshape(B, N, heads, D // heads).transpose(1, 2)
+
+
+def _merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """(B, heads, N, d) -> (B, N, heads * d)."""
+    B, H, N, d = x.shape
+    return x.transpose(1, 2).reshape(B, N, H * d)
+
+
+class _StagePlan:
+    """Where a stage's tokens are and which keys each one attends to locally.
+
+    ``keys`` is None for the dense path (``allowed`` (B, T, T)); otherwise (B, T, S) slot indices into
+    the tokens plus one zero padding slot (index T), with ``allowed`` (B, T, S). ``bias_index`` has
+    ``allowed``'s shape and indexes the relative position bias table. A stage without local attention
+    has only ``valid``.
+    """
+
+    def __init__(
+        self, *, valid: torch.Tensor, keys: torch.Tensor | None, allowed: torch.Tensor | None, bias_index: torch.Tensor | None
+    ) -> None:
+        self.valid, self.keys, self.allowed, self.bias_index = valid, keys, allowed, bias_index
+
+
+class SpanLayer(nn.Module):
+    """One SPAN layer: local union-window attention and a separate global-token path, summed, then an
+    output projection and an MLP, both pre-norm residual.
+
+    With ``update_tokens=False`` (the network's last layer, whose token outputs nothing reads: the
+    classifier reads the global tokens) only the global tokens are updated, so the local path, and
+    the projection and MLP of the tokens, are neither built nor run.
+    """
+
+    def __init__(
+        self, *, dim: int, num_heads: int, mlp_ratio: float, window: int, global_tokens: int, update_tokens: bool = True
+    ) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"num_heads={num_heads} must divide embed_dim={dim}")
+        self.num_heads, self.global_tokens, self.update_tokens = num_heads, global_tokens, update_tokens
+        self.scale = (dim // num_heads) ** -0.5
+        self.norm1 = nn.LayerNorm(dim)
+        self.local_qkv = nn.Linear(dim, 3 * dim) if update_tokens else None
+        self.global_q = nn.Linear(dim, dim)
+        self.global_kv = nn.Linear(dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim=dim, mlp_ratio=mlp_ratio)
+        # Relative position bias per head, indexed by (d_row, d_col) in [-(w-1), w-1]^2.
+        self.rel_bias = nn.Parameter(torch.zeros(num_heads, (2 * window - 1) ** 2)) if update_tokens else None
+        if self.rel_bias is not None:
+            nn.init.trunc_normal_(self.rel_bias, std=0.02)
+        self.last_global_attn: torch.Tensor | None = None  # (B, T): global tokens' attention over the patches
+
+    def _local(self, x: torch.Tensor, plan: _StagePlan) -> torch.Tensor:
+        """(B, T, D) -> (B, T, D): attention within each token's union of windows."""
+        B, T, D = x.shape
+        H = self.num_heads
+        q, k, v = self.local_qkv(x).chunk(3, dim=-1)  # (B, T, D) each
+        bias = self.rel_bias[:, plan.bias_index].permute(1, 0, 2, 3)  # (B, H, T, S)
+        if plan.keys is None:  # dense masked product over the stage's T tokens
+            logits = (_split_heads(q, H) * self.scale) @ _split_heads(k, H).transpose(-2, -1)  # (B, H, T, T)
+            attn = _masked_softmax(logits + bias, plan.allowed[:, None])
+            return _merge_heads(attn @ _split_heads(v, H))
+        # Gather each query's keys and values head-major, rows of (B * H * (T + 1), d): the gathered
+        # blocks are then contiguous (B * H * T, S, d) batches for bmm, with no copy of their own.
+        S, d = plan.keys.shape[-1], D // H
+        pad = x.new_zeros(B, 1, D)
+        offsets = torch.arange(B * H, device=x.device).reshape(B, H, 1, 1) * (T + 1)
+        rows = (plan.keys[:, None] + offsets).reshape(-1)  # (B * H * T * S,)
+
+        def gathered(t: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B * H * T, S, d)
+            heads = _split_heads(torch.cat([t, pad], dim=1), H)  # (B, H, T + 1, d)
+            return heads.reshape(-1, d).gather(0, rows[:, None].expand(-1, d)).reshape(-1, S, d)
+
+        q = (_split_heads(q, H) * self.scale).reshape(-1, 1, d)  # (B * H * T, 1, d)
+        logits = torch.bmm(q, gathered(k).transpose(1, 2)).reshape(B, H, T, S)  # only the gathered pairs
+        attn = _masked_softmax(logits + bias, plan.allowed[:, None])
+        out = torch.bmm(attn.reshape(-1, 1, S), gathered(v))  # (B * H * T, 1, d)
+        return _merge_heads(out.reshape(B, H, T, d))
+
+    def _global(
+        self, g: torch.Tensor, x: torch.Tensor, valid: torch.Tensor, keep_attn: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Global tokens (B, G, D) read every real token and each other; every token reads the globals."""
+        G, H = self.global_tokens, self.num_heads
+        k, v = self.global_kv(torch.cat([g, x], dim=1)).chunk(2, dim=-1)  # (B, G + T, D) each
+        k, v = _split_heads(k, H), _split_heads(v, H)  # (B, H, G + T, d)
+        key_ok = torch.cat([valid.new_ones(valid.shape[0], G), valid], dim=1)[:, None, None, :]  # (B, 1, 1, G + T)
+        attn = _masked_softmax((_split_heads(self.global_q(g), H) * self.scale) @ k.transpose(-2, -1), key_ok)
+        self.last_global_attn = attn[..., G:].mean(dim=(1, 2)) if keep_attn else None  # (B, T)
+        g_out = _merge_heads(attn @ v)  # (B, G, D)
+        if not self.update_tokens:
+            return g_out, None
+        if G == 1:  # a softmax over one key is 1: every token reads the global value as it is
+            return g_out, _merge_heads(v[:, :, :1]).expand(-1, x.shape[1], -1)
+        read = ((_split_heads(self.global_q(x), H) * self.scale) @ k[:, :, :G].transpose(-2, -1)).softmax(dim=-1)
+        return g_out, _merge_heads(read @ v[:, :, :G])  # (B, T, D)
+
+    def forward(
+        self, g: torch.Tensor, x: torch.Tensor, plan: _StagePlan, *, keep_attn: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, G, D) globals and (B, T, D) tokens -> the same, updated (tokens as they were when
+        ``update_tokens`` is False)."""
+        G = self.global_tokens
+        hg, hx = self.norm1(g), self.norm1(x)
+        g_out, read = self._global(hg, hx, plan.valid, keep_attn)
+        if read is None:
+            g = g + self.proj(g_out)
+            return g + self.mlp(self.norm2(g)), x
+        h = torch.cat([g, x], dim=1) + self.proj(torch.cat([g_out, self._local(hx, plan) + read], dim=1))
+        h = h + self.mlp(self.norm2(h))
+        return h[:, :G], h[:, G:]
+
+    def flops(self, tokens: int, key_slots: int) -> float:
+        """FLOPs of one layer over ``tokens`` token slots with ``key_slots`` local keys each."""
+        D, G, hidden = self.proj.in_features, self.global_tokens, self.mlp.fc1.out_features
+        n = tokens + G
+        total = linear_flops(n, D, 2 * D) + linear_flops(G, D, D) + 4.0 * G * n * D  # global k/v, q, its pairs
+        updated = G  # tokens through the output projection and the MLP
+        if self.update_tokens:
+            updated = n
+            total += linear_flops(tokens, D, 3 * D) + 4.0 * tokens * key_slots * D  # local qkv, QK^T and AV
+            if G > 1:
+                total += linear_flops(tokens, D, D) + 4.0 * tokens * G * D  # tokens query the globals
+        return total + linear_flops(updated, D, D) + linear_flops(updated, D, hidden) + linear_flops(updated, hidden, D)
+
+
 class _Layout:
-    """Where the real tokens of every stage are: (B, K_s, 2) coords, (B, K_s) validity, and how the
-    tokens of stage s - 1 merge into those of stage s (parent slot of each child, parent counts)."""
+    """Where the tokens of every stage are: (B, K_s, 2) coords, (B, K_s) validity, and which child
+    slots of stage s - 1 sit under each parent slot of stage s ((B, K_s, 4), padding slot = K_{s-1})."""
 
     def __init__(self) -> None:
         self.coords: list[torch.Tensor] = []
         self.valid: list[torch.Tensor] = []
-        self.parent_id: list[torch.Tensor] = []  # per transition: (B, K_{s-1}) parent cell id of each child
-        self.parent_cells: list[torch.Tensor] = []  # per transition: (B, K_s) cell id held by each slot
-        self.parent_count: list[torch.Tensor] = []  # per transition: (B, K_s) present children per slot
-        self.n_cells: list[int] = []  # per transition: cells in the parent grid
+        self.grids: list[tuple[int, int]] = []
+        self.children: list[torch.Tensor] = []  # per transition
+
+
+def _slot_map(coords: torch.Tensor, valid: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(B, rows * cols + 1): the slot of the real token at each cell, T where there is none (the last
+    entry stands for every cell outside the grid)."""
+    B, T = valid.shape
+    rows, cols = grid
+    M = rows * cols
+    slots = torch.arange(T, device=coords.device).expand(B, T)
+    cells = torch.where(valid, coords[..., 0] * cols + coords[..., 1], M + slots)  # unique: padding aside
+    table = torch.full((B, M + T), T, dtype=torch.long, device=coords.device).scatter(1, cells, slots)
+    return torch.cat([table[:, :M], table.new_full((B, 1), T)], dim=1)
+
+
+def _cell_ids(r: torch.Tensor, c: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Flat cell id of (r, c), or rows * cols (the outside entry of ``_slot_map``) off the grid."""
+    rows, cols = grid
+    inside = (r >= 0) & (r < rows) & (c >= 0) & (c < cols)
+    return torch.where(inside, r * cols + c, rows * cols)
 
 
 @register_strategy(
@@ -91,10 +266,14 @@ class _Layout:
         "keep_fraction": ParamSpec(
             "float", 0.0, 1.0, low_open=True, default=0.5, doc="initial k as a fraction of the patches"
         ),
-        **transformer_params(embed_dim=32, num_heads=2, depth=1, mlp_ratio=2.0, depth_doc="transformer blocks per stage"),
+        "patch_embed": ParamSpec(
+            "choice", choices=PATCH_EMBEDS, default="linear",
+            doc="patch embedding: linear on the pixels, or a 3x3 conv stem (8 channels) first",
+        ),
+        **transformer_params(embed_dim=32, num_heads=2, depth=1, mlp_ratio=2.0, depth_doc="SPAN layers per stage"),
         "stages": ParamSpec("int", 1, 4, default=2, doc="pyramid stages, stride-2 sparse downsampling between them"),
         "window": ParamSpec("int", 2, 8, default=4, doc="window side in grid cells (shifted windows offset by half)"),
-        "global_tokens": ParamSpec("int", 1, 4, default=1, doc="global tokens attending to and from every token"),
+        "global_tokens": ParamSpec("int", 1, 4, default=1, doc="global tokens (own Q/K/V) reading and read by every token"),
         "score_loss_weight": ParamSpec(
             "float", 0.0, 10.0, default=1.0, doc="learned scorer: weight of its distillation loss"
         ),
@@ -115,6 +294,7 @@ class SpanPyramid(CountedKModel):
         patch_size: int,
         keep_score: str,
         keep_fraction: float,
+        patch_embed: str,
         embed_dim: int,
         num_heads: int,
         depth: int,
@@ -129,6 +309,8 @@ class SpanPyramid(CountedKModel):
         super().__init__()
         if keep_score not in KEEP_SCORES:
             raise ValueError(f"keep_score={keep_score!r} must be one of {list(KEEP_SCORES)}")
+        if patch_embed not in PATCH_EMBEDS:
+            raise ValueError(f"patch_embed={patch_embed!r} must be one of {list(PATCH_EMBEDS)}")
         self.in_channels, self.num_classes, self.patch_size = in_channels, num_classes, patch_size
         self.keep_score, self.embed_dim, self.num_heads = keep_score, embed_dim, num_heads
         self.depth, self.mlp_ratio, self.window, self.global_tokens = depth, mlp_ratio, window, global_tokens
@@ -147,19 +329,27 @@ class SpanPyramid(CountedKModel):
             if keep_score == "learned"
             else None
         )
-        self.embed = nn.Linear(patch_dim, embed_dim)
+        # conv: a 3x3 stem on each kept patch and its one-pixel halo (valid conv -> p x p), then linear.
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, STEM_CHANNELS, 3), nn.GELU()) if patch_embed == "conv" else None
+        self.embed = nn.Linear(STEM_CHANNELS * patch_size**2 if self.stem is not None else patch_dim, embed_dim)
         self.global_init = nn.Parameter(torch.zeros(1, global_tokens, embed_dim))
         nn.init.trunc_normal_(self.global_init, std=0.02)
         self.stages = nn.ModuleList(
-            nn.ModuleList(TransformerBlock(dim=embed_dim, num_heads=num_heads, mlp_ratio=mlp_ratio) for _ in range(depth))
-            for _ in range(stages)
+            nn.ModuleList(
+                SpanLayer(
+                    dim=embed_dim, num_heads=num_heads, mlp_ratio=mlp_ratio, window=window, global_tokens=global_tokens,
+                    update_tokens=(stage, j) != (stages - 1, depth - 1),  # nothing reads the last layer's tokens
+                )
+                for j in range(depth)
+            )
+            for stage in range(stages)
         )
-        # Relative position bias per stage, block and head, indexed by (d_row, d_col) in [-(w-1), w-1]^2.
-        self.rel_bias = nn.Parameter(torch.zeros(stages, depth, num_heads, (2 * window - 1) ** 2))
-        nn.init.trunc_normal_(self.rel_bias, std=0.02)
+        self.merge_norms = nn.ModuleList(nn.LayerNorm(embed_dim) for _ in range(stages - 1))
         self.merges = nn.ModuleList(
-            nn.Sequential(nn.LayerNorm(embed_dim), nn.Linear(embed_dim, embed_dim)) for _ in range(stages - 1)
+            nn.Conv2d(embed_dim, embed_dim, 2, stride=2, groups=embed_dim, bias=False) for _ in range(stages - 1)
         )
+        for merge in self.merges:  # start as the mean of the present children
+            nn.init.ones_(merge.weight)
         self.stage_norms = nn.ModuleList(nn.LayerNorm(embed_dim) for _ in range(stages))
         self.head = ClassifierHead(dim=embed_dim, num_classes=num_classes)
         self._last_counts: torch.Tensor | None = None  # (B,) patches kept per image by the last forward
@@ -172,15 +362,21 @@ class SpanPyramid(CountedKModel):
     def k_bounds(self) -> tuple[int, int]:
         return 1, self.n_patches
 
-
     # --- selection -------------------------------------------------------------------------------
-    def _patches(self, images: torch.Tensor) -> tuple[torch.Tensor, int, int]:
-        """(B, C, H, W) -> (B, n, C*p*p) patch pixels on the integer grid, and the grid's (rows, cols)."""
-        B, C, H, W = images.shape
+    def _padded(self, images: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+        """Images padded by edge replication to whole patches, and the grid's (rows, cols)."""
+        H, W = images.shape[-2:]
         p = self.patch_size
         rows, cols = _grid_side(H, p), _grid_side(W, p)
         if rows * p != H or cols * p != W:
             images = F.pad(images, (0, cols * p - W, 0, rows * p - H), mode="replicate")
+        return images, rows, cols
+
+    def _patches(self, images: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+        """(B, C, H, W) -> (B, n, C*p*p) patch pixels on the integer grid, and the grid's (rows, cols)."""
+        B, C = images.shape[:2]
+        p = self.patch_size
+        images, rows, cols = self._padded(images)
         patches = images.reshape(B, C, rows, p, cols, p).permute(0, 2, 4, 1, 3, 5)  # (B, rows, cols, C, p, p)
         return patches.reshape(B, rows * cols, C * p * p), rows, cols
 
@@ -204,12 +400,16 @@ class SpanPyramid(CountedKModel):
         dist = (r[:, None] ** 2 + c[None, :] ** 2).sqrt().flatten()
         return -dist / dist.max().clamp_min(1e-12)
 
+    def _k_for(self, n: int) -> int:
+        """The kept count (the static cap under per-image rules) on a grid of ``n`` patches."""
+        return self._k if n == self.n_patches else min(max(round(self._k * n / self.n_patches), 1), n)
+
     def _select(self, images: torch.Tensor) -> dict[str, Any]:
         """Score the patches and keep the top K: pixels, order, coords and validity of the kept."""
         patches, rows, cols = self._patches(images)  # (B, n, P)
         n = rows * cols
         scores = self._scores(images, patches)  # (B, n)
-        K = self._k if n == self.n_patches else min(max(round(self._k * n / self.n_patches), 1), n)
+        K = self._k_for(n)
         ranked = scores.detach() + _TIE_BREAK * self._centre_preference(rows, cols, scores)
         order = top_indices(ranked, K)  # (B, K), best first
         row = torch.div(order, cols, rounding_mode="floor")
@@ -236,88 +436,122 @@ class SpanPyramid(CountedKModel):
             "counts": counts, "grid": (rows, cols),
         }
 
+    def _embed(self, images: torch.Tensor, sel: dict[str, Any]) -> torch.Tensor:
+        """(B, K, D) tokens of the kept patches (padding slots too)."""
+        order = sel["order"]
+        B, K = order.shape
+        if self.stem is None:
+            P = sel["patches"].shape[-1]
+            return self.embed(sel["patches"].gather(1, order[..., None].expand(-1, -1, P)))
+        # Gather each kept patch with a one-pixel halo from the zero-padded image: (B, K, C, p+2, p+2).
+        p, C = self.patch_size, images.shape[1]
+        padded = F.pad(self._padded(images)[0], (1, 1, 1, 1))  # (B, C, rows*p + 2, cols*p + 2)
+        width = padded.shape[-1]
+        coords = sel["coords"]
+        offsets = torch.arange(p + 2, device=order.device)
+        pix_r = coords[..., 0, None] * p + offsets  # (B, K, p+2)
+        pix_c = coords[..., 1, None] * p + offsets
+        flat = (pix_r[..., :, None] * width + pix_c[..., None, :]).reshape(B, 1, K * (p + 2) ** 2)
+        halo = padded.flatten(2).gather(2, flat.expand(-1, C, -1)).reshape(B, C, K, p + 2, p + 2)
+        halo = halo.transpose(1, 2).reshape(-1, C, p + 2, p + 2)  # (B*K, C, p+2, p+2)
+        return self.embed(self.stem(halo).reshape(B, K, STEM_CHANNELS * p * p))
+
     def _layout(self, coords: torch.Tensor, valid: torch.Tensor, grid: tuple[int, int]) -> _Layout:
         """Coordinates and validity of every stage's tokens after sparse stride-2 downsampling."""
         layout = _Layout()
         layout.coords.append(coords)
         layout.valid.append(valid)
-        rows, cols = grid
+        layout.grids.append(grid)
         for _ in range(len(self.stages) - 1):
-            rows, cols = _grid_side(rows, 2), _grid_side(cols, 2)
+            child_grid = grid
+            rows, cols = grid = (_grid_side(grid[0], 2), _grid_side(grid[1], 2))
             M, K = rows * cols, coords.shape[1]
             pid = torch.div(coords[..., 0], 2, rounding_mode="floor") * cols + torch.div(
                 coords[..., 1], 2, rounding_mode="floor"
             )  # (B, K) parent cell of each child
-            counts = valid.new_zeros(valid.shape[0], M, dtype=torch.float32).scatter_add(1, pid, valid.float())
-            present_first = (counts > 0).float() * 2 - torch.arange(M, device=counts.device) / M  # id order
+            present = valid.new_zeros(valid.shape[0], M, dtype=torch.float32).scatter_add(1, pid, valid.float()) > 0
+            present_first = present.float() * 2 - torch.arange(M, device=pid.device) / M  # id order
             cells = top_indices(present_first, min(K, M))  # (B, K'): present parents first
-            count = counts.gather(1, cells)
             row = torch.div(cells, cols, rounding_mode="floor")
-            coords, valid = torch.stack([row, cells - row * cols], dim=-1), count > 0
-            layout.parent_id.append(pid)
-            layout.parent_cells.append(cells)
-            layout.parent_count.append(count)
-            layout.n_cells.append(M)
+            parents = torch.stack([row, cells - row * cols], dim=-1)  # (B, K', 2)
+            # The four children of each parent, in (row, col) order, as slots of the child stage.
+            dr = torch.tensor([0, 0, 1, 1], device=pid.device)
+            dc = torch.tensor([0, 1, 0, 1], device=pid.device)
+            child = _cell_ids(2 * parents[..., :1] + dr, 2 * parents[..., 1:] + dc, child_grid)  # (B, K', 4)
+            slots = _slot_map(coords, valid, child_grid).gather(1, child.flatten(1)).reshape(child.shape)
+            coords, valid = parents, present.gather(1, cells)
+            layout.children.append(slots)
             layout.coords.append(coords)
             layout.valid.append(valid)
+            layout.grids.append(grid)
         return layout
 
-    def _allowed(self, coords: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """(B, G+K, G+K) bool: which query (row) may attend which key (column); globals come first."""
-        B, K = valid.shape
-        G, w = self.global_tokens, self.window
-        r, c = coords[..., 0], coords[..., 1]
-        shift = w // 2
+    def _key_slots(self, tokens: int) -> int:
+        """Local keys each query computes: its two windows' cells, or every token when that is fewer."""
+        return min(tokens, 2 * self.window**2)
 
-        def same(a: torch.Tensor) -> torch.Tensor:
-            return a[:, :, None] == a[:, None, :]  # (B, K, K)
+    def _plan(self, coords: torch.Tensor, valid: torch.Tensor, grid: tuple[int, int], *, dense: bool | None = None) -> _StagePlan:
+        """Each token's local keys: its regular window and its shifted window (offset window // 2),
+        deduplicated, real tokens only. ``dense`` forces a path (tests); by default the cheaper one."""
+        B, T = valid.shape
+        w = self.window
+        shift, span = w // 2, 2 * w - 1
+        r, c = coords[..., 0], coords[..., 1]  # (B, T)
+        if dense is None:
+            dense = self._key_slots(T) == T
+        if dense:
+            dr, dc = r[:, None, :] - r[:, :, None], c[:, None, :] - c[:, :, None]  # (B, T, T) key - query
 
-        def cell(v: torch.Tensor, offset: int) -> torch.Tensor:
-            return torch.div(v + offset, w, rounding_mode="floor")
+            def same(a: torch.Tensor, offset: int) -> torch.Tensor:
+                cell = torch.div(a + offset, w, rounding_mode="floor")
+                return cell[:, :, None] == cell[:, None, :]
 
-        regular = same(cell(r, 0)) & same(cell(c, 0))
-        shifted = same(cell(r, shift)) & same(cell(c, shift))
-        patch = (regular | shifted) & valid[:, :, None] & valid[:, None, :]  # (B, K, K)
-        top = torch.cat([valid.new_ones(B, G, G), valid[:, None, :].expand(B, G, K)], dim=2)
-        bottom = torch.cat([valid.new_ones(B, K, G), patch], dim=2)
-        return torch.cat([top, bottom], dim=1)  # padding queries see the globals only: no empty rows
-
-    def _bias(self, coords: torch.Tensor, allowed: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-        """(B, heads, N, N) additive scores: relative position bias on allowed patch pairs, -inf elsewhere."""
-        w, G = self.window, self.global_tokens
-        d = coords[:, :, None, :] - coords[:, None, :, :]  # (B, K, K, 2)
-        d = d.clamp(-(w - 1), w - 1) + (w - 1)
-        idx = d[..., 0] * (2 * w - 1) + d[..., 1]  # (B, K, K)
-        bias = table[:, idx].permute(1, 0, 2, 3)  # (B, heads, K, K)
-        bias = F.pad(bias, (G, 0, G, 0))  # global pairs carry no position bias
-        return bias.masked_fill(~allowed[:, None], float("-inf"))
+            window = (same(r, 0) & same(c, 0)) | (same(r, shift) & same(c, shift))
+            bias_index = (dr.clamp(-(w - 1), w - 1) + w - 1) * span + dc.clamp(-(w - 1), w - 1) + w - 1
+            return _StagePlan(valid=valid, keys=None, allowed=window & valid[:, None, :], bias_index=bias_index)
+        offsets = torch.arange(w, device=coords.device)
+        reg_r = (torch.div(r, w, rounding_mode="floor") * w)[..., None] + offsets  # (B, T, w)
+        reg_c = (torch.div(c, w, rounding_mode="floor") * w)[..., None] + offsets
+        sh_r = (torch.div(r + shift, w, rounding_mode="floor") * w - shift)[..., None] + offsets
+        sh_c = (torch.div(c + shift, w, rounding_mode="floor") * w - shift)[..., None] + offsets
+        key_r = torch.cat([reg_r[..., :, None].expand(-1, -1, w, w), sh_r[..., :, None].expand(-1, -1, w, w)], dim=2)
+        key_c = torch.cat([reg_c[..., None, :].expand(-1, -1, w, w), sh_c[..., None, :].expand(-1, -1, w, w)], dim=2)
+        key_r, key_c = key_r.reshape(B, T, 2 * w * w), key_c.reshape(B, T, 2 * w * w)  # (B, T, S)
+        keys = _slot_map(coords, valid, grid).gather(1, _cell_ids(key_r, key_c, grid).flatten(1)).reshape(B, T, -1)
+        in_regular = (torch.div(key_r, w, rounding_mode="floor") == torch.div(r, w, rounding_mode="floor")[..., None]) & (
+            torch.div(key_c, w, rounding_mode="floor") == torch.div(c, w, rounding_mode="floor")[..., None]
+        )
+        repeat = in_regular & (torch.arange(2 * w * w, device=coords.device) >= w * w)  # shifted cells seen already
+        allowed = (keys < T) & ~repeat
+        bias_index = (key_r - r[..., None] + w - 1) * span + key_c - c[..., None] + w - 1  # both windows hold the query
+        return _StagePlan(valid=valid, keys=keys, allowed=allowed, bias_index=bias_index)
 
     # --- forward ---------------------------------------------------------------------------------
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         B = images.shape[0]
         sel = self._select(images)
         layout = self._layout(sel["coords"], sel["valid"], sel["grid"])
-        P = sel["patches"].shape[-1]
-        x = self.embed(sel["patches"].gather(1, sel["order"][..., None].expand(-1, -1, P)))  # (B, K, D)
+        x = self._embed(images, sel)  # (B, K, D)
         if self.scorer is not None:  # straight-through gate: value 1, gradient of the kept scores
             s = sel["scores"].gather(1, sel["order"]).sigmoid()
             x = x * (1 + s - s.detach())[..., None]
-        G = self.global_tokens
-        g = self.global_init.expand(B, -1, -1)  # (B, G, D)
+        g = self.global_init.repeat(B, 1, 1)  # (B, G, D), a copy: a view of a parameter under no_grad trips module hooks
         pooled = images.new_zeros(B, self.embed_dim)
         attn_for_scorer = None
-        for stage, blocks in enumerate(self.stages):
+        for stage, layers in enumerate(self.stages):
             if stage > 0:
                 x = self._merge(stage - 1, x, layout)  # (B, K_s, D)
-            coords, valid = layout.coords[stage], layout.valid[stage]
-            allowed = self._allowed(coords, valid)
-            h = torch.cat([g, x], dim=1)  # (B, G + K_s, D)
-            for j, block in enumerate(blocks):
+            valid = layout.valid[stage]
+            plan = (
+                self._plan(layout.coords[stage], valid, layout.grids[stage])
+                if any(layer.update_tokens for layer in layers)
+                else _StagePlan(valid=valid, keys=None, allowed=None, bias_index=None)  # a global-only stage
+            )
+            for j, layer in enumerate(layers):
                 keep = self.training and self.scorer is not None and stage == 0 and j == self.depth - 1
-                h = block(h, bias=self._bias(coords, allowed, self.rel_bias[stage, j]), keep_attn=keep)
+                g, x = layer(g, x, plan, keep_attn=keep)
                 if keep:
-                    attn_for_scorer = block.attn.last_attn[:, :, :G, G:].mean(dim=(1, 2))  # (B, K) global->patch
-            g, x = h[:, :G], h[:, G:]
+                    attn_for_scorer = layer.last_global_attn  # (B, K) global -> patch
             pooled = pooled + self.stage_norms[stage](g.mean(dim=1))
         logits = self.head(pooled)  # (B, classes)
 
@@ -331,16 +565,16 @@ class SpanPyramid(CountedKModel):
         return logits
 
     def _merge(self, transition: int, x: torch.Tensor, layout: _Layout) -> torch.Tensor:
-        """Mean of the present children under each parent, then LayerNorm + linear: (B, K, D) -> (B, K', D)."""
-        B, _, D = x.shape
-        pid, cells = layout.parent_id[transition], layout.parent_cells[transition]
-        child_valid = layout.valid[transition]
-        sums = x.new_zeros(B, layout.n_cells[transition], D).scatter_add(
-            1, pid[..., None].expand(-1, -1, D), x * child_valid[..., None].to(x.dtype)
-        )
-        count = layout.parent_count[transition].clamp_min(1).to(x.dtype)  # (B, K')
-        mean = sums.gather(1, cells[..., None].expand(-1, -1, D)) / count[..., None]  # (B, K', D)
-        return self.merges[transition](mean)
+        """Sparse stride-2 downsampling, (B, K, D) -> (B, K', D): LayerNorm, depthwise 2x2 conv over
+        the four child slots (absent children are zeros), divided by the children present."""
+        B, K, D = x.shape
+        children = layout.children[transition]  # (B, K', 4) slots, K = absent
+        x = torch.cat([self.merge_norms[transition](x), x.new_zeros(B, 1, D)], dim=1)  # (B, K + 1, D)
+        gathered = x.gather(1, children.reshape(B, -1, 1).expand(-1, -1, D))  # (B, K' * 4, D)
+        blocks = gathered.reshape(-1, 4, D).transpose(1, 2).reshape(-1, D, 2, 2)  # (B * K', D, 2, 2)
+        out = self.merges[transition](blocks).reshape(B, children.shape[1], D)  # (B, K', D)
+        count = (children < K).sum(dim=-1, keepdim=True).clamp_min(1).to(x.dtype)  # (B, K', 1)
+        return out / count
 
     # --- training signal -------------------------------------------------------------------------
     def auxiliary_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -372,29 +606,28 @@ class SpanPyramid(CountedKModel):
         full = kept.reshape(B, rows, 1, cols, 1).expand(B, rows, p, cols, p).reshape(B, rows * p, cols * p)
         return full[:, :H, :W]
 
-    def analytic_flops(self, images: torch.Tensor) -> float:
-        """Mean per-image FLOPs at the current k, counting only real tokens and allowed pairs."""
-        sel = self._eval_selection(images)
-        with torch.no_grad():
-            layout = self._layout(sel["coords"], sel["valid"], sel["grid"])
-        D, G = self.embed_dim, self.global_tokens
-        P = sel["patches"].shape[-1]
-        n_patches = sel["patches"].shape[1]
-        per_image = linear_flops(sel["valid"].sum(dim=1).double(), P, D)  # (B,) embedding of kept patches
+    def flops_at(self, kept: int, grid: tuple[int, int]) -> float:
+        """FLOPs of one image's forward with ``kept`` token slots on a ``grid`` of patches."""
+        rows, cols = grid
+        D, p, C = self.embed_dim, self.patch_size, self.in_channels
+        total = linear_flops(kept, self.embed.in_features, D)
+        if self.stem is not None:
+            total += kept * conv2d_flops(p, p, C, STEM_CHANNELS, 3)
         if self.scorer is not None:
-            per_image = per_image + linear_flops(n_patches, P, SCORER_HIDDEN) + linear_flops(n_patches, SCORER_HIDDEN, 1)
-        for stage in range(len(self.stages)):
-            valid = layout.valid[stage]
-            tokens = valid.sum(dim=1).double() + G  # (B,) real tokens
+            total += linear_flops(rows * cols, C * p * p, SCORER_HIDDEN) + linear_flops(rows * cols, SCORER_HIDDEN, 1)
+        tokens = kept
+        for stage, layers in enumerate(self.stages):
             if stage > 0:
-                per_image = per_image + linear_flops(valid.sum(dim=1).double(), D, D)  # merge linear
-            allowed = self._allowed(layout.coords[stage], valid)
-            real_query = torch.cat([valid.new_ones(valid.shape[0], G), valid], dim=1)  # (B, N)
-            pairs = (allowed & real_query[:, :, None]).sum(dim=(1, 2)).double()  # (B,)
-            per_block = (
-                linear_flops(tokens, D, 3 * D) + linear_flops(tokens, D, D)  # qkv and output projections
-                + 4.0 * pairs * D  # QK^T and AV at the allowed pairs, all heads together
-                + mlp_flops(tokens, D, self.mlp_ratio)
-            )
-            per_image = per_image + self.depth * per_block
-        return float(per_image.mean()) + linear_flops(1, D, self.num_classes)
+                rows, cols = _grid_side(rows, 2), _grid_side(cols, 2)
+                tokens = min(tokens, rows * cols)
+                total += tokens * conv2d_flops(1, 1, D, D, 2, groups=D)  # the depthwise merge on every parent slot
+            total += sum(layer.flops(tokens, self._key_slots(tokens)) for layer in layers)
+        return total + linear_flops(1, D, self.num_classes)
+
+    def analytic_flops(self, images: torch.Tensor) -> float:
+        """Mean per-image FLOPs at the current k: what the forward executes, each image under a
+        per-image rule counted at its own kept count."""
+        sel = self._eval_selection(images)
+        grid = sel["grid"]
+        counts = sel["counts"].tolist() if self.per_image else [sel["order"].shape[1]] * images.shape[0]
+        return sum(self.flops_at(int(n), grid) for n in counts) / len(counts)
