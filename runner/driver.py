@@ -116,9 +116,7 @@ class SearchDriver:
             return
         trial.set_user_attr(rundir.ATTR_ERROR, describe_error(error) if isinstance(error, BaseException) else str(error))
         if traceback:
-            directory = rundir.trial_dir(self.run_dir, number)
-            directory.mkdir(parents=True, exist_ok=True)
-            (directory / "error.txt").write_text(traceback, encoding="utf-8")
+            rundir.write_traceback(self.run_dir, number, traceback)
         self._tell(number, optuna.trial.TrialState.FAIL)
 
     def prune(self, number: int) -> None:

@@ -87,6 +87,13 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
+def write_traceback(run_dir: Path, number: int, text: str) -> None:
+    """A failed trial's traceback, as ``trials/<n>/error.txt`` (its one-line error is in the journal)."""
+    directory = trial_dir(run_dir, number)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "error.txt").write_text(text, encoding="utf-8")
+
+
 def trial_dir(run_dir: Path, number: int) -> Path:
     return Path(run_dir) / TRIALS_DIR / str(int(number))
 

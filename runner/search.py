@@ -284,6 +284,8 @@ def run_search(args: argparse.Namespace) -> int:
         sampler_for_session,
         trials_done,
     )
+    from runner.backends.optuna_backend import run_optuna
+    from runner.driver import SearchDriver
 
     import_plugins(plugin_modules())
     _check_flags(args)
@@ -346,15 +348,11 @@ def run_search(args: argparse.Namespace) -> int:
     try:
         if remaining:
             sampler = sampler_for_session(space, len(study.trials))
+            driver = SearchDriver(space, out, open_study(space, out, sampler), on_finished=on_finished)
             if backend == "ray":
                 session = f"session-{len(info.get('sessions', [])) - 1}"
-                ray_backend.run_ray(space, out, sampler=sampler, n_trials=remaining, session=session,
-                                    on_finished=on_finished)
+                ray_backend.run_ray(driver, n_trials=remaining, session=session)
             else:
-                from runner.backends.optuna_backend import run_optuna
-                from runner.driver import SearchDriver
-
-                driver = SearchDriver(space, out, open_study(space, out, sampler), on_finished=on_finished)
                 run_optuna(driver, n_trials=remaining, timeout_s=space.search.timeout_s)
     except KeyboardInterrupt:
         interrupted = True

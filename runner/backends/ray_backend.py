@@ -2,17 +2,15 @@
 
 The only module that imports Ray; ``runner.search`` imports it only when the ray backend is chosen.
 
-Wiring (Ray 2.60, Optuna 5.0): ``OptunaSearch`` with our define-by-run :class:`ConfigSampler`, the
-space's seeded sampler and the run's journal storage, behind a ``ConcurrencyLimiter``; metric and
-mode are set on the searcher only (Tune's own are single-metric). Two traps of ``OptunaSearch`` are
-closed by :class:`RunSearch`:
-
-* a NaN or missing objective makes ``study.tell`` raise, which ``OptunaSearch`` only logs, leaving
-  the trial RUNNING forever: here such a trial is told FAIL with the reason;
-* a trial stopped early by a scheduler is told COMPLETE on partial results: here it is told PRUNED
-  unless its final result (``final: True``) arrived. Trials still running when ``time_budget_s``
-  (``search.timeout_s``) ends the session never reach the searcher (Ray 2.60); ``runner.search``
-  records them as interrupted afterwards, as after Ctrl-C.
+Wiring (Ray 2.60, Optuna 5.0), through Tune's public interfaces only: :class:`DriverSearcher` (a
+``Searcher``) asks the search driver for each trial and tells it how the trial ended, behind a
+``ConcurrencyLimiter``; :class:`DriverScheduler` (a ``TrialScheduler``) hands each epoch's result to
+the driver's early-stopping rule. The driver (``runner.driver``) owns every ask and tell, so a trial
+ends the same way here as in process: a NaN or missing objective is told FAIL with the reason, a
+trial stopped before its final result (``final: True``) is told PRUNED, a dead worker is told FAIL
+("worker died"). Trials still running when ``time_budget_s`` (``search.timeout_s``) ends the session
+never reach the searcher (Ray 2.60); ``runner.search`` records them as interrupted afterwards, as
+after Ctrl-C.
 
 Trials report every objective each epoch (Tune checks every result for every metric) through
 ``ray.tune.report`` (``ray.train.report`` raises inside Tune on 2.60). A trial that fails reports a
@@ -42,27 +40,22 @@ import os
 import socket
 import traceback
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import optuna
 import ray
 from ray import tune
-from ray.tune.search import ConcurrencyLimiter
-from ray.tune.search.optuna import OptunaSearch
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+from ray.tune.search import ConcurrencyLimiter, Searcher
 
 from runner import rundir
 from runner.backends.common import (
     PAYLOAD_KEY,
-    ConfigSampler,
-    TrialError,
     TrialSettings,
     describe_error,
     execute,
-    objective_values,
-    trial_attrs,
 )
+from runner.driver import SearchDriver
 from search_space.errors import UserError
 from search_space.spec import SearchSpace
 
@@ -163,9 +156,7 @@ def _trainable(config: dict[str, Any], settings: TrialSettings) -> None:
     try:
         metrics = execute(payload, settings, lambda row: tune.report(_scalars(row)))
     except Exception as err:
-        directory = rundir.trial_dir(Path(settings.run_dir), int(payload["number"]))
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / "error.txt").write_text("".join(traceback.format_exception(err)), encoding="utf-8")
+        rundir.write_traceback(Path(settings.run_dir), int(payload["number"]), "".join(traceback.format_exception(err)))
         nan = {name: math.nan for name in settings.space.objective_names}
         tune.report({**nan, "final": True, "failed": True, "error": describe_error(err)})
         return
@@ -176,13 +167,38 @@ def _trainable(config: dict[str, Any], settings: TrialSettings) -> None:
 # Driver side
 
 
-class RunSearch(OptunaSearch):
-    """``OptunaSearch`` that always finishes the Optuna trial (FAIL/PRUNED/COMPLETE, never RUNNING),
-    stores the trial's extra figures as user attributes, and calls ``on_finished`` after each tell."""
+class DriverSearcher(Searcher):
+    """Tune's ``Searcher`` interface over the search driver: ``suggest`` asks the driver for a trial,
+    ``on_trial_complete`` tells it how the trial ended (FAIL/PRUNED/COMPLETE, never left RUNNING).
 
-    def __init__(self, *args: Any, on_finished: Callable[[optuna.Study, int], None] | None = None, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self._on_finished = on_finished
+    Written against Tune's public ``Searcher`` interface only. Ray's experiment snapshot gets a note,
+    not a pickle: the journal is the record, and resume reads it.
+    """
+
+    def __init__(self, driver: SearchDriver) -> None:
+        super().__init__()
+        self.driver = driver
+        self._numbers: dict[str, int] = {}  # Tune trial id -> Optuna trial number
+
+    def suggest(self, trial_id: str) -> dict[str, Any]:
+        number, payload = self.driver.ask()
+        self._numbers[trial_id] = number
+        return {PAYLOAD_KEY: payload}
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        number = self._numbers.pop(trial_id, None)
+        if number is None:
+            return
+        if result and result.get("final") and not result.get("failed"):
+            self.driver.complete(number, result)
+        elif result and result.get("failed"):
+            self.driver.fail(number, str(result.get("error") or "failed"))  # the worker wrote error.txt
+        elif error:
+            self.driver.fail(number, CRASHED)
+        elif result:
+            self.driver.prune(number)  # stopped before its final result: early stopping, or the time budget
+        else:
+            self.driver.fail(number, "stopped before reporting any result")
 
     def save(self, checkpoint_path: str) -> None:
         """Ray's experiment snapshot: a note only; the journal is the record and resume reads it."""
@@ -194,74 +210,40 @@ class RunSearch(OptunaSearch):
     def restore(self, checkpoint_path: str) -> None:
         raise UserError("this run resumes from its study.journal: python -m runner.search --out RUN_DIR --resume")
 
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
-            return super().on_trial_complete(trial_id, result, error)
-        ot_trial = self._ot_trials[trial_id]
-        state, values = optuna.trial.TrialState.FAIL, None
-        if result and result.get("final") and not result.get("failed"):
-            try:
-                values = objective_values(result, self._metric)
-                state = optuna.trial.TrialState.COMPLETE
-                for key, value in trial_attrs(result).items():
-                    ot_trial.set_user_attr(key, value)
-            except TrialError as err:
-                ot_trial.set_user_attr(rundir.ATTR_ERROR, describe_error(err))
-        elif result and result.get("failed"):
-            ot_trial.set_user_attr(rundir.ATTR_ERROR, str(result.get("error") or "failed"))
-        elif error:
-            ot_trial.set_user_attr(rundir.ATTR_ERROR, CRASHED)
-        elif result:
-            state = optuna.trial.TrialState.PRUNED  # stopped before its final result
-        else:
-            ot_trial.set_user_attr(rundir.ATTR_ERROR, "stopped before reporting any result")
-        try:
-            self._ot_study.tell(ot_trial, values, state=state)
-        except Exception as err:  # noqa: BLE001 - never leave a RUNNING zombie
-            ot_trial.set_user_attr(rundir.ATTR_ERROR, f"could not record the result: {describe_error(err)}")
-            self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
-        self._completed_trials.add(trial_id)
-        if self._on_finished is not None:
-            try:
-                self._on_finished(self._ot_study, ot_trial.number)
-            except Exception:  # noqa: BLE001 - a progress line must not stop the search
-                logger.warning("progress update failed", exc_info=True)
+
+class DriverScheduler(FIFOScheduler):
+    """First in, first out, with the driver's early-stopping rule deciding after each epoch's result
+    whether a trial goes on (Tune's public ``TrialScheduler`` interface)."""
+
+    def __init__(self, driver: SearchDriver) -> None:
+        super().__init__()
+        self.driver = driver
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        if result.get("final") or "epoch" not in result:
+            return TrialScheduler.CONTINUE
+        number = int(trial.config[PAYLOAD_KEY]["number"])
+        return TrialScheduler.STOP if self.driver.report(number, int(result["epoch"]), result) else TrialScheduler.CONTINUE
 
 
-def run_ray(
-    space: SearchSpace,
-    run_dir: Path,
-    *,
-    sampler: optuna.samplers.BaseSampler,
-    n_trials: int,
-    session: str,
-    on_finished: Callable[[optuna.Study, int], None],
-) -> None:
-    """Run ``n_trials`` more trials of the run's study as one Tune session (Ray already connected)."""
-    settings = TrialSettings.for_run(space, run_dir)
-    modes = ["max" if d == "maximize" else "min" for d in space.directions]
-    searcher = RunSearch(
-        ConfigSampler(space),
-        metric=space.objective_names,
-        mode=modes,
-        sampler=sampler,
-        study_name=space.name,
-        storage=rundir.open_storage(run_dir),
-        on_finished=on_finished,
-    )
+def run_ray(driver: SearchDriver, *, n_trials: int, session: str) -> None:
+    """Run ``n_trials`` more trials of the driver's study as one Tune session (Ray already connected)."""
+    space = driver.space
+    settings = TrialSettings.for_run(space, driver.run_dir)
     resources = {"cpu": space.search.cpus_per_trial, "gpu": space.search.gpus_per_trial}
     trainable = tune.with_resources(tune.with_parameters(_trainable, settings=settings), resources)
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            search_alg=ConcurrencyLimiter(searcher, max_concurrent=space.search.max_concurrent),
+            search_alg=ConcurrencyLimiter(DriverSearcher(driver), max_concurrent=space.search.max_concurrent),
+            scheduler=DriverScheduler(driver),
             num_samples=n_trials,
             reuse_actors=True,  # one worker process serves many trials: data is loaded once per worker
             time_budget_s=space.search.timeout_s,
         ),
         run_config=tune.RunConfig(
             name=session,
-            storage_path=str((Path(run_dir) / rundir.RAY_DIR).resolve()),
+            storage_path=str((Path(driver.run_dir) / rundir.RAY_DIR).resolve()),
             failure_config=tune.FailureConfig(max_failures=0),  # a retried trial would count twice
             verbose=0,
         ),
