@@ -83,6 +83,8 @@ class Item:
 
     @property
     def name(self) -> str:
+        if self.key == "":  # an image of an in-memory array (see ``array_items``)
+            return f"{self.path}[{self.index}]"
         return str(self.path) if self.key is None else f"{self.path}:{self.key}[{self.index}]"
 
 
@@ -417,10 +419,22 @@ class Prediction:
     labelled: int = 0
     classes: tuple[str, ...] = ()
 
+    @property
+    def predicted(self) -> list[str]:
+        """The predicted class name of every image, in input order."""
+        return [row["predicted"] for row in self.rows]
 
-def predict(export_dir: Path, inputs: Sequence[Path], *, batch_size: int = DEFAULT_BATCH, device: str = "cpu",
-            fmt: str | None = None, split: str | None = None) -> Prediction:
-    """Classify every image named by ``inputs`` with the export in ``export_dir``."""
+    def frame(self) -> Any:
+        """The rows as a pandas DataFrame (the CSV's columns)."""
+        import pandas as pd
+
+        return pd.DataFrame(self.rows)
+
+
+def predict(export_dir: Path, inputs: Sequence[Path] | np.ndarray | Any, *, batch_size: int = DEFAULT_BATCH,
+            device: str = "cpu", fmt: str | None = None, split: str | None = None) -> Prediction:
+    """Classify images with the export in ``export_dir``: ``inputs`` is a list of files, folders and
+    npz files, or an array of images (see ``array_items``: numpy channels-last, torch channels-first)."""
     from runner.modelcard import read_card
 
     start = time.perf_counter()
@@ -430,14 +444,19 @@ def predict(export_dir: Path, inputs: Sequence[Path], *, batch_size: int = DEFAU
     card = read_card(export_dir)
     classes = [str(c) for c in card["classes"]]
     spec = InputSpec.from_card(card)
-    items = collect(inputs, split=split, classes=classes)
+    arrays: dict[tuple[Path, str], np.ndarray] = {}
+    if is_array(inputs):
+        if split is not None:
+            raise UserError("split applies to .npz inputs only, not to an array of images")
+        items, arrays = array_items(inputs)
+    else:
+        items = collect(inputs, split=split, classes=classes)
     fmt, run = load_runtime(export_dir, card, fmt, device)
     import runner.data.dataset  # noqa: F401 - imports torch for resizing before the clock starts
     start = time.perf_counter()  # throughput counts reading, preprocessing and the model, not loading it
     rows: list[dict[str, Any]] = []
     counts: Counter = Counter()
     model_seconds, correct, labelled = 0.0, 0, 0
-    arrays: dict[tuple[Path, str], np.ndarray] = {}
     top = min(3, len(classes))
     for batch in _batches(items, batch_size):
         x = preprocess(batch, spec, arrays)
@@ -544,6 +563,53 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USER_ERROR
     print("\n".join(summary(result, out)))
     return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# In-memory images (the Python API)
+
+ARRAY_NAME = "array"
+
+
+def is_array(inputs: Any) -> bool:
+    """Whether ``inputs`` is a numpy array or a torch tensor (rather than a list of paths)."""
+    if isinstance(inputs, np.ndarray):
+        return True
+    torch = sys.modules.get("torch")  # a tensor can only exist when torch is imported
+    return torch is not None and isinstance(inputs, torch.Tensor)
+
+
+def array_items(images: Any) -> tuple[list[Item], dict[tuple[Path, str], np.ndarray]]:
+    """Items for the images of an array, and the array (channels last) as ``preprocess`` reads it.
+
+    numpy arrays are channels-last, as in MedMNIST npz files: (H, W) one image, (N, H, W) gray
+    images, (N, H, W, C). torch tensors are channels-first, as torch models take them: (H, W) one
+    image, (C, H, W) one image, (N, C, H, W). Values are scaled by dtype as the loaders scale
+    files (uint8 / 255, uint16 / 65535, float as stored)."""
+    if isinstance(images, np.ndarray):
+        array = images
+        if array.ndim == 2:
+            array = array[None]
+        if array.ndim not in (3, 4):
+            raise UserError(f"an image array of shape {array.shape}; expected numpy (H, W), (N, H, W) or (N, H, W, C)")
+    else:
+        import torch
+
+        tensor = images.detach().cpu()
+        if tensor.is_floating_point() and tensor.dtype not in (torch.float32, torch.float64):
+            tensor = tensor.float()  # float16 / bfloat16 have no numpy type the loaders read
+        if tensor.ndim == 2:
+            tensor = tensor[None, None]
+        elif tensor.ndim == 3:
+            tensor = tensor[None]
+        if tensor.ndim != 4:
+            raise UserError(f"an image tensor of shape {tuple(tensor.shape)}; expected torch (H, W), (C, H, W) "
+                            "or (N, C, H, W)")
+        array = tensor.numpy().transpose(0, 2, 3, 1)
+    if len(array) == 0:
+        raise UserError("no images: the array is empty")
+    source = (Path(ARRAY_NAME), "")
+    return [Item(source[0], "", i) for i in range(len(array))], {source: array}
 
 
 if __name__ == "__main__":
