@@ -329,9 +329,6 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
 
 # ---------------------------------------------------------------------------------------------
 # What to export next, and the Python API
@@ -388,3 +385,7 @@ def search(
         raise KeyboardInterrupt(f"the search in {args.out} stopped before its trials were done; "
                                 "continue with search(..., resume=True)")
     return Run.load(args.out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
