@@ -534,6 +534,8 @@ def _export(run_dir: Path, *, trial: int | None, pick: str, max_flops: float | N
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
         raise UserError(f"--formats: unknown format(s) {unknown or '(none given)'}; valid: {', '.join(FORMATS)}")
+    if "onnx" in formats:
+        check_onnx_packages()
     run = load_run(run_dir)
     space = parse_space(run.space, source=run_dir / "space.yaml")
     choice = choose_trial(run, trial=trial, pick=pick, max_flops=max_flops)
@@ -681,6 +683,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
     return 0
+
+
+#: What the ONNX format needs beyond torch: import name -> distribution (pip) name.
+ONNX_PACKAGES = {"onnx": "onnx", "onnx_ir": "onnx-ir", "onnxscript": "onnxscript", "onnxruntime": "onnxruntime"}
+
+
+def check_onnx_packages() -> None:
+    """UserError naming the missing packages, and how to install them, before any work is done."""
+    import importlib.util
+
+    missing = [dist for module, dist in ONNX_PACKAGES.items() if importlib.util.find_spec(module) is None]
+    if missing:
+        raise UserError(f"the onnx format needs {', '.join(ONNX_PACKAGES.values())}, but {', '.join(missing)} "
+                        "is not installed; install them with: python -m pip install -e \".[export]\" (in the "
+                        f"project folder) or python -m pip install {' '.join(missing)}; or pass --formats pt2")
 
 
 if __name__ == "__main__":

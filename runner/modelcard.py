@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.artefacts import CARD_FILE, FILES, INPUT_NAME, OUTPUT_NAME
+from runner.data.images import VALUE_SCALING
 from search_space.errors import UserError
 from search_space.resolution import resolution_of
 
@@ -23,8 +24,9 @@ CARD_VERSION = 1
 #: What the raw values of each modality are before normalisation (what ``mean``/``std`` apply to).
 VALUE_SCALES = {
     "brightfield": "RGB transmitted light in [0, 1] (8-bit images divided by 255)",
-    "rgb": "RGB in [0, 1] (8-bit images divided by 255, 16-bit by 65535)",
-    "gray": "gray levels in [0, 1] (8-bit images divided by 255, 16-bit by 65535)",
+    "rgb": f"RGB values of the files ({VALUE_SCALING})",
+    "gray": f"gray values of the files ({VALUE_SCALING})",
+    "multichannel": f"every channel of the files ({VALUE_SCALING})",
     "opd": "optical path difference in radians (not scaled; background near 0)",
     "event": "ON and OFF event counts per pixel (non-negative, not scaled)",
 }

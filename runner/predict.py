@@ -32,6 +32,8 @@ are equal
                                TIFF or a float npz array); integer levels have no phase scale
 2 (event ON/OFF) / anything    only 2-channel arrays in an npz, (N, H, W, 2), counts as stored;
 but 2-channel arrays           images of 1, 3 or 4 channels are refused
+C (multichannel, a folder of   TIFFs or arrays with the same C channels, scaled by dtype; other
+C-channel TIFFs) / C channels  channel counts are refused
 =============================  ============================================================
 
 Output: a CSV (``input``, ``predicted``, ``probability``, ``top3``, and ``label`` where known)
@@ -62,7 +64,6 @@ import numpy as np
 from search_space.errors import UserError
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
-GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601-2, as PIL's convert("L")
 DEFAULT_BATCH = 256
 EXIT_USER_ERROR = 2
@@ -83,6 +84,8 @@ class Item:
 
     @property
     def name(self) -> str:
+        if self.key == "":  # an image of an in-memory array (see ``array_items``)
+            return f"{self.path}[{self.index}]"
         return str(self.path) if self.key is None else f"{self.path}:{self.key}[{self.index}]"
 
 
@@ -201,31 +204,27 @@ class InputSpec:
 
 def _read_image(path: Path, spec: InputSpec) -> np.ndarray:
     """An image file as (H, W, C) float32 in the loaders' scale, channels converted for the model."""
-    from PIL import Image, UnidentifiedImageError
+    from runner.data.images import read_image
 
     try:
-        with Image.open(path) as im:
-            im.load()
-            mode = im.mode
-            if mode in GRAY_MODES:
-                if spec.modality == "event":
-                    raise UserError(_event_refusal(path, 1))
-                if spec.modality == "opd" and mode != "F":
-                    raise UserError(f"{path}: a {mode} image of integer levels; this phase (opd) model takes optical "
-                                    "path difference in radians as float values (a float TIFF or a float npz array)")
-                if spec.channels == 3:
-                    return np.asarray(im.convert("RGB"), dtype=np.float32) / 255  # gray repeated, as the loader does
-                if mode == "F":
-                    array = np.asarray(im, dtype=np.float32)
-                elif mode.startswith("I"):
-                    array = np.asarray(im, dtype=np.float32) / 65535
-                else:
-                    array = np.asarray(im.convert("L"), dtype=np.float32) / 255
-                return array[..., None]
-            rgb = np.asarray(im.convert("RGB"), dtype=np.float32) / 255
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
-        raise UserError(f"{path}: cannot read image ({err})") from None
-    return _from_colour(rgb, spec, str(path), channels_in=4 if mode in ("RGBA", "LA", "PA") else 3)
+        array, info = read_image(path)
+    except UserError as err:
+        raise UserError(str(err)) from None
+    channels = array.shape[-1]
+    if channels == 1:
+        if spec.modality == "event":
+            raise UserError(_event_refusal(path, 1))
+        if spec.modality == "opd" and not info.dtype.startswith("float"):
+            raise UserError(f"{path}: an image of integer levels ({info.dtype}); this phase (opd) model takes optical "
+                            "path difference in radians as float values (a float TIFF or a float npz array)")
+        return np.repeat(array, 3, axis=-1) if spec.channels == 3 else array  # gray repeated, as the loader does
+    if channels == 3:
+        return _from_colour(array, spec, str(path), channels_in=4 if info.alpha else 3)
+    if spec.modality == "multichannel" and channels == spec.channels:
+        return array
+    if spec.modality == "event":
+        raise UserError(_event_refusal(path, channels))
+    raise UserError(f"{path}: a {channels}-channel image, but the model takes {spec.channels} channel(s)")
 
 
 def _event_refusal(where: str | Path, channels: int) -> str:
@@ -255,7 +254,7 @@ def _from_array(array: np.ndarray, spec: InputSpec, where: str) -> np.ndarray:
     """One npz image (H, W) or (H, W, C) -> (H, W, C') float32, scaled as the npz loader scales."""
     if array.ndim == 2:
         array = array[..., None]
-    if array.ndim != 3 or array.shape[-1] not in (1, 2, 3, 4):
+    if array.ndim != 3 or array.shape[-1] not in (1, 2, 3, 4, spec.channels):
         raise UserError(f"{where}: image of shape {array.shape}; expected (H, W) or (H, W, C) with C in 1..4 "
                         "(channels last, the MedMNIST layout)")
     kind = array.dtype.kind
@@ -266,23 +265,27 @@ def _from_array(array: np.ndarray, spec: InputSpec, where: str) -> np.ndarray:
         if channels != 2:
             raise UserError(_event_refusal(where, channels))
         return array.astype(np.float32)  # counts, as stored
+    if spec.modality == "multichannel" and channels == spec.channels:
+        return _scaled(array, where)
     if channels == 2:
         raise UserError(f"{where}: a 2-channel image, but the model takes {spec.channels} channel(s)")
     if spec.modality == "opd" and kind != "f":
         raise UserError(f"{where}: dtype {array.dtype}; this phase (opd) model takes optical path difference in "
                         "radians as float values")
-    x = array.astype(np.float32)
-    if array.dtype == np.uint8:
-        x *= np.float32(1 / 255)  # multiplied, as the npz loader does (not divided): bit-identical
-    elif array.dtype == np.uint16:
-        x *= np.float32(1 / 65535)
-    elif kind in "iu":
-        raise UserError(f"{where}: dtype {array.dtype}; expected uint8, uint16, bool or float images")
-    elif not np.isfinite(x).all():
-        raise UserError(f"{where}: the image contains NaN or infinite values")
+    x = _scaled(array, where)
     if channels == 1:
         return np.repeat(x, 3, axis=-1) if spec.channels == 3 else x
     return _from_colour(x[..., :3], spec, where, channels_in=channels)
+
+
+def _scaled(array: np.ndarray, where: str) -> np.ndarray:
+    """Stored values -> float32 as the loaders scale them (``runner.data.images.scale_values``)."""
+    from runner.data.images import scale_values
+
+    try:
+        return scale_values(array, where)
+    except UserError as err:
+        raise UserError(str(err)) from None
 
 
 def _finish(images: list[np.ndarray], spec: InputSpec) -> np.ndarray:
@@ -423,10 +426,22 @@ class Prediction:
     labelled: int = 0
     classes: tuple[str, ...] = ()
 
+    @property
+    def predicted(self) -> list[str]:
+        """The predicted class name of every image, in input order."""
+        return [row["predicted"] for row in self.rows]
 
-def predict(export_dir: Path, inputs: Sequence[Path], *, batch_size: int = DEFAULT_BATCH, device: str = "cpu",
-            fmt: str | None = None, split: str | None = None) -> Prediction:
-    """Classify every image named by ``inputs`` with the export in ``export_dir``."""
+    def frame(self) -> Any:
+        """The rows as a pandas DataFrame (the CSV's columns)."""
+        import pandas as pd
+
+        return pd.DataFrame(self.rows)
+
+
+def predict(export_dir: Path, inputs: Sequence[Path] | np.ndarray | Any, *, batch_size: int = DEFAULT_BATCH,
+            device: str = "cpu", fmt: str | None = None, split: str | None = None) -> Prediction:
+    """Classify images with the export in ``export_dir``: ``inputs`` is a list of files, folders and
+    npz files, or an array of images (see ``array_items``: numpy channels-last, torch channels-first)."""
     from runner.modelcard import read_card
 
     start = time.perf_counter()
@@ -436,14 +451,19 @@ def predict(export_dir: Path, inputs: Sequence[Path], *, batch_size: int = DEFAU
     card = read_card(export_dir)
     classes = [str(c) for c in card["classes"]]
     spec = InputSpec.from_card(card)
-    items = collect(inputs, split=split, classes=classes)
+    arrays: dict[tuple[Path, str], np.ndarray] = {}
+    if is_array(inputs):
+        if split is not None:
+            raise UserError("split applies to .npz inputs only, not to an array of images")
+        items, arrays = array_items(inputs)
+    else:
+        items = collect(inputs, split=split, classes=classes)
     fmt, run = load_runtime(export_dir, card, fmt, device)
     import runner.data.dataset  # noqa: F401 - imports torch for resizing before the clock starts
     start = time.perf_counter()  # throughput counts reading, preprocessing and the model, not loading it
     rows: list[dict[str, Any]] = []
     counts: Counter = Counter()
     model_seconds, correct, labelled = 0.0, 0, 0
-    arrays: dict[tuple[Path, str], np.ndarray] = {}
     top = min(3, len(classes))
     for batch in _batches(items, batch_size):
         x = preprocess(batch, spec, arrays)
@@ -550,6 +570,53 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USER_ERROR
     print("\n".join(summary(result, out)))
     return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# In-memory images (the Python API)
+
+ARRAY_NAME = "array"
+
+
+def is_array(inputs: Any) -> bool:
+    """Whether ``inputs`` is a numpy array or a torch tensor (rather than a list of paths)."""
+    if isinstance(inputs, np.ndarray):
+        return True
+    torch = sys.modules.get("torch")  # a tensor can only exist when torch is imported
+    return torch is not None and isinstance(inputs, torch.Tensor)
+
+
+def array_items(images: Any) -> tuple[list[Item], dict[tuple[Path, str], np.ndarray]]:
+    """Items for the images of an array, and the array (channels last) as ``preprocess`` reads it.
+
+    numpy arrays are channels-last, as in MedMNIST npz files: (H, W) one image, (N, H, W) gray
+    images, (N, H, W, C). torch tensors are channels-first, as torch models take them: (H, W) one
+    image, (C, H, W) one image, (N, C, H, W). Values are scaled by dtype as the loaders scale
+    files (uint8 / 255, uint16 / 65535, float as stored)."""
+    if isinstance(images, np.ndarray):
+        array = images
+        if array.ndim == 2:
+            array = array[None]
+        if array.ndim not in (3, 4):
+            raise UserError(f"an image array of shape {array.shape}; expected numpy (H, W), (N, H, W) or (N, H, W, C)")
+    else:
+        import torch
+
+        tensor = images.detach().cpu()
+        if tensor.is_floating_point() and tensor.dtype not in (torch.float32, torch.float64):
+            tensor = tensor.float()  # float16 / bfloat16 have no numpy type the loaders read
+        if tensor.ndim == 2:
+            tensor = tensor[None, None]
+        elif tensor.ndim == 3:
+            tensor = tensor[None]
+        if tensor.ndim != 4:
+            raise UserError(f"an image tensor of shape {tuple(tensor.shape)}; expected torch (H, W), (C, H, W) "
+                            "or (N, C, H, W)")
+        array = tensor.numpy().transpose(0, 2, 3, 1)
+    if len(array) == 0:
+        raise UserError("no images: the array is empty")
+    source = (Path(ARRAY_NAME), "")
+    return [Item(source[0], "", i) for i in range(len(array))], {source: array}
 
 
 if __name__ == "__main__":

@@ -209,25 +209,6 @@ def _front_table(study: Any, space: Any) -> list[str]:
     return lines
 
 
-def _pick(study: Any, space: Any) -> int | None:
-    """A front trial to suggest for export: the most accurate one (ties: fewer FLOPs, then lower number,
-    as the report's pick box)."""
-    from runner.backends.common import pareto_trials
-
-    front = pareto_trials(study)
-    if not front:
-        return None
-    index = space.objective_names.index("accuracy")
-    sign = 1 if space.directions[index] == "maximize" else -1
-    flops = space.objective_names.index("flops") if "flops" in space.objective_names else None
-
-    def rank(t: Any) -> tuple[float, float, int]:
-        cost = t.values[flops] if flops is not None else 0.0
-        return (-sign * t.values[index], cost, t.number)
-
-    return min(front, key=rank).number
-
-
 def build_report(run_dir: Path) -> str:
     """Build report.html when ``reports.build`` is available; never lose the run over it."""
     try:
@@ -381,9 +362,8 @@ def run_search(args: argparse.Namespace) -> int:
     if timed_out and done < total:
         print(f"search.timeout_s={space.search.timeout_s:g} reached after {done} of {total} trials")
     print(build_report(out))
-    pick = _pick(study, space)
-    if pick is not None:
-        print(f"export a model: python -m runner.export {out} --trial {pick}")
+    for line in export_suggestion(out):
+        print(line)
     return 0
 
 
@@ -400,6 +380,64 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("stopped", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+
+# ---------------------------------------------------------------------------------------------
+# What to export next, and the Python API
+
+
+def export_suggestion(out: Path) -> list[str]:
+    """The export command as ``runner.export`` runs it by default (the knee of the front), with the
+    trial it picks and the most accurate trial beside it; nothing when no trial qualifies."""
+    from runner.run import Run
+
+    try:
+        run = Run.load(out)
+        knee, best = run.pick("knee"), run.pick("accuracy")
+    except UserError:
+        return []
+    lines = [f"export a model: python -m runner.export {out}   (the knee of the front: trial {knee})"]
+    if best != knee:
+        lines.append(f"  the most accurate, trial {best}: python -m runner.export {out} --pick accuracy")
+    return lines
+
+
+def search(
+    space: str | Path | None,
+    *,
+    trials: int | None = None,
+    backend: str | None = None,
+    out: str | Path | None = None,
+    seed: int | None = None,
+    resume: bool = False,
+    max_concurrent: int | None = None,
+    cpus_per_trial: float | None = None,
+    gpus_per_trial: float | None = None,
+    address: str | None = None,
+) -> Any:
+    """Run a search from Python, as ``python -m runner.search`` does, and return the finished run.
+
+    Arguments are the command's flags (``None`` keeps the space file's setting). Returns a
+    :class:`runner.run.Run` (trials, front, picks, report, export). Raises UserError (one line
+    naming what is wrong, nothing written) for bad input, and KeyboardInterrupt when the search was
+    stopped before its trials were done (continue with ``resume=True``)."""
+    from runner.run import Run
+
+    args = argparse.Namespace(
+        space=None if space is None else Path(space), out=None if out is None else Path(out), trials=trials,
+        backend=backend, address=address, resume=resume, max_concurrent=max_concurrent,
+        cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, seed=seed, dry_run=False,
+    )
+    if args.out is None and args.space is not None:
+        from search_space.spec import load_space
+
+        args.out = Path("runs") / load_space(args.space).name
+    status = run_search(args)
+    if status == EXIT_INTERRUPTED:
+        raise KeyboardInterrupt(f"the search in {args.out} stopped before its trials were done; "
+                                "continue with search(..., resume=True)")
+    return Run.load(args.out)
 
 
 if __name__ == "__main__":

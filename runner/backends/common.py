@@ -152,7 +152,7 @@ class ConfigSampler:
     """The define-by-run function: sample a config, check its budgets, hand the trial its payload.
 
     Picklable (Ray saves it with the searcher). Stores the full config and the strategy as user
-    attributes and every budget as an Optuna constraint (``trial.set_constraint``; <= 0 is feasible),
+    attributes and every budget as an Optuna constraint (``record_constraints``; <= 0 is feasible),
     so samplers learn the feasible region and ``study.best_trials`` holds feasible trials only.
     """
 
@@ -171,8 +171,8 @@ class ConfigSampler:
         except Exception as err:  # noqa: BLE001 - the trial fails; the search must go on
             build_error = f"cannot build the sampled config: {type(err).__name__}: {err}"
             constraints = {}
-        for key, value in constraints.items():
-            trial.set_constraint(key, value)
+        if constraints:
+            record_constraints(trial, constraints)
         feasible = all(v <= 0 for v in constraints.values())
         payload = {
             "number": trial.number,
@@ -270,13 +270,15 @@ def describe_error(err: BaseException) -> str:
 
 def open_study(space: SearchSpace, run_dir: Path, sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Study:
     """The run's study in its journal (created on first use; ``study_name`` is the space name)."""
-    return optuna.create_study(
+    study = optuna.create_study(
         storage=rundir.open_storage(run_dir),
         study_name=space.name,
         directions=space.directions,
         sampler=sampler,
         load_if_exists=True,
     )
+    name_metrics(study, space.objective_names)
+    return study
 
 
 def fail_unfinished(study: optuna.Study) -> list[int]:
@@ -363,3 +365,28 @@ def pareto_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
         return sorted(study.best_trials, key=lambda t: t.number)
     except (ValueError, RuntimeError):
         return []
+
+
+# ---------------------------------------------------------------------------------------------
+# What optuna-dashboard reads
+
+
+def name_metrics(study: optuna.Study, names: Sequence[str]) -> None:
+    """Name the objectives in the study (optuna-dashboard and ``study.metric_names`` show them)."""
+    if study.metric_names != list(names):
+        import warnings
+
+        with warnings.catch_warnings():  # experimental since Optuna 3.2, unchanged through 5.0
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(list(names))
+
+
+def record_constraints(trial: optuna.Trial, constraints: dict[str, float]) -> None:
+    """Store the budgets' constraint values (<= 0 is feasible) where the samplers and optuna-dashboard
+    both read them: the ``constraints`` system attribute, a list, as Optuna's own ``constraints_func``
+    stores it. (``trial.set_constraint`` keeps one attribute per
+    name, which optuna-dashboard does not read.) The order is ``check_costs``': flops, params,
+    latency_ms, those the space limits."""
+    from optuna.study._constrained_optimization import _CONSTRAINTS_KEY
+
+    trial.storage.set_trial_system_attr(trial._trial_id, _CONSTRAINTS_KEY, [float(v) for v in constraints.values()])

@@ -25,6 +25,7 @@ from . import synthetic
 from .augment import augment_batch
 from .dataset import SPLITS, CellDataset, Size, check_size, normalised
 from .folder import IMAGE_SUFFIXES, describe_folder, load_folder
+from .images import modality_for
 from .npz import BLOODMNIST_CLASSES, KNOWN_CLASS_NAMES, describe_npz, load_npz
 from .synthetic import MODALITY_CHANNELS, SYNTHETIC_CLASSES
 
@@ -166,7 +167,7 @@ def describe_dataset(
         return MODALITY_CHANNELS[modality], len(names), image_size or SYNTHETIC_DEFAULT_IMAGE_SIZE
     describe: Callable[..., tuple[int, int, int]] = {"npz": describe_npz, "folder": describe_folder}[source]
     channels, num_classes, size = describe(path, image_size=image_size, class_names=class_names)
-    _check_real_modality(modality, "rgb" if channels == 3 else "gray", path)
+    _check_real_modality(modality, modality_for(channels), path)
     return channels, num_classes, size
 
 

@@ -3,8 +3,9 @@
 File types: png, jpg, jpeg, bmp, tif, tiff (case-insensitive); other files and hidden entries are
 ignored. Class names are the folder names, sorted (or the ``class_names`` argument, which picks and
 orders a subset). If any image is colour every image is read as RGB (RGBA loses its alpha, gray is
-repeated), else as one gray channel. 8-bit images are scaled to [0, 1], 16-bit by 1/65535, 32-bit
-float ones kept as stored.
+repeated), else as one gray channel; multi-channel TIFFs (e.g. phase / OPD stacks, read by
+tifffile) keep their channels, which every image of the folder must then share. Values are scaled
+as ``runner.data.images`` defines (8-bit / 255, 16-bit / 65535, float as stored).
 
 Without split folders the images of every class are split with a seeded shuffle: ``val`` and
 ``test`` are fractions of each class (default 0.1 and 0.2, like pbc28.npz) or total counts (ints,
@@ -20,22 +21,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
 from search_space.errors import DataError
 
 from .dataset import SPLITS, CellDataset, Size, allocate, check_every_class, normalised, resize, stratified_pick, wanted
+from .images import image_info, modality_for, read_image
 
 IMAGE_SUFFIXES: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 DEFAULT_FRACTIONS: dict[str, float] = {"val": 0.1, "test": 0.2}
-_GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
 
 
 @dataclass(frozen=True)
 class _Entry:
     path: Path
     label: int
-    mode: str
+    channels: int  # alpha not counted
     size: tuple[int, int]  # (width, height)
 
 
@@ -63,7 +63,7 @@ def load_folder(
         check_every_class(labels[keep], names, split, str(root), f"; give {split} a larger value or add images")
         x = torch.stack([_read(entries[split][j].path, channels, size) for j in keep.tolist()])
         splits[split] = (x, torch.from_numpy(labels[keep]))
-    return normalised(splits, class_names=names, modality="rgb" if channels == 3 else "gray", source=str(root))
+    return normalised(splits, class_names=names, modality=modality_for(channels), source=str(root))
 
 
 def describe_folder(root: str | Path, *, image_size: int | None, class_names: list[str] | None) -> tuple[int, int, int]:
@@ -114,11 +114,8 @@ def _list(where: Path, names: list[str], *, must_exist: bool) -> list[_Entry]:
         if not files:
             raise DataError(f"{folder}: class folder holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
         for file in files:
-            try:
-                with Image.open(file) as im:
-                    entries.append(_Entry(file, label, im.mode, im.size))
-            except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
-                raise DataError(f"{file}: cannot read image ({err})") from None
+            info = image_info(file)
+            entries.append(_Entry(file, label, info.channels, info.size))
     return entries
 
 
@@ -159,8 +156,21 @@ def _split_counts(value: int | float, counts: np.ndarray) -> np.ndarray:
 
 
 def _channels(entries: dict[str, list[_Entry]]) -> int:
-    modes = {e.mode for split in entries.values() for e in split}
-    return 1 if modes <= _GRAY_MODES else 3
+    """1 when every image is gray, 3 when some are colour (gray ones repeated), else the one channel
+    count all images share."""
+    found: dict[int, Path] = {}
+    for split in entries.values():
+        for e in split:
+            found.setdefault(e.channels, e.path)
+    if set(found) <= {1}:
+        return 1
+    if set(found) <= {1, 3}:
+        return 3
+    if len(found) > 1:
+        (a, pa), (b, pb) = sorted(found.items())[:2]
+        raise DataError(f"{pa.parent.parent}: images differ in channels ({pa.name} has {a}, {pb.name} has {b}); "
+                        "a folder of multi-channel images must share one channel count")
+    return next(iter(found))
 
 
 def _output_size(root: Path, entries: dict[str, list[_Entry]], image_size: int | None) -> int:
@@ -181,19 +191,9 @@ def _output_size(root: Path, entries: dict[str, list[_Entry]], image_size: int |
 
 
 def _read(path: Path, channels: int, size: int) -> torch.Tensor:
-    """One image as (C, size, size) float32 in the documented scale."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if channels == 3:
-                array = np.asarray(im.convert("RGB"), dtype=np.float32) / 255
-            elif im.mode == "F":
-                array = np.asarray(im, dtype=np.float32)
-            elif im.mode.startswith("I"):
-                array = np.asarray(im, dtype=np.float32) / 65535
-            else:
-                array = np.asarray(im.convert("L"), dtype=np.float32) / 255
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
-        raise DataError(f"{path}: cannot read image ({err})") from None
-    x = torch.from_numpy(array.reshape(array.shape[0], array.shape[1], -1)).permute(2, 0, 1)
+    """One image as (C, size, size) float32 in the documented scale (``runner.data.images``)."""
+    array, _ = read_image(path)
+    if array.shape[-1] == 1 and channels == 3:
+        array = np.repeat(array, 3, axis=-1)  # gray in a colour folder: R = G = B
+    x = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
     return resize(x[None], size)[0]

@@ -20,6 +20,7 @@ import torch
 from search_space.errors import DataError
 
 from .dataset import SPLITS, CellDataset, Size, check_every_class, normalised, resize, stratified_pick, wanted
+from .images import VALUE_SCALE
 
 BLOODMNIST_CLASSES: tuple[str, ...] = (
     "basophil",
@@ -34,7 +35,7 @@ BLOODMNIST_CLASSES: tuple[str, ...] = (
 # File-name prefix (lower case) -> class names in label order, for files that carry no names.
 KNOWN_CLASS_NAMES: dict[str, tuple[str, ...]] = {"bloodmnist": BLOODMNIST_CLASSES, "pbc": BLOODMNIST_CLASSES}
 
-_SCALE = {np.dtype(np.uint8): 1 / 255, np.dtype(np.uint16): 1 / 65535}
+_SCALE = VALUE_SCALE  # the one definition of value scaling (runner.data.images)
 
 
 def load_npz(

@@ -1,0 +1,126 @@
+"""A run directory as a Python object: what ``search()`` returns and ``Run.load`` reads back.
+
+    from runner.search import search
+    run = search("search_space/cells.yaml", trials=10, backend="optuna", out="runs/x")
+    run = Run.load("runs/x")                       # the same object from a finished run
+    run.trials, run.front                          # pandas DataFrames (trials.csv; its Pareto rows)
+    run.pick("knee"), run.pick("accuracy"), run.pick(5e6)   # trial numbers (5e6: best within 5 MFLOPs)
+    run.report_path                                # report.html (run.report() rebuilds it)
+    export_dir = run.export()                      # the knee, as python -m runner.export does
+
+Everything is read from the run directory (trials.csv, space.yaml, run.json), so a run copied to
+another machine loads the same way. ``refresh()`` re-reads it while a search is still writing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from search_space.errors import UserError
+
+PICKS = ("knee", "accuracy")
+
+
+class Run:
+    """One run directory: its trials, Pareto front, picks, report and export."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.refresh()
+
+    @classmethod
+    def load(cls, path: str | Path) -> Run:
+        """Load ``runs/<name>``; UserError naming the path when it is not a run directory."""
+        return cls(path)
+
+    def refresh(self) -> Run:
+        """Read the run directory again (after more trials finished)."""
+        from reports.rundir import load_run
+
+        self._run = load_run(self.path)
+        return self
+
+    def __repr__(self) -> str:
+        done = int((self.trials["state"] == "COMPLETE").sum())
+        return f"Run({str(self.path)!r}: {len(self.trials)} trials, {done} complete, {len(self.front)} on the front)"
+
+    @property
+    def name(self) -> str:
+        return self._run.name
+
+    @property
+    def objectives(self) -> dict[str, str]:
+        """Objective name -> "maximize" | "minimize", in the space's order."""
+        return dict(self._run.directions)
+
+    @property
+    def space(self) -> dict[str, Any]:
+        """The resolved space that ran (space.yaml), as a dict."""
+        return self._run.space
+
+    @property
+    def trials(self) -> pd.DataFrame:
+        """Every trial (trials.csv): number, state, feasible, objectives, test_accuracy, config.* ..."""
+        return self._run.trials.copy()
+
+    @property
+    def front(self) -> pd.DataFrame:
+        """The Pareto front over all objectives (complete, feasible trials), in trial order."""
+        return self._run.trials[self._run.pareto()].reset_index(drop=True)
+
+    @property
+    def report_path(self) -> Path:
+        """Where the HTML report is (the search writes it at the end; ``report()`` rebuilds it)."""
+        return self.path / "report.html"
+
+    def report(self, out: str | Path | None = None) -> Path:
+        """(Re)build the HTML report; returns its path."""
+        from reports.build import build_report
+
+        return Path(build_report(self.path, None if out is None else Path(out)))
+
+    def trial_dir(self, number: int) -> Path:
+        return self._run.trial_dir(number)
+
+    def pick(self, how: str | float = "knee") -> int:
+        """A trial number: ``"knee"`` of the accuracy/FLOPs front (what export takes by default),
+        ``"accuracy"`` (the most accurate), or a number: the most accurate within that many FLOPs."""
+        from reports.pareto import pick_trial
+
+        how, budget = _how(how)
+        return pick_trial(self._run.trials, self._run.directions, how, max_flops=budget)
+
+    def export(self, pick: str | float = "knee", *, trial: int | None = None, out: str | Path | None = None,
+               formats: Sequence[str] = ("onnx", "pt2"), measure: bool = True, threads: int = 1,
+               log: Callable[[str], None] = print) -> Path:
+        """Export a trial as ``python -m runner.export`` does (checked against the eager model, with a
+        model card); returns the export directory (``runs/<name>/export`` unless ``out``), which
+        ``runner.predict.predict`` takes. ``pick`` as in :meth:`pick`, or a given ``trial``."""
+        from runner.export import export_run
+
+        how, budget = _how(pick)
+        result = export_run(self.path, trial=trial, pick=how, max_flops=budget, formats=formats,
+                            out=None if out is None else Path(out), measure=measure, threads=threads, log=log)
+        return result.out
+
+
+def _how(pick: str | float) -> tuple[str, float | None]:
+    """(how, max_flops) for reports.pareto.pick_trial from "knee" | "accuracy" | a FLOPs budget."""
+    if isinstance(pick, bool) or not isinstance(pick, (str, int, float)):
+        raise UserError(f"pick must be 'knee', 'accuracy' or a FLOPs budget (a number), but got {pick!r}")
+    if isinstance(pick, str):
+        if pick not in PICKS:
+            raise UserError(f"pick must be 'knee', 'accuracy' or a FLOPs budget (a number), but got {pick!r}")
+        return pick, None
+    if not pick > 0:
+        raise UserError(f"a FLOPs budget must be > 0, but got {pick!r}")
+    return "budget", float(pick)
+
+
+def load_run(path: str | Path) -> Run:
+    """``Run.load(path)``."""
+    return Run.load(path)

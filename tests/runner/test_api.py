@@ -1,0 +1,186 @@
+"""The Python API and the ``cellsparse`` command: README's example, Run, predict on arrays, the CLI,
+the end-of-search export line, the missing-ONNX-packages message and what optuna-dashboard sees."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from runner import cli
+from runner import predict as P
+from runner.run import Run
+from search_space.errors import UserError
+from tests.runner.export_fixtures import tiny_export
+from tests.runner.search_fixtures import REPO, set_env, write_space
+
+README = REPO / "README.md"
+
+# The README example runs on this tiny space, saved where the example looks (search_space/cells.yaml).
+TINY_CELLS = textwrap.dedent("""\
+    name: cells
+    seed: 0
+    data: {source: synthetic, image_size: 16, train: 64, val: 32, test: 32, augment: false}
+    objectives: {accuracy: maximize, flops: minimize}
+    constraints: {max_flops: 2.0e7}
+    training: {epochs: 1, batch_size: 32, lr: {log: [1.0e-3, 1.0e-2]}, warmup_epochs: 0.0}
+    search: {trials: 30, sampler: {name: tpe, seed: 0}, backend: ray, max_concurrent: 1}
+    space:
+      strategy:
+        dense_cnn: {width: [4, 8], stages: [1, 2]}
+    """)
+
+
+def readme_block(marker: str) -> str:
+    """The fenced code block that follows ``<!-- marker -->`` in README.md."""
+    text = README.read_text(encoding="utf-8")
+    found = re.search(rf"<!-- {marker} -->\s*```\w*\n(.*?)```", text, re.S)
+    assert found, f"README.md has no code block after <!-- {marker} -->"
+    return found.group(1)
+
+
+@pytest.fixture(scope="session")
+def runs_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.getbasetemp() / "export_runs"  # shared with test_predict's tiny exports
+
+
+def test_readme_api_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """README's Python API block, executed as written (fewer trials) in a folder with a tiny cells.yaml."""
+    code = readme_block("api-example")
+    assert 'search("search_space/cells.yaml", trials=10, backend="optuna", out="runs/x")' in code
+    code = code.replace("trials=10", "trials=3")  # the same calls, a quicker search
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "search_space").mkdir()
+    (tmp_path / "search_space" / "cells.yaml").write_text(TINY_CELLS, encoding="utf-8")
+    namespace: dict = {}
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        exec(compile(code, "README.md (api-example)", "exec"), namespace)
+    run, result = namespace["run"], namespace["result"]
+    assert isinstance(run, Run) and len(run.trials) == 3 and set(run.trials["state"]) == {"COMPLETE"}
+    assert 1 <= len(run.front) <= 3 and namespace["knee"] in run.front["number"].tolist()
+    assert run.report_path == Path("runs/x/report.html") and run.report_path.is_file()
+    assert namespace["export_dir"] == Path("runs/x/export")
+    card = json.loads((namespace["export_dir"] / "model_card.json").read_text())
+    assert card["trial"]["number"] == namespace["knee"] and card["trial"]["picked_by"] == "knee"
+    assert len(result.predicted) == 8 and set(result.predicted) <= set(card["classes"])
+    assert list(result.frame().columns[:4]) == ["input", "predicted", "probability", "top3"]
+    assert "report.html" in printed.getvalue()
+
+
+def test_run_load_picks_and_bad_picks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    set_env(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    from runner.search import search
+
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        run = search(write_space(tmp_path, trials=3))
+    out = printed.getvalue()
+    knee = run.pick("knee")
+    # the end-of-search line suggests what export takes by default: the knee
+    assert f"export a model: python -m runner.export {Path('runs') / 'probe'}   (the knee of the front: trial {knee})" in out
+    again = Run.load(tmp_path / "runs" / "probe")
+    assert again.trials.equals(run.trials) and again.front["number"].tolist() == run.front["number"].tolist()
+    assert run.pick(1e12) == run.pick("accuracy")
+    for bad, words in [("best", "pick must be"), (-1.0, "must be > 0"), (True, "pick must be")]:
+        with pytest.raises(UserError, match=words):
+            run.pick(bad)
+    with pytest.raises(UserError, match="not a run directory"):
+        Run.load(tmp_path / "nowhere")
+    with pytest.raises(UserError, match="no such space file"):
+        search(tmp_path / "missing.yaml")
+
+
+def test_predict_takes_numpy_arrays_and_torch_tensors(runs_root: Path, tmp_path: Path) -> None:
+    export_dir = tiny_export(runs_root, "sparse_topk")[0]
+    images = np.random.default_rng(3).integers(0, 256, (5, 20, 20, 3), dtype=np.uint8)
+    path = tmp_path / "cells.npz"
+    np.savez(path, test_images=images)
+    from_file = P.predict(export_dir, [path])
+    from_numpy = P.predict(export_dir, images)
+    from_torch = P.predict(export_dir, torch.from_numpy(images).permute(0, 3, 1, 2))  # (N, C, H, W)
+    assert from_numpy.predicted == from_file.predicted == from_torch.predicted
+    assert [r["probability"] for r in from_numpy.rows] == [r["probability"] for r in from_file.rows]
+    assert [r["input"] for r in from_numpy.rows] == [f"array[{i}]" for i in range(5)]
+    one = P.predict(export_dir, torch.from_numpy(images[2]).permute(2, 0, 1).float() / 255)  # one (C, H, W) float image
+    assert one.predicted == [from_file.predicted[2]]
+    with pytest.raises(UserError, match="expected numpy"):
+        P.predict(export_dir, np.zeros((1, 2, 3, 4, 5), np.uint8))
+    with pytest.raises(UserError, match="empty"):
+        P.predict(export_dir, np.zeros((0, 8, 8, 3), np.uint8))
+
+
+def test_cellsparse_command_help_version_and_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--help"]) == 0
+    printed = capsys.readouterr().out
+    for name in ("search", "report", "export", "predict"):
+        assert re.search(rf"^  {name}\s", printed, re.M), name
+    assert cli.main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"cellsparse {cli.version()}"
+    assert re.fullmatch(r"\d+\.\d+\.\d+\S*", cli.version())
+    assert cli.main(["serch"]) == 2
+    assert capsys.readouterr().err.startswith("error: unknown command 'serch'")
+    assert cli.main(["export", "--help"]) == 0 and "--pick" in capsys.readouterr().out
+    assert cli.main(["report", "/no/such/run"]) == 2
+    assert capsys.readouterr().err.startswith("error: ")
+    assert cli.main(["search", "--trials", "0", "--space", "x.yaml"]) == 2
+
+
+def test_cellsparse_command_in_a_subprocess() -> None:
+    done = subprocess.run([sys.executable, "-m", "runner.cli", "--version"], capture_output=True, text=True,
+                          cwd=REPO, timeout=60)
+    assert done.returncode == 0 and done.stdout.startswith("cellsparse ")
+    assert 'cellsparse = "runner.cli:main"' in (REPO / "pyproject.toml").read_text()
+
+
+def test_export_names_the_missing_onnx_packages(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import importlib.util
+
+    from runner.export import export_run
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnx_ir" else real(name, *a))
+    with pytest.raises(UserError, match=r"onnx-ir is not installed; install them with: python -m pip install -e "
+                                        r"\"\.\[export\]\""):
+        export_run(tmp_path / "any-run", log=lambda line: None)
+
+
+def test_optuna_dashboard_sees_objective_names_and_constraints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """optuna-dashboard's own server code, called as a WSGI app on the run's journal."""
+    pytest.importorskip("optuna_dashboard")
+    from optuna_dashboard import wsgi
+
+    from runner.rundir import open_storage
+    from runner.search import main
+
+    set_env(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    # the probe at 16 px costs about 55-70 kFLOPs, so a 60 kFLOPs budget leaves some trials infeasible
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["--space", str(write_space(tmp_path, trials=4, max_flops=6.0e4))]) == 0
+    app = wsgi(open_storage(tmp_path / "runs" / "probe"))
+
+    def get(path: str) -> dict:
+        status: list[str] = []
+        environ = {"REQUEST_METHOD": "GET", "PATH_INFO": path, "QUERY_STRING": "", "SERVER_NAME": "test",
+                   "SERVER_PORT": "80", "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(), "wsgi.errors": sys.stderr}
+        body = b"".join(app(environ, lambda s, headers, exc_info=None: status.append(s)))
+        assert status[0].startswith("200"), (path, status, body[:300])
+        return json.loads(body)
+
+    studies = get("/api/studies")["study_summaries"]
+    assert [s["study_name"] for s in studies] == ["probe"]
+    detail = get(f"/api/studies/{studies[0]['study_id']}")
+    assert detail["objective_names"] == ["accuracy", "flops"]
+    constraints = [t["constraints"] for t in detail["trials"]]
+    assert all(len(c) == 1 for c in constraints), constraints
+    feasible = [c[0] <= 0 for c in constraints]
+    assert any(feasible) and not all(feasible), constraints
