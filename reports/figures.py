@@ -60,6 +60,8 @@ def hover_text(row: pd.Series, objectives: Sequence[str], configs: Sequence[str]
     lines = [f"<b>trial {int(row['number'])}</b> · {esc(row.get('strategy', ''))}"]
     if str(row.get("feasible", "")).lower() in ("false", "0"):
         lines.append("<i>infeasible (over a constraint)</i>")
+    if pd.notna(row.get("stopped_at_epoch")):
+        lines.append(f"<i>stopped early after epoch {esc(fmt(row['stopped_at_epoch']))} (figures at that epoch)</i>")
     for name in [*objectives, "test_accuracy", "k_final"]:
         if name in row.index and pd.notna(row[name]):
             lines.append(f"{esc(name)}: {esc(fmt(row[name]))}")
@@ -115,7 +117,8 @@ def _budget_trace(run: Run, x: str, ys: np.ndarray) -> go.Scatter | None:
 
 
 def pareto_figure(run: Run, colours: Mapping[str, str], pareto: pd.Series) -> go.Figure | None:
-    """Every complete trial on the main trade-off plane, the front joined by a step line."""
+    """Every complete trial on the main trade-off plane, the front joined by a step line; trials early
+    stopping cut are drawn faded at the figures they stopped at (never on the front)."""
     pair = primary_pair(run.objectives)
     if pair is None:
         return None
@@ -139,6 +142,20 @@ def pareto_figure(run: Run, colours: Mapping[str, str], pareto: pd.Series) -> go
                 name=esc(strategy) + (" (dense baseline)" if dense else ""),
                 marker={"color": colours[strategy], "symbol": symbols, "size": np.where(ok, 10, 8),
                         "opacity": 0.9, "line": {"width": 0.5, "color": "#333"}},
+                hovertext=[hover_text(r, run.objectives, configs) for _, r in group.iterrows()],
+                hoverinfo="text",
+            )
+        )
+    stopped = trials[(trials["state"] == "PRUNED").to_numpy() & np.isfinite(_num(trials, x)) & np.isfinite(_num(trials, y))]
+    for strategy, group in stopped.groupby("strategy", sort=True):
+        fig.add_trace(
+            go.Scatter(
+                x=_num(group, x),
+                y=_num(group, y),
+                mode="markers",
+                name=esc(strategy) + " (stopped early)",
+                legendgroup="stopped early",
+                marker={"color": colours.get(strategy, "#777"), "symbol": "circle-open", "size": 8, "opacity": 0.45},
                 hovertext=[hover_text(r, run.objectives, configs) for _, r in group.iterrows()],
                 hoverinfo="text",
             )

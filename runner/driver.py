@@ -31,9 +31,18 @@ from search_space.spec import SearchSpace
 
 logger = logging.getLogger(__name__)
 
-ATTR_STOPPED_AT = "stopped_at_epoch"  # PRUNED trials: the rung epoch early stopping cut them at
-ATTR_LAST = "last_"  # PRUNED trials: prefix of their objective values at that epoch
-ATTR_RUNG = "rung_"  # objective values a trial reached at rung epoch e, as attribute rung_<e>
+ATTR_STOPPED_AT, ATTR_LAST, ATTR_RUNG = rundir.ATTR_STOPPED_AT, rundir.ATTR_LAST, rundir.ATTR_RUNG
+
+
+def early_stopping_rule(space: SearchSpace, study: optuna.Study) -> SuccessiveHalving | None:
+    """The space's early-stopping rule with the rung values earlier sessions recorded, or None."""
+    config = space.search.early_stopping
+    if config.name == "none":
+        return None
+    epochs = max(int(v) for v in space.training["epochs"].values_at_bounds())
+    rule = SuccessiveHalving(config, directions=space.directions, max_epochs=epochs)
+    rebuild_rungs(rule, study.get_trials(deepcopy=False))
+    return rule
 
 
 def rebuild_rungs(rule: SuccessiveHalving, trials: list[optuna.trial.FrozenTrial]) -> int:
@@ -66,6 +75,7 @@ class SearchDriver:
         self.early_stopping = early_stopping
         self._sample = ConfigSampler(space)
         self._running: dict[int, optuna.Trial] = {}
+        self._epochs: dict[int, int] = {}  # a trial's own epochs: it is never judged at its last
         self._last: dict[int, dict[str, Any]] = {}
 
     # --- asking ----------------------------------------------------------------------------------
@@ -73,7 +83,9 @@ class SearchDriver:
         """A new trial: its number and the payload a backend executes."""
         trial = self.study.ask()
         self._running[trial.number] = trial
-        return trial.number, self._sample(trial)[PAYLOAD_KEY]
+        payload = self._sample(trial)[PAYLOAD_KEY]
+        self._epochs[trial.number] = int(payload["config"].get("epochs", 0))
+        return trial.number, payload
 
     @property
     def running(self) -> list[int]:
@@ -83,7 +95,7 @@ class SearchDriver:
     # --- during a trial --------------------------------------------------------------------------
     def report(self, number: int, epoch: int, row: dict[str, Any]) -> bool:
         """A trial's figures after ``epoch``; True when early stopping says it should stop now."""
-        if number not in self._running:
+        if number not in self._running or epoch >= self._epochs.get(number, 0):
             return False
         values = [row.get(name) for name in self.names]
         if any(not isinstance(v, (int, float)) for v in values):
@@ -135,6 +147,7 @@ class SearchDriver:
     def _tell(self, number: int, state: optuna.trial.TrialState, values: list[float] | None = None) -> None:
         trial = self._running.pop(number)
         self._last.pop(number, None)
+        self._epochs.pop(number, None)
         try:
             self.study.tell(trial, values, state=state)
         except Exception as err:  # noqa: BLE001 - never leave a RUNNING trial behind

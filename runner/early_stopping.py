@@ -25,34 +25,26 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
 from cellsparse.pareto import nondominated_ranks, to_losses
+from search_space.spec import EARLY_STOPPING_RULES, EarlyStoppingConfig
 
-RULES = ("none", "asha", "moasha")
+RULES = EARLY_STOPPING_RULES
+__all__ = ["RULES", "EarlyStoppingConfig", "SuccessiveHalving", "crowding_distance", "rung_epochs", "rung_order"]
 
 
-@dataclass(frozen=True)
-class EarlyStoppingConfig:
-    """``search.early_stopping`` in the space file."""
-
-    name: str = "none"
-    grace_epochs: int = 1
-    reduction_factor: float = 3.0
-    min_trials: int | None = None  # None: ceil(reduction_factor)
-
-    def rungs(self, max_epochs: int) -> list[int]:
-        """Epochs at which a trial of ``max_epochs`` epochs is judged (never its last epoch)."""
-        rungs, level = [], 0
-        while True:
-            epoch = int(round(self.grace_epochs * self.reduction_factor**level))
-            if epoch >= max_epochs:
-                return rungs
-            if not rungs or epoch > rungs[-1]:
-                rungs.append(epoch)
-            level += 1
+def rung_epochs(config: EarlyStoppingConfig, max_epochs: int) -> list[int]:
+    """Epochs ``grace * eta**i`` at which a trial of ``max_epochs`` epochs is judged (never its last)."""
+    rungs, level = [], 0
+    while True:
+        epoch = int(round(config.grace_epochs * config.reduction_factor**level))
+        if epoch >= max_epochs:
+            return rungs
+        if not rungs or epoch > rungs[-1]:
+            rungs.append(epoch)
+        level += 1
 
 
 def crowding_distance(losses: np.ndarray) -> np.ndarray:
@@ -97,7 +89,7 @@ class SuccessiveHalving:
             raise ValueError(f"early stopping rule must be one of {RULES[1:]}, got {config.name!r}")
         self.config = config
         self.directions = list(directions)
-        self.rungs = config.rungs(max_epochs)
+        self.rungs = rung_epochs(config, max_epochs)
         self.min_trials = config.min_trials or math.ceil(config.reduction_factor)
         self._tables: dict[int, dict[Hashable, tuple[float, ...]]] = {rung: {} for rung in self.rungs}
 

@@ -55,6 +55,9 @@ ATTR_K_FINAL = "k_final"
 ATTR_PARAMS = "params_count"
 ATTR_DURATION = "duration_s"
 ATTR_ERROR = "error"
+ATTR_STOPPED_AT = "stopped_at_epoch"  # PRUNED trials: the rung epoch early stopping cut them at
+ATTR_LAST = "last_"  # PRUNED trials: prefix of their objective values at that epoch
+ATTR_RUNG = "rung_"  # objective values a trial reached at rung epoch e, as attribute rung_<e> (for --resume)
 
 #: What a FAIL trial without a recorded error is: its driver stopped (Ctrl-C, kill) mid-trial.
 INTERRUPTED = "interrupted: the search stopped before this trial finished"
@@ -358,6 +361,8 @@ def trials_frame(study: optuna.Study, objective_names: Sequence[str]) -> pd.Data
             if key not in config_keys:
                 config_keys.append(key)
         values = trial.values if trial.state == optuna.trial.TrialState.COMPLETE and trial.values else None
+        if trial.state == optuna.trial.TrialState.PRUNED:  # stopped early: the figures it stopped at
+            values = [attrs.get(ATTR_LAST + name) for name in objective_names]
         error = attrs.get(ATTR_ERROR)
         if is_interrupted(trial):
             error = INTERRUPTED
@@ -369,6 +374,7 @@ def trials_frame(study: optuna.Study, objective_names: Sequence[str]) -> pd.Data
         }
         for i, name in enumerate(objective_names):
             row[name] = _cell(values[i]) if values else None
+        row[ATTR_STOPPED_AT] = attrs.get(ATTR_STOPPED_AT)
         row.update(
             {
                 "test_accuracy": attrs.get(ATTR_TEST_ACCURACY),
@@ -384,7 +390,7 @@ def trials_frame(study: optuna.Study, objective_names: Sequence[str]) -> pd.Data
             row[f"config.{key}"] = _cell(value)
         rows.append(row)
     base = ["number", "state", "feasible", "strategy", *objective_names, "test_accuracy", "k_final", "params_count",
-            "duration_s", "datetime_start", "datetime_complete", "error"]
+            "duration_s", "datetime_start", "datetime_complete", "error", ATTR_STOPPED_AT]
     columns = base + [f"config.{k}" for k in config_keys]
     return pd.DataFrame(rows, columns=columns)
 

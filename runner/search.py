@@ -266,7 +266,7 @@ def run_search(args: argparse.Namespace) -> int:
         trials_done,
     )
     from runner.backends.optuna_backend import run_optuna
-    from runner.driver import SearchDriver
+    from runner.driver import SearchDriver, early_stopping_rule
 
     import_plugins(plugin_modules())
     _check_flags(args)
@@ -329,10 +329,14 @@ def run_search(args: argparse.Namespace) -> int:
     try:
         if remaining:
             sampler = sampler_for_session(space, len(study.trials))
-            driver = SearchDriver(space, out, open_study(space, out, sampler), on_finished=on_finished)
+            study = open_study(space, out, sampler)
+            # Ray's own ASHA on the ray backend (the single-metric baseline); the driver's rule otherwise.
+            ray_asha = backend == "ray" and space.search.early_stopping.name == "asha"
+            rule = None if ray_asha else early_stopping_rule(space, study)
+            driver = SearchDriver(space, out, study, on_finished=on_finished, early_stopping=rule)
             if backend == "ray":
                 session = f"session-{len(info.get('sessions', [])) - 1}"
-                ray_backend.run_ray(driver, n_trials=remaining, session=session)
+                ray_backend.run_ray(driver, n_trials=remaining, session=session, ray_asha=ray_asha)
             else:
                 run_optuna(driver, n_trials=remaining, timeout_s=space.search.timeout_s)
     except KeyboardInterrupt:

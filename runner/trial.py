@@ -256,6 +256,7 @@ def run_trial(
             "epoch_time_s": time.perf_counter() - epoch_start,
         }
         history.append(row)
+        _write_json(trial_dir / "history.json", history)  # each epoch: a trial stopped early keeps its curve
         if report is not None:
             report({**row, **{name: latest[name] for name in objectives}})
         if rule is not None:

@@ -55,7 +55,9 @@ TRAINING_DEFAULTS: dict[str, Any] = {
 _SECTIONS = ("name", "seed", "data", "objectives", "constraints", "training", "search", "space")
 _REQUIRED = ("objectives", "space")
 _DATA_KEYS = ("source", "path", "modality", "image_size", "train", "val", "test", "difficulty", "augment", "class_names")
-_SEARCH_KEYS = ("trials", "sampler", "backend", "max_concurrent", "resources", "reference_point", "timeout_s")
+_SEARCH_KEYS = ("trials", "sampler", "backend", "max_concurrent", "resources", "reference_point", "timeout_s",
+                "early_stopping")
+EARLY_STOPPING_RULES = ("none", "asha", "moasha")
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,25 @@ class Constraints:
 
 
 @dataclass(frozen=True)
+class EarlyStoppingConfig:
+    """``search.early_stopping``: successive halving on the objectives after each rung epoch
+    (``runner.early_stopping`` says how a rung decides). ``none`` trains every trial to the end."""
+
+    name: str = "none"
+    grace_epochs: int = 1
+    reduction_factor: float = 3.0
+    min_trials: int | None = None  # None: ceil(reduction_factor)
+
+    def to_yaml(self) -> str | dict[str, Any]:
+        if self.name == "none":
+            return "none"
+        form: dict[str, Any] = {"name": self.name, "grace_epochs": self.grace_epochs, "reduction_factor": self.reduction_factor}
+        if self.min_trials is not None:
+            form["min_trials"] = self.min_trials
+        return form
+
+
+@dataclass(frozen=True)
 class SearchSettings:
     trials: int = 20
     sampler: str = "tpe"
@@ -121,6 +142,7 @@ class SearchSettings:
     gpus_per_trial: float = 0.0
     reference_point: Mapping[str, float] | None = None
     timeout_s: float | None = None
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
 
 
 @dataclass(frozen=True)
@@ -217,6 +239,8 @@ class SearchSpace:
                 "resources": {"cpu": search.cpus_per_trial, "gpu": search.gpus_per_trial},
                 "reference_point": dict(search.reference_point) if search.reference_point else None,
                 "timeout_s": search.timeout_s,
+                # written only when on, so the space.yaml of runs made before the key stays as it was
+                **({"early_stopping": search.early_stopping.to_yaml()} if search.early_stopping.name != "none" else {}),
             },
             "space": {
                 "shared": {k: p.to_yaml() for k, p in self.model.shared.items()},
@@ -600,10 +624,24 @@ def _parse_search(where: _Where, raw: dict[str, Any], objectives: tuple[Objectiv
             raise where.fail("search.reference_point", f"expected a value for every objective, missing {missing}")
         reference = {n: _number(where, f"search.reference_point.{n}", reference[n]) for n in names}
     timeout = _number(where, "search.timeout_s", raw.get("timeout_s"), low=0, low_open=True, allow_none=True)
+    early = _parse_early_stopping(where, raw.get("early_stopping", "none"))
     settings = SearchSettings(trials, sampler, sampler_seed, dict(options), backend, max_concurrent, cpus, gpus,
-                              reference, timeout)
+                              reference, timeout, early)
     _check_search_settings(settings, where.file)
     return settings
+
+
+def _parse_early_stopping(where: _Where, raw: Any) -> EarlyStoppingConfig:
+    path = "search.early_stopping"
+    if raw is None or isinstance(raw, str):
+        raw = {"name": "none" if raw is None else raw}
+    raw = _mapping(where, path, raw, allow_none=False)
+    _check_keys(where, path, raw, ("name", "grace_epochs", "reduction_factor", "min_trials"))
+    name = _choice(where, f"{path}.name", raw.get("name", "none"), EARLY_STOPPING_RULES, "early stopping rule")
+    grace = _number(where, f"{path}.grace_epochs", raw.get("grace_epochs", 1), integer=True, low=1)
+    eta = _number(where, f"{path}.reduction_factor", raw.get("reduction_factor", 3), low=1, low_open=True)
+    min_trials = _number(where, f"{path}.min_trials", raw.get("min_trials"), integer=True, low=1, allow_none=True)
+    return EarlyStoppingConfig(name, int(grace), float(eta), None if min_trials is None else int(min_trials))
 
 
 def _check_search_settings(settings: SearchSettings, file: str) -> None:

@@ -45,7 +45,7 @@ from typing import Any
 
 import ray
 from ray import tune
-from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
 from runner import rundir
@@ -158,9 +158,9 @@ def _trainable(config: dict[str, Any], settings: TrialSettings) -> None:
     except Exception as err:
         rundir.write_traceback(Path(settings.run_dir), int(payload["number"]), "".join(traceback.format_exception(err)))
         nan = {name: math.nan for name in settings.space.objective_names}
-        tune.report({**nan, "final": True, "failed": True, "error": describe_error(err)})
+        tune.report({**nan, "epoch": 0, "final": True, "failed": True, "error": describe_error(err)})
         return
-    tune.report({**_scalars(metrics), "final": True, "failed": False})
+    tune.report({**_scalars(metrics), "epoch": int(metrics.get("epochs") or 0), "final": True, "failed": False})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -226,8 +226,20 @@ class DriverScheduler(FIFOScheduler):
         return TrialScheduler.STOP if self.driver.report(number, int(result["epoch"]), result) else TrialScheduler.CONTINUE
 
 
-def run_ray(driver: SearchDriver, *, n_trials: int, session: str) -> None:
-    """Run ``n_trials`` more trials of the driver's study as one Tune session (Ray already connected)."""
+def _ray_asha(space: SearchSpace) -> ASHAScheduler:
+    config = space.search.early_stopping
+    return ASHAScheduler(
+        time_attr="epoch", metric="accuracy", mode="max", grace_period=config.grace_epochs,
+        reduction_factor=config.reduction_factor, max_t=max(int(v) for v in space.training["epochs"].values_at_bounds()),
+    )
+
+
+def run_ray(driver: SearchDriver, *, n_trials: int, session: str, ray_asha: bool = False) -> None:
+    """Run ``n_trials`` more trials of the driver's study as one Tune session (Ray already connected).
+
+    ``ray_asha``: stop trials with Tune's own ``ASHAScheduler`` on accuracy alone (the single-metric
+    baseline ``early_stopping: {name: asha}`` is compared against) instead of the driver's rule.
+    """
     space = driver.space
     settings = TrialSettings.for_run(space, driver.run_dir)
     resources = {"cpu": space.search.cpus_per_trial, "gpu": space.search.gpus_per_trial}
@@ -236,7 +248,7 @@ def run_ray(driver: SearchDriver, *, n_trials: int, session: str) -> None:
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=ConcurrencyLimiter(DriverSearcher(driver), max_concurrent=space.search.max_concurrent),
-            scheduler=DriverScheduler(driver),
+            scheduler=_ray_asha(space) if ray_asha else DriverScheduler(driver),
             num_samples=n_trials,
             reuse_actors=True,  # one worker process serves many trials: data is loaded once per worker
             time_budget_s=space.search.timeout_s,

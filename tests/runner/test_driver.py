@@ -20,7 +20,7 @@ State = optuna.trial.TrialState
 @pytest.fixture()
 def space(monkeypatch, tmp_path):
     set_env(monkeypatch)
-    return load_space(write_space(tmp_path, trials=4))
+    return load_space(write_space(tmp_path, trials=4, epochs=9))
 
 
 def driver_for(space, run_dir, **kwargs) -> SearchDriver:

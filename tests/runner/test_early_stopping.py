@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cellsparse.pareto import to_losses
-from runner.early_stopping import EarlyStoppingConfig, SuccessiveHalving, rung_order
+from runner.early_stopping import EarlyStoppingConfig, SuccessiveHalving, rung_epochs, rung_order
 from tests.cellsparse.test_pareto import brute_ranks
 
 
@@ -96,7 +96,7 @@ def test_moasha_keeps_a_cheap_trial_that_asha_would_stop() -> None:
     (1, 3, 10, [1, 3, 9]), (1, 3, 9, [1, 3]), (2, 2, 10, [2, 4, 8]), (1, 1.5, 5, [1, 2, 3]), (5, 3, 5, []),
 ])
 def test_rungs(grace: int, eta: float, epochs: int, rungs: list[int]) -> None:
-    assert EarlyStoppingConfig("moasha", grace, eta).rungs(epochs) == rungs
+    assert rung_epochs(EarlyStoppingConfig("moasha", grace, eta), epochs) == rungs
 
 
 def test_nan_values_sort_last() -> None:

@@ -22,7 +22,7 @@ from search_space.spec import load_space  # noqa: E402
 
 
 def make_driver(tmp_path, **kwargs) -> SearchDriver:
-    space = load_space(write_space(tmp_path))
+    space = load_space(write_space(tmp_path, epochs=9))
     study = optuna.create_study(storage=optuna.storages.InMemoryStorage(), directions=space.directions,
                                 sampler=optuna.samplers.RandomSampler(seed=0))
     driver = SearchDriver(space, tmp_path, study, on_finished=lambda study, number: driver.finished.append(number), **kwargs)
