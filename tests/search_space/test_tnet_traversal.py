@@ -155,6 +155,17 @@ def test_set_k_bounds_and_views() -> None:
         build(base_resolution=4, stages=4)
 
 
+@pytest.mark.parametrize("rule", ["ratio", "top_p"])
+def test_per_image_k_rules_keep_the_configured_regions(rule: str) -> None:
+    from search_space.k_rules import make_k_rule
+
+    model = build(grid_size=3, regions=3)
+    k_rule = make_k_rule({"k_rule": rule}, k_init=int(model.k), k_bounds=model.k_bounds(), epochs=4)
+    for epoch, loss in enumerate([1.0, 0.5, 0.3, 0.2]):
+        model.set_k(k_rule.step(epoch, loss))
+        assert model.k == 3 and model.n_views() == 4
+
+
 def test_k_survives_the_state_dict() -> None:
     model = build(grid_size=3)
     model.set_k(4)
