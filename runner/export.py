@@ -446,8 +446,6 @@ def _chmod_like_mkdir(path: Path) -> None:
 
 def _owned_names() -> tuple[str, ...]:
     """The file names an export writes into its directory, and the only ones it ever replaces or removes."""
-    from runner.modelcard import CARD_FILE, README_FILE
-
     return (*FILES.values(), PARITY_FILE, CARD_FILE, README_FILE)
 
 
