@@ -55,6 +55,7 @@ ATTR_K_FINAL = "k_final"
 ATTR_PARAMS = "params_count"
 ATTR_DURATION = "duration_s"
 ATTR_ERROR = "error"
+ATTR_CONSTRAINTS = "constraints"  # {max_<objective>: value}, <= 0 feasible (also set as Optuna constraints)
 ATTR_STOPPED_AT = "stopped_at_epoch"  # PRUNED trials: the rung epoch early stopping cut them at
 ATTR_LAST = "last_"  # PRUNED trials: prefix of their objective values at that epoch
 ATTR_RUNG = "rung_"  # objective values a trial reached at rung epoch e, as attribute rung_<e> (for --resume)

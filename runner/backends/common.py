@@ -382,11 +382,11 @@ def name_metrics(study: optuna.Study, names: Sequence[str]) -> None:
 
 
 def record_constraints(trial: optuna.Trial, constraints: dict[str, float]) -> None:
-    """Store the budgets' constraint values (<= 0 is feasible) where the samplers and optuna-dashboard
-    both read them: the ``constraints`` system attribute, a list, as Optuna's own ``constraints_func``
-    stores it. (``trial.set_constraint`` keeps one attribute per
-    name, which optuna-dashboard does not read.) The order is ``check_costs``': flops, params,
-    latency_ms, those the space limits."""
-    from optuna.study._constrained_optimization import _CONSTRAINTS_KEY
-
-    trial.storage.set_trial_system_attr(trial._trial_id, _CONSTRAINTS_KEY, [float(v) for v in constraints.values()])
+    """Store each budget's constraint value (<= 0 is feasible, keyed ``max_<objective>``) where the
+    samplers and ``study.best_trials`` read it (``trial.set_constraint``, Optuna's public API), and the
+    same values as the user attribute ``constraints``, which optuna-dashboard shows with each trial
+    (it reads only Optuna's older list form, which no public API writes)."""
+    named = {objective_info(name).constraint_key or name: float(value) for name, value in constraints.items()}
+    for key, value in named.items():
+        trial.set_constraint(key, value)
+    trial.set_user_attr(rundir.ATTR_CONSTRAINTS, named)

@@ -180,7 +180,9 @@ def test_optuna_dashboard_sees_objective_names_and_constraints(tmp_path: Path, m
     assert [s["study_name"] for s in studies] == ["probe"]
     detail = get(f"/api/studies/{studies[0]['study_id']}")
     assert detail["objective_names"] == ["accuracy", "flops"]
-    constraints = [t["constraints"] for t in detail["trials"]]
-    assert all(len(c) == 1 for c in constraints), constraints
-    feasible = [c[0] <= 0 for c in constraints]
+    shown = [{a["key"]: a["value"] for a in t["user_attrs"]} for t in detail["trials"]]
+    constraints = [json.loads(attrs["constraints"]) if isinstance(attrs["constraints"], str) else attrs["constraints"]
+                   for attrs in shown]
+    assert all(list(c) == ["max_flops"] for c in constraints), constraints
+    feasible = [c["max_flops"] <= 0 for c in constraints]
     assert any(feasible) and not all(feasible), constraints
