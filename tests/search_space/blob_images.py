@@ -37,3 +37,30 @@ def blobs(
         for ch in range(channels):
             images[i, ch] = blob * (1.0 if (ch + c // 2) % 2 == 0 else 0.3)
     return images + 0.05 * torch.randn(images.shape, generator=g), labels
+
+
+def train_steps(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, *, lr: float = 3e-3,
+                target: float | None = None) -> tuple[float, int]:
+    """Full-batch Adam on (x, y) with the model's auxiliary loss, as the trial loop trains it.
+
+    With ``target``, train accuracy is checked every 10 steps and training stops once it is reached.
+    Returns (the last train accuracy measured, or -1 if never, the steps taken).
+    """
+    import torch.nn.functional as F
+
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    accuracy = -1.0
+    for step in range(steps):
+        model.train()
+        logits = model(x)
+        loss = F.cross_entropy(logits, y) + model.auxiliary_loss(logits, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if target is not None and step % 10 == 9:
+            model.eval()
+            with torch.no_grad():
+                accuracy = (model(x).argmax(dim=1) == y).float().mean().item()
+            if accuracy >= target:
+                return accuracy, step + 1
+    return accuracy, steps

@@ -11,7 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from search_space.strategies import get_strategy
 from search_space.strategies.span_pyramid import SpanPyramid
-from tests.search_space.blob_images import blobs
+from tests.search_space.blob_images import blobs, train_steps
 
 NUM_CLASSES = 4
 
@@ -385,20 +385,7 @@ def test_overfits_64_blob_images(keep_score: str) -> None:
     torch.manual_seed(0)
     x, y = blobs(classes=NUM_CLASSES)
     model = build(3, 28, keep_score=keep_score)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    start, accuracy = time.perf_counter(), 0.0
-    for step in range(150):
-        model.train()
-        logits = model(x)
-        loss = F.cross_entropy(logits, y) + model.auxiliary_loss(logits, y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if step % 10 == 9:
-            model.eval()
-            with torch.no_grad():
-                accuracy = (model(x).argmax(dim=1) == y).float().mean().item()
-            if accuracy >= 0.95:
-                break
-    assert accuracy >= 0.95, f"train accuracy {accuracy:.2f} after {step + 1} steps"
+    start = time.perf_counter()
+    accuracy, steps = train_steps(model, x, y, 150, target=0.95)
+    assert accuracy >= 0.95, f"train accuracy {accuracy:.2f} after {steps} steps"
     assert time.perf_counter() - start < 30

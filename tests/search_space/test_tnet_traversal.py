@@ -11,7 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from search_space.strategies import get_strategy
 from search_space.strategies.tnet_traversal import TNetTraversal, _cell_pooling
-from tests.search_space.blob_images import blobs
+from tests.search_space.blob_images import blobs, train_steps
 
 NUM_CLASSES = 4
 # Small backbone so the suite stays fast; the registered defaults are tested where they matter.
@@ -387,15 +387,8 @@ def test_location_module_moves_onto_the_blob() -> None:
     torch.manual_seed(0)
     x, y = _blobs_on_a_larger_frame(64, seed=0)
     model = build(3, 32, grid_size=4, regions=1, base_resolution=8, overlap=0.4, **SMALL)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     start, before = time.perf_counter(), _blob_mass_in_chosen_cell(model, x)
-    for _ in range(100):
-        model.train()
-        logits = model(x)
-        loss = F.cross_entropy(logits, y) + model.auxiliary_loss(logits, y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    train_steps(model, x, y, 100)
     after = _blob_mass_in_chosen_cell(model, x)
     assert before < 0.25 and after > 0.35, f"blob mass in the picked cell {before:.2f} -> {after:.2f}"
     assert time.perf_counter() - start < 30  # about 5 s on an idle core
@@ -405,20 +398,7 @@ def test_overfits_64_blob_images() -> None:
     torch.manual_seed(0)
     x, y = blobs(classes=NUM_CLASSES)
     model = build(3, 28, **SMALL)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    start, accuracy = time.perf_counter(), 0.0
-    for step in range(100):
-        model.train()
-        logits = model(x)
-        loss = F.cross_entropy(logits, y) + model.auxiliary_loss(logits, y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if step % 10 == 9:
-            model.eval()
-            with torch.no_grad():
-                accuracy = (model(x).argmax(dim=1) == y).float().mean().item()
-            if accuracy >= 0.95:
-                break
-    assert accuracy >= 0.95, f"train accuracy {accuracy:.2f} after {step + 1} steps"
+    start = time.perf_counter()
+    accuracy, steps = train_steps(model, x, y, 100, target=0.95)
+    assert accuracy >= 0.95, f"train accuracy {accuracy:.2f} after {steps} steps"
     assert time.perf_counter() - start < 30  # about 5 s on an idle core
