@@ -15,6 +15,8 @@ Order (each one a separate process, so one heavy job at a time; each writes its 
 3. ``bench_report.py``            report size and build time
 4. ``bench_overhead.py``          framework overhead and parallel speed-up
 5. ``bench_search_efficiency.py`` hypervolume per sampler (random, TPE, NSGA-II)
+   ``bench_early_stopping.py``    hypervolume against time: plain Ray Tune + OptunaSearch, this project
+                                  without early stopping, with asha, with moasha (5 seeds; hours)
 6. ``bench_real_cells.py``        a pbc28 search (skipped, with a message, where pbc28.npz is absent), and
                                   the model the bar is judged on re-trained with 3 more seeds;
                                   ``--pbc28-run DIR`` reads a finished run instead
@@ -66,6 +68,7 @@ def plan(export_run: Path | None, tmp: Path, pbc28_run: Path | None = None,
         ("report", [[PY, "benchmarks/bench_report.py"]]),
         ("overhead", [[PY, "benchmarks/bench_overhead.py", "--trial-s", "10", "--trials", "6"]]),
         ("search_efficiency", [[PY, "benchmarks/bench_search_efficiency.py"]]),
+        ("early_stopping", [[PY, "benchmarks/bench_early_stopping.py", "--json", str(tmp / "early_stopping.json")]]),
         ("real_cells", [[PY, "benchmarks/bench_real_cells.py", "--reseed", "3"]
                         + (["--run-dir", str(pbc28_run)] if pbc28_run else ["--out", str(tmp / "runs" / "pbc28")])]),
         ("sparse_vs_dense", [[PY, "benchmarks/bench_sparse_vs_dense.py", "--run-dir", str(cells64_run)] if cells64_run else
