@@ -25,16 +25,18 @@ if str(ROOT) not in sys.path:
 from _doc import markdown_table  # noqa: E402
 
 from reports.pareto import pareto_mask  # noqa: E402
+from reports.rundir import eligible_mask  # noqa: E402
 from runner.data.dataset import CellDataset  # noqa: E402
+from search_space.strategies import get_strategy, strategy_names  # noqa: E402
 
-SPARSE = ("sparse_topk", "tnet_traversal", "span_pyramid")
-DENSE = ("dense_cnn", "dense_vit")
+# Which strategies are sparse is the registry's fact (each strategy's registration says so).
+SPARSE = tuple(name for name in strategy_names() if get_strategy(name).sparse)
+DENSE = tuple(name for name in strategy_names() if not get_strategy(name).sparse)
 
 
 def eligible(table: pd.DataFrame) -> pd.DataFrame:
     """COMPLETE trials within the run's constraints, with numeric accuracy/FLOPs columns."""
-    ok = (table["state"] == "COMPLETE") & table["feasible"].astype(str).str.lower().eq("true")
-    frame = table[ok].copy()
+    frame = table[eligible_mask(table, ["accuracy", "flops"])].copy()
     for col in ("accuracy", "flops", "test_accuracy"):
         frame[col] = pd.to_numeric(frame[col], errors="coerce")
     return frame.dropna(subset=["accuracy", "flops"])
@@ -243,7 +245,7 @@ def run_summary(run_dir: Path, table: pd.DataFrame) -> str:
             text += f", made with `{info['command']}`"
         text += ". "
     states = table["state"].value_counts().to_dict()
-    infeasible = int((~table["feasible"].astype(str).str.lower().eq("true")).sum())
+    infeasible = int((~table["feasible"]).sum())
     return (text + f"{len(table)} trials ({', '.join(f'{k} {v}' for k, v in states.items())}; {infeasible} over the "
             "FLOPs budget, recorded infeasible without training).")
 

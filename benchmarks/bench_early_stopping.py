@@ -43,6 +43,8 @@ sys.path.insert(0, str(ROOT))
 
 from _doc import markdown_table, stamp, write_section  # noqa: E402
 
+from reports.rundir import eligible_mask, read_trials  # noqa: E402
+
 VARIANTS = ("plain", "none", "asha", "moasha")
 EARLY_STOPPING = {"none": "none", "asha": "{name: asha, grace_epochs: 1, reduction_factor: 3}",
                   "moasha": "{name: moasha, grace_epochs: 1, reduction_factor: 3}"}
@@ -124,9 +126,9 @@ def project_run(space_file: Path, out: Path) -> list[dict]:
 
     subprocess.run([sys.executable, "-m", "runner.search", "--space", str(space_file), "--out", str(out)],
                    cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-    trials = pd.read_csv(out / "trials.csv")
+    trials = read_trials(out / "trials.csv")
     start = pd.to_datetime(trials["datetime_start"]).min()
-    ok = (trials["state"] == "COMPLETE") & trials["feasible"].astype(str).str.lower().eq("true")
+    ok = eligible_mask(trials, ["accuracy", "flops"])
     done = (pd.to_datetime(trials["datetime_complete"]) - start).dt.total_seconds()
     return [{"accuracy": float(a), "flops": float(f), "done_at": float(t)}
             for a, f, t in zip(trials["accuracy"][ok], trials["flops"][ok], done[ok], strict=True)]

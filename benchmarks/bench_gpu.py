@@ -50,6 +50,8 @@ sys.path.insert(0, str(ROOT))
 from _doc import markdown_table, write_section  # noqa: E402
 from _front import FRONT_HEADER, best_in, describe, eligible, front_rows, pct, run_search  # noqa: E402
 
+from reports.rundir import read_trials  # noqa: E402
+
 SPACE = ROOT / "search_space" / "blood_cells.yaml"
 PACKING_CONFIG = {"width": 16, "stages": 3, "blocks_per_stage": 1, "stem_stride": 2}  # the 5 MFLOPs CNN
 BATCH_SIZES = (1, 256, 4096)
@@ -90,7 +92,7 @@ def derived_space(tmp: Path, name: str, data: Path, edit: dict[str, Any]) -> Pat
 
 def trial_table(run_dir: Path) -> list[dict[str, Any]]:
     """trials.csv as records, with the share of the image each model used (from metrics.json)."""
-    table = pd.read_csv(run_dir / "trials.csv")
+    table = read_trials(run_dir / "trials.csv")
     records = json.loads(table.to_json(orient="records", double_precision=15))
     for row in records:
         try:
@@ -261,7 +263,7 @@ def _same_configs(cpu: pd.DataFrame, gpu: pd.DataFrame) -> pd.DataFrame:
 
 
 def _cpu_comparison(search: dict[str, Any], cpu_run: Path) -> str:
-    cpu = pd.read_csv(cpu_run / "trials.csv")
+    cpu = read_trials(cpu_run / "trials.csv")
     gpu = pd.DataFrame(search["trials"])
     info = json.loads((cpu_run / "run.json").read_text()) if (cpu_run / "run.json").exists() else {}
     cpu_done = int((cpu["state"] == "COMPLETE").sum())

@@ -92,7 +92,9 @@ def run_search(workdir: Path, name: str, *, trials: int, epochs: int, backend: s
         raise SystemExit(f"{name}: the search exited with {code}")
     import pandas as pd
 
-    table = pd.read_csv(out / "trials.csv")
+    from reports.rundir import read_trials
+
+    table = read_trials(out / "trials.csv")
     if (table["state"] != "COMPLETE").any():
         raise SystemExit(f"{name}: not every trial completed:\n{table[['number', 'state', 'error']]}")
     table = table.sort_values("number")

@@ -58,6 +58,8 @@ from _front import (  # noqa: E402
     synthetic_content_share,
 )
 
+from reports.rundir import read_trials  # noqa: E402
+
 BUDGETS_MFLOPS = (1, 5, 20, 100)
 BAR_ACC, BAR_MFLOPS = 0.966, 10.0
 PUBLISHED = [  # BloodMNIST (MedMNIST v2) test split, 28x28 input; FLOPs from /work/shared/data/README.md
@@ -164,7 +166,7 @@ def why(frame: pd.DataFrame, content: float | None) -> str:
 
 
 def section(run_dir: Path, command: str, wall_s: float | None, content: float | None, reseed: int = 0) -> str:
-    table = pd.read_csv(run_dir / "trials.csv")
+    table = read_trials(run_dir / "trials.csv")
     frame = eligible(table)
     if frame.empty:
         return f"{stamp(command)}\n\nNo complete, feasible trial in `{run_dir}` ({run_summary(run_dir, table)})."

@@ -41,6 +41,8 @@ sys.path.insert(0, str(ROOT))
 
 from _doc import markdown_table, stamp, write_section  # noqa: E402
 
+from reports.rundir import read_trials  # noqa: E402
+
 SAMPLERS = {
     "random": "{}",
     "tpe": "{n_startup_trials: 5}",
@@ -103,7 +105,7 @@ def run_one(workdir: Path, sampler: str, seed: int, trials: int) -> dict:
     wall = time.perf_counter() - start
     if code != 0:
         raise SystemExit(f"{name}: the search exited with {code}")
-    table = pd.read_csv(out / "trials.csv")
+    table = read_trials(out / "trials.csv")
     directions = {"accuracy": "maximize", "flops": "minimize"}
     ref = {"accuracy": 0.0, "flops": MAX_FLOPS}
     box = 1.0 * MAX_FLOPS

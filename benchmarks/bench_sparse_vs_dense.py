@@ -41,6 +41,8 @@ from _front import (  # noqa: E402
     synthetic_content_share,
 )
 
+from reports.rundir import read_trials  # noqa: E402
+
 SPACE = "search_space/cells64.yaml"
 BUDGETS_MFLOPS = (2, 5, 10, 20, 50)
 
@@ -64,7 +66,7 @@ def in_short(run_dir: Path, frame: pd.DataFrame, content: float) -> str:
 
 
 def section(run_dir: Path, command: str, wall_s: float | None) -> str:
-    table = pd.read_csv(run_dir / "trials.csv")
+    table = read_trials(run_dir / "trials.csv")
     frame = eligible(table)
     if frame.empty:
         return f"{stamp(command)}\n\nNo complete, feasible trial in `{run_dir}` ({run_summary(run_dir, table)})."

@@ -18,7 +18,7 @@ from plotly.subplots import make_subplots
 from cellsparse.objective_info import objective_info
 
 from .pareto import eligible_mask, pareto_mask
-from .rundir import DENSE_STRATEGIES, INPUT_COLUMN, Run, config_columns
+from .rundir import INPUT_COLUMN, Run, config_columns
 
 PALETTE = qualitative.Plotly + qualitative.D3 + qualitative.Dark24
 MAX_HOVER_CONFIG = 16
@@ -132,7 +132,7 @@ def pareto_figure(run: Run, colours: Mapping[str, str], pareto: pd.Series) -> go
     fig = go.Figure()
     for strategy, group in complete.groupby("strategy", sort=True):
         ok = eligible[complete.index.get_indexer(group.index)]
-        dense = strategy in DENSE_STRATEGIES
+        dense = not bool(group["sparse"].iloc[0])
         symbols = np.where(ok, "diamond" if dense else "circle", "x")
         fig.add_trace(
             go.Scatter(
@@ -210,7 +210,7 @@ def pairwise_figure(run: Run, colours: Mapping[str, str], pareto: pd.Series) -> 
                 go.Scatter(x=_num(group, x), y=_num(group, y), mode="markers", name=esc(strategy),
                            legendgroup=esc(strategy), showlegend=col == 1,
                            marker={"color": colours[strategy], "size": 8,
-                                   "symbol": "diamond" if strategy in DENSE_STRATEGIES else "circle"},
+                                   "symbol": "circle" if bool(group["sparse"].iloc[0]) else "diamond"},
                            hovertext=[hover_text(r, names, configs) for _, r in group.iterrows()],
                            hoverinfo="text"),
                 row=1, col=col,
@@ -243,7 +243,7 @@ def strategy_fronts_figure(run: Run, colours: Mapping[str, str]) -> go.Figure | 
     for strategy, group in pool.groupby("strategy", sort=True):
         values = np.column_stack([_num(group, o) for o in run.objectives])
         front = _front_order(group[pareto_mask(values, [run.directions[o] for o in run.objectives])], x, run.directions[x])
-        dense = strategy in DENSE_STRATEGIES
+        dense = not bool(group["sparse"].iloc[0])
         fig.add_trace(
             go.Scatter(
                 x=_num(front, x), y=_num(front, y), mode="lines+markers",

@@ -249,8 +249,7 @@ def summary_section(run: Run, counts: Mapping[str, int]) -> str:
 def state_counts(run: Run, pareto: pd.Series) -> dict[str, int]:
     states = run.trials["state"]
     complete = states.eq("COMPLETE")
-    feasible = run.trials["feasible"] if "feasible" in run.trials.columns else pd.Series(True, index=states.index)
-    infeasible = complete & feasible.astype(str).str.strip().str.lower().isin(["false", "0", "0.0", "no"])
+    infeasible = complete & ~run.trials["feasible"]
     counts = {"total": len(states), "infeasible": int(infeasible.sum()), "on the Pareto front": int(pareto.sum())}
     for state, key in zip(STATES, ("complete", "failed", "pruned", "running", "waiting"), strict=True):
         counts[key] = int(states.eq(state).sum())

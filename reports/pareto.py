@@ -22,6 +22,7 @@ from cellsparse.objective_info import objective_info
 from cellsparse.pareto import DIRECTIONS, hypervolume, knee_point, pareto_mask, to_losses
 
 from ._errors import user_error
+from .rundir import eligible_mask
 
 __all__ = [
     "DIRECTIONS",
@@ -38,26 +39,6 @@ __all__ = [
 ]
 
 # ---------------------------------------------------------------------------------- trials tables
-
-
-def _as_bool(column: pd.Series) -> pd.Series:
-    """trials.csv booleans (True/False, "true"/"false", 1/0, empty) as a bool Series (empty -> False)."""
-    if column.dtype == bool:
-        return column
-    text = column.astype(str).str.strip().str.lower()
-    return text.isin(["true", "1", "1.0", "yes"])
-
-
-def eligible_mask(trials: pd.DataFrame, objectives: Sequence[str]) -> pd.Series:
-    """COMPLETE, feasible trials with every objective finite: the only ones a front counts."""
-    ok = trials["state"].astype(str).str.upper().eq("COMPLETE")
-    if "feasible" in trials.columns:
-        ok &= _as_bool(trials["feasible"])
-    for name in objectives:
-        if name not in trials.columns:
-            return pd.Series(False, index=trials.index)
-        ok &= np.isfinite(pd.to_numeric(trials[name], errors="coerce"))
-    return ok
 
 
 def _values(trials: pd.DataFrame, objectives: Sequence[str]) -> np.ndarray:

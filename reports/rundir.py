@@ -8,6 +8,7 @@ built mid-run or from a partly copied run.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,12 +17,11 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from cellsparse.pareto import pareto_mask
 from search_space.resolution import INPUT_SIZE_KEY
 
 from ._errors import user_error
-from .pareto import eligible_mask, pareto_mask
 
-DENSE_STRATEGIES = ("dense_cnn", "dense_vit")
 #: The side in pixels each trial's model sees (its config's input_size, or the data's image_size).
 INPUT_COLUMN = f"config.{INPUT_SIZE_KEY}"
 STATES = ("COMPLETE", "FAIL", "PRUNED", "RUNNING", "WAITING")
@@ -78,7 +78,40 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _read_trials(path: Path) -> pd.DataFrame:
+def parse_bool(column: pd.Series, *, missing: bool) -> pd.Series:
+    """A trials.csv boolean column (True/False, "true"/"false", 1/0) as bools; an empty cell is ``missing``."""
+    if column.dtype == bool:
+        return column
+    text = column.astype(str).str.strip().str.lower()
+    known = text.isin(["true", "1", "1.0", "yes", "false", "0", "0.0", "no"])
+    return text.isin(["true", "1", "1.0", "yes"]).where(known, missing).astype(bool)
+
+
+def eligible_mask(trials: pd.DataFrame, objectives: Sequence[str]) -> pd.Series:
+    """COMPLETE, feasible trials with every objective finite: the only ones a front counts."""
+    ok = trials["state"].astype(str).str.upper().eq("COMPLETE")
+    if "feasible" in trials.columns:
+        ok &= parse_bool(trials["feasible"], missing=True)
+    for name in objectives:
+        if name not in trials.columns:
+            return pd.Series(False, index=trials.index)
+        ok &= np.isfinite(pd.to_numeric(trials[name], errors="coerce"))
+    return ok
+
+
+def _sparse_of(strategies: pd.Series) -> pd.Series:
+    """Sparse or dense for runs written before trials.csv said so: asked of the strategy registry."""
+    from search_space.strategies import is_sparse  # the registry (and torch): only for such older runs
+
+    return strategies.map(lambda name: bool(is_sparse(name)))
+
+
+def read_trials(path: Path) -> pd.DataFrame:
+    """trials.csv as typed columns: number int, state upper-case, strategy str, feasible and sparse bool.
+
+    The one parser of the trials table. An empty ``feasible`` cell is feasible (the writer records a
+    constraint only where one was set); a table without ``sparse`` gets it from the strategy registry.
+    """
     try:
         trials = pd.read_csv(path, keep_default_na=True)
     except pd.errors.EmptyDataError:
@@ -95,6 +128,8 @@ def _read_trials(path: Path) -> pd.DataFrame:
     if "strategy" not in trials.columns:
         trials["strategy"] = trials.get("config.strategy", "unknown")
     trials["strategy"] = trials["strategy"].fillna("unknown").astype(str)
+    trials["feasible"] = parse_bool(trials["feasible"], missing=True) if "feasible" in trials else True
+    trials["sparse"] = parse_bool(trials["sparse"], missing=True) if "sparse" in trials else _sparse_of(trials["strategy"])
     return trials.sort_values("number", kind="stable").reset_index(drop=True)
 
 
@@ -139,7 +174,7 @@ def load_run(run_dir: Path) -> Run:
     bad = {k: v for k, v in objectives.items() if v not in ("maximize", "minimize")}
     if bad:
         raise user_error(f"{space_path}: objective directions must be 'maximize' or 'minimize', but got {bad}")
-    trials = _fill_input_size(_read_trials(trials_path), space)
+    trials = _fill_input_size(read_trials(trials_path), space)
     directions = {str(k): str(v) for k, v in objectives.items()}
     absent = [o for o in directions if o not in trials.columns]
     if absent:

@@ -34,6 +34,7 @@ import yaml
 
 from search_space.errors import UserError
 from search_space.spec import SearchSpace
+from search_space.strategies import is_sparse
 
 SPACE_FILE = "space.yaml"
 RUN_FILE = "run.json"
@@ -372,6 +373,7 @@ def trials_frame(study: optuna.Study, objective_names: Sequence[str]) -> pd.Data
             "state": trial.state.name,
             "feasible": is_feasible(trial),
             "strategy": attrs.get(ATTR_STRATEGY, config.get("strategy")),
+            "sparse": is_sparse(attrs.get(ATTR_STRATEGY, config.get("strategy"))),
         }
         for i, name in enumerate(objective_names):
             row[name] = _cell(values[i]) if values else None
@@ -390,7 +392,7 @@ def trials_frame(study: optuna.Study, objective_names: Sequence[str]) -> pd.Data
         for key, value in config.items():
             row[f"config.{key}"] = _cell(value)
         rows.append(row)
-    base = ["number", "state", "feasible", "strategy", *objective_names, "test_accuracy", "k_final", "params_count",
+    base = ["number", "state", "feasible", "strategy", "sparse", *objective_names, "test_accuracy", "k_final", "params_count",
             "duration_s", "datetime_start", "datetime_complete", "error", ATTR_STOPPED_AT]
     columns = base + [f"config.{k}" for k in config_keys]
     return pd.DataFrame(rows, columns=columns)

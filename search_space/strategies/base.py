@@ -229,6 +229,12 @@ def register_strategy(
     return decorate
 
 
+def is_sparse(name: str | None) -> bool | None:
+    """Whether strategy ``name`` looks at part of each image; None when no such strategy is registered."""
+    info = _REGISTRY.get(name) if isinstance(name, str) else None
+    return None if info is None else info.sparse
+
+
 def strategy_names() -> list[str]:
     """Names of every registered strategy, in registration order."""
     return list(_REGISTRY)

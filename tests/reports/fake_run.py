@@ -198,7 +198,7 @@ def write_run(
         trial_dir.mkdir(exist_ok=True)
         (trial_dir / "config.json").write_text(json.dumps(config), encoding="utf-8")
         row: dict[str, Any] = {"number": number, "state": state, "feasible": feasible if state == "COMPLETE" else None,
-                               "strategy": strategy}
+                               "strategy": strategy, "sparse": not strategy.startswith("dense")}
         k_final = None if strategy.startswith("dense") else round(figures["used_fraction"] * 784)
         if state == "COMPLETE":
             metrics = {"accuracy": figures["accuracy"], "flops": figures["flops"], "params": figures["params"],
@@ -241,7 +241,7 @@ def write_run(
                 params=config, distributions=_distributions(config), state=trial_state,
                 values=[figures[o] for o in objectives] if state == "COMPLETE" else None))
     table = pd.DataFrame(rows)
-    leading = ["number", "state", "feasible", "strategy", *objectives, "test_accuracy", "k_final", "params_count",
+    leading = ["number", "state", "feasible", "strategy", "sparse", *objectives, "test_accuracy", "k_final", "params_count",
                "duration_s", "datetime_start", "datetime_complete", "error"]
     table = table[leading + [c for c in table.columns if c not in leading]]
     table["feasible"] = table["feasible"].map({True: "true", False: "false"})
