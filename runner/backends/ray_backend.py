@@ -227,11 +227,12 @@ class DriverScheduler(FIFOScheduler):
 
 
 def _ray_asha(space: SearchSpace) -> ASHAScheduler:
+    """Tune's own ASHA on accuracy. Its ``max_t`` is one past the last epoch: ASHA stops a trial whose
+    time reaches ``max_t``, which at the last epoch would cut it before its final result."""
     config = space.search.early_stopping
-    return ASHAScheduler(
-        time_attr="epoch", metric="accuracy", mode="max", grace_period=config.grace_epochs,
-        reduction_factor=config.reduction_factor, max_t=max(int(v) for v in space.training["epochs"].values_at_bounds()),
-    )
+    epochs = max(int(v) for v in space.training["epochs"].values_at_bounds())
+    return ASHAScheduler(time_attr="epoch", metric="accuracy", mode="max", grace_period=config.grace_epochs,
+                         reduction_factor=config.reduction_factor, max_t=epochs + 1)
 
 
 def run_ray(driver: SearchDriver, *, n_trials: int, session: str, ray_asha: bool = False) -> None:

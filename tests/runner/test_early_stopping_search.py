@@ -58,3 +58,18 @@ def test_without_early_stopping_every_trial_trains_to_the_end(tmp_path) -> None:
     assert main(["--space", str(space), "--out", "run"]) == 0
     assert [r["state"] for r in read_trials(tmp_path / "run")] == ["COMPLETE"] * 3
     assert "early_stopping" not in (tmp_path / "run" / "space.yaml").read_text()
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("rule", ["{name: moasha, grace_epochs: 1, reduction_factor: 2, min_trials: 2}",
+                                  "{name: asha, grace_epochs: 1, reduction_factor: 2}"])
+def test_early_stopping_on_the_ray_backend(tmp_path, rule) -> None:
+    """The driver's rule through Tune's TrialScheduler interface, and Tune's own ASHA: trials either
+    finish or are PRUNED, none fails, and every finished one trained all its epochs."""
+    space = with_early_stopping(write_space(tmp_path, trials=5, epochs=3, backend="ray", max_concurrent=2), rule)
+    assert main(["--space", str(space), "--out", "run"]) == 0
+    rows = read_trials(tmp_path / "run")
+    assert {r["state"] for r in rows} <= {"COMPLETE", "PRUNED"} and "COMPLETE" in {r["state"] for r in rows}
+    for row in rows:
+        history = json.loads((tmp_path / "run" / "trials" / row["number"] / "history.json").read_text())
+        assert len(history) == 3 if row["state"] == "COMPLETE" else len(history) < 3
