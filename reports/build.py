@@ -9,37 +9,20 @@ writes nothing; files are written whole or not at all (temporary file, then rena
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
+
+from cellsparse.files import atomic_path, write_atomic
 
 from ._errors import user_error, user_error_type
 from .page import render
 from .rundir import load_run
 
 __all__ = ["build_report", "main"]
-
-
-def _temp_beside(path: Path) -> Path:
-    """A fresh hidden file next to ``path`` (same folder, so the final rename is atomic; umask applies)."""
-    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_beside(path)
-    try:
-        with open(tmp, "xb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _parquet_ready(trials: pd.DataFrame) -> pd.DataFrame:
@@ -59,13 +42,8 @@ def _write_parquet(trials: pd.DataFrame, path: Path) -> bool:
         import pyarrow  # noqa: F401  (optional: only decides whether the parquet copy is written)
     except ImportError:
         return False
-    tmp = _temp_beside(path)
-    try:
+    with atomic_path(path) as tmp:
         _parquet_ready(trials).to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return True
 
 
@@ -83,7 +61,7 @@ def build_report(run_dir: Path, out: Path | None = None) -> Path:
     if blocker is not None and not blocker.is_dir():
         raise user_error(f"--out {target}: {blocker} is a file, not a folder")
     document = render(run)
-    _write_atomic(target, document.encode("utf-8"))
+    write_atomic(target, document.encode("utf-8"))
     beside = target.parent
     if beside.resolve() != run_dir.resolve():
         shutil.copyfile(run_dir / "trials.csv", beside / "trials.csv")

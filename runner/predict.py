@@ -48,9 +48,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import os
 import sys
-import tempfile
 import time
 import zipfile
 from collections import Counter
@@ -61,6 +59,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
+from cellsparse.files import write_atomic
 from search_space.errors import UserError
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
@@ -499,17 +498,9 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
     if path.is_dir():
         raise UserError(f"--out {path}: is a directory; pass the path of a CSV file")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        write_atomic(path, buffer.getvalue())
     except OSError as err:
         raise UserError(f"--out {path}: cannot write there ({err.strerror or err})") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(buffer.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def summary(result: Prediction, out: Path) -> list[str]:

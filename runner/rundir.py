@@ -21,7 +21,6 @@ import math
 import os
 import platform
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -32,6 +31,7 @@ import optuna
 import pandas as pd
 import yaml
 
+from cellsparse.files import write_atomic
 from search_space.errors import UserError
 from search_space.spec import SearchSpace
 from search_space.strategies import is_sparse
@@ -65,31 +65,8 @@ ATTR_RUNG = "rung_"  # objective values a trial reached at rung epoch e, as attr
 INTERRUPTED = "interrupted: the search stopped before this trial finished"
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _umask()
-
-
 def now_iso() -> str:
     return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a run directory is meant to be shared
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_traceback(run_dir: Path, number: int, text: str) -> None:
