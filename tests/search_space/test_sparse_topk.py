@@ -184,7 +184,7 @@ def test_default_cost_breakdown_keeps_attention_a_minority(size: int, pairs_belo
     total = sum(parts.values())
     assert total == model.analytic_flops(torch.randn(2, 3, size, size))
     assert parts["attention_pairs"] / total < pairs_below
-    assert parts["coarse"] / total < 0.1
+    assert parts["coarse"] / total < 0.2
 
 
 def test_patch3_tokens_carry_the_zero_padded_neighbourhood() -> None:
