@@ -96,12 +96,14 @@ def current_k(model: CellClassifier) -> float | None:
 
 
 @torch.no_grad()
-def probe_losses(model: CellClassifier, x: torch.Tensor, y: torch.Tensor, *, k: int, probe_k: int) -> tuple[float, float]:
-    """Cross-entropy of one batch in eval mode at ``k`` and at ``probe_k`` (what a k rule weighs a
-    change by: the same images, so the difference is the k's, not the batch's); back in train mode at ``k``."""
+def probe_losses(
+    model: CellClassifier, x: torch.Tensor, y: torch.Tensor, *, k: int, probe: tuple[int, int]
+) -> tuple[float, float]:
+    """Cross-entropy of one batch in eval mode at each of the two k in ``probe`` (what a k rule weighs
+    a change by: the same images, so the difference is the k's, not the batch's); back in train mode at ``k``."""
     model.eval()
     losses = []
-    for value in (k, probe_k):
+    for value in probe:
         model.set_k(value)
         losses.append(F.cross_entropy(model(x), y).item())
     model.set_k(k)
@@ -256,9 +258,9 @@ def run_trial(
             class_loss_sum += class_loss.item() * len(y)
             seen += len(y)
             if rule is not None:  # the k rule follows the cross-entropy: auxiliary terms (REINFORCE) can be negative
-                probe_k = rule.probe_k(step)
-                probe = None if probe_k is None else probe_losses(model, x, y, k=rule.k, probe_k=probe_k)
-                model.set_k(rule.update(step, class_loss.item(), probe))
+                probe = rule.probe(step)
+                probed = None if probe is None else probe_losses(model, x, y, k=rule.k, probe=probe)
+                model.set_k(rule.update(step, class_loss.item(), probed))
             step += 1
         train_loss = loss_sum / max(1, seen)
         class_loss = class_loss_sum / max(1, seen)

@@ -276,7 +276,7 @@ def test_probe_losses_score_the_same_batch_at_two_k_and_restore_the_model() -> N
     torch.manual_seed(0)
     model = build_model(sparse_config(k_fraction=0.25), 3, 4, 16)
     x, y = tiny_data().train_x[:8], tiny_data().train_y[:8]
-    at_k, at_probe = probe_losses(model, x, y, k=64, probe_k=16)
+    at_k, at_probe = probe_losses(model, x, y, k=64, probe=(64, 16))
     assert model.training and model.k == 64
     model.eval()
     with torch.no_grad():

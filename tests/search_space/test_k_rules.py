@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from itertools import pairwise
 
 import pytest
@@ -29,13 +30,13 @@ def rule(name: str, epochs: int = EPOCHS, steps_per_epoch: int = 1, **overrides:
 
 
 def run(r: KRule, losses: list[float], start: int = 0, cost=None) -> list[int]:
-    """Feed ``losses`` from step ``start``; when the rule asks for a probe, answer with a loss
-    ``cost(candidate k)`` (relative) above the batch's."""
+    """Feed ``losses`` from step ``start``; when the rule asks for a probe, answer with losses
+    ``cost(reference k)`` and ``cost(candidate k)`` (relative) above the batch's."""
     ks = []
     for i, loss in enumerate(losses):
-        probe_k = r.probe_k(start + i)
-        probe = None if probe_k is None or cost is None else (loss, loss * (1 + cost(probe_k)))
-        ks.append(r.update(start + i, loss, probe))
+        probe = r.probe(start + i)
+        probed = None if probe is None or cost is None else tuple(loss * (1 + cost(k)) for k in probe)
+        ks.append(r.update(start + i, loss, probed))
     return ks
 
 
@@ -76,21 +77,22 @@ def test_constant_rules_never_move(name: str) -> None:
 
 def test_loss_trend_shrinks_while_smaller_k_is_free_down_to_its_floor() -> None:
     r = rule("loss_trend", k_min_fraction=0.3, k_decisions=1, k_freeze_fraction=0.0)
-    assert r.probe_k(0) is None  # the first epoch only warms up
+    assert r.probe(0) is None  # the first epoch only warms up
     ks = run(r, FALLING, cost=free)
     assert ks[0] == K_INIT
     assert ks[1] == 90  # then every decision with a free candidate shrinks by k_step
     assert all(b <= a for a, b in pairwise(ks))
     assert ks[-1] == 30  # k_min = 0.3 * 100
     assert [t["k"] for t in r.trace] == ks[1:-1]  # a decision after every epoch but the first and the frozen last
-    assert r.probe_k(EPOCHS) is None  # frozen
+    assert r.probe(EPOCHS) is None  # frozen
 
 
 def test_loss_trend_never_shrinks_without_probes_or_past_the_tolerance() -> None:
     assert run(rule("loss_trend", k_decisions=1), FALLING) == [K_INIT] * EPOCHS
-    expensive = run(rule("loss_trend", k_decisions=1, k_tolerance=0.05), FALLING, cost=lambda k: 0.06)
+    expensive = run(rule("loss_trend", k_decisions=1, k_tolerance=0.05), FALLING, cost=lambda k: 0.06 * (k < K_INIT))
     assert expensive == [K_INIT] * EPOCHS
-    assert run(rule("loss_trend", k_decisions=1, k_tolerance=0.05), FALLING, cost=lambda k: 0.04)[-1] < K_INIT
+    cheap = run(rule("loss_trend", k_decisions=1, k_tolerance=0.05), FALLING, cost=lambda k: 0.04 * (k < K_INIT))
+    assert cheap[-1] < K_INIT
 
 
 def test_loss_trend_settles_at_the_k_the_model_needs_within_the_budget() -> None:
@@ -103,6 +105,15 @@ def test_loss_trend_settles_at_the_k_the_model_needs_within_the_budget() -> None
     assert ks[: SPE - 1] == [K_INIT] * (SPE - 1)
     assert len(set(ks[: 3 * SPE])) >= 5  # several moves within the first three epochs
     assert ks[3 * SPE :] == [40] * (7 * SPE)  # 100, 90, 81, 72, 64, 57, 51, 45, 40: 36 would cost 10%
+
+
+def test_loss_trend_weighs_each_candidate_against_the_initial_k_not_the_last_one() -> None:
+    """Every 10% shrink costs 1% more loss: within a 2% tolerance one step at a time, but the rule
+    stops once the candidate costs more than 2% over the initial k (100 -> 90 -> 81; 72 would cost 3%)."""
+    r = rule("loss_trend", k_decisions=1, k_freeze_fraction=0.0, k_tolerance=0.02)
+    ks = run(r, FALLING, cost=lambda k: 0.01 * round(math.log(K_INIT / k) / math.log(1 / 0.9)))
+    assert ks[-1] == 81
+    assert r.probe(5) == (K_INIT, 72)
 
 
 def test_loss_trend_grows_back_when_the_loss_rises_beyond_noise() -> None:
@@ -118,7 +129,7 @@ def test_loss_trend_grows_back_when_the_loss_rises_beyond_noise() -> None:
 def test_loss_trend_holds_on_a_noisy_plateau_when_shrinking_costs() -> None:
     for seed in range(3):
         r = rule("loss_trend", epochs=10, steps_per_epoch=SPE, k_freeze_fraction=0.0)
-        assert run(r, noisy([1.0] * 10 * SPE, seed=seed), cost=lambda k: 0.1) == [K_INIT] * 10 * SPE, seed
+        assert run(r, noisy([1.0] * 10 * SPE, seed=seed), cost=lambda k: 0.1 * (k < K_INIT)) == [K_INIT] * 10 * SPE, seed
 
 
 def test_loss_trend_reaches_the_model_upper_bound_and_no_further() -> None:
