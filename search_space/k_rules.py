@@ -10,11 +10,12 @@ dimension of their own (``k_rule`` in a config):
     The SparseAttnNet reconstruction (methods.md §2.6): k shrinks while the loss allows it and
     grows back when the loss worsens, deciding ``k_decisions`` times per epoch so k settles inside
     a short budget. Before each decision the trial scores the last ``PROBE_STEPS`` training batches
-    in eval mode at a reference k (the initial k, or the current one if it grew past it) and at the
-    candidate ``(1 - k_step) * k`` (:meth:`KRule.probe`); if the candidate costs the loss at most
-    ``k_tolerance`` (relative) over the reference, k shrinks to it. Against the reference rather
-    than the current k, so the costs of successive shrinks do not add up unseen (per step they were
-    1-2% each, and twelve of them cost 5 points of accuracy). The rule
+    in eval mode at the current k and at the candidate ``(1 - k_step) * k`` (:meth:`KRule.probe`):
+    the candidate's relative loss cost. The shrinks taken share one budget, ``k_tolerance``: k
+    shrinks while the summed costs of the shrinks so far plus this one stay within it. (Each
+    shrink judged alone cost 1-2% and twelve of them cost 5 points of accuracy; judging them
+    against the initial k fails too, since a model trained at a smaller k does worse at the
+    initial k than at its own.) The rule
     also follows an exponential moving average (EMA) of the batches' classification loss; when it
     rose since the last decision by more than ``WORSEN_Z`` times its noise (estimated from the
     batch-to-batch spread), the last shrink hurt: k grows by ``GROW_OVER_SHRINK * k_step`` and does
@@ -90,7 +91,7 @@ K_RULE_PARAMS: dict[str, ParamSpec] = {
     "k_step": ParamSpec("float", low=0.01, high=0.5, doc="loss_trend: relative shrink per step (grow is 1.5x this)"),
     "k_decisions": ParamSpec("int", low=1, high=16, doc="loss_trend: k decisions per epoch"),
     "k_tolerance": ParamSpec(
-        "float", low=0.0, high=0.5, doc="loss_trend: largest relative rise of the batch loss a shrink may cost"
+        "float", low=0.0, high=0.5, doc="loss_trend: largest relative rise of the loss all shrinks together may cost"
     ),
     "k_freeze_fraction": ParamSpec("float", low=0.0, high=0.9, doc="fraction of the epochs at the end that run at a frozen k"),
     "k_target_ratio": ParamSpec("float", low=0.05, high=0.9, doc="ratio: target mean keep fraction per image"),
@@ -214,8 +215,8 @@ class FixedRule(KRule):
 
 @_register
 class LossTrendRule(KRule):
-    """Shrink k while a smaller k costs the loss at most ``k_tolerance``, grow it back when the smoothed
-    loss worsens beyond noise (methods.md §2.6), deciding ``k_decisions`` times per epoch."""
+    """Shrink k while the shrinks' summed loss costs stay within ``k_tolerance``, grow it back when the
+    smoothed loss worsens beyond noise (methods.md §2.6), deciding ``k_decisions`` times per epoch."""
 
     name = "loss_trend"
     keys = ("k_min_fraction", "k_step", "k_decisions", "k_tolerance", "k_freeze_fraction")
@@ -242,6 +243,7 @@ class LossTrendRule(KRule):
         self._last = 0.0  # the last finite loss
         self._ref: float | None = None  # smoothed loss at the last decision
         self._costs: list[float] = []  # relative loss cost of the candidate k on this interval's probes
+        self._spent = 0.0  # the summed costs of the shrinks taken: what they cost the loss in all
         self._cooldown = 0  # decisions left during which k may not shrink (after a grow)
 
     def smoothed(self) -> tuple[float, float]:
@@ -265,7 +267,7 @@ class LossTrendRule(KRule):
         if to_decision >= PROBE_STEPS or not self._deciding(step + to_decision) or self._cooldown or self._ref is None:
             return None
         candidate = self._candidate()
-        return (max(self.k_init, self._k), candidate) if candidate < self._k else None
+        return (self._k, candidate) if candidate < self._k else None
 
     def _update(self, step: int, loss: float, probe: tuple[float, float] | None) -> None:
         if math.isfinite(loss):  # a non-finite loss would poison the EMA; the trial reports it
@@ -292,10 +294,12 @@ class LossTrendRule(KRule):
             self._cooldown = self.cooldown_decisions
         elif self._cooldown:
             self._cooldown -= 1
-        elif cost is not None and cost <= self.tolerance:
+        elif cost is not None and self._spent + max(cost, 0.0) <= self.tolerance:
             self._k = self._candidate()
+            self._spent += max(cost, 0.0)
         self._ref = ema
-        self.trace.append({"step": step, "k": self._k, "loss": ema, "worsening_z": worse, "probe_cost": cost})
+        point = {"step": step, "k": self._k, "loss": ema, "worsening_z": worse, "probe_cost": cost, "spent": self._spent}
+        self.trace.append(point)
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -306,6 +310,7 @@ class LossTrendRule(KRule):
             "last": self._last,
             "ref": self._ref,
             "costs": list(self._costs),
+            "spent": self._spent,
             "cooldown": self._cooldown,
         }
 
@@ -314,6 +319,7 @@ class LossTrendRule(KRule):
         self._ema, self._var, self._n = float(state["ema"]), float(state["var"]), int(state["n"])
         self._last, self._ref = float(state["last"]), None if state["ref"] is None else float(state["ref"])
         self._costs = [float(c) for c in state["costs"]]
+        self._spent = float(state["spent"])
         self._cooldown = int(state["cooldown"])
 
 

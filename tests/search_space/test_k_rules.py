@@ -107,13 +107,14 @@ def test_loss_trend_settles_at_the_k_the_model_needs_within_the_budget() -> None
     assert ks[3 * SPE :] == [40] * (7 * SPE)  # 100, 90, 81, 72, 64, 57, 51, 45, 40: 36 would cost 10%
 
 
-def test_loss_trend_weighs_each_candidate_against_the_initial_k_not_the_last_one() -> None:
-    """Every 10% shrink costs 1% more loss: within a 2% tolerance one step at a time, but the rule
-    stops once the candidate costs more than 2% over the initial k (100 -> 90 -> 81; 72 would cost 3%)."""
+def test_loss_trend_shrinks_share_one_loss_budget() -> None:
+    """Every 10% shrink costs 1% more loss: each is within a 2% tolerance alone, but the rule stops
+    once the shrinks together would cost more than 2% (100 -> 90 -> 81; 72 would make it 3%)."""
     r = rule("loss_trend", k_decisions=1, k_freeze_fraction=0.0, k_tolerance=0.02)
     ks = run(r, FALLING, cost=lambda k: 0.01 * round(math.log(K_INIT / k) / math.log(1 / 0.9)))
     assert ks[-1] == 81
-    assert r.probe(5) == (K_INIT, 72)
+    assert r.probe(5) == (81, 72)
+    assert r.trace[-1]["spent"] == pytest.approx(0.0199, abs=1e-3)
 
 
 def test_loss_trend_grows_back_when_the_loss_rises_beyond_noise() -> None:
