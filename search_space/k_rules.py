@@ -104,7 +104,7 @@ K_RULE_DEFAULTS: dict[str, Any] = {
     "k_min_fraction": 0.25,
     "k_step": 0.1,
     "k_decisions": 4,
-    "k_tolerance": 0.02,
+    "k_tolerance": 0.03,
     "k_freeze_fraction": 0.2,
     "k_target_ratio": 0.3,
     "k_top_p": 0.8,
