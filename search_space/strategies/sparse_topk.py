@@ -340,6 +340,12 @@ class SparseTopK(CountedKModel):
             neg = noise.topk(n_neg, dim=1).indices
             share = n_neg / (n_neg + idx.shape[1])
             loss = (1 - share) * distill + share * F.softplus(z.gather(1, neg)).mean()  # BCE toward 0
+        if self.k_rule == "top_p":
+            # top_p reads softmax(z) over the image as where the fine attention goes: cross-entropy of
+            # that distribution against the attention (0 off the kept pixels), so p of its mass is p
+            # of the predicted attention. BCE alone leaves the softmax spread over the whole cell,
+            # and 80% of it needed more pixels than the cap in every image (a fixed k in disguise).
+            loss = loss - (target * z.log_softmax(dim=1).gather(1, idx)).sum(dim=1).mean()
         loss = self.distill_weight * loss
         if self.k_rule == "ratio":
             target_ratio = float(self.k_rule_config.get("k_target_ratio", K_RULE_DEFAULTS["k_target_ratio"]))

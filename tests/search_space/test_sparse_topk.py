@@ -304,6 +304,20 @@ def test_top_p_counts_follow_the_score_mass() -> None:
     assert per_image_k(scores, rule="top_p", config={"k_top_p": 0.99}, k_max=3).tolist() == [3, 3]
 
 
+def test_top_p_distils_the_attention_into_the_softmax_of_the_map() -> None:
+    """top_p adds the cross-entropy of softmax(z) against the fine attention, and it reaches the selector."""
+    images = torch.randn(4, 3, 28, 28)
+    losses = {}
+    for rule in ("fixed", "top_p"):
+        torch.manual_seed(0)
+        model = build_model(tiny(k_rule=rule, k_top_p=0.99, negatives=0, explore_fraction=0.0, st_gating=False), 3, 4, 28)
+        logits = model(images)
+        losses[rule] = model.auxiliary_loss(logits, torch.zeros(4, dtype=torch.long))
+    assert losses["top_p"].item() > losses["fixed"].item() + 1.0  # about log(28 * 28) at an untrained map
+    losses["top_p"].backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in selector_params(model))
+
+
 def test_ratio_rule_adds_the_ratio_loss() -> None:
     images = torch.randn(4, 3, 28, 28)
     losses = {}
