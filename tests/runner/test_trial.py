@@ -257,7 +257,8 @@ def sparse_config(**overrides: object) -> dict:
 def test_loss_trend_decides_within_epochs_and_the_history_keeps_its_trace(tmp_path) -> None:
     """4 steps per epoch, 2 decisions per epoch, a tolerance no probe reaches: k shrinks at sub-epoch
     decision points from the end of epoch 1, each recorded with its step, k and smoothed loss."""
-    config = sparse_config(k_rule="loss_trend", k_decisions=2, k_tolerance=0.5, k_freeze_fraction=0.25, k_step=0.2)
+    config = sparse_config(k_rule="loss_trend", k_fraction=0.05, k_decisions=2, k_tolerance=0.5, k_freeze_fraction=0.25,
+                           k_step=0.2)
     metrics = run_trial(config, data=tiny_data(), trial_dir=tmp_path, objectives=["accuracy", "flops"], augment=False)
     history = json.loads((tmp_path / "history.json").read_text())
     traces = [row["k_trace"] for row in history]
