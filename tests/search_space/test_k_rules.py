@@ -117,6 +117,22 @@ def test_loss_trend_shrinks_share_one_loss_budget() -> None:
     assert r.trace[-1]["spent"] == pytest.approx(0.0199, abs=1e-3)
 
 
+def test_loss_trend_weighs_a_candidate_on_all_its_probes_not_its_luckiest() -> None:
+    """A candidate that costs 10% on one decision's probes and looks free (-1%) on the next costs 4.5%
+    on average: over a 3% budget it is never taken, however often the lucky batches come round."""
+    r = rule("loss_trend", epochs=10, steps_per_epoch=8, k_decisions=4, k_tolerance=0.03, k_freeze_fraction=0.0)
+    probes = 0
+    for step in range(80):
+        probe = r.probe(step)
+        probed = None
+        if probe is not None:
+            cost = 0.1 if (probes // 2) % 2 == 0 else -0.01
+            probed, probes = (1.0, 1.0 + cost), probes + 1
+        r.update(step, 1.0, probed)
+    assert probes > 20 and r.k == K_INIT
+    assert all(point["probe_cost"] == pytest.approx(0.045) for point in r.trace[1::2])
+
+
 def test_loss_trend_grows_back_when_the_loss_rises_beyond_noise() -> None:
     r = rule("loss_trend", epochs=10, steps_per_epoch=SPE, k_freeze_fraction=0.0, k_min_fraction=0.1)
     ks = run(r, noisy([1.0] * 3 * SPE), cost=free)
