@@ -10,8 +10,12 @@ What it does, top to bottom:
    cosine decay per step, loss = cross-entropy (with label smoothing) + the model's auxiliary loss
    (selector training), on augmented batches (flips and 90-degree rotations: cells have no
    orientation) when ``augment``;
-3. after each epoch: validation accuracy, FLOPs at the k that epoch ran at, a ``report`` call with
-   every objective (Ray checks each report for every metric), then the k rule picks the next k;
+3. after each training step the k rule reads the batch's cross-entropy and may move k (loss_trend
+   decides a few times per epoch on a smoothed loss, schedule at epoch ends); after each epoch:
+   validation accuracy, FLOPs at the current k, the k rule's decision points that epoch
+   (``k_trace``) and, for per-image rules, the spread of the per-image counts, then a ``report``
+   call with every objective (Ray checks each report for every metric); history.json is rewritten
+   each epoch, so a trial stopped early keeps its curve;
 4. at the end: every objective measured on the final model (accuracy is validation accuracy; FLOPs
    are counted at the final k on a validation batch), test accuracy as extra information only;
 5. the files of ``runs/<name>/trials/<n>/``: config.json, metrics.json, history.json, model.pt,
@@ -92,6 +96,38 @@ def accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
 def current_k(model: CellClassifier) -> float | None:
     k = model.k
     return None if k is None else float(k)
+
+
+@torch.no_grad()
+def probe_losses(
+    model: CellClassifier, x: torch.Tensor, y: torch.Tensor, *, k: int, probe: tuple[int, int]
+) -> tuple[float, float]:
+    """Cross-entropy of one batch in eval mode at each of the two k in ``probe`` (what a k rule weighs
+    a change by: the same images, so the difference is the k's, not the batch's); back in train mode at ``k``."""
+    model.eval()
+    losses = []
+    for value in probe:
+        model.set_k(value)
+        losses.append(F.cross_entropy(model(x), y).item())
+    model.set_k(k)
+    model.train()
+    return losses[0], losses[1]
+
+
+@torch.no_grad()
+def k_record(model: CellClassifier, rule: Any, images: torch.Tensor, first_step: int = 0) -> dict[str, Any]:
+    """What the k rule did, for the history and metrics: its decision points from ``first_step`` on
+    (``k_trace``: step, k, smoothed loss) and, for per-image rules, the spread of the per-image
+    counts on ``images`` in eval mode (``k_std``, ``k_min``, ``k_max``)."""
+    if rule is None:
+        return {}
+    record: dict[str, Any] = {"k_trace": [point for point in rule.trace if point["step"] >= first_step]}
+    if rule.per_image:
+        model.eval()
+        model(images)
+        counts = model._last_counts.float()  # (B,) kept per image, set by that forward (CountedKModel)
+        record.update(k_std=float(counts.std(correction=0)), k_min=float(counts.min()), k_max=float(counts.max()))
+    return record
 
 
 @torch.no_grad()
@@ -193,13 +229,13 @@ def run_trial(
     # -- model, k rule, optimiser ------------------------------------------------------------
     model = build_model(config, data.in_channels, data.num_classes, data.image_size).to(device)
     epochs, batch_size = int(config["epochs"]), int(config["batch_size"])
+    steps_per_epoch = math.ceil(len(data.train_x) / batch_size)
     bounds = model.k_bounds()
     rule = None
     if bounds is not None:
-        rule = make_k_rule(config, k_init=int(round(model.k)), k_bounds=bounds, epochs=epochs)
+        rule = make_k_rule(config, k_init=int(round(model.k)), k_bounds=bounds, epochs=epochs, steps_per_epoch=steps_per_epoch)
         model.set_k(rule.k)
     optimizer = torch.optim.AdamW(param_groups(model, float(config["weight_decay"])), lr=float(config["lr"]))
-    steps_per_epoch = math.ceil(len(data.train_x) / batch_size)
     total_steps = epochs * steps_per_epoch
     warmup_steps = min(total_steps, round(float(config.get("warmup_epochs", 0.0)) * steps_per_epoch))
     smoothing = float(config.get("label_smoothing", 0.0))
@@ -238,9 +274,13 @@ def run_trial(
             loss_sum += loss.item() * len(y)
             class_loss_sum += class_loss.item() * len(y)
             seen += len(y)
+            if rule is not None:  # the k rule follows the cross-entropy: auxiliary terms (REINFORCE) can be negative
+                probe = rule.probe(step)
+                probed = None if probe is None else probe_losses(model, x, y, k=rule.k, probe=probe)
+                model.set_k(rule.update(step, class_loss.item(), probed))
             step += 1
         train_loss = loss_sum / max(1, seen)
-        class_loss = class_loss_sum / max(1, seen)  # what the k rule follows: auxiliary terms (REINFORCE) can be negative
+        class_loss = class_loss_sum / max(1, seen)
 
         val_accuracy = accuracy(model, data.val_x, data.val_y, device)
         latest["accuracy"] = val_accuracy
@@ -250,7 +290,8 @@ def run_trial(
             "train_loss": train_loss,
             "class_loss": class_loss,
             "val_accuracy": val_accuracy,
-            "k": current_k(model),  # this epoch's k (per-image rules: mean over the last batch)
+            "k": current_k(model),  # k at the epoch's end (per-image rules: mean over the last batch)
+            **k_record(model, rule, val_batch, first_step=step - steps_per_epoch),
             "flops": latest["flops"],
             "lr": lr,
             "epoch_time_s": time.perf_counter() - epoch_start,
@@ -259,8 +300,6 @@ def run_trial(
         _write_json(trial_dir / "history.json", history)  # each epoch: a trial stopped early keeps its curve
         if report is not None:
             report({**row, **{name: latest[name] for name in objectives}})
-        if rule is not None:
-            model.set_k(rule.step(epoch, class_loss))
 
     # -- final measurements (at the final k) -------------------------------------------------
     final_val = history[-1]["val_accuracy"] if history else accuracy(model, data.val_x, data.val_y, device)
@@ -271,6 +310,7 @@ def run_trial(
         "test_accuracy": accuracy(model, data.test_x, data.test_y, device),
         "flops": values.get("flops", count_flops(model, val_batch)),
         "k_final": current_k(model),
+        **{key: value for key, value in k_record(model, rule, val_batch).items() if key != "k_trace"},
         "used_fraction": used_fraction(model, val_batch),
         "params_count": params_count,
         "epochs": epochs,

@@ -7,17 +7,31 @@ dimension of their own (``k_rule`` in a config):
 ``fixed``
     k stays at the configured value.
 ``loss_trend``
-    The SparseAttnNet reconstruction (methods.md §2.6): compare the mean loss of the last
-    ``k_patience`` epochs with the ``k_patience`` before them. While it improves by more than
-    ``IMPROVE_THRESHOLD`` (relative), shrink k by ``k_step``; when it worsens by more than
-    ``WORSEN_THRESHOLD``, grow k by ``GROW_OVER_SHRINK * k_step`` and do not shrink again for
-    ``k_patience`` epochs; on a plateau hold. k stays in [k_min, k_max], where k_min is
-    ``k_min_fraction`` of the initial k (never below the model's lowest k) and k_max the model's
-    highest k.
+    The SparseAttnNet reconstruction (methods.md §2.6): k shrinks while the loss allows it and
+    grows back when the loss worsens, deciding ``k_decisions`` times per epoch so k settles inside
+    a short budget. Before each decision the trial scores the last ``PROBE_STEPS`` training batches
+    in eval mode at the current k and at the candidate ``(1 - k_step) * k`` (:meth:`KRule.probe`):
+    the candidate's relative loss cost, averaged over every probe of the same candidate (up to an
+    epoch's). The shrinks taken share one budget, ``k_tolerance``: k shrinks while the summed
+    costs of the shrinks so far plus this one stay within it. (Each
+    shrink judged alone cost 1-2% and twelve of them cost 5 points of accuracy; judging them
+    against the initial k fails too, since a model trained at a smaller k does worse at the
+    initial k than at its own.) The rule
+    also follows an exponential moving average (EMA) of the batches' classification loss; when it
+    rose since the last decision by more than ``WORSEN_Z`` times its noise (estimated from the
+    batch-to-batch spread), the last shrink hurt: k grows by ``GROW_OVER_SHRINK * k_step`` and does
+    not shrink again for an epoch. The first epoch runs at the initial k (the EMA and the selector
+    warm up). k stays in [k_min, k_max], where k_min is ``k_min_fraction`` of the initial k (never
+    below the model's lowest k) and k_max the model's highest k.
+    Why paired probes: the training loss falls throughout a cosine schedule, so a rule that shrinks
+    "while the loss improves" shrinks to its floor (or, on per-epoch windows, acts as a lagged
+    schedule), and a 64-image batch's loss varies by ~15%, far more than a 10% change of k moves
+    it. The same batch at two k differs by the k alone, so a few batches tell whether k can shrink.
 ``schedule``
     k follows a cosine from the initial k to ``k_final_fraction`` of it, reached exactly at the
-    first frozen epoch. Cosine rather than linear: it spends the early epochs, when the selector is
-    still poor, near the initial k, and eases into the final k so the last change is small.
+    first frozen epoch, changing at epoch boundaries. Cosine rather than linear: it spends the
+    early epochs, when the selector is still poor, near the initial k, and eases into the final k
+    so the last change is small.
 ``ratio`` / ``top_p``
     Learned per-image rules. Their ``KRule`` is constant at the configured k, which is the cap the
     model selects up to; how many of those an image really keeps comes from the model through
@@ -30,11 +44,15 @@ compare trials late in training compare settled costs (methods.md §2.8.4).
 
 Lifecycle inside a trial::
 
-    rule = make_k_rule(config, k_init=config_k, k_bounds=model.k_bounds(), epochs=epochs)
-    model.set_k(rule.k)                        # before the first epoch
-    for epoch in range(epochs):
-        loss = train_one_epoch(...)            # that epoch's mean loss
-        model.set_k(rule.step(epoch, loss))    # the k for the next epoch
+    rule = make_k_rule(config, k_init=config_k, k_bounds=model.k_bounds(), epochs=epochs,
+                       steps_per_epoch=steps_per_epoch)
+    model.set_k(rule.k)                        # before the first step
+    for step in range(epochs * steps_per_epoch):
+        loss = train_one_step(...)             # that batch's classification loss
+        probe = None                           # or, when rule.probe(step) names two k: the batch's
+                                               # eval loss at each
+        model.set_k(rule.update(step, loss, probe))  # the k for the next step
+    rule.trace                                 # the decision points: step, k, smoothed loss
     # checkpoints save rule.state_dict(); a resumed trial rebuilds the rule from the same config
     # and calls rule.load_state_dict(state), then continues with the same sequence of k.
 
@@ -52,10 +70,12 @@ import torch
 from search_space.errors import UserError
 from search_space.params import ParamSpec
 
-#: Relative improvement of the windowed loss above which ``loss_trend`` shrinks k (methods.md §2.6).
-IMPROVE_THRESHOLD = 0.01
-#: Relative worsening of the windowed loss above which ``loss_trend`` grows k back.
-WORSEN_THRESHOLD = 0.02
+#: ``loss_trend`` grows k back when the smoothed loss rose since the last decision by more than this
+#: many standard deviations of its noise: beyond noise, so the last shrink hurt.
+WORSEN_Z = 3.0
+#: ``loss_trend`` compares the candidate smaller k with the current one on the last this many
+#: batches before each decision.
+PROBE_STEPS = 2
 #: ``loss_trend`` grows by this multiple of ``k_step``: pixels are given back faster than taken.
 GROW_OVER_SHRINK = 1.5
 
@@ -70,7 +90,10 @@ K_RULE_PARAMS: dict[str, ParamSpec] = {
     "k_final_fraction": ParamSpec("float", low=0.05, high=1.0, doc="schedule: final k as a fraction of the initial k"),
     "k_min_fraction": ParamSpec("float", low=0.02, high=1.0, doc="loss_trend: lowest k as a fraction of the initial k"),
     "k_step": ParamSpec("float", low=0.01, high=0.5, doc="loss_trend: relative shrink per step (grow is 1.5x this)"),
-    "k_patience": ParamSpec("int", low=1, high=10, doc="loss_trend: epochs in each loss window"),
+    "k_decisions": ParamSpec("int", low=1, high=16, doc="loss_trend: k decisions per epoch"),
+    "k_tolerance": ParamSpec(
+        "float", low=0.0, high=0.5, doc="loss_trend: largest relative rise of the loss all shrinks together may cost"
+    ),
     "k_freeze_fraction": ParamSpec("float", low=0.0, high=0.9, doc="fraction of the epochs at the end that run at a frozen k"),
     "k_target_ratio": ParamSpec("float", low=0.05, high=0.9, doc="ratio: target mean keep fraction per image"),
     "k_top_p": ParamSpec("float", low=0.5, high=0.99, doc="top_p: cumulative score mass each image keeps"),
@@ -81,7 +104,8 @@ K_RULE_DEFAULTS: dict[str, Any] = {
     "k_final_fraction": 0.5,
     "k_min_fraction": 0.25,
     "k_step": 0.1,
-    "k_patience": 3,
+    "k_decisions": 4,
+    "k_tolerance": 0.03,
     "k_freeze_fraction": 0.2,
     "k_target_ratio": 0.3,
     "k_top_p": 0.8,
@@ -93,51 +117,73 @@ class KRuleError(UserError, ValueError):
 
 
 class KRule(ABC):
-    """A k-adaptation controller: holds the current k and moves it once per epoch.
+    """A k-adaptation controller: holds the current k and may move it after any training step.
 
     Subclasses set ``name`` (the ``k_rule`` value), list the config keys they read in ``keys``, and
-    implement :meth:`step`. Everything :meth:`step` depends on besides the constructor arguments
-    must live in :meth:`state_dict`, so that a rebuilt rule plus its state continues identically.
+    implement :meth:`_update`. Everything it depends on besides the constructor arguments must live
+    in :meth:`state_dict`, so that a rebuilt rule plus its state continues identically. Rules that
+    decide from the loss append their decision points to ``trace`` (for the trial history).
     """
 
     name: ClassVar[str]
     keys: ClassVar[tuple[str, ...]] = ()
     per_image: ClassVar[bool] = False
 
-    def __init__(self, config: dict[str, Any], *, k_init: int, k_bounds: tuple[int, int], epochs: int) -> None:
+    def __init__(
+        self, config: dict[str, Any], *, k_init: int, k_bounds: tuple[int, int], epochs: int, steps_per_epoch: int = 1
+    ) -> None:
         self.k_init = int(k_init)
         self.k_bounds = (int(k_bounds[0]), int(k_bounds[1]))
         self.epochs = int(epochs)
+        self.steps_per_epoch = int(steps_per_epoch)
         frozen = max(1, round(float(config.get("k_freeze_fraction", 0.0)) * self.epochs))
-        #: The first epoch that runs at the final k; ``step`` never changes k from this epoch on.
+        #: The first epoch that runs at the final k; k never changes from this epoch on.
         self.freeze_epoch = max(0, self.epochs - frozen)
         self._k = self.k_init
-        self._last_epoch = -1
+        self._last_step = -1
+        #: Decision points, oldest first: {"step", "k" (from the next step on), "loss" (smoothed)}.
+        self.trace: list[dict[str, float]] = []
 
     @property
     def k(self) -> int:
-        """The k to use for the next epoch (or the current one, inside an epoch)."""
+        """The k to use for the next training step."""
+        return self._k
+
+    def probe(self, step: int) -> tuple[int, int] | None:
+        """Two k this rule wants compared on step ``step``'s batch, (reference, candidate), or None;
+        the trial scores the batch at both after the step's update and passes the losses to :meth:`update`."""
+        return None
+
+    def update(self, step: int, loss: float, probe: tuple[float, float] | None = None) -> int:
+        """Record training step ``step``'s classification loss (a batch mean; steps count from 0
+        over the whole trial) and return the k for step ``step + 1``. ``probe``, when
+        :meth:`probe` asked for one: the batch's loss in eval mode at its reference and at its
+        candidate k (the same images, so their difference is nearly free of batch noise)."""
+        if step <= self._last_step:
+            raise ValueError(f"{self.name}: update({step}) after update({self._last_step}); steps must increase")
+        self._last_step = step
+        self._update(step, loss, probe)
         return self._k
 
     @abstractmethod
-    def step(self, epoch: int, loss: float) -> int:
-        """Record ``epoch``'s mean loss and return the k for epoch ``epoch + 1``."""
+    def _update(self, step: int, loss: float, probe: tuple[float, float] | None) -> None:
+        """Move ``self._k`` (or not) after ``step``; ``update`` has checked the order."""
 
-    def _advance(self, epoch: int) -> None:
-        if epoch <= self._last_epoch:
-            raise ValueError(f"{self.name}: step({epoch}) after step({self._last_epoch}); epochs must increase")
-        self._last_epoch = epoch
+    def epoch_end(self, step: int) -> int | None:
+        """The epoch that starts after ``step`` if ``step`` ends one, else None."""
+        return (step + 1) // self.steps_per_epoch if (step + 1) % self.steps_per_epoch == 0 else None
 
     def state_dict(self) -> dict[str, Any]:
         """Plain, JSON-serialisable state (goes into checkpoints)."""
-        return {"rule": self.name, "k": self._k, "last_epoch": self._last_epoch}
+        return {"rule": self.name, "k": self._k, "last_step": self._last_step, "trace": [dict(t) for t in self.trace]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned from a rule built with the same config."""
         if state.get("rule") != self.name:
             raise KRuleError(f"k-rule state is for {state.get('rule')!r}, but the config's k_rule is {self.name!r}")
         self._k = int(state["k"])
-        self._last_epoch = int(state["last_epoch"])
+        self._last_step = int(state["last_step"])
+        self.trace = [dict(t) for t in state["trace"]]
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(k={self._k}, bounds={self.k_bounds}, freeze_epoch={self.freeze_epoch})"
@@ -164,74 +210,137 @@ class FixedRule(KRule):
 
     name = "fixed"
 
-    def step(self, epoch: int, loss: float) -> int:
-        self._advance(epoch)
-        return self._k
+    def _update(self, step: int, loss: float, probe: tuple[float, float] | None) -> None:
+        pass
 
 
 @_register
 class LossTrendRule(KRule):
-    """Shrink k while the windowed loss keeps improving, grow it back when it worsens (methods.md §2.6)."""
+    """Shrink k while the shrinks' summed loss costs stay within ``k_tolerance``, grow it back when the
+    smoothed loss worsens beyond noise (methods.md §2.6), deciding ``k_decisions`` times per epoch."""
 
     name = "loss_trend"
-    keys = ("k_min_fraction", "k_step", "k_patience", "k_freeze_fraction")
+    keys = ("k_min_fraction", "k_step", "k_decisions", "k_tolerance", "k_freeze_fraction")
 
-    def __init__(self, config: dict[str, Any], *, k_init: int, k_bounds: tuple[int, int], epochs: int) -> None:
-        super().__init__(config, k_init=k_init, k_bounds=k_bounds, epochs=epochs)
+    def __init__(
+        self, config: dict[str, Any], *, k_init: int, k_bounds: tuple[int, int], epochs: int, steps_per_epoch: int = 1
+    ) -> None:
+        super().__init__(config, k_init=k_init, k_bounds=k_bounds, epochs=epochs, steps_per_epoch=steps_per_epoch)
         self.k_min = min(self.k_init, max(self.k_bounds[0], math.ceil(config["k_min_fraction"] * self.k_init)))
         self.k_max = self.k_bounds[1]
         self.shrink = float(config["k_step"])
         self.grow = GROW_OVER_SHRINK * self.shrink
-        self.window = int(config["k_patience"])
-        self._history: list[float] = []  # per-epoch mean losses (finite ones only)
-        self._cooldown = 0  # epochs left during which k may not shrink (after a grow)
+        self.tolerance = float(config["k_tolerance"])
+        decisions = int(config["k_decisions"])
+        #: Steps between decisions (at least 1); the loss EMA's time constant is the same.
+        self.interval = max(1, round(self.steps_per_epoch / decisions))
+        self.cooldown_decisions = math.ceil(self.steps_per_epoch / self.interval)  # one epoch
+        self.alpha = 1.0 / (self.interval + 1)  # EMA weight of the newest batch (span = interval steps)
+        self.freeze_step = self.freeze_epoch * self.steps_per_epoch
+        # state
+        self._ema = 0.0  # bias-corrected by dividing by (1 - (1 - alpha)^n)
+        self._var = 0.0  # EMA of half the squared step-to-step change: the batch noise, not the trend
+        self._n = 0  # finite losses seen
+        self._last = 0.0  # the last finite loss
+        self._ref: float | None = None  # smoothed loss at the last decision
+        self._costs: list[float] = []  # relative loss cost of the candidate k on this interval's probes
+        self._spent = 0.0  # the summed costs of the shrinks taken: what they cost the loss in all
+        self._cooldown = 0  # decisions left during which k may not shrink (after a grow)
 
-    def trend(self) -> float | None:
-        """Relative improvement of the last window's mean loss over the window before, or None."""
-        if len(self._history) < 2 * self.window:
+    def smoothed(self) -> tuple[float, float]:
+        """(EMA of the loss, standard deviation of that EMA's noise), bias-corrected."""
+        ema = self._ema / (1.0 - (1.0 - self.alpha) ** self._n)
+        var = self._var / (1.0 - (1.0 - self.alpha) ** (self._n - 1)) if self._n > 1 else 0.0
+        # the EMA averages about (2 - a) / a batches: its noise is the batches' spread shrunk by that
+        return ema, math.sqrt(var * self.alpha / (2.0 - self.alpha))
+
+    def _candidate(self) -> int:
+        # 1e-9 keeps k * (1 - 0.1) = 8.999999 from flooring to 8 when k = 10.
+        return max(self.k_min, min(self._k - 1, math.floor(self._k * (1.0 - self.shrink) + 1e-9)))
+
+    def _deciding(self, step: int) -> bool:
+        """Whether this rule may still move k after ``step``: from the end of the warm-up epoch to the
+        end of the last epoch before the freeze (that decision sets the frozen k)."""
+        return self.steps_per_epoch <= step + 1 <= self.freeze_step
+
+    def probe(self, step: int) -> tuple[int, int] | None:
+        to_decision = -(step + 1) % self.interval  # steps after this one until the next decision
+        if to_decision >= PROBE_STEPS or not self._deciding(step + to_decision) or self._cooldown or self._ref is None:
             return None
-        now = sum(self._history[-self.window :]) / self.window
-        prev = sum(self._history[-2 * self.window : -self.window]) / self.window
-        return (prev - now) / max(abs(prev), 1e-12)
+        candidate = self._candidate()
+        return (self._k, candidate) if candidate < self._k else None
 
-    def step(self, epoch: int, loss: float) -> int:
-        self._advance(epoch)
-        if math.isfinite(loss):  # a non-finite loss would poison two windows; the trial reports it
-            self._history.append(float(loss))
-        if epoch >= self.freeze_epoch:
-            return self._k
-        self._cooldown = max(0, self._cooldown - 1)
-        trend = self.trend()
-        if trend is None:
-            return self._k
-        if trend > IMPROVE_THRESHOLD and self._cooldown == 0:
-            # 1e-9 keeps k * (1 - 0.1) = 8.999999 from flooring to 8 when k = 10.
-            smaller = min(self._k - 1, math.floor(self._k * (1.0 - self.shrink) + 1e-9))
-            self._k = max(self.k_min, smaller)
-        elif trend < -WORSEN_THRESHOLD:
-            larger = max(self._k + 1, math.ceil(self._k * (1.0 + self.grow) - 1e-9))
-            self._k = min(self.k_max, larger)
-            self._cooldown = self.window
-        return self._k
+    def _update(self, step: int, loss: float, probe: tuple[float, float] | None) -> None:
+        if math.isfinite(loss):  # a non-finite loss would poison the EMA; the trial reports it
+            if self._n:
+                self._var = (1 - self.alpha) * self._var + self.alpha * 0.5 * (loss - self._last) ** 2
+            self._ema = (1 - self.alpha) * self._ema + self.alpha * float(loss)
+            self._last = float(loss)
+            self._n += 1
+        if probe is not None and all(math.isfinite(v) for v in probe):
+            at_reference, at_candidate = probe
+            self._costs.append((at_candidate - at_reference) / max(abs(at_reference), 1e-3))
+        if (step + 1) % self.interval or self._n == 0:
+            return
+        ema, noise = self.smoothed()
+        if not self._deciding(step) or self._ref is None:  # the first epoch only warms up
+            self._ref, self._costs = ema, []
+            return
+        # the rise since the last decision, in units of the noise of a difference of two EMAs
+        worse = (ema - self._ref) / max(math.sqrt(2.0) * noise, 1e-12 * abs(ema), 1e-12)
+        # the candidate's cost over every probe of it (up to an epoch's): probing the same candidate
+        # again and taking it the first time a batch's noise makes it look free shrank k to its floor
+        self._costs = self._costs[-PROBE_STEPS * self.cooldown_decisions :]
+        cost = sum(self._costs) / len(self._costs) if self._costs else None
+        k_before = self._k
+        if worse > WORSEN_Z:  # the last move (or the data) hurt: give pixels back, then wait an epoch
+            self._k = min(self.k_max, max(self._k + 1, math.ceil(self._k * (1.0 + self.grow) - 1e-9)))
+            self._cooldown = self.cooldown_decisions
+        elif self._cooldown:
+            self._cooldown -= 1
+        elif cost is not None and self._spent + max(cost, 0.0) <= self.tolerance:
+            self._k = self._candidate()
+            self._spent += max(cost, 0.0)
+        if self._k != k_before:  # a new candidate: its probes start afresh
+            self._costs = []
+        self._ref = ema
+        point = {"step": step, "k": self._k, "loss": ema, "worsening_z": worse, "probe_cost": cost, "spent": self._spent}
+        self.trace.append(point)
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "history": list(self._history), "cooldown": self._cooldown}
+        return {
+            **super().state_dict(),
+            "ema": self._ema,
+            "var": self._var,
+            "n": self._n,
+            "last": self._last,
+            "ref": self._ref,
+            "costs": list(self._costs),
+            "spent": self._spent,
+            "cooldown": self._cooldown,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        self._history = [float(x) for x in state["history"]]
+        self._ema, self._var, self._n = float(state["ema"]), float(state["var"]), int(state["n"])
+        self._last, self._ref = float(state["last"]), None if state["ref"] is None else float(state["ref"])
+        self._costs = [float(c) for c in state["costs"]]
+        self._spent = float(state["spent"])
         self._cooldown = int(state["cooldown"])
 
 
 @_register
 class ScheduleRule(KRule):
-    """Cosine decay from the initial k to ``k_final_fraction`` of it, reached at ``freeze_epoch``."""
+    """Cosine decay from the initial k to ``k_final_fraction`` of it, reached at ``freeze_epoch``;
+    k changes at epoch boundaries."""
 
     name = "schedule"
     keys = ("k_final_fraction", "k_freeze_fraction")
 
-    def __init__(self, config: dict[str, Any], *, k_init: int, k_bounds: tuple[int, int], epochs: int) -> None:
-        super().__init__(config, k_init=k_init, k_bounds=k_bounds, epochs=epochs)
+    def __init__(
+        self, config: dict[str, Any], *, k_init: int, k_bounds: tuple[int, int], epochs: int, steps_per_epoch: int = 1
+    ) -> None:
+        super().__init__(config, k_init=k_init, k_bounds=k_bounds, epochs=epochs, steps_per_epoch=steps_per_epoch)
         lo, hi = self.k_bounds
         self.k_final = min(self.k_init, max(lo, min(hi, round(config["k_final_fraction"] * self.k_init))))
         self._k = self.k_at(0)
@@ -241,10 +350,10 @@ class ScheduleRule(KRule):
         t = 1.0 if epoch >= self.freeze_epoch else epoch / self.freeze_epoch
         return round(self.k_final + (self.k_init - self.k_final) * 0.5 * (1.0 + math.cos(math.pi * t)))
 
-    def step(self, epoch: int, loss: float) -> int:
-        self._advance(epoch)
-        self._k = self.k_at(epoch + 1)
-        return self._k
+    def _update(self, step: int, loss: float, probe: tuple[float, float] | None) -> None:
+        epoch = self.epoch_end(step)
+        if epoch is not None:
+            self._k = self.k_at(epoch)
 
 
 class _PerImageRule(KRule):
@@ -252,9 +361,8 @@ class _PerImageRule(KRule):
 
     per_image = True
 
-    def step(self, epoch: int, loss: float) -> int:
-        self._advance(epoch)
-        return self._k
+    def _update(self, step: int, loss: float, probe: tuple[float, float] | None) -> None:
+        pass
 
 
 @_register
@@ -295,8 +403,11 @@ def k_rule_defaults(name: str | None = None) -> dict[str, Any]:
     return {"k_rule": name, **{key: K_RULE_DEFAULTS[key] for key in rule_keys(name)}}
 
 
-def make_k_rule(config: dict[str, Any], *, k_init: int, k_bounds: tuple[int, int], epochs: int) -> KRule:
-    """Build the rule named by ``config['k_rule']``; missing k-rule keys take ``K_RULE_DEFAULTS``."""
+def make_k_rule(
+    config: dict[str, Any], *, k_init: int, k_bounds: tuple[int, int], epochs: int, steps_per_epoch: int = 1
+) -> KRule:
+    """Build the rule named by ``config['k_rule']``; missing k-rule keys take ``K_RULE_DEFAULTS``.
+    ``steps_per_epoch`` is how many ``update`` calls make one epoch (1: the rule is fed epoch means)."""
     name = config.get("k_rule", K_RULE_DEFAULTS["k_rule"])
     if name not in _RULES:
         raise KRuleError(f"unknown k_rule {name!r}; valid: {', '.join(_RULES)}")
@@ -307,9 +418,11 @@ def make_k_rule(config: dict[str, Any], *, k_init: int, k_bounds: tuple[int, int
         raise KRuleError(f"initial k={k_init} is outside the model's k bounds [{lo}, {hi}]")
     if epochs < 1:
         raise KRuleError(f"epochs must be >= 1, but got {epochs}")
+    if steps_per_epoch < 1:
+        raise ValueError(f"steps_per_epoch must be >= 1, but got {steps_per_epoch}")
     cls = _RULES[name]
     settings = {key: _setting(config, key) for key in cls.keys}
-    return cls(settings, k_init=int(k_init), k_bounds=(lo, hi), epochs=int(epochs))
+    return cls(settings, k_init=int(k_init), k_bounds=(lo, hi), epochs=int(epochs), steps_per_epoch=int(steps_per_epoch))
 
 
 def per_image_k(scores: torch.Tensor, *, rule: str, config: dict[str, Any], k_max: int, k_min: int = 1) -> torch.Tensor:

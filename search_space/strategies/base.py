@@ -11,7 +11,7 @@ Lifecycle of a model inside a trial::
     model = build_model(config, in_channels, num_classes, image_size)
     logits = model(images)                                   # (B, num_classes)
     loss = ce(logits, y) + model.auxiliary_loss(logits, y)   # uses state cached by that forward
-    rule.step(...); model.set_k(rule.k)                      # k-adaptation
+    model.set_k(rule.update(step, loss))                     # k-adaptation, after each step
     used = model.used_map(images)                            # (B, H, W) in [0, 1], for reports
 
 The k a model runs at is part of its ``state_dict`` (as module extra state), so saved weights

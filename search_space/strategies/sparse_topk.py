@@ -1,21 +1,42 @@
 """``sparse_topk``: SparseAttnNet (arXiv 2505.07661), top-k pixels as tokens for a small transformer.
 
-A coarse CNN scores every pixel (sigmoid map); the k best pixels are embedded from their value(s)
-and (x, y) position "like words", a CLS token is added, and transformer blocks classify from it.
-The coarse map cannot learn from the hard top-k, so it is distilled from the fine attention: the
-last block's CLS-to-token attention (stop-gradient, over the kept pixels) is its target, and
-randomly sampled unselected pixels are pushed toward 0 ("negatives") so the map learns there too.
-Optional: random exploration slots while training, and straight-through gating so the
-classification loss also reaches the selector. The default distillation is BCE toward the
-attention normalised by its maximum: it gives absolute targets, so selected pixels the fine
-attention ignores fall out of the top-k and others get their turn. KL over the kept pixels is
-shift-invariant, so only the negatives move kept against unkept pixels, and on synthetic blob
-images it often locked onto its first (background) choice.
+A coarse CNN scores every pixel (sigmoid map); the k best pixels are embedded with their (x, y)
+position "like words", a CLS token is added, and transformer blocks classify from it. What a token
+carries is searched (``token_content``): the pixel's values alone (the paper), its 3x3
+neighbourhood, or the coarse CNN's features at the pixel plus its values. A lone pixel carries no
+texture, so on cell images the transformer had to learn everything from the positions and colours
+of scattered points; the two context modes give each token its surroundings for no attention cost
+(the coarse features are already computed; the neighbourhood is a gather).
 
-k is set by a k-adaptation rule. Rules that change k between epochs (fixed, loss_trend, schedule)
+The coarse map cannot learn from the hard top-k, so it is distilled from the fine attention of the
+downstream layers: the CLS-to-token attention averaged over every block and head (stop-gradient,
+over the kept pixels) is its target, and randomly sampled unselected pixels are pushed toward 0
+("negatives") so the map learns there too. Averaging the blocks rather than taking the last one is
+what the paper describes and a steadier saliency target (methods.md §2.8.2). Optional: random
+exploration slots while training, and straight-through gating so the classification loss also
+reaches the selector. The default distillation is BCE toward the attention normalised by its
+maximum: it gives absolute targets, so selected pixels the fine attention ignores fall out of the
+top-k and others get their turn. KL over the kept pixels is shift-invariant, so only the negatives
+move kept against unkept pixels, and on synthetic blob images it often locked onto its first
+(background) choice.
+
+k is set by a k-adaptation rule. Rules that change k during training (fixed, loss_trend, schedule)
 call ``set_k``. Per-image rules (``top_p``, ``ratio``) keep the static top-``k`` candidates and
 mask out, per image, the ones past that image's count, so shapes stay static (export-friendly)
-while ``analytic_flops`` counts attention at each image's real count.
+while ``analytic_flops`` counts attention at each image's real count. ``top_p`` counts on the
+coarse logits softmax-normalised over the image's pixels, so "p of the score mass" is a share of a
+distribution that sums to 1 per image; on the sigmoid map (mean about 0.5 everywhere) the mass was
+spread so flat that every image hit the cap, a fixed k in disguise.
+
+Cost: coarse CNN ∝ H·W / stride², each block ∝ n·D² (projections, MLP) + n²·D (attention pairs),
+n = k + 1. The attention pairs stay a minority while n < 4·D (at mlp_ratio 2): at D = 64, up to
+6% of a 64-px frame. The default initial k, 10% of the pixels, is generous on purpose: the default
+k rule (``loss_trend``) takes it down to what the loss allows (on the synthetic cells at 32 px,
+seeds 0-2: to 3-6% of the pixels, FLOPs -57% and validation accuracy -2.1 points on average
+against a fixed 10%). The default coarse map runs at full
+resolution: at stride 2 the bilinear map made training unstable on the synthetic cells (validation
+accuracy fell to chance in epochs 2-3 before recovering, and with a shrinking k never recovered),
+and the full-resolution map costs under 16% of the total at 32 px, 11% at 64 px.
 """
 
 from __future__ import annotations
@@ -38,11 +59,12 @@ from search_space.strategies.blocks import (
 )
 
 RATIO_LOSS_WEIGHT = 2.0  # DynamicViT's weight on the keep-ratio loss
+TOKEN_CONTENTS = ("pixel", "patch3", "coarse_features")
 
 
 class CoarseSelector(nn.Module):
-    """Small CNN -> per-pixel logits (B, H*W); with ``stride`` > 1 it runs at reduced resolution and
-    the logits are upsampled bilinearly."""
+    """Small CNN -> per-pixel logits (B, H*W) and its last hidden features (B, channels, h, w); with
+    ``stride`` > 1 it runs at reduced resolution and the logits are upsampled bilinearly."""
 
     def __init__(self, *, in_channels: int, channels: int, layers: int, stride: int) -> None:
         super().__init__()
@@ -51,14 +73,15 @@ class CoarseSelector(nn.Module):
         for _ in range(layers - 1):
             convs += [nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU()]
         convs.append(nn.Conv2d(channels, 1, 1))
-        self.net = nn.Sequential(*convs)
+        self.net = nn.Sequential(*convs)  # one Sequential: the weights' names are those saved runs hold
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         H, W = images.shape[2:]
-        z = self.net(images)  # (B, 1, h, w)
+        features = self.net[:-1](images)  # (B, channels, h, w)
+        z = self.net[-1](features)  # (B, 1, h, w)
         if self.stride > 1:
             z = F.interpolate(z, size=(H, W), mode="bilinear", align_corners=False)
-        return z.flatten(1)  # (B, H*W)
+        return z.flatten(1), features  # (B, H*W), (B, channels, h, w)
 
     def flops(self, H: int, W: int) -> float:
         h, w = (H - 1) // self.stride + 1, (W - 1) // self.stride + 1
@@ -68,11 +91,11 @@ class CoarseSelector(nn.Module):
 
 
 class MlpXYV(nn.Module):
-    """Shared two-layer MLP on [x, y, values] -> D (the paper's joint sparse point embedding)."""
+    """Shared two-layer MLP on [x, y, content] -> D (the paper's joint sparse point embedding)."""
 
-    def __init__(self, *, in_channels: int, dim: int) -> None:
+    def __init__(self, *, content_dim: int, dim: int) -> None:
         super().__init__()
-        self.d_in, self.dim = in_channels + 2, dim
+        self.d_in, self.dim = content_dim + 2, dim
         self.fc1 = nn.Linear(self.d_in, dim)
         self.act = nn.GELU()
         self.fc2 = nn.Linear(dim, dim)
@@ -86,13 +109,13 @@ class MlpXYV(nn.Module):
 
 class FourierXYV(nn.Module):
     """Sine-cosine features of (x, y) at geometric frequencies up to the pixel Nyquist rate, with the
-    values, through one linear layer -> D."""
+    token content, through one linear layer -> D."""
 
-    def __init__(self, *, in_channels: int, dim: int, image_size: int, bands: int = 8) -> None:
+    def __init__(self, *, content_dim: int, dim: int, image_size: int, bands: int = 8) -> None:
         super().__init__()
         freqs = math.pi * torch.logspace(0.0, math.log10(max(image_size / 2, 1.0)), bands)  # (bands,)
         self.register_buffer("freqs", freqs, persistent=False)
-        self.d_in, self.dim = in_channels + 4 * bands, dim
+        self.d_in, self.dim = content_dim + 4 * bands, dim
         self.fc = nn.Linear(self.d_in, dim)
 
     def forward(self, xy: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -112,8 +135,14 @@ class FourierXYV(nn.Module):
             "choice", choices=(1, 2, 4), default=1, doc="coarse CNN resolution divisor (logits upsampled)"
         ),
         "k_fraction": ParamSpec("float", low=0.0, high=1.0, low_open=True, default=0.1, doc="initial k as a fraction of H*W"),
+        "token_content": ParamSpec(
+            "choice",
+            choices=TOKEN_CONTENTS,
+            default="patch3",
+            doc="what a token carries besides (x, y): pixel values, 3x3 patch, or coarse CNN features + values",
+        ),
         "pixel_embedding": ParamSpec(
-            "choice", choices=("mlp_xyv", "fourier"), default="mlp_xyv", doc="how (x, y, values) become a token"
+            "choice", choices=("mlp_xyv", "fourier"), default="mlp_xyv", doc="how (x, y, content) become a token"
         ),
         **transformer_params(embed_dim=64, num_heads=4, depth=2, mlp_ratio=2.0),
         "distill_loss": ParamSpec("choice", choices=("kl", "bce"), default="bce", doc="form of the coarse-map distillation loss"),
@@ -139,6 +168,7 @@ class SparseTopK(CountedKModel):
         coarse_layers: int,
         coarse_stride: int,
         k_fraction: float,
+        token_content: str,
         pixel_embedding: str,
         embed_dim: int,
         num_heads: int,
@@ -161,14 +191,18 @@ class SparseTopK(CountedKModel):
         self.negatives, self.explore_fraction, self.st_gating = negatives, explore_fraction, st_gating
         self.k_rule, self.k_rule_config = k_rule, dict(k_rule_config or {})
         self.per_image = k_rule in PER_IMAGE_RULES
+        if token_content not in TOKEN_CONTENTS:
+            raise ValueError(f"token_content must be one of {TOKEN_CONTENTS}, got {token_content!r}")
+        self.token_content = token_content
 
         self.selector = CoarseSelector(
             in_channels=in_channels, channels=coarse_channels, layers=coarse_layers, stride=coarse_stride
         )
+        content_dim = {"pixel": in_channels, "patch3": 9 * in_channels, "coarse_features": in_channels + coarse_channels}
         if pixel_embedding == "mlp_xyv":
-            self.embed: MlpXYV | FourierXYV = MlpXYV(in_channels=in_channels, dim=embed_dim)
+            self.embed: MlpXYV | FourierXYV = MlpXYV(content_dim=content_dim[token_content], dim=embed_dim)
         elif pixel_embedding == "fourier":
-            self.embed = FourierXYV(in_channels=in_channels, dim=embed_dim, image_size=image_size)
+            self.embed = FourierXYV(content_dim=content_dim[token_content], dim=embed_dim, image_size=image_size)
         else:
             raise ValueError(f"pixel_embedding must be 'mlp_xyv' or 'fourier', got {pixel_embedding!r}")
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
@@ -190,17 +224,20 @@ class SparseTopK(CountedKModel):
 
     # ----- selection -------------------------------------------------------------------------------
     def _select(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Pick K = min(k, H*W) pixels per image: the coarse logits ``z`` (B, H*W), the indices ``idx``
-        (B, K) and, for per-image rules, ``counts`` (B,) and a ``valid`` mask (B, K). Training puts
-        random unselected pixels in the last ``explore_fraction`` of the slots."""
+        """Pick K = min(k, H*W) pixels per image: the coarse logits ``z`` (B, H*W), the coarse
+        ``features`` (B, channels, h, w), the indices ``idx`` (B, K) and, for per-image rules,
+        ``counts`` (B,) and a ``valid`` mask (B, K). Training puts random unselected pixels in the
+        last ``explore_fraction`` of the slots."""
         B, _, H, W = images.shape
-        z = self.selector(images)  # (B, H*W) coarse logits
+        z, features = self.selector(images)  # (B, H*W) coarse logits, (B, channels, h, w)
         K = min(self._k, H * W)
         idx = top_indices(z, K)  # (B, K), sorted high to low
-        out = {"z": z, "idx": idx}
+        out = {"z": z, "features": features, "idx": idx}
         if self.per_image:  # each image keeps a prefix of its K ranked candidates
+            # top_p reads a distribution over the image's pixels; ratio reads DynamicViT keep probabilities
+            scores = z.softmax(dim=1) if self.k_rule == "top_p" else z.sigmoid()  # (B, H*W)
             counts = per_image_k(
-                z.sigmoid(), rule=self.k_rule, config=self.k_rule_config, k_max=K, k_min=min(self.k_bounds()[0], K)
+                scores, rule=self.k_rule, config=self.k_rule_config, k_max=K, k_min=min(self.k_bounds()[0], K)
             )  # (B,)
             out["counts"] = counts
             out["valid"] = torch.arange(K, device=z.device)[None, :] < counts[:, None]  # (B, K)
@@ -213,21 +250,49 @@ class SparseTopK(CountedKModel):
                 out["valid"] = out["valid"] | (torch.arange(K, device=z.device) >= K - n_explore)[None, :]
         return out
 
-    def _tokens(self, images: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        """(B, K) flat pixel indices -> (B, K, D) embedded pixel tokens."""
+    def _content(self, images: torch.Tensor, features: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
+        """What each kept pixel's token carries, by ``token_content``: (B, K) rows and columns -> (B, K, content_dim).
+
+        Everything is a gather at fixed shapes (no unfold, no data-dependent loops), so it exports.
+        """
         B, C, H, W = images.shape
-        values = images.flatten(2).gather(2, idx[:, None, :].expand(B, C, -1)).transpose(1, 2)  # (B, K, C)
+        K = ys.shape[1]
+        if self.token_content == "patch3":  # the 3x3 neighbourhood, zero outside the image
+            padded = F.pad(images, (1, 1, 1, 1)).flatten(2)  # (B, C, (H+2)*(W+2))
+            offsets = torch.arange(-1, 2, device=ys.device)
+            rows = (ys[:, :, None, None] + 1 + offsets[:, None]) * (W + 2)  # (B, K, 3, 1)
+            flat = (rows + xs[:, :, None, None] + 1 + offsets[None, :]).flatten(1)  # (B, K*9)
+            patch = padded.gather(2, flat[:, None, :].expand(B, C, -1))  # (B, C, K*9)
+            return patch.reshape(B, C, K, 9).permute(0, 2, 1, 3).flatten(2)  # (B, K, C*9)
+        flat = (ys * W + xs)[:, None, :]  # (B, 1, K)
+        values = images.flatten(2).gather(2, flat.expand(B, C, -1)).transpose(1, 2)  # (B, K, C)
+        if self.token_content == "pixel":
+            return values
+        # coarse_features: the coarse CNN's hidden features at the cell nearest the pixel, stop-gradient:
+        # letting the class loss reshape the selector's trunk made the selection churn (val accuracy
+        # fell from 0.50 to 0.26 mid-training at the defaults) while distillation alone trains it
+        features = features.detach()
+        stride, (h, w) = self.selector.stride, features.shape[2:]
+        fy = torch.div(ys + stride // 2, stride, rounding_mode="floor").clamp(max=h - 1)
+        fx = torch.div(xs + stride // 2, stride, rounding_mode="floor").clamp(max=w - 1)
+        cells = (fy * w + fx)[:, None, :]  # (B, 1, K)
+        feats = features.flatten(2).gather(2, cells.expand(B, features.shape[1], -1)).transpose(1, 2)  # (B, K, channels)
+        return torch.cat([values, feats], dim=-1)  # (B, K, C + channels)
+
+    def _tokens(self, images: torch.Tensor, features: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """(B, K) flat pixel indices -> (B, K, D) embedded pixel tokens."""
+        H, W = images.shape[2:]
         ys = torch.div(idx, W, rounding_mode="floor")
         xs = idx - ys * W
         xy = torch.stack([xs / max(W - 1, 1), ys / max(H - 1, 1)], dim=-1) * 2 - 1  # (B, K, 2) in [-1, 1]
-        return self.embed(xy.to(images.dtype), values)
+        return self.embed(xy.to(images.dtype), self._content(images, features, ys, xs))
 
     # ----- forward ---------------------------------------------------------------------------------
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         B = images.shape[0]
         sel = self._select(images)
         idx, valid = sel["idx"], sel.get("valid")
-        tokens = self._tokens(images, idx)  # (B, K, D)
+        tokens = self._tokens(images, sel["features"], idx)  # (B, K, D)
         if self.training and self.st_gating:  # value 1, gradient of the selector's scores
             s = sel["z"].gather(1, idx).sigmoid()
             tokens = tokens * (1 + s - s.detach())[..., None]
@@ -235,8 +300,8 @@ class SparseTopK(CountedKModel):
         key_mask = None
         if valid is not None:
             key_mask = torch.cat([valid.new_ones(B, 1), valid], dim=1)  # (B, K + 1), CLS always real
-        for i, block in enumerate(self.blocks):
-            x = block(x, key_mask=key_mask, keep_attn=self.training and i == self.depth - 1)
+        for block in self.blocks:
+            x = block(x, key_mask=key_mask, keep_attn=self.training)
         logits = self.head(x[:, 0])  # (B, num_classes)
 
         if not torch.compiler.is_exporting():
@@ -244,7 +309,8 @@ class SparseTopK(CountedKModel):
             self._last_counts = sel["counts"].detach() if self.per_image else idx.new_full((B,), K)
             self._cache = {}
             if self.training:
-                cls_attn = self.blocks[-1].attn.last_attn[:, :, 0, 1:].mean(dim=1)  # (B, K) over heads
+                # the fine attention of the downstream layers: CLS-to-token, mean over blocks and heads
+                cls_attn = torch.stack([block.attn.last_attn[:, :, 0, 1:] for block in self.blocks]).mean(dim=(0, 2))  # (B, K)
                 self._cache = {"z": sel["z"], "idx": idx, "cls_attn": cls_attn}
                 if valid is not None:
                     self._cache["valid"] = valid
@@ -252,7 +318,7 @@ class SparseTopK(CountedKModel):
 
     # ----- auxiliary losses ------------------------------------------------------------------------
     def auxiliary_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Coarse-map distillation from the fine CLS attention + negatives (+ ratio loss for ``ratio``)."""
+        """Coarse-map distillation from the fine CLS attention of every block + negatives (+ ratio loss for ``ratio``)."""
         if not self._cache:
             return logits.new_zeros(())
         z, idx, cls_attn = self._cache["z"], self._cache["idx"], self._cache["cls_attn"]
@@ -274,6 +340,12 @@ class SparseTopK(CountedKModel):
             neg = noise.topk(n_neg, dim=1).indices
             share = n_neg / (n_neg + idx.shape[1])
             loss = (1 - share) * distill + share * F.softplus(z.gather(1, neg)).mean()  # BCE toward 0
+        if self.k_rule == "top_p":
+            # top_p reads softmax(z) over the image as where the fine attention goes: cross-entropy of
+            # that distribution against the attention (0 off the kept pixels), so p of its mass is p
+            # of the predicted attention. BCE alone leaves the softmax spread over the whole cell,
+            # and 80% of it needed more pixels than the cap in every image (a fixed k in disguise).
+            loss = loss - (target * z.log_softmax(dim=1).gather(1, idx)).sum(dim=1).mean()
         loss = self.distill_weight * loss
         if self.k_rule == "ratio":
             target_ratio = float(self.k_rule_config.get("k_target_ratio", K_RULE_DEFAULTS["k_target_ratio"]))
@@ -292,13 +364,24 @@ class SparseTopK(CountedKModel):
         weight = sel["valid"].to(images.dtype) if "valid" in sel else images.new_ones(sel["idx"].shape)
         return images.new_zeros(B, H * W).scatter(1, sel["idx"], weight).reshape(B, H, W)
 
-    def analytic_flops(self, images: torch.Tensor) -> float:
-        """Mean per-image FLOPs: coarse CNN over every pixel, the embedding and blocks at each image's
-        kept count (+ CLS), and the head. Top-k, gathers, norms and activations are excluded."""
+    def flops_breakdown(self, images: torch.Tensor) -> dict[str, float]:
+        """Mean per-image FLOPs by part: the coarse CNN over every pixel; the token embedding, the
+        blocks' projections and MLPs, and their attention pairs (QK^T and AV) at each image's kept
+        count (+ CLS); the head. Top-k, gathers, norms and activations are excluded."""
         H, W = images.shape[2:]
         sel = self._eval_selection(images)
         n = sel["counts"] if "counts" in sel else sel["idx"].new_full((images.shape[0],), sel["idx"].shape[1])
         n = n.double()  # (B,) kept pixels per image
-        per_image = self.embed.flops(n) + self.depth * block_flops(n + 1, self.embed_dim, self.mlp_ratio)
-        fixed = self.selector.flops(H, W) + linear_flops(1, self.embed_dim, self.num_classes)
-        return fixed + float(per_image.mean())
+        blocks = self.depth * block_flops(n + 1, self.embed_dim, self.mlp_ratio)
+        pairs = self.depth * 2.0 * 2.0 * (n + 1) ** 2 * self.embed_dim  # inside ``blocks``: QK^T and attn @ V
+        return {
+            "coarse": self.selector.flops(H, W),
+            "embed": float(self.embed.flops(n).mean()),
+            "blocks_dense": float((blocks - pairs).mean()),
+            "attention_pairs": float(pairs.mean()),
+            "head": linear_flops(1, self.embed_dim, self.num_classes),
+        }
+
+    def analytic_flops(self, images: torch.Tensor) -> float:
+        """Mean per-image FLOPs: the sum of :meth:`flops_breakdown`."""
+        return sum(self.flops_breakdown(images).values())

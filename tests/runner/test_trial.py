@@ -97,10 +97,12 @@ def test_trial_writes_every_file_and_reports_each_epoch(tmp_path) -> None:
     assert metrics["params"] == metrics["params_count"] > 0
     assert metrics["test_accuracy"] is not None
     assert metrics["used_fraction"] == pytest.approx(64 / 256)  # the final k of 256 pixels
-    # the schedule rule moved k from k_init (128 of 256 pixels) down to half of it
+    # the schedule rule moved k from k_init (128 of 256 pixels) down to half of it at the epoch ends;
+    # each row's k is the one its validation ran at, set at the epoch's end
     history = json.loads((tmp_path / "history.json").read_text())
     ks = [row["k"] for row in history]
-    assert ks[0] == 128 and ks[-1] == metrics["k_final"] == 64 and ks == sorted(ks, reverse=True)
+    assert ks == [96, 64, 64] and metrics["k_final"] == 64
+    assert all(row["k_trace"] == [] for row in history)  # the schedule decides nothing from the loss
     looked = np.load(tmp_path / "looked_at.npz")
     assert looked["images"].shape == (8, 3, 16, 16) and looked["used"].shape == (8, 16, 16)
     assert looked["images"].min() >= 0.0 and looked["images"].max() <= 1.0
@@ -195,13 +197,13 @@ def test_k_rule_follows_the_classification_loss_not_the_auxiliary_terms(tmp_path
 
     def spy(*args, **kwargs):
         rule = real(*args, **kwargs)
-        step = rule.step
+        update = rule.update
 
-        def recording_step(epoch: int, loss: float) -> int:
+        def recording_update(step: int, loss: float, probe=None) -> int:
             seen.append(loss)
-            return step(epoch, loss)
+            return update(step, loss, probe)
 
-        rule.step = recording_step
+        rule.update = recording_update
         return rule
 
     monkeypatch.setattr(trial_module, "make_k_rule", spy)
@@ -209,7 +211,7 @@ def test_k_rule_follows_the_classification_loss_not_the_auxiliary_terms(tmp_path
               "batch_size": 32, "lr": 1e-3, "weight_decay": 0.0, "warmup_epochs": 0.0, "label_smoothing": 0.0}
     run_trial(config, data=tiny_data(32), trial_dir=tmp_path, objectives=["accuracy", "flops"], augment=False)
     history = json.loads((tmp_path / "history.json").read_text())
-    assert seen == [row["class_loss"] for row in history]
+    assert seen == pytest.approx([row["class_loss"] for row in history])  # one 32-image batch per epoch
     assert any(row["class_loss"] != row["train_loss"] for row in history)
 
 
@@ -262,3 +264,52 @@ def test_weight_decay_reaches_only_weight_matrices_and_conv_kernels():
         assert not any("norm" in n or n.endswith("bias") for n in decayed_names), name
         assert not any(t in n for n in decayed_names for t in ("cls_token", "pos_embed", "global_init", "rel_bias")), name
         assert len(decayed_names) + len(plain_names) == len(names), name
+
+
+def sparse_config(**overrides: object) -> dict:
+    return {**default_config("sparse_topk"), "coarse_channels": 4, "coarse_layers": 1, "embed_dim": 16, "num_heads": 2,
+            "depth": 1, "epochs": 4, "batch_size": 16, "lr": 3e-3, "weight_decay": 0.0, "warmup_epochs": 0.0,
+            "label_smoothing": 0.0, **overrides}
+
+
+def test_loss_trend_decides_within_epochs_and_the_history_keeps_its_trace(tmp_path) -> None:
+    """4 steps per epoch, 2 decisions per epoch, a tolerance no probe reaches: k shrinks at sub-epoch
+    decision points from the end of epoch 1, each recorded with its step, k and smoothed loss."""
+    config = sparse_config(k_rule="loss_trend", k_fraction=0.05, k_decisions=2, k_tolerance=0.5, k_freeze_fraction=0.25,
+                           k_step=0.2)
+    metrics = run_trial(config, data=tiny_data(), trial_dir=tmp_path, objectives=["accuracy", "flops"], augment=False)
+    history = json.loads((tmp_path / "history.json").read_text())
+    traces = [row["k_trace"] for row in history]
+    assert [[point["step"] for point in trace] for trace in traces] == [[3], [5, 7], [9, 11], []]  # epoch 4 frozen
+    points = [point for trace in traces for point in trace]
+    assert all(math.isfinite(point["loss"]) for point in points)
+    assert [point["k"] for point in points] == [10, 8, 6, 4, 4]  # 13 * 0.8 ... down to the model's floor (4)
+    assert history[0]["k"] == 10 and metrics["k_final"] == history[-1]["k"] == 4
+    assert "k_std" not in metrics  # one k for every image
+
+
+def test_probe_losses_score_the_same_batch_at_two_k_and_restore_the_model() -> None:
+    from runner.trial import probe_losses
+    from search_space.build import build_model
+
+    torch.manual_seed(0)
+    model = build_model(sparse_config(k_fraction=0.25), 3, 4, 16)
+    x, y = tiny_data().train_x[:8], tiny_data().train_y[:8]
+    at_k, at_probe = probe_losses(model, x, y, k=64, probe=(64, 16))
+    assert model.training and model.k == 64
+    model.eval()
+    with torch.no_grad():
+        assert at_k == pytest.approx(torch.nn.functional.cross_entropy(model(x), y).item())
+        model.set_k(16)
+        assert at_probe == pytest.approx(torch.nn.functional.cross_entropy(model(x), y).item())
+    assert at_k != at_probe
+
+
+def test_per_image_rule_reports_the_spread_of_its_counts(tmp_path) -> None:
+    config = sparse_config(k_rule="top_p", k_top_p=0.6, k_fraction=0.5, epochs=2)
+    metrics = run_trial(config, data=tiny_data(), trial_dir=tmp_path, objectives=["accuracy", "flops"], augment=False)
+    assert metrics["k_min"] <= metrics["k_final"] <= metrics["k_max"] <= 128
+    assert metrics["k_std"] >= 0.0
+    assert (metrics["k_std"] > 0) == (metrics["k_min"] < metrics["k_max"])
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert all({"k_std", "k_min", "k_max"} <= set(row) for row in history)

@@ -102,7 +102,7 @@ def test_used_map_marks_the_k_selected_pixels(k_fraction: float) -> None:
     assert model.k == round(k_fraction * 28 * 28)
     assert used.mean().item() == pytest.approx(model.k / (28 * 28))
     # the used pixels are exactly the top-k of the coarse map
-    scores = model.selector(images)
+    scores, _ = model.selector(images)
     top = scores.topk(int(model.k), dim=1).indices
     assert torch.equal(used.flatten(1).gather(1, top), torch.ones_like(top, dtype=used.dtype))
     assert model.training  # used_map leaves the mode as it found it
@@ -130,8 +130,12 @@ def test_k_bounds_and_set_k() -> None:
     "changes",
     [
         {},
-        {"pixel_embedding": "fourier", "coarse_stride": 2, "coarse_layers": 3, "depth": 2, "mlp_ratio": 3.0},
+        {"pixel_embedding": "fourier", "coarse_stride": 1, "coarse_layers": 3, "depth": 2, "mlp_ratio": 3.0},
         {"coarse_stride": 4, "k_fraction": 0.3, "embed_dim": 24, "num_heads": 3},
+        {"token_content": "pixel"},
+        {"token_content": "coarse_features", "coarse_stride": 1},
+        {"token_content": "coarse_features", "pixel_embedding": "fourier", "coarse_stride": 4, "coarse_channels": 6},
+        {"token_content": "patch3", "pixel_embedding": "fourier", "depth": 3},
     ],
 )
 @pytest.mark.parametrize(("channels", "size"), [(3, 28), (1, 64), (2, 17)])
@@ -145,7 +149,7 @@ def test_analytic_flops_match_counter(changes: dict, channels: int, size: int) -
 
 def test_flops_hand_formula() -> None:
     """1 channel, 16 px, coarse 1 conv of 4 channels, k = 16 pixels, D 16, 1 block, ratio 2, 3 classes."""
-    model = build_model(tiny(k_fraction=16 / 256), 1, 3, 16)
+    model = build_model(tiny(k_fraction=16 / 256, coarse_stride=1, token_content="pixel"), 1, 3, 16)
     assert model.k == 16
     n, d = 16 + 1, 16  # kept pixels + CLS
     coarse = 2 * 256 * 4 * 1 * 9 + 2 * 256 * 1 * 4  # 3x3 conv 1->4, 1x1 conv 4->1, at every pixel
@@ -158,6 +162,85 @@ def test_flops_hand_formula() -> None:
     images = torch.zeros(1, 1, 16, 16)
     assert model.analytic_flops(images) == total
     assert counted_flops(model, images) == total
+
+
+def test_flops_hand_formula_with_context_tokens() -> None:
+    """As above at coarse stride 2 (an 8x8 map) with 3x3 patches (9 values) or the 4 coarse features + value."""
+    n, d = 16 + 1, 16
+    coarse = 2 * 64 * 4 * 1 * 9 + 2 * 64 * 1 * 4
+    blocks = 2 * n * d * 3 * d + 2 * n * d * d + 2 * (2 * n * n * d) + 2 * (2 * n * d * 2 * d)
+    for content, d_in in (("patch3", 9 + 2), ("coarse_features", 1 + 4 + 2)):
+        model = build_model(tiny(k_fraction=16 / 256, coarse_stride=2, token_content=content), 1, 3, 16)
+        embed = 2 * 16 * d_in * d + 2 * 16 * d * d
+        images = torch.zeros(1, 1, 16, 16)
+        assert model.analytic_flops(images) == coarse + embed + blocks + 2 * d * 3 == counted_flops(model, images)
+
+
+@pytest.mark.parametrize(("size", "pairs_below"), [(32, 0.2), (64, 0.45)])
+def test_cost_breakdown_keeps_attention_a_minority_at_6_percent(size: int, pairs_below: float) -> None:
+    """Worth searching at 64 px: at 6% of the pixels (D = 64) the attention pairs are under half the cost."""
+    model = build_model({**default_config("sparse_topk"), "k_fraction": 0.06}, 3, 5, size)
+    parts = model.flops_breakdown(torch.randn(2, 3, size, size))
+    total = sum(parts.values())
+    assert total == model.analytic_flops(torch.randn(2, 3, size, size))
+    assert parts["attention_pairs"] / total < pairs_below
+    assert parts["coarse"] / total < 0.2
+
+
+def test_patch3_tokens_carry_the_zero_padded_neighbourhood() -> None:
+    model = build_model(tiny(token_content="patch3"), 2, 3, 6)
+    images = torch.arange(2 * 2 * 36, dtype=torch.float32).reshape(2, 2, 6, 6)
+    ys, xs = torch.tensor([[0, 3], [5, 2]]), torch.tensor([[0, 4], [5, 1]])
+    content = model._content(images, torch.zeros(2, 4, 3, 3), ys, xs)  # (B, K, C*9)
+    assert content.shape == (2, 2, 18)
+    padded = F.pad(images, (1, 1, 1, 1))
+    for b in range(2):
+        for j in range(2):
+            y, x = int(ys[b, j]), int(xs[b, j])
+            assert torch.equal(content[b, j], padded[b, :, y : y + 3, x : x + 3].flatten())
+    assert content[0, 0, :4].tolist() == [0, 0, 0, 0]  # the corner pixel's outside neighbours are zero
+
+
+@pytest.mark.parametrize("stride", [1, 2, 4])
+def test_coarse_feature_tokens_read_the_nearest_coarse_cell(stride: int) -> None:
+    model = build_model(tiny(token_content="coarse_features", coarse_stride=stride, coarse_channels=3), 1, 3, 16)
+    images = torch.randn(1, 1, 16, 16)
+    _, features = model.selector(images)  # (1, 3, h, w)
+    ys, xs = torch.tensor([[0, 7, 15]]), torch.tensor([[15, 8, 1]])
+    content = model._content(images, features, ys, xs)  # (1, 3, 1 + 3)
+    for j in range(3):
+        y, x = int(ys[0, j]), int(xs[0, j])
+        assert content[0, j, 0] == images[0, 0, y, x]
+        fy, fx = min((y + stride // 2) // stride, features.shape[2] - 1), min((x + stride // 2) // stride, features.shape[3] - 1)
+        assert torch.equal(content[0, j, 1:], features[0, :, fy, fx])
+
+
+def test_distillation_target_is_the_attention_of_every_block() -> None:
+    torch.manual_seed(0)
+    model = build_model(tiny(depth=3, explore_fraction=0.0), 3, 4, 16)
+    model(torch.randn(2, 3, 16, 16))
+    per_block = [block.attn.last_attn[:, :, 0, 1:].mean(dim=1) for block in model.blocks]  # (B, K) each
+    assert not torch.allclose(per_block[0], per_block[-1])
+    torch.testing.assert_close(model._cache["cls_attn"], sum(per_block) / 3)
+
+
+def test_top_p_counts_the_softmax_mass_of_each_image() -> None:
+    """Scores normalised over the image's pixels: a peaked map keeps few pixels, a flat one hits the cap."""
+    model = build_model(tiny(k_fraction=0.5, k_rule="top_p", k_top_p=0.8), 1, 2, 16).eval()
+    with torch.no_grad():
+        model.selector.net[-1].weight.zero_()
+        model.selector.net[-1].bias.zero_()
+        flat = model(torch.randn(1, 1, 16, 16))
+        assert model._last_counts.tolist() == [128]  # 80% of a flat map's mass needs 205 > the cap of 128
+        model.selector.net[0].weight.zero_()
+        model.selector.net[0].bias.zero_()
+        model.selector.net[0].weight[:, :, 1, 1] = 1.0  # the coarse CNN passes the pixel through
+        model.selector.net[-1].weight.fill_(5.0)
+        images = torch.zeros(1, 1, 16, 16)
+        images[0, 0, 4:6, 4:6] = 1.0  # 4 bright pixels hold nearly all the softmax mass
+        model(images)
+        assert model._last_counts.tolist() == [model.k_bounds()[0]]  # the floor: 4 pixels would do
+    assert flat.shape == (1, 2)
 
 
 def test_flops_grow_quadratically_in_k_once_attention_dominates() -> None:
@@ -221,6 +304,20 @@ def test_top_p_counts_follow_the_score_mass() -> None:
     assert per_image_k(scores, rule="top_p", config={"k_top_p": 0.99}, k_max=3).tolist() == [3, 3]
 
 
+def test_top_p_distils_the_attention_into_the_softmax_of_the_map() -> None:
+    """top_p adds the cross-entropy of softmax(z) against the fine attention, and it reaches the selector."""
+    images = torch.randn(4, 3, 28, 28)
+    losses = {}
+    for rule in ("fixed", "top_p"):
+        torch.manual_seed(0)
+        model = build_model(tiny(k_rule=rule, k_top_p=0.99, negatives=0, explore_fraction=0.0, st_gating=False), 3, 4, 28)
+        logits = model(images)
+        losses[rule] = model.auxiliary_loss(logits, torch.zeros(4, dtype=torch.long))
+    assert losses["top_p"].item() > losses["fixed"].item() + 1.0  # about log(28 * 28) at an untrained map
+    losses["top_p"].backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in selector_params(model))
+
+
 def test_ratio_rule_adds_the_ratio_loss() -> None:
     images = torch.randn(4, 3, 28, 28)
     losses = {}
@@ -232,7 +329,15 @@ def test_ratio_rule_adds_the_ratio_loss() -> None:
     assert losses["ratio"].item() > losses["fixed"].item()
 
 
-@pytest.mark.parametrize("changes", [{}, {"k_rule": "top_p", "k_top_p": 0.6, "pixel_embedding": "fourier"}])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"k_rule": "top_p", "k_top_p": 0.6, "pixel_embedding": "fourier"},
+        {"token_content": "coarse_features", "coarse_stride": 4},
+        {"token_content": "pixel", "k_rule": "ratio"},
+    ],
+)
 def test_torch_export(changes: dict) -> None:
     torch.manual_seed(0)
     model = build_model({**default_config("sparse_topk"), **changes}, 3, 4, 28).eval()

@@ -162,7 +162,7 @@ def test_per_image_k_rules_keep_the_configured_regions(rule: str) -> None:
     model = build(grid_size=3, regions=3)
     k_rule = make_k_rule({"k_rule": rule}, k_init=int(model.k), k_bounds=model.k_bounds(), epochs=4)
     for epoch, loss in enumerate([1.0, 0.5, 0.3, 0.2]):
-        model.set_k(k_rule.step(epoch, loss))
+        model.set_k(k_rule.update(epoch, loss))
         assert model.k == 3 and model.n_views() == 4
 
 
