@@ -70,30 +70,30 @@ def measure(label: str, strategy: str, overrides: dict, *, data, masks: torch.Te
 
 def in_short(rows: list[dict]) -> str:
     """Plain-words verdict from the measured rows: which strategies look at the cell at >= 2x random,
-    and whether each ablation loses that."""
+    and whether each one's selection signal beats its ablation."""
     by_label = {r["label"]: r for r in rows}
-    sentences = []
     mains = [r for r in rows if "," not in r["label"]]
     good = [r["label"] for r in mains if r["ratio"] >= 2.0]
     short = [f"{r['label']} ({r['ratio']:.2f}x)" for r in mains if r["ratio"] < 2.0]
-    sentences.append(
-        (f"{', '.join(good)} put{'s' if len(good) == 1 else ''} at least twice as much of "
-         f"{'its' if len(good) == 1 else 'their'} selection on the cell as random selection would" if good
-         else "No sparse strategy reaches twice random selection on the cell")
-        + (f"; {', '.join(short)} fall{'s' if len(short) == 1 else ''} short of 2x" if short else "")
-    )
+    sentences = [
+        (f"Of the sparse strategies, {', '.join(good)} put at least twice as much of their selection on the cell as "
+         "random selection would" if good else "No sparse strategy puts twice as much of its selection on the cell as "
+         "random selection would") + (f"; {', '.join(short)} fall short of 2x" if short else "") + "."
+    ]
     for r in rows:
         if "," not in r["label"]:
             continue
-        base = by_label.get(r["label"].split(",")[0])
+        name, ablation = r["label"].split(", ", 1)
+        base = by_label.get(name)
         if base is None:
             continue
-        verdict = "above" if base["ratio"] > r["ratio"] else "not above"
+        verdict = "higher" if base["ratio"] > r["ratio"] else "not higher"
         sentences.append(
-            f"{base['label']} is {verdict} its ablation ({r['label'].split(', ')[1]}): {base['ratio']:.2f}x against "
-            f"{r['ratio']:.2f}x, at {100 * base['val_accuracy']:.1f}% against {100 * r['val_accuracy']:.1f}% validation accuracy"
+            f"Against its ablation ({ablation}), {name}'s share on the cell is {verdict}: {base['ratio']:.2f}x against "
+            f"{r['ratio']:.2f}x, at {100 * base['val_accuracy']:.1f}% against {100 * r['val_accuracy']:.1f}% validation "
+            "accuracy."
         )
-    return "**In short:** " + " ".join(s[0].upper() + s[1:] + "." for s in sentences)
+    return "**In short:** " + " ".join(sentences)
 
 
 def main() -> None:
