@@ -287,7 +287,8 @@ def kill_loop(work: Path, backend: str, cycles: int, trials: int = KILL_TRIALS) 
             stop(left)
             survived += 1
         per_cycle.append({"cycle": cycle, "killed": killed, "status": proc.returncode,
-                          "complete": _complete_in_csv(run), "lingering": sorted(set(left.values())) if killed else []})
+                          "complete": _complete_in_csv(run), "tree": len(mine),
+                          "lingering": sorted(set(left.values())) if killed else []})
         if final:
             final_status = proc.returncode
         elif not killed:  # it finished (or timed out) before a kill: no more cycles to run
@@ -329,6 +330,8 @@ def kill_loop(work: Path, backend: str, cycles: int, trials: int = KILL_TRIALS) 
         "lingering_max": max((len(x) for x in lingering), default=0),
         "lingering_cycles": sum(1 for x in lingering if x),
         "lingering_names": sorted({n for x in lingering for n in x.values()}),
+        "tree_max": max((c["tree"] for c in per_cycle), default=0),
+        "tree_names": sorted({n for n in known.values()}),
         "alive_after_end": len(after_end), "final_status": final_status, "wall_s": wall, "per_cycle": per_cycle,
     }
 
@@ -566,7 +569,8 @@ def body(soak_result: dict | None, loops: list[dict], cases: list[dict], command
     if loops:
         rows = []
         for r in loops:
-            rows.append([r["backend"], f"{r['cycles_survived']} / {r['cycles']}", r["final_status"],
+            rows.append([r["backend"], f"{r['tree_max']} ({', '.join(r['tree_names'])})",
+                         f"{r['cycles_survived']} / {r['cycles']}", r["final_status"],
                          f"{r['complete']} / {r['requested']}", r["running"], r["failed"],
                          ", ".join(map(str, r["twice"])) or "none", ", ".join(map(str, r["mismatched"])) or "none",
                          ", ".join(map(str, r["trained_not_told"])) or "none", "yes" if r["journal_ok"] else "NO",
@@ -574,7 +578,8 @@ def body(soak_result: dict | None, loops: list[dict], cases: list[dict], command
                           f"({', '.join(r['lingering_names'])})") if r["lingering_max"] else "none",
                          r["alive_after_end"], f"{r['wall_s'] / 60:.1f}"])
         parts += ["### kill -9 and --resume", "",
-                  markdown_table(["backend", "kills survived", "final exit", "COMPLETE / asked", "RUNNING", "FAIL",
+                  markdown_table(["backend", "processes of a driver, most seen", "kills survived", "final exit",
+                                  "COMPLETE / asked", "RUNNING", "FAIL",
                                   "numbers completed twice", "folder ≠ journal", "trained, not recorded",
                                   "journal intact", "alive 10 s after a kill", "alive 10 s after the end",
                                   "wall (min)"], rows),
