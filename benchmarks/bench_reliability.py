@@ -1,6 +1,6 @@
 """Reliability: a long run's memory, kill -9 and --resume on both backends, and hostile or careless input.
 
-    python benchmarks/bench_reliability.py                      # ~15 minutes on 2 CPU cores
+    python benchmarks/bench_reliability.py                      # ~10 minutes on 2 CPU cores
     python benchmarks/bench_reliability.py --soak-trials 60 --cycles 3 --out /tmp/rel.md   # quicker
 
 Every trial is tiny: the test-only ``probe_net`` strategy (tests/runner/search_fixtures.py, loaded
@@ -11,7 +11,8 @@ through ``CELLSPARSE_PLUGINS``), 16 px synthetic cells, 64 training images, one 
    least-squares slope of RSS against trials done over the second half of the run (after warm-up).
 2. Kill loop, per backend: ``--cycles`` times, start the search in its own process group (the first time
    with ``--space``, then with ``--resume``), wait until one more trial is COMPLETE, SIGKILL the group;
-   then one last ``--resume`` runs to the end. Every process descended from the driver is recorded while
+   then one last ``--resume`` runs to the end. For the ray backend ``--pid-cycles`` more cycles SIGKILL the
+   driver's pid alone, as the OOM killer or ``kill -9 PID`` would. Every process descended from the driver is recorded while
    it runs (Ray's gcs_server, raylet and workers included); those still alive 10 s after a kill are
    reported, then killed by pid. Checked at the end: exactly the requested COMPLETE trials, none RUNNING,
    no trial number completed twice (driver lines), each COMPLETE trial's folder holds its metrics.json and
@@ -87,10 +88,11 @@ def in_short(soak: dict | None, loops: list[dict], cases: list[dict]) -> str:
     for loop in loops:
         state = ("ended with exactly the requested trials, none run twice" if kill_loop_ok(loop)
                  else "did NOT end clean (see the table)")
-        linger = (f"; {loop['lingering_max']} of its processes outlived a kill by 10 s and had to be stopped"
-                  if loop["lingering_max"] else "")
-        parts.append(f"the {loop['backend']} backend survived {loop['cycles_survived']} of {loop['cycles']} kill -9 "
-                     f"cycles and {state}{linger}")
+        names = ", ".join(loop.get("lingering_names", []))
+        linger = (f", but {loop['lingering_max']} of its processes ({names}) outlived a kill by 10 s and had to be "
+                  "stopped" if loop["lingering_max"] else "")
+        who = f"the {loop['backend']} backend" + ("" if loop.get("group", True) else " with the driver's pid alone killed")
+        parts.append(f"{who} survived {loop['cycles_survived']} of {loop['cycles']} kill -9 cycles and {state}{linger}")
     text = "; ".join(parts)
     text = text[:1].upper() + text[1:] + "." if text else ""
     if cases:
@@ -138,6 +140,15 @@ def _table() -> dict[int, tuple[int, int, str]]:
     return found
 
 
+def _name(pid: int, comm: str) -> str:
+    """Ray names its workers and agents in argv[0] (``ray::DashboardAgent``); /proc's comm cuts them at 15 characters."""
+    try:
+        first = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+    except OSError:
+        return comm
+    return first.split()[0] if first.startswith("ray::") else comm
+
+
 def descendants(root: int, table: dict[int, tuple[int, int, str]] | None = None) -> dict[tuple[int, int], str]:
     """{(pid, start time): name} of ``root`` and every process below it."""
     table = table or _table()
@@ -145,7 +156,7 @@ def descendants(root: int, table: dict[int, tuple[int, int, str]] | None = None)
     while todo:
         pid = todo.pop()
         if pid in table:
-            out[(pid, table[pid][1])] = table[pid][2]
+            out[(pid, table[pid][1])] = _name(pid, table[pid][2])
             todo += [p for p, info in table.items() if info[0] == pid]
     return out
 
@@ -241,11 +252,11 @@ def _complete_in_csv(run: Path) -> int:
         return -1
 
 
-def kill_loop(work: Path, backend: str, cycles: int, trials: int = KILL_TRIALS) -> dict:
+def kill_loop(work: Path, backend: str, cycles: int, trials: int = KILL_TRIALS, *, group: bool = True) -> dict:
     from runner.rundir import check_journal
     from tests.runner.search_fixtures import journal_trials, write_space
 
-    name = f"kill_{backend}"
+    name = f"kill_{backend}" + ("" if group else "_pid")
     space = write_space(work, name=name, trials=trials, backend=backend)
     run = work / name
     logs = work / f"{name}.log"
@@ -271,7 +282,10 @@ def kill_loop(work: Path, backend: str, cycles: int, trials: int = KILL_TRIALS) 
                     break
                 if not final and _complete_in_csv(run) > before:
                     mine.update(descendants(proc.pid))
-                    os.killpg(proc.pid, signal.SIGKILL)
+                    if group:
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    else:  # what the OOM killer or `kill -9 <pid>` does: the driver alone
+                        os.kill(proc.pid, signal.SIGKILL)
                     proc.wait()
                     killed = True
                     break
@@ -323,7 +337,9 @@ def kill_loop(work: Path, backend: str, cycles: int, trials: int = KILL_TRIALS) 
         if not ok:
             mismatched.append(t.number)
     return {
-        "backend": backend, "cycles": cycles, "cycles_survived": survived, "requested": trials,
+        "backend": backend, "group": group,
+        "label": backend if group else f"{backend}, driver pid only", "cycles": cycles, "cycles_survived": survived,
+        "requested": trials,
         "complete": states.count("COMPLETE"), "running": states.count("RUNNING"), "failed": states.count("FAIL"),
         "twice": sorted(n for n, c in counts.items() if c > 1), "mismatched": mismatched,
         "trained_not_told": trained_not_told, "journal_ok": _journal_ok(check_journal, run),
@@ -569,7 +585,7 @@ def body(soak_result: dict | None, loops: list[dict], cases: list[dict], command
     if loops:
         rows = []
         for r in loops:
-            rows.append([r["backend"], f"{r['tree_max']} ({', '.join(r['tree_names'])})",
+            rows.append([r.get("label", r["backend"]), f"{r['tree_max']} ({', '.join(r['tree_names'])})",
                          f"{r['cycles_survived']} / {r['cycles']}", r["final_status"],
                          f"{r['complete']} / {r['requested']}", r["running"], r["failed"],
                          ", ".join(map(str, r["twice"])) or "none", ", ".join(map(str, r["mismatched"])) or "none",
@@ -585,7 +601,8 @@ def body(soak_result: dict | None, loops: list[dict], cases: list[dict], command
                                   "wall (min)"], rows),
                   "",
                   "Each cycle starts `python -m runner.search` (first `--space`, then `--resume`) in its own process "
-                  "group, waits for one more COMPLETE trial and SIGKILLs the group; a last `--resume` runs to the end. "
+                  "group, waits for one more COMPLETE trial and SIGKILLs the group (\"driver pid only\": the driver's "
+                  "pid alone, as the OOM killer or `kill -9 PID` would); a last `--resume` runs to the end. "
                   "Trials sleep 0.1 s per step so a kill lands mid-trial; FAIL rows are those trials, marked "
                   "interrupted and replaced. \"Alive 10 s after a kill\": processes descended from the killed driver "
                   "(recorded while it ran) or naming the run directory, still running 10 s later; the benchmark then "
@@ -609,6 +626,8 @@ def main() -> int:
     parser.add_argument("--soak-trials", type=int, default=200)
     parser.add_argument("--cycles", type=int, default=10, help="kill -9 cycles per backend")
     parser.add_argument("--backends", nargs="+", default=["optuna", "ray"], choices=["optuna", "ray"])
+    parser.add_argument("--pid-cycles", type=int, default=3, help="extra ray cycles that SIGKILL the driver's pid alone "
+                        "(not its group), as the OOM killer would; 0: none")
     parser.add_argument("--skip", nargs="*", default=[], choices=["soak", "kill", "hostile"])
     parser.add_argument("--out", type=Path, help="write the section to this file instead of docs/benchmarks.md")
     args = parser.parse_args()
@@ -626,6 +645,9 @@ def main() -> int:
         if "kill" not in args.skip:
             for backend in args.backends:
                 loops.append(kill_loop(work, backend, args.cycles))
+                print(json.dumps(loops[-1]), flush=True)
+            if "ray" in args.backends and args.pid_cycles:
+                loops.append(kill_loop(work, "ray", args.pid_cycles, group=False))
                 print(json.dumps(loops[-1]), flush=True)
         if "hostile" not in args.skip:
             cases = hostile(work)

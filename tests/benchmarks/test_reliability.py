@@ -46,10 +46,10 @@ def test_in_short_flips_with_the_figures() -> None:
     assert "the optuna backend survived 10 of 10 kill -9 cycles and ended with exactly the requested trials" in good
     assert "outlived" not in good and "All 2 hostile or careless inputs got the expected outcome." in good
 
-    bad = R.in_short(soak(0.9), [loop("optuna"), loop("ray", twice=[3], lingering_max=4)], [case("a", True), case("b", False)])
+    bad = R.in_short(soak(0.9), [loop("optuna"), loop("ray", twice=[3], lingering_max=1, lingering_names=["raylet"])], [case("a", True), case("b", False)])
     assert "0.900 MB per trial after warm-up (over the 0.5 MB target)" in bad
     assert "the ray backend survived 10 of 10 kill -9 cycles and did NOT end clean" in bad
-    assert "4 of its processes outlived a kill by 10 s" in bad
+    assert "but 1 of its processes (raylet) outlived a kill by 10 s and had to be stopped" in bad
     assert "1 of 2 hostile or careless inputs got the expected outcome; not: b." in bad
 
 
@@ -58,3 +58,11 @@ def test_kill_loop_verdict() -> None:
     for change in ({"complete": 11}, {"running": 1}, {"twice": [2]}, {"mismatched": [5]}, {"alive_after_end": 1},
                    {"final_status": 1}):
         assert not R.kill_loop_ok(loop("optuna", **change)), change
+
+
+def test_in_short_names_what_outlived_a_kill_of_the_driver_alone() -> None:
+    pid_only = loop("ray", group=False, lingering_max=2, lingering_names=["ray::DashboardAgent", "ray::RuntimeEnvAgent"])
+    text = R.in_short(None, [pid_only], [])
+    assert text == ("**In short:** The ray backend with the driver's pid alone killed survived 10 of 10 kill -9 cycles and "
+                    "ended with exactly the requested trials, none run twice, but 2 of its processes (ray::DashboardAgent, "
+                    "ray::RuntimeEnvAgent) outlived a kill by 10 s and had to be stopped.")
