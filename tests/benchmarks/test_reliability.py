@@ -46,7 +46,8 @@ def test_in_short_flips_with_the_figures() -> None:
     assert "the optuna backend survived 10 of 10 kill -9 cycles and ended with exactly the requested trials" in good
     assert "outlived" not in good and "All 2 hostile or careless inputs got the expected outcome." in good
 
-    bad = R.in_short(soak(0.9), [loop("optuna"), loop("ray", twice=[3], lingering_max=1, lingering_names=["raylet"])], [case("a", True), case("b", False)])
+    ray = loop("ray", twice=[3], lingering_max=1, lingering_names=["raylet"])
+    bad = R.in_short(soak(0.9), [loop("optuna"), ray], [case("a", True), case("b", False)])
     assert "0.900 MB per trial after warm-up (over the 0.5 MB target)" in bad
     assert "the ray backend survived 10 of 10 kill -9 cycles and did NOT end clean" in bad
     assert "but 1 of its processes (raylet) outlived a kill by 10 s and had to be stopped" in bad
