@@ -27,6 +27,8 @@ Order (each one a separate process, so one heavy job at a time; each writes its 
 9. ``bench_gpu.py``               the real-cells search, fractional-GPU packing and exported-model
                                   throughput on CUDA (skipped, with a message, where torch sees no GPU
                                   or pbc28.npz is absent; its section then stays as it was)
+10. ``bench_reliability.py``      a 200-trial soak (driver memory per trial), 10 kill -9 / --resume
+                                  cycles per backend, hostile and careless input (about 15 minutes)
 
 A benchmark that fails is reported and the rest still run; the exit status is 1 if any failed.
 The summary lists, per section, what ran, how long it took, and what the section says in plain words
@@ -75,6 +77,7 @@ def plan(export_run: Path | None, tmp: Path, pbc28_run: Path | None = None,
                              [PY, "benchmarks/bench_sparse_vs_dense.py", "--out", str(tmp / "runs" / "cells64")]]),
         ("export", make_cells + [[PY, "benchmarks/bench_export.py", str(cells_run)]]),
         ("gpu", [[PY, "benchmarks/bench_gpu.py"]]),
+        ("reliability", [[PY, "benchmarks/bench_reliability.py"]]),
     ]
 
 
@@ -132,7 +135,7 @@ def main() -> int:
     parser.add_argument("--dry-run", action="store_true", help="print the commands in order; run nothing")
     parser.add_argument("--only", nargs="+", metavar="SECTION",
                         help="run only these sections (models data report overhead search_efficiency real_cells "
-                        "sparse_vs_dense export gpu)")
+                        "sparse_vs_dense export gpu reliability)")
     parser.add_argument("--export-run", type=Path, help="run directory for bench_export.py (default: a fresh "
                         "10-trial cells.yaml search in a temporary folder)")
     parser.add_argument("--pbc28-run", type=Path, help="read this finished pbc28 run instead of searching again "
