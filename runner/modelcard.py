@@ -276,7 +276,9 @@ def render_readme(card: dict[str, Any]) -> str:
         snippet(card),
         "```",
         "",
-        "With torch only: `module = torch.export.load(\"model.pt2\").module(); logits = module(torch.from_numpy(x))`.",
+        "With torch: `module = runner.pt2.load_program(\"model.pt2\").module()` (it refuses archives that would "
+        "unpickle code; plain `torch.export.load` unpickles what the file holds, so use it only on files you made), "
+        "then `logits = module(torch.from_numpy(x))`.",
         "",
         "With this project (reads files, folders or an npz, resizes and normalises as in training):",
         "",

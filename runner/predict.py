@@ -339,7 +339,10 @@ def load_runtime(export_dir: Path, card: dict[str, Any], fmt: str | None, device
     if fmt not in files:
         raise UserError(f"{export_dir}: no {fmt} model in this export (it has: {', '.join(files)}); "
                         "pick another --format or export it with --formats " + fmt)
-    path = export_dir / files[fmt]
+    path = export_dir / str(files[fmt])
+    if path.resolve().parent != export_dir.resolve():
+        raise UserError(f"{export_dir / 'model_card.json'}: files.{fmt} must name a file in the export folder, "
+                        f"got {files[fmt]!r}")
     if not path.is_file():
         raise UserError(f"{path}: missing; the model card lists it; export the model again")
     if device == "cuda":

@@ -360,3 +360,14 @@ def test_cuda_matches_cpu(export_dir: Path, images: Path) -> None:
     assert [r["predicted"] for r in cpu.rows] == [r["predicted"] for r in gpu.rows]
     np.testing.assert_allclose([float(r["probability"]) for r in cpu.rows],
                                [float(r["probability"]) for r in gpu.rows], atol=1e-4)
+
+
+def test_a_card_naming_a_file_outside_its_export_is_refused(tmp_path) -> None:
+    """A model card is data a user may be handed: it cannot point predict at a file elsewhere."""
+    from runner.predict import load_runtime
+    from search_space.errors import UserError
+
+    (tmp_path / "export").mkdir()
+    (tmp_path / "elsewhere.onnx").write_bytes(b"not a model")
+    with pytest.raises(UserError, match="must name a file in the export folder"):
+        load_runtime(tmp_path / "export", {"files": {"onnx": "../elsewhere.onnx"}}, "onnx", "cpu")
