@@ -22,6 +22,8 @@ Order (each one a separate process, so one heavy job at a time; each writes its 
                                   ``--pbc28-run DIR`` reads a finished run instead
 7. ``bench_sparse_vs_dense.py``   a 64-px synthetic search, sparse against dense on its front;
                                   ``--cells64-run DIR`` reads a finished run instead
+   ``bench_fronts.py``            hypervolume per strategy and the sparse-vs-dense goal for that cells64 run
+                                  (give it more ``--run LABEL=DIR`` to compare versions side by side)
 8. ``bench_export.py RUN``        export throughput; RUN is a short cells.yaml search made first
                                   (``--export-run DIR`` reuses a run directory instead)
 9. ``bench_gpu.py``               the real-cells search, fractional-GPU packing and exported-model
@@ -75,6 +77,8 @@ def plan(export_run: Path | None, tmp: Path, pbc28_run: Path | None = None,
                         + (["--run-dir", str(pbc28_run)] if pbc28_run else ["--out", str(tmp / "runs" / "pbc28")])]),
         ("sparse_vs_dense", [[PY, "benchmarks/bench_sparse_vs_dense.py", "--run-dir", str(cells64_run)] if cells64_run else
                              [PY, "benchmarks/bench_sparse_vs_dense.py", "--out", str(tmp / "runs" / "cells64")]]),
+        ("fronts_cells64", [[PY, "benchmarks/bench_fronts.py", "--space", "cells64", "--run",
+                             f"this version={cells64_run or tmp / 'runs' / 'cells64'}"]]),
         ("export", make_cells + [[PY, "benchmarks/bench_export.py", str(cells_run)]]),
         ("gpu", [[PY, "benchmarks/bench_gpu.py"]]),
         ("reliability", [[PY, "benchmarks/bench_reliability.py"]]),

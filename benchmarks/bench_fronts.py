@@ -1,0 +1,99 @@
+"""Fronts side by side: the same space searched by two versions of the project (or with and without a
+dimension), compared by hypervolume overall and per strategy, and by the sparse-vs-dense goal.
+
+    python benchmarks/bench_fronts.py --space cells64 --run before=runs/c64_main --run after=runs/c64 \\
+        --run "after, no input_size=runs/c64_noinput"
+
+Each run is a finished run directory of the same space file, seed and trial budget. Hypervolume is
+over complete, feasible trials (validation accuracy against FLOPs), with the reference point fixed by
+the space (accuracy 0, FLOPs = ``constraints.max_flops``) and normalised by that box. The goal (from
+the sparse-designs work): a sparse model within 1 point of the best dense model's test accuracy at no
+more than 33% of its FLOPs; where no sparse model meets it, the shortfall in points is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _doc import markdown_table, stamp, write_section  # noqa: E402
+
+from cellsparse.pareto import hypervolume  # noqa: E402
+from reports.rundir import eligible_mask, read_trials  # noqa: E402
+
+GOAL_POINTS, GOAL_FLOPS_SHARE = 1.0, 1 / 3
+
+
+def hv(frame: pd.DataFrame, max_flops: float) -> float:
+    if frame.empty:
+        return 0.0
+    return hypervolume(frame[["accuracy", "flops"]].to_numpy(float), ["maximize", "minimize"], [0.0, max_flops]) / max_flops
+
+
+def goal(frame: pd.DataFrame) -> str:
+    """The best dense model (by validation) and the best sparse model within 1/3 of its FLOPs (by validation)."""
+    dense, sparse = frame[~frame["sparse"]], frame[frame["sparse"]]
+    if dense.empty or sparse.empty:
+        return "needs both sparse and dense trials"
+    d = dense.loc[dense["accuracy"].idxmax()]
+    cheap = sparse[sparse["flops"] <= GOAL_FLOPS_SHARE * d["flops"]]
+    if cheap.empty:
+        return f"no sparse trial within 1/3 of the best dense model's {d['flops'] / 1e6:.2f} MFLOPs"
+    s = cheap.loc[cheap["accuracy"].idxmax()]
+    gap = 100 * (d["test_accuracy"] - s["test_accuracy"])
+    verdict = "met" if gap <= GOAL_POINTS else f"short by {gap - GOAL_POINTS:.1f} points"
+    return (f"{verdict}: {s['strategy']} #{int(s['number'])} {100 * s['test_accuracy']:.1f}% test at "
+            f"{s['flops'] / 1e6:.2f} MFLOPs against {d['strategy']} #{int(d['number'])} {100 * d['test_accuracy']:.1f}% "
+            f"at {d['flops'] / 1e6:.2f} MFLOPs")
+
+
+def compare(runs: dict[str, Path]) -> tuple[list[str], list[list[object]], list[str]]:
+    strategies: list[str] = []
+    rows, goals = [], []
+    for label, run_dir in runs.items():
+        space = yaml.safe_load((run_dir / "space.yaml").read_text())
+        max_flops = float(space["constraints"]["max_flops"])
+        trials = read_trials(run_dir / "trials.csv")
+        ok = trials[eligible_mask(trials, ["accuracy", "flops"])]
+        per = {s: (hv(g, max_flops), len(g)) for s, g in ok.groupby("strategy")}
+        strategies += [s for s in per if s not in strategies]
+        rows.append((label, len(trials), hv(ok, max_flops), per))
+        goals.append(f"- {label}: {goal(ok)}.")
+    header = ["run", "trials", "hypervolume, all"] + [f"{s} (trials)" for s in strategies]
+    table = [[label, n, f"{total:.4f}"] + [f"{per[s][0]:.4f} ({per[s][1]})" if s in per else "-" for s in strategies]
+             for label, n, total, per in rows]
+    return header, table, goals
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--space", required=True, help="the space the runs searched (names the section)")
+    parser.add_argument("--run", action="append", required=True, metavar="LABEL=DIR", help="a run directory and its label")
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    runs = {}
+    for item in args.run:
+        label, _, path = item.rpartition("=")
+        if not label or not (Path(path) / "trials.csv").is_file():
+            parser.error(f"--run {item!r}: expected LABEL=DIR with DIR a finished run directory")
+        runs[label] = Path(path)
+    header, table, goals = compare(runs)
+    text = markdown_table(header, table) + "\n\nThe goal, a sparse model within 1 point of the best dense model's test " \
+        "accuracy at no more than 33% of its FLOPs:\n\n" + "\n".join(goals)
+    print(text)
+    if not args.no_write:
+        command = ("python benchmarks/bench_fronts.py " + " ".join(f'"{a}"' if " " in a else a for a in sys.argv[1:])).strip()
+        body = (f"{stamp(command)}\n\nThe same space file, seed and trial budget, searched by each version; hypervolume "
+                f"of validation accuracy against FLOPs over complete, feasible trials, reference accuracy 0 and FLOPs = "
+                f"max_flops, normalised by that box; per strategy, over that strategy's trials alone.\n\n{text}\n")
+        write_section(f"fronts_{args.space}", f"Fronts before and after: {args.space}", body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+"""The fronts comparison: per-strategy hypervolume and the goal's verdict follow the trials."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+
+import bench_fronts as fronts  # noqa: E402
+
+
+def frame(rows: list[tuple]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["number", "strategy", "sparse", "accuracy", "test_accuracy", "flops"])
+
+
+def test_the_goal_is_met_or_short_by_its_points() -> None:
+    dense = (0, "dense_cnn", False, 0.92, 0.90, 9e6)
+    assert fronts.goal(frame([dense, (1, "span_pyramid", True, 0.90, 0.895, 3e6)])).startswith("met")
+    assert fronts.goal(frame([dense, (1, "span_pyramid", True, 0.88, 0.85, 3e6)])).startswith("short by 4.0 points")
+    assert fronts.goal(frame([dense, (1, "span_pyramid", True, 0.95, 0.95, 4e6)])).startswith("no sparse trial")
+
+
+def test_hypervolume_is_normalised_by_the_box() -> None:
+    assert fronts.hv(frame([(0, "dense_cnn", False, 0.5, 0.5, 5e6)]), 1e7) == 0.25
+    assert fronts.hv(frame([]), 1e7) == 0.0
