@@ -61,7 +61,7 @@ def test_k_rule_keys_are_conditional_on_the_rule(tmp_path):
 
     from search_space.sampling import suggest_config
 
-    text = CELLS.read_text().replace("k_rule: [fixed, loss_trend, schedule, top_p]",
+    text = CELLS.read_text().replace("k_rule: [fixed, loss_trend, top_p]",
                                       "k_rule: [fixed, top_p]\n      k_top_p: {float: [0.6, 0.9]}")
     assert "k_top_p: {float" in text
     space_file = tmp_path / "cells.yaml"
