@@ -18,8 +18,9 @@ final result with ``failed: True`` instead of raising, so its error lands in the
 
 On a cluster (``--address``), every node needs this project installed and the run directory on
 storage all nodes see (NFS or similar): trials write their folders there and Ray keeps its own files
-under ``ray/`` in it. Ray 2.59+ turns on token authentication for clusters started with ``ray start``
-when ``RAY_AUTH_MODE=token`` is set; the driver then needs the same token.
+under ``ray/`` in it. Ray 2.60's ``ray start --head`` turns token authentication on by default; a
+driver on another machine needs ``RAY_AUTH_MODE=token`` and the token (``RAY_AUTH_TOKEN`` or
+``RAY_AUTH_TOKEN_PATH``; on the head it is read from ``~/.ray/auth_token``).
 
 Resume does not use ``Tuner.restore``: after a hard kill Ray's experiment snapshot lags the journal
 (a trial the journal holds as COMPLETE may still be RUNNING in the snapshot and would run again).
