@@ -53,6 +53,13 @@ def goal(frame: pd.DataFrame) -> str:
             f"at {d['flops'] / 1e6:.2f} MFLOPs")
 
 
+def in_short(table: list[list[object]], goals: list[str]) -> str:
+    """The overall hypervolume of each run and the goal's verdict for the last one, in words."""
+    hvs = ", ".join(f"{row[0]} {row[2]}" for row in table)
+    last = goals[-1].removeprefix("- ").rstrip(".") if goals else "no runs"
+    return f"**In short:** hypervolume of the whole front: {hvs}. The sparse-vs-dense goal, {last}."
+
+
 def compare(runs: dict[str, Path]) -> tuple[list[str], list[list[object]], list[str]]:
     strategies: list[str] = []
     rows, goals = [], []
@@ -84,12 +91,13 @@ def main() -> None:
             parser.error(f"--run {item!r}: expected LABEL=DIR with DIR a finished run directory")
         runs[label] = Path(path)
     header, table, goals = compare(runs)
+    short = in_short(table, goals)
     text = markdown_table(header, table) + "\n\nThe goal, a sparse model within 1 point of the best dense model's test " \
         "accuracy at no more than 33% of its FLOPs:\n\n" + "\n".join(goals)
-    print(text)
+    print(short + "\n\n" + text)
     if not args.no_write:
         command = ("python benchmarks/bench_fronts.py " + " ".join(f'"{a}"' if " " in a else a for a in sys.argv[1:])).strip()
-        body = (f"{stamp(command)}\n\nThe same space file, seed and trial budget, searched by each version; hypervolume "
+        body = (f"{stamp(command)}\n\n{short}\n\nThe same space file, seed and trial budget, searched by each version; hypervolume "
                 f"of validation accuracy against FLOPs over complete, feasible trials, reference accuracy 0 and FLOPs = "
                 f"max_flops, normalised by that box; per strategy, over that strategy's trials alone.\n\n{text}\n")
         write_section(f"fronts_{args.space}", f"Fronts before and after: {args.space}", body)

@@ -26,3 +26,9 @@ def test_the_goal_is_met_or_short_by_its_points() -> None:
 def test_hypervolume_is_normalised_by_the_box() -> None:
     assert fronts.hv(frame([(0, "dense_cnn", False, 0.5, 0.5, 5e6)]), 1e7) == 0.25
     assert fronts.hv(frame([]), 1e7) == 0.0
+
+
+def test_in_short_names_each_run_and_the_last_verdict() -> None:
+    text = fronts.in_short([["before", 24, "0.9008"], ["after", 24, "0.9055"]],
+                           ["- before: short by 5.5 points: x.", "- after: met: y."])
+    assert "before 0.9008, after 0.9055" in text and text.endswith("after: met: y.")
