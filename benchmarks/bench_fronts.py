@@ -97,7 +97,8 @@ def main() -> None:
     print(short + "\n\n" + text)
     if not args.no_write:
         command = ("python benchmarks/bench_fronts.py " + " ".join(f'"{a}"' if " " in a else a for a in sys.argv[1:])).strip()
-        body = (f"{stamp(command)}\n\n{short}\n\nThe same space file, seed and trial budget, searched by each version; hypervolume "
+        body = (f"{stamp(command)}\n\n{short}\n\nThe same space file, seed and trial budget, searched by each version; "
+                f"hypervolume "
                 f"of validation accuracy against FLOPs over complete, feasible trials, reference accuracy 0 and FLOPs = "
                 f"max_flops, normalised by that box; per strategy, over that strategy's trials alone.\n\n{text}\n")
         write_section(f"fronts_{args.space}", f"Fronts before and after: {args.space}", body)
