@@ -374,9 +374,30 @@ def importance_figure(importances: Mapping[str, Mapping[str, float]]) -> go.Figu
     return fig
 
 
+def k_path(history: list[dict[str, Any]]) -> tuple[list[float], list[Any]]:
+    """(epochs, k): k at each epoch's end, with the k rule's decision points within epochs (``k_trace``)
+    placed at the fraction of the epoch's steps they came at, where the history says its steps."""
+    xs: list[float] = []
+    ys: list[Any] = []
+    previous_steps = 0
+    for j, row in enumerate(history):
+        epoch = row.get("epoch", j + 1)
+        steps = row.get("steps")
+        if isinstance(steps, int) and steps > previous_steps:
+            for point in row.get("k_trace") or []:
+                fraction = (point.get("step", 0) + 1 - previous_steps) / (steps - previous_steps)
+                xs.append(epoch - 1 + min(max(fraction, 0.0), 1.0))
+                ys.append(point.get("k"))
+            previous_steps = steps
+        xs.append(epoch)
+        ys.append(row.get("k"))
+    return xs, ys
+
+
 def learning_curves_figure(curves: Mapping[int, list[dict[str, Any]]], strategies: Mapping[int, str]
                            ) -> go.Figure | None:
-    """Validation accuracy and k per epoch for the given trials (the Pareto ones)."""
+    """Validation accuracy per epoch and k through training (with the k rule's decisions within epochs)
+    for the given trials (the Pareto ones)."""
     if not curves:
         return None
     fig = make_subplots(rows=1, cols=2, subplot_titles=("validation accuracy", "k (tokens / pixels / regions kept)"),
@@ -387,11 +408,11 @@ def learning_curves_figure(curves: Mapping[int, list[dict[str, Any]]], strategie
         colour = PALETTE[i % len(PALETTE)]  # one colour per trial: several can share a strategy
         name = f"trial {number} · {esc(strategy)}"
         for col, key in ((1, "val_accuracy"), (2, "k")):
-            ys = [h.get(key) for h in history]
+            xs, ys = (epochs, [h.get(key) for h in history]) if key != "k" else k_path(history)
             ys = [float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None for v in ys]
             if not any(v is not None for v in ys):
                 continue
-            fig.add_trace(go.Scatter(x=epochs, y=ys, mode="lines+markers", name=name, legendgroup=str(number),
+            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=name, legendgroup=str(number),
                                      showlegend=col == 1, line={"color": colour}, marker={"size": 5},
                                      hovertemplate=name + "<br>epoch %{x}<br>%{y:.4g}<extra></extra>"),
                           row=1, col=col)

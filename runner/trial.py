@@ -287,6 +287,7 @@ def run_trial(
         latest["flops"] = count_flops(model, val_batch)
         row = {
             "epoch": epoch + 1,
+            "steps": step,  # training steps so far: places the k rule's decision points (k_trace) within epochs
             "train_loss": train_loss,
             "class_loss": class_loss,
             "val_accuracy": val_accuracy,
