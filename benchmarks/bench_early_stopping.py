@@ -2,6 +2,7 @@
 
     python benchmarks/bench_early_stopping.py                        # 5 seeds x 4 variants x 40 trials (hours on 2 cores)
     python benchmarks/bench_early_stopping.py --seeds 2 --trials 16 --epochs 6
+    python benchmarks/bench_early_stopping.py --same-time 3           # each variant gets plain's wall-clock
     python benchmarks/bench_early_stopping.py --from-json docs/bench_early_stopping.json   # re-render only
 
 The fixed task is the default synthetic space (``search_space/cells.yaml``: its data, strategies,
@@ -53,8 +54,9 @@ SVG = ROOT / "docs" / "bench_early_stopping.svg"
 TARGET = 2 / 3
 
 
-def derived_space(workdir: Path, variant: str, seed: int, trials: int, epochs: int) -> Path:
-    """cells.yaml with the run's trials, epochs, seed and early stopping; nothing else changes."""
+def derived_space(workdir: Path, variant: str, seed: int, trials: int, epochs: int, timeout_s: float | None = None) -> Path:
+    """cells.yaml with the run's trials, epochs, seed, early stopping and (``--same-time``) time budget;
+    nothing else changes."""
     import yaml
 
     space = yaml.safe_load(SPACE.read_text())
@@ -64,6 +66,8 @@ def derived_space(workdir: Path, variant: str, seed: int, trials: int, epochs: i
     search = space["search"]
     search.update({"trials": trials, "backend": "ray", "sampler": {"name": "tpe", "seed": seed}})
     search.pop("timeout_s", None)
+    if timeout_s is not None:
+        search["timeout_s"] = float(timeout_s)
     if variant != "plain":
         search["early_stopping"] = yaml.safe_load(EARLY_STOPPING[variant])
     path = workdir / f"{space['name']}.yaml"
@@ -249,6 +253,9 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=40)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    parser.add_argument("--same-time", type=int, default=0, metavar="F",
+                        help="give each project variant F times the trials and plain's wall-clock as its time budget "
+                        "(early stopping spends saved time on more trials); 0: the same trial count for all")
     parser.add_argument("--json", type=Path, help="save the raw curves here as each run finishes")
     parser.add_argument("--from-json", type=Path, help="render saved curves; run nothing")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/ alone")
@@ -266,7 +273,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(args.seeds):
             for variant in args.variants:
-                space_file = derived_space(Path(tmp), variant, seed, args.trials, args.epochs)
+                plain = raw["curves"].get("plain", {}).get(seed)
+                same_time = args.same_time and variant != "plain" and plain
+                space_file = derived_space(Path(tmp), variant, seed, args.trials * (args.same_time if same_time else 1),
+                                           args.epochs, timeout_s=plain[-1][0] if same_time else None)
                 out = Path(tmp) / f"run_{variant}_{seed}"
                 out.mkdir()
                 began = time.perf_counter()

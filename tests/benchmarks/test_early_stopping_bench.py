@@ -55,3 +55,8 @@ def test_the_figure_is_an_svg_with_one_line_per_run(tmp_path) -> None:
     es.svg({"plain": {0: [(60.0, 0.1)]}, "moasha": {0: [(30.0, 0.1), (90.0, 0.2)], 1: [(45.0, 0.15)]}}, path)
     text = path.read_text()
     assert text.startswith("<svg") and text.count("<polyline") == 3
+
+
+def test_a_time_budget_reaches_the_space(tmp_path) -> None:
+    space = load_space(es.derived_space(tmp_path, "moasha", 0, 48, 4, timeout_s=120.0))
+    assert space.search.timeout_s == 120.0 and space.search.trials == 48
