@@ -103,8 +103,7 @@ def plain_ray_tune(space_file: Path, out: Path) -> list[dict]:
     space = load_space(space_file)
     start = time.time()
 
-    def trainable(config: dict) -> None:
-        data = load_dataset(**space.data.loader_kwargs(), seed=space.seed)
+    def trainable(config: dict, data: object) -> None:
         trial_dir = Path(tempfile.mkdtemp(dir=out))
         metrics = run_trial(config, data=data, trial_dir=trial_dir, objectives=space.objective_names, seed=space.seed,
                             report=lambda row: tune.report({"accuracy": row["accuracy"], "flops": row["flops"]}))
@@ -113,7 +112,10 @@ def plain_ray_tune(space_file: Path, out: Path) -> list[dict]:
     searcher = OptunaSearch(space=DefineByRun(space), metric=["accuracy", "flops"],
                             mode=["max", "min"], sampler=optuna.samplers.TPESampler(seed=space.seed))
     tuner = tune.Tuner(
-        tune.with_resources(trainable, {"cpu": space.search.cpus_per_trial}),
+        # The data loaded once and shared through Ray's object store, as Tune's docs advise (and as the
+        # project's backend loads it once per worker): neither side pays for it per trial.
+        tune.with_resources(tune.with_parameters(trainable, data=load_dataset(**space.data.loader_kwargs(), seed=space.seed)),
+                            {"cpu": space.search.cpus_per_trial}),
         tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, space.search.max_concurrent),
                                     num_samples=space.search.trials),
         run_config=tune.RunConfig(storage_path=str(out), name="plain", verbose=0),

@@ -31,7 +31,6 @@ from search_space.spec import SearchSpace
 
 logger = logging.getLogger(__name__)
 
-ATTR_STOPPED_AT, ATTR_LAST, ATTR_RUNG = rundir.ATTR_STOPPED_AT, rundir.ATTR_LAST, rundir.ATTR_RUNG
 
 
 def early_stopping_rule(space: SearchSpace, study: optuna.Study) -> SuccessiveHalving | None:
@@ -50,8 +49,8 @@ def rebuild_rungs(rule: SuccessiveHalving, trials: list[optuna.trial.FrozenTrial
     entered = 0
     for trial in trials:
         for key, values in trial.user_attrs.items():
-            if key.startswith(ATTR_RUNG) and key[len(ATTR_RUNG):].isdigit():
-                entered += rule.record(trial.number, int(key[len(ATTR_RUNG):]), values)
+            if key.startswith(rundir.ATTR_RUNG) and key[len(rundir.ATTR_RUNG):].isdigit():
+                entered += rule.record(trial.number, int(key[len(rundir.ATTR_RUNG):]), values)
     return entered
 
 
@@ -103,7 +102,7 @@ class SearchDriver:
         self._last[number] = {"epoch": epoch, **{name: float(v) for name, v in zip(self.names, values, strict=True)}}
         if self.early_stopping is None or not self.early_stopping.record(number, epoch, values):
             return False
-        self._running[number].set_user_attr(f"{ATTR_RUNG}{epoch}", [float(v) for v in values])  # for --resume
+        self._running[number].set_user_attr(f"{rundir.ATTR_RUNG}{epoch}", [float(v) for v in values])  # for --resume
         return self.early_stopping.should_stop(number, epoch)
 
     # --- telling ---------------------------------------------------------------------------------
@@ -138,10 +137,10 @@ class SearchDriver:
             return
         last = self._last.get(number, {})
         if "epoch" in last:
-            trial.set_user_attr(ATTR_STOPPED_AT, last["epoch"])
+            trial.set_user_attr(rundir.ATTR_STOPPED_AT, last["epoch"])
         for name in self.names:
             if name in last:
-                trial.set_user_attr(ATTR_LAST + name, last[name])
+                trial.set_user_attr(rundir.ATTR_LAST + name, last[name])
         self._tell(number, optuna.trial.TrialState.PRUNED)
 
     def _tell(self, number: int, state: optuna.trial.TrialState, values: list[float] | None = None) -> None:
