@@ -56,7 +56,7 @@ def strategy_colours(strategies: Iterable[str]) -> dict[str, str]:
 
 
 def hover_text(row: pd.Series, objectives: Sequence[str], configs: Sequence[str]) -> str:
-    """Escaped hover text: trial, strategy, state, objectives, test accuracy, k, input resolution and the config."""
+    """Escaped hover text: trial, strategy, state, objectives, test accuracy, k, input resolution, node and config."""
     lines = [f"<b>trial {int(row['number'])}</b> · {esc(row.get('strategy', ''))}"]
     if str(row.get("feasible", "")).lower() in ("false", "0"):
         lines.append("<i>infeasible (over a constraint)</i>")
@@ -67,6 +67,8 @@ def hover_text(row: pd.Series, objectives: Sequence[str], configs: Sequence[str]
             lines.append(f"{esc(name)}: {esc(fmt(row[name]))}")
     if pd.notna(row.get(INPUT_COLUMN)):
         lines.append(f"input: {esc(fmt(row[INPUT_COLUMN]))} px")
+    if pd.notna(row.get("node")):
+        lines.append(f"ran on node {esc(row['node'])}")
     shown = [c for c in configs if c != INPUT_COLUMN and pd.notna(row.get(c))]
     for c in shown[:MAX_HOVER_CONFIG]:
         lines.append(f"{esc(c.removeprefix('config.'))} = {esc(fmt(row[c]))}")

@@ -495,8 +495,9 @@ def trials_table_section(run: Run, pareto: pd.Series) -> str:
     rest = trials[~trials["_front"]].sort_values("number", kind="stable")
     ordered = pd.concat([front, rest])
     fixed = ["number", "state", "feasible", "strategy", INPUT_COLUMN, *run.objectives, "test_accuracy", "k_final",
-             "params_count", "duration_s", "datetime_start"]
-    columns = list(dict.fromkeys([c for c in fixed if c in trials.columns] + config_columns(trials)))
+             "params_count", "duration_s", "node", "datetime_start"]
+    present = [c for c in fixed if c in trials.columns and (c != "node" or trials[c].notna().any())]  # node: Ray runs
+    columns = list(dict.fromkeys(present + config_columns(trials)))
     if "error" in trials.columns:
         columns.append("error")
     head = "<th>front</th>" + "".join(f"<th>{esc(c.removeprefix('config.'))}</th>" for c in columns)

@@ -5,6 +5,7 @@ hands payloads to Ray Tune workers through a ``Searcher`` written against Tune's
 Both go through this object, so a trial ends the same way whichever ran it:
 
     number, payload = driver.ask()                    # sample a config (define-by-run), check budgets
+    driver.placed(number, node)                       # where it runs (on a Ray cluster)
     stop = driver.report(number, epoch, row)          # after each epoch: early stopping's decision
     driver.complete(number, metrics)                  # COMPLETE with its figures as user attributes
     driver.fail(number, err_or_reason, traceback=...) # FAIL with one error line (and error.txt)
@@ -76,6 +77,7 @@ class SearchDriver:
         self._running: dict[int, optuna.Trial] = {}
         self._epochs: dict[int, int] = {}  # a trial's own epochs: it is never judged at its last
         self._last: dict[int, dict[str, Any]] = {}
+        self._nodes: dict[int, str] = {}
 
     # --- asking ----------------------------------------------------------------------------------
     def ask(self) -> tuple[int, dict[str, Any]]:
@@ -92,6 +94,16 @@ class SearchDriver:
         return list(self._running)
 
     # --- during a trial --------------------------------------------------------------------------
+    def placed(self, number: int, node: str) -> None:
+        """Where a trial runs (a cluster node), recorded once, as soon as its first result arrives."""
+        trial = self._running.get(number)
+        if trial is not None and number not in self._nodes:
+            self._nodes[number] = node
+            trial.set_user_attr(rundir.ATTR_NODE, node)
+
+    def node_of(self, number: int) -> str | None:
+        return self._nodes.get(number)
+
     def report(self, number: int, epoch: int, row: dict[str, Any]) -> bool:
         """A trial's figures after ``epoch``; True when early stopping says it should stop now."""
         if number not in self._running or epoch >= self._epochs.get(number, 0):
@@ -147,6 +159,7 @@ class SearchDriver:
         trial = self._running.pop(number)
         self._last.pop(number, None)
         self._epochs.pop(number, None)
+        self._nodes.pop(number, None)
         try:
             self.study.tell(trial, values, state=state)
         except Exception as err:  # noqa: BLE001 - never leave a RUNNING trial behind

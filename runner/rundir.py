@@ -59,10 +59,12 @@ ATTR_ERROR = "error"
 ATTR_CONSTRAINTS = "constraints"  # {max_<objective>: value}, <= 0 feasible (also set as Optuna constraints)
 ATTR_STOPPED_AT = "stopped_at_epoch"  # PRUNED trials: the rung epoch early stopping cut them at
 ATTR_LAST = "last_"  # PRUNED trials: prefix of their objective values at that epoch
+ATTR_NODE = "node"  # the Ray node a trial ran on: "<ip> (<node id prefix>)" (ray backend only)
 ATTR_RUNG = "rung_"  # objective values a trial reached at rung epoch e, as attribute rung_<e> (for --resume)
 
 #: What a FAIL trial without a recorded error is: its driver stopped (Ctrl-C, kill) mid-trial.
 INTERRUPTED = "interrupted: the search stopped before this trial finished"
+NODE_LOST = "node lost"  # how the error of a trial whose Ray node left the cluster begins
 
 
 def now_iso() -> str:
@@ -311,10 +313,16 @@ def is_interrupted(trial: optuna.trial.FrozenTrial) -> bool:
     return trial.state == optuna.trial.TrialState.FAIL and ATTR_ERROR not in trial.user_attrs
 
 
+def is_lost_with_node(trial: optuna.trial.FrozenTrial) -> bool:
+    """A FAIL trial whose cluster node left mid-trial: the config is not at fault, so it does not count."""
+    return trial.state == optuna.trial.TrialState.FAIL and str(trial.user_attrs.get(ATTR_ERROR, "")).startswith(NODE_LOST)
+
+
 def counts_as_run(trial: optuna.trial.FrozenTrial) -> bool:
-    """Finished trials that use up the trial budget: COMPLETE, PRUNED and genuinely FAILED ones."""
+    """Finished trials that use up the trial budget: COMPLETE, PRUNED and genuinely FAILED ones
+    (not those interrupted by a stopped search or lost with a cluster node)."""
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
-    return trial.state in finished and not is_interrupted(trial)
+    return trial.state in finished and not is_interrupted(trial) and not is_lost_with_node(trial)
 
 
 def is_feasible(trial: optuna.trial.FrozenTrial) -> bool:
@@ -361,6 +369,7 @@ def trials_frame(study: optuna.Study, objective_names: Sequence[str]) -> pd.Data
                 "k_final": attrs.get(ATTR_K_FINAL),
                 "params_count": attrs.get(ATTR_PARAMS),
                 "duration_s": attrs.get(ATTR_DURATION, trial.duration.total_seconds() if trial.duration else None),
+                ATTR_NODE: attrs.get(ATTR_NODE),
                 "datetime_start": trial.datetime_start.isoformat() if trial.datetime_start else None,
                 "datetime_complete": trial.datetime_complete.isoformat() if trial.datetime_complete else None,
                 "error": error,
@@ -370,7 +379,7 @@ def trials_frame(study: optuna.Study, objective_names: Sequence[str]) -> pd.Data
             row[f"config.{key}"] = _cell(value)
         rows.append(row)
     base = ["number", "state", "feasible", "strategy", "sparse", *objective_names, "test_accuracy", "k_final", "params_count",
-            "duration_s", "datetime_start", "datetime_complete", "error", ATTR_STOPPED_AT]
+            "duration_s", ATTR_NODE, "datetime_start", "datetime_complete", "error", ATTR_STOPPED_AT]
     columns = base + [f"config.{k}" for k in config_keys]
     return pd.DataFrame(rows, columns=columns)
 

@@ -327,7 +327,8 @@ def run_search(args: argparse.Namespace) -> int:
           f"{space.search.max_concurrent if backend == 'ray' else 1} at a time")
     on_finished = TrialFinished(out, space, total=total)
     try:
-        if remaining:
+        session = f"session-{len(info.get('sessions', [])) - 1}"
+        while remaining:
             sampler = sampler_for_session(space, len(study.trials))
             study = open_study(space, out, sampler)
             # Ray's own ASHA on the ray backend (the single-metric baseline); the driver's rule otherwise.
@@ -335,10 +336,15 @@ def run_search(args: argparse.Namespace) -> int:
             rule = None if ray_asha else early_stopping_rule(space, study)
             driver = SearchDriver(space, out, study, on_finished=on_finished, early_stopping=rule)
             if backend == "ray":
-                session = f"session-{len(info.get('sessions', [])) - 1}"
                 ray_backend.run_ray(driver, n_trials=remaining, session=session, ray_asha=ray_asha)
             else:
                 run_optuna(driver, n_trials=remaining, timeout_s=space.search.timeout_s)
+            # Trials lost with a cluster node do not count: run their replacements, while that makes progress.
+            left = max(0, total - trials_done(study))
+            out_of_time = space.search.timeout_s is not None and time.perf_counter() - start >= space.search.timeout_s
+            if backend != "ray" or left >= remaining or out_of_time:
+                break
+            remaining, session = left, f"{session}+"
     except KeyboardInterrupt:
         interrupted = True
     except Exception as err:

@@ -52,6 +52,7 @@ from ray.tune.search import ConcurrencyLimiter, Searcher
 from runner import rundir
 from runner.backends.common import (
     PAYLOAD_KEY,
+    PLUGINS_ENV,
     TrialSettings,
     describe_error,
     execute,
@@ -67,6 +68,9 @@ logger = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message="Define-by-run function passed in the `space` argument took")
 
 CRASHED = "worker died (out of memory or killed?); Ray's log is under the run's ray/ folder"
+NODE_LOST = rundir.NODE_LOST + ": {node} left the Ray cluster while this trial ran on it; a new trial takes its place"
+NODE_KEY, NODE_ID_KEY = "node", "node_id"  # in every result a trial reports
+STARTED_KEY = "started"  # the first result, before training: only where the trial runs
 
 
 # ---------------------------------------------------------------------------------------------
@@ -112,6 +116,8 @@ def connect(address: str | None) -> bool:
         return False
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic reporter honours verbose=0
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR}
+    if os.environ.get(PLUGINS_ENV):  # workers on a cluster's nodes take their node's environment, not ours
+        kwargs["runtime_env"] = {"env_vars": {PLUGINS_ENV: os.environ[PLUGINS_ENV]}}
     if address:
         check_address(address)
         try:
@@ -140,6 +146,23 @@ def check_resources(space: SearchSpace) -> None:
         raise UserError(f"search.resources.gpu={gpus:g} per trial, but the Ray cluster has {have.get('GPU', 0):g} GPUs")
 
 
+def node_lost(node_id: str, *, timeout_s: float = 2.0) -> bool:
+    """Whether the Ray node ``node_id`` has left the cluster. Ray's health check takes seconds to mark
+    a dead node, so a node still listed alive is asked directly: a raylet that no longer accepts a
+    connection on its port is gone."""
+    for node in ray.nodes():
+        if node.get("NodeID") != node_id:
+            continue
+        if not node.get("Alive"):
+            return True
+        try:
+            socket.create_connection((node["NodeManagerAddress"], int(node["NodeManagerPort"])), timeout=timeout_s).close()
+        except (OSError, KeyError, ValueError):
+            return True
+        return False
+    return True  # the cluster no longer knows it
+
+
 def disconnect() -> None:
     ray.shutdown()
 
@@ -152,16 +175,25 @@ def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in metrics.items() if v is None or isinstance(v, (bool, int, float, str))}
 
 
+def _where() -> dict[str, str]:
+    """The node this worker runs on, sent with every result: a readable label (IP and the start of
+    Ray's node id, since several nodes may share one IP) and the full id (to ask Ray if it is alive)."""
+    node_id = ray.get_runtime_context().get_node_id()
+    return {NODE_KEY: f"{ray.util.get_node_ip_address()} ({node_id[:8]})", NODE_ID_KEY: node_id}
+
+
 def _trainable(config: dict[str, Any], settings: TrialSettings) -> None:
     payload = config[PAYLOAD_KEY]
+    where = _where()
+    nan = {name: math.nan for name in settings.space.objective_names}  # Tune wants every metric in every result
+    tune.report({**nan, "epoch": 0, STARTED_KEY: True, **where})  # where it runs, known before it can die
     try:
-        metrics = execute(payload, settings, lambda row: tune.report(_scalars(row)))
+        metrics = execute(payload, settings, lambda row: tune.report({**_scalars(row), **where}))
     except Exception as err:
         rundir.write_traceback(Path(settings.run_dir), int(payload["number"]), "".join(traceback.format_exception(err)))
-        nan = {name: math.nan for name in settings.space.objective_names}
-        tune.report({**nan, "epoch": 0, "final": True, "failed": True, "error": describe_error(err)})
+        tune.report({**nan, "epoch": 0, "final": True, "failed": True, "error": describe_error(err), **where})
         return
-    tune.report({**_scalars(metrics), "epoch": int(metrics.get("epochs") or 0), "final": True, "failed": False})
+    tune.report({**_scalars(metrics), "epoch": int(metrics.get("epochs") or 0), "final": True, "failed": False, **where})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,22 +212,33 @@ class DriverSearcher(Searcher):
         super().__init__()
         self.driver = driver
         self._numbers: dict[str, int] = {}  # Tune trial id -> Optuna trial number
+        self._node_ids: dict[str, str] = {}  # Tune trial id -> the Ray node it reported from
 
     def suggest(self, trial_id: str) -> dict[str, Any]:
         number, payload = self.driver.ask()
         self._numbers[trial_id] = number
         return {PAYLOAD_KEY: payload}
 
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        number = self._numbers.get(trial_id)
+        if number is not None and result.get(NODE_KEY):
+            self.driver.placed(number, str(result[NODE_KEY]))
+            self._node_ids.setdefault(trial_id, str(result.get(NODE_ID_KEY) or ""))
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         number = self._numbers.pop(trial_id, None)
+        node_id = self._node_ids.pop(trial_id, "")
         if number is None:
             return
+        if result:
+            self.on_trial_result(trial_id, result)
         if result and result.get("final") and not result.get("failed"):
             self.driver.complete(number, result)
         elif result and result.get("failed"):
             self.driver.fail(number, str(result.get("error") or "failed"))  # the worker wrote error.txt
         elif error:
-            self.driver.fail(number, CRASHED)
+            lost = bool(node_id) and node_lost(node_id)
+            self.driver.fail(number, NODE_LOST.format(node=self.driver.node_of(number)) if lost else CRASHED)
         elif result:
             self.driver.prune(number)  # stopped before its final result: early stopping, or the time budget
         else:
@@ -221,7 +264,7 @@ class DriverScheduler(FIFOScheduler):
         self.driver = driver
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
-        if result.get("final") or "epoch" not in result:
+        if result.get("final") or result.get(STARTED_KEY) or "epoch" not in result:
             return TrialScheduler.CONTINUE
         number = int(trial.config[PAYLOAD_KEY]["number"])
         return TrialScheduler.STOP if self.driver.report(number, int(result["epoch"]), result) else TrialScheduler.CONTINUE
