@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _doc import markdown_table, stamp, write_section  # noqa: E402
 
-from cellsparse.pareto import hypervolume  # noqa: E402
-from reports.rundir import eligible_mask, read_trials  # noqa: E402
+from cellsparse.pareto import hypervolume, pareto_mask  # noqa: E402
+from reports.rundir import INPUT_COLUMN, eligible_mask, load_run, read_trials  # noqa: E402
 
 GOAL_POINTS, GOAL_FLOPS_SHARE = 1.0, 1 / 3
 
@@ -78,6 +78,38 @@ def compare(runs: dict[str, Path]) -> tuple[list[str], list[list[object]], list[
     return header, table, goals
 
 
+def front_members(run_dir: Path) -> list[list[object]]:
+    """The run's Pareto front, cheapest first: where each design sits and the resolution it sees."""
+    trials = load_run(run_dir).trials
+    ok = trials[eligible_mask(trials, ["accuracy", "flops"])]
+    front = ok[pareto_mask(ok[["accuracy", "flops"]].to_numpy(float), ["maximize", "minimize"])].sort_values("flops")
+    return [[f"#{int(r['number'])}", r["strategy"], "sparse" if r["sparse"] else "dense",
+             f"{int(r[INPUT_COLUMN])} px" if INPUT_COLUMN in r and pd.notna(r[INPUT_COLUMN]) else "-",
+             f"{100 * r['accuracy']:.1f}%", f"{100 * r['test_accuracy']:.1f}%", f"{r['flops'] / 1e6:.2f}"]
+            for _, r in front.iterrows()]
+
+
+def downscaled_dense(label: str, run_dir: Path) -> str:
+    """Where the dense models that see a smaller copy of the frame sit on the run's front."""
+    run = load_run(run_dir)
+    full = int(run.space.get("data", {}).get("image_size") or 0)
+    members = [m for m in front_members(run_dir) if m[2] == "dense" and m[3] != "-" and int(m[3].split()[0]) < full]
+    sparse = [m for m in front_members(run_dir) if m[2] == "sparse"]
+    if not members:
+        return f"No dense model on the front of {label} sees a downscaled frame"
+    dense_text = "; ".join(f"{m[1]} {m[0]} at {m[3]} ({m[5]} test, {m[6]} MFLOPs)" for m in members)
+    cheapest_dense = min(float(m[6]) for m in members)
+    below = [m for m in sparse if float(m[6]) < cheapest_dense]
+    return (f"Downscaled dense models on the front of {label}: {dense_text}; {len(below)} of its {len(sparse)} sparse "
+            f"front members are cheaper than the cheapest of them")
+
+
+def fronts_text(runs: dict[str, Path]) -> str:
+    header = ["trial", "strategy", "family", "sees", "val acc", "test acc", "MFLOPs"]
+    return "\n\n".join(f"Front of {label}, cheapest first:\n\n" + markdown_table(header, front_members(run_dir))
+                        for label, run_dir in runs.items())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--space", required=True, help="the space the runs searched (names the section)")
@@ -92,8 +124,10 @@ def main() -> None:
         runs[label] = Path(path)
     header, table, goals = compare(runs)
     short = in_short(table, goals)
+    last_label, last_dir = list(runs.items())[-1]
+    short += f" {downscaled_dense(last_label, last_dir)}."
     text = markdown_table(header, table) + "\n\nThe goal, a sparse model within 1 point of the best dense model's test " \
-        "accuracy at no more than 33% of its FLOPs:\n\n" + "\n".join(goals)
+        "accuracy at no more than 33% of its FLOPs:\n\n" + "\n".join(goals) + "\n\n" + fronts_text(runs)
     print(short + "\n\n" + text)
     if not args.no_write:
         command = ("python benchmarks/bench_fronts.py " + " ".join(f'"{a}"' if " " in a else a for a in sys.argv[1:])).strip()
