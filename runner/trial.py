@@ -155,11 +155,12 @@ def effective_precision(precision: str, device: str | torch.device) -> str:
     """The precision a trial trains in: ``precision`` on a CUDA device that supports it, else fp32.
 
     bf16 is off on the CPU (CPU autocast is slower than fp32 on most CPUs, and the same seed must
-    give the same numbers there) and on GPUs without bf16 (torch.cuda.is_bf16_supported())."""
+    give the same numbers there) and on GPUs without native bf16 (before Ampere: emulated bf16 is
+    slower than fp32)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
     device = torch.device(device)
-    if precision == "bf16" and device.type == "cuda" and torch.cuda.is_bf16_supported():
+    if precision == "bf16" and device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False):
         return "bf16"
     return "fp32"
 

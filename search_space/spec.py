@@ -34,7 +34,7 @@ MODALITIES = ("brightfield", "opd", "event")  # synthetic; real data also takes 
 REAL_MODALITIES = ("brightfield", "rgb", "gray")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 #: ``training.precision``: fp32, or bf16 autocast of the training forward and loss. It applies only
-#: to trials that run on a CUDA device with bf16 support; elsewhere a trial trains in fp32, and its
+#: to trials that run on a CUDA device with native bf16; elsewhere a trial trains in fp32, and its
 #: metrics.json says which precision it trained in (``runner.trial.effective_precision``).
 PRECISIONS = ("fp32", "bf16")
 
