@@ -6,10 +6,13 @@
 What it does, top to bottom:
 
 1. build the model from the config (``build_model``), and its k rule when the model has a k;
-2. train with AdamW (weight decay on weight matrices and conv kernels only), a linear warm-up then a
-   cosine decay per step, loss = cross-entropy (with label smoothing) + the model's auxiliary loss
-   (selector training), on augmented batches (flips and 90-degree rotations: cells have no
-   orientation) when ``augment``;
+2. put the data on the trial's device once (:func:`place_data` says when it stays on the host),
+   then train with AdamW (weight decay on weight matrices and conv kernels only), a linear warm-up
+   then a cosine decay per step, loss = cross-entropy (with label smoothing) + the model's auxiliary
+   loss (selector training), on augmented batches (flips and 90-degree rotations: cells have no
+   orientation) when ``augment``, gathered and augmented on the device (:func:`training_batches`);
+   forward and loss under bf16 autocast when the config asks for it and the trial runs on CUDA
+   (:func:`effective_precision`), everything else (backward, optimiser, evaluation, measurement) in fp32;
 3. after each training step the k rule reads the batch's cross-entropy and may move k (loss_trend
    decides a few times per epoch on a smoothed loss, schedule at epoch ends); after each epoch:
    validation accuracy, FLOPs at the current k, the k rule's decision points that epoch
@@ -28,10 +31,12 @@ trial as FAILED and the search goes on.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +46,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from objectives import count_flops, count_params, get_objective
+from runner.data import augment_batch
 from search_space.build import build_model
 from search_space.k_rules import make_k_rule
+from search_space.spec import PRECISIONS
 from search_space.strategies import CellClassifier
 
 GRAD_CLIP = 1.0  # max global grad norm: cheap insurance against one bad step killing a trial
@@ -52,6 +59,8 @@ LOOKED_AT = 8  # validation images saved with their used maps for the report
 # Images the pre-training budget check and an infeasible trial's costs are measured on: as many as a
 # trained trial's cost objectives, so a latency budget means the same per-image figure for both.
 CHECK_BATCH = MEASURE_BATCH
+# Share of a CUDA device's free memory the trial's data may take to live there (see place_data).
+DEVICE_DATA_SHARE = 0.25
 
 Report = Callable[[dict[str, Any]], None]
 
@@ -73,10 +82,94 @@ def lr_at(step: int, *, base_lr: float, warmup_steps: int, total_steps: int) -> 
     return base_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def batches(n: int, batch_size: int, generator: torch.Generator | None) -> list[torch.Tensor]:
-    """Index batches over ``n`` items: shuffled when a generator is given, in order otherwise."""
-    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-    return list(order.split(batch_size))
+@dataclass(frozen=True)
+class TrialData:
+    """The three splits where the trial reads them: all on its device (``resident``) or all on the host."""
+
+    train_x: torch.Tensor  # (N, C, H, W)
+    train_y: torch.Tensor  # (N,)
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    resident: bool
+
+
+_SPLIT_TENSORS = ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y")
+
+
+def _on(tensor: torch.Tensor, device: torch.device) -> bool:
+    return tensor.device.type == device.type and (device.index is None or tensor.device.index == device.index)
+
+
+def place_data(data: Any, device: str | torch.device, *, budget_bytes: int | None = None) -> TrialData:
+    """The trial's splits (images and labels), copied to ``device`` once when they fit, else left on the host.
+
+    The rule: data already on ``device`` (always so on the CPU) is used as it is. Otherwise all three
+    splits move together, before the first epoch, when their bytes are at most ``budget_bytes``: by
+    default ``DEVICE_DATA_SHARE`` (a quarter) of the CUDA device's free memory at that moment, so
+    the model, its activations and other trials packed on the same GPU (``search.resources.gpu``
+    below 1) keep the rest; a device without a memory query (not CUDA) takes them whatever their
+    size. Over the budget they stay on the host and each training batch and evaluation chunk is
+    copied over on its own. Either way the numbers are the same: only where the copy happens differs.
+    """
+    device = torch.device(device)
+    tensors = {name: getattr(data, name) for name in _SPLIT_TENSORS}
+    if all(_on(t, device) for t in tensors.values()):
+        return TrialData(**tensors, resident=True)
+    if budget_bytes is None and device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        budget_bytes = int(DEVICE_DATA_SHARE * free)
+    size = sum(t.numel() * t.element_size() for t in tensors.values())
+    if budget_bytes is not None and size > budget_bytes:
+        return TrialData(**tensors, resident=False)
+    return TrialData(**{name: t.to(device) for name, t in tensors.items()}, resident=True)
+
+
+def training_batches(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    batch_size: int,
+    generator: torch.Generator,
+    augment: bool,
+    device: str | torch.device,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One epoch of shuffled training batches (x, y) on ``device``, augmented when ``augment``.
+
+    ``generator`` (a CPU generator) draws the epoch's order when the first batch is asked for, then
+    one augmentation draw per batch: the same draws in the same order wherever the data lives, so a
+    seeded trial sees the same batches on every device. Data on ``device`` (see :func:`place_data`)
+    is gathered there: only indices travel, the epoch's order once and each batch's B augmentation
+    choices. Data on the host is gathered there and each batch copied over, then augmented on the device.
+    """
+    order = torch.randperm(len(images), generator=generator).to(images.device)  # (N,)
+    for index in order.split(batch_size):
+        x, y = images[index].to(device), labels[index].to(device)  # no copy when the data is resident
+        if augment:
+            x = augment_batch(x, generator)
+        yield x, y
+
+
+def effective_precision(precision: str, device: str | torch.device) -> str:
+    """The precision a trial trains in: ``precision`` on a CUDA device that supports it, else fp32.
+
+    bf16 is off on the CPU (CPU autocast is slower than fp32 on most CPUs, and the same seed must
+    give the same numbers there) and on GPUs without native bf16 (before Ampere: emulated bf16 is
+    slower than fp32)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    device = torch.device(device)
+    if precision == "bf16" and device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False):
+        return "bf16"
+    return "fp32"
+
+
+def autocast(precision: str, device: str | torch.device) -> contextlib.AbstractContextManager[Any]:
+    """The context the training forward and loss run in: bf16 autocast, or nothing for fp32."""
+    if precision == "bf16":
+        return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 @torch.no_grad()
@@ -90,7 +183,7 @@ def predict(model: torch.nn.Module, images: torch.Tensor, device: str) -> torch.
 def accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, device: str) -> float:
     if len(images) == 0:
         return float("nan")
-    return float((predict(model, images, device) == labels).float().mean())
+    return float((predict(model, images, device) == labels.cpu()).float().mean())
 
 
 def current_k(model: CellClassifier) -> float | None:
@@ -213,11 +306,9 @@ def run_trial(
     ``seed`` seeds everything random in the trial (callers pass the space seed + the trial number),
     so the same seed gives the same numbers on CPU. ``threads`` sets torch's intra-op threads.
     Returns the metrics (also written to metrics.json): every objective by name, plus
-    ``val_accuracy``, ``test_accuracy``, ``k_final``, ``params_count``, ``epochs``, ``train_time_s``.
+    ``val_accuracy``, ``test_accuracy``, ``k_final``, ``params_count``, ``epochs``, ``train_time_s``
+    and ``precision`` (the one the trial trained in: the config's on CUDA, fp32 elsewhere).
     """
-    if augment:
-        from runner.data import augment_batch
-
     start = time.perf_counter()
     trial_dir = Path(trial_dir)
     trial_dir.mkdir(parents=True, exist_ok=True)
@@ -235,12 +326,16 @@ def run_trial(
     if bounds is not None:
         rule = make_k_rule(config, k_init=int(round(model.k)), k_bounds=bounds, epochs=epochs, steps_per_epoch=steps_per_epoch)
         model.set_k(rule.k)
-    optimizer = torch.optim.AdamW(param_groups(model, float(config["weight_decay"])), lr=float(config["lr"]))
+    # fused: one kernel per step on CUDA instead of a dozen; on the CPU the default (unchanged numbers)
+    fused = True if torch.device(device).type == "cuda" else None
+    optimizer = torch.optim.AdamW(param_groups(model, float(config["weight_decay"])), lr=float(config["lr"]), fused=fused)
     total_steps = epochs * steps_per_epoch
     warmup_steps = min(total_steps, round(float(config.get("warmup_epochs", 0.0)) * steps_per_epoch))
     smoothing = float(config.get("label_smoothing", 0.0))
+    precision = effective_precision(config.get("precision", "fp32"), device)  # configs from before the key: fp32
 
-    val_batch = data.val_x[:MEASURE_BATCH].to(device)
+    splits = place_data(data, device)  # once: batches are gathered and augmented where the data lives
+    val_batch = splits.val_x[:MEASURE_BATCH].to(device)
     params_count = count_params(model)
     # Objective values reported each epoch; the costly ones are measured once now, again at the end.
     latest = measure(model, [n for n in objectives if n not in ("accuracy", "flops")], val_accuracy=0.0, images=val_batch)
@@ -251,38 +346,39 @@ def run_trial(
     for epoch in range(epochs):
         model.train()
         epoch_start, loss_sum, class_loss_sum, seen = time.perf_counter(), 0.0, 0.0, 0
-        for index in batches(len(data.train_x), batch_size, generator):
-            x, y = data.train_x[index], data.train_y[index]
-            if augment:
-                x = augment_batch(x, generator)
-            x, y = x.to(device), y.to(device)
+        for x, y in training_batches(splits.train_x, splits.train_y, batch_size=batch_size, generator=generator,
+                                     augment=augment, device=device):
             lr = lr_at(step, base_lr=float(config["lr"]), warmup_steps=warmup_steps, total_steps=total_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            logits = model(x)  # (B, num_classes)
-            class_loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
-            loss = class_loss + model.auxiliary_loss(logits, y)
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(
-                    f"training loss became {loss.item()} at epoch {epoch + 1}/{epochs}, step {step} "
-                    f"(lr={lr:.3g}); the config diverged"
-                )
+            with autocast(precision, device):
+                logits = model(x)  # (B, num_classes)
+                class_loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
+                loss = class_loss + model.auxiliary_loss(logits, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
             optimizer.step()
-            loss_sum += loss.item() * len(y)
-            class_loss_sum += class_loss.item() * len(y)
+            # One device-to-host read per step, after the step is queued (a GPU need not wait for the
+            # check before running backward); a non-finite loss fails the trial, whose weights are never saved.
+            loss_value, class_loss_value = torch.stack([loss.detach().float(), class_loss.detach().float()]).tolist()
+            if not math.isfinite(loss_value):
+                raise NonFiniteLossError(
+                    f"training loss became {loss_value} at epoch {epoch + 1}/{epochs}, step {step} "
+                    f"(lr={lr:.3g}); the config diverged"
+                )
+            loss_sum += loss_value * len(y)
+            class_loss_sum += class_loss_value * len(y)
             seen += len(y)
             if rule is not None:  # the k rule follows the cross-entropy: auxiliary terms (REINFORCE) can be negative
                 probe = rule.probe(step)
                 probed = None if probe is None else probe_losses(model, x, y, k=rule.k, probe=probe)
-                model.set_k(rule.update(step, class_loss.item(), probed))
+                model.set_k(rule.update(step, class_loss_value, probed))
             step += 1
         train_loss = loss_sum / max(1, seen)
         class_loss = class_loss_sum / max(1, seen)
 
-        val_accuracy = accuracy(model, data.val_x, data.val_y, device)
+        val_accuracy = accuracy(model, splits.val_x, splits.val_y, device)
         latest["accuracy"] = val_accuracy
         latest["flops"] = count_flops(model, val_batch)
         row = {
@@ -303,12 +399,12 @@ def run_trial(
             report({**row, **{name: latest[name] for name in objectives}})
 
     # -- final measurements (at the final k) -------------------------------------------------
-    final_val = history[-1]["val_accuracy"] if history else accuracy(model, data.val_x, data.val_y, device)
+    final_val = history[-1]["val_accuracy"] if history else accuracy(model, splits.val_x, splits.val_y, device)
     values = measure(model, objectives, val_accuracy=final_val, images=val_batch)
     metrics: dict[str, Any] = {
         **values,
         "val_accuracy": final_val,
-        "test_accuracy": accuracy(model, data.test_x, data.test_y, device),
+        "test_accuracy": accuracy(model, splits.test_x, splits.test_y, device),
         "flops": values.get("flops", count_flops(model, val_batch)),
         "k_final": current_k(model),
         **{key: value for key, value in k_record(model, rule, val_batch).items() if key != "k_trace"},
@@ -316,6 +412,7 @@ def run_trial(
         "params_count": params_count,
         "epochs": epochs,
         "train_time_s": time.perf_counter() - start,
+        "precision": precision,
         "feasible": True,
     }
     save_trial(trial_dir, model=model, data=data, config=config, metrics=metrics, history=history, device=device)

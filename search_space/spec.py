@@ -33,6 +33,10 @@ SOURCES = ("synthetic", "npz", "folder")
 MODALITIES = ("brightfield", "opd", "event")  # synthetic; real data also takes rgb | gray as a check
 REAL_MODALITIES = ("brightfield", "rgb", "gray")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+#: ``training.precision``: fp32, or bf16 autocast of the training forward and loss. It applies only
+#: to trials that run on a CUDA device with native bf16; elsewhere a trial trains in fp32, and its
+#: metrics.json says which precision it trained in (``runner.trial.effective_precision``).
+PRECISIONS = ("fp32", "bf16")
 
 #: Training settings every trial reads; any of them may be a searched parameter.
 TRAINING_PARAMS: dict[str, ParamSpec] = {
@@ -42,6 +46,7 @@ TRAINING_PARAMS: dict[str, ParamSpec] = {
     "weight_decay": ParamSpec("float", low=0, high=1, doc="AdamW decoupled weight decay"),
     "warmup_epochs": ParamSpec("float", low=0, high=100, doc="linear warm-up before the cosine decay"),
     "label_smoothing": ParamSpec("float", low=0, high=1, high_open=True, doc="cross-entropy label smoothing"),
+    "precision": ParamSpec("choice", choices=PRECISIONS, doc="training forward/loss precision (bf16 on CUDA only)"),
 }
 TRAINING_DEFAULTS: dict[str, Any] = {
     "epochs": 6,
@@ -50,6 +55,7 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "weight_decay": 0.05,
     "warmup_epochs": 1.0,
     "label_smoothing": 0.0,
+    "precision": "fp32",
 }
 
 _SECTIONS = ("name", "seed", "data", "objectives", "constraints", "training", "search", "space")
@@ -230,7 +236,7 @@ class SearchSpace:
             "data": data,
             "objectives": {o.name: o.direction for o in self.objectives},
             "constraints": self.constraints.to_yaml(),
-            "training": {k: p.to_yaml() for k, p in self.training.items()},
+            "training": {k: p.to_yaml() for k, p in self.training.items() if not _unwritten_default(k, p)},
             "search": {
                 "trials": search.trials,
                 "sampler": {"name": search.sampler, "seed": search.sampler_seed, "options": dict(search.sampler_options)},
@@ -250,6 +256,15 @@ class SearchSpace:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+#: Training keys written into the resolved space only when set to something other than their default,
+#: so the space.yaml of runs made before the key existed still matches (``--resume`` compares them).
+_WRITTEN_WHEN_SET = ("precision",)
+
+
+def _unwritten_default(key: str, param: Param) -> bool:
+    return key in _WRITTEN_WHEN_SET and param.kind == "fixed" and param.value == TRAINING_DEFAULTS[key]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -52,6 +52,13 @@ def test_rectangular_images_only_flip() -> None:
     assert all(any(torch.equal(b, t) for t in allowed(a)) for a, b in zip(x, y, strict=True))
 
 
+def test_runs_where_the_images_are_with_a_cpu_generator() -> None:
+    # the meta device stands in for a GPU: the gather happens there and the result stays there
+    x = torch.rand(16, 3, 8, 8).to("meta")
+    y = augment_batch(x, torch.Generator().manual_seed(0))
+    assert y.device == x.device and y.shape == x.shape
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.gpu
 def test_runs_on_the_images_device() -> None:

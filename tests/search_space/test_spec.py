@@ -72,6 +72,17 @@ def test_resolved_yaml_round_trips(tmp_path):
     assert again.to_dict() == space.to_dict()
 
 
+def test_precision_defaults_to_fp32_and_is_written_only_when_set(tmp_path):
+    space = load_space(write(tmp_path, BASE))
+    assert space.training["precision"].value == "fp32"
+    assert "precision" not in space.to_dict()["training"]  # a run made before the key resolves the same
+    for value in ("bf16", ["fp32", "bf16"]):
+        space = load_space(write(tmp_path, mutated("training.precision", value)))
+        assert space.to_dict()["training"]["precision"] == value
+        again = load_space(write(tmp_path, space.to_yaml(), "resolved.yaml"))
+        assert again.to_dict() == space.to_dict()
+
+
 def test_overrides_apply_and_reseed(tmp_path):
     space = load_space(write(tmp_path, BASE)).with_overrides(trials=9, seed=11, backend="ray")
     assert space.search.trials == 9 and space.search.sampler_seed == 11 and space.seed == 11
@@ -131,6 +142,11 @@ MALFORMED = [
     (mutated("training.lr", {"log": [0.0, 1.0e-3]}), "training.lr", "0 < low"),
     (mutated("training.lr", []), "training.lr", "non-empty list"),
     (mutated("training.momentum", 0.9), "training.momentum", "unknown key"),
+    (mutated("training.precision", "fp16"), "training.precision", "expected one of ['fp32', 'bf16'], got 'fp16'"),
+    (mutated("training.precision", ["fp32", "BF16"]), "training.precision",
+     "expected every choice to be one of ['fp32', 'bf16'], got 'BF16'"),
+    (mutated("training.precision", {"float": [16, 32]}), "training.precision", "expected one of ['fp32', 'bf16']"),
+    (mutated("training.precison", "bf16"), "training.precison", "did you mean 'precision'"),
     (mutated("training.batch_size", {"int": [16, 64], "steps": 2}), "training.batch_size", "expected a range like"),
     (mutated("space.shared.num_heads", [3]), "num_heads", "3 does not divide 32"),
     # never a silently changed embed_dim: a default or a range of num_heads must divide the listed embed_dims
