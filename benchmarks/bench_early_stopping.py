@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 from _doc import markdown_table, stamp, write_section  # noqa: E402
 
-from reports.rundir import eligible_mask, read_trials  # noqa: E402
+from cellsparse.rundir import eligible_mask, read_trials  # noqa: E402
 
 VARIANTS = ("plain", "none", "asha", "moasha")
 EARLY_STOPPING = {"none": "none", "asha": "{name: asha, grace_epochs: 1, reduction_factor: 3}",

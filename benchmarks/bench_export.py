@@ -56,7 +56,7 @@ def _load() -> str:
 
 def describe_run(run_dir: Path) -> str:
     """One sentence on what the run is and how it was made (from space.yaml and run.json)."""
-    from reports.rundir import load_run
+    from cellsparse.rundir import load_run
 
     run = load_run(run_dir)
     data = run.space.get("data") or {}
@@ -69,8 +69,8 @@ def describe_run(run_dir: Path) -> str:
 
 def pick_models(run_dir: Path) -> list[tuple[str, int]]:
     """[("knee", n), ("best dense", m)]: the trials to time (the dense one when the run has one)."""
+    from cellsparse.rundir import load_run
     from reports.pareto import eligible_mask, most_accurate, pick_trial
-    from reports.rundir import load_run
     from search_space.strategies import get_strategy, strategy_names
 
     run = load_run(run_dir)

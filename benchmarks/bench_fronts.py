@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _doc import markdown_table, stamp, write_section  # noqa: E402
 
 from cellsparse.pareto import hypervolume  # noqa: E402
-from reports.rundir import eligible_mask, read_trials  # noqa: E402
+from cellsparse.rundir import eligible_mask, read_trials  # noqa: E402
 
 GOAL_POINTS, GOAL_FLOPS_SHARE = 1.0, 1 / 3
 

@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT))
 from _doc import markdown_table, write_section  # noqa: E402
 from _front import FRONT_HEADER, best_in, describe, eligible, front_rows, pct, run_search  # noqa: E402
 
-from reports.rundir import read_trials  # noqa: E402
+from cellsparse.rundir import read_trials  # noqa: E402
 
 SPACE = ROOT / "search_space" / "blood_cells.yaml"
 PACKING_CONFIG = {"width": 16, "stages": 3, "blocks_per_stage": 1, "stem_stride": 2}  # the 5 MFLOPs CNN

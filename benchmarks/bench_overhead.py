@@ -92,7 +92,7 @@ def run_search(workdir: Path, name: str, *, trials: int, epochs: int, backend: s
         raise SystemExit(f"{name}: the search exited with {code}")
     import pandas as pd
 
-    from reports.rundir import read_trials
+    from cellsparse.rundir import read_trials
 
     table = read_trials(out / "trials.csv")
     if (table["state"] != "COMPLETE").any():

@@ -58,7 +58,7 @@ from _front import (  # noqa: E402
     synthetic_content_share,
 )
 
-from reports.rundir import read_trials  # noqa: E402
+from cellsparse.rundir import read_trials  # noqa: E402
 
 BUDGETS_MFLOPS = (1, 5, 20, 100)
 BAR_ACC, BAR_MFLOPS = 0.966, 10.0

@@ -41,7 +41,7 @@ from _front import (  # noqa: E402
     synthetic_content_share,
 )
 
-from reports.rundir import read_trials  # noqa: E402
+from cellsparse.rundir import read_trials  # noqa: E402
 
 SPACE = "search_space/cells64.yaml"
 BUDGETS_MFLOPS = (2, 5, 10, 20, 50)

@@ -16,9 +16,9 @@ from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from cellsparse.objective_info import objective_info
+from cellsparse.rundir import INPUT_COLUMN, Run, config_columns
 
 from .pareto import eligible_mask, pareto_mask
-from .rundir import INPUT_COLUMN, Run, config_columns
 
 PALETTE = qualitative.Plotly + qualitative.D3 + qualitative.Dark24
 MAX_HOVER_CONFIG = 16

@@ -22,6 +22,8 @@ import plotly.io as pio
 import yaml
 from plotly.offline import get_plotlyjs
 
+from cellsparse.rundir import INPUT_COLUMN, STATES, Run, config_columns, load_json
+
 from . import figures as F
 from .figures import esc, fmt
 from .images import looked_at_pair
@@ -33,7 +35,6 @@ from .pareto import (
     pick_trial,
     reference_point_from_space,
 )
-from .rundir import INPUT_COLUMN, STATES, Run, config_columns, load_json
 
 MAX_LOOKED_AT_TRIALS = 12  # Pareto trials whose images are shown
 IMAGES_PER_TRIAL = 4

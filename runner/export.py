@@ -96,7 +96,7 @@ def _figures(row: Any, objectives: Sequence[str]) -> str:
 
 
 def choose_trial(run: Any, *, trial: int | None, pick: str, max_flops: float | None) -> Choice:
-    """The trial to export from a loaded run (``reports.rundir.Run``); UserError when none qualifies.
+    """The trial to export from a loaded run (``cellsparse.rundir.Run``); UserError when none qualifies.
 
     A given ``trial`` must be COMPLETE and feasible. Otherwise ``pick`` goes to
     ``reports.pareto.pick_trial`` (the report's own picks): ``budget`` takes ``max_flops`` or, when
@@ -524,7 +524,7 @@ def export_run(
 
 def _export(run_dir: Path, *, trial: int | None, pick: str, max_flops: float | None, formats: Sequence[str],
             out: Path | None, measure: bool, threads: int, log: Callable[[str], None]) -> ExportResult:
-    from reports.rundir import load_run
+    from cellsparse.rundir import load_run
     from runner.checkpoint import load_trained
     from search_space.spec import parse_space
 

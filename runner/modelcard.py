@@ -8,14 +8,13 @@ people. Both sit beside the model files in the export directory.
 from __future__ import annotations
 
 import json
-import platform
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from runner.artefacts import CARD_FILE, FILES, INPUT_NAME, OUTPUT_NAME
 from runner.data.images import VALUE_SCALING
+from runner.machine import versions
 from search_space.errors import UserError
 from search_space.resolution import resolution_of
 
@@ -32,27 +31,9 @@ VALUE_SCALES = {
 }
 
 
-def _version(dist: str) -> str | None:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
-
-
 def library_versions() -> dict[str, str | None]:
     """Versions of what made the export and what runs it."""
-    import numpy
-    import torch
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "onnx": _version("onnx"),
-        "onnxruntime": _version("onnxruntime"),
-        "onnxscript": _version("onnxscript"),
-        "numpy": numpy.__version__,
-        "cellsparse": _version("cellsparse"),
-    }
+    return versions("torch", "onnx", "onnxruntime", "onnxscript", "numpy", "cellsparse")
 
 
 def _number(value: Any) -> float | None:

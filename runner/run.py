@@ -39,7 +39,7 @@ class Run:
 
     def refresh(self) -> Run:
         """Read the run directory again (after more trials finished)."""
-        from reports.rundir import load_run
+        from cellsparse.rundir import load_run
 
         self._run = load_run(self.path)
         return self

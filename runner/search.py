@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn
 
+from runner.machine import machine, versions
 from search_space.errors import UserError
 
 EXIT_USER_ERROR = 2
@@ -96,7 +97,7 @@ def _check_flags(args: argparse.Namespace) -> None:
 
 def _load(args: argparse.Namespace) -> tuple[Any, Path]:
     """The space to run (file + flags) and the run directory; validates everything, writes nothing."""
-    from runner import rundir
+    from cellsparse import rundir
     from runner.backends.common import data_shape
     from search_space.spec import load_space
 
@@ -134,7 +135,7 @@ def _check_data(space: Any, out: Path, *, resume: bool) -> str | None:
     class missing from train, a single class, an undecodable image) is one line now instead of a
     failure in every trial; on --resume, refuse data other than the run started with. Returns the
     data's fingerprint (None for synthetic data). Writes nothing."""
-    from runner import rundir
+    from cellsparse import rundir
     from runner.backends.common import cached_dataset
     from runner.data import data_fingerprint, load_dataset
 
@@ -185,7 +186,7 @@ def dry_run(space: Any, n: int) -> None:
 
 
 def _front_table(study: Any, space: Any) -> list[str]:
-    from runner import rundir
+    from cellsparse import rundir
     from runner.backends.common import format_value, pareto_trials
 
     front = pareto_trials(study)
@@ -255,7 +256,7 @@ def run_search(args: argparse.Namespace) -> int:
     """Validate, prepare the run directory, run the trials, print the front. Returns the exit status."""
     import optuna
 
-    from runner import rundir
+    from cellsparse import rundir
     from runner.backends.common import (
         TrialFinished,
         fail_unfinished,
@@ -312,8 +313,9 @@ def run_search(args: argparse.Namespace) -> int:
     if repaired:
         print(repaired, file=sys.stderr)
     rundir.write_space(out, space)
+    environment = {"machine": machine(), "versions": versions("torch", "optuna", "ray", "cellsparse")}
     info = rundir.start_session(out, space, command=rundir.python_command(), address=args.address,
-                                data_fingerprint=fingerprint)
+                                data_fingerprint=fingerprint, environment=environment)
     study = open_study(space, out)
     stale = fail_unfinished(study)
     if stale:

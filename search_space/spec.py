@@ -216,6 +216,13 @@ class SearchSpace:
         _check_search_settings(search, str(self.path))
         return replace(self, search=search, seed=self.seed if seed is None else seed)
 
+    def with_absolute_data_path(self) -> SearchSpace:
+        """A copy whose relative ``data.path`` is made absolute (from the working directory it was
+        given in), so the stored space.yaml and every Ray worker still find the data elsewhere."""
+        if self.data.path and not os.path.isabs(self.data.path):
+            return replace(self, data=replace(self.data, path=os.path.abspath(self.data.path)))
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         """The resolved space as plain data; ``load_space`` of its YAML gives an equal space."""
         data = {k: v for k, v in self.data.loader_kwargs().items()}

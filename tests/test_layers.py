@@ -1,9 +1,10 @@
 """The package layers, enforced: imports point down, never in a circle, and the heavy libraries stay
 in the modules that need them.
 
-    base          cellsparse                       torch-free: Pareto maths, objective facts
+    base          cellsparse                       torch-free: Pareto maths, objective and strategy facts,
+                                                   the base error, the run directory
     space/models  search_space, objectives         models, the space, measures
-    engine        runner (but the applications)    trial, data, driver, backends, run directory
+    engine        runner (but the applications)    trial, data, driver, backends, export artefacts
     applications  runner.search/export/predict/..., reports
 
 Every import counts, at module level or inside a function (a function-level import hides a tie, it
@@ -141,4 +142,10 @@ def test_the_base_and_the_space_load_without_the_heavy_libraries() -> None:
     code = ("import sys, cellsparse.pareto, cellsparse.objective_info; "
             "heavy = {'torch', 'optuna', 'ray', 'plotly', 'pandas'} & set(sys.modules); assert not heavy, heavy; "
             "import search_space; heavy = {'ray', 'plotly', 'optuna'} & set(sys.modules); assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+def test_the_run_directory_and_the_report_load_without_torch() -> None:
+    code = ("import sys, cellsparse.rundir, reports.build; "
+            "heavy = {'torch', 'ray'} & set(sys.modules); assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)

@@ -19,15 +19,15 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
 import torch
 
+from cellsparse import rundir
 from cellsparse.objective_info import declared_objectives, format_figure, objective_info
-from runner import rundir
 from search_space.errors import UserError
 from search_space.spec import SearchSpace
 
@@ -69,11 +69,8 @@ class TrialSettings:
 
     @classmethod
     def for_run(cls, space: SearchSpace, run_dir: Path) -> TrialSettings:
-        data = space.data
-        if data.path and not os.path.isabs(data.path):
-            space = replace(space, data=replace(data, path=os.path.abspath(data.path)))
         return cls(
-            space=space,
+            space=space.with_absolute_data_path(),
             run_dir=str(Path(run_dir).resolve()),
             threads=max(1, int(space.search.cpus_per_trial)),
             use_gpu=space.search.gpus_per_trial > 0,

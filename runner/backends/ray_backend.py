@@ -49,7 +49,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
-from runner import rundir
+from cellsparse import rundir
 from runner.backends.common import (
     PAYLOAD_KEY,
     TrialSettings,

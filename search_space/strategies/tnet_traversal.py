@@ -166,7 +166,6 @@ class _LocationModule(nn.Module):
             "float", 0.0, 1.0, default=0.7, doc="share of REINFORCE rewarding each glimpse by its own prediction"
         ),
     },
-    sparse=True,
     uses_k_rule=True,
     doc="TNet: top-k glimpses per parent through dense_cnn's encoder; location module trained by per-glimpse REINFORCE.",
 )

@@ -142,7 +142,7 @@ def test_rebuilt_model_runs_at_the_final_k(topk_run: Path) -> None:
 
 
 def test_pick_options(topk_run: Path) -> None:
-    from reports.rundir import load_run
+    from cellsparse.rundir import load_run
 
     run = load_run(topk_run)
     assert E.choose_trial(run, trial=0, pick="knee", max_flops=None).how == "trial"

@@ -86,8 +86,8 @@ def test_full_resolution_card_says_no_resize_inside(run: Path, trials: pd.DataFr
 
 
 def test_report_shows_each_trials_input_resolution(run: Path, trials: pd.DataFrame) -> None:
+    from cellsparse.rundir import INPUT_COLUMN, load_run
     from reports.build import build_report
-    from reports.rundir import INPUT_COLUMN, load_run
 
     loaded = load_run(run)
     expected = loaded.trials["strategy"].map({"sparse_topk": 12.0, "dense_cnn": 16.0})  # dense_cnn: the data's size

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.rundir import check_journal
+from cellsparse.rundir import check_journal
 from tests.runner.search_fixtures import journal_trials, read_trials, set_env, write_space
 
 
@@ -148,7 +148,7 @@ def test_a_damaged_journal_line_is_one_error_naming_it(tmp_path, monkeypatch, ca
 def test_a_killed_session_counts_in_the_wall_time_up_to_its_last_write(tmp_path) -> None:
     import json
 
-    from runner import rundir
+    from cellsparse import rundir
     from search_space.spec import load_space
 
     space = load_space(write_space(tmp_path, trials=1))
