@@ -165,7 +165,8 @@ def throughput(run_dir: Path, tmp: Path, batch_sizes: tuple[int, ...], device: s
     from bench_export import pick_models
 
     from runner.checkpoint import load_trained
-    from runner.export import export_run, time_batches
+    from runner.export import export_run
+    from runner.export.parity import time_batches
     from runner.predict import load_runtime
 
     rows = []
