@@ -12,8 +12,11 @@ Each subcommand takes exactly the flags, and gives the exit status, of its ``pyt
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
 
 PROG = "cellsparse"
 COMMANDS = {  # name -> (module with main(argv), one line of help)
@@ -27,14 +30,9 @@ EXIT_USER_ERROR = 2
 
 def version() -> str:
     """The installed distribution's version (the source tree's pyproject version when not installed)."""
-    from importlib import metadata
-
     try:
         return metadata.version(PROG)
     except metadata.PackageNotFoundError:
-        import re
-        from pathlib import Path
-
         pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
         found = re.search(r'^version\s*=\s*"([^"]+)"', pyproject.read_text(encoding="utf-8"), re.M)
         return found.group(1) if found else "unknown"

@@ -12,7 +12,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from objectives import count_params
 from runner.artefacts import CARD_FILE, FILES, INPUT_NAME, OUTPUT_NAME
+from runner.checkpoint import has_per_image_k
 from runner.data.images import VALUE_SCALING
 from runner.machine import versions
 from search_space.errors import UserError
@@ -56,9 +58,6 @@ def build_card(
     val_accuracy_rechecked: float | None,
 ) -> dict[str, Any]:
     """The card's content (parity and latency are added by the exporter once measured)."""
-    from objectives import count_params
-    from runner.checkpoint import has_per_image_k
-
     meta, metrics, config = trained.meta, trained.metrics, trained.config
     channels, size = int(meta["in_channels"]), int(meta["image_size"])
     modality = str(meta.get("modality") or space.data.modality)

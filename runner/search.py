@@ -30,8 +30,36 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn
 
+import optuna
+import torch
+
+from cellsparse import rundir
+from objectives import count_flops
+from reports.build import build_report as write_report
+from runner.backends.common import (
+    PAYLOAD_KEY,
+    ConfigSampler,
+    TrialFinished,
+    cached_dataset,
+    data_shape,
+    fail_unfinished,
+    format_value,
+    import_plugins,
+    open_study,
+    pareto_trials,
+    plugin_modules,
+    sampler_for_session,
+    trials_done,
+)
+from runner.backends.optuna_backend import run_optuna
+from runner.data import data_fingerprint, load_dataset
+from runner.driver import SearchDriver, early_stopping_rule
 from runner.machine import machine, versions
+from runner.run import Run
+from search_space.build import build_model
 from search_space.errors import UserError
+from search_space.sampling import make_sampler
+from search_space.spec import load_space
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -97,10 +125,6 @@ def _check_flags(args: argparse.Namespace) -> None:
 
 def _load(args: argparse.Namespace) -> tuple[Any, Path]:
     """The space to run (file + flags) and the run directory; validates everything, writes nothing."""
-    from cellsparse import rundir
-    from runner.backends.common import data_shape
-    from search_space.spec import load_space
-
     given = load_space(args.space) if args.space is not None else None
     out = args.out if args.out is not None else Path("runs") / given.name
     if args.resume:
@@ -135,10 +159,6 @@ def _check_data(space: Any, out: Path, *, resume: bool) -> str | None:
     class missing from train, a single class, an undecodable image) is one line now instead of a
     failure in every trial; on --resume, refuse data other than the run started with. Returns the
     data's fingerprint (None for synthetic data). Writes nothing."""
-    from cellsparse import rundir
-    from runner.backends.common import cached_dataset
-    from runner.data import data_fingerprint, load_dataset
-
     kwargs = space.data.loader_kwargs()
     fingerprint = data_fingerprint(**kwargs)
     recorded = rundir.read_run_json(out).get(rundir.DATA_FINGERPRINT) if resume else None
@@ -155,14 +175,6 @@ def _check_data(space: Any, out: Path, *, resume: bool) -> str | None:
 
 def dry_run(space: Any, n: int) -> None:
     """Print ``n`` configs as the sampler would draw them first, with their FLOPs; nothing is trained."""
-    import optuna
-    import torch
-
-    from objectives import count_flops
-    from runner.backends.common import PAYLOAD_KEY, ConfigSampler, data_shape, format_value
-    from search_space.build import build_model
-    from search_space.sampling import make_sampler
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(directions=space.directions, sampler=make_sampler(space))
     sample = ConfigSampler(space)
@@ -186,9 +198,6 @@ def dry_run(space: Any, n: int) -> None:
 
 
 def _front_table(study: Any, space: Any) -> list[str]:
-    from cellsparse import rundir
-    from runner.backends.common import format_value, pareto_trials
-
     front = pareto_trials(study)
     if not front:
         return ["Pareto front: empty (no complete, feasible trial)"]
@@ -211,13 +220,9 @@ def _front_table(study: Any, space: Any) -> list[str]:
 
 
 def build_report(run_dir: Path) -> str:
-    """Build report.html when ``reports.build`` is available; never lose the run over it."""
+    """Build report.html; never lose the run over it."""
     try:
-        from reports.build import build_report as build
-    except ImportError as err:
-        return f"report: not built (reports.build is not available: {err})"
-    try:
-        path = build(run_dir)
+        path = write_report(run_dir)
     except Exception as err:  # noqa: BLE001 - the run is complete either way
         return f"report: not built ({type(err).__name__}: {err}); the run directory is intact"
     return f"report: {path or Path(run_dir) / 'report.html'}"
@@ -254,38 +259,22 @@ def _check_local_resources(space: Any, gpus_here: int) -> None:
 
 def run_search(args: argparse.Namespace) -> int:
     """Validate, prepare the run directory, run the trials, print the front. Returns the exit status."""
-    import optuna
-
-    from cellsparse import rundir
-    from runner.backends.common import (
-        TrialFinished,
-        fail_unfinished,
-        import_plugins,
-        open_study,
-        plugin_modules,
-        sampler_for_session,
-        trials_done,
-    )
-    from runner.backends.optuna_backend import run_optuna
-    from runner.driver import SearchDriver, early_stopping_rule
-
     import_plugins(plugin_modules())
     _check_flags(args)
     space, out = _load(args)
     if args.dry_run:
         dry_run(space, args.trials or space.search.trials)
         return 0
-    if space.search.backend == "ray" and args.address:
-        from runner.backends.ray_backend import check_address
-
-        check_address(args.address)  # seconds, before the data are loaded
-    fingerprint = _check_data(space, out, resume=args.resume)
-
     backend = space.search.backend
     ray_backend = None
     if backend == "ray":
-        from runner.backends import ray_backend
+        from runner.backends import ray_backend  # ray is heavy: only the ray backend needs it
 
+        if args.address:
+            ray_backend.check_address(args.address)  # seconds, before the data are loaded
+    fingerprint = _check_data(space, out, resume=args.resume)
+
+    if ray_backend is not None:
         started_ray = ray_backend.connect(args.address)
         try:
             ray_backend.check_resources(space)
@@ -294,8 +283,6 @@ def run_search(args: argparse.Namespace) -> int:
                 ray_backend.disconnect()
             raise
     else:
-        import torch
-
         if space.search.gpus_per_trial > 0 and not torch.cuda.is_available():
             raise UserError(f"search.resources.gpu={space.search.gpus_per_trial:g}, but torch sees no CUDA device here")
         _check_local_resources(space, torch.cuda.device_count() if torch.cuda.is_available() else 0)
@@ -396,8 +383,6 @@ def main(argv: list[str] | None = None) -> int:
 def export_suggestion(out: Path) -> list[str]:
     """The export command as ``runner.export`` runs it by default (the knee of the front), with the
     trial it picks and the most accurate trial beside it; nothing when no trial qualifies."""
-    from runner.run import Run
-
     try:
         run = Run.load(out)
         knee, best = run.pick("knee"), run.pick("accuracy")
@@ -428,16 +413,12 @@ def search(
     :class:`runner.run.Run` (trials, front, picks, report, export). Raises UserError (one line
     naming what is wrong, nothing written) for bad input, and KeyboardInterrupt when the search was
     stopped before its trials were done (continue with ``resume=True``)."""
-    from runner.run import Run
-
     args = argparse.Namespace(
         space=None if space is None else Path(space), out=None if out is None else Path(out), trials=trials,
         backend=backend, address=address, resume=resume, max_concurrent=max_concurrent,
         cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, seed=seed, dry_run=False,
     )
     if args.out is None and args.space is not None:
-        from search_space.spec import load_space
-
         args.out = Path("runs") / load_space(args.space).name
     status = run_search(args)
     if status == EXIT_INTERRUPTED:

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from objectives import count_flops, count_params, get_objective
+from runner.data import augment_batch
 from search_space.build import build_model
 from search_space.k_rules import make_k_rule
 from search_space.strategies import CellClassifier
@@ -215,9 +216,6 @@ def run_trial(
     Returns the metrics (also written to metrics.json): every objective by name, plus
     ``val_accuracy``, ``test_accuracy``, ``k_final``, ``params_count``, ``epochs``, ``train_time_s``.
     """
-    if augment:
-        from runner.data import augment_batch
-
     start = time.perf_counter()
     trial_dir = Path(trial_dir)
     trial_dir.mkdir(parents=True, exist_ok=True)
