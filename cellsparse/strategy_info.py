@@ -10,26 +10,26 @@ call, as ``cellsparse.objective_info`` does for objectives.
 
 from __future__ import annotations
 
+from cellsparse.registry import Registry
+
 INPUT_SIZE_KEY = "input_size"
 
-_SPARSE: dict[str, bool] = {}
+_SPARSE: Registry[bool] = Registry("strategy", added="declared")
 
 
 def declare_strategy(name: str, *, sparse: bool) -> None:
     """Record that strategy ``name`` is sparse or dense; a name declared twice is an error."""
-    if name in _SPARSE:
-        raise ValueError(f"strategy {name!r} is declared twice")
-    _SPARSE[name] = bool(sparse)
+    _SPARSE.add(name, bool(sparse))
 
 
 def declared_strategies() -> list[str]:
     """Every declared strategy, in declaration order."""
-    return list(_SPARSE)
+    return _SPARSE.names()
 
 
 def is_sparse(name: object) -> bool | None:
     """Whether strategy ``name`` looks at part of each image; None when no such strategy is declared."""
-    return _SPARSE.get(name) if isinstance(name, str) else None
+    return _SPARSE.find(name)
 
 
 for _name, _sparse in (

@@ -6,17 +6,20 @@
     cellsparse predict runs/cells/export cells/           # = python -m runner.predict ...
     cellsparse --version
 
-Each subcommand takes exactly the flags, and gives the exit status, of its ``python -m`` form.
+Each subcommand takes exactly the flags, and gives the exit status, of its ``python -m`` form; what
+they share (a bad flag or a user error is one ``error: ...`` line and exit status 2) is here.
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import re
 import sys
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
+from typing import NoReturn
 
 PROG = "cellsparse"
 COMMANDS = {  # name -> (module with main(argv), one line of help)
@@ -26,6 +29,18 @@ COMMANDS = {  # name -> (module with main(argv), one line of help)
     "predict": ("runner.predict", "classify images with an exported model"),
 }
 EXIT_USER_ERROR = 2
+
+
+class CommandParser(argparse.ArgumentParser):
+    """argparse for a command of this project: a bad flag is one ``error: ...`` line and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USER_ERROR, f"error: {message} (see {self.prog} --help)\n")
+
+
+def print_error(err: BaseException) -> None:
+    """A user error (or a failed export) as one ``error: ...`` line on stderr, without a traceback."""
+    print("error: " + " ".join(str(err).split("\n")), file=sys.stderr)
 
 
 def version() -> str:

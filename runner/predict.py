@@ -55,7 +55,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -63,6 +63,7 @@ import torch
 
 from cellsparse.files import write_atomic
 from runner.artefacts import Runner, check_device, onnx_runner, pt2_runner
+from runner.cli import EXIT_USER_ERROR, CommandParser, print_error
 from runner.data.dataset import resize
 from runner.data.images import read_image, scale_values
 from runner.data.npz import KNOWN_CLASS_NAMES, load_error
@@ -72,7 +73,6 @@ from search_space.errors import UserError
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601-2, as PIL's convert("L")
 DEFAULT_BATCH = 256
-EXIT_USER_ERROR = 2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -464,13 +464,8 @@ def summary(result: Prediction, out: Path) -> list[str]:
     return lines
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USER_ERROR, f"error: {message} (see python -m runner.predict --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = CommandParser(
         prog="python -m runner.predict",
         description="Classify cell images with a model exported by python -m runner.export.",
         epilog="Exit status: 0 done, 2 bad input. Channel conversions and preprocessing: see the module docstring.",
@@ -498,7 +493,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                          fmt=args.fmt, split=args.split)
         write_csv(result.rows, out)
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print_error(err)
         return EXIT_USER_ERROR
     print("\n".join(summary(result, out)))
     return 0

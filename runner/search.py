@@ -28,7 +28,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import optuna
 import torch
@@ -52,6 +52,7 @@ from runner.backends.common import (
     trials_done,
 )
 from runner.backends.optuna_backend import run_optuna
+from runner.cli import EXIT_USER_ERROR, CommandParser, print_error
 from runner.data import data_fingerprint, load_dataset
 from runner.driver import SearchDriver, early_stopping_rule
 from runner.machine import machine, versions
@@ -61,19 +62,11 @@ from search_space.errors import UserError
 from search_space.sampling import make_sampler
 from search_space.spec import load_space
 
-EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad flag on one line (``error: ...``) with status 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USER_ERROR, f"error: {message} (see python -m runner.search --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = CommandParser(
         prog="python -m runner.search",
         description="Search sparse-attention cell classifiers for the accuracy/cost trade-off "
         "(Optuna samplers, Ray Tune or in-process trials).",
@@ -367,8 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run_search(args)
     except UserError as err:
-        message = " ".join(str(err).split("\n"))
-        print(f"error: {message}", file=sys.stderr)
+        print_error(err)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("stopped", file=sys.stderr)

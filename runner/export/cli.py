@@ -3,28 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
 
 from runner.artefacts import FORMATS
 from runner.backends.common import import_plugins, plugin_modules
+from runner.cli import EXIT_USER_ERROR, CommandParser, print_error
 from runner.export.parity import ExportError
 from runner.export.pipeline import export_run
 from search_space.errors import UserError
 
 EXIT_FAILED = 1
-EXIT_USER_ERROR = 2
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USER_ERROR, f"error: {message} (see python -m runner.export --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = CommandParser(
         prog="python -m runner.export",
         description="Export a trained model from a run for deployment (ONNX and torch.export .pt2), checked "
         "against the eager model, with a model card.",
@@ -58,9 +51,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         export_run(args.run_dir, trial=args.trial, pick=args.pick, max_flops=args.max_flops, formats=formats,
                    out=args.out, measure=not args.no_latency, threads=args.threads)
     except ExportError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print_error(err)
         return EXIT_FAILED
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print_error(err)
         return EXIT_USER_ERROR
     return 0

@@ -38,6 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from cellsparse.registry import Registry
 from cellsparse.strategy_info import declare_strategy, is_sparse  # is_sparse re-exported
 from search_space.params import ParamSpec  # re-exported: strategies declare their keys with it
 
@@ -194,7 +195,7 @@ class StrategyInfo:
         return self.model(**values, **{key: value for key, value in context.items() if key in accepted})
 
 
-_REGISTRY: dict[str, StrategyInfo] = {}
+_REGISTRY: Registry[StrategyInfo] = Registry("strategy")
 
 
 def register_strategy(
@@ -226,7 +227,7 @@ def register_strategy(
                          f"cellsparse.strategy_info, but registered with sparse={sparse}")
 
     def decorate(model: ModelClass) -> ModelClass:
-        if name in _REGISTRY:
+        if name in _REGISTRY:  # before anything is declared
             raise ValueError(f"strategy {name!r} is registered twice")
         accepted = set(inspect.signature(model.__init__).parameters)
         unknown = sorted(set(params) - accepted)
@@ -234,7 +235,7 @@ def register_strategy(
             raise ValueError(f"strategy {name!r}: {model.__name__}() takes no keyword {unknown}")
         if is_sparse(name) is None:
             declare_strategy(name, sparse=True if sparse is None else sparse)
-        _REGISTRY[name] = StrategyInfo(name, model, dict(params), bool(is_sparse(name)), doc, uses_k_rule)
+        _REGISTRY.add(name, StrategyInfo(name, model, dict(params), bool(is_sparse(name)), doc, uses_k_rule))
         return model
 
     return decorate
@@ -242,15 +243,12 @@ def register_strategy(
 
 def strategy_names() -> list[str]:
     """Names of every registered strategy, in registration order."""
-    return list(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def get_strategy(name: str) -> StrategyInfo:
     """The registered strategy ``name``; an unknown name lists the valid ones."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise KeyError(f"unknown strategy {name!r}; valid: {', '.join(_REGISTRY) or '(none registered)'}") from None
+    return _REGISTRY.get(name)
 
 
 def params_for(names: Sequence[str]) -> dict[str, ParamSpec]:
