@@ -38,6 +38,11 @@ class CommandParser(argparse.ArgumentParser):
         self.exit(EXIT_USER_ERROR, f"error: {message} (see {self.prog} --help)\n")
 
 
+def command_parser(module: str, description: str, epilog: str) -> argparse.ArgumentParser:
+    """The parser of ``python -m module`` (and of its ``cellsparse`` subcommand)."""
+    return CommandParser(prog=f"python -m {module}", description=description, epilog=epilog)
+
+
 def print_error(err: BaseException) -> None:
     """A user error (or a failed export) as one ``error: ...`` line on stderr, without a traceback."""
     print("error: " + " ".join(str(err).split("\n")), file=sys.stderr)

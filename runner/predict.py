@@ -63,7 +63,7 @@ import torch
 
 from cellsparse.files import write_atomic
 from runner.artefacts import Runner, check_device, onnx_runner, pt2_runner
-from runner.cli import EXIT_USER_ERROR, CommandParser, print_error
+from runner.cli import EXIT_USER_ERROR, command_parser, print_error
 from runner.data.dataset import resize
 from runner.data.images import read_image, scale_values
 from runner.data.npz import KNOWN_CLASS_NAMES, load_error
@@ -465,10 +465,10 @@ def summary(result: Prediction, out: Path) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = CommandParser(
-        prog="python -m runner.predict",
-        description="Classify cell images with a model exported by python -m runner.export.",
-        epilog="Exit status: 0 done, 2 bad input. Channel conversions and preprocessing: see the module docstring.",
+    parser = command_parser(
+        "runner.predict",
+        "Classify cell images with a model exported by python -m runner.export.",
+        "Exit status: 0 done, 2 bad input. Channel conversions and preprocessing: see the module docstring.",
     )
     parser.add_argument("export_dir", type=Path, metavar="EXPORT_DIR", help="an export directory (runs/<name>/export)")
     parser.add_argument("inputs", type=Path, nargs="+", metavar="INPUT",

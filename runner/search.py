@@ -52,7 +52,7 @@ from runner.backends.common import (
     trials_done,
 )
 from runner.backends.optuna_backend import run_optuna
-from runner.cli import EXIT_USER_ERROR, CommandParser, print_error
+from runner.cli import EXIT_USER_ERROR, command_parser, print_error
 from runner.data import data_fingerprint, load_dataset
 from runner.driver import SearchDriver, early_stopping_rule
 from runner.machine import machine, versions
@@ -66,11 +66,11 @@ EXIT_INTERRUPTED = 130
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = CommandParser(
-        prog="python -m runner.search",
-        description="Search sparse-attention cell classifiers for the accuracy/cost trade-off "
+    parser = command_parser(
+        "runner.search",
+        "Search sparse-attention cell classifiers for the accuracy/cost trade-off "
         "(Optuna samplers, Ray Tune or in-process trials).",
-        epilog="Flags override the space file's search settings. Exit status: 0 done, 2 bad input, "
+        "Flags override the space file's search settings. Exit status: 0 done, 2 bad input, "
         "130 stopped (continue with --resume). Extra strategy modules: set CELLSPARSE_PLUGINS=mod1,mod2.",
     )
     parser.add_argument("--space", type=Path, metavar="FILE",

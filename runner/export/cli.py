@@ -8,7 +8,7 @@ from pathlib import Path
 
 from runner.artefacts import FORMATS
 from runner.backends.common import import_plugins, plugin_modules
-from runner.cli import EXIT_USER_ERROR, CommandParser, print_error
+from runner.cli import EXIT_USER_ERROR, command_parser, print_error
 from runner.export.parity import ExportError
 from runner.export.pipeline import export_run
 from search_space.errors import UserError
@@ -17,11 +17,11 @@ EXIT_FAILED = 1
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = CommandParser(
-        prog="python -m runner.export",
-        description="Export a trained model from a run for deployment (ONNX and torch.export .pt2), checked "
+    parser = command_parser(
+        "runner.export",
+        "Export a trained model from a run for deployment (ONNX and torch.export .pt2), checked "
         "against the eager model, with a model card.",
-        epilog="Exit status: 0 done, 1 the export or its parity check failed, 2 bad input.",
+        "Exit status: 0 done, 1 the export or its parity check failed, 2 bad input.",
     )
     parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the run directory (runs/<name>)")
     which = parser.add_mutually_exclusive_group()
