@@ -1,4 +1,5 @@
-"""Checks the strategy tests share: torch.export and ONNX give the eval model's logits."""
+"""Checks the strategy tests share: a training step reaches what it should, torch.export and ONNX
+give the eval model's logits."""
 
 from __future__ import annotations
 
@@ -6,9 +7,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from runner.artefacts import onnx_runner
 from runner.export.exporters import save_onnx, to_exported_program
+
+
+def assert_trains(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, classes: int, *,
+                  every_parameter: bool = False) -> None:
+    """One training step: finite (B, classes) logits and loss (with the auxiliary loss), and with
+    ``every_parameter`` a gradient at every parameter."""
+    logits = model(x)
+    assert logits.shape == (len(x), classes) and torch.isfinite(logits).all()
+    loss = F.cross_entropy(logits, y) + model.auxiliary_loss(logits, y)
+    assert torch.isfinite(loss)
+    loss.backward()
+    for name, param in model.named_parameters() if every_parameter else ():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
 
 
 def assert_exports_exactly(model: torch.nn.Module, images: torch.Tensor) -> None:

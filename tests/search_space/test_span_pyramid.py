@@ -12,7 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from search_space.strategies import get_strategy
 from search_space.strategies.span_pyramid import SpanPyramid
 from tests.search_space.blob_images import blobs, train_steps
-from tests.search_space.checks import assert_exports_exactly, assert_onnx_matches
+from tests.search_space.checks import assert_exports_exactly, assert_onnx_matches, assert_trains
 
 NUM_CLASSES = 4
 
@@ -40,13 +40,7 @@ def test_forward_backward(channels: int, size: int, keep_score: str, patch_embed
     torch.manual_seed(0)
     model = build(channels, size, keep_score=keep_score, patch_embed=patch_embed, stages=3).train()
     x, y = torch.randn(4, channels, size, size), torch.arange(4) % NUM_CLASSES
-    logits = model(x)
-    assert logits.shape == (4, NUM_CLASSES)
-    loss = F.cross_entropy(logits, y) + model.auxiliary_loss(logits, y)
-    assert torch.isfinite(loss)
-    loss.backward()
-    for name, param in model.named_parameters():
-        assert param.grad is not None and param.grad.abs().sum() > 0, name
+    assert_trains(model, x, y, NUM_CLASSES, every_parameter=True)
 
 
 @pytest.mark.parametrize(
@@ -62,10 +56,7 @@ def test_forward_backward(channels: int, size: int, keep_score: str, patch_embed
 def test_variants_run(overrides: dict) -> None:
     torch.manual_seed(0)
     model = build(3, 28, **overrides).train()
-    x, y = torch.randn(3, 3, 28, 28), torch.arange(3)
-    logits = model(x)
-    (F.cross_entropy(logits, y) + model.auxiliary_loss(logits, y)).backward()
-    assert logits.shape == (3, NUM_CLASSES) and torch.isfinite(logits).all()
+    assert_trains(model, torch.randn(3, 3, 28, 28), torch.arange(3), NUM_CLASSES)
 
 
 def test_learned_scorer_signal_comes_from_auxiliary_loss_only_to_the_scorer() -> None:

@@ -12,7 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from search_space.strategies import get_strategy
 from search_space.strategies.tnet_traversal import TNetTraversal, _cell_pooling
 from tests.search_space.blob_images import blobs, train_steps
-from tests.search_space.checks import assert_exports_exactly, assert_onnx_matches
+from tests.search_space.checks import assert_exports_exactly, assert_onnx_matches, assert_trains
 
 NUM_CLASSES = 4
 # Small backbone so the suite stays fast; the registered defaults are tested where they matter.
@@ -30,13 +30,7 @@ def test_forward_backward_reaches_every_parameter(channels: int, size: int) -> N
     torch.manual_seed(0)
     model = build(channels, size).train()
     x, y = torch.randn(4, channels, size, size), torch.arange(4) % NUM_CLASSES
-    logits = model(x)
-    assert logits.shape == (4, NUM_CLASSES)
-    loss = F.cross_entropy(logits, y) + model.auxiliary_loss(logits, y)
-    assert torch.isfinite(loss)
-    loss.backward()
-    for name, param in model.named_parameters():
-        assert param.grad is not None and param.grad.abs().sum() > 0, name
+    assert_trains(model, x, y, NUM_CLASSES, every_parameter=True)
 
 
 @pytest.mark.parametrize(
@@ -52,10 +46,7 @@ def test_forward_backward_reaches_every_parameter(channels: int, size: int) -> N
 def test_variants_run(overrides: dict) -> None:
     torch.manual_seed(0)
     model = build(3, 64, **overrides).train()
-    x, y = torch.randn(3, 3, 64, 64), torch.arange(3)
-    logits = model(x)
-    (F.cross_entropy(logits, y) + model.auxiliary_loss(logits, y)).backward()
-    assert logits.shape == (3, NUM_CLASSES) and torch.isfinite(logits).all()
+    assert_trains(model, torch.randn(3, 3, 64, 64), torch.arange(3), NUM_CLASSES)
 
 
 def test_backbone_is_dense_cnns_stages_with_group_norm() -> None:
