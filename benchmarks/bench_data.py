@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
 
-from _doc import markdown_table, stamp, write_section  # noqa: E402
+from _doc import markdown_table, own_command, stamp, write_section  # noqa: E402
 
 from runner.data import MODALITY_CHANNELS, load_dataset  # noqa: E402
 from runner.data.synthetic import SYNTHETIC_CLASSES, generate  # noqa: E402
@@ -114,7 +114,7 @@ def main() -> dict:
     table = markdown_table(["what", "wall s", "CPU s"], [[r["what"], f"{r['wall_s']:.2f}", f"{r['cpu_s']:.2f}"] for r in rows])
     print(table)
     results: dict = {"timings": rows}
-    head = (f"{stamp(' '.join(['python benchmarks/bench_data.py', *sys.argv[1:]]))} "
+    head = (f"{stamp(own_command('bench_data.py'))} "
             f"Load average (1 min) after the timings: {load}.\n\n")
     body = f"{table}\n"
 

@@ -22,7 +22,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _doc import markdown_table, stamp, write_section  # noqa: E402
+from _doc import markdown_table, own_command, stamp, write_section  # noqa: E402
 
 from cellsparse.pareto import hypervolume  # noqa: E402
 from cellsparse.rundir import eligible_mask, read_trials  # noqa: E402
@@ -96,7 +96,7 @@ def main() -> None:
         "accuracy at no more than 33% of its FLOPs:\n\n" + "\n".join(goals)
     print(short + "\n\n" + text)
     if not args.no_write:
-        command = ("python benchmarks/bench_fronts.py " + " ".join(f'"{a}"' if " " in a else a for a in sys.argv[1:])).strip()
+        command = own_command("bench_fronts.py")
         body = (f"{stamp(command)}\n\n{short}\n\nThe same space file, seed and trial budget, searched by each version; "
                 f"hypervolume "
                 f"of validation accuracy against FLOPs over complete, feasible trials, reference accuracy 0 and FLOPs = "

@@ -17,7 +17,6 @@ the built k is kept (setting the mean would change the model).
 
 from __future__ import annotations
 
-import json
 import pickle
 import zipfile
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from typing import Any
 
 import torch
 
+from cellsparse.files import read_json_object
 from search_space.build import build_model
 from search_space.errors import UserError
 from search_space.k_rules import PER_IMAGE_RULES
@@ -57,15 +57,7 @@ class TrainedTrial:
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
-    if not path.is_file():
-        raise UserError(f"{path}: missing; {what}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UserError(f"{path}: cannot be read ({type(err).__name__}: {err}); the trial directory is damaged") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a JSON object, got {type(data).__name__}; the trial directory is damaged")
-    return data
+    return read_json_object(path, fix="the trial directory is damaged", missing=f"{path}: missing; {what}")
 
 
 def _first_line(err: BaseException) -> str:

@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from cellsparse.files import read_json_object
 from objectives import count_params
 from runner.artefacts import CARD_FILE, FILES, INPUT_NAME, OUTPUT_NAME
 from runner.checkpoint import has_per_image_k
@@ -123,12 +124,8 @@ def read_card(export_dir: Path) -> dict[str, Any]:
         raise UserError(f"{export_dir}: no such export directory; pass the --out of python -m runner.export "
                         "(default runs/<name>/export)")
     path = export_dir / CARD_FILE
-    if not path.is_file():
-        raise UserError(f"{export_dir}: no {CARD_FILE} here; is it the output of python -m runner.export?")
-    try:
-        card = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UserError(f"{path}: cannot be read ({type(err).__name__}: {err}); export the model again") from None
+    card = read_json_object(path, fix="export the model again",
+                            missing=f"{export_dir}: no {CARD_FILE} here; is it the output of python -m runner.export?")
     try:
         spec = card["input"]
         channels = int(spec["channels"])
