@@ -1,7 +1,7 @@
 """cellsparse's torch-free base: what every layer above shares. The Pareto maths, the facts about
-objectives and strategies, the base error, atomic writes, and the run directory (``rundir``: its
-layout, the trials table, its reader and writer), which the search writes and the report and export
-read.
+objectives and strategies (kept in one ``Registry`` kind), the base error, atomic writes and JSON
+records, and the run directory (``rundir``: its layout, the trials table, its reader and writer),
+which the search writes and the report and export read.
 
 Importing ``cellsparse`` pulls in numpy only; ``cellsparse.rundir`` adds pandas, PyYAML and Optuna.
 Nothing here imports torch, Ray or plotly.

@@ -5,7 +5,7 @@ Layout (``runs/<name>/``)::
     space.yaml      the resolved space that ran (``SearchSpace.to_yaml()``)
     run.json        when, where and with what it ran (machine, versions, command, sessions)
     study.journal   Optuna JournalStorage: the source of truth for trials
-    trials.csv      one row per trial, rewritten from the journal as trials finish (``TRIALS_COLUMNS``)
+    trials.csv      one row per trial, rewritten from the journal as trials finish (``trials_columns``)
     trials/<n>/     config.json, metrics.json, history.json, model.pt, meta.json, looked_at.npz
     report.html     the report (built at the end)
     ray/            Ray Tune's own experiment files (ray backend only)
@@ -62,6 +62,9 @@ TRIALS_FILE = "trials.csv"
 TRIALS_DIR = "trials"
 REPORT_FILE = "report.html"
 RAY_DIR = "ray"
+#: What ``trials/<n>/`` holds; metrics.json is written last, so its presence marks a finished trial.
+CONFIG_FILE, METRICS_FILE, HISTORY_FILE = "config.json", "metrics.json", "history.json"
+META_FILE, WEIGHTS_FILE, LOOKED_AT_FILE, ERROR_FILE = "meta.json", "model.pt", "looked_at.npz", "error.txt"
 
 #: Settings that may change between sessions of one run (``--resume`` with other flags).
 SESSION_SETTINGS = ("trials", "backend", "max_concurrent", "resources", "timeout_s")
@@ -91,7 +94,7 @@ def write_traceback(run_dir: Path, number: int, text: str) -> None:
     """A failed trial's traceback, as ``trials/<n>/error.txt`` (its one-line error is in the journal)."""
     directory = trial_dir(run_dir, number)
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "error.txt").write_text(text, encoding="utf-8")
+    (directory / ERROR_FILE).write_text(text, encoding="utf-8")
 
 
 def trial_dir(run_dir: Path, number: int) -> Path:
@@ -326,7 +329,7 @@ def _cell(value: Any) -> Any:
 
 
 def trials_frame(study: optuna.Study, objective_names: Sequence[str]) -> pd.DataFrame:
-    """One row per trial, from the journal alone (see the module docstring for the columns)."""
+    """One row per trial, from the journal alone: ``trials_columns``, then ``config.<key>`` columns."""
     rows = []
     config_keys: list[str] = []
     for trial in study.get_trials(deepcopy=False):
