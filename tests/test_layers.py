@@ -145,7 +145,7 @@ def test_ray_is_imported_by_its_executor_only() -> None:
 
 
 def test_the_base_and_the_space_load_without_the_heavy_libraries() -> None:
-    code = ("import sys, cellsparse.pareto, cellsparse.objective_info; "
+    code = ("import sys, cellsparse.pareto, cellsparse.objective_info, cellsparse.strategy_info; "
             "heavy = {'torch', 'optuna', 'ray', 'plotly', 'pandas'} & set(sys.modules); assert not heavy, heavy; "
             "import search_space; heavy = {'ray', 'plotly', 'optuna'} & set(sys.modules); assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
