@@ -10,6 +10,8 @@ import datetime as dt
 import os
 import platform
 import re
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -34,6 +36,13 @@ def machine() -> str:
         f"{cpu}, {os.cpu_count()} CPUs, {gpu}; torch {torch.__version__}, torch threads {torch.get_num_threads()}, "
         f"Python {platform.python_version()}; load average {load}"
     )
+
+
+def own_command(script: str, argv: Sequence[str] | None = None) -> str:
+    """How a benchmark script was started, as a user types it: ``python benchmarks/<script> ARGS``
+    (``argv`` defaults to this process's arguments; one holding a space is quoted)."""
+    args = sys.argv[1:] if argv is None else argv
+    return " ".join([f"python benchmarks/{script}", *(f'"{a}"' if " " in a else a for a in args)])
 
 
 def stamp(command: str) -> str:

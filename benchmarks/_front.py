@@ -8,6 +8,7 @@ two sections answer the same questions in the same words.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -22,10 +23,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from _doc import markdown_table  # noqa: E402
+from _doc import markdown_table, stamp  # noqa: E402
 
+from cellsparse.rundir import eligible_mask  # noqa: E402
 from reports.pareto import pareto_mask  # noqa: E402
-from reports.rundir import eligible_mask  # noqa: E402
 from runner.data.dataset import CellDataset  # noqa: E402
 from search_space.strategies import get_strategy, strategy_names  # noqa: E402
 
@@ -140,6 +141,26 @@ def budget_rows(frame: pd.DataFrame, budgets: tuple[float, ...]) -> list[list[ob
 BUDGET_HEADER = ["MFLOPs", "trials", "pick (by val)", "best test acc present", "best sparse", "best dense"]
 
 
+def result_tables(run_dir: Path, frame: pd.DataFrame, budgets: tuple[float, ...],
+                  budget_intro: str = "Within a FLOPs budget:") -> str:
+    """The front, the best trial of each strategy and the picks within each FLOPs budget, as markdown."""
+    return f"""\
+{front_tables(run_dir, frame)}
+
+Best trial of each strategy (by validation accuracy):
+
+{markdown_table(PER_STRATEGY_HEADER, per_strategy_rows(frame))}
+
+{budget_intro}
+
+{markdown_table(BUDGET_HEADER, budget_rows(frame, budgets))}"""
+
+
+def no_trials(run_dir: Path, table: pd.DataFrame, command: str) -> str:
+    """The section of a run without a complete, feasible trial."""
+    return f"{stamp(command)}\n\nNo complete, feasible trial in `{run_dir}` ({run_summary(run_dir, table)})."
+
+
 def budget_contests(frame: pd.DataFrame, budgets: tuple[float, ...]) -> list[tuple[float, pd.Series | None, pd.Series | None]]:
     """(budget, best sparse, best dense) for every budget that holds at least one model."""
     picks = [(b, best_in(frame, b, SPARSE), best_in(frame, b, DENSE)) for b in budgets]
@@ -224,6 +245,41 @@ def run_search(space: str, out: Path, flags: dict[str, object | None], env: dict
     if code != 0:
         raise SystemExit(f"the search exited with status {code}: {' '.join(cmd)}")
     return "python -m runner.search " + " ".join(cmd[3:]), wall
+
+
+SEARCH_FLAGS = ("trials", "backend", "max_concurrent", "cpus_per_trial", "gpus_per_trial")
+
+
+def search_parser(description: str, default_out: Path) -> argparse.ArgumentParser:
+    """Flags of a benchmark that runs a search (or reads a finished run): --run-dir, --out, the search's
+    own flags and --no-write."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run-dir", type=Path, help="read this finished run instead of searching")
+    parser.add_argument("--out", type=Path, default=default_out,
+                        help=f"run directory of a new search (default {default_out.relative_to(ROOT)}; it must not "
+                        "hold another run)")
+    parser.add_argument("--trials", type=int)
+    parser.add_argument("--backend", choices=("ray", "optuna"))
+    parser.add_argument("--max-concurrent", type=int)
+    parser.add_argument("--cpus-per-trial", type=float)
+    parser.add_argument("--gpus-per-trial", type=float, help="a fraction packs several trials on one GPU")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    return parser
+
+
+def search_or_read(args: argparse.Namespace, space: str, script: str,
+                   env: dict[str, str] | None = None) -> tuple[Path, str, float | None]:
+    """(run directory, the command that made it, the search's wall time or None): ``--run-dir`` read as
+    it is, else a new search of ``space`` into ``--out`` with the search flags given."""
+    if args.run_dir is not None:
+        if not (args.run_dir / "trials.csv").exists():
+            raise SystemExit(f"{args.run_dir}: no trials.csv")
+        return args.run_dir, f"python benchmarks/{script} --run-dir {args.run_dir}", None
+    if (args.out / "study.journal").exists():
+        raise SystemExit(f"{args.out} already holds a run: read it with --run-dir {args.out}, or pass another --out")
+    flags = {"--" + name.replace("_", "-"): getattr(args, name) for name in SEARCH_FLAGS}
+    command, wall = run_search(space, args.out, flags, env)
+    return args.out, command, wall
 
 
 def run_summary(run_dir: Path, table: pd.DataFrame) -> str:

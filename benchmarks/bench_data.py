@@ -19,17 +19,17 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
 
-from _doc import markdown_table, stamp, write_section  # noqa: E402
+from _doc import markdown_table, own_command, stamp, write_section  # noqa: E402
 
 from runner.data import MODALITY_CHANNELS, load_dataset  # noqa: E402
 from runner.data.synthetic import SYNTHETIC_CLASSES, generate  # noqa: E402
+from tests.runner.train_probe import val_accuracy  # noqa: E402
 
 PBC28 = ROOT / ".." / "shared" / "data" / "pbc28.npz"
 
@@ -75,20 +75,7 @@ def cnn_accuracy(modality: str, *, train: int = 2000, epochs: int = 8, seed: int
     """Validation accuracy of the small dense CNN on the default synthetic data (difficulty 0.5)."""
     data = load_dataset(source="synthetic", modality=modality, train=train, val=1000, test=10, seed=seed)
     torch.manual_seed(seed)
-    net = cnn(data.in_channels, data.num_classes)
-    opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 4e-3, total_steps=epochs * -(-train // 64))
-    for _ in range(epochs):
-        net.train()
-        for idx in torch.randperm(train).split(64):
-            loss = F.cross_entropy(net(data.train_x[idx]), data.train_y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-    net.eval()
-    with torch.no_grad():
-        return (net(data.val_x).argmax(1) == data.val_y).float().mean().item()
+    return val_accuracy(cnn(data.in_channels, data.num_classes), data, epochs=epochs, lr=2e-3)
 
 
 def in_short(results: dict) -> str:
@@ -127,7 +114,7 @@ def main() -> dict:
     table = markdown_table(["what", "wall s", "CPU s"], [[r["what"], f"{r['wall_s']:.2f}", f"{r['cpu_s']:.2f}"] for r in rows])
     print(table)
     results: dict = {"timings": rows}
-    head = (f"{stamp(' '.join(['python benchmarks/bench_data.py', *sys.argv[1:]]))} "
+    head = (f"{stamp(own_command('bench_data.py'))} "
             f"Load average (1 min) after the timings: {load}.\n\n")
     body = f"{table}\n"
 

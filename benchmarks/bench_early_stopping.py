@@ -42,9 +42,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
 
-from _doc import markdown_table, stamp, write_section  # noqa: E402
+from _doc import markdown_table, own_command, stamp, write_section  # noqa: E402
 
-from reports.rundir import eligible_mask, read_trials  # noqa: E402
+from cellsparse.rundir import eligible_mask, read_trials  # noqa: E402
 
 VARIANTS = ("plain", "none", "asha", "moasha")
 EARLY_STOPPING = {"none": "none", "asha": "{name: asha, grace_epochs: 1, reduction_factor: 3}",
@@ -262,7 +262,7 @@ def main() -> None:
     parser.add_argument("--from-json", type=Path, help="render saved curves; run nothing")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/ alone")
     args = parser.parse_args()
-    command = ("python benchmarks/bench_early_stopping.py " + " ".join(sys.argv[1:])).strip()
+    command = own_command("bench_early_stopping.py")
     if args.from_json:
         render(json.loads(args.from_json.read_text()), command, not args.no_write)
         return

@@ -56,7 +56,7 @@ def _load() -> str:
 
 def describe_run(run_dir: Path) -> str:
     """One sentence on what the run is and how it was made (from space.yaml and run.json)."""
-    from reports.rundir import load_run
+    from cellsparse.rundir import load_run
 
     run = load_run(run_dir)
     data = run.space.get("data") or {}
@@ -69,8 +69,8 @@ def describe_run(run_dir: Path) -> str:
 
 def pick_models(run_dir: Path) -> list[tuple[str, int]]:
     """[("knee", n), ("best dense", m)]: the trials to time (the dense one when the run has one)."""
+    from cellsparse.rundir import load_run
     from reports.pareto import eligible_mask, most_accurate, pick_trial
-    from reports.rundir import load_run
     from search_space.strategies import get_strategy, strategy_names
 
     run = load_run(run_dir)
@@ -86,8 +86,10 @@ def pick_models(run_dir: Path) -> list[tuple[str, int]]:
 
 def time_model(trial_dir: Path, workdir: Path, *, threads: list[int], batch_sizes: list[int]) -> tuple[dict, list[dict]]:
     """(what the trial is, one row per runtime x threads x batch size)."""
+    from runner.artefacts import onnx_runner, pt2_runner
     from runner.checkpoint import load_trained
-    from runner.export import eager_runner, onnx_runner, pt2_runner, save_onnx, save_pt2, time_batches, to_exported_program
+    from runner.export.exporters import save_onnx, save_pt2, to_exported_program
+    from runner.export.parity import eager_runner, time_batches
 
     trained = load_trained(trial_dir)
     model = trained.model
@@ -108,7 +110,7 @@ def time_model(trial_dir: Path, workdir: Path, *, threads: list[int], batch_size
     for _ in range(ROUNDS):  # rounds interleave the settings, so a burst of other load hits them alike
         for n_threads in threads:
             torch.set_num_threads(n_threads)
-            runners = {"onnxruntime": onnx_runner(onnx_path, n_threads), "torch eager": eager_runner(model),
+            runners = {"onnxruntime": onnx_runner(onnx_path, threads=n_threads), "torch eager": eager_runner(model),
                        "torch .pt2": pt2_runner(pt2_path)}
             for runtime, run in runners.items():
                 for batch in batch_sizes:

@@ -22,10 +22,10 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _doc import markdown_table, stamp, write_section  # noqa: E402
+from _doc import markdown_table, own_command, stamp, write_section  # noqa: E402
 
 from cellsparse.pareto import hypervolume, pareto_mask  # noqa: E402
-from reports.rundir import INPUT_COLUMN, eligible_mask, load_run, read_trials  # noqa: E402
+from cellsparse.rundir import INPUT_COLUMN, eligible_mask, load_run, read_trials  # noqa: E402
 
 GOAL_POINTS, GOAL_FLOPS_SHARE = 1.0, 1 / 3
 
@@ -130,7 +130,7 @@ def main() -> None:
         "accuracy at no more than 33% of its FLOPs:\n\n" + "\n".join(goals) + "\n\n" + fronts_text(runs)
     print(short + "\n\n" + text)
     if not args.no_write:
-        command = ("python benchmarks/bench_fronts.py " + " ".join(f'"{a}"' if " " in a else a for a in sys.argv[1:])).strip()
+        command = own_command("bench_fronts.py")
         body = (f"{stamp(command)}\n\n{short}\n\nThe same space file, seed and trial budget, searched by each version; "
                 f"hypervolume "
                 f"of validation accuracy against FLOPs over complete, feasible trials, reference accuracy 0 and FLOPs = "

@@ -47,10 +47,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
 
-from _doc import markdown_table, write_section  # noqa: E402
+from _doc import markdown_table, own_command, write_section  # noqa: E402
 from _front import FRONT_HEADER, best_in, describe, eligible, front_rows, pct, run_search  # noqa: E402
 
-from reports.rundir import read_trials  # noqa: E402
+from cellsparse.rundir import read_trials  # noqa: E402
 
 SPACE = ROOT / "search_space" / "blood_cells.yaml"
 PACKING_CONFIG = {"width": 16, "stages": 3, "blocks_per_stage": 1, "stem_stride": 2}  # the 5 MFLOPs CNN
@@ -165,7 +165,8 @@ def throughput(run_dir: Path, tmp: Path, batch_sizes: tuple[int, ...], device: s
     from bench_export import pick_models
 
     from runner.checkpoint import load_trained
-    from runner.export import export_run, time_batches
+    from runner.export import export_run
+    from runner.export.parity import time_batches
     from runner.predict import load_runtime
 
     rows = []
@@ -405,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"skipped: pbc28.npz not found at {args.data} (pass --data or set PBC28_NPZ)")
             return 0
         args.data = args.data.resolve()
-        command = "python benchmarks/bench_gpu.py" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
+        command = own_command("bench_gpu.py", argv)
 
         def save(results: dict[str, Any]) -> None:
             if args.json is not None:

@@ -16,7 +16,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _doc import markdown_table, stamp, write_section  # noqa: E402
+from _doc import markdown_table, own_command, stamp, write_section  # noqa: E402
 
 from objectives import count_flops, count_params, measure_latency_ms  # noqa: E402
 from search_space import build_model, default_config, strategy_names  # noqa: E402
@@ -134,8 +134,7 @@ def main() -> None:
     short = in_short(measured)
     print(short + "\n\n" + text)
     if not args.no_write:
-        command = "python benchmarks/bench_models.py " + " ".join(sys.argv[1:])
-        body = (f"{stamp(command.strip())}\n\n{short}\n\nDefault config of each strategy (weights seeded 0), "
+        body = (f"{stamp(own_command('bench_models.py'))}\n\n{short}\n\nDefault config of each strategy (weights seeded 0), "
                 f"3 channels, 8 classes, eval mode, "
                 f"latency per image = batch time / batch size, the best of 3 round-robin passes over the models. "
                 f"On a shared 2-core machine "

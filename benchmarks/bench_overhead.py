@@ -28,11 +28,11 @@ import platform
 import statistics
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -43,23 +43,18 @@ SPEEDUP_TARGET = 1.7  # two trials at once on 2 free cores, against one at a tim
 
 
 def space_text(name: str, *, trials: int, epochs: int, backend: str, concurrent: int) -> str:
-    fixed = "\n".join(f"      {k}: {v}" for k, v in CONFIG.items())
-    return textwrap.dedent(f"""\
-        name: {name}
-        seed: 0
-        data: {{source: synthetic, image_size: {IMAGE_SIZE}, train: {TRAIN_IMAGES}, val: 128, test: 128}}
-        objectives: {{accuracy: maximize, flops: minimize}}
-        training: {{epochs: {epochs}, batch_size: {BATCH}, lr: 2.0e-3, warmup_epochs: 0.5}}
-        search:
-          trials: {trials}
-          sampler: {{name: random, seed: 0}}
-          backend: {backend}
-          max_concurrent: {concurrent}
-          resources: {{cpu: 1, gpu: 0}}
-        space:
-          strategy:
-            dense_cnn:
-        """) + fixed + "\n"
+    """The space file of one measured search: the fixed dense_cnn config, random sampling."""
+    space = {
+        "name": name,
+        "seed": 0,
+        "data": {"source": "synthetic", "image_size": IMAGE_SIZE, "train": TRAIN_IMAGES, "val": 128, "test": 128},
+        "objectives": {"accuracy": "maximize", "flops": "minimize"},
+        "training": {"epochs": epochs, "batch_size": BATCH, "lr": 2.0e-3, "warmup_epochs": 0.5},
+        "search": {"trials": trials, "sampler": {"name": "random", "seed": 0}, "backend": backend,
+                   "max_concurrent": concurrent, "resources": {"cpu": 1, "gpu": 0}},
+        "space": {"strategy": {"dense_cnn": dict(CONFIG)}},
+    }
+    return yaml.safe_dump(space, sort_keys=False)
 
 
 def calibrate_epochs(target_s: float) -> tuple[int, float]:
@@ -92,7 +87,7 @@ def run_search(workdir: Path, name: str, *, trials: int, epochs: int, backend: s
         raise SystemExit(f"{name}: the search exited with {code}")
     import pandas as pd
 
-    from reports.rundir import read_trials
+    from cellsparse.rundir import read_trials
 
     table = read_trials(out / "trials.csv")
     if (table["state"] != "COMPLETE").any():

@@ -23,7 +23,6 @@ BloodMNIST) at no more than 10 MFLOPs.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
@@ -36,29 +35,27 @@ sys.path.insert(0, str(ROOT))
 
 from _doc import markdown_table, stamp, write_section  # noqa: E402
 from _front import (  # noqa: E402
-    BUDGET_HEADER,
     DENSE,
-    PER_STRATEGY_HEADER,
     SPARSE,
     best_in,
-    budget_rows,
     content_fraction,
     describe,
     eligible,
     family_gap,
     front,
-    front_tables,
+    no_trials,
     pct,
-    per_strategy_rows,
     raw_images,
+    result_tables,
     retrain_seeds,
-    run_search,
     run_summary,
+    search_or_read,
+    search_parser,
     sparse_vs_dense,
     synthetic_content_share,
 )
 
-from reports.rundir import read_trials  # noqa: E402
+from cellsparse.rundir import read_trials  # noqa: E402
 
 BUDGETS_MFLOPS = (1, 5, 20, 100)
 BAR_ACC, BAR_MFLOPS = 0.966, 10.0
@@ -68,6 +65,11 @@ PUBLISHED = [  # BloodMNIST (MedMNIST v2) test split, 28x28 input; FLOPs from /w
     ("AutoKeras, MedMNIST v2", 0.961, "not published"),
     ("Google AutoML Vision, MedMNIST v2", 0.966, "not published"),
 ]
+
+
+BUDGET_INTRO = """Within a FLOPs budget: the model a user would pick (most accurate on validation, its test accuracy
+beside), the highest test accuracy present in the budget, and the best sparse against the best dense
+model:"""
 
 
 def data_path() -> Path:
@@ -169,7 +171,7 @@ def section(run_dir: Path, command: str, wall_s: float | None, content: float | 
     table = read_trials(run_dir / "trials.csv")
     frame = eligible(table)
     if frame.empty:
-        return f"{stamp(command)}\n\nNo complete, feasible trial in `{run_dir}` ({run_summary(run_dir, table)})."
+        return no_trials(run_dir, table, command)
     wall = f" Measured wall time of this script's search: {wall_s / 60:.1f} min." if wall_s else ""
     best_sparse, best_dense = best_in(frame, 1e9, SPARSE), best_in(frame, 1e9, DENSE)
     pick = bar_pick(frame)
@@ -189,17 +191,7 @@ Training settings and ranges: `search_space/blood_cells.yaml` as committed.
 
 {seed_text(seeds)}
 
-{front_tables(run_dir, frame)}
-
-Best trial of each strategy (by validation accuracy):
-
-{markdown_table(PER_STRATEGY_HEADER, per_strategy_rows(frame))}
-
-Within a FLOPs budget: the model a user would pick (most accurate on validation, its test accuracy
-beside), the highest test accuracy present in the budget, and the best sparse against the best dense
-model:
-
-{markdown_table(BUDGET_HEADER, budget_rows(frame, BUDGETS_MFLOPS))}
+{result_tables(run_dir, frame, BUDGETS_MFLOPS, BUDGET_INTRO)}
 
 {sparse_vs_dense(run_dir, frame, BUDGETS_MFLOPS, "At 28 px on real cells")}
 
@@ -216,39 +208,21 @@ CIFAR-stem ResNets the MedMNIST "(28)" rows use):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run-dir", type=Path, help="read this finished run instead of searching")
-    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "pbc28",
-                        help="run directory of a new search (default runs/pbc28; it must not hold another run)")
-    parser.add_argument("--trials", type=int)
-    parser.add_argument("--backend", choices=("ray", "optuna"))
-    parser.add_argument("--max-concurrent", type=int)
-    parser.add_argument("--cpus-per-trial", type=float)
-    parser.add_argument("--gpus-per-trial", type=float, help="a fraction packs several trials on one GPU")
+    parser = search_parser(__doc__, ROOT / "runs" / "pbc28")
     parser.add_argument("--command", help="the command to state in the section (default: this script's own)")
     parser.add_argument("--reseed", type=int, default=0, metavar="N",
                         help="re-train the model the bar is judged on with N other training seeds (2 at a time; "
                         "about 3-5 min each on one core for a small CNN) and report the spread")
     parser.add_argument("--notes", type=Path, help="a markdown file whose text is appended to the section")
-    parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = parser.parse_args()
 
-    wall = None
-    if args.run_dir is not None:
-        run_dir, command = args.run_dir, args.command or f"python benchmarks/bench_real_cells.py --run-dir {args.run_dir}"
-        if not (run_dir / "trials.csv").exists():
-            raise SystemExit(f"{run_dir}: no trials.csv")
-    else:
-        path = data_path()
-        if not path.exists():
-            print(f"skipped: pbc28.npz not found at {path} (set PBC28_NPZ=/path/to/pbc28.npz)")
-            return
-        if (Path(args.out) / "study.journal").exists():
-            raise SystemExit(f"{args.out} already holds a run: read it with --run-dir {args.out}, or pass another --out")
-        flags = {"--trials": args.trials, "--backend": args.backend, "--max-concurrent": args.max_concurrent,
-                 "--cpus-per-trial": args.cpus_per_trial, "--gpus-per-trial": args.gpus_per_trial}
-        command, wall = run_search("search_space/blood_cells.yaml", Path(args.out), flags, {"PBC28_NPZ": str(path)})
-        run_dir, command = Path(args.out), args.command or command
+    path = data_path()
+    if args.run_dir is None and not path.exists():
+        print(f"skipped: pbc28.npz not found at {path} (set PBC28_NPZ=/path/to/pbc28.npz)")
+        return
+    run_dir, command, wall = search_or_read(args, "search_space/blood_cells.yaml", "bench_real_cells.py",
+                                            {"PBC28_NPZ": str(path)})
+    command = args.command or command
     body = section(run_dir, command, wall, pbc28_content_share(), args.reseed)
     if args.notes is not None and args.notes.exists():
         body += "\n" + args.notes.read_text()

@@ -253,7 +253,7 @@ def _complete_in_csv(run: Path) -> int:
 
 
 def kill_loop(work: Path, backend: str, cycles: int, trials: int = KILL_TRIALS, *, group: bool = True) -> dict:
-    from runner.rundir import check_journal
+    from cellsparse.rundir import check_journal
     from tests.runner.search_fixtures import journal_trials, write_space
 
     name = f"kill_{backend}" + ("" if group else "_pid")

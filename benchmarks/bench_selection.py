@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _doc import markdown_table, stamp, write_section  # noqa: E402
+from _doc import markdown_table, own_command, stamp, write_section  # noqa: E402
 
 from runner.checkpoint import load_trained  # noqa: E402
 from runner.data import load_dataset, synthetic  # noqa: E402
@@ -126,8 +126,8 @@ def main() -> None:
     short = in_short(rows)
     print(short + "\n\n" + table)
     if not args.no_write and not args.only:
-        command = ("python benchmarks/bench_selection.py " + " ".join(sys.argv[1:])).strip()
-        body = (f"{stamp(command)}\n\n{short}\n\nEach sparse strategy's default config, trained with the project's trial "
+        body = (f"{stamp(own_command('bench_selection.py'))}\n\n{short}\n\nEach sparse strategy's default config, "
+                f"trained with the project's trial "
                 f"loop on the default synthetic data ({args.size} px brightfield, 2000 training images, {args.epochs} "
                 f"epochs, seed 0), then evaluated on the 500 validation images: the share of its `used_map` mass that "
                 f"lies on the labelled cell (`cell_mask`), against the cell's share of the frame (what selection blind "

@@ -15,7 +15,6 @@ file is present: the figure that decides how much a model can gain by skipping p
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -27,21 +26,19 @@ sys.path.insert(0, str(ROOT))
 
 from _doc import markdown_table, stamp, write_section  # noqa: E402
 from _front import (  # noqa: E402
-    BUDGET_HEADER,
-    PER_STRATEGY_HEADER,
-    budget_rows,
     eligible,
     family_gap,
     front_share,
-    front_tables,
-    per_strategy_rows,
-    run_search,
+    no_trials,
+    result_tables,
     run_summary,
+    search_or_read,
+    search_parser,
     sparse_vs_dense,
     synthetic_content_share,
 )
 
-from reports.rundir import read_trials  # noqa: E402
+from cellsparse.rundir import read_trials  # noqa: E402
 
 SPACE = "search_space/cells64.yaml"
 BUDGETS_MFLOPS = (2, 5, 10, 20, 50)
@@ -69,7 +66,7 @@ def section(run_dir: Path, command: str, wall_s: float | None) -> str:
     table = read_trials(run_dir / "trials.csv")
     frame = eligible(table)
     if frame.empty:
-        return f"{stamp(command)}\n\nNo complete, feasible trial in `{run_dir}` ({run_summary(run_dir, table)})."
+        return no_trials(run_dir, table, command)
     wall = f" Measured wall time of this script's search: {wall_s / 60:.1f} min." if wall_s else ""
     return f"""\
 {stamp(command)}
@@ -87,43 +84,13 @@ channel, validation images): where it is small a model can skip most pixels and 
 
 {markdown_table(["images", "content"], content_rows())}
 
-{front_tables(run_dir, frame)}
-
-Best trial of each strategy (by validation accuracy):
-
-{markdown_table(PER_STRATEGY_HEADER, per_strategy_rows(frame))}
-
-Within a FLOPs budget:
-
-{markdown_table(BUDGET_HEADER, budget_rows(frame, BUDGETS_MFLOPS))}
+{result_tables(run_dir, frame, BUDGETS_MFLOPS)}
 """
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run-dir", type=Path, help="read this finished run instead of searching")
-    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "cells64",
-                        help="run directory of a new search (default runs/cells64; it must not hold another run)")
-    parser.add_argument("--trials", type=int)
-    parser.add_argument("--backend", choices=("ray", "optuna"))
-    parser.add_argument("--max-concurrent", type=int)
-    parser.add_argument("--cpus-per-trial", type=float)
-    parser.add_argument("--gpus-per-trial", type=float, help="a fraction packs several trials on one GPU")
-    parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
-    args = parser.parse_args()
-
-    wall = None
-    if args.run_dir is not None:
-        run_dir, command = args.run_dir, f"python benchmarks/bench_sparse_vs_dense.py --run-dir {args.run_dir}"
-        if not (run_dir / "trials.csv").exists():
-            raise SystemExit(f"{run_dir}: no trials.csv")
-    else:
-        if (args.out / "study.journal").exists():
-            raise SystemExit(f"{args.out} already holds a run: read it with --run-dir {args.out}, or pass another --out")
-        flags = {"--trials": args.trials, "--backend": args.backend, "--max-concurrent": args.max_concurrent,
-                 "--cpus-per-trial": args.cpus_per_trial, "--gpus-per-trial": args.gpus_per_trial}
-        command, wall = run_search(SPACE, args.out, flags)
-        run_dir = args.out
+    args = search_parser(__doc__, ROOT / "runs" / "cells64").parse_args()
+    run_dir, command, wall = search_or_read(args, SPACE, "bench_sparse_vs_dense.py")
     body = section(run_dir, command, wall)
     print(body)
     if not args.no_write:

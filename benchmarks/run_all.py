@@ -55,7 +55,7 @@ BENCH = ROOT / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
 import torch  # noqa: E402
-from _doc import DOC, HEADER, stamp, write_section  # noqa: E402
+from _doc import DOC, HEADER, own_command, stamp, write_section  # noqa: E402
 
 PY = sys.executable
 
@@ -152,7 +152,7 @@ def main() -> int:
     parser.add_argument("--no-summary", action="store_true", help="do not write the summary at the end")
     args = parser.parse_args()
 
-    command = "python benchmarks/run_all.py" + "".join(f" {a}" for a in sys.argv[1:])
+    command = own_command("run_all.py")
     if args.summary_only:
         write_summary({}, command)
         print(f"summary written to {DOC}")

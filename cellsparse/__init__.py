@@ -1,7 +1,10 @@
-"""cellsparse's torch-free base: what every layer above shares (Pareto maths first; errors, the
-run-directory layout and objective metadata belong here as they move down).
+"""cellsparse's torch-free base: what every layer above shares. The Pareto maths, the facts about
+objectives and strategies (kept in one ``Registry`` kind), the base error, atomic writes and JSON
+records, and the run directory (``rundir``: its layout, the trials table, its reader and writer),
+which the search writes and the report and export read.
 
-Importing it pulls in numpy only, never torch, Ray, Optuna or plotly.
+Importing ``cellsparse`` pulls in numpy only; ``cellsparse.rundir`` adds pandas, PyYAML and Optuna.
+Nothing here imports torch, Ray or plotly.
 """
 
 from __future__ import annotations

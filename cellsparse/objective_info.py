@@ -14,6 +14,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from cellsparse.registry import Registry
+
 DIRECTIONS = ("maximize", "minimize")
 STYLES = ("fraction", "count", "number")
 CONSTRAINT_PREFIX = "max_"
@@ -63,26 +65,23 @@ def format_figure(value: Any, style: str = "number") -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-_DECLARED: dict[str, ObjectiveInfo] = {}
+_DECLARED: Registry[ObjectiveInfo] = Registry("objective", added="declared")
 
 
 def declare_objective(info: ObjectiveInfo) -> ObjectiveInfo:
     """Add ``info``; a name declared twice is an error."""
-    if info.name in _DECLARED:
-        raise ValueError(f"objective {info.name!r} is declared twice")
-    _DECLARED[info.name] = info
-    return info
+    return _DECLARED.add(info.name, info)
 
 
 def declared_objectives() -> list[str]:
     """Every declared objective, in declaration order."""
-    return list(_DECLARED)
+    return _DECLARED.names()
 
 
 def objective_info(name: str) -> ObjectiveInfo:
     """The facts about ``name``. A name not declared in this process (a plugin's objective read back
     from a run directory without the plugin) gets neutral ones: its name as label, a linear scale."""
-    return _DECLARED.get(name) or ObjectiveInfo(name if name.isidentifier() else "unknown", "maximize", "", name)
+    return _DECLARED.find(name) or ObjectiveInfo(name if name.isidentifier() else "unknown", "maximize", "", name)
 
 
 def constraint_keys() -> dict[str, str]:

@@ -25,6 +25,7 @@ from cellsparse.objective_info import (
     declared_objectives,
     objective_info,
 )
+from cellsparse.registry import Registry
 from objectives._inference import inference
 from objectives.flops import count_flops
 from objectives.resources import count_params, measure_latency_ms, measure_peak_memory_mb
@@ -61,37 +62,33 @@ class Objective:
         return ObjectiveInfo(self.name, self.direction, self.unit, self.label, self.log_scale, self.bounded, self.style)
 
 
-_REGISTRY: dict[str, Objective] = {}
+_REGISTRY: Registry[Objective] = Registry("objective", unknown=ObjectiveError)
 
 
 def register_objective(objective: Objective) -> Objective:
     """Add ``objective`` (its facts to the declared objectives, its measure here); a name registered
     twice is an error."""
-    if objective.name in _REGISTRY or objective.name in declared_objectives():
+    if objective.name in declared_objectives():
         raise ValueError(f"objective {objective.name!r} is registered twice")
     declare_objective(objective.info)
-    _REGISTRY[objective.name] = objective
-    return objective
+    return _REGISTRY.add(objective.name, objective)
 
 
 def _attach(name: str, measure: Measure) -> None:
     """Give a built-in objective, declared in ``cellsparse.objective_info``, its measure function."""
     info = objective_info(name)
-    _REGISTRY[name] = Objective(info.name, info.direction, info.unit, info.label, measure,
-                                log_scale=info.log_scale, bounded=info.bounded, style=info.style)
+    _REGISTRY.add(name, Objective(info.name, info.direction, info.unit, info.label, measure,
+                                log_scale=info.log_scale, bounded=info.bounded, style=info.style))
 
 
 def objective_names() -> list[str]:
     """Names of every registered objective, in registration order."""
-    return list(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def get_objective(name: str) -> Objective:
     """The objective called ``name``; an unknown name lists the valid ones."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ObjectiveError(f"unknown objective {name!r}; valid: {', '.join(_REGISTRY)}") from None
+    return _REGISTRY.get(name)
 
 
 def measure_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None, *, chunk: int = 256) -> float:

@@ -8,5 +8,6 @@ Public API:
   ``most_accurate``, ``most_accurate_within_budget``, ``pick_trial`` and ``reference_point_from_space``,
   shared with ``runner.export`` so that the report and the export agree on the front.
 
-Importing ``reports`` or ``reports.pareto`` pulls in numpy and pandas only (never torch, Ray or plotly).
+Runs are read through ``cellsparse.rundir``. Importing ``reports.pareto`` pulls in numpy, pandas and Optuna
+(never torch, Ray or plotly); building a report never imports torch or Ray.
 """

@@ -17,10 +17,10 @@ from pathlib import Path
 import pandas as pd
 
 from cellsparse.files import atomic_path, write_atomic
+from cellsparse.rundir import REPORT_FILE, TRIALS_FILE, load_run
+from search_space.errors import UserError
 
-from ._errors import user_error, user_error_type
 from .page import render
-from .rundir import load_run
 
 __all__ = ["build_report", "main"]
 
@@ -54,17 +54,17 @@ def build_report(run_dir: Path, out: Path | None = None) -> Path:
     """
     run_dir = Path(run_dir)
     run = load_run(run_dir)
-    target = Path(out) if out is not None else run_dir / "report.html"
+    target = Path(out) if out is not None else run_dir / REPORT_FILE
     if target.is_dir():
-        raise user_error(f"--out {target}: is a folder; give a file name such as {target / 'report.html'}")
+        raise UserError(f"--out {target}: is a folder; give a file name such as {target / 'report.html'}")
     blocker = next((p for p in target.parents if p.exists() or p.is_symlink()), None)
     if blocker is not None and not blocker.is_dir():
-        raise user_error(f"--out {target}: {blocker} is a file, not a folder")
+        raise UserError(f"--out {target}: {blocker} is a file, not a folder")
     document = render(run)
     write_atomic(target, document.encode("utf-8"))
     beside = target.parent
     if beside.resolve() != run_dir.resolve():
-        shutil.copyfile(run_dir / "trials.csv", beside / "trials.csv")
+        shutil.copyfile(run_dir / TRIALS_FILE, beside / TRIALS_FILE)
     _write_parquet(run.trials, beside / "trials.parquet")
     return target
 
@@ -77,9 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         path = build_report(args.run_dir, args.out)
-    except Exception as exc:
-        if not isinstance(exc, user_error_type()):
-            raise
+    except UserError as exc:
         print("error: " + " ".join(str(exc).split()), file=sys.stderr)  # always one line
         return 2
     print(f"report written to {path}")

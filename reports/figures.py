@@ -16,9 +16,9 @@ from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from cellsparse.objective_info import objective_info
+from cellsparse.rundir import INPUT_COLUMN, Run, config_columns
 
 from .pareto import eligible_mask, pareto_mask
-from .rundir import INPUT_COLUMN, Run, config_columns
 
 PALETTE = qualitative.Plotly + qualitative.D3 + qualitative.Dark24
 MAX_HOVER_CONFIG = 16
@@ -183,13 +183,7 @@ def pareto_figure(run: Run, colours: Mapping[str, str], pareto: pd.Series) -> go
     for symbol, name in (("diamond", "dense baseline"), ("x", "infeasible (over a constraint)")):
         fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=name,
                                  marker={"symbol": symbol, "color": "#777", "size": 10}, hoverinfo="skip"))
-    fig.update_layout(
-        xaxis={"title": {"text": label(x)}, "type": "log" if _log_axis(x, _num(complete, x)) else "linear"},
-        yaxis={"title": {"text": label(y)}},
-        height=520,
-        legend={"title": {"text": "strategy"}},
-    )
-    return fig
+    return _plane_layout(fig, x, y, complete, height=520, legend="strategy")
 
 
 def pairwise_figure(run: Run, colours: Mapping[str, str], pareto: pd.Series) -> go.Figure | None:
@@ -259,11 +253,16 @@ def strategy_fronts_figure(run: Run, colours: Mapping[str, str]) -> go.Figure | 
     budget = _budget_trace(run, x, _num(pool, y))
     if budget is not None:
         fig.add_trace(budget)
+    return _plane_layout(fig, x, y, pool, height=460, legend="strategy (front of trials)")
+
+
+def _plane_layout(fig: go.Figure, x: str, y: str, points: pd.DataFrame, *, height: int, legend: str) -> go.Figure:
+    """Axis titles of an objective plane (x on a log scale where ``points`` span decades), height, legend title."""
     fig.update_layout(
-        xaxis={"title": {"text": label(x)}, "type": "log" if _log_axis(x, _num(pool, x)) else "linear"},
+        xaxis={"title": {"text": label(x)}, "type": "log" if _log_axis(x, _num(points, x)) else "linear"},
         yaxis={"title": {"text": label(y)}},
-        height=460,
-        legend={"title": {"text": "strategy (front of trials)"}},
+        height=height,
+        legend={"title": {"text": legend}},
     )
     return fig
 

@@ -2,8 +2,7 @@
 
 The study comes from the run's journal (the source of truth) when it loads and matches the
 objectives; otherwise it is rebuilt from trials.csv (config columns as parameters, ranges inferred
-from the values seen), so a copied run without its journal still gets the panel. Optuna is imported
-here, lazily, so that ``import reports`` stays light.
+from the values seen), so a copied run without its journal still gets the panel.
 """
 
 from __future__ import annotations
@@ -12,22 +11,20 @@ import warnings
 from typing import Any
 
 import numpy as np
+import optuna
 import pandas as pd
+from optuna.distributions import CategoricalDistribution, FloatDistribution
 
-from .rundir import Run, config_columns
+from cellsparse.rundir import JOURNAL_FILE, Run, config_columns, open_storage
 
 MIN_TRIALS = 2
 
 
-def _journal_study(run: Run) -> Any | None:
-    import optuna
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    path = run.path / "study.journal"
+def _journal_study(run: Run) -> optuna.Study | None:
+    path = run.path / JOURNAL_FILE
     if not path.is_file() or path.stat().st_size == 0:
         return None
-    storage = JournalStorage(JournalFileBackend(str(path)))
+    storage = open_storage(run.path)
     names = optuna.get_all_study_names(storage)
     if not names:
         return None
@@ -38,10 +35,7 @@ def _journal_study(run: Run) -> Any | None:
     return study
 
 
-def _table_study(run: Run) -> Any:
-    import optuna
-    from optuna.distributions import CategoricalDistribution, FloatDistribution
-
+def _table_study(run: Run) -> optuna.Study:
     rows = run.trials[run.eligible().to_numpy()]
     columns = ["strategy", *config_columns(run.trials)]
     dists: dict[str, Any] = {}
@@ -73,8 +67,6 @@ def param_importances(run: Run) -> tuple[dict[str, dict[str, float]], str]:
     done = run.eligible()
     if int(done.sum()) < MIN_TRIALS:
         return {}, f"parameter importance needs at least {MIN_TRIALS} complete, feasible trials"
-    import optuna
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     source = "the run's Optuna journal (study.journal)"
     try:

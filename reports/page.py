@@ -22,6 +22,8 @@ import plotly.io as pio
 import yaml
 from plotly.offline import get_plotlyjs
 
+from cellsparse.rundir import HISTORY_FILE, INPUT_COLUMN, LOOKED_AT_FILE, METRICS_FILE, STATES, Run, config_columns, load_json
+
 from . import figures as F
 from .figures import esc, fmt
 from .images import looked_at_pair
@@ -33,7 +35,6 @@ from .pareto import (
     pick_trial,
     reference_point_from_space,
 )
-from .rundir import INPUT_COLUMN, STATES, Run, config_columns, load_json
 
 MAX_LOOKED_AT_TRIALS = 12  # Pareto trials whose images are shown
 IMAGES_PER_TRIAL = 4
@@ -363,7 +364,7 @@ def curves_section(page: Page, run: Run, pareto: pd.Series) -> str:
     curves: dict[int, list[dict[str, Any]]] = {}
     missing = []
     for number in front["number"]:
-        history = load_json(run.trial_dir(number) / "history.json")
+        history = load_json(run.trial_dir(number) / HISTORY_FILE)
         if isinstance(history, list) and history and all(isinstance(h, dict) for h in history):
             curves[int(number)] = history
         else:
@@ -397,7 +398,7 @@ def looked_at_section(run: Run, pareto: pd.Series) -> str:
     absent: list[str] = []
     for _, row in front.iterrows():
         number = int(row["number"])
-        path = run.trial_dir(number) / "looked_at.npz"
+        path = run.trial_dir(number) / LOOKED_AT_FILE
         if not path.is_file():
             absent.append(str(number))
             continue
@@ -425,7 +426,7 @@ def looked_at_section(run: Run, pareto: pd.Series) -> str:
             parts.append(note(f"trial {number}: looked_at.npz could not be read ({esc(type(exc).__name__)}: "
                               f"{esc(exc)})", warn=True))
             continue
-        metrics = load_json(run.trial_dir(number) / "metrics.json") or {}
+        metrics = load_json(run.trial_dir(number) / METRICS_FILE) or {}
         used_fraction = metrics.get("used_fraction") if isinstance(metrics, dict) else None
         sees = f"sees {esc(fmt(row[INPUT_COLUMN]))} px · " if pd.notna(row.get(INPUT_COLUMN)) else ""
         head = (f"<b>trial {number}</b> · {esc(row['strategy'])} · {sees}"

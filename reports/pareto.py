@@ -20,9 +20,8 @@ import pandas as pd
 
 from cellsparse.objective_info import objective_info
 from cellsparse.pareto import DIRECTIONS, hypervolume, knee_point, pareto_mask, to_losses
-
-from ._errors import user_error
-from .rundir import eligible_mask
+from cellsparse.rundir import eligible_mask
+from search_space.errors import UserError
 
 __all__ = [
     "DIRECTIONS",
@@ -148,18 +147,18 @@ def pick_trial(
     """
     directions = dict(directions)
     if how not in ("knee", "accuracy", "budget"):
-        raise user_error(f"how must be one of 'knee', 'accuracy', 'budget', but got {how!r}")
+        raise UserError(f"how must be one of 'knee', 'accuracy', 'budget', but got {how!r}")
     needed = {"knee": list(directions), "accuracy": ["accuracy"], "budget": ["accuracy", "flops"]}[how]
     missing = [c for c in ["number", "state", *needed] if c not in trials.columns]
     if missing:
-        raise user_error(f"the trials table has no column(s) {missing}; cannot pick by {how!r}")
+        raise UserError(f"the trials table has no column(s) {missing}; cannot pick by {how!r}")
     if how == "knee":
         if len(directions) < 2:
-            raise user_error("the knee needs at least two objectives; pick by 'accuracy' instead")
+            raise UserError("the knee needs at least two objectives; pick by 'accuracy' instead")
         pair = _knee_pair(directions)
         pool = _eligible(trials, list(directions))
         if pool.empty:
-            raise user_error("no complete, feasible trial with finite objectives to pick from")
+            raise UserError("no complete, feasible trial with finite objectives to pick from")
         # The knee is taken on the full front's members, seen in the two plotted objectives.
         full = pareto_mask(_values(pool, list(directions)), [directions[n] for n in directions])
         pool = pool[full]
@@ -170,13 +169,13 @@ def pick_trial(
     if how == "accuracy":
         number = most_accurate(trials, {**dict(directions), "accuracy": "maximize"})
         if number is None:
-            raise user_error("no complete, feasible trial with an accuracy to pick from")
+            raise UserError("no complete, feasible trial with an accuracy to pick from")
         return number
     if max_flops is None:
-        raise user_error("picking within a FLOPs budget needs max_flops (e.g. --max-flops 2e7)")
+        raise UserError("picking within a FLOPs budget needs max_flops (e.g. --max-flops 2e7)")
     number = most_accurate_within_budget(trials, max_flops, directions)
     if number is None:
-        raise user_error(f"no complete, feasible trial has FLOPs <= {max_flops:g}; raise the budget")
+        raise UserError(f"no complete, feasible trial has FLOPs <= {max_flops:g}; raise the budget")
     return number
 
 

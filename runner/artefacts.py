@@ -1,7 +1,21 @@
-"""What an export directory holds, named once: export writes these files, the model card describes
-them, predict reads them."""
+"""What an export directory holds, named once, and how each model file is loaded to run: export
+writes these files and checks them through these loaders, the model card describes them, predict
+reads them through the same loaders.
+
+A runner maps a float32 batch (N, C, S, S) to logits (N, classes) as a numpy array.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.export.passes import move_to_device_pass
+
+from runner.pt2 import load_program
+from search_space.errors import UserError
 
 FORMATS = ("onnx", "pt2")
 FILES = {"onnx": "model.onnx", "pt2": "model.pt2"}  # format -> file name
@@ -9,3 +23,49 @@ PARITY_FILE = "parity.npz"  # the images and eager logits every format was check
 CARD_FILE = "model_card.json"
 README_FILE = "README.md"
 INPUT_NAME, OUTPUT_NAME = "images", "logits"  # the exported graph's input and output
+
+Runner = Callable[[np.ndarray], np.ndarray]
+
+
+def onnx_runner(path: Path, *, device: str = "cpu", threads: int | None = None) -> Runner:
+    """The ONNX file through onnxruntime, on the CPU or (``device="cuda"``) CUDA first; ``threads``
+    fixes the intra-op threads (one inter-op thread), None leaves onnxruntime's default."""
+    import onnxruntime as ort  # onnxruntime is heavy: only the ONNX format needs it
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+    session = ort.InferenceSession(str(path), options, providers=providers)
+    name, output = session.get_inputs()[0].name, session.get_outputs()[0].name
+    return lambda x: session.run([output], {name: np.ascontiguousarray(x, dtype=np.float32)})[0]
+
+
+def pt2_runner(path: Path, *, device: str = "cpu") -> Runner:
+    """The .pt2 program, loaded back from disk by ``runner.pt2.load_program`` (never unpickled)."""
+    program = load_program(path)  # refuses an archive that would unpickle anything
+    if device == "cuda":
+        program = move_to_device_pass(program, "cuda")
+    module = program.module()
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return module(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device)).float().cpu().numpy()
+
+    return run
+
+
+def check_device(fmt: str, device: str) -> None:
+    """UserError when ``fmt`` cannot run on ``device`` here (CUDA without a CUDA runtime)."""
+    if device != "cuda":
+        return
+    if fmt == "onnx":
+        import onnxruntime as ort  # onnxruntime is heavy: only the ONNX format needs it
+
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise UserError("--device cuda: this onnxruntime has no CUDA provider (install onnxruntime-gpu), "
+                            "or use --format pt2 or --device cpu")
+    elif not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available to torch here; use --device cpu")

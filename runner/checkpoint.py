@@ -17,7 +17,6 @@ the built k is kept (setting the mean would change the model).
 
 from __future__ import annotations
 
-import json
 import pickle
 import zipfile
 from dataclasses import dataclass
@@ -26,6 +25,8 @@ from typing import Any
 
 import torch
 
+from cellsparse.files import read_json_object
+from cellsparse.rundir import CONFIG_FILE, META_FILE, METRICS_FILE, WEIGHTS_FILE
 from search_space.build import build_model
 from search_space.errors import UserError
 from search_space.k_rules import PER_IMAGE_RULES
@@ -57,15 +58,7 @@ class TrainedTrial:
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
-    if not path.is_file():
-        raise UserError(f"{path}: missing; {what}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UserError(f"{path}: cannot be read ({type(err).__name__}: {err}); the trial directory is damaged") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a JSON object, got {type(data).__name__}; the trial directory is damaged")
-    return data
+    return read_json_object(path, fix="the trial directory is damaged", missing=f"{path}: missing; {what}")
 
 
 def _first_line(err: BaseException) -> str:
@@ -117,16 +110,16 @@ def load_trained(trial_dir: Path, number: int | None = None) -> TrainedTrial:
         number = int(trial_dir.name) if trial_dir.name.isdigit() else -1
     if not trial_dir.is_dir():
         raise UserError(f"trial {number}: no trial directory {trial_dir}; the run directory may be partly copied")
-    metrics = _read_json(trial_dir / "metrics.json", f"trial {number} is not complete (it failed or is still running)")
+    metrics = _read_json(trial_dir / METRICS_FILE, f"trial {number} is not complete (it failed or is still running)")
     if metrics.get("feasible") is False:
         raise UserError(f"trial {number} is infeasible: it was over a constraint and never trained; pick another trial")
-    config = _read_json(trial_dir / "config.json", "the trial's config is needed to rebuild it")
-    meta = _read_json(trial_dir / "meta.json", "the trial's input shape, classes and normalisation are needed")
+    config = _read_json(trial_dir / CONFIG_FILE, "the trial's config is needed to rebuild it")
+    meta = _read_json(trial_dir / META_FILE, "the trial's input shape, classes and normalisation are needed")
     missing = [key for key in META_KEYS if key not in meta]
     if missing:
         raise UserError(f"{trial_dir / 'meta.json'}: missing {missing}; the trial was saved by an older runner")
     model = build_model(config, int(meta["in_channels"]), int(meta["num_classes"]), int(meta["image_size"]))
-    state = read_state_dict(trial_dir / "model.pt")
+    state = read_state_dict(trial_dir / WEIGHTS_FILE)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:

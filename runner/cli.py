@@ -6,14 +6,20 @@
     cellsparse predict runs/cells/export cells/           # = python -m runner.predict ...
     cellsparse --version
 
-Each subcommand takes exactly the flags, and gives the exit status, of its ``python -m`` form.
+Each subcommand takes exactly the flags, and gives the exit status, of its ``python -m`` form; what
+they share (a bad flag or a user error is one ``error: ...`` line and exit status 2) is here.
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib
+import re
 import sys
 from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import NoReturn
 
 PROG = "cellsparse"
 COMMANDS = {  # name -> (module with main(argv), one line of help)
@@ -25,16 +31,28 @@ COMMANDS = {  # name -> (module with main(argv), one line of help)
 EXIT_USER_ERROR = 2
 
 
+class CommandParser(argparse.ArgumentParser):
+    """argparse for a command of this project: a bad flag is one ``error: ...`` line and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USER_ERROR, f"error: {message} (see {self.prog} --help)\n")
+
+
+def command_parser(module: str, description: str, epilog: str) -> argparse.ArgumentParser:
+    """The parser of ``python -m module`` (and of its ``cellsparse`` subcommand)."""
+    return CommandParser(prog=f"python -m {module}", description=description, epilog=epilog)
+
+
+def print_error(err: BaseException) -> None:
+    """A user error (or a failed export) as one ``error: ...`` line on stderr, without a traceback."""
+    print("error: " + " ".join(str(err).split("\n")), file=sys.stderr)
+
+
 def version() -> str:
     """The installed distribution's version (the source tree's pyproject version when not installed)."""
-    from importlib import metadata
-
     try:
         return metadata.version(PROG)
     except metadata.PackageNotFoundError:
-        import re
-        from pathlib import Path
-
         pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
         found = re.search(r'^version\s*=\s*"([^"]+)"', pyproject.read_text(encoding="utf-8"), re.M)
         return found.group(1) if found else "unknown"

@@ -25,7 +25,7 @@ from typing import Any
 
 import optuna
 
-from runner import rundir
+from cellsparse import rundir
 from runner.backends.common import PAYLOAD_KEY, ConfigSampler, TrialError, describe_error, objective_values, trial_attrs
 from runner.early_stopping import SuccessiveHalving
 from search_space.spec import SearchSpace

@@ -8,14 +8,16 @@ people. Both sit beside the model files in the export directory.
 from __future__ import annotations
 
 import json
-import platform
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from cellsparse.files import read_json_object
+from objectives import count_params
 from runner.artefacts import CARD_FILE, FILES, INPUT_NAME, OUTPUT_NAME
+from runner.checkpoint import has_per_image_k
 from runner.data.images import VALUE_SCALING
+from runner.machine import versions
 from search_space.errors import UserError
 from search_space.resolution import resolution_of
 
@@ -32,27 +34,9 @@ VALUE_SCALES = {
 }
 
 
-def _version(dist: str) -> str | None:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
-
-
 def library_versions() -> dict[str, str | None]:
     """Versions of what made the export and what runs it."""
-    import numpy
-    import torch
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "onnx": _version("onnx"),
-        "onnxruntime": _version("onnxruntime"),
-        "onnxscript": _version("onnxscript"),
-        "numpy": numpy.__version__,
-        "cellsparse": _version("cellsparse"),
-    }
+    return versions("torch", "onnx", "onnxruntime", "onnxscript", "numpy", "cellsparse")
 
 
 def _number(value: Any) -> float | None:
@@ -75,9 +59,6 @@ def build_card(
     val_accuracy_rechecked: float | None,
 ) -> dict[str, Any]:
     """The card's content (parity and latency are added by the exporter once measured)."""
-    from objectives import count_params
-    from runner.checkpoint import has_per_image_k
-
     meta, metrics, config = trained.meta, trained.metrics, trained.config
     channels, size = int(meta["in_channels"]), int(meta["image_size"])
     modality = str(meta.get("modality") or space.data.modality)
@@ -143,12 +124,8 @@ def read_card(export_dir: Path) -> dict[str, Any]:
         raise UserError(f"{export_dir}: no such export directory; pass the --out of python -m runner.export "
                         "(default runs/<name>/export)")
     path = export_dir / CARD_FILE
-    if not path.is_file():
-        raise UserError(f"{export_dir}: no {CARD_FILE} here; is it the output of python -m runner.export?")
-    try:
-        card = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UserError(f"{path}: cannot be read ({type(err).__name__}: {err}); export the model again") from None
+    card = read_json_object(path, fix="export the model again",
+                            missing=f"{export_dir}: no {CARD_FILE} here; is it the output of python -m runner.export?")
     try:
         spec = card["input"]
         channels = int(spec["channels"])

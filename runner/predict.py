@@ -52,20 +52,27 @@ import sys
 import time
 import zipfile
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import numpy as np
+import pandas as pd
+import torch
 
 from cellsparse.files import write_atomic
+from runner.artefacts import Runner, check_device, onnx_runner, pt2_runner
+from runner.cli import EXIT_USER_ERROR, command_parser, print_error
+from runner.data.dataset import resize
+from runner.data.images import read_image, scale_values
+from runner.data.npz import KNOWN_CLASS_NAMES, load_error
+from runner.modelcard import read_card
 from search_space.errors import UserError
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601-2, as PIL's convert("L")
 DEFAULT_BATCH = 256
-EXIT_USER_ERROR = 2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -108,8 +115,6 @@ def _npz_items(path: Path, split: str | None, classes: Sequence[str]) -> list[It
                 items += [Item(path, key, i, None if names is None else names[int(labels[i])]) for i in range(shape[0])]
             return items
     except (OSError, ValueError, zipfile.BadZipFile) as err:
-        from runner.data.npz import load_error
-
         raise UserError(f"{path}: not a readable .npz file ({load_error(err)})") from None
 
 
@@ -137,8 +142,6 @@ def _npz_labels(archive: Any, key: str, n: int) -> np.ndarray | None:
 def _label_names(path: Path, archive: Any, labels: np.ndarray, classes: Sequence[str]) -> list[str]:
     """Names of an npz's integer labels, found as the npz loader finds them: a ``class_names`` array,
     else the known names of the file (pbc28, bloodmnist), else the model's own classes by index."""
-    from runner.data.npz import KNOWN_CLASS_NAMES
-
     count = int(labels.max(initial=-1)) + 1
     if "class_names" in archive.files and archive["class_names"].dtype.kind in "US":
         names = [str(n) for n in archive["class_names"]]
@@ -203,8 +206,6 @@ class InputSpec:
 
 def _read_image(path: Path, spec: InputSpec) -> np.ndarray:
     """An image file as (H, W, C) float32 in the loaders' scale, channels converted for the model."""
-    from runner.data.images import read_image
-
     try:
         array, info = read_image(path)
     except UserError as err:
@@ -279,8 +280,6 @@ def _from_array(array: np.ndarray, spec: InputSpec, where: str) -> np.ndarray:
 
 def _scaled(array: np.ndarray, where: str) -> np.ndarray:
     """Stored values -> float32 as the loaders scale them (``runner.data.images.scale_values``)."""
-    from runner.data.images import scale_values
-
     try:
         return scale_values(array, where)
     except UserError as err:
@@ -289,10 +288,6 @@ def _scaled(array: np.ndarray, where: str) -> np.ndarray:
 
 def _finish(images: list[np.ndarray], spec: InputSpec) -> np.ndarray:
     """(H, W, C) float images -> (N, C, S, S) resized (as in training) and normalised, float32."""
-    import torch
-
-    from runner.data.dataset import resize
-
     out = np.empty((len(images), spec.channels, spec.image_size, spec.image_size), dtype=np.float32)
     by_shape: dict[tuple[int, ...], list[int]] = {}
     for i, image in enumerate(images):
@@ -318,8 +313,6 @@ def preprocess(items: Sequence[Item], spec: InputSpec, arrays: dict[tuple[Path, 
                     arrays.clear()  # one array in memory at a time
                     arrays[source] = archive[item.key]
             except (OSError, ValueError, zipfile.BadZipFile) as err:
-                from runner.data.npz import load_error
-
                 raise UserError(f"{item.path}: cannot read '{item.key}' ({load_error(err)})") from None
         images.append(_from_array(arrays[source][item.index], spec, item.name))
     return _finish(images, spec)
@@ -327,9 +320,6 @@ def preprocess(items: Sequence[Item], spec: InputSpec, arrays: dict[tuple[Path, 
 
 # ---------------------------------------------------------------------------------------------
 # Runtimes
-
-
-Runner = Callable[[np.ndarray], np.ndarray]
 
 
 def load_runtime(export_dir: Path, card: dict[str, Any], fmt: str | None, device: str) -> tuple[str, Runner]:
@@ -345,61 +335,14 @@ def load_runtime(export_dir: Path, card: dict[str, Any], fmt: str | None, device
                         f"got {files[fmt]!r}")
     if not path.is_file():
         raise UserError(f"{path}: missing; the model card lists it; export the model again")
-    if device == "cuda":
-        _check_cuda(fmt)
+    check_device(fmt, device)
     try:
-        if fmt == "onnx":
-            return fmt, _onnx(path, device)
-        return fmt, _pt2(path, device)
+        return fmt, onnx_runner(path, device=device) if fmt == "onnx" else pt2_runner(path, device=device)
     except UserError:
         raise
     except Exception as err:  # noqa: BLE001 - any loader failure means the file is unusable
         line = (str(err).strip().splitlines() or [type(err).__name__])[-1][:200]
         raise UserError(f"{path}: corrupt or truncated model file ({line}); export the model again") from None
-
-
-def _check_cuda(fmt: str) -> None:
-    if fmt == "onnx":
-        import onnxruntime as ort
-
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise UserError("--device cuda: this onnxruntime has no CUDA provider (install onnxruntime-gpu), "
-                            "or use --format pt2 or --device cpu")
-    else:
-        import torch
-
-        if not torch.cuda.is_available():
-            raise UserError("--device cuda: no CUDA device is available to torch here; use --device cpu")
-
-
-def _onnx(path: Path, device: str) -> Callable[[np.ndarray], np.ndarray]:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
-    session = ort.InferenceSession(str(path), options, providers=providers)
-    name, output = session.get_inputs()[0].name, session.get_outputs()[0].name
-    return lambda x: session.run([output], {name: x})[0]
-
-
-def _pt2(path: Path, device: str) -> Callable[[np.ndarray], np.ndarray]:
-    import torch
-
-    from runner.pt2 import load_program
-
-    program = load_program(path)  # refuses an archive that would unpickle anything
-    if device == "cuda":
-        from torch.export.passes import move_to_device_pass
-
-        program = move_to_device_pass(program, "cuda")
-    module = program.module()
-
-    def run(x: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return module(torch.from_numpy(x).to(device)).float().cpu().numpy()
-
-    return run
 
 
 # ---------------------------------------------------------------------------------------------
@@ -435,8 +378,6 @@ class Prediction:
 
     def frame(self) -> Any:
         """The rows as a pandas DataFrame (the CSV's columns)."""
-        import pandas as pd
-
         return pd.DataFrame(self.rows)
 
 
@@ -444,8 +385,6 @@ def predict(export_dir: Path, inputs: Sequence[Path] | np.ndarray | Any, *, batc
             device: str = "cpu", fmt: str | None = None, split: str | None = None) -> Prediction:
     """Classify images with the export in ``export_dir``: ``inputs`` is a list of files, folders and
     npz files, or an array of images (see ``array_items``: numpy channels-last, torch channels-first)."""
-    from runner.modelcard import read_card
-
     start = time.perf_counter()
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, but got {batch_size}")
@@ -461,7 +400,6 @@ def predict(export_dir: Path, inputs: Sequence[Path] | np.ndarray | Any, *, batc
     else:
         items = collect(inputs, split=split, classes=classes)
     fmt, run = load_runtime(export_dir, card, fmt, device)
-    import runner.data.dataset  # noqa: F401 - imports torch for resizing before the clock starts
     start = time.perf_counter()  # throughput counts reading, preprocessing and the model, not loading it
     rows: list[dict[str, Any]] = []
     counts: Counter = Counter()
@@ -526,16 +464,11 @@ def summary(result: Prediction, out: Path) -> list[str]:
     return lines
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USER_ERROR, f"error: {message} (see python -m runner.predict --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="python -m runner.predict",
-        description="Classify cell images with a model exported by python -m runner.export.",
-        epilog="Exit status: 0 done, 2 bad input. Channel conversions and preprocessing: see the module docstring.",
+    parser = command_parser(
+        "runner.predict",
+        "Classify cell images with a model exported by python -m runner.export.",
+        "Exit status: 0 done, 2 bad input. Channel conversions and preprocessing: see the module docstring.",
     )
     parser.add_argument("export_dir", type=Path, metavar="EXPORT_DIR", help="an export directory (runs/<name>/export)")
     parser.add_argument("inputs", type=Path, nargs="+", metavar="INPUT",
@@ -560,7 +493,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                          fmt=args.fmt, split=args.split)
         write_csv(result.rows, out)
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print_error(err)
         return EXIT_USER_ERROR
     print("\n".join(summary(result, out)))
     return 0
@@ -576,8 +509,7 @@ def is_array(inputs: Any) -> bool:
     """Whether ``inputs`` is a numpy array or a torch tensor (rather than a list of paths)."""
     if isinstance(inputs, np.ndarray):
         return True
-    torch = sys.modules.get("torch")  # a tensor can only exist when torch is imported
-    return torch is not None and isinstance(inputs, torch.Tensor)
+    return isinstance(inputs, torch.Tensor)
 
 
 def array_items(images: Any) -> tuple[list[Item], dict[tuple[Path, str], np.ndarray]]:
@@ -594,8 +526,6 @@ def array_items(images: Any) -> tuple[list[Item], dict[tuple[Path, str], np.ndar
         if array.ndim not in (3, 4):
             raise UserError(f"an image array of shape {array.shape}; expected numpy (H, W), (N, H, W) or (N, H, W, C)")
     else:
-        import torch
-
         tensor = images.detach().cpu()
         if tensor.is_floating_point() and tensor.dtype not in (torch.float32, torch.float64):
             tensor = tensor.float()  # float16 / bfloat16 have no numpy type the loaders read

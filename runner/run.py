@@ -20,6 +20,10 @@ from typing import Any
 
 import pandas as pd
 
+from cellsparse.rundir import load_run as load_run_dir
+from reports.build import build_report
+from reports.pareto import pick_trial
+from runner.export import export_run
 from search_space.errors import UserError
 
 PICKS = ("knee", "accuracy")
@@ -39,9 +43,7 @@ class Run:
 
     def refresh(self) -> Run:
         """Read the run directory again (after more trials finished)."""
-        from reports.rundir import load_run
-
-        self._run = load_run(self.path)
+        self._run = load_run_dir(self.path)
         return self
 
     def __repr__(self) -> str:
@@ -79,8 +81,6 @@ class Run:
 
     def report(self, out: str | Path | None = None) -> Path:
         """(Re)build the HTML report; returns its path."""
-        from reports.build import build_report
-
         return Path(build_report(self.path, None if out is None else Path(out)))
 
     def trial_dir(self, number: int) -> Path:
@@ -89,8 +89,6 @@ class Run:
     def pick(self, how: str | float = "knee") -> int:
         """A trial number: ``"knee"`` of the accuracy/FLOPs front (what export takes by default),
         ``"accuracy"`` (the most accurate), or a number: the most accurate within that many FLOPs."""
-        from reports.pareto import pick_trial
-
         how, budget = _how(how)
         return pick_trial(self._run.trials, self._run.directions, how, max_flops=budget)
 
@@ -100,8 +98,6 @@ class Run:
         """Export a trial as ``python -m runner.export`` does (checked against the eager model, with a
         model card); returns the export directory (``runs/<name>/export`` unless ``out``), which
         ``runner.predict.predict`` takes. ``pick`` as in :meth:`pick`, or a given ``trial``."""
-        from runner.export import export_run
-
         how, budget = _how(pick)
         result = export_run(self.path, trial=trial, pick=how, max_flops=budget, formats=formats,
                             out=None if out is None else Path(out), measure=measure, threads=threads, log=log)

@@ -28,27 +28,49 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
+import optuna
+import torch
+
+from cellsparse import rundir
+from objectives import count_flops
+from reports.build import build_report as write_report
+from runner.backends.common import (
+    PAYLOAD_KEY,
+    ConfigSampler,
+    TrialFinished,
+    cached_dataset,
+    data_shape,
+    fail_unfinished,
+    format_value,
+    import_plugins,
+    open_study,
+    pareto_trials,
+    plugin_modules,
+    sampler_for_session,
+    trials_done,
+)
+from runner.backends.optuna_backend import run_optuna
+from runner.cli import EXIT_USER_ERROR, command_parser, print_error
+from runner.data import data_fingerprint, load_dataset
+from runner.driver import SearchDriver, early_stopping_rule
+from runner.machine import machine, versions
+from runner.run import Run
+from search_space.build import build_model
 from search_space.errors import UserError
+from search_space.sampling import make_sampler
+from search_space.spec import load_space
 
-EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad flag on one line (``error: ...``) with status 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USER_ERROR, f"error: {message} (see python -m runner.search --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="python -m runner.search",
-        description="Search sparse-attention cell classifiers for the accuracy/cost trade-off "
+    parser = command_parser(
+        "runner.search",
+        "Search sparse-attention cell classifiers for the accuracy/cost trade-off "
         "(Optuna samplers, Ray Tune or in-process trials).",
-        epilog="Flags override the space file's search settings. Exit status: 0 done, 2 bad input, "
+        "Flags override the space file's search settings. Exit status: 0 done, 2 bad input, "
         "130 stopped (continue with --resume). Extra strategy modules: set CELLSPARSE_PLUGINS=mod1,mod2.",
     )
     parser.add_argument("--space", type=Path, metavar="FILE",
@@ -96,10 +118,6 @@ def _check_flags(args: argparse.Namespace) -> None:
 
 def _load(args: argparse.Namespace) -> tuple[Any, Path]:
     """The space to run (file + flags) and the run directory; validates everything, writes nothing."""
-    from runner import rundir
-    from runner.backends.common import data_shape
-    from search_space.spec import load_space
-
     given = load_space(args.space) if args.space is not None else None
     out = args.out if args.out is not None else Path("runs") / given.name
     if args.resume:
@@ -134,10 +152,6 @@ def _check_data(space: Any, out: Path, *, resume: bool) -> str | None:
     class missing from train, a single class, an undecodable image) is one line now instead of a
     failure in every trial; on --resume, refuse data other than the run started with. Returns the
     data's fingerprint (None for synthetic data). Writes nothing."""
-    from runner import rundir
-    from runner.backends.common import cached_dataset
-    from runner.data import data_fingerprint, load_dataset
-
     kwargs = space.data.loader_kwargs()
     fingerprint = data_fingerprint(**kwargs)
     recorded = rundir.read_run_json(out).get(rundir.DATA_FINGERPRINT) if resume else None
@@ -154,14 +168,6 @@ def _check_data(space: Any, out: Path, *, resume: bool) -> str | None:
 
 def dry_run(space: Any, n: int) -> None:
     """Print ``n`` configs as the sampler would draw them first, with their FLOPs; nothing is trained."""
-    import optuna
-    import torch
-
-    from objectives import count_flops
-    from runner.backends.common import PAYLOAD_KEY, ConfigSampler, data_shape, format_value
-    from search_space.build import build_model
-    from search_space.sampling import make_sampler
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(directions=space.directions, sampler=make_sampler(space))
     sample = ConfigSampler(space)
@@ -185,9 +191,6 @@ def dry_run(space: Any, n: int) -> None:
 
 
 def _front_table(study: Any, space: Any) -> list[str]:
-    from runner import rundir
-    from runner.backends.common import format_value, pareto_trials
-
     front = pareto_trials(study)
     if not front:
         return ["Pareto front: empty (no complete, feasible trial)"]
@@ -210,13 +213,9 @@ def _front_table(study: Any, space: Any) -> list[str]:
 
 
 def build_report(run_dir: Path) -> str:
-    """Build report.html when ``reports.build`` is available; never lose the run over it."""
+    """Build report.html; never lose the run over it."""
     try:
-        from reports.build import build_report as build
-    except ImportError as err:
-        return f"report: not built (reports.build is not available: {err})"
-    try:
-        path = build(run_dir)
+        path = write_report(run_dir)
     except Exception as err:  # noqa: BLE001 - the run is complete either way
         return f"report: not built ({type(err).__name__}: {err}); the run directory is intact"
     return f"report: {path or Path(run_dir) / 'report.html'}"
@@ -253,38 +252,22 @@ def _check_local_resources(space: Any, gpus_here: int) -> None:
 
 def run_search(args: argparse.Namespace) -> int:
     """Validate, prepare the run directory, run the trials, print the front. Returns the exit status."""
-    import optuna
-
-    from runner import rundir
-    from runner.backends.common import (
-        TrialFinished,
-        fail_unfinished,
-        import_plugins,
-        open_study,
-        plugin_modules,
-        sampler_for_session,
-        trials_done,
-    )
-    from runner.backends.optuna_backend import run_optuna
-    from runner.driver import SearchDriver, early_stopping_rule
-
     import_plugins(plugin_modules())
     _check_flags(args)
     space, out = _load(args)
     if args.dry_run:
         dry_run(space, args.trials or space.search.trials)
         return 0
-    if space.search.backend == "ray" and args.address:
-        from runner.backends.ray_backend import check_address
-
-        check_address(args.address)  # seconds, before the data are loaded
-    fingerprint = _check_data(space, out, resume=args.resume)
-
     backend = space.search.backend
     ray_backend = None
     if backend == "ray":
-        from runner.backends import ray_backend
+        from runner.backends import ray_backend  # ray is heavy: only the ray backend needs it
 
+        if args.address:
+            ray_backend.check_address(args.address)  # seconds, before the data are loaded
+    fingerprint = _check_data(space, out, resume=args.resume)
+
+    if ray_backend is not None:
         started_ray = ray_backend.connect(args.address)
         try:
             ray_backend.check_resources(space)
@@ -293,8 +276,6 @@ def run_search(args: argparse.Namespace) -> int:
                 ray_backend.disconnect()
             raise
     else:
-        import torch
-
         if space.search.gpus_per_trial > 0 and not torch.cuda.is_available():
             raise UserError(f"search.resources.gpu={space.search.gpus_per_trial:g}, but torch sees no CUDA device here")
         _check_local_resources(space, torch.cuda.device_count() if torch.cuda.is_available() else 0)
@@ -312,8 +293,9 @@ def run_search(args: argparse.Namespace) -> int:
     if repaired:
         print(repaired, file=sys.stderr)
     rundir.write_space(out, space)
+    environment = {"machine": machine(), "versions": versions("torch", "optuna", "ray", "cellsparse")}
     info = rundir.start_session(out, space, command=rundir.python_command(), address=args.address,
-                                data_fingerprint=fingerprint)
+                                data_fingerprint=fingerprint, environment=environment)
     study = open_study(space, out)
     stale = fail_unfinished(study)
     if stale:
@@ -384,8 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run_search(args)
     except UserError as err:
-        message = " ".join(str(err).split("\n"))
-        print(f"error: {message}", file=sys.stderr)
+        print_error(err)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("stopped", file=sys.stderr)
@@ -400,8 +381,6 @@ def main(argv: list[str] | None = None) -> int:
 def export_suggestion(out: Path) -> list[str]:
     """The export command as ``runner.export`` runs it by default (the knee of the front), with the
     trial it picks and the most accurate trial beside it; nothing when no trial qualifies."""
-    from runner.run import Run
-
     try:
         run = Run.load(out)
         knee, best = run.pick("knee"), run.pick("accuracy")
@@ -432,16 +411,12 @@ def search(
     :class:`runner.run.Run` (trials, front, picks, report, export). Raises UserError (one line
     naming what is wrong, nothing written) for bad input, and KeyboardInterrupt when the search was
     stopped before its trials were done (continue with ``resume=True``)."""
-    from runner.run import Run
-
     args = argparse.Namespace(
         space=None if space is None else Path(space), out=None if out is None else Path(out), trials=trials,
         backend=backend, address=address, resume=resume, max_concurrent=max_concurrent,
         cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, seed=seed, dry_run=False,
     )
     if args.out is None and args.space is not None:
-        from search_space.spec import load_space
-
         args.out = Path("runs") / load_space(args.space).name
     status = run_search(args)
     if status == EXIT_INTERRUPTED:

@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cellsparse.rundir import CONFIG_FILE, HISTORY_FILE, LOOKED_AT_FILE, META_FILE, METRICS_FILE, WEIGHTS_FILE
 from objectives import count_flops, count_params, get_objective
 from runner.data import augment_batch
 from search_space.build import build_model
@@ -312,7 +313,7 @@ def run_trial(
     start = time.perf_counter()
     trial_dir = Path(trial_dir)
     trial_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(trial_dir / "config.json", config)
+    _write_json(trial_dir / CONFIG_FILE, config)
     torch.set_num_threads(max(1, int(threads)))
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)  # batch order and augmentation
@@ -394,7 +395,7 @@ def run_trial(
             "epoch_time_s": time.perf_counter() - epoch_start,
         }
         history.append(row)
-        _write_json(trial_dir / "history.json", history)  # each epoch: a trial stopped early keeps its curve
+        _write_json(trial_dir / HISTORY_FILE, history)  # each epoch: a trial stopped early keeps its curve
         if report is not None:
             report({**row, **{name: latest[name] for name in objectives}})
 
@@ -432,7 +433,7 @@ def save_trial(
     """Write what the report and export read: weights, how to rebuild and feed them, what the model used."""
     trial_dir = Path(trial_dir)
     model.eval()
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, trial_dir / "model.pt")
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, trial_dir / WEIGHTS_FILE)
     meta = {
         "strategy": config["strategy"],
         "in_channels": data.in_channels,
@@ -445,22 +446,22 @@ def save_trial(
         "source": data.source,
         "k_final": metrics.get("k_final"),
     }
-    _write_json(trial_dir / "meta.json", meta)
-    _write_json(trial_dir / "history.json", history)
+    _write_json(trial_dir / META_FILE, meta)
+    _write_json(trial_dir / HISTORY_FILE, history)
 
     images = data.val_x[:LOOKED_AT]
     with torch.no_grad():
         used = model.used_map(images.to(device)).float().cpu().numpy()
         preds = predict(model, images, device).numpy()
     np.savez_compressed(
-        trial_dir / "looked_at.npz",
+        trial_dir / LOOKED_AT_FILE,
         images=to_display(images),  # (N, C, H, W) in [0, 1]
         used=used.astype(np.float32),  # (N, H, W) in [0, 1]
         labels=data.val_y[:LOOKED_AT].cpu().numpy(),
         preds=preds,
         class_names=np.array(list(data.class_names)),
     )
-    _write_json(trial_dir / "metrics.json", metrics)  # last: its presence marks a finished trial dir
+    _write_json(trial_dir / METRICS_FILE, metrics)  # last: its presence marks a finished trial dir
 
 
 def record_infeasible(
@@ -479,7 +480,7 @@ def record_infeasible(
     """
     trial_dir = Path(trial_dir)
     trial_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(trial_dir / "config.json", config)
+    _write_json(trial_dir / CONFIG_FILE, config)
     in_channels, size, _ = shape
     model = build_model(config, in_channels, num_classes, size)
     model.eval()
@@ -497,5 +498,5 @@ def record_infeasible(
         "feasible": False,
         "constraints": constraints,
     }
-    _write_json(trial_dir / "metrics.json", metrics)
+    _write_json(trial_dir / METRICS_FILE, metrics)
     return metrics

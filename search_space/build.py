@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from search_space.errors import UserError
+from search_space.k_rules import k_rule_defaults
 from search_space.resolution import INPUT_PARAMS, INPUT_SIZE_KEY, input_size_problem, resolution_of
 from search_space.strategies import CellClassifier, StrategyInfo, get_strategy, strategy_names
 
@@ -45,8 +46,6 @@ def default_config(strategy: str) -> dict[str, Any]:
     info = _strategy_of(strategy)
     config = {"strategy": info.name, **info.defaults}
     if info.uses_k_rule:
-        from search_space.k_rules import k_rule_defaults
-
         config.update(k_rule_defaults())
     return config
 

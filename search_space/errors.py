@@ -1,10 +1,7 @@
-"""The project's error types. A ``UserError`` is a mistake in the user's input (a space file, a data
-path, a flag): command-line entry points print its message on one line and exit non-zero, with no
-traceback. Anything else is a bug and keeps its traceback."""
+"""The project's error types (see ``cellsparse.errors``): ``UserError`` and the space's and the
+data's own kinds of it."""
 
-
-class UserError(Exception):
-    """A problem with what the user gave us; the message names the file/key/argument and the fix."""
+from cellsparse.errors import UserError  # re-exported: the documented import path
 
 
 class SpecError(UserError):
@@ -13,3 +10,6 @@ class SpecError(UserError):
 
 class DataError(UserError):
     """A dataset file or folder cannot be used."""
+
+
+__all__ = ["DataError", "SpecError", "UserError"]

@@ -67,6 +67,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from cellsparse.registry import Registry
 from search_space.errors import UserError
 from search_space.params import ParamSpec
 
@@ -189,19 +190,16 @@ class KRule(ABC):
         return f"{type(self).__name__}(k={self._k}, bounds={self.k_bounds}, freeze_epoch={self.freeze_epoch})"
 
 
-_RULES: dict[str, type[KRule]] = {}
+_RULES: Registry[type[KRule]] = Registry("k_rule", unknown=KRuleError)
 
 
 def _register(cls: type[KRule]) -> type[KRule]:
-    if cls.name in _RULES:
-        raise ValueError(f"k rule {cls.name!r} is registered twice")
-    _RULES[cls.name] = cls
-    return cls
+    return _RULES.add(cls.name, cls)
 
 
 def k_rule_names() -> list[str]:
     """Names of every k rule, in the order of ``K_RULE_PARAMS['k_rule'].choices``."""
-    return list(_RULES)
+    return _RULES.names()
 
 
 @_register
@@ -392,9 +390,7 @@ def _setting(config: dict[str, Any], key: str) -> Any:
 
 def rule_keys(name: str) -> tuple[str, ...]:
     """The config keys rule ``name`` reads (besides ``k_rule``): the others are not sampled for it."""
-    if name not in _RULES:
-        raise KRuleError(f"unknown k_rule {name!r}; valid: {', '.join(_RULES)}")
-    return _RULES[name].keys
+    return _RULES.get(name).keys
 
 
 def k_rule_defaults(name: str | None = None) -> dict[str, Any]:
@@ -408,9 +404,7 @@ def make_k_rule(
 ) -> KRule:
     """Build the rule named by ``config['k_rule']``; missing k-rule keys take ``K_RULE_DEFAULTS``.
     ``steps_per_epoch`` is how many ``update`` calls make one epoch (1: the rule is fed epoch means)."""
-    name = config.get("k_rule", K_RULE_DEFAULTS["k_rule"])
-    if name not in _RULES:
-        raise KRuleError(f"unknown k_rule {name!r}; valid: {', '.join(_RULES)}")
+    cls = _RULES.get(config.get("k_rule", K_RULE_DEFAULTS["k_rule"]))
     lo, hi = int(k_bounds[0]), int(k_bounds[1])
     if not 1 <= lo <= hi:
         raise ValueError(f"k_bounds must satisfy 1 <= low <= high, but got {k_bounds}")
@@ -420,7 +414,6 @@ def make_k_rule(
         raise KRuleError(f"epochs must be >= 1, but got {epochs}")
     if steps_per_epoch < 1:
         raise ValueError(f"steps_per_epoch must be >= 1, but got {steps_per_epoch}")
-    cls = _RULES[name]
     settings = {key: _setting(config, key) for key in cls.keys}
     return cls(settings, k_init=int(k_init), k_bounds=(lo, hi), epochs=int(epochs), steps_per_epoch=int(steps_per_epoch))
 

@@ -23,9 +23,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from cellsparse.strategy_info import INPUT_SIZE_KEY  # re-exported: declared in the base, where trials.csv names it
 from search_space.params import ParamSpec
 
-INPUT_SIZE_KEY = "input_size"
 MIN_INPUT_SIZE = 8  # below this the stride-2 stages of the small models run out of pixels
 MAX_INPUT_SIZE = 128  # the largest data.image_size a space accepts
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import optuna
 
+from search_space.k_rules import K_RULE_PARAMS, k_rule_defaults
 from search_space.params import Param
 from search_space.spec import SearchSpace, StrategySpace
 from search_space.strategies import get_strategy
@@ -64,8 +65,6 @@ def suggest_config(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
         return _suggest(trial, optuna_name, params.pop(key))
 
     if info.uses_k_rule:
-        from search_space.k_rules import K_RULE_PARAMS, k_rule_defaults
-
         rule = suggest("k_rule") if "k_rule" in params else None
         config.update(k_rule_defaults(rule))
         for key in set(K_RULE_PARAMS) - set(config):

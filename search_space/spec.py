@@ -10,6 +10,7 @@ documented in README.md ("The space file").
 from __future__ import annotations
 
 import difflib
+import inspect
 import math
 import os
 import re
@@ -18,10 +19,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import optuna
 import yaml
 
 from cellsparse.objective_info import constraint_keys, declared_objectives, objective_info
 from search_space.errors import SpecError
+from search_space.k_rules import K_RULE_PARAMS
 from search_space.params import Param, ParamFormError, check_against, parse_param
 from search_space.resolution import INPUT_PARAMS, INPUT_SIZE_KEY, input_size_problem
 from search_space.strategies import ParamSpec, get_strategy, strategy_names
@@ -221,6 +224,13 @@ class SearchSpace:
         search = replace(self.search, **changes)
         _check_search_settings(search, str(self.path))
         return replace(self, search=search, seed=self.seed if seed is None else seed)
+
+    def with_absolute_data_path(self) -> SearchSpace:
+        """A copy whose relative ``data.path`` is made absolute (from the working directory it was
+        given in), so the stored space.yaml and every Ray worker still find the data elsewhere."""
+        if self.data.path and not os.path.isabs(self.data.path):
+            return replace(self, data=replace(self.data, path=os.path.abspath(self.data.path)))
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved space as plain data; ``load_space`` of its YAML gives an equal space."""
@@ -593,10 +603,6 @@ def _parse_training(where: _Where, raw: dict[str, Any]) -> dict[str, Param]:
 
 
 def _sampler_option_names(sampler: str) -> list[str]:
-    import inspect
-
-    import optuna
-
     cls = {
         "tpe": optuna.samplers.TPESampler,
         "nsga2": optuna.samplers.NSGAIISampler,
@@ -688,8 +694,6 @@ def _parse_model(where: _Where, raw: dict[str, Any], image_size: int) -> ModelSp
     for name in blocks:
         if name not in valid_names:
             raise where.fail(f"space.strategy.{name}", f"unknown strategy {name!r}{_nearest(name, valid_names)}")
-
-    from search_space.k_rules import K_RULE_PARAMS
 
     def accepted(name: str) -> dict[str, ParamSpec]:
         info = get_strategy(name)

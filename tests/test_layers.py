@@ -1,18 +1,21 @@
 """The package layers, enforced: imports point down, never in a circle, and the heavy libraries stay
 in the modules that need them.
 
-    base          cellsparse                       torch-free: Pareto maths, objective facts
+    base          cellsparse                       torch-free: Pareto maths, objective and strategy facts,
+                                                   the base error, the run directory
     space/models  search_space, objectives         models, the space, measures
-    engine        runner (but the applications)    trial, data, driver, backends, run directory
+    engine        runner (but the applications)    trial, data, driver, backends, export artefacts
     applications  runner.search/export/predict/..., reports
 
 Every import counts, at module level or inside a function (a function-level import hides a tie, it
-does not cut it). A relative import is resolved to the module it names.
+does not cut it). A relative import is resolved to the module it names. Imports sit at module level,
+but for the heavy optional libraries (``DEFERRED``) that only one path needs, each with its reason.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from collections import defaultdict
@@ -23,6 +26,10 @@ PACKAGES = ("cellsparse", "search_space", "objectives", "runner", "reports")
 APPLICATIONS = ("runner.search", "runner.export", "runner.predict", "runner.modelcard", "runner.api", "runner.cli",
                 "runner.run", "runner.__main__")
 LAYERS = ("base", "space/models", "engine", "applications")
+#: What a function may import for itself: heavy libraries one path needs (and the one module that wraps
+#: Ray), so that importing a module does not load them for every other path.
+DEFERRED = ("ray", "runner.backends.ray_backend", "onnx", "onnx_ir", "onnxruntime", "onnxscript", "plotly", "tifffile",
+            "optuna_dashboard", "pyarrow")
 
 
 def module_name(path: Path) -> str:
@@ -138,7 +145,52 @@ def test_ray_is_imported_by_its_executor_only() -> None:
 
 
 def test_the_base_and_the_space_load_without_the_heavy_libraries() -> None:
-    code = ("import sys, cellsparse.pareto, cellsparse.objective_info; "
+    code = ("import sys, cellsparse.pareto, cellsparse.objective_info, cellsparse.strategy_info; "
             "heavy = {'torch', 'optuna', 'ray', 'plotly', 'pandas'} & set(sys.modules); assert not heavy, heavy; "
             "import search_space; heavy = {'ray', 'plotly', 'optuna'} & set(sys.modules); assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+def test_the_run_directory_and_the_report_load_without_torch() -> None:
+    code = ("import sys, cellsparse.rundir, reports.build; "
+            "heavy = {'torch', 'ray'} & set(sys.modules); assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+def function_level_imports(path: Path) -> list[tuple[int, tuple[str, ...]]]:
+    """(line, the names it imports) of every import inside a function of ``path``."""
+    found = []
+    for func in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if not isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        for node in ast.walk(func):
+            if isinstance(node, ast.Import):
+                found.append((node.lineno, tuple(alias.name for alias in node.names)))
+            elif isinstance(node, ast.ImportFrom):
+                source = "." * node.level + (node.module or "")
+                found.append((node.lineno, tuple(f"{source}.{alias.name}" for alias in node.names)))
+    return sorted(set(found))
+
+
+def _deferred(name: str) -> bool:
+    return any(name == allowed or name.startswith(allowed + ".") for allowed in DEFERRED)
+
+
+def _says_why(lines: list[str], number: int) -> bool:
+    """A comment with words on the import's line (a bare noqa does not count), or on the line before."""
+    same = lines[number - 1].partition("#")[2]
+    before = lines[number - 2].strip() if number >= 2 else ""
+    return bool(re.search(r"[a-z]{3}", re.sub(r"noqa(:\s*[A-Z0-9, ]+)?", "", same))) or before.startswith("#")
+
+
+def test_functions_import_only_heavy_optional_libraries_and_say_why() -> None:
+    problems = []
+    for path in sorted(MODULES.values()):
+        lines = path.read_text(encoding="utf-8").splitlines()
+        for number, names in function_level_imports(path):
+            where = f"{path.relative_to(ROOT)}:{number} imports {', '.join(names)}"
+            if not all(_deferred(name) for name in names):
+                problems.append(f"{where} inside a function; import it at module level (or fix the cycle it hides)")
+            elif not _says_why(lines, number):
+                problems.append(f"{where} inside a function without saying why (a comment on that line or the one before)")
+    assert not problems, "\n".join(problems)

@@ -18,17 +18,23 @@ import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
 import torch
 
+from cellsparse import rundir
 from cellsparse.objective_info import declared_objectives, format_figure, objective_info
-from runner import rundir
+from objectives import get_objective
+from runner.data import describe_dataset, load_dataset
+from runner.trial import check_batch, record_infeasible, run_trial
+from search_space.build import build_model
 from search_space.errors import UserError
+from search_space.sampling import make_sampler, suggest_config
 from search_space.spec import SearchSpace
 
 #: Comma-separated modules imported before anything is built, in the driver and in every trial
@@ -69,11 +75,8 @@ class TrialSettings:
 
     @classmethod
     def for_run(cls, space: SearchSpace, run_dir: Path) -> TrialSettings:
-        data = space.data
-        if data.path and not os.path.isabs(data.path):
-            space = replace(space, data=replace(data, path=os.path.abspath(data.path)))
         return cls(
-            space=space,
+            space=space.with_absolute_data_path(),
             run_dir=str(Path(run_dir).resolve()),
             threads=max(1, int(space.search.cpus_per_trial)),
             use_gpu=space.search.gpus_per_trial > 0,
@@ -95,8 +98,6 @@ def _data_key(space: SearchSpace) -> tuple:
 
 def cached_dataset(space: SearchSpace) -> Any:
     """The space's dataset, loaded once per process (in-process backends would otherwise regenerate it)."""
-    from runner.data import load_dataset
-
     key = _data_key(space)
     if key not in _DATA:
         _DATA.clear()  # one dataset per process is enough; keep memory flat
@@ -109,8 +110,6 @@ _SHAPES: dict[tuple, tuple[int, int, int]] = {}
 
 def data_shape(space: SearchSpace) -> tuple[int, int, int]:
     """(in_channels, num_classes, image_size) without loading images."""
-    from runner.data import describe_dataset
-
     key = _data_key(space)
     if key not in _SHAPES:
         _SHAPES[key] = tuple(describe_dataset(**space.data.loader_kwargs(), seed=space.seed))
@@ -132,10 +131,6 @@ def check_costs(config: dict[str, Any], space: SearchSpace) -> dict[str, float]:
     limits = space.constraints.limits
     if not limits:
         return {}
-    from objectives import get_objective
-    from runner.trial import check_batch
-    from search_space.build import build_model
-
     in_channels, num_classes, size = data_shape(space)
     model = build_model(config, in_channels, num_classes, size)
     model.eval()
@@ -160,8 +155,6 @@ class ConfigSampler:
         self.space = space
 
     def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
-        from search_space.sampling import suggest_config
-
         config = suggest_config(trial, self.space)
         trial.set_user_attr(rundir.ATTR_CONFIG, config)
         trial.set_user_attr(rundir.ATTR_STRATEGY, config["strategy"])
@@ -189,8 +182,6 @@ class ConfigSampler:
 
 
 def _device(settings: TrialSettings) -> str:
-    import torch
-
     return "cuda" if settings.use_gpu and torch.cuda.is_available() else "cpu"
 
 
@@ -200,8 +191,6 @@ def execute(payload: dict[str, Any], settings: TrialSettings, report: Callable[[
     Returns the metrics with ``duration_s`` (the trial's own time) added. Raises on failure (a
     build error, a diverged loss, a non-finite objective); the backend records FAIL.
     """
-    from runner.trial import record_infeasible, run_trial
-
     import_plugins(settings.plugins)
     start = time.perf_counter()
     space = settings.space
@@ -305,8 +294,6 @@ def trials_done(study: optuna.Study) -> int:
 def sampler_for_session(space: SearchSpace, study_trials: int) -> optuna.samplers.BaseSampler:
     """The space's seeded sampler; a resumed session offsets the seed by the trials already asked,
     so its random start-up draws do not repeat the configs of the first session."""
-    from search_space.sampling import make_sampler
-
     if study_trials == 0:
         return make_sampler(space)
     base = space.search.sampler_seed if space.search.sampler_seed is not None else space.seed
@@ -374,8 +361,6 @@ def pareto_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 def name_metrics(study: optuna.Study, names: Sequence[str]) -> None:
     """Name the objectives in the study (optuna-dashboard and ``study.metric_names`` show them)."""
     if study.metric_names != list(names):
-        import warnings
-
         with warnings.catch_warnings():  # experimental since Optuna 3.2, unchanged through 5.0
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(list(names))

@@ -45,11 +45,12 @@ from pathlib import Path
 from typing import Any
 
 import ray
+import torch
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
-from runner import rundir
+from cellsparse import rundir
 from runner.backends.common import (
     PAYLOAD_KEY,
     PLUGINS_ENV,
@@ -131,8 +132,6 @@ def connect(address: str | None) -> bool:
 
 
 def _torch_gpus() -> int:
-    import torch
-
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 

@@ -14,8 +14,10 @@ Sources: ``synthetic`` (see :mod:`runner.data.synthetic`), ``npz`` (MedMNIST lay
 from __future__ import annotations
 
 import hashlib
+import inspect
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -144,29 +146,22 @@ def data_fingerprint(*, source: str, path: str | Path | None = None, **_: object
     return "sha256:" + digest.hexdigest()
 
 
-def describe_dataset(
-    *,
-    source: str,
-    path: str | Path | None = None,
-    modality: str = "brightfield",
-    image_size: int | None = None,
-    train: Size = None,
-    val: Size = None,
-    test: Size = None,
-    difficulty: float = 0.5,
-    class_names: list[str] | None = None,
-    seed: int = 0,
-) -> tuple[int, int, int]:
-    """(in_channels, num_classes, image_size) that ``load_dataset`` with the same arguments gives,
-    cheaply: synthetic data is not generated, npz images are not read (only array headers and the
-    labels), folder images are not decoded (only listed and their headers read)."""
-    _check_common(source, path, modality, image_size, {"train": train, "val": val, "test": test}, seed)
+def describe_dataset(**settings: Any) -> tuple[int, int, int]:
+    """(in_channels, num_classes, image_size) that ``load_dataset(**settings)`` gives (it takes
+    exactly ``load_dataset``'s arguments), cheaply: synthetic data is not generated, npz images are
+    not read (only array headers and the labels), folder images are not decoded (only listed and
+    their headers read)."""
+    bound = inspect.signature(load_dataset).bind(**settings)
+    bound.apply_defaults()
+    a = bound.arguments
+    source, path, modality, size = a["source"], a["path"], a["modality"], a["image_size"]
+    _check_common(source, path, modality, size, {split: a[split] for split in SPLITS}, a["seed"])
     if source == "synthetic":
-        names = _synthetic_classes(class_names)
-        _check_difficulty(difficulty)
-        return MODALITY_CHANNELS[modality], len(names), image_size or SYNTHETIC_DEFAULT_IMAGE_SIZE
+        names = _synthetic_classes(a["class_names"])
+        _check_difficulty(a["difficulty"])
+        return MODALITY_CHANNELS[modality], len(names), size or SYNTHETIC_DEFAULT_IMAGE_SIZE
     describe: Callable[..., tuple[int, int, int]] = {"npz": describe_npz, "folder": describe_folder}[source]
-    channels, num_classes, size = describe(path, image_size=image_size, class_names=class_names)
+    channels, num_classes, size = describe(path, image_size=size, class_names=a["class_names"])
     _check_real_modality(modality, modality_for(channels), path)
     return channels, num_classes, size
 

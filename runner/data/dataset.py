@@ -3,6 +3,7 @@ seeded class-stratified subsampling, resizing, and normalisation with train-spli
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -142,6 +143,26 @@ def resize(x: Tensor, size: int) -> Tensor:
     if x.shape[-2:] == (size, size):
         return x
     return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+
+
+def subsampled_splits(
+    labels: dict[str, np.ndarray],
+    class_names: list[str],
+    sizes: dict[str, Size],
+    seed: int,
+    where: str,
+    hint: Callable[[str], str],
+    read: Callable[[str, np.ndarray], Tensor],
+) -> dict[str, tuple[Tensor, Tensor]]:
+    """Each split's seeded, class-stratified pick of ``sizes[split]`` of its images (every class must
+    stay, else DataError with ``hint(split)``), read by ``read(split, kept indices)`` as (N, C, S, S)."""
+    splits = {}
+    for i, split in enumerate(SPLITS):
+        y = labels[split]
+        keep = stratified_pick(y, wanted(sizes[split], len(y)), len(class_names), np.random.default_rng([seed, i]))
+        check_every_class(y[keep], class_names, split, where, hint(split))
+        splits[split] = (read(split, keep), torch.from_numpy(y[keep]))
+    return splits
 
 
 def check_every_class(labels: np.ndarray, class_names: list[str], split: str, where: str, hint: str) -> None:

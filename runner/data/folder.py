@@ -24,7 +24,7 @@ import torch
 
 from search_space.errors import DataError
 
-from .dataset import SPLITS, CellDataset, Size, allocate, check_every_class, normalised, resize, stratified_pick, wanted
+from .dataset import SPLITS, CellDataset, Size, allocate, normalised, resize, subsampled_splits
 from .images import image_info, modality_for, read_image
 
 IMAGE_SUFFIXES: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
@@ -55,14 +55,11 @@ def load_folder(
     if not presplit:
         entries = _split(root, names, entries["all"], sizes, seed)
         sizes = {**sizes, "val": None, "test": None}  # they set the split; only train remains a cap
-    splits = {}
-    for i, split in enumerate(SPLITS):
-        labels = np.array([e.label for e in entries[split]], dtype=np.int64)
-        rng = np.random.default_rng([seed, i])
-        keep = stratified_pick(labels, wanted(sizes[split], len(labels)), len(names), rng)
-        check_every_class(labels[keep], names, split, str(root), f"; give {split} a larger value or add images")
-        x = torch.stack([_read(entries[split][j].path, channels, size) for j in keep.tolist()])
-        splits[split] = (x, torch.from_numpy(labels[keep]))
+    labels = {split: np.array([e.label for e in entries[split]], dtype=np.int64) for split in SPLITS}
+    splits = subsampled_splits(
+        labels, names, sizes, seed, str(root), lambda split: f"; give {split} a larger value or add images",
+        lambda split, keep: torch.stack([_read(entries[split][j].path, channels, size) for j in keep.tolist()]),
+    )
     return normalised(splits, class_names=names, modality=modality_for(channels), source=str(root))
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from search_space.errors import DataError
 
@@ -64,8 +65,6 @@ def image_info(path: Path) -> ImageInfo:
     try:
         if path.suffix.lower() in TIFF_SUFFIXES:
             return _tiff_info(path)
-        from PIL import Image
-
         with Image.open(path) as im:
             mode, size = im.mode, im.size
             alpha = mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info)
@@ -109,7 +108,7 @@ def _tiff_axes(path: Path, shape: tuple[int, ...], axes: str) -> str:
 
 
 def _tiff_info(path: Path) -> ImageInfo:
-    import tifffile
+    import tifffile  # tifffile is heavy: only TIFF files need it
 
     try:
         with tifffile.TiffFile(path) as tif:
@@ -127,7 +126,7 @@ def _tiff_info(path: Path) -> ImageInfo:
 
 def _tiff_pixels(path: Path) -> np.ndarray:
     """(H, W, C) as stored, whatever the file's axis order (interleaved YXS, planar SYX/CYX, ...)."""
-    import tifffile
+    import tifffile  # tifffile is heavy: only TIFF files need it
 
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
@@ -140,8 +139,6 @@ def _tiff_pixels(path: Path) -> np.ndarray:
 
 
 def _pil_pixels(path: Path) -> np.ndarray:
-    from PIL import Image
-
     with Image.open(path) as im:
         im.load()
         mode = im.mode

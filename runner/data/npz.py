@@ -19,7 +19,7 @@ import torch
 
 from search_space.errors import DataError
 
-from .dataset import SPLITS, CellDataset, Size, check_every_class, normalised, resize, stratified_pick, wanted
+from .dataset import SPLITS, CellDataset, Size, normalised, resize, subsampled_splits
 from .images import VALUE_SCALE
 
 BLOODMNIST_CLASSES: tuple[str, ...] = (
@@ -51,15 +51,13 @@ def load_npz(
     with _open(path) as archive:
         names, labels, shapes = _checked_header(path, archive, class_names)
         size = _output_size(path, shapes["train"], image_size)
-        splits = {}
-        for i, split in enumerate(SPLITS):
-            y = labels[split]
-            keep = stratified_pick(y, wanted(sizes[split], len(y)), len(names), np.random.default_rng([seed, i]))
-            check_every_class(y[keep], names, split, str(path), _hint(sizes[split], len(names), split))
+
+        def read(split: str, keep: np.ndarray) -> torch.Tensor:
             images = _array(path, archive, f"{split}_images")
-            images = images[keep] if len(keep) < len(images) else images
-            x = _to_float(path, images)
-            splits[split] = (resize(x, size), torch.from_numpy(y[keep]))
+            return resize(_to_float(path, images[keep] if len(keep) < len(images) else images), size)
+
+        splits = subsampled_splits(labels, names, sizes, seed, str(path),
+                                   lambda split: _hint(sizes[split], len(names), split), read)
     modality = "rgb" if splits["train"][0].shape[1] == 3 else "gray"
     return normalised(splits, class_names=names, modality=modality, source=str(path))
 

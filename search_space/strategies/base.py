@@ -38,6 +38,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from cellsparse.registry import Registry
+from cellsparse.strategy_info import declare_strategy, is_sparse  # is_sparse re-exported
 from search_space.params import ParamSpec  # re-exported: strategies declare their keys with it
 
 
@@ -193,14 +195,14 @@ class StrategyInfo:
         return self.model(**values, **{key: value for key, value in context.items() if key in accepted})
 
 
-_REGISTRY: dict[str, StrategyInfo] = {}
+_REGISTRY: Registry[StrategyInfo] = Registry("strategy")
 
 
 def register_strategy(
     name: str,
     *,
     params: dict[str, ParamSpec],
-    sparse: bool = True,
+    sparse: bool | None = None,
     uses_k_rule: bool = True,
     doc: str = "",
 ) -> Callable[[ModelClass], ModelClass]:
@@ -209,43 +211,44 @@ def register_strategy(
     Every key in ``params`` must be a keyword of the class's constructor and carry a valid default;
     ``build_model`` calls ``cls(**values, in_channels=..., num_classes=..., ...)`` with the values
     checked and cast, passing only the context arguments (``CONTEXT_ARGS``) the constructor takes.
+
+    Whether it is sparse: a built-in strategy's kind is declared torch-free in
+    ``cellsparse.strategy_info`` (so reports read it without loading models); any other strategy
+    declares its own with ``sparse`` (default True), which a built-in may only repeat.
     """
 
     for key, spec in params.items():
         problem = spec.check(spec.default)
         if problem:
             raise ValueError(f"strategy {name!r}: default {key}={spec.default!r} is not {problem}")
+    declared = is_sparse(name)
+    if declared is not None and sparse is not None and sparse != declared:
+        raise ValueError(f"strategy {name!r} is declared {'sparse' if declared else 'dense'} in "
+                         f"cellsparse.strategy_info, but registered with sparse={sparse}")
 
     def decorate(model: ModelClass) -> ModelClass:
-        if name in _REGISTRY:
+        if name in _REGISTRY:  # before anything is declared
             raise ValueError(f"strategy {name!r} is registered twice")
         accepted = set(inspect.signature(model.__init__).parameters)
         unknown = sorted(set(params) - accepted)
         if unknown:
             raise ValueError(f"strategy {name!r}: {model.__name__}() takes no keyword {unknown}")
-        _REGISTRY[name] = StrategyInfo(name, model, dict(params), sparse, doc, uses_k_rule)
+        if is_sparse(name) is None:
+            declare_strategy(name, sparse=True if sparse is None else sparse)
+        _REGISTRY.add(name, StrategyInfo(name, model, dict(params), bool(is_sparse(name)), doc, uses_k_rule))
         return model
 
     return decorate
 
 
-def is_sparse(name: str | None) -> bool | None:
-    """Whether strategy ``name`` looks at part of each image; None when no such strategy is registered."""
-    info = _REGISTRY.get(name) if isinstance(name, str) else None
-    return None if info is None else info.sparse
-
-
 def strategy_names() -> list[str]:
     """Names of every registered strategy, in registration order."""
-    return list(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def get_strategy(name: str) -> StrategyInfo:
     """The registered strategy ``name``; an unknown name lists the valid ones."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise KeyError(f"unknown strategy {name!r}; valid: {', '.join(_REGISTRY) or '(none registered)'}") from None
+    return _REGISTRY.get(name)
 
 
 def params_for(names: Sequence[str]) -> dict[str, ParamSpec]:

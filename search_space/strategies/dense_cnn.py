@@ -97,7 +97,6 @@ def residual_stages_flops(h: int, w: int, *, width: int, stages: int, blocks_per
         "blocks_per_stage": ParamSpec("int", low=1, high=4, default=1, doc="basic residual blocks (two 3x3 convs) per stage"),
         "stem_stride": ParamSpec("choice", choices=(1, 2), default=1, doc="stride of the stem conv (2 = 4x cheaper body)"),
     },
-    sparse=False,
     uses_k_rule=False,
     doc="Small ResNet-style CNN over every pixel (dense baseline).",
 )

@@ -37,7 +37,6 @@ def sincos_2d(grid_h: int, grid_w: int, dim: int) -> torch.Tensor:
         **transformer_params(embed_dim=64, num_heads=4, depth=2, mlp_ratio=2.0),
         "pos_embedding": ParamSpec("choice", choices=("learned", "sincos"), default="learned", doc="patch position embedding"),
     },
-    sparse=False,
     uses_k_rule=False,
     doc="Patch ViT over the whole image (dense transformer baseline).",
 )

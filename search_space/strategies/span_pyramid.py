@@ -278,7 +278,6 @@ def _cell_ids(r: torch.Tensor, c: torch.Tensor, grid: tuple[int, int]) -> torch.
             "float", 0.0, 10.0, default=1.0, doc="learned scorer: weight of its distillation loss"
         ),
     },
-    sparse=True,
     uses_k_rule=True,
     doc="SPAN: informative patches, window + shifted-window + global-token attention, sparse pyramid.",
 )

@@ -74,7 +74,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from search_space.strategies.base import CellClassifier, ParamSpec, register_strategy
+from search_space.strategies.base import CountedKModel, ParamSpec, register_strategy
 from search_space.strategies.blocks import ClassifierHead, conv2d_flops, linear_flops, top_indices
 from search_space.strategies.dense_cnn import conv_stem, residual_stages, residual_stages_flops
 
@@ -166,11 +166,10 @@ class _LocationModule(nn.Module):
             "float", 0.0, 1.0, default=0.7, doc="share of REINFORCE rewarding each glimpse by its own prediction"
         ),
     },
-    sparse=True,
     uses_k_rule=True,
     doc="TNet: top-k glimpses per parent through dense_cnn's encoder; location module trained by per-glimpse REINFORCE.",
 )
-class TNetTraversal(CellClassifier):
+class TNetTraversal(CountedKModel):
     """Recursive top-k-per-parent glimpses through one shared backbone; see the module docstring."""
 
     def __init__(
@@ -233,17 +232,8 @@ class TNetTraversal(CellClassifier):
 
     # --- k ---------------------------------------------------------------------------------------
     def k_bounds(self) -> tuple[int, int]:
+        """k counts the regions kept inside each parent view."""
         return 1, self.grid_size**2
-
-    @property
-    def k(self) -> float:
-        return float(self._k)
-
-    def set_k(self, k: int) -> None:
-        low, high = self.k_bounds()
-        if not low <= int(k) <= high:
-            raise ValueError(f"k={k} must lie in [{low}, {high}] (regions per parent view)")
-        self._k = int(k)
 
     def n_views(self) -> int:
         """Backbone passes per image: the whole image, then k children of every view down to the last level."""

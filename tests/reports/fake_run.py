@@ -1,6 +1,9 @@
-"""Write fake but realistic run directories in the runner's layout (DESIGN.md §3), for the report
-tests and benchmarks/bench_report.py: space.yaml, run.json, an Optuna journal, trials.csv and
-trials/<n>/{config,metrics,history}.json plus looked_at.npz."""
+"""Write fake but realistic run directories for the report tests and benchmarks/bench_report.py.
+
+The trials are made up; their records are not: an Optuna journal (``cellsparse.rundir.open_storage``)
+whose trials carry the user attributes the search sets, and trials.csv written from it by
+``cellsparse.rundir.write_trials_csv``. Beside them: space.yaml and run.json (a space with made-up keys,
+so written as plain YAML and JSON) and trials/<n>/{config,metrics,history}.json and looked_at.npz."""
 
 from __future__ import annotations
 
@@ -12,8 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
+import optuna
 import yaml
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+from cellsparse import rundir
 
 XSS = "<script>alert(1)</script>"
 STRATEGIES = ("sparse_topk", "tnet_traversal", "span_pyramid", "dense_cnn", "dense_vit")
@@ -69,8 +75,6 @@ def _config(strategy: str, rng: np.random.Generator) -> dict[str, Any]:
 
 
 def _distributions(config: dict[str, Any]) -> dict[str, Any]:
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-
     table = {
         "strategy": CategoricalDistribution(list(STRATEGIES)),
         "embed_dim": CategoricalDistribution([32, 64, 96]),
@@ -133,6 +137,32 @@ def _cell_images(n: int, size: int, fraction: float, rng: np.random.Generator) -
     return np.clip(images, 0, 1), used
 
 
+def _state(number: int, n_complete: int | None, complete_seen: int) -> str:
+    if number % 12 == 3 or (n_complete is not None and complete_seen >= n_complete):
+        return "FAIL"
+    return "PRUNED" if number % 12 == 7 else "COMPLETE"
+
+
+def _history(figures: dict[str, float], config: dict[str, Any], k_final: int | None, duration: float,
+             epochs: int) -> list[dict[str, Any]]:
+    return [{"epoch": e, "train_loss": float(2.0 * math.exp(-0.4 * e) + 0.1),
+             "val_accuracy": float(figures["accuracy"] * (1 - 0.5 * math.exp(-0.7 * e))),
+             "k": None if k_final is None else int(k_final * (1 + 0.8 * math.exp(-0.6 * e))),
+             "flops": figures["flops"], "lr": config["lr"], "time_s": duration / epochs * (e + 1)}
+            for e in range(epochs)]
+
+
+def _looked_at(trial_dir: Path, figures: dict[str, float], rng: np.random.Generator, hostile: bool) -> None:
+    images, used = _cell_images(6, 28, figures["used_fraction"], rng)
+    names = list(CLASS_NAMES)
+    if hostile:
+        names[0] = XSS
+    labels = rng.integers(0, len(names), 6)
+    preds = np.where(rng.uniform(size=6) < figures["accuracy"], labels, (labels + 1) % len(names))
+    np.savez_compressed(trial_dir / "looked_at.npz", images=images.astype(np.float32), used=used.astype(np.float32),
+                        labels=labels, preds=preds, class_names=np.array(names))
+
+
 def write_run(
     root: Path,
     name: str = "demo",
@@ -151,101 +181,66 @@ def write_run(
 
     Trials cycle through the five strategies; with 12 trials, 3 fails, 7 is pruned and 5 and 10 are
     over the FLOPs budget. ``n_complete`` caps the complete trials (the rest fail). ``hostile`` puts
-    a script tag into the run name, a class name, a config value and an error message.
+    a script tag into the run name, a class name, a config value and an error message. Without
+    ``journal`` the study lives in memory and only trials.csv records it.
     """
     rng = np.random.default_rng(seed)
     run_dir = root / (folder or ("run" if hostile else name))
-    (run_dir / "trials").mkdir(parents=True, exist_ok=True)
+    (run_dir / rundir.TRIALS_DIR).mkdir(parents=True, exist_ok=True)
     run_name = XSS if hostile else name
     space = _space(run_name, objectives, seed, n_trials, reference_point)
-    (run_dir / "space.yaml").write_text(yaml.safe_dump(space, sort_keys=False), encoding="utf-8")
+    (run_dir / rundir.SPACE_FILE).write_text(yaml.safe_dump(space, sort_keys=False), encoding="utf-8")
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name=run_name, storage=rundir.open_storage(run_dir) if journal else None,
+                                directions=[DIRECTIONS[o] for o in objectives])
     t0 = dt.datetime(2025, 11, 20, 9, 0, 0, tzinfo=dt.timezone.utc)
     workers = [0.0, 0.0]
-    rows: list[dict[str, Any]] = []
     complete_seen = 0
-    study = None
-    if journal:
-        import optuna
-        from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend
-
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        storage = JournalStorage(JournalFileBackend(str(run_dir / "study.journal")))
-        study = optuna.create_study(study_name=run_name, storage=storage,
-                                    directions=[DIRECTIONS[o] for o in objectives])
     for number in range(n_trials):
         strategy = STRATEGIES[number % len(STRATEGIES)]
         config = _config(strategy, rng)
         if hostile and "k_rule" in config:
             config["k_rule"] = XSS
         figures = _figures(config, rng)
-        state = "COMPLETE"
-        if number % 12 == 3 or (n_complete is not None and complete_seen >= n_complete):
-            state = "FAIL"
-        elif number % 12 == 7:
-            state = "PRUNED"
+        state = _state(number, n_complete, complete_seen)
         if number % 12 in (5, 10) and state == "COMPLETE":
             figures["flops"] = MAX_FLOPS * rng.uniform(1.2, 3.0)  # over the budget
         complete_seen += state == "COMPLETE"
-        feasible = state == "COMPLETE" and figures["flops"] <= MAX_FLOPS
         worker = int(np.argmin(workers))
         duration = float(rng.uniform(20, 90))
         start = t0 + dt.timedelta(seconds=workers[worker])
         workers[worker] += duration + 1.0
-        end = start + dt.timedelta(seconds=duration)
-        trial_dir = run_dir / "trials" / str(number)
+        trial_dir = rundir.trial_dir(run_dir, number)
         trial_dir.mkdir(exist_ok=True)
         (trial_dir / "config.json").write_text(json.dumps(config), encoding="utf-8")
-        row: dict[str, Any] = {"number": number, "state": state, "feasible": feasible if state == "COMPLETE" else None,
-                               "strategy": strategy, "sparse": not strategy.startswith("dense")}
         k_final = None if strategy.startswith("dense") else round(figures["used_fraction"] * 784)
+        # The user attributes as runner.backends.common and runner.driver set them.
+        attrs: dict[str, Any] = {rundir.ATTR_CONFIG: config, rundir.ATTR_STRATEGY: strategy,
+                                 rundir.ATTR_CONSTRAINTS: {"max_flops": figures["flops"] - MAX_FLOPS}}
         if state == "COMPLETE":
             metrics = {"accuracy": figures["accuracy"], "flops": figures["flops"], "params": figures["params"],
                        "latency_ms": figures["latency_ms"], "test_accuracy": figures["accuracy"] - 0.01,
                        "k_final": k_final, "used_fraction": figures["used_fraction"]}
             (trial_dir / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
-            row.update({o: figures[o] for o in objectives})
-            row.update(test_accuracy=metrics["test_accuracy"], k_final=k_final, params_count=int(figures["params"]))
-            images, used = _cell_images(6, 28, figures["used_fraction"], rng)
-            names = list(CLASS_NAMES)
-            if hostile:
-                names[0] = XSS
-            labels = rng.integers(0, len(names), 6)
-            preds = np.where(rng.uniform(size=6) < figures["accuracy"], labels, (labels + 1) % len(names))
-            np.savez_compressed(trial_dir / "looked_at.npz", images=images.astype(np.float32),
-                                used=used.astype(np.float32), labels=labels, preds=preds,
-                                class_names=np.array(names))
-        else:
-            row.update({o: None for o in objectives})
-            row.update(test_accuracy=None, k_final=None, params_count=int(figures["params"]))
+            attrs.update({rundir.ATTR_TEST_ACCURACY: metrics["test_accuracy"], rundir.ATTR_K_FINAL: k_final,
+                          rundir.ATTR_PARAMS: int(figures["params"]), rundir.ATTR_DURATION: duration})
+            _looked_at(trial_dir, figures, rng, hostile)
+        elif state == "FAIL":
+            attrs[rundir.ATTR_ERROR] = f"RuntimeError: CUDA out of memory {XSS if hostile else ''}".strip()
+        else:  # pruned after 2 epochs, with the figures it had then
+            attrs[rundir.ATTR_STOPPED_AT] = 2
+            attrs.update({rundir.ATTR_LAST + o: figures[o] for o in objectives})
         if state != "FAIL":
-            final_acc = figures["accuracy"]
-            history = [{"epoch": e, "train_loss": float(2.0 * math.exp(-0.4 * e) + 0.1),
-                        "val_accuracy": float(final_acc * (1 - 0.5 * math.exp(-0.7 * e))),
-                        "k": None if k_final is None else int(k_final * (1 + 0.8 * math.exp(-0.6 * e))),
-                        "flops": figures["flops"], "lr": config["lr"], "time_s": duration / epochs * (e + 1)}
-                       for e in range(epochs if state == "COMPLETE" else 2)]
+            history = _history(figures, config, k_final, duration, epochs if state == "COMPLETE" else 2)
             (trial_dir / "history.json").write_text(json.dumps(history), encoding="utf-8")
-        row.update(duration_s=duration, datetime_start=start.isoformat(), datetime_complete=end.isoformat(),
-                   error=(f"RuntimeError: CUDA out of memory {XSS if hostile else ''}".strip()
-                          if state == "FAIL" else None))
-        row.update({f"config.{k}": v for k, v in config.items()})
-        rows.append(row)
-        if study is not None:
-            import optuna
-
-            trial_state = {"COMPLETE": optuna.trial.TrialState.COMPLETE, "FAIL": optuna.trial.TrialState.FAIL,
-                           "PRUNED": optuna.trial.TrialState.PRUNED}[state]
-            study.add_trial(optuna.trial.create_trial(
-                params=config, distributions=_distributions(config), state=trial_state,
-                values=[figures[o] for o in objectives] if state == "COMPLETE" else None))
-    table = pd.DataFrame(rows)
-    leading = ["number", "state", "feasible", "strategy", "sparse", *objectives, "test_accuracy", "k_final", "params_count",
-               "duration_s", "datetime_start", "datetime_complete", "error"]
-    table = table[leading + [c for c in table.columns if c not in leading]]
-    table["feasible"] = table["feasible"].map({True: "true", False: "false"})
-    table.to_csv(run_dir / "trials.csv", index=False)
+        trial = optuna.trial.create_trial(
+            params=config, distributions=_distributions(config), state=getattr(optuna.trial.TrialState, state),
+            values=[figures[o] for o in objectives] if state == "COMPLETE" else None, user_attrs=attrs,
+            constraints=attrs[rundir.ATTR_CONSTRAINTS])
+        trial.datetime_start, trial.datetime_complete = start, start + dt.timedelta(seconds=duration)
+        study.add_trial(trial)
+    rundir.write_trials_csv(run_dir, study, list(objectives))
     info = {
         "name": run_name, "started_at": t0.isoformat(),
         "finished_at": (t0 + dt.timedelta(seconds=max(workers))).isoformat(), "wall_time_s": max(workers),
@@ -254,5 +249,5 @@ def write_run(
         "versions": {"python": "3.11.7", "torch": "2.13.0", "optuna": "5.0.0", "ray": "2.60.0"},
         "command": f"python -m runner.search --space search_space/cells.yaml --name {name}",
     }
-    (run_dir / "run.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
+    (run_dir / rundir.RUN_FILE).write_text(json.dumps(info, indent=1), encoding="utf-8")
     return run_dir

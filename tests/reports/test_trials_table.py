@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from reports.rundir import eligible_mask, read_trials
+from cellsparse.rundir import eligible_mask, read_trials
 
 
 def test_booleans_and_the_empty_cell_are_read_one_way(tmp_path) -> None:

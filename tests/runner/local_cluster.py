@@ -65,7 +65,7 @@ def _group_pids(pgid: int) -> list[int]:
         pids |= more
 
 
-def _command(pid: int) -> str:
+def command_of(pid: int) -> str:
     try:
         return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
@@ -95,7 +95,7 @@ class Node:
 
     def raylet_pid(self) -> int:
         for pid in self.pids():
-            if "/raylet/raylet " in _command(pid):
+            if "/raylet/raylet " in command_of(pid):
                 return pid
         raise RuntimeError(f"node {self.name}: no raylet running")
 

@@ -162,6 +162,6 @@ def read_trials(run_dir: Path) -> list[dict[str, str]]:
 def journal_trials(run_dir: Path, name: str = "probe") -> list:
     import optuna
 
-    from runner.rundir import open_storage
+    from cellsparse.rundir import open_storage
 
     return optuna.load_study(study_name=name, storage=open_storage(run_dir)).get_trials()

@@ -158,7 +158,7 @@ def test_optuna_dashboard_sees_objective_names_and_constraints(tmp_path: Path, m
     pytest.importorskip("optuna_dashboard")
     from optuna_dashboard import wsgi
 
-    from runner.rundir import open_storage
+    from cellsparse.rundir import open_storage
     from runner.search import main
 
     set_env(monkeypatch)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.runner.local_cluster import LocalCluster, Node, _command
+from tests.runner.local_cluster import LocalCluster, Node, command_of
 from tests.runner.search_fixtures import journal_trials, read_trials, set_env, write_space
 
 pytestmark = [pytest.mark.ray, pytest.mark.cluster]
@@ -71,7 +71,7 @@ def _wait(condition, process: subprocess.Popen, what: str, timeout_s: float = 24
 
 def _project_processes(cluster: LocalCluster) -> list[str]:
     """Trial workers (Tune's ``ImplicitFunc`` actors) and search drivers still alive on the cluster."""
-    commands = [_command(pid) for node in cluster.nodes for pid in node.pids()]
+    commands = [command_of(pid) for node in cluster.nodes for pid in node.pids()]
     return [c for c in commands if "ImplicitFunc" in c or "runner.search" in c]
 
 

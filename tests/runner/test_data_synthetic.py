@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from runner.data import MODALITY_CHANNELS, SYNTHETIC_CLASSES, describe_dataset, load_dataset
 from runner.data.synthetic import generate
+from tests.runner.train_probe import val_accuracy
 
 MODALITIES = tuple(MODALITY_CHANNELS)
 
@@ -124,21 +124,7 @@ def train_and_score(*, modality: str, train: int, epochs: int, width: int, seed:
     """Plain-torch CNN on load_dataset(source='synthetic'); returns validation accuracy."""
     data = load_dataset(source="synthetic", modality=modality, train=train, val=500, test=10, seed=seed)
     torch.manual_seed(seed)
-    net = _tiny_cnn(data.in_channels, width)
-    steps = epochs * -(-train // 64)
-    opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 4e-3, total_steps=steps)
-    for _ in range(epochs):
-        net.train()
-        for idx in torch.randperm(train).split(64):
-            loss = F.cross_entropy(net(data.train_x[idx]), data.train_y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-    net.eval()
-    with torch.no_grad():
-        return (net(data.val_x).argmax(1) == data.val_y).float().mean().item()
+    return val_accuracy(_tiny_cnn(data.in_channels, width), data, epochs=epochs, lr=3e-3)
 
 
 @pytest.fixture

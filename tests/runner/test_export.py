@@ -18,7 +18,11 @@ import pytest
 import torch
 
 from runner import export as E
+from runner.artefacts import onnx_runner
 from runner.checkpoint import load_trained
+from runner.export import exporters as X
+from runner.export import pipeline
+from runner.export.pick import choose_trial
 from search_space.errors import UserError
 from tests.runner.export_fixtures import load_without_project, project_strategies, search, space_text, tiny_export, tiny_run
 
@@ -142,18 +146,18 @@ def test_rebuilt_model_runs_at_the_final_k(topk_run: Path) -> None:
 
 
 def test_pick_options(topk_run: Path) -> None:
-    from reports.rundir import load_run
+    from cellsparse.rundir import load_run
 
     run = load_run(topk_run)
-    assert E.choose_trial(run, trial=0, pick="knee", max_flops=None).how == "trial"
-    assert E.choose_trial(run, trial=None, pick="accuracy", max_flops=None).number == 0
-    assert E.choose_trial(run, trial=None, pick="budget", max_flops=1e12).number == 0
+    assert choose_trial(run, trial=0, pick="knee", max_flops=None).how == "trial"
+    assert choose_trial(run, trial=None, pick="accuracy", max_flops=None).number == 0
+    assert choose_trial(run, trial=None, pick="budget", max_flops=1e12).number == 0
     with pytest.raises(UserError, match="max_flops"):
-        E.choose_trial(run, trial=None, pick="budget", max_flops=None)  # the run sets no budget
+        choose_trial(run, trial=None, pick="budget", max_flops=None)  # the run sets no budget
     with pytest.raises(UserError, match="FLOPs <= 1"):
-        E.choose_trial(run, trial=None, pick="budget", max_flops=1)
+        choose_trial(run, trial=None, pick="budget", max_flops=1)
     with pytest.raises(UserError, match="no trial 7"):
-        E.choose_trial(run, trial=7, pick="knee", max_flops=None)
+        choose_trial(run, trial=7, pick="knee", max_flops=None)
 
 
 # --------------------------------------------------------------------------------------------- bad input
@@ -255,14 +259,14 @@ def test_parity_mismatch_fails_and_writes_nothing(exported: tuple[Path, E.Export
                                                   tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     program = torch.export.load(exported[0] / "model.pt2")  # skip re-tracing: the program is the same
-    monkeypatch.setattr(E, "to_exported_program", lambda model, example: program)
-    real_runner = E.pt2_runner
+    monkeypatch.setattr(pipeline, "to_exported_program", lambda model, example: program)
+    real_runner = pipeline.pt2_runner
 
     def off_by_a_little(path: Path):  # noqa: ANN202
         run = real_runner(path)
         return lambda x: run(x) + 1e-3
 
-    monkeypatch.setattr(E, "pt2_runner", off_by_a_little)
+    monkeypatch.setattr(pipeline, "pt2_runner", off_by_a_little)
     out = tmp_path / "deploy"
     status, err = _cli([str(topk_run), "--formats", "pt2", "--out", str(out), "--no-latency"], capsys)
     line = _one_error_line(err)
@@ -275,7 +279,7 @@ def test_re_export_replaces_only_its_own_files(exported: tuple[Path, E.ExportRes
                                               tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Re-exporting swaps the export's files and keeps what runner.predict or the user put beside them."""
     program = torch.export.load(exported[0] / "model.pt2")
-    monkeypatch.setattr(E, "to_exported_program", lambda model, example: program)
+    monkeypatch.setattr(pipeline, "to_exported_program", lambda model, example: program)
     out = tmp_path / "deploy"
     lines: list[str] = []
     E.export_run(topk_run, formats=["pt2"], out=out, measure=False, log=lines.append)
@@ -298,7 +302,7 @@ def test_re_export_replaces_only_its_own_files(exported: tuple[Path, E.ExportRes
             raise OSError("disk full")
         _replace(src, dst)
 
-    monkeypatch.setattr(E.os, "replace", fail_at_readme)
+    monkeypatch.setattr(os, "replace", fail_at_readme)
     card_before = (out / "model_card.json").read_text()
     with pytest.raises(OSError, match="disk full"):
         E.export_run(topk_run, formats=["pt2"], out=out, measure=False, log=lines.append)
@@ -327,11 +331,11 @@ def test_stable_sort_is_exported_exactly_where_topk_is_not(tmp_path: Path) -> No
     scores = torch.randint(0, 3, (16, 40)).float()  # many ties
     differing = {}
     for stable in (True, False):
-        program = E.to_exported_program(Select(stable).eval(), scores)
-        E.save_onnx(program, tmp_path / "s.onnx", {})
-        got = E.onnx_runner(tmp_path / "s.onnx")(scores.numpy())
+        program = X.to_exported_program(Select(stable).eval(), scores)
+        X.save_onnx(program, tmp_path / "s.onnx", {})
+        got = onnx_runner(tmp_path / "s.onnx")(scores.numpy())
         differing[stable] = int((got != Select(stable)(scores).numpy()).any(axis=1).sum())
-        assert E.uses_topk(program) is not stable
+        assert X.uses_topk(program) is not stable
     assert differing[True] == 0 and differing[False] > 0
 
 
@@ -345,7 +349,7 @@ def test_median_translation_matches_torch(tmp_path: Path) -> None:
 
     x = torch.randn(3, 6, 7)
     program = torch.export.export(Medians().eval(), (x,))
-    onnx_program = torch.onnx.export(program, dynamo=True, custom_translation_table=E._onnx_translations(), verbose=False)
+    onnx_program = torch.onnx.export(program, dynamo=True, custom_translation_table=X._onnx_translations(), verbose=False)
     onnx_program.save(tmp_path / "m.onnx")
     session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
     got = session.run(None, {session.get_inputs()[0].name: x.numpy()})

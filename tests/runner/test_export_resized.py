@@ -16,6 +16,9 @@ import pytest
 import torch
 
 from runner import export as E
+from runner.artefacts import onnx_runner
+from runner.export import exporters as X
+from runner.export.parity import PARITY_ATOL
 from tests.runner.export_fixtures import load_without_project, search
 
 SPACE = textwrap.dedent("""\
@@ -53,7 +56,7 @@ def test_resized_model_exports_with_the_resize_inside(run: Path, trials: pd.Data
     out = tmp_path / "export"
     result = E.export_run(run, trial=number, out=out, measure=False, log=lambda line: None)
     parity = result.card["parity"]
-    assert all(parity[f][b]["max_abs_diff"] <= E.PARITY_ATOL for f in ("onnx", "pt2") for b in ("batch_1", "batch_64"))
+    assert all(parity[f][b]["max_abs_diff"] <= PARITY_ATOL for f in ("onnx", "pt2") for b in ("batch_1", "batch_64"))
 
     # both files take frames at the data's size, not the 12 px the network sees
     import onnx
@@ -65,11 +68,11 @@ def test_resized_model_exports_with_the_resize_inside(run: Path, trials: pd.Data
     assert tuple(x.shape[1:]) == (3, 16, 16)
     module = torch.export.load(str(out / "model.pt2")).module()
     with torch.no_grad():
-        np.testing.assert_allclose(module(x).numpy(), np.load(out / "parity.npz")["logits"], atol=E.PARITY_ATOL)
+        np.testing.assert_allclose(module(x).numpy(), np.load(out / "parity.npz")["logits"], atol=PARITY_ATOL)
 
     # and they run with neither this project nor its resize code
     figures = load_without_project(out, tmp_path)
-    assert figures["onnx"] <= E.PARITY_ATOL and figures["pt2"] <= E.PARITY_ATOL and figures["same_classes"]
+    assert figures["onnx"] <= PARITY_ATOL and figures["pt2"] <= PARITY_ATOL and figures["same_classes"]
 
     card = result.card
     assert card["input"]["image_size"] == 16 and card["input"]["model_resolution"] == 12
@@ -86,8 +89,8 @@ def test_full_resolution_card_says_no_resize_inside(run: Path, trials: pd.DataFr
 
 
 def test_report_shows_each_trials_input_resolution(run: Path, trials: pd.DataFrame) -> None:
+    from cellsparse.rundir import INPUT_COLUMN, load_run
     from reports.build import build_report
-    from reports.rundir import INPUT_COLUMN, load_run
 
     loaded = load_run(run)
     expected = loaded.trials["strategy"].map({"sparse_topk": 12.0, "dense_cnn": 16.0})  # dense_cnn: the data's size
@@ -109,10 +112,10 @@ def test_every_strategy_exports_with_a_non_whole_downscale(strategy: str, tmp_pa
     x = frames(16, 8)
     with torch.no_grad():
         eager = model(x).numpy()
-    program = E.to_exported_program(model, x[:2])
-    E.save_onnx(program, tmp_path / "model.onnx", {})
-    run_onnx = E.onnx_runner(tmp_path / "model.onnx")
+    program = X.to_exported_program(model, x[:2])
+    X.save_onnx(program, tmp_path / "model.onnx", {})
+    run_onnx = onnx_runner(tmp_path / "model.onnx")
     with torch.no_grad():
-        np.testing.assert_allclose(program.module()(x).numpy(), eager, atol=E.PARITY_ATOL, rtol=0)
-    np.testing.assert_allclose(run_onnx(x.numpy()), eager, atol=E.PARITY_ATOL, rtol=0)
-    np.testing.assert_allclose(run_onnx(x[:1].numpy()), eager[:1], atol=E.PARITY_ATOL, rtol=0)
+        np.testing.assert_allclose(program.module()(x).numpy(), eager, atol=PARITY_ATOL, rtol=0)
+    np.testing.assert_allclose(run_onnx(x.numpy()), eager, atol=PARITY_ATOL, rtol=0)
+    np.testing.assert_allclose(run_onnx(x[:1].numpy()), eager[:1], atol=PARITY_ATOL, rtol=0)

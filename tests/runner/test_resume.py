@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.rundir import check_journal
+from cellsparse.rundir import check_journal
 from tests.runner.search_fixtures import journal_trials, read_trials, set_env, write_space
 
 
@@ -45,6 +45,17 @@ def wait_for_complete(run: Path, count: int, process: subprocess.Popen, timeout_
     raise AssertionError(f"no {count} complete trials within {timeout_s} s")
 
 
+def interrupt(tmp_path: Path, *, trials: int, after: int, sig: int) -> tuple[Path, Path, subprocess.Popen]:
+    """Start a search of ``trials`` probe trials, send ``sig`` once ``after`` are complete; return the
+    space file, the run directory and the driver process."""
+    space = write_space(tmp_path, trials=trials, epochs=2, train=128)
+    run = tmp_path / "run"
+    driver = start("--space", space, "--out", run)
+    wait_for_complete(run, after, driver)
+    driver.send_signal(sig)
+    return space, run, driver
+
+
 def completed(run: Path, name: str = "probe") -> dict[int, tuple]:
     return {t.number: (t.values, t.datetime_complete) for t in journal_trials(run, name) if t.state.name == "COMPLETE"}
 
@@ -66,11 +77,7 @@ def check_final(run: Path, trials: int, before: dict[int, tuple]) -> None:
 
 
 def test_kill_9_then_resume_finishes_the_requested_trials(tmp_path) -> None:
-    space = write_space(tmp_path, trials=5, epochs=2, train=128)
-    run = tmp_path / "run"
-    driver = start("--space", space, "--out", run)
-    wait_for_complete(run, 2, driver)
-    driver.send_signal(signal.SIGKILL)
+    _, run, driver = interrupt(tmp_path, trials=5, after=2, sig=signal.SIGKILL)
     driver.wait(timeout=30)
     before = completed(run)
     assert 2 <= len(before) < 5
@@ -83,11 +90,7 @@ def test_kill_9_then_resume_finishes_the_requested_trials(tmp_path) -> None:
 
 
 def test_ctrl_c_stops_cleanly_and_resume_continues(tmp_path) -> None:
-    space = write_space(tmp_path, trials=4, epochs=2, train=128)
-    run = tmp_path / "run"
-    driver = start("--space", space, "--out", run)
-    wait_for_complete(run, 1, driver)
-    driver.send_signal(signal.SIGINT)
+    space, run, driver = interrupt(tmp_path, trials=4, after=1, sig=signal.SIGINT)
     output, _ = driver.communicate(timeout=120)
     assert driver.returncode == 130, output
     assert "continue with: python -m runner.search --out" in output and "--resume" in output
@@ -148,7 +151,7 @@ def test_a_damaged_journal_line_is_one_error_naming_it(tmp_path, monkeypatch, ca
 def test_a_killed_session_counts_in_the_wall_time_up_to_its_last_write(tmp_path) -> None:
     import json
 
-    from runner import rundir
+    from cellsparse import rundir
     from search_space.spec import load_space
 
     space = load_space(write_space(tmp_path, trials=1))

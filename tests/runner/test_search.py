@@ -14,7 +14,7 @@ import optuna
 import pytest
 import torch
 
-from runner.rundir import open_storage, trials_frame
+from cellsparse.rundir import open_storage, trials_frame
 from runner.search import main
 from tests.runner.search_fixtures import journal_trials, read_trials, set_env, write_space
 
@@ -194,7 +194,7 @@ def test_a_relative_data_path_is_stored_absolute_and_the_run_still_resumes(tmp_p
     # space.yaml is what resume, the report and export read, from any working directory.
     import yaml
 
-    from runner import rundir
+    from cellsparse import rundir
     from search_space.spec import load_space
 
     monkeypatch.chdir(tmp_path)

@@ -27,6 +27,24 @@ def test_my_strategies_are_registered_in_order() -> None:
     assert get_strategy("sparse_topk").sparse and get_strategy("sparse_topk").uses_k_rule
 
 
+def test_every_built_in_strategy_is_declared_torch_free() -> None:
+    """The run directory and the report read sparse-or-dense from cellsparse.strategy_info alone."""
+    import subprocess
+    import sys
+
+    code = "from cellsparse.strategy_info import declared_strategies; print(','.join(declared_strategies()))"
+    declared = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    built_in = [n for n in strategy_names() if get_strategy(n).model.__module__.startswith("search_space.")]
+    assert sorted(declared.split(",")) == sorted(built_in)
+
+
+def test_a_built_in_strategy_cannot_be_registered_as_the_other_kind() -> None:
+    from search_space.strategies import ParamSpec, register_strategy
+
+    with pytest.raises(ValueError, match="declared dense"):
+        register_strategy("dense_cnn", params={"depth": ParamSpec("int", 1, 4, default=2)}, sparse=True)
+
+
 def test_unknown_strategy_lists_valid_names() -> None:
     with pytest.raises(UserError) as err:
         build_model({"strategy": "sparse_topkk"}, 3, 4, 28)

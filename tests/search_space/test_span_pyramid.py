@@ -12,6 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from search_space.strategies import get_strategy
 from search_space.strategies.span_pyramid import SpanPyramid
 from tests.search_space.blob_images import blobs, train_steps
+from tests.search_space.checks import assert_exports_exactly, assert_onnx_matches, assert_trains
 
 NUM_CLASSES = 4
 
@@ -39,13 +40,7 @@ def test_forward_backward(channels: int, size: int, keep_score: str, patch_embed
     torch.manual_seed(0)
     model = build(channels, size, keep_score=keep_score, patch_embed=patch_embed, stages=3).train()
     x, y = torch.randn(4, channels, size, size), torch.arange(4) % NUM_CLASSES
-    logits = model(x)
-    assert logits.shape == (4, NUM_CLASSES)
-    loss = F.cross_entropy(logits, y) + model.auxiliary_loss(logits, y)
-    assert torch.isfinite(loss)
-    loss.backward()
-    for name, param in model.named_parameters():
-        assert param.grad is not None and param.grad.abs().sum() > 0, name
+    assert_trains(model, x, y, NUM_CLASSES, every_parameter=True)
 
 
 @pytest.mark.parametrize(
@@ -61,10 +56,7 @@ def test_forward_backward(channels: int, size: int, keep_score: str, patch_embed
 def test_variants_run(overrides: dict) -> None:
     torch.manual_seed(0)
     model = build(3, 28, **overrides).train()
-    x, y = torch.randn(3, 3, 28, 28), torch.arange(3)
-    logits = model(x)
-    (F.cross_entropy(logits, y) + model.auxiliary_loss(logits, y)).backward()
-    assert logits.shape == (3, NUM_CLASSES) and torch.isfinite(logits).all()
+    assert_trains(model, torch.randn(3, 3, 28, 28), torch.arange(3), NUM_CLASSES)
 
 
 def test_learned_scorer_signal_comes_from_auxiliary_loss_only_to_the_scorer() -> None:
@@ -199,18 +191,6 @@ def test_merge_is_a_count_normalised_conv_over_present_children() -> None:
             continue
         want = sum(weight[:, 0, dr, dc] * normed[child_of[(2 * pr + dr, 2 * pc + dc)]] for dr, dc in present) / len(present)
         torch.testing.assert_close(out[0, slot], want, rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize("size", [16, 128])
-def test_smallest_and_largest_images(size: int) -> None:
-    torch.manual_seed(0)
-    model = build(2, size).eval()
-    x = torch.rand(2, 2, size, size)
-    with torch.no_grad():
-        assert model(x).shape == (2, NUM_CLASSES)
-    used = model.used_map(x)
-    assert used.shape == (2, size, size) and used.min() >= 0 and used.max() <= 1
-    assert model.analytic_flops(x) > 0
 
 
 def test_eval_is_deterministic() -> None:
@@ -356,28 +336,16 @@ EXPORT_CONFIGS = [
 @pytest.mark.parametrize("overrides", EXPORT_CONFIGS)
 def test_export_matches_eval_model(overrides: dict) -> None:
     torch.manual_seed(0)
-    model = build(3, 28, **overrides).eval()
-    x = torch.randn(2, 3, 28, 28)
-    exported = torch.export.export(model, (x,))
-    with torch.no_grad():
-        torch.testing.assert_close(exported.module()(x), model(x))
+    assert_exports_exactly(build(3, 28, **overrides).eval(), torch.randn(2, 3, 28, 28))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("overrides", EXPORT_CONFIGS)
 def test_onnx_matches_eval_model_at_any_batch(overrides: dict, tmp_path) -> None:
-    from runner import export
-
     torch.manual_seed(0)
     model = build(3, 28, **overrides).eval()
-    program = export.to_exported_program(model, torch.randn(2, 3, 28, 28))
-    export.save_onnx(program, tmp_path / "span.onnx", {})
-    run = export.onnx_runner(tmp_path / "span.onnx")
-    for batch in (1, 5):
-        x = torch.randn(batch, 3, 28, 28)
-        with torch.no_grad():
-            want = model(x).numpy()
-        assert abs(run(x.numpy()) - want).max() <= 1e-4
+    example = torch.randn(2, 3, 28, 28)
+    assert_onnx_matches(model, example, [torch.randn(batch, 3, 28, 28) for batch in (1, 5)], tmp_path / "span.onnx")
 
 
 @pytest.mark.parametrize("keep_score", ["foreground", "learned"])

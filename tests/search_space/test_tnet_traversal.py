@@ -12,6 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from search_space.strategies import get_strategy
 from search_space.strategies.tnet_traversal import TNetTraversal, _cell_pooling
 from tests.search_space.blob_images import blobs, train_steps
+from tests.search_space.checks import assert_exports_exactly, assert_onnx_matches, assert_trains
 
 NUM_CLASSES = 4
 # Small backbone so the suite stays fast; the registered defaults are tested where they matter.
@@ -29,13 +30,7 @@ def test_forward_backward_reaches_every_parameter(channels: int, size: int) -> N
     torch.manual_seed(0)
     model = build(channels, size).train()
     x, y = torch.randn(4, channels, size, size), torch.arange(4) % NUM_CLASSES
-    logits = model(x)
-    assert logits.shape == (4, NUM_CLASSES)
-    loss = F.cross_entropy(logits, y) + model.auxiliary_loss(logits, y)
-    assert torch.isfinite(loss)
-    loss.backward()
-    for name, param in model.named_parameters():
-        assert param.grad is not None and param.grad.abs().sum() > 0, name
+    assert_trains(model, x, y, NUM_CLASSES, every_parameter=True)
 
 
 @pytest.mark.parametrize(
@@ -51,10 +46,7 @@ def test_forward_backward_reaches_every_parameter(channels: int, size: int) -> N
 def test_variants_run(overrides: dict) -> None:
     torch.manual_seed(0)
     model = build(3, 64, **overrides).train()
-    x, y = torch.randn(3, 3, 64, 64), torch.arange(3)
-    logits = model(x)
-    (F.cross_entropy(logits, y) + model.auxiliary_loss(logits, y)).backward()
-    assert logits.shape == (3, NUM_CLASSES) and torch.isfinite(logits).all()
+    assert_trains(model, torch.randn(3, 3, 64, 64), torch.arange(3), NUM_CLASSES)
 
 
 def test_backbone_is_dense_cnns_stages_with_group_norm() -> None:
@@ -113,18 +105,6 @@ def test_eval_is_deterministic_and_batch_independent() -> None:
         single = model(x[2:3])
     assert torch.equal(a, b)
     torch.testing.assert_close(single, a[2:3], rtol=1e-4, atol=1e-5)
-
-
-@pytest.mark.parametrize("size", [16, 128])
-def test_smallest_and_largest_images(size: int) -> None:
-    torch.manual_seed(0)
-    model = build(2, size).eval()
-    x = torch.rand(2, 2, size, size)
-    with torch.no_grad():
-        assert model(x).shape == (2, NUM_CLASSES)
-    used = model.used_map(x)
-    assert used.shape == (2, size, size) and used.min() >= 0 and used.max() <= 1
-    assert model.analytic_flops(x) > 0
 
 
 def test_used_map_is_resolution_density() -> None:
@@ -244,12 +224,13 @@ def test_each_glimpse_is_rewarded_by_its_own_prediction(share: float) -> None:
 # --- FLOPs ------------------------------------------------------------------------------------------
 
 
-def hand_flops(
-    *, channels: int, base: int, width: int, stages: int, dim: int, grid: int, regions: int, levels: int, attention: bool
-) -> float:
-    """TNet FLOPs written out: a stem and one basic block per stage (dense_cnn's) plus a projection per
-    view, the cell-pooling matmuls and a 2-layer 1x1 location module per split view, a 24 -> D
-    positional linear per view (and a D -> 1 score when attention-pooled), and the head."""
+def hand_flops(model: TNetTraversal, *, channels: int, attention: bool) -> float:
+    """TNet FLOPs written out from the model's settings: a stem and one basic block per stage
+    (dense_cnn's) plus a projection per view, the cell-pooling matmuls and a 2-layer 1x1 location
+    module per split view, a 24 -> D positional linear per view (and a D -> 1 score when
+    attention-pooled), and the head."""
+    base, width, stages, dim = model.base_resolution, model.width, model.stages, model.embed_dim
+    grid, regions, levels = model.grid_size, model._k, model.levels
     side, c_in = base, width
     backbone = 2 * 9 * base * base * channels * width
     sides, chans = [], []
@@ -285,17 +266,7 @@ def test_flops_match_hand_formula_and_counter(overrides: dict) -> None:
     torch.manual_seed(0)
     model = build(3, 64, **overrides).eval()
     x = torch.randn(2, 3, 64, 64)
-    expected = hand_flops(
-        channels=3,
-        base=model.base_resolution,
-        width=model.width,
-        stages=model.stages,
-        dim=model.embed_dim,
-        grid=model.grid_size,
-        regions=model._k,
-        levels=model.levels,
-        attention=overrides["pooling"] == "attention",
-    )
+    expected = hand_flops(model, channels=3, attention=overrides["pooling"] == "attention")
     assert model.analytic_flops(x) == expected
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(x)
@@ -331,26 +302,15 @@ def test_flops_do_not_depend_on_image_size() -> None:
 @pytest.mark.parametrize("overrides", [{"levels": 3, "grid_size": 3, "pooling": "attention"}, {}])
 def test_torch_export_matches_eval_model(overrides: dict) -> None:
     torch.manual_seed(0)
-    model = build(3, 64, **SMALL, **overrides).eval()
-    x = torch.randn(2, 3, 64, 64)
-    exported = torch.export.export(model, (x,))
-    with torch.no_grad():
-        torch.testing.assert_close(exported.module()(x), model(x))
+    assert_exports_exactly(build(3, 64, **SMALL, **overrides).eval(), torch.randn(2, 3, 64, 64))
 
 
 @pytest.mark.slow
 def test_onnx_matches_eval_model(tmp_path) -> None:  # noqa: ANN001
-    from runner.export import onnx_runner, save_onnx
-
     torch.manual_seed(0)
     model = build(3, 32, levels=3, grid_size=3, **SMALL).eval()
     x = torch.randn(2, 3, 32, 32)
-    save_onnx(torch.export.export(model, (x,)), tmp_path / "tnet.onnx", {})
-    with torch.no_grad():
-        expected = model(x).numpy()
-    torch.testing.assert_close(
-        torch.from_numpy(onnx_runner(tmp_path / "tnet.onnx")(x.numpy())), torch.from_numpy(expected), rtol=1e-4, atol=1e-4
-    )
+    assert_onnx_matches(model, x, [x], tmp_path / "tnet.onnx", atol=1e-4, rtol=1e-4)
 
 
 # --- learning ---------------------------------------------------------------------------------------

@@ -1,17 +1,20 @@
-"""The run directory: the one contract between the search, the report and export.
+"""The run directory: the one contract between the search, the report and export, read and written here.
 
 Layout (``runs/<name>/``)::
 
     space.yaml      the resolved space that ran (``SearchSpace.to_yaml()``)
     run.json        when, where and with what it ran (machine, versions, command, sessions)
     study.journal   Optuna JournalStorage: the source of truth for trials
-    trials.csv      one row per trial, rewritten from the journal as trials finish
+    trials.csv      one row per trial, rewritten from the journal as trials finish (``trials_columns``)
     trials/<n>/     config.json, metrics.json, history.json, model.pt, meta.json, looked_at.npz
     report.html     the report (built at the end)
     ray/            Ray Tune's own experiment files (ray backend only)
 
 ``trials.csv`` is regenerated from the journal alone: everything beyond Optuna's own fields (the full
-config, test accuracy, final k, ...) is stored on each trial as a user attribute.
+config, test accuracy, final k, ...) is stored on each trial as a user attribute. The reader
+(``load_run``, ``read_trials``) needs only space.yaml and trials.csv; anything else missing becomes a
+note, so a report can be built mid-run or from a partly copied run. Torch-free: the report reads
+runs without loading a model.
 """
 
 from __future__ import annotations
@@ -19,22 +22,37 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import sys
-from collections.abc import Sequence
-from dataclasses import replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+import numpy as np
 import optuna
 import pandas as pd
 import yaml
+from optuna.storages.journal import JournalFileBackend
 
+from cellsparse.errors import UserError
 from cellsparse.files import write_atomic
-from search_space.errors import UserError
-from search_space.spec import SearchSpace
-from search_space.strategies import is_sparse
+from cellsparse.pareto import pareto_mask
+from cellsparse.strategy_info import INPUT_SIZE_KEY, is_sparse
+
+
+class ResolvedSpace(Protocol):
+    """What the writer reads of a resolved space (a ``search_space.spec.SearchSpace``)."""
+
+    name: str
+    seed: int
+    path: Path
+    search: Any  # its backend and sampler go into run.json
+
+    def with_absolute_data_path(self) -> ResolvedSpace: ...
+
+    def to_yaml(self) -> str: ...
+
 
 SPACE_FILE = "space.yaml"
 RUN_FILE = "run.json"
@@ -44,6 +62,9 @@ TRIALS_FILE = "trials.csv"
 TRIALS_DIR = "trials"
 REPORT_FILE = "report.html"
 RAY_DIR = "ray"
+#: What ``trials/<n>/`` holds; metrics.json is written last, so its presence marks a finished trial.
+CONFIG_FILE, METRICS_FILE, HISTORY_FILE = "config.json", "metrics.json", "history.json"
+META_FILE, WEIGHTS_FILE, LOOKED_AT_FILE, ERROR_FILE = "meta.json", "model.pt", "looked_at.npz", "error.txt"
 
 #: Settings that may change between sessions of one run (``--resume`` with other flags).
 SESSION_SETTINGS = ("trials", "backend", "max_concurrent", "resources", "timeout_s")
@@ -75,7 +96,7 @@ def write_traceback(run_dir: Path, number: int, text: str) -> None:
     """A failed trial's traceback, as ``trials/<n>/error.txt`` (its one-line error is in the journal)."""
     directory = trial_dir(run_dir, number)
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "error.txt").write_text(text, encoding="utf-8")
+    (directory / ERROR_FILE).write_text(text, encoding="utf-8")
 
 
 def trial_dir(run_dir: Path, number: int) -> Path:
@@ -84,8 +105,6 @@ def trial_dir(run_dir: Path, number: int) -> Path:
 
 def open_storage(run_dir: Path) -> optuna.storages.JournalStorage:
     """The run's journal storage (created on first use)."""
-    from optuna.storages.journal import JournalFileBackend
-
     return optuna.storages.JournalStorage(JournalFileBackend(str(Path(run_dir) / JOURNAL_FILE)))
 
 
@@ -138,15 +157,6 @@ def has_run(run_dir: Path) -> bool:
     return (run_dir / SPACE_FILE).is_file() and (run_dir / JOURNAL_FILE).is_file()
 
 
-def _with_absolute_data_path(space: SearchSpace) -> SearchSpace:
-    """``space`` with a relative ``data.path`` made absolute (from the working directory it was given
-    in), so the stored space.yaml still finds the data when resume, report or export run elsewhere."""
-    data = space.data
-    if data.path and not os.path.isabs(data.path):
-        return replace(space, data=replace(data, path=os.path.abspath(data.path)))
-    return space
-
-
 def _comparable(space_yaml: str) -> dict[str, Any]:
     """The parts of a resolved space that define a run (session settings left out)."""
     data = yaml.safe_load(space_yaml) or {}
@@ -157,7 +167,7 @@ def _comparable(space_yaml: str) -> dict[str, Any]:
     return data
 
 
-def check_out_dir(run_dir: Path, space: SearchSpace, *, resume: bool) -> None:
+def check_out_dir(run_dir: Path, space: ResolvedSpace, *, resume: bool) -> None:
     """Refuse to start where it would mix two runs; raise UserError naming the directory and the fix.
 
     A new run needs an empty or absent directory. ``resume`` needs a run there whose space matches
@@ -176,7 +186,7 @@ def check_out_dir(run_dir: Path, space: SearchSpace, *, resume: bool) -> None:
     if not resume:
         if has_run(run_dir) or existing.is_file():
             stored = existing.read_text(encoding="utf-8") if existing.is_file() else ""
-            same = stored and _comparable(stored) == _comparable(_with_absolute_data_path(space).to_yaml())
+            same = stored and _comparable(stored) == _comparable(space.with_absolute_data_path().to_yaml())
             what = "this run" if same else f"a different run (its {SPACE_FILE} differs from {space.path})"
             raise UserError(
                 f"{run_dir} already holds {what}; pass --resume to continue it, or --out to start a new one"
@@ -187,42 +197,15 @@ def check_out_dir(run_dir: Path, space: SearchSpace, *, resume: bool) -> None:
     if not has_run(run_dir):
         raise UserError(f"--resume: {run_dir} holds no run to resume (no {SPACE_FILE} and {JOURNAL_FILE} there)")
     stored = existing.read_text(encoding="utf-8")
-    if _comparable(stored) != _comparable(_with_absolute_data_path(space).to_yaml()):
+    if _comparable(stored) != _comparable(space.with_absolute_data_path().to_yaml()):
         raise UserError(
             f"--resume: {run_dir} holds a run of a different space ({existing} differs from {space.path}); "
             "resume without --space (the run keeps its own space.yaml), or use --out for a new run"
         )
 
 
-def write_space(run_dir: Path, space: SearchSpace) -> None:
-    write_atomic(Path(run_dir) / SPACE_FILE, _with_absolute_data_path(space).to_yaml())
-
-
-def _versions() -> dict[str, str | None]:
-    from importlib import metadata
-
-    def version(dist: str) -> str | None:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return None
-
-    import torch
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "optuna": optuna.__version__,
-        "ray": version("ray"),
-        "cellsparse": version("cellsparse"),
-    }
-
-
-def _machine() -> dict[str, Any]:
-    import torch
-
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"platform": platform.platform(), "cpus": os.cpu_count(), "gpu": gpu}
+def write_space(run_dir: Path, space: ResolvedSpace) -> None:
+    write_atomic(Path(run_dir) / SPACE_FILE, space.with_absolute_data_path().to_yaml())
 
 
 def read_run_json(run_dir: Path) -> dict[str, Any]:
@@ -236,12 +219,13 @@ def read_run_json(run_dir: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def start_session(run_dir: Path, space: SearchSpace, *, command: Sequence[str], address: str | None,
-                  data_fingerprint: str | None = None) -> dict[str, Any]:
+def start_session(run_dir: Path, space: ResolvedSpace, *, command: Sequence[str], address: str | None,
+                  data_fingerprint: str | None = None, environment: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Write run.json for a new session (a first run or a resume); return its content.
 
     ``data_fingerprint`` is kept from the first session that gives one (``runner.search`` refuses
-    to resume on data with another).
+    to resume on data with another). ``environment`` (``machine`` and ``versions``, from
+    ``runner.machine``) replaces the previous session's.
 
     ``started_at`` stays the first session's; ``sessions`` lists every session; ``wall_time_s`` sums them.
     """
@@ -264,8 +248,7 @@ def start_session(run_dir: Path, space: SearchSpace, *, command: Sequence[str], 
             "backend": space.search.backend,
             "sampler": space.search.sampler,
             "seed": space.seed,
-            "machine": _machine(),
-            "versions": _versions(),
+            **dict(environment or {}),
             "command": " ".join(command),
             DATA_FINGERPRINT: info.get(DATA_FINGERPRINT) or data_fingerprint,
         }
@@ -305,7 +288,24 @@ def finish_session(run_dir: Path, *, wall_time_s: float, finished: bool) -> None
 
 
 # ---------------------------------------------------------------------------------------------
-# Trials table
+# Trials table: its columns and their types, the writer (from the journal) and the one parser
+
+#: The trials table's columns before the objectives and after them, each with the type ``read_trials``
+#: gives it (numbers it cannot read become NaN; text stays as read, an empty cell NaN). The objective
+#: columns (float) sit between the two; ``config.<key>`` columns close the table, read as pandas infers.
+HEAD_COLUMNS: dict[str, type] = {"number": int, "state": str, "feasible": bool, "strategy": str, "sparse": bool}
+TAIL_COLUMNS: dict[str, type] = {"test_accuracy": float, "k_final": float, "params_count": float, "duration_s": float,
+                                 ATTR_NODE: str, "datetime_start": str, "datetime_complete": str, "error": str,
+                                 ATTR_STOPPED_AT: float}
+CONFIG_PREFIX = "config."
+#: The side in pixels each trial's model sees (its config's input_size, or the data's image_size).
+INPUT_COLUMN = f"{CONFIG_PREFIX}{INPUT_SIZE_KEY}"
+STATES = ("COMPLETE", "FAIL", "PRUNED", "RUNNING", "WAITING")
+
+
+def trials_columns(objective_names: Sequence[str]) -> list[str]:
+    """The trials table's columns up to the config ones."""
+    return [*HEAD_COLUMNS, *objective_names, *TAIL_COLUMNS]
 
 
 def is_interrupted(trial: optuna.trial.FrozenTrial) -> bool:
@@ -338,7 +338,7 @@ def _cell(value: Any) -> Any:
 
 
 def trials_frame(study: optuna.Study, objective_names: Sequence[str]) -> pd.DataFrame:
-    """One row per trial, from the journal alone (see the module docstring for the columns)."""
+    """One row per trial, from the journal alone: ``trials_columns``, then ``config.<key>`` columns."""
     rows = []
     config_keys: list[str] = []
     for trial in study.get_trials(deepcopy=False):
@@ -376,11 +376,10 @@ def trials_frame(study: optuna.Study, objective_names: Sequence[str]) -> pd.Data
             }
         )
         for key, value in config.items():
-            row[f"config.{key}"] = _cell(value)
+            row[f"{CONFIG_PREFIX}{key}"] = _cell(value)
         rows.append(row)
-    base = ["number", "state", "feasible", "strategy", "sparse", *objective_names, "test_accuracy", "k_final", "params_count",
-            "duration_s", ATTR_NODE, "datetime_start", "datetime_complete", "error", ATTR_STOPPED_AT]
-    columns = base + [f"config.{k}" for k in config_keys]
+    base = trials_columns(objective_names)
+    columns = base + [f"{CONFIG_PREFIX}{k}" for k in config_keys]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -389,6 +388,180 @@ def write_trials_csv(run_dir: Path, study: optuna.Study, objective_names: Sequen
     frame = trials_frame(study, objective_names)
     write_atomic(Path(run_dir) / TRIALS_FILE, frame.to_csv(index=False))
     return frame
+
+
+def parse_bool(column: pd.Series, *, missing: bool) -> pd.Series:
+    """A trials.csv boolean column (True/False, "true"/"false", 1/0) as bools; an empty cell is ``missing``."""
+    if column.dtype == bool:
+        return column
+    text = column.astype(str).str.strip().str.lower()
+    known = text.isin(["true", "1", "1.0", "yes", "false", "0", "0.0", "no"])
+    return text.isin(["true", "1", "1.0", "yes"]).where(known, missing).astype(bool)
+
+
+def eligible_mask(trials: pd.DataFrame, objectives: Sequence[str]) -> pd.Series:
+    """COMPLETE, feasible trials with every objective finite: the only ones a front counts."""
+    ok = trials["state"].astype(str).str.upper().eq("COMPLETE")
+    if "feasible" in trials.columns:
+        ok &= parse_bool(trials["feasible"], missing=True)
+    for name in objectives:
+        if name not in trials.columns:
+            return pd.Series(False, index=trials.index)
+        ok &= np.isfinite(pd.to_numeric(trials[name], errors="coerce"))
+    return ok
+
+
+def read_trials(path: Path, objectives: Sequence[str] = ()) -> pd.DataFrame:
+    """trials.csv with its columns typed as ``HEAD_COLUMNS``, ``objectives`` and ``TAIL_COLUMNS`` say.
+
+    The one parser of the trials table. The state is upper-case, the strategy never empty. An empty
+    ``feasible`` cell is feasible (the writer records a constraint only where one was set); a table
+    without ``sparse`` (written before it was) gets it from ``cellsparse.strategy_info``.
+    """
+    try:
+        trials = pd.read_csv(path, keep_default_na=True)
+    except pd.errors.EmptyDataError:
+        trials = pd.DataFrame(columns=["number", "state"])
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        raise UserError(f"{path}: cannot read the trials table ({type(exc).__name__}: {exc})") from exc
+    missing = [c for c in ("number", "state") if c not in trials.columns]
+    if missing:
+        raise UserError(f"{path}: the trials table has no column(s) {missing}; is this a cellsparse run?")
+    trials["number"] = pd.to_numeric(trials["number"], errors="coerce")
+    trials = trials[trials["number"].notna()].copy()
+    trials["number"] = trials["number"].astype(int)
+    trials["state"] = trials["state"].fillna("").astype(str).str.upper()
+    if "strategy" not in trials.columns:
+        trials["strategy"] = trials.get(f"{CONFIG_PREFIX}strategy", "unknown")
+    trials["strategy"] = trials["strategy"].fillna("unknown").astype(str)
+    trials["feasible"] = parse_bool(trials["feasible"], missing=True) if "feasible" in trials else True
+    if "sparse" in trials:
+        trials["sparse"] = parse_bool(trials["sparse"], missing=True)
+    else:
+        trials["sparse"] = trials["strategy"].map(lambda name: bool(is_sparse(name)))
+    numbers = [*objectives, *(c for c, kind in TAIL_COLUMNS.items() if kind is float)]
+    for column in (c for c in numbers if c in trials.columns):
+        trials[column] = pd.to_numeric(trials[column], errors="coerce")
+    return trials.sort_values("number", kind="stable").reset_index(drop=True)
+
+
+def config_columns(trials: pd.DataFrame) -> list[str]:
+    """The ``config.*`` columns, in table order, without the duplicated strategy."""
+    return [c for c in trials.columns if c.startswith(CONFIG_PREFIX) and c != f"{CONFIG_PREFIX}strategy"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading a run directory
+
+
+@dataclass
+class Run:
+    """One run directory, loaded."""
+
+    path: Path
+    space: dict[str, Any]
+    info: dict[str, Any]
+    trials: pd.DataFrame
+    directions: dict[str, str]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return str(self.space.get("name") or self.info.get("name") or self.path.name)
+
+    @property
+    def objectives(self) -> list[str]:
+        return list(self.directions)
+
+    def eligible(self) -> pd.Series:
+        """COMPLETE, feasible trials with finite objectives (what fronts and picks use)."""
+        return eligible_mask(self.trials, self.objectives)
+
+    def pareto(self) -> pd.Series:
+        """Mask of the trials on the run's Pareto front (over all objectives, eligible trials only)."""
+        ok = self.eligible().to_numpy()
+        mask = np.zeros(len(self.trials), dtype=bool)
+        if ok.any() and self.objectives:
+            values = np.column_stack([pd.to_numeric(self.trials[o], errors="coerce") for o in self.objectives])
+            mask[np.flatnonzero(ok)] = pareto_mask(values[ok], [self.directions[o] for o in self.objectives])
+        return pd.Series(mask, index=self.trials.index)
+
+    def trial_dir(self, number: int) -> Path:
+        return trial_dir(self.path, number)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise UserError(f"{path}: not valid YAML ({where}{problem})") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read the run's space file ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a YAML mapping (the resolved search space), got {type(data).__name__}")
+    return data
+
+
+def _fill_input_size(trials: pd.DataFrame, space: dict[str, Any]) -> pd.DataFrame:
+    """Where the run searched input_size, a trial that left it out (or null) sees the data's image_size:
+    the column says so, so tables, hover texts and axes show every trial's resolution as a number."""
+    if INPUT_COLUMN not in trials.columns:
+        return trials
+    sizes = pd.to_numeric(trials[INPUT_COLUMN], errors="coerce")
+    data = space.get("data")
+    frame = data.get("image_size") if isinstance(data, dict) else None
+    if isinstance(frame, (int, float)) and not isinstance(frame, bool):
+        sizes = sizes.fillna(float(frame))
+    trials[INPUT_COLUMN] = sizes
+    return trials
+
+
+def load_run(run_dir: Path) -> Run:
+    """Load a run directory; UserError naming the path when it is not one."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: not a run directory (no such folder); pass runs/<name>")
+    space_path, trials_path = run_dir / SPACE_FILE, run_dir / TRIALS_FILE
+    for required in (space_path, trials_path):
+        if not required.is_file():
+            raise UserError(f"{run_dir}: not a run directory ({required.name} is missing at {required})")
+    space = _read_yaml(space_path)
+    notes: list[str] = []
+    info: dict[str, Any] = {}
+    info_path = run_dir / RUN_FILE
+    if info_path.is_file():
+        try:
+            loaded = json.loads(info_path.read_text(encoding="utf-8"))
+            info = loaded if isinstance(loaded, dict) else {}
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            notes.append(f"run.json could not be read ({type(exc).__name__}); run details are missing")
+    else:
+        notes.append("run.json is missing; run details (wall time, machine, versions) are not shown")
+    objectives = space.get("objectives") or {}
+    if not isinstance(objectives, dict) or not objectives:
+        raise UserError(f"{space_path}: 'objectives' must map objective names to maximize/minimize")
+    bad = {k: v for k, v in objectives.items() if v not in ("maximize", "minimize")}
+    if bad:
+        raise UserError(f"{space_path}: objective directions must be 'maximize' or 'minimize', but got {bad}")
+    directions = {str(k): str(v) for k, v in objectives.items()}
+    trials = _fill_input_size(read_trials(trials_path, list(directions)), space)
+    absent = [o for o in directions if o not in trials.columns]
+    if absent:
+        notes.append(f"trials.csv has no column for objective(s) {', '.join(absent)}; no trial counts as done")
+        for name in absent:
+            trials[name] = np.nan
+    return Run(path=run_dir, space=space, info=info, trials=trials, directions=directions, notes=notes)
+
+
+def load_json(path: Path) -> Any:
+    """A trial's JSON file, or None when it is absent or unreadable (the report notes the gap)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
 
 
 def python_command() -> list[str]:

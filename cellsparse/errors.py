@@ -1,0 +1,10 @@
+"""The project's base error. A ``UserError`` is a mistake in the user's input (a space file, a data
+path, a flag, a run directory): command-line entry points print its message on one line and exit
+non-zero, with no traceback. Anything else is a bug and keeps its traceback.
+
+It lives in the base so every layer raises the same class; its documented import path is
+``search_space.errors``, which adds the space's and the data's own kinds."""
+
+
+class UserError(Exception):
+    """A problem with what the user gave us; the message names the file/key/argument and the fix."""
