@@ -182,8 +182,14 @@ def throughput(run_dir: Path, tmp: Path, batch_sizes: tuple[int, ...], device: s
 
         _, pt2 = load_runtime(result.out, result.card, "pt2", device)
         c, s = int(trained.meta["in_channels"]), int(trained.meta["image_size"])
-        for runtime, run in (("exported .pt2 (runner.predict)", pt2), ("torch eager", eager)):
+        runtimes = (("exported .pt2 (runner.predict)", lambda pt2=pt2: pt2),
+                    # a compiled runner keeps the first batch size it sees: one per batch size
+                    ("exported .pt2, compiled (predict --compile)", lambda out=result.out, card=result.card:
+                     load_runtime(out, card, "pt2", device, compiled=True)[1]),
+                    ("torch eager", lambda eager=eager: eager))
+        for runtime, make in runtimes:
             for batch in batch_sizes:
+                run = make()
                 x = torch.randn(batch, c, s, s, generator=torch.Generator().manual_seed(1)).numpy()
                 best = min(time_batches(run, x, min_time_s=0.5, max_repeats=200) for _ in range(3))
                 rows.append({"role": role, "trial": number, "strategy": trained.strategy,

@@ -119,6 +119,44 @@ def test_predictions_are_the_eager_models(export_dir: Path, images: Path, runs_r
         np.testing.assert_allclose(got, want.max(axis=1), atol=1e-5)
 
 
+def _eager_probabilities(export_dir: Path, images: Path, runs_root: Path) -> np.ndarray:
+    trained = load_trained(tiny_run(runs_root, "sparse_topk") / "trials" / "0")
+    card = json.loads((export_dir / "model_card.json").read_text())
+    x = P.preprocess(P.collect([images]), P.InputSpec.from_card(card))
+    with torch.no_grad():
+        return torch.softmax(trained.model(torch.from_numpy(x)), dim=-1).numpy()
+
+
+def test_compile_runs_the_pt2_program_through_torch_compile_and_pads_the_last_batch(
+        export_dir: Path, images: Path, runs_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch.compile is replaced by a recorder that keeps the program (compiling takes a minute on a
+    CPU; the slow test below compiles for real): the call, its mode and the fixed batch size are checked."""
+    calls, shapes = [], []
+
+    def record(module, **kwargs):
+        calls.append(kwargs)
+        return lambda x: (shapes.append(tuple(x.shape)), module(x))[1]
+
+    monkeypatch.setattr(torch, "compile", record)
+    result = P.predict(export_dir, [images], batch_size=4, compiled=True)  # 6 images: batches of 4 and 2
+    assert result.fmt == "pt2" and calls == [{"mode": None, "dynamic": False}]
+    assert [s[0] for s in shapes] == [4, 4]  # the short last batch is padded to the compiled size
+    want = _eager_probabilities(export_dir, images, runs_root)
+    np.testing.assert_allclose([float(r["probability"]) for r in result.rows], want.max(axis=1), atol=1e-5)
+
+
+def test_compile_is_for_the_pt2_format_only(export_dir: Path, images: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status, _, err = _cli([str(export_dir), str(images), "--compile", "--format", "onnx"], capsys)
+    assert status == 2 and "--compile" in _one_error_line(err) and "--format onnx" in err
+
+
+@pytest.mark.slow
+def test_compiled_predictions_equal_the_eager_model(export_dir: Path, images: Path, runs_root: Path) -> None:
+    result = P.predict(export_dir, [images], batch_size=4, compiled=True)
+    want = _eager_probabilities(export_dir, images, runs_root)
+    np.testing.assert_allclose([float(r["probability"]) for r in result.rows], want.max(axis=1), atol=1e-4)
+
+
 def test_npz_input_with_labels_and_split(export_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     names = np.array(json.loads((export_dir / "model_card.json").read_text())["classes"])
     path = tmp_path / "cells.npz"
