@@ -23,8 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("cellsparse", "search_space", "objectives", "runner", "reports")
-APPLICATIONS = ("runner.search", "runner.export", "runner.predict", "runner.modelcard", "runner.api", "runner.cli",
-                "runner.run", "runner.__main__")
+APPLICATIONS = ("runner.search", "runner.export", "runner.predict", "runner.modelcard", "runner.cli", "runner.run")
 LAYERS = ("base", "space/models", "engine", "applications")
 #: What a function may import for itself: heavy libraries one path needs (and the one module that wraps
 #: Ray), so that importing a module does not load them for every other path.
@@ -194,3 +193,8 @@ def test_functions_import_only_heavy_optional_libraries_and_say_why() -> None:
             elif not _says_why(lines, number):
                 problems.append(f"{where} inside a function without saying why (a comment on that line or the one before)")
     assert not problems, "\n".join(problems)
+
+
+def test_every_application_exists() -> None:
+    """The layer list names modules that exist: a renamed application would silently change layer."""
+    assert [a for a in APPLICATIONS if a not in MODULES] == []
