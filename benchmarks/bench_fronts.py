@@ -78,9 +78,9 @@ def compare(runs: dict[str, Path]) -> tuple[list[str], list[list[object]], list[
     return header, table, goals
 
 
-def front_members(run_dir: Path) -> list[list[object]]:
-    """The run's Pareto front, cheapest first: where each design sits and the resolution it sees."""
-    trials = load_run(run_dir).trials
+def front_members(trials: pd.DataFrame) -> list[list[object]]:
+    """A run's Pareto front (its trials table as ``load_run`` gives it), cheapest first: where each
+    design sits and the resolution it sees."""
     ok = trials[eligible_mask(trials, ["accuracy", "flops"])]
     front = ok[pareto_mask(ok[["accuracy", "flops"]].to_numpy(float), ["maximize", "minimize"])].sort_values("flops")
     return [[f"#{int(r['number'])}", r["strategy"], "sparse" if r["sparse"] else "dense",
@@ -89,25 +89,23 @@ def front_members(run_dir: Path) -> list[list[object]]:
             for _, r in front.iterrows()]
 
 
-def downscaled_dense(label: str, run_dir: Path) -> str:
-    """Where the dense models that see a smaller copy of the frame sit on the run's front."""
-    run = load_run(run_dir)
-    full = int(run.space.get("data", {}).get("image_size") or 0)
-    members = [m for m in front_members(run_dir) if m[2] == "dense" and m[3] != "-" and int(m[3].split()[0]) < full]
-    sparse = [m for m in front_members(run_dir) if m[2] == "sparse"]
-    if not members:
+def downscaled_dense(label: str, members: list[list[object]], full_size: int) -> str:
+    """Where the front's dense models that see a smaller copy of the ``full_size`` frame sit."""
+    dense = [m for m in members if m[2] == "dense" and m[3] != "-" and int(str(m[3]).split()[0]) < full_size]
+    if not dense:
         return f"No dense model on the front of {label} sees a downscaled frame"
-    dense_text = "; ".join(f"{m[1]} {m[0]} at {m[3]} ({m[5]} test, {m[6]} MFLOPs)" for m in members)
-    cheapest_dense = min(float(m[6]) for m in members)
-    below = [m for m in sparse if float(m[6]) < cheapest_dense]
-    return (f"Downscaled dense models on the front of {label}: {dense_text}; {len(below)} of its {len(sparse)} sparse "
+    sparse = [m for m in members if m[2] == "sparse"]
+    cheapest = min(float(m[6]) for m in dense)
+    below = [m for m in sparse if float(m[6]) < cheapest]
+    listed = "; ".join(f"{m[1]} {m[0]} at {m[3]} ({m[5]} test, {m[6]} MFLOPs)" for m in dense)
+    return (f"Downscaled dense models on the front of {label}: {listed}; {len(below)} of its {len(sparse)} sparse "
             f"front members are cheaper than the cheapest of them")
 
 
-def fronts_text(runs: dict[str, Path]) -> str:
+def fronts_text(fronts: dict[str, list[list[object]]]) -> str:
     header = ["trial", "strategy", "family", "sees", "val acc", "test acc", "MFLOPs"]
-    return "\n\n".join(f"Front of {label}, cheapest first:\n\n" + markdown_table(header, front_members(run_dir))
-                        for label, run_dir in runs.items())
+    return "\n\n".join(f"Front of {label}, cheapest first:\n\n" + markdown_table(header, members)
+                        for label, members in fronts.items())
 
 
 def main() -> None:
@@ -124,10 +122,12 @@ def main() -> None:
         runs[label] = Path(path)
     header, table, goals = compare(runs)
     short = in_short(table, goals)
-    last_label, last_dir = list(runs.items())[-1]
-    short += f" {downscaled_dense(last_label, last_dir)}."
+    loaded = {label: load_run(run_dir) for label, run_dir in runs.items()}
+    fronts = {label: front_members(run.trials) for label, run in loaded.items()}
+    last = list(runs)[-1]
+    short += f" {downscaled_dense(last, fronts[last], int(loaded[last].space['data']['image_size']))}."
     text = markdown_table(header, table) + "\n\nThe goal, a sparse model within 1 point of the best dense model's test " \
-        "accuracy at no more than 33% of its FLOPs:\n\n" + "\n".join(goals) + "\n\n" + fronts_text(runs)
+        "accuracy at no more than 33% of its FLOPs:\n\n" + "\n".join(goals) + "\n\n" + fronts_text(fronts)
     print(short + "\n\n" + text)
     if not args.no_write:
         command = own_command("bench_fronts.py")

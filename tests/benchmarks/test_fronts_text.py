@@ -32,3 +32,16 @@ def test_in_short_names_each_run_and_the_last_verdict() -> None:
     text = fronts.in_short([["before", 24, "0.9008"], ["after", 24, "0.9055"]],
                            ["- before: short by 5.5 points: x.", "- after: met: y."])
     assert "before 0.9008, after 0.9055" in text and text.endswith("after: met: y.")
+
+
+def test_the_front_says_where_downscaled_dense_models_sit() -> None:
+    trials = frame([(0, "dense_cnn", False, 0.90, 0.89, 9e6), (1, "dense_vit", False, 0.70, 0.69, 0.4e6),
+                    (2, "span_pyramid", True, 0.60, 0.58, 0.3e6), (3, "span_pyramid", True, 0.50, 0.50, 2e6)])
+    trials = trials.assign(state="COMPLETE", feasible=True, **{fronts.INPUT_COLUMN: [64, 24, 32, 64]})
+    members = fronts.front_members(trials)
+    assert [m[0] for m in members] == ["#2", "#1", "#0"]  # #3 is dominated; cheapest first
+    assert members[1][3] == "24 px"
+    text = fronts.downscaled_dense("after", members, 64)
+    assert "dense_vit #1 at 24 px" in text and "dense_cnn" not in text  # #0 sees the full 64 px
+    assert text.endswith("1 of its 1 sparse front members are cheaper than the cheapest of them")
+    assert fronts.downscaled_dense("x", members[:1], 64).startswith("No dense model")
