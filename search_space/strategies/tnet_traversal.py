@@ -101,14 +101,42 @@ def _cell_pooling(side: int, grid_size: int, overlap: float) -> torch.Tensor:
     return covered / covered.sum(dim=1, keepdim=True)
 
 
-class _Backbone(nn.Module):
-    """dense_cnn's stem and residual stages (GroupNorm) at base resolution: a pooled feature and a mid-network map."""
+ENCODERS = ("residual", "plain")
 
-    def __init__(self, *, in_channels: int, width: int, stages: int, embed_dim: int) -> None:
+
+def _plain_stages(width: int, stages: int) -> list[nn.Module]:
+    """The compact encoder's stages: nothing at stage 0 (the stem is its first conv), then one
+    3x3 conv -> GroupNorm -> ReLU per stage, stride 2, channels doubled (``width * 2**s`` out)."""
+    out: list[nn.Module] = [nn.Identity()]
+    for s in range(1, stages):
+        c_in, c_out = width * 2 ** (s - 1), width * 2**s
+        out.append(nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False), _group_norm(c_out), nn.ReLU()))
+    return out
+
+
+def encoder_stages_flops(base: int, *, encoder: str, width: int, stages: int) -> list[tuple[float, int, int]]:
+    """(FLOPs, output side, output side) of each encoder stage on a ``base`` x ``base`` view."""
+    if encoder == "residual":
+        return residual_stages_flops(base, base, width=width, stages=stages, blocks_per_stage=1)
+    out, side = [(0.0, base, base)], base
+    for s in range(1, stages):
+        side = (side - 1) // 2 + 1
+        out.append((conv2d_flops(side, side, width * 2 ** (s - 1), width * 2**s, 3), side, side))
+    return out
+
+
+class _Backbone(nn.Module):
+    """The encoder at base resolution (a stem, then ``stages`` stages, GroupNorm): a pooled feature and a
+    mid-network map. ``residual``: dense_cnn's basic blocks; ``plain``: one strided conv per stage."""
+
+    def __init__(self, *, in_channels: int, width: int, stages: int, embed_dim: int, encoder: str = "residual") -> None:
         super().__init__()
         self.stem = conv_stem(in_channels=in_channels, width=width, stride=1, norm_layer=_group_norm)
-        blocks = residual_stages(width=width, stages=stages, blocks_per_stage=1, norm_layer=_group_norm)
-        self.stages = nn.ModuleList(nn.Sequential(*stage) for stage in blocks)
+        if encoder == "residual":
+            blocks = residual_stages(width=width, stages=stages, blocks_per_stage=1, norm_layer=_group_norm)
+            self.stages = nn.ModuleList(nn.Sequential(*stage) for stage in blocks)
+        else:
+            self.stages = nn.ModuleList(_plain_stages(width, stages))
         self.map_stage = stages - 2  # the map the location module reads; -1 = the stem's output
         self.map_channels = width * 2 ** max(self.map_stage, 0)
         self.proj = nn.Linear(width * 2 ** (stages - 1), embed_dim)
@@ -155,7 +183,11 @@ class _LocationModule(nn.Module):
         "overlap": ParamSpec("float", 0.2, 0.8, default=0.4, doc="side of a child view as a fraction of its parent's"),
         "width": ParamSpec("int", 4, 64, default=8, doc="backbone channels of the stem and first stage (doubled per stage)"),
         "stages": ParamSpec(
-            "int", 1, 4, default=3, doc="backbone residual stages (dense_cnn's); each after the first halves H and W"
+            "int", 1, 4, default=3, doc="backbone stages; each after the first halves H and W and doubles the channels"
+        ),
+        "encoder": ParamSpec(
+            "choice", choices=ENCODERS, default="residual",
+            doc="backbone: dense_cnn's residual blocks, or one strided conv per stage (cheaper per view)",
         ),
         "embed_dim": ParamSpec("int", 8, 256, default=32, doc="feature dimension of a view"),
         "pooling": ParamSpec("choice", choices=("mean", "attention"), default="mean", doc="how view features are combined"),
@@ -186,6 +218,7 @@ class TNetTraversal(CountedKModel):
         stages: int,
         embed_dim: int,
         pooling: str,
+        encoder: str,
         gumbel_explore: bool,
         glimpse_loss_weight: float,
         reinforce_weight: float,
@@ -199,20 +232,21 @@ class TNetTraversal(CountedKModel):
             raise ValueError(f"regions={regions} must lie in [1, grid_size**2={grid_size**2}]")
         if pooling not in ("mean", "attention"):
             raise ValueError(f"pooling={pooling!r} must be 'mean' or 'attention'")
-        map_side = residual_stages_flops(base_resolution, base_resolution, width=width, stages=stages, blocks_per_stage=1)
+        map_side = encoder_stages_flops(base_resolution, encoder=encoder, width=width, stages=stages)
         map_side = base_resolution if stages < 2 else map_side[stages - 2][1]
         if map_side < 2:
             raise ValueError(f"base_resolution={base_resolution} is too small for stages={stages}: the location map would be 1x1")
         self.in_channels, self.num_classes = in_channels, num_classes
         self.base_resolution, self.grid_size, self.levels = base_resolution, grid_size, levels
         self.overlap, self.width, self.stages, self.embed_dim, self.pooling = overlap, width, stages, embed_dim, pooling
+        self.encoder = encoder
         self.gumbel_explore = gumbel_explore
         self.glimpse_loss_weight, self.reinforce_weight = glimpse_loss_weight, reinforce_weight
         self.glimpse_reward_share, self.baseline_decay = glimpse_reward_share, baseline_decay
         self.map_side = map_side
         self._k = regions
 
-        self.backbone = _Backbone(in_channels=in_channels, width=width, stages=stages, embed_dim=embed_dim)
+        self.backbone = _Backbone(in_channels=in_channels, width=width, stages=stages, embed_dim=embed_dim, encoder=encoder)
         self.locate = _LocationModule(
             map_channels=self.backbone.map_channels, map_side=map_side, embed_dim=embed_dim, grid_size=grid_size, overlap=overlap
         )
@@ -360,7 +394,7 @@ class TNetTraversal(CountedKModel):
     def analytic_flops(self, images: torch.Tensor) -> float:
         """Per-image inference FLOPs; the same for every image and every image size."""
         b, w, D, G, s = self.base_resolution, self.width, self.embed_dim, self.grid_size, self.map_side
-        stages = residual_stages_flops(b, b, width=w, stages=self.stages, blocks_per_stage=1)
+        stages = encoder_stages_flops(b, encoder=self.encoder, width=w, stages=self.stages)
         c_last = w * 2 ** (self.stages - 1)
         backbone = conv2d_flops(b, b, self.in_channels, w, 3) + sum(f for f, _, _ in stages) + linear_flops(1, c_last, D)
         c_map = self.backbone.map_channels

@@ -238,8 +238,12 @@ def hand_flops(model: TNetTraversal, *, channels: int, attention: bool) -> float
         c_out = width * 2**s
         if s > 0:
             side = (side + 1) // 2
-            backbone += 2 * side * side * c_in * c_out  # 1x1 projection shortcut
-        backbone += 2 * 9 * side * side * (c_in * c_out + c_out * c_out)
+        if model.encoder == "plain":  # one strided 3x3 conv per stage after the first (stage 0 is the stem)
+            backbone += 2 * 9 * side * side * c_in * c_out if s > 0 else 0
+        else:
+            if s > 0:
+                backbone += 2 * side * side * c_in * c_out  # 1x1 projection shortcut
+            backbone += 2 * 9 * side * side * (c_in * c_out + c_out * c_out)
         sides.append(side)
         chans.append(c_out)
         c_in = c_out
@@ -258,6 +262,8 @@ FLOP_CASES = [
     {"levels": 3, "pooling": "mean", "grid_size": 3, "regions": 2, "stages": 2},
     {"levels": 3, "pooling": "attention", "grid_size": 2, "regions": 2, "stages": 1, "base_resolution": 10},
     {"levels": 2, "pooling": "mean", "stages": 4, "width": 4, "base_resolution": 16, "grid_size": 5, "regions": 1},
+    {"levels": 2, "pooling": "attention", "encoder": "plain", "grid_size": 3, "regions": 2, "base_resolution": 24},
+    {"levels": 3, "pooling": "mean", "encoder": "plain", "stages": 2, "grid_size": 3, "regions": 2},
 ]
 
 
