@@ -241,9 +241,13 @@ def render(raw: dict, command: str, write: bool) -> None:
     print(short + "\n\n" + table)
     if write:
         svg(runs, SVG)
-        body = (f"{stamp(command)}\n\n{short}\n\nThe default synthetic space (`search_space/cells.yaml`) with "
-                f"{raw['trials']} trials of {raw['epochs']} epochs, TPE, {raw['max_concurrent']} trials at once on the ray "
-                f"backend, seeds {', '.join(map(str, raw['seeds']))}; reference point accuracy 0 and FLOPs = max_flops, "
+        same_time = int(raw.get("same_time") or 0)
+        budget = (f"; plain Ray Tune runs {raw['trials']} trials, and each project variant up to {same_time}x as many "
+                  "within plain's wall-clock of the same seed (early stopping spends what it saves on more trials)"
+                  if same_time else "; every variant runs the same number of trials")
+        body = (f"{stamp(raw.get('command') or command)}\n\n{short}\n\nThe default synthetic space (`search_space/cells.yaml`) "
+                f"with trials of {raw['epochs']} epochs, TPE, {raw['max_concurrent']} trials at once on the ray "
+                f"backend, seeds {', '.join(map(str, raw['seeds']))}{budget}; reference point accuracy 0 and FLOPs = max_flops, "
                 f"hypervolume over complete, feasible trials only, normalised by that box. Hypervolume against time: "
                 f"`docs/{SVG.name}`.\n\n{table}\n")
         write_section("early_stopping", "Early stopping: hypervolume against wall-clock", body)
@@ -269,7 +273,8 @@ def main() -> None:
     import yaml
 
     space = yaml.safe_load(SPACE.read_text())
-    raw = {"trials": args.trials, "epochs": args.epochs, "seeds": list(range(args.seeds)),
+    raw = {"command": command, "same_time": args.same_time, "trials": args.trials, "epochs": args.epochs,
+           "seeds": list(range(args.seeds)),
            "max_concurrent": space["search"]["max_concurrent"], "curves": {v: {} for v in args.variants}}
     max_flops = float(space["constraints"]["max_flops"])
     with tempfile.TemporaryDirectory() as tmp:
