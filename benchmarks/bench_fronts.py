@@ -14,7 +14,9 @@ more than 33% of its FLOPs; where no sparse model meets it, the shortfall in poi
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -25,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _doc import markdown_table, own_command, stamp, write_section  # noqa: E402
 
 from cellsparse.pareto import hypervolume, pareto_mask  # noqa: E402
-from cellsparse.rundir import INPUT_COLUMN, eligible_mask, load_run, read_trials  # noqa: E402
+from cellsparse.rundir import INPUT_COLUMN, TRIALS_DIR, eligible_mask, load_run, read_trials  # noqa: E402
 
-GOAL_POINTS, GOAL_FLOPS_SHARE = 1.0, 1 / 3
+GOAL_POINTS, GOAL_FLOPS_SHARE, GOAL_SPEEDUP, GOAL_BATCH = 1.0, 1 / 3, 2.0, 256
 
 
 def hv(frame: pd.DataFrame, max_flops: float) -> float:
@@ -36,21 +38,51 @@ def hv(frame: pd.DataFrame, max_flops: float) -> float:
     return hypervolume(frame[["accuracy", "flops"]].to_numpy(float), ["maximize", "minimize"], [0.0, max_flops]) / max_flops
 
 
-def goal(frame: pd.DataFrame) -> str:
-    """The best dense model (by validation) and the best sparse model within 1/3 of its FLOPs (by validation)."""
+def goal_pair(frame: pd.DataFrame) -> tuple[pd.Series | None, pd.Series | None]:
+    """(the best sparse model within 1/3 of the best dense model's FLOPs, that dense model), by validation."""
     dense, sparse = frame[~frame["sparse"]], frame[frame["sparse"]]
-    if dense.empty or sparse.empty:
-        return "needs both sparse and dense trials"
+    if dense.empty:
+        return None, None
     d = dense.loc[dense["accuracy"].idxmax()]
     cheap = sparse[sparse["flops"] <= GOAL_FLOPS_SHARE * d["flops"]]
-    if cheap.empty:
+    return (cheap.loc[cheap["accuracy"].idxmax()] if not cheap.empty else None), d
+
+
+def goal(frame: pd.DataFrame) -> str:
+    """The goal's verdict on accuracy and FLOPs for the pair ``goal_pair`` picks."""
+    if frame[~frame["sparse"]].empty or frame[frame["sparse"]].empty:
+        return "needs both sparse and dense trials"
+    s, d = goal_pair(frame)
+    if s is None:
         return f"no sparse trial within 1/3 of the best dense model's {d['flops'] / 1e6:.2f} MFLOPs"
-    s = cheap.loc[cheap["accuracy"].idxmax()]
     gap = 100 * (d["test_accuracy"] - s["test_accuracy"])
     verdict = "met" if gap <= GOAL_POINTS else f"short by {gap - GOAL_POINTS:.1f} points"
     return (f"{verdict}: {s['strategy']} #{int(s['number'])} {100 * s['test_accuracy']:.1f}% test at "
             f"{s['flops'] / 1e6:.2f} MFLOPs against {d['strategy']} #{int(d['number'])} {100 * d['test_accuracy']:.1f}% "
             f"at {d['flops'] / 1e6:.2f} MFLOPs")
+
+
+def throughput(run_dir: Path, frame: pd.DataFrame, *, batch: int = GOAL_BATCH) -> str:
+    """The goal's throughput half: the goal pair's CPU images/s at ``batch``, each model's faster of torch
+    (eager, .pt2) and onnxruntime with every core, timed side by side (``bench_export.time_model``)."""
+    from bench_export import time_model
+
+    s, d = goal_pair(frame)
+    if s is None or d is None:
+        return "no goal pair to time"
+    threads = os.cpu_count() or 1
+    rates = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for row in (s, d):
+            _, rows = time_model(run_dir / TRIALS_DIR / str(int(row["number"])), Path(tmp), threads=[threads],
+                                 batch_sizes=[batch])
+            best = max(rows, key=lambda r: r["images_per_s"])
+            rates[int(row["number"])] = (best["images_per_s"], best["runtime"])
+    (rs, ws), (rd, wd) = rates[int(s["number"])], rates[int(d["number"])]
+    ratio = rs / rd
+    return (f"CPU throughput at batch {batch} ({threads} threads, the faster runtime of each): {s['strategy']} "
+            f"#{int(s['number'])} {rs:,.0f} images/s ({ws}) against {d['strategy']} #{int(d['number'])} {rd:,.0f} "
+            f"images/s ({wd}), {ratio:.2f}x: {'meets' if ratio >= GOAL_SPEEDUP else 'misses'} the {GOAL_SPEEDUP:g}x target")
 
 
 def in_short(table: list[list[object]], goals: list[str]) -> str:
@@ -112,6 +144,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--space", required=True, help="the space the runs searched (names the section)")
     parser.add_argument("--run", action="append", required=True, metavar="LABEL=DIR", help="a run directory and its label")
+    parser.add_argument("--throughput", action="store_true",
+                        help="also time the last run's goal pair on this CPU at batch 256 (exports both models)")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     runs = {}
@@ -126,6 +160,9 @@ def main() -> None:
     fronts = {label: front_members(run.trials) for label, run in loaded.items()}
     last = list(runs)[-1]
     short += f" {downscaled_dense(last, fronts[last], int(loaded[last].space['data']['image_size']))}."
+    if args.throughput:
+        trials = loaded[last].trials
+        short += f" {throughput(runs[last], trials[eligible_mask(trials, ['accuracy', 'flops'])])}."
     text = markdown_table(header, table) + "\n\nThe goal, a sparse model within 1 point of the best dense model's test " \
         "accuracy at no more than 33% of its FLOPs:\n\n" + "\n".join(goals) + "\n\n" + fronts_text(fronts)
     print(short + "\n\n" + text)
