@@ -34,13 +34,17 @@ whole search at the next snapshot.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import socket
+import sys
+import tempfile
 import traceback
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -121,14 +125,49 @@ def connect(address: str | None) -> bool:
         kwargs["runtime_env"] = {"env_vars": {PLUGINS_ENV: os.environ[PLUGINS_ENV]}}
     if address:
         check_address(address)
-        try:
-            ray.init(address=address, **kwargs)
-        except (ConnectionError, RuntimeError, ValueError) as err:
-            raise UserError(f"--address {address}: cannot join the Ray cluster ({str(err).splitlines()[0]})") from None
+        with _stderr_kept() as said:
+            try:
+                ray.init(address=address, **kwargs)
+            except (ConnectionError, RuntimeError, ValueError, ray.exceptions.AuthenticationError) as err:
+                if _TOKEN_REFUSED in said() or isinstance(err, ray.exceptions.AuthenticationError):
+                    raise UserError(f"--address {address}: the cluster refused this driver's auth token ({_TOKEN_REFUSED}); "
+                                    f"{_TOKEN_HINT}") from None
+                raise UserError(f"--address {address}: cannot join the Ray cluster ({str(err).splitlines()[0]})") from None
     else:
         # Trials train with torch, so the GPUs torch can use are the ones to offer (Ray's own count goes through NVML).
         ray.init(num_cpus=os.cpu_count(), num_gpus=_torch_gpus(), **kwargs)
     return True
+
+
+_TOKEN_REFUSED = "Authentication token is missing or incorrect"
+_TOKEN_HINT = ("give this shell the cluster's token: RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH=<file> or "
+               "RAY_AUTH_TOKEN=<token> (`ray get-auth-token` prints it on the head node)")
+
+
+@contextlib.contextmanager
+def _stderr_kept() -> Iterator[Callable[[], str]]:
+    """Hold back what Ray's C++ core writes to file descriptor 2 while joining a cluster (a refused
+    token repeats one warning for 20 seconds): the caller reads it to explain a failure in one line;
+    on success it is passed on as it was."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        failed = True
+
+        def said() -> str:
+            sink.seek(0)
+            return sink.read().decode(errors="replace")
+
+        try:
+            yield said
+            failed = False
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            if not failed:
+                sys.stderr.write(said())
 
 
 def _torch_gpus() -> int:

@@ -75,6 +75,19 @@ def _project_processes(cluster: LocalCluster) -> list[str]:
     return [c for c in commands if "ImplicitFunc" in c or "runner.search" in c]
 
 
+def test_a_driver_without_the_token_is_refused_with_one_line(cluster, tmp_path) -> None:
+    space = write_space(tmp_path, trials=1, backend="ray")
+    env = {k: v for k, v in cluster.driver_env().items() if not k.startswith("RAY_AUTH")}
+    env["HOME"] = str(tmp_path)  # no ~/.ray/auth_token to fall back on
+    out = subprocess.run([sys.executable, "-m", "runner.search", "--space", str(space), "--out", "run", "--address",
+                          cluster.address], env=env, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 2, out.stdout + out.stderr
+    error = out.stderr.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith(f"error: --address {cluster.address}: the cluster refused"), error
+    assert "RAY_AUTH_TOKEN_PATH" in error[0]
+    assert not (tmp_path / "run").exists()
+
+
 def test_trials_run_on_both_nodes_and_say_where(cluster, tmp_path) -> None:
     space = write_space(tmp_path, trials=4, backend="ray", max_concurrent=2, epochs=2, train=128)
     search = _search(cluster, "--space", space, "--out", "run")
