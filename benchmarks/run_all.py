@@ -12,6 +12,7 @@ Order (each one a separate process, so one heavy job at a time; each writes its 
    ``bench_selection.py``         where each sparse strategy looks: share of its selection on the cell,
                                   beside the ablation of its selection signal (about 5 minutes)
    ``bench_adaptive_k.py``        sparse_topk's loss_trend k against fixed k, 3 seeds (about 5 minutes)
+   ``bench_tnet_encoders.py``     TNet's encoder (residual, plain) by depth and width on 64-px cells (about 10 minutes)
 2. ``bench_data.py --accuracy``   data generation and loading, small-CNN accuracy per modality
 3. ``bench_report.py``            report size and build time
 4. ``bench_overhead.py``          framework overhead and parallel speed-up
@@ -70,6 +71,7 @@ def plan(export_run: Path | None, tmp: Path, pbc28_run: Path | None = None,
         ("models", [[PY, "benchmarks/bench_models.py"]]),
         ("selection", [[PY, "benchmarks/bench_selection.py"]]),
         ("adaptive_k", [[PY, "benchmarks/bench_adaptive_k.py"]]),
+        ("tnet_encoders", [[PY, "benchmarks/bench_tnet_encoders.py"]]),
         ("data", [[PY, "benchmarks/bench_data.py", "--accuracy"]]),
         ("report", [[PY, "benchmarks/bench_report.py"]]),
         ("overhead", [[PY, "benchmarks/bench_overhead.py", "--trial-s", "10", "--trials", "6"]]),
