@@ -63,7 +63,6 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -78,7 +77,6 @@ WORSEN_Z = 3.0
 #: ``loss_trend`` compares the candidate smaller k with the current one on the last this many
 #: batches before each decision.
 PROBE_STEPS = 2
-COST_Z = 1.0  # standard errors added to a candidate's mean probe cost (see upper_cost)
 #: ``loss_trend`` grows by this multiple of ``k_step``: pixels are given back faster than taken.
 GROW_OVER_SHRINK = 1.5
 
@@ -214,20 +212,6 @@ class FixedRule(KRule):
         pass
 
 
-def upper_cost(costs: Sequence[float]) -> float | None:
-    """The probes' mean cost plus ``COST_Z`` standard errors: a shrink must look cheap beyond the noise
-    of its probes (with the plain mean, a candidate that costs nothing on average but hurts half of the
-    batches looked free, and ten such shrinks cost two to three points of accuracy). One probe: twice
-    its own size, as no spread can be measured."""
-    if not costs:
-        return None
-    mean = sum(costs) / len(costs)
-    if len(costs) == 1:
-        return mean + abs(mean)
-    spread = math.sqrt(sum((c - mean) ** 2 for c in costs) / (len(costs) - 1) / len(costs))
-    return mean + COST_Z * spread
-
-
 @_register
 class LossTrendRule(KRule):
     """Shrink k while the shrinks' summed loss costs stay within ``k_tolerance``, grow it back when the
@@ -305,7 +289,7 @@ class LossTrendRule(KRule):
         # the candidate's cost over every probe of it (up to an epoch's): probing the same candidate
         # again and taking it the first time a batch's noise makes it look free shrank k to its floor
         self._costs = self._costs[-PROBE_STEPS * self.cooldown_decisions :]
-        cost = upper_cost(self._costs)
+        cost = sum(self._costs) / len(self._costs) if self._costs else None
         k_before = self._k
         if worse > WORSEN_Z:  # the last move (or the data) hurt: give pixels back, then wait an epoch
             self._k = min(self.k_max, max(self._k + 1, math.ceil(self._k * (1.0 + self.grow) - 1e-9)))
