@@ -249,7 +249,7 @@ def render(raw: dict, command: str, write: bool) -> None:
                 f"with trials of {raw['epochs']} epochs, TPE, {raw['max_concurrent']} trials at once on the ray "
                 f"backend, seeds {', '.join(map(str, raw['seeds']))}{budget}; reference point accuracy 0 and FLOPs = max_flops, "
                 f"hypervolume over complete, feasible trials only, normalised by that box. Hypervolume against time: "
-                f"`docs/{SVG.name}`.\n\n{table}\n")
+                f"`docs/{SVG.name}`." + (f" {raw['note']}" if raw.get("note") else "") + f"\n\n{table}\n")
         write_section("early_stopping", "Early stopping: hypervolume against wall-clock", body)
 
 
@@ -262,6 +262,8 @@ def main() -> None:
     parser.add_argument("--same-time", type=int, default=0, metavar="F",
                         help="give each project variant F times the trials and plain's wall-clock as its time budget "
                         "(early stopping spends saved time on more trials); 0: the same trial count for all")
+    parser.add_argument("--reuse", type=Path, metavar="JSON",
+                        help="take the curves of the variants and seeds this saved run holds instead of running them")
     parser.add_argument("--json", type=Path, help="save the raw curves here as each run finishes")
     parser.add_argument("--from-json", type=Path, help="render saved curves; run nothing")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/ alone")
@@ -276,10 +278,15 @@ def main() -> None:
     raw = {"command": command, "same_time": args.same_time, "trials": args.trials, "epochs": args.epochs,
            "seeds": list(range(args.seeds)),
            "max_concurrent": space["search"]["max_concurrent"], "curves": {v: {} for v in args.variants}}
+    reused = json.loads(args.reuse.read_text())["curves"] if args.reuse else {}
     max_flops = float(space["constraints"]["max_flops"])
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(args.seeds):
             for variant in args.variants:
+                if str(seed) in reused.get(variant, {}):
+                    raw["curves"][variant][seed] = [tuple(p) for p in reused[variant][str(seed)]]
+                    print(f"seed {seed} {variant}: reused from {args.reuse}", flush=True)
+                    continue
                 plain = raw["curves"].get("plain", {}).get(seed)
                 same_time = args.same_time and variant != "plain" and plain
                 space_file = derived_space(Path(tmp), variant, seed, args.trials * (args.same_time if same_time else 1),
