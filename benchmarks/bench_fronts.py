@@ -20,14 +20,13 @@ import tempfile
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _doc import markdown_table, own_command, stamp, write_section  # noqa: E402
 
 from cellsparse.pareto import hypervolume, pareto_mask  # noqa: E402
-from cellsparse.rundir import INPUT_COLUMN, TRIALS_DIR, eligible_mask, load_run, read_trials  # noqa: E402
+from cellsparse.rundir import INPUT_COLUMN, TRIALS_DIR, Run, eligible_mask, load_run  # noqa: E402
 
 GOAL_POINTS, GOAL_FLOPS_SHARE, GOAL_SPEEDUP, GOAL_BATCH = 1.0, 1 / 3, 2.0, 256
 
@@ -92,13 +91,12 @@ def in_short(table: list[list[object]], goals: list[str]) -> str:
     return f"**In short:** hypervolume of the whole front: {hvs}. The sparse-vs-dense goal, {last}."
 
 
-def compare(runs: dict[str, Path]) -> tuple[list[str], list[list[object]], list[str]]:
+def compare(runs: dict[str, Run]) -> tuple[list[str], list[list[object]], list[str]]:
     strategies: list[str] = []
     rows, goals = [], []
-    for label, run_dir in runs.items():
-        space = yaml.safe_load((run_dir / "space.yaml").read_text())
-        max_flops = float(space["constraints"]["max_flops"])
-        trials = read_trials(run_dir / "trials.csv")
+    for label, run in runs.items():
+        max_flops = float(run.space["constraints"]["max_flops"])
+        trials = run.trials
         ok = trials[eligible_mask(trials, ["accuracy", "flops"])]
         per = {s: (hv(g, max_flops), len(g)) for s, g in ok.groupby("strategy")}
         strategies += [s for s in per if s not in strategies]
@@ -154,9 +152,9 @@ def main() -> None:
         if not label or not (Path(path) / "trials.csv").is_file():
             parser.error(f"--run {item!r}: expected LABEL=DIR with DIR a finished run directory")
         runs[label] = Path(path)
-    header, table, goals = compare(runs)
-    short = in_short(table, goals)
     loaded = {label: load_run(run_dir) for label, run_dir in runs.items()}
+    header, table, goals = compare(loaded)
+    short = in_short(table, goals)
     fronts = {label: front_members(run.trials) for label, run in loaded.items()}
     last = list(runs)[-1]
     short += f" {downscaled_dense(last, fronts[last], int(loaded[last].space['data']['image_size']))}."

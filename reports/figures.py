@@ -16,7 +16,7 @@ from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from cellsparse.objective_info import objective_info
-from cellsparse.rundir import INPUT_COLUMN, Run, config_columns
+from cellsparse.rundir import ATTR_NODE, INPUT_COLUMN, Run, config_columns
 
 from .pareto import eligible_mask, pareto_mask
 
@@ -67,8 +67,8 @@ def hover_text(row: pd.Series, objectives: Sequence[str], configs: Sequence[str]
             lines.append(f"{esc(name)}: {esc(fmt(row[name]))}")
     if pd.notna(row.get(INPUT_COLUMN)):
         lines.append(f"input: {esc(fmt(row[INPUT_COLUMN]))} px")
-    if pd.notna(row.get("node")):
-        lines.append(f"ran on node {esc(row['node'])}")
+    if pd.notna(row.get(ATTR_NODE)):
+        lines.append(f"ran on node {esc(row[ATTR_NODE])}")
     shown = [c for c in configs if c != INPUT_COLUMN and pd.notna(row.get(c))]
     for c in shown[:MAX_HOVER_CONFIG]:
         lines.append(f"{esc(c.removeprefix('config.'))} = {esc(fmt(row[c]))}")

@@ -22,7 +22,17 @@ import plotly.io as pio
 import yaml
 from plotly.offline import get_plotlyjs
 
-from cellsparse.rundir import HISTORY_FILE, INPUT_COLUMN, LOOKED_AT_FILE, METRICS_FILE, STATES, Run, config_columns, load_json
+from cellsparse.rundir import (
+    ATTR_NODE,
+    HISTORY_FILE,
+    INPUT_COLUMN,
+    LOOKED_AT_FILE,
+    METRICS_FILE,
+    STATES,
+    Run,
+    config_columns,
+    load_json,
+)
 
 from . import figures as F
 from .figures import esc, fmt
@@ -496,8 +506,9 @@ def trials_table_section(run: Run, pareto: pd.Series) -> str:
     rest = trials[~trials["_front"]].sort_values("number", kind="stable")
     ordered = pd.concat([front, rest])
     fixed = ["number", "state", "feasible", "strategy", INPUT_COLUMN, *run.objectives, "test_accuracy", "k_final",
-             "params_count", "duration_s", "node", "datetime_start"]
-    present = [c for c in fixed if c in trials.columns and (c != "node" or trials[c].notna().any())]  # node: Ray runs
+             "params_count", "duration_s", ATTR_NODE, "datetime_start"]
+    # the node column only where trials ran on Ray (in-process runs leave it empty)
+    present = [c for c in fixed if c in trials.columns and (c != ATTR_NODE or trials[c].notna().any())]
     columns = list(dict.fromkeys(present + config_columns(trials)))
     if "error" in trials.columns:
         columns.append("error")

@@ -61,7 +61,8 @@ def pt2_runner(path: Path, *, device: str = "cpu", compiled: bool = False) -> Ru
         batch = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device)
         n = batch.shape[0]
         if compiled:
-            fixed[:] = fixed or [n]
+            if not fixed:
+                fixed.append(n)
             if n < fixed[0]:
                 batch = torch.cat([batch, batch.new_zeros(fixed[0] - n, *batch.shape[1:])])
         with torch.no_grad():

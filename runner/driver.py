@@ -77,7 +77,6 @@ class SearchDriver:
         self._running: dict[int, optuna.Trial] = {}
         self._epochs: dict[int, int] = {}  # a trial's own epochs: it is never judged at its last
         self._last: dict[int, dict[str, Any]] = {}
-        self._nodes: dict[int, str] = {}
 
     # --- asking ----------------------------------------------------------------------------------
     def ask(self) -> tuple[int, dict[str, Any]]:
@@ -95,14 +94,10 @@ class SearchDriver:
 
     # --- during a trial --------------------------------------------------------------------------
     def placed(self, number: int, node: str) -> None:
-        """Where a trial runs (a cluster node), recorded once, as soon as its first result arrives."""
+        """Where a trial runs (a cluster node): recorded with the trial, for trials.csv and the report."""
         trial = self._running.get(number)
-        if trial is not None and number not in self._nodes:
-            self._nodes[number] = node
+        if trial is not None:
             trial.set_user_attr(rundir.ATTR_NODE, node)
-
-    def node_of(self, number: int) -> str | None:
-        return self._nodes.get(number)
 
     def report(self, number: int, epoch: int, row: dict[str, Any]) -> bool:
         """A trial's figures after ``epoch``; True when early stopping says it should stop now."""
@@ -159,7 +154,6 @@ class SearchDriver:
         trial = self._running.pop(number)
         self._last.pop(number, None)
         self._epochs.pop(number, None)
-        self._nodes.pop(number, None)
         try:
             self.study.tell(trial, values, state=state)
         except Exception as err:  # noqa: BLE001 - never leave a RUNNING trial behind

@@ -250,6 +250,11 @@ def _check_local_resources(space: Any, gpus_here: int) -> None:
                         "GPUs here")
 
 
+def _out_of_time(space: Any, start: float) -> bool:
+    """Whether the search has used up ``search.timeout_s`` since ``start`` (a perf_counter reading)."""
+    return space.search.timeout_s is not None and time.perf_counter() - start >= space.search.timeout_s
+
+
 def run_search(args: argparse.Namespace) -> int:
     """Validate, prepare the run directory, run the trials, print the front. Returns the exit status."""
     import_plugins(plugin_modules())
@@ -323,8 +328,7 @@ def run_search(args: argparse.Namespace) -> int:
                 run_optuna(driver, n_trials=remaining, timeout_s=space.search.timeout_s)
             # Trials lost with a cluster node do not count: run their replacements, while that makes progress.
             left = max(0, total - trials_done(study))
-            out_of_time = space.search.timeout_s is not None and time.perf_counter() - start >= space.search.timeout_s
-            if backend != "ray" or left >= remaining or out_of_time:
+            if backend != "ray" or left >= remaining or _out_of_time(space, start):
                 break
             remaining, session = left, f"{session}+"
     except KeyboardInterrupt:
@@ -340,7 +344,7 @@ def run_search(args: argparse.Namespace) -> int:
         fail_unfinished(study)  # trials a Ctrl-C cut short: FAIL now, so the journal and trials.csv agree
         rundir.write_trials_csv(out, study, space.objective_names)
         done = trials_done(study)
-        timed_out = space.search.timeout_s is not None and time.perf_counter() - start >= space.search.timeout_s
+        timed_out = _out_of_time(space, start)
         complete = done >= total or timed_out
         interrupted = interrupted or not complete
         rundir.finish_session(out, wall_time_s=time.perf_counter() - start, finished=complete)

@@ -250,7 +250,7 @@ class DriverSearcher(Searcher):
         super().__init__()
         self.driver = driver
         self._numbers: dict[str, int] = {}  # Tune trial id -> Optuna trial number
-        self._node_ids: dict[str, str] = {}  # Tune trial id -> the Ray node it reported from
+        self._nodes: dict[str, tuple[str, str]] = {}  # Tune trial id -> (node label, Ray node id) it runs on
 
     def suggest(self, trial_id: str) -> dict[str, Any]:
         number, payload = self.driver.ask()
@@ -258,25 +258,23 @@ class DriverSearcher(Searcher):
         return {PAYLOAD_KEY: payload}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
+        """The first result (reported before training) says where the trial runs: recorded once."""
         number = self._numbers.get(trial_id)
-        if number is not None and result.get(NODE_KEY):
-            self.driver.placed(number, str(result[NODE_KEY]))
-            self._node_ids.setdefault(trial_id, str(result.get(NODE_ID_KEY) or ""))
+        if number is not None and trial_id not in self._nodes and result.get(NODE_KEY):
+            self._nodes[trial_id] = (str(result[NODE_KEY]), str(result.get(NODE_ID_KEY) or ""))
+            self.driver.placed(number, self._nodes[trial_id][0])
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         number = self._numbers.pop(trial_id, None)
-        node_id = self._node_ids.pop(trial_id, "")
+        node, node_id = self._nodes.pop(trial_id, ("", ""))
         if number is None:
             return
-        if result:
-            self.on_trial_result(trial_id, result)
         if result and result.get("final") and not result.get("failed"):
             self.driver.complete(number, result)
         elif result and result.get("failed"):
             self.driver.fail(number, str(result.get("error") or "failed"))  # the worker wrote error.txt
         elif error:
-            lost = bool(node_id) and node_lost(node_id)
-            self.driver.fail(number, NODE_LOST.format(node=self.driver.node_of(number)) if lost else CRASHED)
+            self.driver.fail(number, NODE_LOST.format(node=node) if node_id and node_lost(node_id) else CRASHED)
         elif result:
             self.driver.prune(number)  # stopped before its final result: early stopping, or the time budget
         else:
