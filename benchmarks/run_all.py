@@ -31,6 +31,8 @@ Order (each one a separate process, so one heavy job at a time; each writes its 
 9. ``bench_gpu.py``               the real-cells search, fractional-GPU packing and exported-model
                                   throughput on CUDA (skipped, with a message, where torch sees no GPU
                                   or pbc28.npz is absent; its section then stays as it was)
+   ``bench_gpu_paths.py``         a trial's device path on CUDA (data on the GPU, bf16) and compiled .pt2
+                                  inference, per strategy (skipped like bench_gpu.py)
 10. ``bench_reliability.py``      a 200-trial soak (driver memory per trial), 10 kill -9 / --resume
                                   cycles per backend, hostile and careless input (about 15 minutes)
 
@@ -85,6 +87,7 @@ def plan(export_run: Path | None, tmp: Path, pbc28_run: Path | None = None,
                              f"this version={cells64_run or tmp / 'runs' / 'cells64'}"]]),
         ("export", make_cells + [[PY, "benchmarks/bench_export.py", str(cells_run)]]),
         ("gpu", [[PY, "benchmarks/bench_gpu.py"]]),
+        ("gpu_paths", [[PY, "benchmarks/bench_gpu_paths.py"]]),
         ("reliability", [[PY, "benchmarks/bench_reliability.py"]]),
     ]
 

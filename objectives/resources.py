@@ -112,6 +112,9 @@ def measure_peak_memory_mb(model: nn.Module, images: torch.Tensor) -> float:
     with inference(model):
         if images.is_cuda:
             device = images.device
+            # one forward first: the libraries' own buffers (cuBLAS's workspace, about 33 MiB, comes back
+            # after anything captured a CUDA graph) are allocated then and are not the model's memory
+            model(images)
             torch.cuda.synchronize(device)
             before = torch.cuda.memory_allocated(device)
             torch.cuda.reset_peak_memory_stats(device)

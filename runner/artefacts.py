@@ -51,7 +51,9 @@ def pt2_runner(path: Path, *, device: str = "cpu", compiled: bool = False) -> Ru
     seen is kept, shorter batches are padded to it, so a last short batch does not compile again."""
     program = load_program(path)  # refuses an archive that would unpickle anything
     if device == "cuda":
-        program = move_to_device_pass(program, "cuda")
+        # an explicit index: the pass writes its device into the program's metadata checks, and a compiled
+        # program compares "cuda" with the inputs' "cuda:0" and fails (seen with torch 2.11 on an H200)
+        program = move_to_device_pass(program, torch.device("cuda", torch.cuda.current_device()))
     module = program.module()
     if compiled:
         module = torch.compile(module, mode="reduce-overhead" if device == "cuda" else None, dynamic=False)

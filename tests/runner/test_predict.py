@@ -400,6 +400,19 @@ def test_cuda_matches_cpu(export_dir: Path, images: Path) -> None:
                                [float(r["probability"]) for r in gpu.rows], atol=1e-4)
 
 
+@pytest.mark.gpu
+def test_compiled_on_cuda_matches_cpu(export_dir: Path, images: Path) -> None:
+    """CUDA graphs (reduce-overhead) replay into one output buffer: each batch's logits must be copied
+    out before the next replay, and the padded last batch (6 images in batches of 4) cut back."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    cpu = P.predict(export_dir, [images], fmt="pt2")
+    gpu = P.predict(export_dir, [images], fmt="pt2", device="cuda", batch_size=4, compiled=True)
+    assert [r["predicted"] for r in cpu.rows] == [r["predicted"] for r in gpu.rows]
+    np.testing.assert_allclose([float(r["probability"]) for r in cpu.rows],
+                               [float(r["probability"]) for r in gpu.rows], atol=1e-4)
+
+
 def test_a_card_naming_a_file_outside_its_export_is_refused(tmp_path) -> None:
     """A model card is data a user may be handed: it cannot point predict at a file elsewhere."""
     from runner.predict import load_runtime
