@@ -6,6 +6,7 @@ scripts can be re-run one at a time without clobbering each other's figures.
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import os
 import platform
@@ -17,6 +18,7 @@ from pathlib import Path
 import torch
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+PBC28_DEFAULT = DOC.parents[1] / ".." / "shared" / "data" / "pbc28.npz"
 HEADER = "# Benchmarks\n\nEvery figure here is written by a script in `benchmarks/`; re-run it to refresh its section.\n"
 
 
@@ -64,3 +66,28 @@ def markdown_table(header: list[str], rows: list[list[object]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def add_pbc28_argument(parser: argparse.ArgumentParser) -> None:
+    """``--data``: pbc28.npz, by default ``$PBC28_NPZ``, else ``../shared/data/pbc28.npz`` beside the project."""
+    parser.add_argument("--data", type=Path, default=Path(os.environ.get("PBC28_NPZ", PBC28_DEFAULT)),
+                        help="pbc28.npz (default: $PBC28_NPZ, else ../shared/data/pbc28.npz)")
+
+
+def pbc28_missing(path: Path) -> str | None:
+    """The line a GPU benchmark prints when it skips for want of pbc28.npz at ``path``, else None."""
+    return None if path.exists() else f"skipped: pbc28.npz not found at {path} (pass --data or set PBC28_NPZ)"
+
+
+def gpu_machine() -> dict[str, object]:
+    """The machine record a GPU section starts with: the first CUDA device, torch, CPUs, Python, date."""
+    props = torch.cuda.get_device_properties(0)
+    return {
+        "gpu": torch.cuda.get_device_name(0),
+        "gpu_memory_gib": round(props.total_memory / 2**30, 1),
+        "cuda": torch.version.cuda,
+        "torch": torch.__version__,
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "date": dt.date.today().isoformat(),
+    }

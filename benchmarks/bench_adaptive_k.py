@@ -14,7 +14,10 @@ difference has to be read against. The ablation beside the claim: a fixed k chos
 final k loss_trend reached (same seed), which says what learning k during training adds over simply
 picking the smaller k.
 
-    python benchmarks/bench_adaptive_k.py [--seeds 0 1 2] [--tolerance 0.03 0.015] [--no-write]
+``--k-curve`` adds fixed-k runs at other initial fractions (same seeds): the accuracy-against-k curve
+the rule moves along, which says whether a smaller k can be free at all for this config.
+
+    python benchmarks/bench_adaptive_k.py [--seeds 0 1 2] [--tolerance 0.03 0.015] [--k-curve 0.05 0.15] [--no-write]
 """
 
 from __future__ import annotations
@@ -43,8 +46,8 @@ FLOPS_TARGET, POINTS_TARGET = 0.40, 1.0
 def train(overrides: dict, *, data, seed: int, workdir: Path) -> dict:
     config = {**default_config("sparse_topk"), **TRAINING, **overrides}
     start = time.perf_counter()
-    metrics = run_trial(config, data=data, trial_dir=workdir / f"{overrides['k_rule']}-{overrides.get('k_tolerance', '')}-{seed}",
-                        objectives=["accuracy", "flops"], seed=seed)
+    name = "-".join(str(overrides.get(key, "")) for key in ("k_rule", "k_tolerance", "k_fraction"))
+    metrics = run_trial(config, data=data, trial_dir=workdir / f"{name}-{seed}", objectives=["accuracy", "flops"], seed=seed)
     return {"val": float(metrics["val_accuracy"]), "flops": float(metrics["flops"]), "k": metrics.get("k_final"),
             "seconds": time.perf_counter() - start}
 
@@ -55,6 +58,17 @@ def summarise(pairs: list[tuple[dict, dict]]) -> dict[str, float]:
     return {"saved": statistics.mean(saved), "cost": statistics.mean(cost),
             "cost_sd": statistics.stdev(cost) if len(cost) > 1 else 0.0,
             "fixed_sd": 100 * statistics.stdev([f["val"] for f, _ in pairs]) if len(pairs) > 1 else 0.0}
+
+
+def curve_table(curve: dict[float, list[dict]]) -> tuple[list[list], float]:
+    """Rows of the accuracy-against-k table, and the fraction with the best mean validation accuracy."""
+    rows, means = [], {}
+    for fraction in sorted(curve):
+        runs = curve[fraction]
+        means[fraction] = statistics.mean(r["val"] for r in runs)
+        rows.append([f"{fraction:g}", f"{runs[0]['k']:g}", f"{runs[0]['flops'] / 1e6:.2f}", f"{100 * means[fraction]:.1f}%",
+                     ", ".join(f"{100 * r['val']:.1f}%" for r in runs)])
+    return rows, max(means, key=means.get)
 
 
 def verdict(tolerance: float, s: dict[str, float]) -> str:
@@ -68,7 +82,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--tolerance", type=float, nargs="+", default=[default_config("sparse_topk")["k_tolerance"]],
                         help="loss_trend's k_tolerance values to try (the default config's first)")
-    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--k-curve", type=float, nargs="*", default=[],
+                        help="also train fixed k at these k_fraction values (the accuracy-against-k curve)")
+    parser.add_argument("--size", type=int, default=32, help="frame side of the synthetic cells (default 32)")
+    parser.add_argument("--k-fraction", type=float, default=default_config("sparse_topk")["k_fraction"],
+                        help="initial k as a fraction of the frame, for every variant (default: the default config's)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = parser.parse_args()
@@ -76,11 +94,13 @@ def main() -> None:
     data = load_dataset(source="synthetic", image_size=args.size, seed=0)
     rows, summaries = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        fixed = {seed: train({"k_rule": "fixed"}, data=data, seed=seed, workdir=Path(tmp)) for seed in args.seeds}
+        initial = {"k_fraction": args.k_fraction}
+        fixed = {seed: train({"k_rule": "fixed", **initial}, data=data, seed=seed, workdir=Path(tmp)) for seed in args.seeds}
         for tolerance in args.tolerance:
             pairs, matched_pairs = [], []
             for seed in args.seeds:
-                adaptive = train({"k_rule": "loss_trend", "k_tolerance": tolerance}, data=data, seed=seed, workdir=Path(tmp))
+                adaptive = train({"k_rule": "loss_trend", "k_tolerance": tolerance, **initial}, data=data, seed=seed,
+                                 workdir=Path(tmp))
                 matched = train({"k_rule": "fixed", "k_fraction": adaptive["k"] / args.size**2, "k_tolerance": tolerance},
                                 data=data, seed=seed, workdir=Path(tmp) / "matched")
                 f = fixed[seed]
@@ -95,10 +115,17 @@ def main() -> None:
             summaries.append(f"{verdict(tolerance, summarise(pairs))}; the same final k fixed from the start costs "
                              f"{m['cost']:+.1f} points")
             print(summaries[-1], flush=True)
+        curve = {fraction: [train({"k_rule": "fixed", "k_fraction": fraction}, data=data, seed=seed, workdir=Path(tmp) / "curve")
+                            for seed in args.seeds] for fraction in args.k_curve}
+    curve[args.k_fraction] = list(fixed.values())
+    curve_rows, peak = curve_table(curve)
     spread = summarise(list(zip(fixed.values(), fixed.values(), strict=True)))["fixed_sd"]
-    short = ("**In short:** sparse_topk's default config, loss_trend against fixed k over seeds "
+    short = (f"**In short:** sparse_topk's default config on {args.size}-px cells (initial k {args.k_fraction:g} of the "
+             "frame), loss_trend against fixed k over seeds "
              f"{', '.join(map(str, args.seeds))}: " + "; ".join(summaries) +
-             f". The fixed-k runs alone spread by {spread:.1f} points (sd of validation accuracy over seeds).")
+             f". The fixed-k runs alone spread by {spread:.1f} points (sd of validation accuracy over seeds)."
+             + (f" Fixed k over initial fractions {', '.join(f'{f:g}' for f in sorted(curve))}: validation accuracy "
+                f"peaks at {peak:g} of the frame." if len(curve) > 1 else ""))
     table = markdown_table(["k_tolerance", "seed", "fixed val", "loss_trend val", "final k fixed val", "fixed k", "final k",
                             "fixed MFLOPs", "loss_trend MFLOPs", "FLOPs saved", "loss_trend cost (points)",
                             "final k fixed cost (points)"], rows)
@@ -106,12 +133,18 @@ def main() -> None:
     if not args.no_write:
         command = "python benchmarks/bench_adaptive_k.py " + " ".join(sys.argv[1:])
         body = (f"{stamp(command.strip())}\n\n{short}\n\n"
-                f"sparse_topk's default config (k_fraction {default_config('sparse_topk')['k_fraction']:g} of the frame), "
+                f"sparse_topk's default config (k_fraction {args.k_fraction:g} of the frame), "
                 f"{args.size}-px synthetic cells, {TRAINING['epochs']} epochs, the project's trial loop; the same seed trains "
                 "every variant. FLOPs are measured at each run's final k. Target: at least 40% fewer FLOPs at no more than "
                 "1 point lower validation accuracy. \"final k fixed\": k fixed from the start at the final k loss_trend "
                 f"reached with the same seed (the ablation).\n\n{table}\n")
-        write_section("adaptive_k", "Adaptive k against fixed k", body)
+        if len(curve) > 1:
+            body += ("\nFixed k at other initial fractions (the accuracy-against-k curve; mean over the same seeds):\n\n"
+                     + markdown_table(["k_fraction", "k", "MFLOPs", "val acc (mean)", "val acc per seed"], curve_rows) + "\n")
+        # one section per frame size: the 32-px one is the default config's own setting
+        name, title = ("adaptive_k", "Adaptive k against fixed k") if args.size == 32 else \
+            (f"adaptive_k_{args.size}px", f"Adaptive k against fixed k, {args.size}-px cells")
+        write_section(name, title, body)
 
 
 if __name__ == "__main__":

@@ -28,11 +28,9 @@ saved file, and ``--cpu-run`` adds a per-strategy comparison with a CPU run of t
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import math
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -47,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
 
-from _doc import markdown_table, own_command, write_section  # noqa: E402
+from _doc import add_pbc28_argument, gpu_machine, markdown_table, own_command, pbc28_missing, write_section  # noqa: E402
 from _front import FRONT_HEADER, best_in, describe, eligible, front_rows, pct, run_search  # noqa: E402
 
 from cellsparse.rundir import read_trials  # noqa: E402
@@ -60,19 +58,6 @@ TARGET = 10_000  # cells per second, an imaging flow cytometer's rate
 
 # ---------------------------------------------------------------------------------------------
 # Measuring
-
-
-def machine_info() -> dict[str, Any]:
-    props = torch.cuda.get_device_properties(0)
-    return {
-        "gpu": torch.cuda.get_device_name(0),
-        "gpu_memory_gib": round(props.total_memory / 2**30, 1),
-        "cuda": torch.version.cuda,
-        "torch": torch.__version__,
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "date": dt.date.today().isoformat(),
-    }
 
 
 def derived_space(tmp: Path, name: str, data: Path, edit: dict[str, Any]) -> Path:
@@ -201,7 +186,7 @@ def throughput(run_dir: Path, tmp: Path, batch_sizes: tuple[int, ...], device: s
 
 
 def measure(args: argparse.Namespace, save: Any) -> dict[str, Any]:
-    results: dict[str, Any] = {"machine": machine_info()}
+    results: dict[str, Any] = {"machine": gpu_machine()}
     cpus = args.cpus_per_trial or max(1, (os.cpu_count() or 1) // max(args.per_gpu, *args.packing))
     with tempfile.TemporaryDirectory(prefix="cellsparse-gpu-") as name:
         tmp = Path(name)
@@ -385,9 +370,7 @@ def render(results: dict[str, Any], cpu_run: Path | None, command: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    default_data = Path(os.environ.get("PBC28_NPZ", ROOT / ".." / "shared" / "data" / "pbc28.npz"))
-    parser.add_argument("--data", type=Path, default=default_data,
-                        help="pbc28.npz (default: $PBC28_NPZ, else ../shared/data/pbc28.npz)")
+    add_pbc28_argument(parser)
     parser.add_argument("--per-gpu", type=int, default=8, help="trials sharing the GPU in the real-cells search (default 8)")
     parser.add_argument("--cpus-per-trial", type=int, help="CPUs per trial (default: the CPUs / the most trials per GPU)")
     parser.add_argument("--search-limit-s", type=float, default=300, help="safety stop of the real-cells search (s)")
@@ -408,8 +391,8 @@ def main(argv: list[str] | None = None) -> int:
         if not torch.cuda.is_available():
             print("skipped: torch sees no CUDA device on this machine")
             return 0
-        if not args.data.exists():
-            print(f"skipped: pbc28.npz not found at {args.data} (pass --data or set PBC28_NPZ)")
+        if missing := pbc28_missing(args.data):
+            print(missing)
             return 0
         args.data = args.data.resolve()
         command = own_command("bench_gpu.py", argv)

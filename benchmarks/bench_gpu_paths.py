@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
 
-from _doc import markdown_table, own_command, write_section  # noqa: E402
+from _doc import add_pbc28_argument, gpu_machine, markdown_table, own_command, pbc28_missing, write_section  # noqa: E402
 
 from runner import trial as trial_module  # noqa: E402
 from runner.artefacts import pt2_runner  # noqa: E402
@@ -64,16 +64,6 @@ VARIANTS = (("fp32, batches copied from the host", "fp32", False),
             ("bf16, data on the GPU", "bf16", True))
 BATCH_SIZES = (256, 4096)
 COMPILED = ".pt2 compiled (predict --compile)"
-
-
-def machine_info(device: str) -> dict[str, Any]:
-    info: dict[str, Any] = {"torch": torch.__version__, "cpus": os.cpu_count(), "python": platform.python_version(),
-                            "date": dt.date.today().isoformat(), "device": device}
-    if device == "cuda":
-        props = torch.cuda.get_device_properties(0)
-        info.update(gpu=torch.cuda.get_device_name(0), gpu_memory_gib=round(props.total_memory / 2**30, 1),
-                    cuda=torch.version.cuda)
-    return info
 
 
 def train_variants(data: Any, tmp: Path, *, device: str, epochs: int, save: Any, results: dict[str, Any]) -> None:
@@ -244,9 +234,7 @@ def render(results: dict[str, Any], command: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    default_data = Path(os.environ.get("PBC28_NPZ", ROOT / ".." / "shared" / "data" / "pbc28.npz"))
-    parser.add_argument("--data", type=Path, default=default_data,
-                        help="pbc28.npz (default: $PBC28_NPZ, else ../shared/data/pbc28.npz)")
+    add_pbc28_argument(parser)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--train", type=int, help="training images (default: the whole split)")
@@ -263,10 +251,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.device == "cuda" and not torch.cuda.is_available():
             print("skipped: torch sees no CUDA device on this machine")
             return 0
-        if not args.data.exists():
-            print(f"skipped: pbc28.npz not found at {args.data} (pass --data or set PBC28_NPZ)")
+        if missing := pbc28_missing(args.data):
+            print(missing)
             return 0
-        results = {"machine": machine_info(args.device), "command": command}
+        machine = gpu_machine() if args.device == "cuda" else {
+            "torch": torch.__version__, "cpus": os.cpu_count(), "python": platform.python_version(),
+            "date": dt.date.today().isoformat()}
+        results = {"machine": {**machine, "device": args.device}, "command": command}
 
         def save(figures: dict[str, Any]) -> None:
             if args.json:
