@@ -17,6 +17,7 @@ import argparse
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -47,8 +48,8 @@ def goal_pair(frame: pd.DataFrame) -> tuple[pd.Series | None, pd.Series | None]:
     return (cheap.loc[cheap["accuracy"].idxmax()] if not cheap.empty else None), d
 
 
-def goal(frame: pd.DataFrame) -> str:
-    """The goal's verdict on accuracy and FLOPs for the pair ``goal_pair`` picks."""
+def goal(frame: pd.DataFrame, name: Callable[[pd.Series], str] = lambda r: f"{r['strategy']} #{int(r['number'])}") -> str:
+    """The goal's verdict on accuracy and FLOPs for the pair ``goal_pair`` picks (``name`` names a trial)."""
     if frame[~frame["sparse"]].empty or frame[frame["sparse"]].empty:
         return "needs both sparse and dense trials"
     s, d = goal_pair(frame)
@@ -56,32 +57,33 @@ def goal(frame: pd.DataFrame) -> str:
         return f"no sparse trial within 1/3 of the best dense model's {d['flops'] / 1e6:.2f} MFLOPs"
     gap = 100 * (d["test_accuracy"] - s["test_accuracy"])
     verdict = "met" if gap <= GOAL_POINTS else f"short by {gap - GOAL_POINTS:.1f} points"
-    return (f"{verdict}: {s['strategy']} #{int(s['number'])} {100 * s['test_accuracy']:.1f}% test at "
-            f"{s['flops'] / 1e6:.2f} MFLOPs against {d['strategy']} #{int(d['number'])} {100 * d['test_accuracy']:.1f}% "
+    return (f"{verdict}: {name(s)} {100 * s['test_accuracy']:.1f}% test at "
+            f"{s['flops'] / 1e6:.2f} MFLOPs against {name(d)} {100 * d['test_accuracy']:.1f}% "
             f"at {d['flops'] / 1e6:.2f} MFLOPs")
 
 
-def throughput(run_dir: Path, frame: pd.DataFrame, *, batch: int = GOAL_BATCH) -> str:
+def throughput(frame: pd.DataFrame, trial_dir: Callable[[pd.Series], Path], *, batch: int = GOAL_BATCH,
+               name: Callable[[pd.Series], str] = lambda r: f"{r['strategy']} #{int(r['number'])}") -> str:
     """The goal's throughput half: the goal pair's CPU images/s at ``batch``, each model's faster of torch
-    (eager, .pt2) and onnxruntime with every core, timed side by side (``bench_export.time_model``)."""
+    (eager, .pt2) and onnxruntime with every core, timed side by side (``bench_export.time_model``);
+    ``trial_dir`` finds a trial's folder from its row."""
     from bench_export import time_model
 
     s, d = goal_pair(frame)
     if s is None or d is None:
         return "no goal pair to time"
     threads = os.cpu_count() or 1
-    rates = {}
+    rates = []
     with tempfile.TemporaryDirectory() as tmp:
         for row in (s, d):
-            _, rows = time_model(run_dir / TRIALS_DIR / str(int(row["number"])), Path(tmp), threads=[threads],
-                                 batch_sizes=[batch])
+            _, rows = time_model(trial_dir(row), Path(tmp), threads=[threads], batch_sizes=[batch])
             best = max(rows, key=lambda r: r["images_per_s"])
-            rates[int(row["number"])] = (best["images_per_s"], best["runtime"])
-    (rs, ws), (rd, wd) = rates[int(s["number"])], rates[int(d["number"])]
+            rates.append((best["images_per_s"], best["runtime"]))
+    (rs, ws), (rd, wd) = rates
     ratio = rs / rd
-    return (f"CPU throughput at batch {batch} ({threads} threads, the faster runtime of each): {s['strategy']} "
-            f"#{int(s['number'])} {rs:,.0f} images/s ({ws}) against {d['strategy']} #{int(d['number'])} {rd:,.0f} "
-            f"images/s ({wd}), {ratio:.2f}x: {'meets' if ratio >= GOAL_SPEEDUP else 'misses'} the {GOAL_SPEEDUP:g}x target")
+    return (f"CPU throughput at batch {batch} ({threads} threads, the faster runtime of each): {name(s)} {rs:,.0f} "
+            f"images/s ({ws}) against {name(d)} {rd:,.0f} images/s ({wd}), {ratio:.2f}x: "
+            f"{'meets' if ratio >= GOAL_SPEEDUP else 'misses'} the {GOAL_SPEEDUP:g}x target")
 
 
 def in_short(table: list[list[object]], goals: list[str]) -> str:
@@ -160,7 +162,8 @@ def main() -> None:
     short += f" {downscaled_dense(last, fronts[last], int(loaded[last].space['data']['image_size']))}."
     if args.throughput:
         trials = loaded[last].trials
-        short += f" {throughput(runs[last], trials[eligible_mask(trials, ['accuracy', 'flops'])])}."
+        ok = trials[eligible_mask(trials, ["accuracy", "flops"])]
+        short += f" {throughput(ok, lambda r: runs[last] / TRIALS_DIR / str(int(r['number'])))}."
     text = markdown_table(header, table) + "\n\nThe goal, a sparse model within 1 point of the best dense model's test " \
         "accuracy at no more than 33% of its FLOPs:\n\n" + "\n".join(goals) + "\n\n" + fronts_text(fronts)
     print(short + "\n\n" + text)

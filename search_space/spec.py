@@ -500,6 +500,13 @@ def parse_space(raw: Any, *, source: Path) -> SearchSpace:
     return SearchSpace(name, seed, source, data, objectives, constraints, training, search, model)
 
 
+def accepted_keys(strategy: str) -> dict[str, ParamSpec]:
+    """Every key a strategy's block (or ``space.shared`` on its behalf) may set: its own parameters,
+    the k-rule keys where it has a k, and ``input_size``."""
+    info = get_strategy(strategy)
+    return {**info.params, **(K_RULE_PARAMS if info.uses_k_rule else {}), **INPUT_PARAMS}
+
+
 def _parse_data(where: _Where, raw: dict[str, Any]) -> DataSpec:
     _check_keys(where, "data", raw, _DATA_KEYS)
     source = _choice(where, "data.source", raw.get("source", "synthetic"), SOURCES, "data source")
@@ -695,25 +702,21 @@ def _parse_model(where: _Where, raw: dict[str, Any], image_size: int) -> ModelSp
         if name not in valid_names:
             raise where.fail(f"space.strategy.{name}", f"unknown strategy {name!r}{_nearest(name, valid_names)}")
 
-    def accepted(name: str) -> dict[str, ParamSpec]:
-        info = get_strategy(name)
-        return {**info.params, **(K_RULE_PARAMS if info.uses_k_rule else {}), **INPUT_PARAMS}
-
     shared_raw = _mapping(where, "space.shared", raw.get("shared"))
     shared: dict[str, Param] = {}
     for key, value in shared_raw.items():
-        users = [n for n in blocks if key in accepted(n)]
+        users = [n for n in blocks if key in accepted_keys(n)]
         if not users:
-            every = sorted({k for n in blocks for k in accepted(n)})
+            every = sorted({k for n in blocks for k in accepted_keys(n)})
             raise where.fail(f"space.shared.{key}", f"no chosen strategy takes {key!r}{_nearest(key, every)}")
-        shared[key] = _param(where, f"space.shared.{key}", value, accepted(users[0])[key])
+        shared[key] = _param(where, f"space.shared.{key}", value, accepted_keys(users[0])[key])
         _check_input_size(where, f"space.shared.{key}", key, shared[key], image_size)
 
     strategies = []
     for name, block in blocks.items():
         path = f"space.strategy.{name}"
         block = _mapping(where, path, block)
-        valid = accepted(name)
+        valid = accepted_keys(name)
         _check_keys(where, path, block, list(valid))
         params = {k: p for k, p in shared.items() if k in valid}
         for key, value in block.items():
