@@ -23,10 +23,12 @@ the rule moves along, which says whether a smaller k can be free at all for this
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -43,11 +45,20 @@ from search_space import default_config  # noqa: E402
 FLOPS_TARGET, POINTS_TARGET = 0.40, 1.0
 
 
-def train(overrides: dict, *, data, seed: int, workdir: Path) -> dict:
+_DATA: dict[str, object] = {}  # each worker's copy of the synthetic cells, made once
+
+
+def _init_worker(size: int, threads: int) -> None:
+    torch.set_num_threads(threads)
+    _DATA["data"] = load_dataset(source="synthetic", image_size=size, seed=0)
+
+
+def train(overrides: dict, seed: int) -> dict:
+    """One run of the default config with ``overrides``, in this worker, in a folder of its own."""
     config = {**default_config("sparse_topk"), **TRAINING, **overrides}
     start = time.perf_counter()
-    name = "-".join(str(overrides.get(key, "")) for key in ("k_rule", "k_tolerance", "k_fraction"))
-    metrics = run_trial(config, data=data, trial_dir=workdir / f"{name}-{seed}", objectives=["accuracy", "flops"], seed=seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        metrics = run_trial(config, data=_DATA["data"], trial_dir=Path(tmp), objectives=["accuracy", "flops"], seed=seed)
     return {"val": float(metrics["val_accuracy"]), "flops": float(metrics["flops"]), "k": metrics.get("k_final"),
             "seconds": time.perf_counter() - start}
 
@@ -71,52 +82,59 @@ def curve_table(curve: dict[float, list[dict]]) -> tuple[list[list], float]:
     return rows, max(means, key=means.get)
 
 
-def verdict(tolerance: float, s: dict[str, float]) -> str:
+def verdict(setting: tuple[float, float], s: dict[str, float]) -> str:
     met = s["saved"] >= FLOPS_TARGET and s["cost"] <= POINTS_TARGET
-    return (f"k_tolerance {tolerance:g}: {100 * s['saved']:.0f}% fewer FLOPs at {s['cost']:+.1f} points of validation "
-            f"accuracy (sd {s['cost_sd']:.1f} over seeds) - target {'met' if met else 'not met'}")
+    return (f"k_tolerance {setting[0]:g}, k_min_fraction {setting[1]:g}: {100 * s['saved']:.0f}% fewer FLOPs at "
+            f"{s['cost']:+.1f} points of validation accuracy (sd {s['cost_sd']:.1f} over seeds) - target "
+            f"{'met' if met else 'not met'}")
 
 
 def main() -> None:
+    defaults = default_config("sparse_topk")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--tolerance", type=float, nargs="+", default=[default_config("sparse_topk")["k_tolerance"]],
-                        help="loss_trend's k_tolerance values to try (the default config's first)")
+    parser.add_argument("--tolerance", type=float, nargs="+", default=[defaults["k_tolerance"]],
+                        help="loss_trend's k_tolerance values to try (default: the default config's)")
+    parser.add_argument("--k-min-fraction", type=float, nargs="+", default=[defaults["k_min_fraction"]],
+                        help="loss_trend's floor, as a fraction of the initial k, values to try (default: the default config's)")
     parser.add_argument("--k-curve", type=float, nargs="*", default=[],
                         help="also train fixed k at these k_fraction values (the accuracy-against-k curve)")
     parser.add_argument("--size", type=int, default=32, help="frame side of the synthetic cells (default 32)")
-    parser.add_argument("--k-fraction", type=float, default=default_config("sparse_topk")["k_fraction"],
+    parser.add_argument("--k-fraction", type=float, default=defaults["k_fraction"],
                         help="initial k as a fraction of the frame, for every variant (default: the default config's)")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once, each in a process of its own (same numbers)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    data = load_dataset(source="synthetic", image_size=args.size, seed=0)
+    settings = [(t, m) for t in args.tolerance for m in args.k_min_fraction]
+    initial = {"k_fraction": args.k_fraction}
+    spawn = multiprocessing.get_context("spawn")  # fresh interpreters: no torch state forked mid-flight
+    with ProcessPoolExecutor(args.jobs, mp_context=spawn, initializer=_init_worker, initargs=(args.size, args.threads)) as pool:
+        # every run that needs no other first; then k fixed at each loss_trend run's final k (the ablation)
+        fixed_f = {seed: pool.submit(train, {"k_rule": "fixed", **initial}, seed) for seed in args.seeds}
+        adaptive_f = {(st, seed): pool.submit(train, {"k_rule": "loss_trend", "k_tolerance": st[0],
+                                                      "k_min_fraction": st[1], **initial}, seed)
+                      for st in settings for seed in args.seeds}
+        curve_f = {(fraction, seed): pool.submit(train, {"k_rule": "fixed", "k_fraction": fraction}, seed)
+                   for fraction in args.k_curve for seed in args.seeds}
+        fixed = {seed: f.result() for seed, f in fixed_f.items()}
+        adaptive = {key: f.result() for key, f in adaptive_f.items()}
+        matched_f = {key: pool.submit(train, {"k_rule": "fixed", "k_fraction": run["k"] / args.size**2}, key[1])
+                     for key, run in adaptive.items()}
+        matched = {key: f.result() for key, f in matched_f.items()}
+        curve = {fraction: [curve_f[(fraction, seed)].result() for seed in args.seeds] for fraction in args.k_curve}
     rows, summaries = [], []
-    with tempfile.TemporaryDirectory() as tmp:
-        initial = {"k_fraction": args.k_fraction}
-        fixed = {seed: train({"k_rule": "fixed", **initial}, data=data, seed=seed, workdir=Path(tmp)) for seed in args.seeds}
-        for tolerance in args.tolerance:
-            pairs, matched_pairs = [], []
-            for seed in args.seeds:
-                adaptive = train({"k_rule": "loss_trend", "k_tolerance": tolerance, **initial}, data=data, seed=seed,
-                                 workdir=Path(tmp))
-                matched = train({"k_rule": "fixed", "k_fraction": adaptive["k"] / args.size**2, "k_tolerance": tolerance},
-                                data=data, seed=seed, workdir=Path(tmp) / "matched")
-                f = fixed[seed]
-                pairs.append((f, adaptive))
-                matched_pairs.append((f, matched))
-                rows.append([f"{tolerance:g}", seed, f"{100 * f['val']:.1f}%", f"{100 * adaptive['val']:.1f}%",
-                             f"{100 * matched['val']:.1f}%", f"{f['k']:g}", f"{adaptive['k']:g}", f"{f['flops'] / 1e6:.2f}",
-                             f"{adaptive['flops'] / 1e6:.2f}", f"{100 * (1 - adaptive['flops'] / f['flops']):.0f}%",
-                             f"{100 * (f['val'] - adaptive['val']):+.1f}", f"{100 * (f['val'] - matched['val']):+.1f}"])
-                print(" | ".join(map(str, rows[-1])), flush=True)
-            m = summarise(matched_pairs)
-            summaries.append(f"{verdict(tolerance, summarise(pairs))}; the same final k fixed from the start costs "
-                             f"{m['cost']:+.1f} points")
-            print(summaries[-1], flush=True)
-        curve = {fraction: [train({"k_rule": "fixed", "k_fraction": fraction}, data=data, seed=seed, workdir=Path(tmp) / "curve")
-                            for seed in args.seeds] for fraction in args.k_curve}
+    for st in settings:
+        pairs = [(fixed[seed], adaptive[(st, seed)]) for seed in args.seeds]
+        matched_pairs = [(fixed[seed], matched[(st, seed)]) for seed in args.seeds]
+        for seed, (f, a), (_, m) in zip(args.seeds, pairs, matched_pairs, strict=True):
+            rows.append([f"{st[0]:g}", f"{st[1]:g}", seed, f"{100 * f['val']:.1f}%", f"{100 * a['val']:.1f}%",
+                         f"{100 * m['val']:.1f}%", f"{f['k']:g}", f"{a['k']:g}", f"{f['flops'] / 1e6:.2f}",
+                         f"{a['flops'] / 1e6:.2f}", f"{100 * (1 - a['flops'] / f['flops']):.0f}%",
+                         f"{100 * (f['val'] - a['val']):+.1f}", f"{100 * (f['val'] - m['val']):+.1f}"])
+            print(" | ".join(map(str, rows[-1])), flush=True)
+        m = summarise(matched_pairs)
+        summaries.append(f"{verdict(st, summarise(pairs))}; the same final k fixed from the start costs {m['cost']:+.1f} points")
     curve[args.k_fraction] = list(fixed.values())
     curve_rows, peak = curve_table(curve)
     spread = summarise(list(zip(fixed.values(), fixed.values(), strict=True)))["fixed_sd"]
@@ -126,9 +144,9 @@ def main() -> None:
              f". The fixed-k runs alone spread by {spread:.1f} points (sd of validation accuracy over seeds)."
              + (f" Fixed k over initial fractions {', '.join(f'{f:g}' for f in sorted(curve))}: validation accuracy "
                 f"peaks at {peak:g} of the frame." if len(curve) > 1 else ""))
-    table = markdown_table(["k_tolerance", "seed", "fixed val", "loss_trend val", "final k fixed val", "fixed k", "final k",
-                            "fixed MFLOPs", "loss_trend MFLOPs", "FLOPs saved", "loss_trend cost (points)",
-                            "final k fixed cost (points)"], rows)
+    table = markdown_table(["k_tolerance", "k_min_fraction", "seed", "fixed val", "loss_trend val", "final k fixed val",
+                            "fixed k", "final k", "fixed MFLOPs", "loss_trend MFLOPs", "FLOPs saved",
+                            "loss_trend cost (points)", "final k fixed cost (points)"], rows)
     print(short)
     if not args.no_write:
         command = "python benchmarks/bench_adaptive_k.py " + " ".join(sys.argv[1:])

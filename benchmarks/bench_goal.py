@@ -40,7 +40,7 @@ from bench_fronts import goal, hv, throughput  # noqa: E402
 
 from cellsparse.pareto import pareto_mask  # noqa: E402
 from cellsparse.rundir import SPACE_FILE, TRIALS_DIR, eligible_mask, load_run  # noqa: E402
-from search_space.spec import accepted_keys  # noqa: E402
+from search_space.spec import accepted_keys, load_space  # noqa: E402
 
 
 def single_strategy_space(space: Path, strategy: str, trials: int) -> dict:
@@ -99,6 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     space = Path(args.space) if args.space.endswith((".yaml", ".yml")) else ROOT / "search_space" / f"{args.space}.yaml"
     if not space.is_file():
         parser.error(f"--space {args.space}: no such space file ({space})")
+    data = load_space(space).data
+    if data.path is not None and not (ROOT / data.path).exists():
+        print(f"skipped: {space.name}'s data is not at {data.path} (set the variable its data.path names)")
+        return 0
     runs = {s: search(single_strategy_space(space, s, args.trials), args.out / f"{space.stem}_{s}") for s in args.strategies}
 
     loaded = {s: load_run(d) for s, d in runs.items()}
