@@ -33,8 +33,9 @@ n = k + 1. The attention pairs stay a minority while n < 4·D (at mlp_ratio 2): 
 6% of a 64-px frame. The default initial k, 10% of the pixels, is generous on purpose: the default
 k rule (``loss_trend``) takes it down to what the loss allows (on the synthetic cells at 32 px,
 seeds 0-2: to 4-5% of the pixels, 53% fewer FLOPs at 2.5 points lower validation accuracy than a
-fixed 10%, of which a fixed 5% from the start costs 1.3; docs/benchmarks.md, "Adaptive k against
-fixed k"). The default coarse map runs at full
+fixed 10%, of which a fixed 5% from the start costs 1.3; on 64-px cells from 4% of the frame,
+seeds 0-4: 54% fewer FLOPs at 0.5 points, where the same small k fixed from the start costs 4.7;
+docs/benchmarks.md, "Adaptive k against fixed k"). The default coarse map runs at full
 resolution: at stride 2 the bilinear map made training unstable on the synthetic cells (validation
 accuracy fell to chance in epochs 2-3 before recovering, and with a shrinking k never recovered),
 and the full-resolution map costs under 16% of the total at 32 px, 11% at 64 px.
