@@ -106,6 +106,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="runs at once, each in a process of its own (same numbers)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)  # as in every worker: the machine line names the threads a run had
     settings = [(t, m) for t in args.tolerance for m in args.k_min_fraction]
     initial = {"k_fraction": args.k_fraction}
     spawn = multiprocessing.get_context("spawn")  # fresh interpreters: no torch state forked mid-flight
@@ -150,7 +151,7 @@ def main() -> None:
     print(short)
     if not args.no_write:
         command = "python benchmarks/bench_adaptive_k.py " + " ".join(sys.argv[1:])
-        body = (f"{stamp(command.strip())}\n\n{short}\n\n"
+        body = (f"{stamp(command.strip())} Each run in a process of its own, {args.jobs} at once.\n\n{short}\n\n"
                 f"sparse_topk's default config (k_fraction {args.k_fraction:g} of the frame), "
                 f"{args.size}-px synthetic cells, {TRAINING['epochs']} epochs, the project's trial loop; the same seed trains "
                 "every variant. FLOPs are measured at each run's final k. Target: at least 40% fewer FLOPs at no more than "
