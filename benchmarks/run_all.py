@@ -26,8 +26,9 @@ Order (each one a separate process, so one heavy job at a time; each writes its 
                                   ``--cells64-run DIR`` reads a finished run instead
    ``bench_fronts.py``            hypervolume per strategy and the sparse-vs-dense goal for that cells64 run
                                   (give it more ``--run LABEL=DIR`` to compare versions side by side)
-   ``bench_goal.py``              the goal with a search per strategy (span_pyramid, dense_cnn) on cells64
-                                  (16 trials each) and rbc64 (12 each; skipped without its data): ~1 hour
+   ``bench_goal.py``              the goal with a search per strategy: all five on cells64 (16 trials each),
+                                  span_pyramid and dense_cnn on rbc64 (12 each; skipped without its data):
+                                  ~1.5 hours
 8. ``bench_export.py RUN``        export throughput; RUN is a short cells.yaml search made first
                                   (``--export-run DIR`` reuses a run directory instead)
 9. ``bench_gpu.py``               the real-cells search, fractional-GPU packing and exported-model
@@ -63,6 +64,7 @@ import torch  # noqa: E402
 from _doc import DOC, HEADER, own_command, stamp, write_section  # noqa: E402
 
 PY = sys.executable
+STRATEGIES = ("span_pyramid", "sparse_topk", "tnet_traversal", "dense_cnn", "dense_vit")
 
 
 def plan(export_run: Path | None, tmp: Path, pbc28_run: Path | None = None,
@@ -87,9 +89,9 @@ def plan(export_run: Path | None, tmp: Path, pbc28_run: Path | None = None,
                              [PY, "benchmarks/bench_sparse_vs_dense.py", "--out", str(tmp / "runs" / "cells64")]]),
         ("fronts_cells64", [[PY, "benchmarks/bench_fronts.py", "--space", "cells64", "--run",
                              f"this version={cells64_run or tmp / 'runs' / 'cells64'}"]]),
-        *[(f"goal_{space}", [[PY, "benchmarks/bench_goal.py", "--space", space, "--strategies", "span_pyramid", "dense_cnn",
+        *[(f"goal_{space}", [[PY, "benchmarks/bench_goal.py", "--space", space, "--strategies", *strategies,
                               "--trials", trials, "--out", str(tmp / "runs" / "goal"), "--throughput"]])
-          for space, trials in (("cells64", "16"), ("rbc64", "12"))],
+          for space, strategies, trials in (("cells64", STRATEGIES, "16"), ("rbc64", ("span_pyramid", "dense_cnn"), "12"))],
         ("export", make_cells + [[PY, "benchmarks/bench_export.py", str(cells_run)]]),
         ("gpu", [[PY, "benchmarks/bench_gpu.py"]]),
         ("gpu_paths", [[PY, "benchmarks/bench_gpu_paths.py"]]),
