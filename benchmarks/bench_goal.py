@@ -87,6 +87,20 @@ def strategy_row(strategy: str, trials: pd.DataFrame, max_flops: float) -> list[
     return [strategy, len(trials), f"{hv(ok, max_flops):.4f}", say(best), say(cheap)]
 
 
+def pooled_front(pooled: pd.DataFrame) -> tuple[list[list[object]], str]:
+    """The front of every strategy's trials together, cheapest first (where each design wins), and a
+    sentence counting its members per strategy."""
+    front = pooled[pareto_mask(pooled[["accuracy", "flops"]].to_numpy(float), ["maximize", "minimize"])].sort_values("flops")
+    rows = [[r["strategy"], f"#{int(r['number'])}", f"{100 * r['accuracy']:.1f}%", f"{100 * r['test_accuracy']:.1f}%",
+             f"{r['flops'] / 1e6:.2f}"] for _, r in front.iterrows()]
+    def span(strategy: str) -> str:
+        low, high = (f"{v / 1e6:.2f}" for v in front.loc[front["strategy"] == strategy, "flops"].agg(["min", "max"]))
+        return f"{low} MFLOPs" if low == high else f"{low}-{high} MFLOPs"
+
+    spans = "; ".join(f"{s} {n} ({span(s)})" for s, n in front["strategy"].value_counts().items())
+    return rows, f"The pooled front's {len(front)} members: {spans}. "
+
+
 def dense_within_budget(pooled: pd.DataFrame) -> str:
     """What a dense model reaches inside the goal's FLOPs budget (a third of the most accurate dense
     model's): where it beats every sparse model there, the sparse designs' pixel choice is not what wins."""
@@ -126,12 +140,15 @@ def main(argv: list[str] | None = None) -> int:
     pooled = pd.concat([run.trials.assign(run_dir=str(runs[s])) for s, run in loaded.items()], ignore_index=True)
     pooled = pooled[eligible_mask(pooled, ["accuracy", "flops"])]
     verdict = goal(pooled)
+    front_rows, front_words = pooled_front(pooled)
     short = (f"**In short:** with {args.trials} trials per strategy on {space.stem}, the sparse-vs-dense goal: {verdict}. "
-             + dense_within_budget(pooled) + "Each strategy's own hypervolume: " + ", ".join(f"{r[0]} {r[2]}" for r in rows)
-             + ".")
+             + dense_within_budget(pooled) + front_words + "Each strategy's own hypervolume: "
+             + ", ".join(f"{r[0]} {r[2]}" for r in rows) + ".")
     if args.throughput:
         short += " " + throughput(pooled, lambda r: Path(r["run_dir"]) / TRIALS_DIR / str(int(r["number"]))) + "."
-    table = markdown_table(["strategy", "trials", "hypervolume", "most accurate", "cheapest front member"], rows)
+    table = (markdown_table(["strategy", "trials", "hypervolume", "most accurate", "cheapest front member"], rows)
+             + "\n\nThe front of all strategies' trials together, cheapest first:\n\n"
+             + markdown_table(["strategy", "trial", "val acc", "test acc", "MFLOPs"], front_rows))
     print(short + "\n\n" + table)
     if not args.no_write:
         body = (f"{stamp(own_command('bench_goal.py', argv))}\n\n{short}\n\nEach strategy searched on its own: "

@@ -43,3 +43,11 @@ def test_the_dense_model_inside_the_budget_is_named() -> None:
     text = goal.dense_within_budget(trials)
     assert text.startswith("In that budget (4.67 MFLOPs) the most accurate dense model, dense_cnn #12, reaches 90.7% test")
     assert goal.dense_within_budget(trials[trials["number"] != 12]).startswith("No dense model fits")
+
+
+def test_the_pooled_front_counts_each_strategy_cheapest_first() -> None:
+    trials = pooled([(0, "dense_cnn", False, 0.94, 0.907, 14e6), (12, "dense_cnn", False, 0.938, 0.907, 3.64e6),
+                     (2, "span_pyramid", True, 0.85, 0.826, 4.6e6), (10, "span_pyramid", True, 0.67, 0.64, 0.11e6)])
+    rows, words = goal.pooled_front(trials)
+    assert [r[:2] for r in rows] == [["span_pyramid", "#10"], ["dense_cnn", "#12"], ["dense_cnn", "#0"]]
+    assert words == "The pooled front's 3 members: dense_cnn 2 (3.64-14.00 MFLOPs); span_pyramid 1 (0.11 MFLOPs). "
