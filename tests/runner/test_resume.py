@@ -23,9 +23,15 @@ def _env(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
 
 
+def _default_sigint() -> None:
+    # A shell starts background jobs with SIGINT ignored, and Python keeps an inherited SIG_IGN instead
+    # of raising KeyboardInterrupt: the driver gets Ctrl-C's default handling however the tests were run.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(*args: str | Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "runner.search", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True, preexec_fn=_default_sigint)
 
 
 def wait_for_complete(run: Path, count: int, process: subprocess.Popen, timeout_s: float = 180) -> None:
