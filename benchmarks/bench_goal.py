@@ -9,6 +9,7 @@ same numbers again). The runs are then pooled:
 
 - each strategy's own front: hypervolume (reference accuracy 0, FLOPs = ``constraints.max_flops``,
   normalised by that box), its most accurate trial and its cheapest front member;
+- the front of all strategies' trials together, cheapest first: which design wins which budget;
 - the goal on the pooled trials (``bench_fronts.goal``): the most accurate sparse model (by
   validation) within 33% of the FLOPs of the most accurate dense model, within 1 point of its test
   accuracy; with ``--throughput`` both models' CPU images/s at batch 256 as well.
