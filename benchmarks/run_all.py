@@ -26,9 +26,8 @@ Order (each one a separate process, so one heavy job at a time; each writes its 
                                   ``--cells64-run DIR`` reads a finished run instead
    ``bench_fronts.py``            hypervolume per strategy and the sparse-vs-dense goal for that cells64 run
                                   (give it more ``--run LABEL=DIR`` to compare versions side by side)
-   ``bench_goal.py``              the goal with a search per strategy: all five on cells64 (16 trials each),
-                                  span_pyramid and dense_cnn on rbc64 (12 each; skipped without its data):
-                                  ~1.5 hours
+   ``bench_goal.py``              the goal with a search per strategy, all five: on cells64 16 trials each,
+                                  on rbc64 12 each (skipped without its data): ~2 hours
 8. ``bench_export.py RUN``        export throughput; RUN is a short cells.yaml search made first
                                   (``--export-run DIR`` reuses a run directory instead)
 9. ``bench_gpu.py``               the real-cells search, fractional-GPU packing and exported-model
@@ -91,7 +90,7 @@ def plan(export_run: Path | None, tmp: Path, pbc28_run: Path | None = None,
                              f"this version={cells64_run or tmp / 'runs' / 'cells64'}"]]),
         *[(f"goal_{space}", [[PY, "benchmarks/bench_goal.py", "--space", space, "--strategies", *strategies,
                               "--trials", trials, "--out", str(tmp / "runs" / "goal"), "--throughput"]])
-          for space, strategies, trials in (("cells64", STRATEGIES, "16"), ("rbc64", ("span_pyramid", "dense_cnn"), "12"))],
+          for space, strategies, trials in (("cells64", STRATEGIES, "16"), ("rbc64", STRATEGIES, "12"))],
         ("export", make_cells + [[PY, "benchmarks/bench_export.py", str(cells_run)]]),
         ("gpu", [[PY, "benchmarks/bench_gpu.py"]]),
         ("gpu_paths", [[PY, "benchmarks/bench_gpu_paths.py"]]),
