@@ -74,20 +74,20 @@ def add_pbc28_argument(parser: argparse.ArgumentParser) -> None:
                         help="pbc28.npz (default: $PBC28_NPZ, else ../shared/data/pbc28.npz)")
 
 
-def pbc28_missing(path: Path) -> str | None:
-    """The line a GPU benchmark prints when it skips for want of pbc28.npz at ``path``, else None."""
-    return None if path.exists() else f"skipped: pbc28.npz not found at {path} (pass --data or set PBC28_NPZ)"
+def gpu_skip_reason(data: Path, *, needs_cuda: bool = True) -> str | None:
+    """The line a GPU benchmark prints when it skips (no CUDA device, or no pbc28.npz at ``data``), else None."""
+    if needs_cuda and not torch.cuda.is_available():
+        return "skipped: torch sees no CUDA device on this machine"
+    return None if data.exists() else f"skipped: pbc28.npz not found at {data} (pass --data or set PBC28_NPZ)"
 
 
-def gpu_machine() -> dict[str, object]:
-    """The machine record a GPU section starts with: the first CUDA device, torch, CPUs, Python, date."""
-    props = torch.cuda.get_device_properties(0)
-    return {
-        "gpu": torch.cuda.get_device_name(0),
-        "gpu_memory_gib": round(props.total_memory / 2**30, 1),
-        "cuda": torch.version.cuda,
-        "torch": torch.__version__,
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "date": dt.date.today().isoformat(),
-    }
+def machine_record() -> dict[str, object]:
+    """The machine record a GPU section starts with: torch, CPUs, Python, date and, where there is one,
+    the first CUDA device."""
+    record: dict[str, object] = {"torch": torch.__version__, "cpus": os.cpu_count(), "python": platform.python_version(),
+                                 "date": dt.date.today().isoformat()}
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        record.update(gpu=torch.cuda.get_device_name(0), gpu_memory_gib=round(props.total_memory / 2**30, 1),
+                      cuda=torch.version.cuda)
+    return record

@@ -38,6 +38,10 @@ def hv(frame: pd.DataFrame, max_flops: float) -> float:
     return hypervolume(frame[["accuracy", "flops"]].to_numpy(float), ["maximize", "minimize"], [0.0, max_flops]) / max_flops
 
 
+def trial_name(row: pd.Series) -> str:
+    return f"{row['strategy']} #{int(row['number'])}"
+
+
 def goal_pair(frame: pd.DataFrame) -> tuple[pd.Series | None, pd.Series | None]:
     """(the best sparse model within 1/3 of the best dense model's FLOPs, that dense model), by validation."""
     dense, sparse = frame[~frame["sparse"]], frame[frame["sparse"]]
@@ -48,7 +52,7 @@ def goal_pair(frame: pd.DataFrame) -> tuple[pd.Series | None, pd.Series | None]:
     return (cheap.loc[cheap["accuracy"].idxmax()] if not cheap.empty else None), d
 
 
-def goal(frame: pd.DataFrame, name: Callable[[pd.Series], str] = lambda r: f"{r['strategy']} #{int(r['number'])}") -> str:
+def goal(frame: pd.DataFrame, name: Callable[[pd.Series], str] = trial_name) -> str:
     """The goal's verdict on accuracy and FLOPs for the pair ``goal_pair`` picks (``name`` names a trial)."""
     if frame[~frame["sparse"]].empty or frame[frame["sparse"]].empty:
         return "needs both sparse and dense trials"
@@ -63,7 +67,7 @@ def goal(frame: pd.DataFrame, name: Callable[[pd.Series], str] = lambda r: f"{r[
 
 
 def throughput(frame: pd.DataFrame, trial_dir: Callable[[pd.Series], Path], *, batch: int = GOAL_BATCH,
-               name: Callable[[pd.Series], str] = lambda r: f"{r['strategy']} #{int(r['number'])}") -> str:
+               name: Callable[[pd.Series], str] = trial_name) -> str:
     """The goal's throughput half: the goal pair's CPU images/s at ``batch``, each model's faster of torch
     (eager, .pt2) and onnxruntime with every core, timed side by side (``bench_export.time_model``);
     ``trial_dir`` finds a trial's folder from its row."""

@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
 
-from _doc import add_pbc28_argument, gpu_machine, markdown_table, own_command, pbc28_missing, write_section  # noqa: E402
+from _doc import add_pbc28_argument, gpu_skip_reason, machine_record, markdown_table, own_command, write_section  # noqa: E402
 from _front import FRONT_HEADER, best_in, describe, eligible, front_rows, pct, run_search  # noqa: E402
 
 from cellsparse.rundir import read_trials  # noqa: E402
@@ -186,7 +186,7 @@ def throughput(run_dir: Path, tmp: Path, batch_sizes: tuple[int, ...], device: s
 
 
 def measure(args: argparse.Namespace, save: Any) -> dict[str, Any]:
-    results: dict[str, Any] = {"machine": gpu_machine()}
+    results: dict[str, Any] = {"machine": machine_record()}
     cpus = args.cpus_per_trial or max(1, (os.cpu_count() or 1) // max(args.per_gpu, *args.packing))
     with tempfile.TemporaryDirectory(prefix="cellsparse-gpu-") as name:
         tmp = Path(name)
@@ -388,11 +388,8 @@ def main(argv: list[str] | None = None) -> int:
         results = json.loads(args.from_json.read_text())
         command = results.get("command", "python benchmarks/bench_gpu.py")
     else:
-        if not torch.cuda.is_available():
-            print("skipped: torch sees no CUDA device on this machine")
-            return 0
-        if missing := pbc28_missing(args.data):
-            print(missing)
+        if skipped := gpu_skip_reason(args.data):
+            print(skipped)
             return 0
         args.data = args.data.resolve()
         command = own_command("bench_gpu.py", argv)

@@ -27,11 +27,8 @@ section "gpu_paths" of docs/benchmarks.md is rendered from them.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import math
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -46,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
 
-from _doc import add_pbc28_argument, gpu_machine, markdown_table, own_command, pbc28_missing, write_section  # noqa: E402
+from _doc import add_pbc28_argument, gpu_skip_reason, machine_record, markdown_table, own_command, write_section  # noqa: E402
 
 from runner import trial as trial_module  # noqa: E402
 from runner.artefacts import pt2_runner  # noqa: E402
@@ -66,13 +63,18 @@ BATCH_SIZES = (256, 4096)
 COMPILED = ".pt2 compiled (predict --compile)"
 
 
+def variant_dir(tmp: Path, strategy: str, precision: str, resident: bool) -> Path:
+    """Where a strategy's variant trains (by the precision it asks for, not the one a CPU falls back to)."""
+    return tmp / f"{strategy}-{precision}-{int(resident)}"
+
+
 def train_variants(data: Any, tmp: Path, *, device: str, epochs: int, save: Any, results: dict[str, Any]) -> None:
     results["training"] = []
     share = trial_module.DEVICE_DATA_SHARE
     for strategy in STRATEGIES:
         for label, precision, resident in VARIANTS:
             config = {**default_config(strategy), **TRAINING, "epochs": epochs, "precision": precision}
-            trial_dir = tmp / f"{strategy}-{precision}-{int(resident)}"
+            trial_dir = variant_dir(tmp, strategy, precision, resident)
             trial_module.DEVICE_DATA_SHARE = share if resident else 0.0  # no GPU memory for data: batches copied
             try:
                 metrics = trial_module.run_trial(config, data=data, trial_dir=trial_dir, objectives=["accuracy", "flops"],
@@ -83,7 +85,7 @@ def train_variants(data: Any, tmp: Path, *, device: str, epochs: int, save: Any,
             epoch_s = [row["epoch_time_s"] for row in history[1:]] or [history[0]["epoch_time_s"]]
             results["training"].append({
                 "strategy": strategy, "variant": label, "precision": metrics["precision"], "resident": resident,
-                "trial_dir": str(trial_dir), "epochs": epochs, "epoch_s": statistics.median(epoch_s),
+                "epochs": epochs, "epoch_s": statistics.median(epoch_s),
                 "steps_per_epoch": math.ceil(len(data.train_x) / TRAINING["batch_size"]),
                 "train_time_s": metrics["train_time_s"], "val_accuracy": metrics["val_accuracy"],
                 "test_accuracy": metrics["test_accuracy"], "flops": metrics["flops"]})
@@ -97,7 +99,7 @@ def inference(tmp: Path, rows: list[dict[str, Any]], *, device: str, compile_mod
     for row in rows:
         if row["variant"] != VARIANTS[1][0]:  # the fp32 models trained with the data on the device
             continue
-        trained = load_trained(Path(row["trial_dir"]))
+        trained = load_trained(variant_dir(tmp, row["strategy"], VARIANTS[1][1], VARIANTS[1][2]))
         model = trained.model.eval().cpu()
         c, s = int(trained.meta["in_channels"]), int(trained.meta["image_size"])
         path = tmp / f"{row['strategy']}.pt2"
@@ -248,16 +250,10 @@ def main(argv: list[str] | None = None) -> int:
         results = json.loads(args.from_json.read_text())
         command = results.get("command", command)
     else:
-        if args.device == "cuda" and not torch.cuda.is_available():
-            print("skipped: torch sees no CUDA device on this machine")
+        if skipped := gpu_skip_reason(args.data, needs_cuda=args.device == "cuda"):
+            print(skipped)
             return 0
-        if missing := pbc28_missing(args.data):
-            print(missing)
-            return 0
-        machine = gpu_machine() if args.device == "cuda" else {
-            "torch": torch.__version__, "cpus": os.cpu_count(), "python": platform.python_version(),
-            "date": dt.date.today().isoformat()}
-        results = {"machine": {**machine, "device": args.device}, "command": command}
+        results = {"machine": {**machine_record(), "device": args.device}, "command": command}
 
         def save(figures: dict[str, Any]) -> None:
             if args.json:
@@ -272,9 +268,6 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as err:  # noqa: BLE001 - keep the training figures; say what failed
                 results["inference_error"] = f"{type(err).__name__}: {err}"
                 save(results)
-        for row in results["training"]:
-            row.pop("trial_dir", None)
-        save(results)
     body = render(results, command)
     print(body)
     if not args.no_write:
