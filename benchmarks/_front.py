@@ -225,11 +225,9 @@ def content_fraction(images: torch.Tensor, threshold: float = 0.1) -> float:
 
 
 def raw_images(data: CellDataset, split: str = "val") -> torch.Tensor:
-    """A split back in its loader's value scale (undoes the train-statistics normalisation)."""
+    """A split in its loader's value scale (float32; uint8 storage scaled as ``runner.data.images`` says)."""
     x, _ = data.split(split)
-    mean = torch.tensor(data.mean).view(1, -1, 1, 1)
-    std = torch.tensor(data.std).view(1, -1, 1, 1)
-    return x * std + mean
+    return data.normalise(x) * torch.tensor(data.std).view(1, -1, 1, 1) + torch.tensor(data.mean).view(1, -1, 1, 1)
 
 
 def run_search(space: str, out: Path, flags: dict[str, object | None], env: dict[str, str] | None = None) -> tuple[str, float]:

@@ -86,7 +86,7 @@ def train_variants(data: Any, tmp: Path, *, device: str, epochs: int, save: Any,
             results["training"].append({
                 "strategy": strategy, "variant": label, "precision": metrics["precision"], "resident": resident,
                 "epochs": epochs, "epoch_s": statistics.median(epoch_s),
-                "steps_per_epoch": math.ceil(len(data.train_x) / TRAINING["batch_size"]),
+                "steps_per_epoch": math.ceil(len(data.train_y) / TRAINING["batch_size"]),
                 "train_time_s": metrics["train_time_s"], "val_accuracy": metrics["val_accuracy"],
                 "test_accuracy": metrics["test_accuracy"], "flops": metrics["flops"]})
             print(json.dumps(results["training"][-1]), flush=True)

@@ -60,7 +60,7 @@ def measure(label: str, strategy: str, overrides: dict, *, data, masks: torch.Te
     metrics = run_trial(config, data=data, trial_dir=trial_dir, objectives=["accuracy", "flops"], seed=0)
     model = load_trained(trial_dir).model
     with torch.no_grad():
-        used = torch.cat([model.used_map(data.val_x[i : i + 100]) for i in range(0, len(data.val_x), 100)])
+        used = torch.cat([model.used_map(data.images("val", slice(i, i + 100))) for i in range(0, len(data.val_x), 100)])
     inside, random = selection_share(used, masks)
     return {
         "label": label, "val_accuracy": metrics["val_accuracy"], "flops": metrics["flops"], "k_final": metrics.get("k_final"),

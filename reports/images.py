@@ -1,7 +1,8 @@
 """Small PNGs of what a model looked at, as base64 data URIs (numpy + zlib only, no image library).
 
 Images are embedded at their own resolution (cell crops are 28-64 px) and upscaled by the page with
-nearest-neighbour CSS (``image-rendering: pixelated``): sharp pixels at a fraction of the bytes."""
+nearest-neighbour CSS (``image-rendering: pixelated``): sharp pixels at a fraction of the bytes. Fields
+(up to 512 px) are block-averaged to at most ``DISPLAY_MAX_SIDE`` first."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import zlib
 import numpy as np
 
 OVERLAY_RGB = np.array([1.0, 0.2, 0.1])  # used pixels are tinted red-orange
+DISPLAY_MAX_SIDE = 192  # larger frames are shown block-averaged to at most this side
 
 
 def encode_png(rgb: np.ndarray) -> bytes:
@@ -34,8 +36,10 @@ def data_uri(rgb: np.ndarray) -> str:
 
 
 def to_rgb(image: np.ndarray) -> np.ndarray:
-    """(C, H, W) or (H, W) floats in [0, 1] -> (H, W, 3) floats; 1 channel is grey, other counts use the mean."""
-    image = np.nan_to_num(np.asarray(image, dtype=float), nan=0.0)
+    """(C, H, W) or (H, W) floats in [0, 1] or uint8 -> (H, W, 3) floats in [0, 1]; 1 channel is grey,
+    other counts use the mean."""
+    scale = 1 / 255 if np.asarray(image).dtype == np.uint8 else 1.0
+    image = np.nan_to_num(np.asarray(image, dtype=float) * scale, nan=0.0)
     if image.ndim == 2:
         image = image[None]
     if image.ndim != 3:
@@ -56,11 +60,25 @@ def to_uint8(rgb: np.ndarray) -> np.ndarray:
     return (np.clip(rgb, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
 
 
+def shrink(array: np.ndarray, factor: int) -> np.ndarray:
+    """Mean over factor x factor blocks of the first two axes (the border that does not fill a block is cut)."""
+    if factor <= 1:
+        return array
+    h, w = (array.shape[0] // factor) * factor, (array.shape[1] // factor) * factor
+    blocks = array[:h, :w].reshape(h // factor, factor, w // factor, factor, *array.shape[2:])
+    return blocks.mean(axis=(1, 3))
+
+
 def looked_at_pair(image: np.ndarray, used: np.ndarray) -> tuple[str, str, float]:
-    """The image and its used-map overlay as data URIs, and the fraction of the image used."""
+    """The image and its used-map overlay as data URIs, and the fraction of the image used.
+
+    Frames larger than :data:`DISPLAY_MAX_SIDE` are shown block-averaged (the used map too, so a block
+    is tinted by the share of its pixels used): a page of 512-px frames stays a few MB."""
     rgb = to_rgb(image)
-    used = np.asarray(used, dtype=float)
+    used = np.clip(np.nan_to_num(np.asarray(used, dtype=float)), 0, 1)
     if used.shape != rgb.shape[:2]:
         raise ValueError(f"used map {used.shape} does not match image {rgb.shape[:2]}")
-    fraction = float(np.clip(np.nan_to_num(used), 0, 1).mean())
+    fraction = float(used.mean())
+    factor = -(-max(rgb.shape[:2]) // DISPLAY_MAX_SIDE)
+    rgb, used = shrink(rgb, factor), shrink(used, factor)
     return data_uri(to_uint8(rgb)), data_uri(to_uint8(overlay(rgb, used))), fraction

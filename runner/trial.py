@@ -85,7 +85,10 @@ def lr_at(step: int, *, base_lr: float, warmup_steps: int, total_steps: int) -> 
 
 @dataclass(frozen=True)
 class TrialData:
-    """The three splits where the trial reads them: all on its device (``resident``) or all on the host."""
+    """The three splits where the trial reads them: all on its device (``resident``) or all on the host.
+
+    Images are as the dataset stores them (uint8 or float32, see ``runner.data.CellDataset``);
+    ``normalise`` turns a batch into model input where the batch is (on the device)."""
 
     train_x: torch.Tensor  # (N, C, H, W)
     train_y: torch.Tensor  # (N,)
@@ -94,6 +97,7 @@ class TrialData:
     test_x: torch.Tensor
     test_y: torch.Tensor
     resident: bool
+    normalise: Callable[[torch.Tensor], torch.Tensor]
 
 
 _SPLIT_TENSORS = ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y")
@@ -116,15 +120,16 @@ def place_data(data: Any, device: str | torch.device, *, budget_bytes: int | Non
     """
     device = torch.device(device)
     tensors = {name: getattr(data, name) for name in _SPLIT_TENSORS}
+    normalise = data.normalise
     if all(_on(t, device) for t in tensors.values()):
-        return TrialData(**tensors, resident=True)
+        return TrialData(**tensors, resident=True, normalise=normalise)
     if budget_bytes is None and device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         budget_bytes = int(DEVICE_DATA_SHARE * free)
     size = sum(t.numel() * t.element_size() for t in tensors.values())
     if budget_bytes is not None and size > budget_bytes:
-        return TrialData(**tensors, resident=False)
-    return TrialData(**{name: t.to(device) for name, t in tensors.items()}, resident=True)
+        return TrialData(**tensors, resident=False, normalise=normalise)
+    return TrialData(**{name: t.to(device) for name, t in tensors.items()}, resident=True, normalise=normalise)
 
 
 def training_batches(
@@ -135,8 +140,10 @@ def training_batches(
     generator: torch.Generator,
     augment: bool,
     device: str | torch.device,
+    normalise: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """One epoch of shuffled training batches (x, y) on ``device``, augmented when ``augment``.
+    """One epoch of shuffled training batches (x, y) on ``device``, augmented when ``augment``, then
+    ``normalise``d into model input (the stored images, uint8 at large sizes, travel as they are).
 
     ``generator`` (a CPU generator) draws the epoch's order when the first batch is asked for, then
     one augmentation draw per batch: the same draws in the same order wherever the data lives, so a
@@ -149,7 +156,7 @@ def training_batches(
         x, y = images[index].to(device), labels[index].to(device)  # no copy when the data is resident
         if augment:
             x = augment_batch(x, generator)
-        yield x, y
+        yield (x if normalise is None else normalise(x)), y
 
 
 def effective_precision(precision: str, device: str | torch.device) -> str:
@@ -173,18 +180,30 @@ def autocast(precision: str, device: str | torch.device) -> contextlib.AbstractC
     return contextlib.nullcontext()
 
 
+Prepare = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
 @torch.no_grad()
-def predict(model: torch.nn.Module, images: torch.Tensor, device: str) -> torch.Tensor:
-    """Arg-max predictions in eval mode, ``EVAL_CHUNK`` images at a time: (N, C, H, W) -> (N,)."""
+def predict(model: torch.nn.Module, images: torch.Tensor, device: str, prepare: Prepare = _identity) -> torch.Tensor:
+    """Arg-max predictions in eval mode, ``EVAL_CHUNK`` images at a time: (N, C, H, W) -> (N,).
+
+    ``prepare`` turns a chunk of stored images into model input (``CellDataset.normalise``), so a
+    split is never converted whole."""
     model.eval()
-    out = [model(images[i : i + EVAL_CHUNK].to(device)).argmax(dim=-1).cpu() for i in range(0, len(images), EVAL_CHUNK)]
+    out = [model(prepare(images[i : i + EVAL_CHUNK].to(device))).argmax(dim=-1).cpu()
+           for i in range(0, len(images), EVAL_CHUNK)]
     return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
 
 
-def accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, device: str) -> float:
+def accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, device: str,
+             prepare: Prepare = _identity) -> float:
     if len(images) == 0:
         return float("nan")
-    return float((predict(model, images, device) == labels.cpu()).float().mean())
+    return float((predict(model, images, device, prepare) == labels.cpu()).float().mean())
 
 
 def current_k(model: CellClassifier) -> float | None:
@@ -232,11 +251,12 @@ def used_fraction(model: CellClassifier, images: torch.Tensor) -> float:
 
 
 def to_display(images: torch.Tensor) -> np.ndarray:
-    """Normalised images -> [0, 1] per image and channel (min-max), for showing in the report."""
+    """Normalised images -> uint8 per image and channel (min-max to 0..255), for showing in the report:
+    8 bits are all a screen shows, and a quarter of float32's bytes at 512 px."""
     x = images.detach().float().cpu()
     lo = x.amin(dim=(-2, -1), keepdim=True)
     hi = x.amax(dim=(-2, -1), keepdim=True)
-    return ((x - lo) / (hi - lo).clamp_min(1e-8)).numpy().astype(np.float32)
+    return ((x - lo) / (hi - lo).clamp_min(1e-8) * 255).round().numpy().astype(np.uint8)
 
 
 def _as_list(value: Any) -> Any:
@@ -321,7 +341,7 @@ def run_trial(
     # -- model, k rule, optimiser ------------------------------------------------------------
     model = build_model(config, data.in_channels, data.num_classes, data.image_size).to(device)
     epochs, batch_size = int(config["epochs"]), int(config["batch_size"])
-    steps_per_epoch = math.ceil(len(data.train_x) / batch_size)
+    steps_per_epoch = math.ceil(len(data.train_y) / batch_size)
     bounds = model.k_bounds()
     rule = None
     if bounds is not None:
@@ -336,7 +356,7 @@ def run_trial(
     precision = effective_precision(config.get("precision", "fp32"), device)  # configs from before the key: fp32
 
     splits = place_data(data, device)  # once: batches are gathered and augmented where the data lives
-    val_batch = splits.val_x[:MEASURE_BATCH].to(device)
+    val_batch = splits.normalise(splits.val_x[:MEASURE_BATCH].to(device))
     params_count = count_params(model)
     # Objective values reported each epoch; the costly ones are measured once now, again at the end.
     latest = measure(model, [n for n in objectives if n not in ("accuracy", "flops")], val_accuracy=0.0, images=val_batch)
@@ -348,7 +368,7 @@ def run_trial(
         model.train()
         epoch_start, loss_sum, class_loss_sum, seen = time.perf_counter(), 0.0, 0.0, 0
         for x, y in training_batches(splits.train_x, splits.train_y, batch_size=batch_size, generator=generator,
-                                     augment=augment, device=device):
+                                     augment=augment, device=device, normalise=splits.normalise):
             lr = lr_at(step, base_lr=float(config["lr"]), warmup_steps=warmup_steps, total_steps=total_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -379,7 +399,7 @@ def run_trial(
         train_loss = loss_sum / max(1, seen)
         class_loss = class_loss_sum / max(1, seen)
 
-        val_accuracy = accuracy(model, splits.val_x, splits.val_y, device)
+        val_accuracy = accuracy(model, splits.val_x, splits.val_y, device, splits.normalise)
         latest["accuracy"] = val_accuracy
         latest["flops"] = count_flops(model, val_batch)
         row = {
@@ -400,12 +420,13 @@ def run_trial(
             report({**row, **{name: latest[name] for name in objectives}})
 
     # -- final measurements (at the final k) -------------------------------------------------
-    final_val = history[-1]["val_accuracy"] if history else accuracy(model, splits.val_x, splits.val_y, device)
+    final_val = history[-1]["val_accuracy"] if history else accuracy(model, splits.val_x, splits.val_y, device,
+                                                                      splits.normalise)
     values = measure(model, objectives, val_accuracy=final_val, images=val_batch)
     metrics: dict[str, Any] = {
         **values,
         "val_accuracy": final_val,
-        "test_accuracy": accuracy(model, splits.test_x, splits.test_y, device),
+        "test_accuracy": accuracy(model, splits.test_x, splits.test_y, device, splits.normalise),
         "flops": values["flops"] if "flops" in values else count_flops(model, val_batch),
         "k_final": current_k(model),
         **{key: value for key, value in k_record(model, rule, val_batch).items() if key != "k_trace"},
@@ -449,14 +470,14 @@ def save_trial(
     _write_json(trial_dir / META_FILE, meta)
     _write_json(trial_dir / HISTORY_FILE, history)
 
-    images = data.val_x[:LOOKED_AT]
+    images = data.images("val", slice(0, LOOKED_AT))
     with torch.no_grad():
         used = model.used_map(images.to(device)).float().cpu().numpy()
         preds = predict(model, images, device).numpy()
     np.savez_compressed(
         trial_dir / LOOKED_AT_FILE,
-        images=to_display(images),  # (N, C, H, W) in [0, 1]
-        used=used.astype(np.float32),  # (N, H, W) in [0, 1]
+        images=to_display(images),  # (N, C, H, W) uint8
+        used=used.astype(np.float16),  # (N, H, W) in [0, 1]
         labels=data.val_y[:LOOKED_AT].cpu().numpy(),
         preds=preds,
         class_names=np.array(list(data.class_names)),

@@ -25,7 +25,7 @@ from search_space.errors import DataError
 
 from . import synthetic
 from .augment import augment_batch
-from .dataset import SPLITS, CellDataset, Size, check_size, normalised
+from .dataset import SPLITS, CellDataset, Size, cell_dataset, check_size
 from .folder import IMAGE_SUFFIXES, describe_folder, load_folder
 from .images import modality_for
 from .npz import BLOODMNIST_CLASSES, KNOWN_CLASS_NAMES, describe_npz, load_npz
@@ -64,7 +64,7 @@ def load_dataset(
     class_names: list[str] | None = None,
     seed: int = 0,
 ) -> CellDataset:
-    """Load or generate a dataset, normalised with its train split's per-channel mean and std.
+    """Load or generate a dataset, with its train split's per-channel mean and std (see ``CellDataset``).
 
     ``source``: "synthetic" (generated; ``path`` unused), "npz" or "folder" (``path`` required).
 
@@ -230,4 +230,4 @@ def _synthetic(
         )
         splits[split] = (batch.images, batch.labels)
     source = f"synthetic {modality}, {size}px, difficulty {difficulty:g}, seed {seed}"
-    return normalised(splits, class_names=list(classes), modality=modality, source=source)
+    return cell_dataset(splits, class_names=list(classes), modality=modality, source=source)

@@ -1,5 +1,5 @@
 """The dataset record every loader returns, and the steps all loaders share: split-size rules,
-seeded class-stratified subsampling, resizing, and normalisation with train-split statistics."""
+seeded class-stratified subsampling, resizing, train-split statistics and per-batch normalisation."""
 
 from __future__ import annotations
 
@@ -13,17 +13,24 @@ from torch import Tensor
 
 from search_space.errors import DataError
 
+from .images import VALUE_SCALE
+
 SPLITS: tuple[str, ...] = ("train", "val", "test")
+_UINT8_SCALE = VALUE_SCALE[np.dtype(np.uint8)]  # the one definition of 8-bit value scaling
+_STAT_CHUNK = 64  # images per step when summing uint8 statistics
 Size = int | float | None  # a split size as the user gives it (see load_dataset)
 
 
 @dataclass
 class CellDataset:
-    """Train/val/test tensors ready for a model, plus what is needed to normalise new images alike.
+    """Train/val/test images as stored, plus what turns a batch of them into what a model reads.
 
-    Images are (N, C, H, W) float32, already normalised per channel with ``mean`` and ``std``, which
-    were computed on the train split only, in the loader's raw value scale (e.g. [0, 1] for 8-bit
-    images): a deployed model must apply ``(x - mean) / std`` to images in that scale.
+    Images are (N, C, H, W) in their stored form: uint8 for 8-bit sources (4x smaller than float, so
+    a few thousand 512-px frames fit in memory and on a GPU), float32 otherwise, in the loader's raw
+    value scale (:mod:`runner.data.images`). They are turned into model input only a batch at a time
+    by :meth:`normalise`: scaled to that raw scale (uint8 / 255), then ``(x - mean) / std`` per
+    channel, with ``mean`` and ``std`` computed on the train split only. A deployed model must apply
+    the same to images in the raw scale.
     """
 
     train_x: Tensor
@@ -51,27 +58,74 @@ class CellDataset:
         return int(self.train_x.shape[-1])
 
     def split(self, name: str) -> tuple[Tensor, Tensor]:
-        """(images, labels) of 'train', 'val' or 'test'."""
+        """(stored images, labels) of 'train', 'val' or 'test'; :meth:`normalise` a batch before a model reads it."""
         if name not in SPLITS:
             raise ValueError(f"split must be one of {list(SPLITS)}, got {name!r}")
         return getattr(self, f"{name}_x"), getattr(self, f"{name}_y")
 
+    def normalise(self, x: Tensor) -> Tensor:
+        """Stored images (any leading shape, channels at dim -3) -> float32 model input, on x's device."""
+        return normalise(x, self.mean, self.std)
 
-def normalised(
+    def images(self, name: str, index: slice | Tensor | None = None) -> Tensor:
+        """Model input for a split (or the ``index`` part of it): :meth:`normalise` of the stored images."""
+        x, _ = self.split(name)
+        return self.normalise(x if index is None else x[index])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the stored images and labels take (what a device copy of the data costs)."""
+        return sum(t.numel() * t.element_size() for name in SPLITS for t in self.split(name))
+
+
+def normalise(x: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
+    """Stored images -> float32 ``(x * value_scale - mean) / std`` per channel (channels at dim -3).
+
+    uint8 is scaled by 1/255 as :data:`runner.data.images.VALUE_SCALE` says (multiplied, as the
+    loaders always have, so a uint8 image gives bit for bit the numbers its float copy gave)."""
+    shape = (-1, 1, 1)
+    m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(shape)
+    s = torch.tensor(std, dtype=torch.float32, device=x.device).view(shape)
+    if x.dtype == torch.uint8:
+        x = x.float().mul_(_UINT8_SCALE)
+    elif x.dtype != torch.float32:
+        x = x.float()
+    return (x - m) / s
+
+
+def channel_statistics(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-channel (std, mean) of stored images in the raw value scale, as float32.
+
+    Float images: ``torch.std_mean`` (population std), as the loaders always computed it. uint8: exact
+    integer sums over chunks, so no float copy of the whole split is ever made."""
+    if x.dtype != torch.uint8:
+        return torch.std_mean(x.float(), dim=(0, 2, 3), correction=0)
+    channels = x.shape[1]
+    total = torch.zeros(channels, dtype=torch.float64)
+    squares = torch.zeros(channels, dtype=torch.float64)
+    for chunk in x.split(_STAT_CHUNK):
+        wide = chunk.to(torch.float64)  # exact for integers up to 2**53
+        total += wide.sum(dim=(0, 2, 3))
+        squares += wide.square().sum(dim=(0, 2, 3))
+    count = x.numel() // channels
+    mean = total / count
+    var = (squares / count - mean.square()).clamp_min(0)
+    return (var.sqrt() * _UINT8_SCALE).float(), (mean * _UINT8_SCALE).float()
+
+
+def cell_dataset(
     splits: dict[str, tuple[Tensor, Tensor]], *, class_names: list[str], modality: str, source: str
 ) -> CellDataset:
-    """Build the CellDataset: per-channel mean/std from the train images, applied to every split.
+    """Build the CellDataset from stored splits: per-channel mean/std of the train images.
 
-    Normalises the given image tensors in place (loaders pass tensors they own). A channel that is
-    constant in the train split gets std 1: it carries no information, and dividing by 0 would
-    only make NaNs."""
-    std, mean = torch.std_mean(splits["train"][0], dim=(0, 2, 3), correction=0)
+    A channel that is constant in the train split gets std 1: it carries no information, and dividing
+    by 0 would only make NaNs."""
+    std, mean = channel_statistics(splits["train"][0])
     std = torch.where(std > 1e-12, std, torch.ones_like(std))
-    shape = (1, -1, 1, 1)
     out = {}
     for name in SPLITS:
         x, y = splits[name]
-        out[f"{name}_x"] = x.sub_(mean.view(shape)).div_(std.view(shape))
+        out[f"{name}_x"] = x if x.dtype == torch.uint8 else x.float()
         out[f"{name}_y"] = y.long()
     return CellDataset(
         **out,

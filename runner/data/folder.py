@@ -24,7 +24,7 @@ import torch
 
 from search_space.errors import DataError
 
-from .dataset import SPLITS, CellDataset, Size, allocate, normalised, resize, subsampled_splits
+from .dataset import SPLITS, CellDataset, Size, allocate, cell_dataset, resize, subsampled_splits
 from .images import image_info, modality_for, read_image
 
 IMAGE_SUFFIXES: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
@@ -60,7 +60,7 @@ def load_folder(
         labels, names, sizes, seed, str(root), lambda split: f"; give {split} a larger value or add images",
         lambda split, keep: torch.stack([_read(entries[split][j].path, channels, size) for j in keep.tolist()]),
     )
-    return normalised(splits, class_names=names, modality=modality_for(channels), source=str(root))
+    return cell_dataset(splits, class_names=names, modality=modality_for(channels), source=str(root))
 
 
 def describe_folder(root: str | Path, *, image_size: int | None, class_names: list[str] | None) -> tuple[int, int, int]:

@@ -1,7 +1,8 @@
 """Images in a MedMNIST-layout ``.npz``: ``{train,val,test}_images`` and ``{train,val,test}_labels``.
 
 Images are (N, H, W) or (N, H, W, C) with C in {1, 3, 4} (RGBA loses its alpha); uint8 is scaled
-by 1/255, uint16 by 1/65535, float kept as stored. Labels are integers, (N,) or (N, 1).
+by 1/255, uint16 by 1/65535, float kept as stored. uint8 images at their stored size stay uint8 in
+memory (scaled a batch at a time, see ``CellDataset``); resized or other images are held as float32. Labels are integers, (N,) or (N, 1).
 
 Class names, first found wins: the ``class_names`` argument; a ``class_names`` array in the file;
 :data:`KNOWN_CLASS_NAMES` when the file name starts with one of its keys and the label count
@@ -19,7 +20,7 @@ import torch
 
 from search_space.errors import DataError
 
-from .dataset import SPLITS, CellDataset, Size, normalised, resize, subsampled_splits
+from .dataset import SPLITS, CellDataset, Size, cell_dataset, resize, subsampled_splits
 from .images import VALUE_SCALE
 
 BLOODMNIST_CLASSES: tuple[str, ...] = (
@@ -54,12 +55,15 @@ def load_npz(
 
         def read(split: str, keep: np.ndarray) -> torch.Tensor:
             images = _array(path, archive, f"{split}_images")
-            return resize(_to_float(path, images[keep] if len(keep) < len(images) else images), size)
+            images = images[keep] if len(keep) < len(images) else images
+            if images.dtype == np.uint8 and images.shape[1:3] == (size, size):
+                return _channels_first(images)  # kept 8-bit until a batch needs it (CellDataset.normalise)
+            return resize(_to_float(path, images), size)
 
         splits = subsampled_splits(labels, names, sizes, seed, str(path),
                                    lambda split: _hint(sizes[split], len(names), split), read)
     modality = "rgb" if splits["train"][0].shape[1] == 3 else "gray"
-    return normalised(splits, class_names=names, modality=modality, source=str(path))
+    return cell_dataset(splits, class_names=names, modality=modality, source=str(path))
 
 
 def describe_npz(path: str | Path, *, image_size: int | None, class_names: list[str] | None) -> tuple[int, int, int]:
@@ -208,12 +212,17 @@ def _output_size(path: Path, shape: tuple[int, ...], image_size: int | None) -> 
     return int(shape[1])
 
 
-def _to_float(path: Path, images: np.ndarray) -> torch.Tensor:
-    """(N, H, W[, C]) array -> (N, C, H, W) float32 in the documented scale; RGBA -> RGB."""
+def _channels_first(images: np.ndarray) -> torch.Tensor:
+    """(N, H, W[, C]) array -> (N, C, H, W) tensor of the same dtype; RGBA -> RGB."""
     x = torch.from_numpy(np.ascontiguousarray(images))
     if x.ndim == 3:
         x = x[..., None]
-    x = x[..., :3].permute(0, 3, 1, 2).contiguous()  # reorder while still small (e.g. uint8)
+    return x[..., :3].permute(0, 3, 1, 2).contiguous()
+
+
+def _to_float(path: Path, images: np.ndarray) -> torch.Tensor:
+    """(N, H, W[, C]) array -> (N, C, H, W) float32 in the documented scale; RGBA -> RGB."""
+    x = _channels_first(images)  # reorder while still small (e.g. uint8)
     scale = _SCALE.get(images.dtype)
     x = x.to(torch.float32)
     if scale is not None:

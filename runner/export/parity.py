@@ -46,7 +46,7 @@ def check_images(space: Any, meta: dict[str, Any], *, log: Callable[[str], None]
                 f"the reloaded data has shape {(data.in_channels, data.image_size)} and {len(data.val_x)} "
                 f"validation images, the trial was trained on {shape[:2]}"
             )
-        val_x = data.val_x.float()
+        val_x = data.images("val")
         n = min(PARITY_IMAGES, len(val_x))
         return CheckImages(val_x[:n].contiguous(), val_x, data.val_y.long(), f"the first {n} validation images "
                            f"(runner.data.load_dataset, source {space.data.source}, seed {space.seed})")

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from runner.data import BLOODMNIST_CLASSES, CellDataset, describe_dataset, load_dataset
+from runner.data.dataset import channel_statistics, normalise
 from search_space.errors import DataError, UserError
 
 PBC28 = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "pbc28.npz"
@@ -47,8 +48,22 @@ def write_folder(root: Path, layout: dict[str, int], *, size: int = 8, mode: str
 
 def raw(data: CellDataset, split: str) -> torch.Tensor:
     """Undo the normalisation, back to the loader's raw scale."""
-    x = data.split(split)[0]
+    x = data.images(split)
     return x * torch.tensor(data.std).view(1, -1, 1, 1) + torch.tensor(data.mean).view(1, -1, 1, 1)
+
+
+def test_uint8_storage_gives_the_float_copy_numbers_bit_for_bit() -> None:
+    """Keeping 8-bit images as uint8 changes memory, not numbers: the same model input as the float copy
+    the loaders used to hold, and the same statistics (exact integer sums against float32 std_mean)."""
+    stored = torch.randint(0, 256, (70, 3, 9, 9), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    as_float = stored.float().mul_(1 / 255)
+    std8, mean8 = channel_statistics(stored)
+    std32, mean32 = channel_statistics(as_float)
+    torch.testing.assert_close(mean8, mean32, atol=1e-6, rtol=0)
+    torch.testing.assert_close(std8, std32, atol=1e-6, rtol=0)
+    mean, std = tuple(mean8.tolist()), tuple(std8.tolist())
+    assert torch.equal(normalise(stored, mean, std), normalise(as_float, mean, std))
+    assert normalise(stored[0], mean, std).shape == (3, 9, 9)  # one image: channels at dim -3
 
 
 # -- npz -------------------------------------------------------------------------------------
@@ -59,7 +74,8 @@ def test_npz_hwc_with_column_labels(tmp_path: Path) -> None:
     data = load_dataset(source="npz", path=path)
     stored = np.load(path)
     assert data.train_x.shape == (12, 3, 8, 8) and data.val_x.shape == (6, 3, 8, 8) and data.test_x.shape == (6, 3, 8, 8)
-    assert data.train_x.dtype == torch.float32 and data.train_y.dtype == torch.int64
+    assert data.train_x.dtype == torch.uint8 and data.train_y.dtype == torch.int64  # 8-bit, kept as stored
+    assert data.images("train").dtype == torch.float32 and data.nbytes == 24 * 3 * 8 * 8 + 24 * 8
     assert data.train_y.tolist() == [0, 1, 2] * 4
     assert (data.in_channels, data.num_classes, data.image_size) == (3, 3, 8)
     assert data.class_names == ["class_0", "class_1", "class_2"] and data.modality == "rgb"
@@ -79,8 +95,8 @@ def test_stats_come_from_the_train_split_only(tmp_path: Path) -> None:
     data = load_dataset(source="npz", path=path)
     assert data.mean == pytest.approx((100 / 255,) * 3, abs=1e-6)
     assert data.std == pytest.approx((50 / 255,) * 3, abs=1e-6)
-    torch.testing.assert_close(data.train_x.mean((0, 2, 3)), torch.zeros(3), atol=1e-5, rtol=0)
-    torch.testing.assert_close(data.val_x, torch.full_like(data.val_x, 3.0), atol=1e-4, rtol=0)  # (250-100)/50
+    torch.testing.assert_close(data.images("train").mean((0, 2, 3)), torch.zeros(3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(data.images("val"), torch.full((3, 3, 8, 8), 3.0), atol=1e-4, rtol=0)  # (250-100)/50
 
 
 def test_npz_hw_gray_and_flat_labels(tmp_path: Path) -> None:

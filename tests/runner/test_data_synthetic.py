@@ -27,7 +27,7 @@ def test_splits_are_independent_streams() -> None:
     large = load_dataset(source="synthetic", train=120, val=40, test=30)
 
     def raw(d, split):  # undo the normalisation, which follows the train statistics
-        return d.split(split)[0] * torch.tensor(d.std).view(1, -1, 1, 1) + torch.tensor(d.mean).view(1, -1, 1, 1)
+        return d.images(split) * torch.tensor(d.std).view(1, -1, 1, 1) + torch.tensor(d.mean).view(1, -1, 1, 1)
 
     torch.testing.assert_close(raw(small, "val"), raw(large, "val"), atol=1e-5, rtol=0)
     torch.testing.assert_close(raw(small, "test"), raw(large, "test"), atol=1e-5, rtol=0)
@@ -99,8 +99,9 @@ def test_load_synthetic_is_normalised_and_described(modality: str) -> None:
     assert (data.in_channels, data.num_classes, data.image_size) == (MODALITY_CHANNELS[modality], 5, 24)
     assert describe_dataset(source="synthetic", modality=modality, image_size=24) == (
         data.in_channels, data.num_classes, data.image_size)
-    torch.testing.assert_close(data.train_x.mean((0, 2, 3)), torch.zeros(data.in_channels), atol=1e-4, rtol=0)
-    torch.testing.assert_close(data.train_x.std((0, 2, 3), correction=0), torch.ones(data.in_channels), atol=1e-3, rtol=0)
+    x = data.images("train")
+    torch.testing.assert_close(x.mean((0, 2, 3)), torch.zeros(data.in_channels), atol=1e-4, rtol=0)
+    torch.testing.assert_close(x.std((0, 2, 3), correction=0), torch.ones(data.in_channels), atol=1e-3, rtol=0)
     assert data.class_names == list(SYNTHETIC_CLASSES) and data.modality == modality
     assert "synthetic" in data.source and "seed 0" in data.source
 

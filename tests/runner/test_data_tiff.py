@@ -122,7 +122,7 @@ def test_tiff_round_trip_search_export_predict(tmp_path: Path) -> None:
     data = load_dataset(source="folder", path=root, image_size=16, seed=0)
     model = load_trained(run / "trials" / "0").model
     with torch.no_grad():
-        want = torch.softmax(model(data.test_x), dim=-1).numpy()
+        want = torch.softmax(model(data.images("test")), dim=-1).numpy()
     assert result.predicted == [data.class_names[i] for i in want.argmax(axis=1)]
     np.testing.assert_allclose([float(r["probability"]) for r in result.rows], want.max(axis=1), atol=1e-5)
     # the same images as an array (N, H, W, C), scaled by dtype in the same way

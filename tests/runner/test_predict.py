@@ -209,7 +209,7 @@ def test_folder_rgb_preprocessing_matches_the_loader(tmp_path: Path) -> None:
     data = load_dataset(source="folder", path=root, image_size=16, seed=0)
     assert data.modality == "rgb"
     spec = P.InputSpec(3, 16, data.modality, np.float32(data.mean), np.float32(data.std))
-    np.testing.assert_array_equal(P.preprocess(_val_items(root), spec), data.val_x.numpy())
+    np.testing.assert_array_equal(P.preprocess(_val_items(root), spec), data.images("val").numpy())
 
 
 def test_folder_gray_preprocessing_matches_the_loader(tmp_path: Path) -> None:
@@ -219,7 +219,7 @@ def test_folder_gray_preprocessing_matches_the_loader(tmp_path: Path) -> None:
     data = load_dataset(source="folder", path=root, image_size=20, seed=0)
     assert data.modality == "gray" and data.in_channels == 1
     spec = P.InputSpec(1, 20, data.modality, np.float32(data.mean), np.float32(data.std))
-    np.testing.assert_array_equal(P.preprocess(_val_items(root), spec), data.val_x.numpy())
+    np.testing.assert_array_equal(P.preprocess(_val_items(root), spec), data.images("val").numpy())
 
 
 def test_npz_preprocessing_matches_the_loader(tmp_path: Path) -> None:
@@ -230,7 +230,7 @@ def test_npz_preprocessing_matches_the_loader(tmp_path: Path) -> None:
     data = load_dataset(source="npz", path=path, image_size=16, seed=0)
     spec = P.InputSpec(3, 16, data.modality, np.float32(data.mean), np.float32(data.std))
     items = P.collect([path], split="val")
-    np.testing.assert_array_equal(P.preprocess(items, spec), data.val_x.numpy())
+    np.testing.assert_array_equal(P.preprocess(items, spec), data.images("val").numpy())
 
 
 # --------------------------------------------------------------------------------------------- channel rules

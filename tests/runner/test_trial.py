@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
-
 import numpy as np
 import pytest
 import torch
 
+from runner.data import CellDataset
 from runner.trial import NonFiniteLossError, lr_at, record_infeasible, run_trial
 from search_space.build import default_config
 from tests.runner import search_fixtures  # noqa: F401 - registers probe_net
@@ -17,28 +16,8 @@ from tests.runner import search_fixtures  # noqa: F401 - registers probe_net
 FILES = ("config.json", "metrics.json", "history.json", "model.pt", "meta.json", "looked_at.npz")
 
 
-@dataclass
-class TinyData:
-    """Stands in for runner.data.CellDataset: separable 4-class 16 px images."""
-
-    train_x: torch.Tensor
-    train_y: torch.Tensor
-    val_x: torch.Tensor
-    val_y: torch.Tensor
-    test_x: torch.Tensor
-    test_y: torch.Tensor
-    class_names: tuple[str, ...] = ("a", "b", "c", "d")
-    mean: tuple[float, ...] = (0.5, 0.5, 0.5)
-    std: tuple[float, ...] = (0.2, 0.2, 0.2)
-    modality: str = "brightfield"
-    source: str = "synthetic"
-
-    in_channels = property(lambda self: self.train_x.shape[1])
-    num_classes = property(lambda self: len(self.class_names))
-    image_size = property(lambda self: self.train_x.shape[-1])
-
-
-def tiny_data(n: int = 64, size: int = 16) -> TinyData:
+def tiny_data(n: int = 64, size: int = 16) -> CellDataset:
+    """Separable 4-class 16 px images, stored as model input already (mean 0, std 1: normalise is exact)."""
     g = torch.Generator().manual_seed(0)
 
     def split(count: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,7 +28,8 @@ def tiny_data(n: int = 64, size: int = 16) -> TinyData:
         return x, y
 
     (tx, ty), (vx, vy), (sx, sy) = split(n), split(32), split(32)
-    return TinyData(tx, ty, vx, vy, sx, sy)
+    return CellDataset(tx, ty, vx, vy, sx, sy, class_names=["a", "b", "c", "d"], mean=(0.0,) * 3, std=(1.0,) * 3,
+                       modality="brightfield", source="synthetic")
 
 
 def probe_config(**overrides: object) -> dict:
@@ -105,12 +85,12 @@ def test_trial_writes_every_file_and_reports_each_epoch(tmp_path) -> None:
     assert all(row["k_trace"] == [] for row in history)  # the schedule decides nothing from the loss
     looked = np.load(tmp_path / "looked_at.npz")
     assert looked["images"].shape == (8, 3, 16, 16) and looked["used"].shape == (8, 16, 16)
-    assert looked["images"].min() >= 0.0 and looked["images"].max() <= 1.0
+    assert looked["images"].dtype == np.uint8 and looked["images"].max() == 255  # min-max per image and channel
     assert looked["used"].sum(axis=(1, 2)).tolist() == [64.0] * 8  # the final k
     assert list(looked["class_names"]) == ["a", "b", "c", "d"] and looked["preds"].shape == (8,)
     meta = json.loads((tmp_path / "meta.json").read_text())
     assert meta["in_channels"] == 3 and meta["num_classes"] == 4 and meta["image_size"] == 16
-    assert meta["mean"] == [0.5, 0.5, 0.5] and meta["class_names"] == ["a", "b", "c", "d"]
+    assert meta["mean"] == [0.0, 0.0, 0.0] and meta["class_names"] == ["a", "b", "c", "d"]
     assert json.loads((tmp_path / "config.json").read_text())["strategy"] == "probe_net"
 
 

@@ -18,11 +18,11 @@ def val_accuracy(net: nn.Module, data: CellDataset, *, epochs: int, lr: float) -
     for _ in range(epochs):
         net.train()
         for idx in torch.randperm(train).split(64):
-            loss = F.cross_entropy(net(data.train_x[idx]), data.train_y[idx])
+            loss = F.cross_entropy(net(data.images("train", idx)), data.train_y[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
     net.eval()
     with torch.no_grad():
-        return (net(data.val_x).argmax(1) == data.val_y).float().mean().item()
+        return (net(data.images("val")).argmax(1) == data.val_y).float().mean().item()
