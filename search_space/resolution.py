@@ -27,7 +27,7 @@ from cellsparse.strategy_info import INPUT_SIZE_KEY  # re-exported: declared in 
 from search_space.params import ParamSpec
 
 MIN_INPUT_SIZE = 8  # below this the stride-2 stages of the small models run out of pixels
-MAX_INPUT_SIZE = 128  # the largest data.image_size a space accepts
+MAX_INPUT_SIZE = 512  # the largest data.image_size a space accepts
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from cellsparse.objective_info import constraint_keys, declared_objectives, obje
 from search_space.errors import SpecError
 from search_space.k_rules import K_RULE_PARAMS
 from search_space.params import Param, ParamFormError, check_against, parse_param
-from search_space.resolution import INPUT_PARAMS, INPUT_SIZE_KEY, input_size_problem
+from search_space.resolution import INPUT_PARAMS, INPUT_SIZE_KEY, MAX_INPUT_SIZE, input_size_problem
 from search_space.strategies import ParamSpec, get_strategy, strategy_names
 
 DIRECTIONS = {"maximize": "maximize", "max": "maximize", "minimize": "minimize", "min": "minimize"}
@@ -63,7 +63,10 @@ TRAINING_DEFAULTS: dict[str, Any] = {
 
 _SECTIONS = ("name", "seed", "data", "objectives", "constraints", "training", "search", "space")
 _REQUIRED = ("objectives", "space")
-_DATA_KEYS = ("source", "path", "modality", "image_size", "train", "val", "test", "difficulty", "augment", "class_names")
+_DATA_KEYS = ("source", "path", "modality", "image_size", "train", "val", "test", "difficulty", "augment", "class_names",
+              "layout", "target_size", "distractors", "cue_scale")
+LAYOUTS = ("cell", "field")  # synthetic: one cell filling part of the frame, or a small cell in a large field
+_FIELD_DEFAULTS = {"target_size": 32, "cue_scale": 1.0}  # runner.data.fields' defaults, checked by a test
 _SEARCH_KEYS = ("trials", "sampler", "backend", "max_concurrent", "resources", "reference_point", "timeout_s",
                 "early_stopping")
 EARLY_STOPPING_RULES = ("none", "asha", "moasha")
@@ -83,9 +86,16 @@ class DataSpec:
     difficulty: float = 0.5
     augment: bool = True
     class_names: tuple[str, ...] | None = None
+    layout: str = "cell"
+    target_size: int | None = None
+    distractors: int | None = None
+    cue_scale: float | None = None
 
     def loader_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``runner.data.load_dataset`` (all but ``seed``)."""
+        """Keyword arguments for ``runner.data.load_dataset`` (all but ``seed``). The layout keys only
+        when set, so runs from before they existed resolve to the same space.yaml (``--resume`` compares)."""
+        layout = {key: getattr(self, key) for key in ("layout", "target_size", "distractors", "cue_scale")
+                  if getattr(self, key) != getattr(DataSpec, key)}
         return {
             "source": self.source,
             "path": self.path,
@@ -96,6 +106,7 @@ class DataSpec:
             "test": self.test,
             "difficulty": self.difficulty,
             "class_names": list(self.class_names) if self.class_names else None,
+            **layout,
         }
 
 
@@ -521,8 +532,9 @@ def _parse_data(where: _Where, raw: dict[str, Any]) -> DataSpec:
     modalities = MODALITIES if source == "synthetic" else REAL_MODALITIES
     modality = _choice(where, "data.modality", raw.get("modality", "brightfield"), modalities, f"modality for {source} data")
     image_size = _number(where, "data.image_size", raw.get("image_size", 32), integer=True, low=16)
-    if image_size > 128:
-        raise where.fail("data.image_size", f"expected an integer from 16 to 128, got {image_size}")
+    if image_size > MAX_INPUT_SIZE:
+        raise where.fail("data.image_size", f"expected an integer from 16 to {MAX_INPUT_SIZE}, got {image_size}")
+    layout = _parse_layout(where, raw, source, modality, image_size)
     sizes: dict[str, int | None] = {}
     defaults = DataSpec()
     for split in ("train", "val", "test"):
@@ -540,7 +552,42 @@ def _parse_data(where: _Where, raw: dict[str, Any]) -> DataSpec:
             raise where.fail("data.class_names", f"expected a non-empty list of strings, got {class_names!r}")
         class_names = tuple(class_names)
     return DataSpec(source, path, modality, image_size, sizes["train"], sizes["val"], sizes["test"],
-                    difficulty, augment, class_names)
+                    difficulty, augment, class_names, **layout)
+
+
+def _parse_layout(where: _Where, raw: dict[str, Any], source: str, modality: str, image_size: int) -> dict[str, Any]:
+    """``layout`` and its keys (synthetic data only): ``field`` puts a ``target_size``-px cell among
+    ``distractors`` red cells in a frame of 64-512 px; ``cue_scale`` fixes texture widths in pixels."""
+    keys = ("layout", "target_size", "distractors", "cue_scale")
+    if source != "synthetic":
+        for key in keys:
+            if key in raw:
+                raise where.fail(f"data.{key}", f"only synthetic data takes {key}; {source} images are what they are")
+        return {}
+    layout = _choice(where, "data.layout", raw.get("layout", "cell"), LAYOUTS, "layout")
+    cue_scale = raw.get("cue_scale", _FIELD_DEFAULTS["cue_scale"] if layout == "field" else None)
+    if cue_scale is not None:
+        cue_scale = float(_number(where, "data.cue_scale", cue_scale, low=0.25))
+        if cue_scale > 8:
+            raise where.fail("data.cue_scale", f"expected a number from 0.25 to 8 (pixels per 32-px texture unit), got {cue_scale}")
+    if layout == "cell":
+        for key in ("target_size", "distractors"):
+            if key in raw:
+                raise where.fail(f"data.{key}", f"only layout: field takes {key}; set data.layout: field")
+        return {"cue_scale": cue_scale}
+    if modality != "brightfield":
+        raise where.fail("data.modality", f"layout: field is rendered in brightfield only, got {modality!r}")
+    if image_size < 64:
+        raise where.fail("data.image_size", f"layout: field needs frames of 64 to {MAX_INPUT_SIZE} px, got {image_size}")
+    target = _number(where, "data.target_size", raw.get("target_size", _FIELD_DEFAULTS["target_size"]), integer=True, low=8)
+    if target > image_size // 2:
+        raise where.fail("data.target_size", f"expected at most half the frame ({image_size // 2} px), got {target}")
+    distractors = raw.get("distractors")
+    if distractors is not None:
+        distractors = _number(where, "data.distractors", distractors, integer=True, low=0)
+        if distractors > 1000:
+            raise where.fail("data.distractors", f"expected at most 1000 red cells per frame, got {distractors}")
+    return {"layout": layout, "target_size": int(target), "distractors": distractors, "cue_scale": cue_scale}
 
 
 _ENV_VAR = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}|\$(\w+)")

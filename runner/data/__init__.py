@@ -23,7 +23,7 @@ import torch
 
 from search_space.errors import DataError
 
-from . import synthetic
+from . import fields, synthetic
 from .augment import augment_batch
 from .dataset import SPLITS, CellDataset, Size, cell_dataset, check_size
 from .folder import IMAGE_SUFFIXES, describe_folder, load_folder
@@ -63,6 +63,10 @@ def load_dataset(
     difficulty: float = 0.5,
     class_names: list[str] | None = None,
     seed: int = 0,
+    layout: str = "cell",
+    target_size: int | None = None,
+    distractors: int | None = None,
+    cue_scale: float | None = None,
 ) -> CellDataset:
     """Load or generate a dataset, with its train split's per-channel mean and std (see ``CellDataset``).
 
@@ -85,6 +89,10 @@ def load_dataset(
     "rgb" or "gray" checks that, the default "brightfield" accepts either, "opd"/"event" are refused.
 
     ``difficulty`` (synthetic only, in [0, 1]): how ambiguous and cluttered the cells are.
+    ``layout`` (synthetic only): "cell" (:mod:`runner.data.synthetic`: one cell filling part of the frame)
+    or "field" (:mod:`runner.data.fields`: a ``target_size``-px cell, default 32, among ``distractors``
+    red cells in a 64-512 px frame, stored uint8). ``cue_scale``: texture width in pixels relative to
+    the 32-px look (None: scaled with the frame for "cell", 1 for "field").
     ``class_names``: synthetic, a subset of :data:`SYNTHETIC_CLASSES` (in the order given); npz, the
     names of labels 0..K-1; folder, the class folders to use, in that order.
     ``seed``: the generator's or the subsampling's seed; the same arguments give identical tensors.
@@ -93,7 +101,8 @@ def load_dataset(
     """
     sizes = _check_common(source, path, modality, image_size, {"train": train, "val": val, "test": test}, seed)
     if source == "synthetic":
-        data = _synthetic(modality, image_size, sizes, difficulty, class_names, seed)
+        field = _check_layout(layout, modality, image_size, target_size, distractors, cue_scale)
+        data = _synthetic(modality, image_size, sizes, difficulty, class_names, seed, field, cue_scale)
     else:
         loader: Callable[..., CellDataset] = {"npz": load_npz, "folder": load_folder}[source]
         data = loader(path, image_size=image_size, sizes=sizes, class_names=class_names, seed=seed)
@@ -159,7 +168,8 @@ def describe_dataset(**settings: Any) -> tuple[int, int, int]:
     if source == "synthetic":
         names = _synthetic_classes(a["class_names"])
         _check_difficulty(a["difficulty"])
-        return MODALITY_CHANNELS[modality], len(names), size or SYNTHETIC_DEFAULT_IMAGE_SIZE
+        _check_layout(a["layout"], modality, size, a["target_size"], a["distractors"], a["cue_scale"])
+        return MODALITY_CHANNELS[modality], len(names), size or _default_size(a["layout"])
     describe: Callable[..., tuple[int, int, int]] = {"npz": describe_npz, "folder": describe_folder}[source]
     channels, num_classes, size = describe(path, image_size=size, class_names=a["class_names"])
     _check_real_modality(modality, modality_for(channels), path)
@@ -215,19 +225,54 @@ def _synthetic_classes(class_names: list[str] | None) -> tuple[str, ...]:
     return tuple(class_names)
 
 
+def _default_size(layout: str) -> int:
+    return fields.DEFAULT_FIELD_SIZE if layout == "field" else SYNTHETIC_DEFAULT_IMAGE_SIZE
+
+
+def _check_layout(layout: str, modality: str, image_size: int | None, target_size: int | None,
+                  distractors: int | None, cue_scale: float | None) -> dict[str, Any] | None:
+    """The field generator's settings for layout "field", None for "cell"; DataError for what cannot be drawn."""
+    if layout not in ("cell", "field"):
+        raise DataError(f"unknown layout {layout!r} for synthetic data; choose cell or field")
+    if cue_scale is not None and (isinstance(cue_scale, bool) or not isinstance(cue_scale, (int, float))
+                                  or not 0.25 <= cue_scale <= 8):
+        raise DataError(f"cue_scale must be a number from 0.25 to 8 (or None), got {cue_scale!r}")
+    if layout == "cell":
+        if target_size is not None or distractors is not None:
+            raise DataError("target_size and distractors are settings of layout 'field'")
+        return None
+    if modality != "brightfield":
+        raise DataError(f"layout 'field' is rendered in brightfield only, got modality {modality!r}")
+    size = image_size or _default_size(layout)
+    if not fields.FIELD_MIN_SIZE <= size <= fields.FIELD_MAX_SIZE:
+        raise DataError(f"layout 'field' needs image_size from {fields.FIELD_MIN_SIZE} to {fields.FIELD_MAX_SIZE}, got {size}")
+    target = fields.DEFAULT_TARGET_SIZE if target_size is None else target_size
+    if isinstance(target, bool) or not isinstance(target, int) or not 8 <= target <= size // 2:
+        raise DataError(f"target_size must be an int from 8 to half the frame ({size // 2}), got {target_size!r}")
+    if distractors is not None and (isinstance(distractors, bool) or not isinstance(distractors, int) or distractors < 0):
+        raise DataError(f"distractors must be a count (int >= 0) or None, got {distractors!r}")
+    return {"target_size": target, "distractors": distractors,
+            "cue_scale": fields.DEFAULT_CUE_SCALE if cue_scale is None else float(cue_scale)}
+
+
 def _synthetic(
     modality: str, image_size: int | None, sizes: dict[str, Size], difficulty: float,
-    class_names: list[str] | None, seed: int,
+    class_names: list[str] | None, seed: int, field: dict[str, Any] | None, cue_scale: float | None,
 ) -> CellDataset:
     classes = _synthetic_classes(class_names)
     _check_difficulty(difficulty)
-    size = image_size or SYNTHETIC_DEFAULT_IMAGE_SIZE
+    size = image_size or _default_size("field" if field else "cell")
     splits = {}
     for split in SPLITS:
         n = int(sizes[split] or SYNTHETIC_DEFAULT_SIZES[split])
-        batch = synthetic.generate(
-            n, modality=modality, image_size=size, difficulty=float(difficulty), seed=seed, split=split, classes=classes
-        )
+        if field is not None:
+            batch = fields.generate_fields(n, image_size=size, difficulty=float(difficulty), seed=seed, split=split,
+                                           classes=classes, **field)
+        else:
+            batch = synthetic.generate(n, modality=modality, image_size=size, difficulty=float(difficulty), seed=seed,
+                                       split=split, classes=classes, cue_scale=cue_scale)
         splits[split] = (batch.images, batch.labels)
-    source = f"synthetic {modality}, {size}px, difficulty {difficulty:g}, seed {seed}"
+    what = (f"fields of {size}px, target {field['target_size']}px, cue scale {field['cue_scale']:g}" if field
+            else f"{modality}, {size}px" + ("" if cue_scale is None else f", cue scale {cue_scale:g}"))
+    source = f"synthetic {what}, difficulty {difficulty:g}, seed {seed}"
     return cell_dataset(splits, class_names=list(classes), modality=modality, source=source)

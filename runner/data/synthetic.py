@@ -107,6 +107,7 @@ class SyntheticBatch:
     images: Tensor  # (N, C, S, S) float32
     labels: Tensor  # (N,) int64, indices into the ``classes`` passed to generate()
     cell_mask: Tensor  # (N, S, S) float32 in [0, 1]: the labelled cell's body (neighbours excluded)
+    boxes: Tensor | None = None  # (N, 3) fields only: the target's centre x, y and radius in pixels
 
 
 def generate(
@@ -118,17 +119,23 @@ def generate(
     seed: int = 0,
     split: str = "train",
     classes: tuple[str, ...] = SYNTHETIC_CLASSES,
+    cue_scale: float | None = None,
 ) -> SyntheticBatch:
     """Render ``n`` class-balanced images (counts differ by at most one), deterministic per arguments.
 
     ``split`` picks an independent random stream, so the validation set does not change when the
     training set grows. ``classes`` selects (and orders) a subset of :data:`SYNTHETIC_CLASSES`;
-    labels index into it. Arguments are assumed valid (``load_dataset`` checks them).
+    labels index into it. ``cue_scale`` is the width, in pixels, of the finest textures (granules,
+    chromatin, debris specks, defocus) relative to their look at 32 px: None scales them with the
+    frame (``image_size / 32``: a 64-px frame holds a 32-px frame's detail, twice as wide), a number
+    fixes them in pixels (1.0: granules of 1-2 px at every frame size, so a larger frame holds finer
+    detail than its shrink). Arguments are assumed valid (``load_dataset`` checks them).
     """
     class_ids = torch.tensor([SYNTHETIC_CLASSES.index(c) for c in classes])
     with _single_thread():
         parts = [
-            _render_chunk(start, min(_CHUNK, n - start), class_ids, modality, image_size, difficulty, seed, split)
+            _render_chunk(start, min(_CHUNK, n - start), class_ids, modality, image_size, difficulty, seed, split,
+                          image_size / 32.0 if cue_scale is None else float(cue_scale))
             for start in range(0, n, _CHUNK)
         ]
     if not parts:
@@ -156,11 +163,12 @@ def _stream(seed: int, split: str, chunk: int) -> torch.Generator:
 
 
 def _render_chunk(
-    start: int, n: int, class_ids: Tensor, modality: str, size: int, difficulty: float, seed: int, split: str
+    start: int, n: int, class_ids: Tensor, modality: str, size: int, difficulty: float, seed: int, split: str,
+    scale: float,
 ) -> tuple[Tensor, Tensor, Tensor]:
+    """One chunk's images; ``scale`` multiplies every texture and blur width (tuned at 32 px)."""
     g = _stream(seed, split, start // _CHUNK)
     d = float(difficulty)
-    scale = size / 32.0  # texture and blur widths are tuned at 32 px and scale with the frame
 
     # Labels: global index i gets class i % K (balanced), shuffled within the chunk.
     local = (torch.arange(start, start + n) % len(class_ids))[torch.randperm(n, generator=g)]
@@ -331,10 +339,16 @@ class _Scene:
 
 
 def _brightfield(scene: _Scene, g: torch.Generator, d: float, scale: float) -> Tensor:
-    n, size = scene.cell.shape[0], scene.cell.shape[-1]
+    return transmit(scene.absorbance(), g, d, scale)
+
+
+def transmit(absorbance: Tensor, g: torch.Generator, d: float, scale: float) -> Tensor:
+    """Brightfield exposure of an absorbance map (N, 3, S, S): stain and light variation, an illumination
+    ramp, defocus, sensor noise; (N, 3, S, S) in [0, 1]."""
+    n, size = absorbance.shape[0], absorbance.shape[-1]
     stain = torch.exp((0.05 + 0.10 * d) * torch.randn(n, 3, generator=g)) * (0.9 + 0.2 * torch.rand(n, 1, generator=g))
     light = _BACKGROUND * (0.90 + 0.08 * torch.rand(n, 1, generator=g))  # (N, 3)
-    image = light[:, :, None, None] * torch.exp(-scene.absorbance() * stain[:, :, None, None])
+    image = light[:, :, None, None] * torch.exp(-absorbance * stain[:, :, None, None])
     image = image * _gradient(n, size, (0.05 + 0.25 * d), g)[:, None]
     image = _random_blur(image, g, d, scale)
     sigma = 0.004 + (0.01 + 0.03 * d) * torch.rand(n, 1, 1, 1, generator=g)

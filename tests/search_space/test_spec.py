@@ -166,7 +166,7 @@ MALFORMED = [
     (mutated("data.source", "s3"), "data.source", "unknown data source"),
     (mutated("data.source", "npz"), "data.path", "expected a file or folder path"),
     (mutated("data.path", "/tmp/x.npz"), "data.path", "synthetic source takes no path"),
-    (mutated("data.image_size", 512), "data.image_size", "from 16 to 128"),
+    (mutated("data.image_size", 1024), "data.image_size", "from 16 to 512"),
     (mutated("data.modality", "fluorescence"), "data.modality", "unknown modality"),
     (mutated("data.augment", "yes please"), "data.augment", "true or false"),
     (mutated("constraints.max_flops", -1), "constraints.max_flops", "expected a finite number > 0"),
