@@ -2,7 +2,8 @@
 
 Images are (N, H, W) or (N, H, W, C) with C in {1, 3, 4} (RGBA loses its alpha); uint8 is scaled
 by 1/255, uint16 by 1/65535, float kept as stored. uint8 images at their stored size stay uint8 in
-memory (scaled a batch at a time, see ``CellDataset``); resized or other images are held as float32. Labels are integers, (N,) or (N, 1).
+memory (scaled a batch at a time, see ``CellDataset``); resized or other images are held as float32.
+Labels are integers, (N,) or (N, 1).
 
 Class names, first found wins: the ``class_names`` argument; a ``class_names`` array in the file;
 :data:`KNOWN_CLASS_NAMES` when the file name starts with one of its keys and the label count
