@@ -128,6 +128,11 @@ def quantiles(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
     return f"{q50:.{digits}f} (5-95%: {q5:.{digits}f}-{q95:.{digits}f})"
 
 
+def span(values: list[float]) -> str:
+    low, high = f"{min(values):.0f}", f"{max(values):.0f}"
+    return low if low == high else f"{low}-{high}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--wbc-clone", type=Path, default=os.environ.get("WBC_CLONE"), help="default $WBC_CLONE")
@@ -165,11 +170,12 @@ def main() -> None:
                             .replace(str(args.pbc_clone), "PBC"), f"{b['wall_s']:.0f}", f"{b['peak_mb']:.0f}",
                             f"{b['file_mb']:.0f}", b["summary"].split(": ", 1)[-1]] for b in builds])
     print(cost)
+    peaks, files = [b["peak_mb"] for b in builds], [b["file_mb"] for b in builds]
     short = (f"**In short:** the finder found a stained cell in {r['found']} of {r['originals']} originals, and on the "
              f"{checked} that have a hand-drawn white-cell box its centre lies in one in {r['agree']}; the window keeps "
              f"the hand box whole in {r['window_keeps_hand_box']} of them. The white cell's box is "
              f"{quantiles(r['hand_side'], digits=0)} px across, {quantiles(r['hand_share'], 100)}% of a 480x480 window. "
-             "Peak memory stays near the interpreter's own whatever the file's size: frames are streamed.")
+             f"Building, peak memory is {span(peaks)} MB for files of {span(files)} MB: frames are streamed, not held.")
     print(short)
     if not args.no_write:
         argv = [Path(a).name if Path(a).is_dir() else a for a in sys.argv[1:]]  # clones by name, not this machine's path
