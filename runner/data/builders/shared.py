@@ -107,8 +107,8 @@ def stratified_split(
 
 
 def _block(order: np.ndarray, full: tuple[int, int, int], split: str) -> np.ndarray:
-    """The slice of a class's shuffled order that is ``split``: val first, then test, then train (so
-    the val and test blocks do not move when the class grows at the end)."""
+    """The slice of a class's shuffled order that is ``split`` (val first, then test, then train), at
+    the uncapped counts ``full``; a cap takes the start of each slice."""
     _, val, test = full
     return {"val": order[:val], "test": order[val:val + test], "train": order[val + test:]}[split]
 
