@@ -14,6 +14,8 @@ Order (each one a separate process, so one heavy job at a time; each writes its 
    ``bench_adaptive_k.py``        sparse_topk's loss_trend k against fixed k, 3 seeds (about 5 minutes)
    ``bench_tnet_encoders.py``     TNet's encoder (residual, plain) by depth and width on 64-px cells (about 10 minutes)
 2. ``bench_data.py --accuracy``   data generation and loading, small-CNN accuracy per modality
+   ``bench_field_data.py``        the white-cell finder against hand-drawn boxes, and each real field set's
+                                  build (skipped, with a message, without the clones: $WBC_CLONE, $PBC_CLONE)
 3. ``bench_report.py``            report size and build time
 4. ``bench_overhead.py``          framework overhead and parallel speed-up
 5. ``bench_search_efficiency.py`` hypervolume per sampler (random, TPE, NSGA-II)
@@ -78,6 +80,7 @@ def plan(export_run: Path | None, tmp: Path, pbc28_run: Path | None = None,
         ("adaptive_k", [[PY, "benchmarks/bench_adaptive_k.py"]]),
         ("tnet_encoders", [[PY, "benchmarks/bench_tnet_encoders.py"]]),
         ("data", [[PY, "benchmarks/bench_data.py", "--accuracy"]]),
+        ("field_data", [[PY, "benchmarks/bench_field_data.py"]]),
         ("report", [[PY, "benchmarks/bench_report.py"]]),
         ("overhead", [[PY, "benchmarks/bench_overhead.py", "--trial-s", "10", "--trials", "6"]]),
         ("search_efficiency", [[PY, "benchmarks/bench_search_efficiency.py"]]),

@@ -5,7 +5,7 @@ in the modules that need them.
                                                    the base error, the run directory
     space/models  search_space, objectives         models, the space, measures
     engine        runner (but the applications)    trial, data, driver, backends, export artefacts
-    applications  runner.search/export/predict/..., reports
+    applications  runner.search/export/predict/..., runner.data.builders, reports
 
 Every import counts, at module level or inside a function (a function-level import hides a tie, it
 does not cut it). A relative import is resolved to the module it names. Imports sit at module level,
@@ -23,7 +23,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("cellsparse", "search_space", "objectives", "runner", "reports")
-APPLICATIONS = ("runner.search", "runner.export", "runner.predict", "runner.modelcard", "runner.cli", "runner.run")
+APPLICATIONS = ("runner.search", "runner.export", "runner.predict", "runner.modelcard", "runner.cli", "runner.run",
+                "runner.data.builders")
 LAYERS = ("base", "space/models", "engine", "applications")
 #: What a function may import for itself: heavy libraries one path needs (and the one module that wraps
 #: Ray), so that importing a module does not load them for every other path.
