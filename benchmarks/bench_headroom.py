@@ -16,7 +16,8 @@ per image and training time. A 4x shrink that costs under 3 test points says the
 regime (a dense model on a small copy will hold the front); the synthetic fields are built to lose
 at least 5.
 
-    python benchmarks/bench_headroom.py --sets fields [npz:PATH ...] [--seeds 0 1 2] [--jobs 2]
+    python benchmarks/bench_headroom.py --sets fields [npz:PATH ...] [--seeds 0 1 2] [--jobs 2] [--out RUN.json]
+    python benchmarks/bench_headroom.py --results RUN.json [RUN2.json ...]   # one section from saved runs
 
 A set is ``fields`` (synthetic fields, ``--size`` / ``--target``) or ``npz:PATH`` (real frames,
 square, at their native size; see README, "Real field data"). ``--train`` caps the train split
@@ -169,6 +170,26 @@ def verdict(name: str, drops: dict[str, float]) -> str:
     return f"A 4x shrink costs {drop:.1f} test points (>= {REAL_REGIME:.0f}): in the regime where selection can pay."
 
 
+def section(saved: list[dict]) -> str:
+    """The headroom section from saved invocations (each: command, settings, machine line, results)."""
+    parts = []
+    for run in saved:
+        a = run["settings"]
+        parts.append(f"{run['stamp']} {len(run['results'])} runs, {a['jobs']} at once, {a['threads']} torch thread(s) "
+                     f"each, {run['wall_s'] / 60:.0f} min in all; {a['epochs']} epochs"
+                     + (f", train capped at {a['train']}" if a["train"] else "") + ".")
+        for name in a["sets"]:
+            table, drops = summarise([r for r in run["results"] if r["set"] == name])
+            title = (f"Synthetic fields ({a['size']} px, target {a['target']} px, difficulty {a['difficulty']:g})"
+                     if name == "fields" else f"`{Path(name[4:]).name}`")
+            parts.append(f"### {title}\n\n{table}\n\n{verdict(name, drops)}")
+    return (f"The same dense CNN (dense_cnn {MODEL}, AdamW lr {TRAINING['lr']}, batch {TRAINING['batch_size']}, cosine "
+            "decay) on each set at native size, shrunk 2x and 4x inside the model (area interpolation), and on synthetic "
+            "fields on the ground-truth crop around the target (the ceiling a perfect selector would give it). Test "
+            "accuracy is the mean over seeds with its 95% interval; 'last-3 val range' is how much validation accuracy "
+            "still moved over the last three epochs (near 0: trained to a plateau).\n\n" + "\n\n".join(parts))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sets", nargs="+", default=["fields"], help="fields and/or npz:PATH")
@@ -182,44 +203,41 @@ def main() -> None:
     parser.add_argument("--test", type=int, default=500)
     parser.add_argument("--jobs", type=int, default=1, help="runs at once, each in a process of its own (same numbers)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
-    parser.add_argument("--out", type=Path, default=None, help="also write every run's figures as JSON here")
+    parser.add_argument("--out", type=Path, default=None, help="also save this invocation's figures as JSON here")
+    parser.add_argument("--results", type=Path, nargs="+", default=None,
+                        help="train nothing: write the section from invocations saved with --out (several sets, "
+                             "several machines or days, one section)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = parser.parse_args()
-    command = own_command("bench_headroom.py")
 
+    if args.results:
+        saved = [json.loads(path.read_text()) for path in args.results]
+    else:
+        saved = [collect(args)]
+        if args.out:
+            args.out.write_text(json.dumps(saved[0], indent=1))
+    body = section(saved)
+    print(body)
+    if not args.no_write:
+        write_section("headroom", "Headroom: what a shrink costs (is a data set in the regime?)", body)
+
+
+def collect(args: argparse.Namespace) -> dict:
+    """Train every planned run (``--jobs`` at once) and return them with what reproduces them."""
+    command = own_command("bench_headroom.py")
     tasks = [(s, v, i, seed) for s, v, i in plan(args) for seed in args.seeds]
     spawn = multiprocessing.get_context("spawn")
     start = time.perf_counter()
+    results = []
     with ProcessPoolExecutor(args.jobs, mp_context=spawn, initializer=_init_worker, initargs=(args.threads,)) as pool:
         futures = [pool.submit(train, s, v, i, seed, args) for s, v, i, seed in tasks]
-        results = []
         for future in futures:
-            results.append(future.result())
-            r = results[-1]
+            r = future.result()
+            results.append(r)
             print(f"{r['set']:<20s} {r['variant']:<18s} seed {r['seed']}  test {r['test']:.3f}  val {r['val']:.3f}  "
                   f"{r['flops'] / 1e6:7.1f} MFLOPs  {r['seconds']:.0f}s", flush=True)
-    wall = time.perf_counter() - start
-    if args.out:
-        args.out.write_text(json.dumps({"command": command, "results": results}, indent=1))
-
-    parts = []
-    for name in args.sets:
-        key = name.replace("npz:", "")
-        table, drops = summarise([r for r in results if r["set"] == name])
-        title = (f"Synthetic fields ({args.size} px, target {args.target} px, difficulty {args.difficulty:g})"
-                 if name == "fields" else f"`{Path(key).name}`")
-        parts.append(f"### {title}\n\n{table}\n\n{verdict(name, drops)}")
-        print(f"\n{title}\n{table}\n{verdict(name, drops)}")
-    body = (f"{stamp(command)} {len(tasks)} runs, {args.jobs} at once, {args.threads} torch thread(s) each, "
-            f"{wall / 60:.0f} min in all.\n\n"
-            f"The same dense CNN (dense_cnn {MODEL}, AdamW lr {TRAINING['lr']}, batch {TRAINING['batch_size']}, "
-            f"{args.epochs} epochs, cosine decay) on each set at native size, shrunk 2x and 4x inside the model "
-            "(area interpolation), and on synthetic fields on the ground-truth crop around the target (the ceiling a "
-            "perfect selector would give it). Test accuracy is the mean over seeds with its 95% interval; "
-            "'last-3 val range' is how much validation accuracy still moved over the last three epochs "
-            "(near 0: trained to a plateau).\n\n" + "\n\n".join(parts))
-    if not args.no_write:
-        write_section("headroom", "Headroom: what a shrink costs (is a data set in the regime?)", body)
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("results", "out")}
+    return {"stamp": stamp(command), "settings": settings, "wall_s": time.perf_counter() - start, "results": results}
 
 
 if __name__ == "__main__":

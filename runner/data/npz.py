@@ -38,6 +38,7 @@ BLOODMNIST_CLASSES: tuple[str, ...] = (
 KNOWN_CLASS_NAMES: dict[str, tuple[str, ...]] = {"bloodmnist": BLOODMNIST_CLASSES, "pbc": BLOODMNIST_CLASSES}
 
 _SCALE = VALUE_SCALE  # the one definition of value scaling (runner.data.images)
+_RESIZE_CHUNK = 256  # images converted to float and resized at once
 
 
 def load_npz(
@@ -59,7 +60,9 @@ def load_npz(
             images = images[keep] if len(keep) < len(images) else images
             if images.dtype == np.uint8 and images.shape[1:3] == (size, size):
                 return _channels_first(images)  # kept 8-bit until a batch needs it (CellDataset.normalise)
-            return resize(_to_float(path, images), size)
+            # a chunk at a time: only the resized float copy is ever whole, never the stored size's
+            return torch.cat([resize(_to_float(path, images[i : i + _RESIZE_CHUNK]), size)
+                              for i in range(0, max(len(images), 1), _RESIZE_CHUNK)])
 
         splits = subsampled_splits(labels, names, sizes, seed, str(path),
                                    lambda split: _hint(sizes[split], len(names), split), read)

@@ -57,3 +57,15 @@ def test_the_512_space_is_valid(tmp_path: Path) -> None:
     space = load_space(path)
     assert space.data.image_size == 512 and space.data.layout == "field" and space.search.backend == "optuna"
     assert set(space.model.strategy_names) == {"sparse_topk", "tnet_traversal", "span_pyramid", "dense_cnn", "dense_vit"}
+
+
+def test_the_section_joins_saved_invocations() -> None:
+    settings = {"sets": ["fields"], "size": 256, "target": 32, "difficulty": 0.3, "epochs": 12, "train": 0, "jobs": 2,
+                "threads": 1}
+    saved = {"stamp": "Machine: m. Command: `c`.", "settings": settings, "wall_s": 600.0,
+             "results": [run("native", 0, 0.8), run("shrink 4x", 0, 0.7)]}
+    real = {**saved, "settings": {**settings, "sets": ["npz:/x/wbc.npz"], "train": 1500},
+            "results": [{**r, "set": "npz:/x/wbc.npz"} for r in (run("native", 0, 0.8), run("shrink 4x", 0, 0.79))]}
+    text = headroom.section([saved, real])
+    assert "Synthetic fields (256 px, target 32 px" in text and "`wbc.npz`" in text
+    assert "meets the 5-point target" in text and "not in the regime" in text and "train capped at 1500" in text
