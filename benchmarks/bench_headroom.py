@@ -172,7 +172,7 @@ def verdict(name: str, drops: dict[str, float]) -> str:
 
 def section(saved: list[dict]) -> str:
     """The headroom section from saved invocations (each: command, settings, machine line, results)."""
-    parts = []
+    parts, short = [], []
     for run in saved:
         a = run["settings"]
         parts.append(f"{run['stamp']} {len(run['results'])} runs, {a['jobs']} at once, {a['threads']} torch thread(s) "
@@ -183,7 +183,12 @@ def section(saved: list[dict]) -> str:
             title = (f"Synthetic fields ({a['size']} px, target {a['target']} px, difficulty {a['difficulty']:g})"
                      if name == "fields" else f"`{Path(name[4:]).name}`")
             parts.append(f"### {title}\n\n{table}\n\n{verdict(name, drops)}")
-    return (f"The same dense CNN (dense_cnn {MODEL}, AdamW lr {TRAINING['lr']}, batch {TRAINING['batch_size']}, cosine "
+            short.append(f"{'synthetic fields' if name == 'fields' else Path(name[4:]).name}: a 4x shrink costs "
+                         f"{drops.get('shrink 4x', 0.0):.1f} test points"
+                         + (f", the ground-truth crop gains {-drops['ground-truth crop']:.1f}" if "ground-truth crop" in drops
+                            else ""))
+    return ("**In short:** " + "; ".join(short) + ".\n\n"
+            f"The same dense CNN (dense_cnn {MODEL}, AdamW lr {TRAINING['lr']}, batch {TRAINING['batch_size']}, cosine "
             "decay) on each set at native size, shrunk 2x and 4x inside the model (area interpolation), and on synthetic "
             "fields on the ground-truth crop around the target (the ceiling a perfect selector would give it). Test "
             "accuracy is the mean over seeds with its 95% interval; 'last-3 val range' is how much validation accuracy "

@@ -16,6 +16,10 @@ Order (each one a separate process, so one heavy job at a time; each writes its 
 2. ``bench_data.py --accuracy``   data generation and loading, small-CNN accuracy per modality
    ``bench_field_data.py``        the white-cell finder against hand-drawn boxes, and each real field set's
                                   build (skipped, with a message, without the clones: $WBC_CLONE, $PBC_CLONE)
+   ``bench_headroom.py``          the same dense CNN at native size, 2x and 4x shrinks and (synthetic) on the
+                                  ground-truth crop: synthetic fields and the real field sets at $WBC_FIELDS_NPZ
+                                  and $PBC360_NPZ where they exist (3 seeds; about 30 minutes per set)
+   ``bench_fields512.py``         a 512-px search, export and predict end to end, memory and time (~15 minutes)
 3. ``bench_report.py``            report size and build time
 4. ``bench_overhead.py``          framework overhead and parallel speed-up
 5. ``bench_search_efficiency.py`` hypervolume per sampler (random, TPE, NSGA-II)
@@ -49,6 +53,7 @@ in a few lines what the numbers say; it is placed right after the header.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shlex
 import subprocess
@@ -81,6 +86,9 @@ def plan(export_run: Path | None, tmp: Path, pbc28_run: Path | None = None,
         ("tnet_encoders", [[PY, "benchmarks/bench_tnet_encoders.py"]]),
         ("data", [[PY, "benchmarks/bench_data.py", "--accuracy"]]),
         ("field_data", [[PY, "benchmarks/bench_field_data.py"]]),
+        ("headroom", [[PY, "benchmarks/bench_headroom.py", "--sets", "fields", *real_field_sets(), "--epochs", "15",
+                       "--jobs", "2"]]),
+        ("fields512", [[PY, "benchmarks/bench_fields512.py"]]),
         ("report", [[PY, "benchmarks/bench_report.py"]]),
         ("overhead", [[PY, "benchmarks/bench_overhead.py", "--trial-s", "10", "--trials", "6"]]),
         ("search_efficiency", [[PY, "benchmarks/bench_search_efficiency.py"]]),
@@ -99,6 +107,13 @@ def plan(export_run: Path | None, tmp: Path, pbc28_run: Path | None = None,
         ("gpu_paths", [[PY, "benchmarks/bench_gpu_paths.py"]]),
         ("reliability", [[PY, "benchmarks/bench_reliability.py"]]),
     ]
+
+
+def real_field_sets() -> list[str]:
+    """The real field sets bench_headroom measures beside the synthetic fields: those built where
+    $WBC_FIELDS_NPZ and $PBC360_NPZ point (README, "Real field data")."""
+    paths = [os.environ.get(name) for name in ("WBC_FIELDS_NPZ", "PBC360_NPZ")]
+    return [f"npz:{p}" for p in paths if p and Path(p).is_file()]
 
 
 def sections(text: str) -> dict[str, tuple[str, str]]:
