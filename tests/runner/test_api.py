@@ -72,7 +72,8 @@ def test_readme_api_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     card = json.loads((namespace["export_dir"] / "model_card.json").read_text())
     assert card["trial"]["number"] == namespace["knee"] and card["trial"]["picked_by"] == "knee"
     assert len(result.predicted) == 8 and set(result.predicted) <= set(card["classes"])
-    assert list(result.frame().columns[:4]) == ["input", "predicted", "probability", "top3"]
+    assert list(result.frame().columns[:4]) == ["input", "predicted", "probability", "top2"]
+    assert result.probabilities.shape == (8, len(card["classes"]))
     assert "report.html" in printed.getvalue()
 
 
@@ -110,9 +111,9 @@ def test_predict_takes_numpy_arrays_and_torch_tensors(runs_root: Path, tmp_path:
     assert from_numpy.predicted == from_file.predicted == from_torch.predicted
     assert [r["probability"] for r in from_numpy.rows] == [r["probability"] for r in from_file.rows]
     assert [r["input"] for r in from_numpy.rows] == [f"array[{i}]" for i in range(5)]
-    one = P.predict(export_dir, torch.from_numpy(images[2]).permute(2, 0, 1).float() / 255)  # one (C, H, W) float image
+    one = P.predict(export_dir, torch.from_numpy(images[2]).permute(2, 0, 1).float() / 255)  # (3, 20, 20): (C, H, W)
     assert one.predicted == [from_file.predicted[2]]
-    with pytest.raises(UserError, match="expected numpy"):
+    with pytest.raises(UserError, match="fits no image layout"):
         P.predict(export_dir, np.zeros((1, 2, 3, 4, 5), np.uint8))
     with pytest.raises(UserError, match="empty"):
         P.predict(export_dir, np.zeros((0, 8, 8, 3), np.uint8))
