@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from cellsparse.commands import command
 from cellsparse.files import read_json_object
 from objectives import count_params
 from runner.artefacts import CARD_FILE, FILES, INPUT_NAME, OUTPUT_NAME
@@ -121,11 +122,11 @@ def read_card(export_dir: Path) -> dict[str, Any]:
     """The card of an export directory; UserError when it is not one or the card is unusable."""
     export_dir = Path(export_dir)
     if not export_dir.is_dir():
-        raise UserError(f"{export_dir}: no such export directory; pass the --out of python -m runner.export "
-                        "(default runs/<name>/export)")
+        raise UserError(f"{export_dir}: no such export directory; pass the folder {command('export')} wrote "
+                        "(default runs/<name>/export/trial-<n>)")
     path = export_dir / CARD_FILE
     card = read_json_object(path, fix="export the model again",
-                            missing=f"{export_dir}: no {CARD_FILE} here; is it the output of python -m runner.export?")
+                            missing=f"{export_dir}: no {CARD_FILE} here; is it the output of {command('export')}?")
     try:
         spec = card["input"]
         channels = int(spec["channels"])
@@ -260,7 +261,7 @@ def render_readme(card: dict[str, Any]) -> str:
         "With this project (reads files, folders or an npz, resizes and normalises as in training):",
         "",
         "```bash",
-        "python -m runner.predict path/to/this/export images/ --out predictions.csv",
+        command("predict", "path/to/this/export", "images/", "--out", "predictions.csv"),
         "```",
         "",
         "## Versions",

@@ -60,6 +60,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from cellsparse.commands import command
 from cellsparse.files import write_atomic
 from runner.artefacts import Runner, check_device, onnx_runner, pt2_runner
 from runner.cli import EXIT_USER_ERROR, command_parser, print_error
@@ -497,7 +498,7 @@ def summary(result: Prediction, out: Path) -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     parser = command_parser(
         "runner.predict",
-        "Classify cell images with a model exported by python -m runner.export.",
+        f"Classify cell images with a model exported by {command('export')}.",
         "Exit status: 0 done, 2 bad input. Channel conversions and preprocessing: see the module docstring.",
     )
     parser.add_argument("export_dir", type=Path, metavar="EXPORT_DIR", help="an export directory (runs/<name>/export)")

@@ -26,7 +26,7 @@ from cellsparse.objective_info import constraint_keys, declared_objectives, obje
 from search_space.errors import SpecError
 from search_space.k_rules import K_RULE_PARAMS
 from search_space.params import Param, ParamFormError, check_against, parse_param
-from search_space.resolution import INPUT_PARAMS, INPUT_SIZE_KEY, input_size_problem
+from search_space.resolution import INPUT_PARAMS, INPUT_SIZE_KEY, MAX_INPUT_SIZE, input_size_problem
 from search_space.strategies import ParamSpec, get_strategy, strategy_names
 
 DIRECTIONS = {"maximize": "maximize", "max": "maximize", "minimize": "minimize", "min": "minimize"}
@@ -63,6 +63,7 @@ TRAINING_DEFAULTS: dict[str, Any] = {
 
 _SECTIONS = ("name", "seed", "data", "objectives", "constraints", "training", "search", "space")
 _REQUIRED = ("objectives", "space")
+MIN_IMAGE_SIZE = 16  # the smallest data.image_size a space accepts
 _DATA_KEYS = ("source", "path", "modality", "image_size", "train", "val", "test", "difficulty", "augment", "class_names")
 _SEARCH_KEYS = ("trials", "sampler", "backend", "max_concurrent", "resources", "reference_point", "timeout_s",
                 "early_stopping")
@@ -76,7 +77,9 @@ class DataSpec:
     source: str = "synthetic"
     path: str | None = None
     modality: str = "brightfield"
-    image_size: int = 32
+    # The side images are resized to. None (npz and folder data whose file leaves it out) means the
+    # images' own size, which the runner reads from the data (``SearchSpace.with_image_size``).
+    image_size: int | None = 32
     train: int | None = 2000
     val: int | None = 500
     test: int | None = 500
@@ -224,6 +227,18 @@ class SearchSpace:
         search = replace(self.search, **changes)
         _check_search_settings(search, str(self.path))
         return replace(self, search=search, seed=self.seed if seed is None else seed)
+
+    def with_image_size(self, size: int) -> SearchSpace:
+        """A copy whose ``data.image_size`` is ``size``: how the runner fills in the images' own size
+        where the space file leaves it out (npz and folder data). The size and every ``input_size``
+        are checked against it as the file's own value would have been."""
+        where = _Where(str(self.path))
+        _check_image_size(where, int(size), found=f"but the images in {self.data.path} are")
+        for strategy in self.model.strategies:
+            for key, param in strategy.params.items():
+                path = f"space.strategy.{strategy.name}.{key}" if key in strategy.own else f"space.shared.{key}"
+                _check_input_size(where, path, key, param, int(size))
+        return replace(self, data=replace(self.data, image_size=int(size)))
 
     def with_absolute_data_path(self) -> SearchSpace:
         """A copy whose relative ``data.path`` is made absolute (from the working directory it was
@@ -520,9 +535,11 @@ def _parse_data(where: _Where, raw: dict[str, Any]) -> DataSpec:
         path = _expand_path(where, path)
     modalities = MODALITIES if source == "synthetic" else REAL_MODALITIES
     modality = _choice(where, "data.modality", raw.get("modality", "brightfield"), modalities, f"modality for {source} data")
-    image_size = _number(where, "data.image_size", raw.get("image_size", 32), integer=True, low=16)
-    if image_size > 128:
-        raise where.fail("data.image_size", f"expected an integer from 16 to 128, got {image_size}")
+    image_size = raw.get("image_size")
+    if image_size is None and source == "synthetic":
+        image_size = DataSpec.image_size
+    if image_size is not None:
+        image_size = _check_image_size(where, _number(where, "data.image_size", image_size, integer=True, low=MIN_IMAGE_SIZE))
     sizes: dict[str, int | None] = {}
     defaults = DataSpec()
     for split in ("train", "val", "test"):
@@ -541,6 +558,13 @@ def _parse_data(where: _Where, raw: dict[str, Any]) -> DataSpec:
         class_names = tuple(class_names)
     return DataSpec(source, path, modality, image_size, sizes["train"], sizes["val"], sizes["test"],
                     difficulty, augment, class_names)
+
+
+def _check_image_size(where: _Where, size: int, found: str = "got") -> int:
+    if not MIN_IMAGE_SIZE <= size <= MAX_INPUT_SIZE:
+        raise where.fail("data.image_size", f"expected an integer from {MIN_IMAGE_SIZE} to {MAX_INPUT_SIZE}, {found} "
+                         f"{size}" + ("; set data.image_size to resize the images" if found != "got" else ""))
+    return size
 
 
 _ENV_VAR = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}|\$(\w+)")
@@ -683,7 +707,7 @@ def _check_search_settings(settings: SearchSettings, file: str) -> None:
         raise where.fail("search.backend", "the optuna backend runs one trial at a time; use backend: ray for GPU packing")
 
 
-def _parse_model(where: _Where, raw: dict[str, Any], image_size: int) -> ModelSpace:
+def _parse_model(where: _Where, raw: dict[str, Any], image_size: int | None) -> ModelSpace:
     _check_keys(where, "space", raw, ("strategy", "shared"))
     if "strategy" not in raw:
         raise where.fail("space.strategy", "missing: list the strategies to search, e.g. {sparse_topk: {}, dense_cnn: {}}")
@@ -727,9 +751,10 @@ def _parse_model(where: _Where, raw: dict[str, Any], image_size: int) -> ModelSp
     return ModelSpace(tuple(strategies), shared)
 
 
-def _check_input_size(where: _Where, path: str, key: str, param: Param, image_size: int) -> None:
-    """``input_size`` may only shrink the frame: every value it can take must be at most data.image_size."""
-    if key != INPUT_SIZE_KEY:
+def _check_input_size(where: _Where, path: str, key: str, param: Param, image_size: int | None) -> None:
+    """``input_size`` may only shrink the frame: every value it can take must be at most data.image_size
+    (checked once the size is known: ``with_image_size`` where the data give it)."""
+    if key != INPUT_SIZE_KEY or image_size is None:
         return
     for value in param.values_at_bounds():
         problem = input_size_problem(value, image_size)

@@ -55,6 +55,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
 from cellsparse import rundir
+from cellsparse.commands import command
 from runner.backends.common import (
     PAYLOAD_KEY,
     PLUGINS_ENV,
@@ -288,7 +289,7 @@ class DriverSearcher(Searcher):
         )
 
     def restore(self, checkpoint_path: str) -> None:
-        raise UserError("this run resumes from its study.journal: python -m runner.search --out RUN_DIR --resume")
+        raise UserError(f"this run resumes from its study.journal: {command('search', '--out', 'RUN_DIR', '--resume')}")
 
 
 class DriverScheduler(FIFOScheduler):
