@@ -118,6 +118,21 @@ def build_card(
     }
 
 
+def find_export(export_dir: Path) -> Path:
+    """The export folder ``export_dir`` names: itself when it holds a model card; else the one export
+    folder below it (``runs/<name>/export`` holding ``trial-<n>``); UserError naming them when several."""
+    export_dir = Path(export_dir)
+    if not export_dir.is_dir() or (export_dir / CARD_FILE).is_file():
+        return export_dir
+    found = sorted(p for p in export_dir.iterdir() if p.is_dir() and (p / CARD_FILE).is_file())
+    if len(found) == 1:
+        return found[0]
+    if found:
+        names = ", ".join(p.name for p in found)
+        raise UserError(f"{export_dir}: holds {len(found)} exports ({names}); pass one of them, e.g. {found[0]}")
+    return export_dir
+
+
 def read_card(export_dir: Path) -> dict[str, Any]:
     """The card of an export directory; UserError when it is not one or the card is unusable."""
     export_dir = Path(export_dir)

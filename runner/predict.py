@@ -67,7 +67,7 @@ from runner.cli import EXIT_USER_ERROR, command_parser, print_error
 from runner.data.dataset import resize
 from runner.data.images import read_image, scale_values
 from runner.data.npz import KNOWN_CLASS_NAMES, load_error
-from runner.modelcard import read_card
+from runner.modelcard import find_export, read_card
 from search_space.errors import UserError
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
@@ -436,7 +436,7 @@ def predict(export_dir: Path, inputs: Sequence[Path] | np.ndarray | Any, *, layo
     ``compiled``: the .pt2 program through torch.compile, for small batches on CUDA (see ``pt2_runner``)."""
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, but got {batch_size}")
-    export_dir = Path(export_dir)
+    export_dir = find_export(Path(export_dir))
     card = read_card(export_dir)
     classes = [str(c) for c in card["classes"]]
     spec = InputSpec.from_card(card)
@@ -501,7 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
         f"Classify cell images with a model exported by {command('export')}.",
         "Exit status: 0 done, 2 bad input. Channel conversions and preprocessing: see the module docstring.",
     )
-    parser.add_argument("export_dir", type=Path, metavar="EXPORT_DIR", help="an export directory (runs/<name>/export)")
+    parser.add_argument("export_dir", type=Path, metavar="EXPORT_DIR",
+                        help="an export directory (runs/<name>/export/trial-<n>; runs/<name>/export when it holds one)")
     parser.add_argument("inputs", type=Path, nargs="+", metavar="INPUT",
                         help="image files, folders (recursive) or MedMNIST-layout .npz files")
     parser.add_argument("--out", type=Path, metavar="CSV", help="where to write the CSV (default: EXPORT_DIR/predictions.csv)")
@@ -520,10 +521,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        out = args.out if args.out is not None else args.export_dir / "predictions.csv"
+        export_dir = find_export(args.export_dir)
+        out = args.out if args.out is not None else export_dir / "predictions.csv"
         if out.is_dir():  # before the (possibly long) prediction, not after it
             raise UserError(f"--out {out}: is a directory; pass the path of a CSV file")
-        result = predict(args.export_dir, args.inputs, batch_size=args.batch_size, device=args.device,
+        result = predict(export_dir, args.inputs, batch_size=args.batch_size, device=args.device,
                          fmt=args.fmt, split=args.split, compiled=args.compiled)
         write_csv(result, out)
     except UserError as err:

@@ -63,7 +63,7 @@ def test_optuna_search_writes_a_complete_run_dir(tmp_path, capsys) -> None:
     assert {"platform", "cpus", "gpu"} <= set(info["machine"])
     assert (run / "space.yaml").read_text().startswith("name: probe")
     assert out.count("COMPLETE") == 3 and "Pareto front" in out
-    assert f"export a model: python -m runner.export {Path('runs') / 'probe'}   (the knee of the front: trial" in out
+    assert f"export a model: cellsparse export {Path('runs') / 'probe'}   (the knee of the front: trial" in out
     # the journal alone regenerates the same table
     study = optuna.load_study(study_name="probe", storage=open_storage(run))
     regenerated = trials_frame(study, ["accuracy", "flops"])
