@@ -90,7 +90,8 @@ def test_run_load_picks_and_bad_picks(tmp_path: Path, monkeypatch: pytest.Monkey
     knee = run.pick("knee")
     # the end-of-search line suggests what export takes by default: the knee, in the command's words
     assert f"export a model: cellsparse export {Path('runs') / 'probe'}   (the knee of the front: trial {knee})" in out
-    assert re.search(r"^  trial 0 epoch 1/1  val_acc \d\.\d{4}  loss \d+\.\d{4}  \d+:\d\d elapsed, ETA 0:00  \| search ", out, re.M)
+    epoch_line = r"^  trial 0 epoch 1/1  val_acc \d\.\d{4}  loss \d+\.\d{4}  \d+:\d\d elapsed, ETA 0:00  \| search "
+    assert re.search(epoch_line, out, re.M)
     again = Run.load(tmp_path / "runs" / "probe")
     assert again.trials.equals(run.trials) and again.front["number"].tolist() == run.front["number"].tolist()
     assert run.pick(1e12) == run.pick("accuracy")

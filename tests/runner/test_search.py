@@ -329,3 +329,88 @@ def test_address_of_an_open_port_that_is_not_ray_is_one_line_fast(tmp_path, caps
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "something listens there, but it is not a Ray cluster" in err
     assert not (tmp_path / "runs").exists()
+
+
+# --------------------------------------------------------------------------------------------- data size, dry run
+
+
+def _real_space(tmp_path: Path, data: str, extra: str = "") -> Path:
+    path = tmp_path / "real.yaml"
+    path.write_text(f"""name: real
+seed: 0
+data: {data}
+objectives: {{accuracy: maximize, flops: minimize}}
+training: {{epochs: 1, batch_size: 16}}
+search: {{trials: 1, backend: optuna}}
+space:
+  strategy:
+    dense_cnn: {{width: 4, stages: 1{extra}}}
+""", encoding="utf-8")
+    return path
+
+
+def _npz(path: Path, size: int) -> Path:
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", 24), ("val", 8), ("test", 8)):
+        arrays[f"{split}_images"] = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+        arrays[f"{split}_labels"] = np.arange(n)[:, None] % 2
+    np.savez(path, **arrays)
+    return path
+
+
+def test_image_size_defaults_to_the_datas_own_size(tmp_path, capsys) -> None:
+    """An npz of 64-px images without data.image_size trains at 64 px (not a silent 32-px resize), and the
+    resolved space.yaml says so; the dry run shows the same shape."""
+    _npz(tmp_path / "cells64.npz", 64)
+    space = _real_space(tmp_path, f"{{source: npz, path: {tmp_path / 'cells64.npz'}}}")
+    assert search(space, "--dry-run", "--trials", "1") == 0  # the space file as a positional argument
+    assert "data 3x64x64" in capsys.readouterr().out
+    assert search("--space", space, "--out", "run", "--quiet") == 0
+    out = capsys.readouterr().out
+    assert "[1/1]" not in out and "Pareto front" in out  # --quiet: no progress lines
+    assert "image_size: 64" in (tmp_path / "run" / "space.yaml").read_text()
+    assert json.loads((tmp_path / "run" / "trials" / "0" / "meta.json").read_text())["image_size"] == 64
+    assert search("--out", "run", "--resume", "--space", space) == 0  # the same file still matches the run
+
+
+def test_image_size_from_the_data_is_checked_like_a_written_one(tmp_path, capsys) -> None:
+    _npz(tmp_path / "big.npz", 8)
+    _npz(tmp_path / "cells32.npz", 32)
+    small = _real_space(tmp_path, f"{{source: npz, path: {tmp_path / 'big.npz'}}}")
+    assert search("--space", small, "--dry-run") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err
+    assert "data.image_size: expected an integer from 16 to 128, but the images in" in err and "are 8" in err
+    too_big = _real_space(tmp_path, f"{{source: npz, path: {tmp_path / 'cells32.npz'}}}", ", input_size: 48")
+    assert search("--space", too_big, "--dry-run") == 2
+    assert "space.strategy.dense_cnn.input_size: expected at most the data's image_size 32" in capsys.readouterr().err
+
+
+def test_dry_run_runs_every_data_check_of_the_search(tmp_path, capsys) -> None:
+    """A folder of one class passes the cheap shape check but fails the loader's: --dry-run says so."""
+    from PIL import Image
+
+    root = tmp_path / "one_class" / "neutrophil"
+    root.mkdir(parents=True)
+    for i in range(12):
+        Image.fromarray(np.full((20, 20, 3), i * 10, np.uint8)).save(root / f"{i}.png")
+    space = _real_space(tmp_path, f"{{source: folder, path: {tmp_path / 'one_class'}}}")
+    before = snapshot(tmp_path)
+    assert search("--space", space, "--dry-run") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "a single class (neutrophil)" in err
+    assert snapshot(tmp_path) == before
+
+
+def test_hints_follow_how_the_search_was_started(tmp_path) -> None:
+    """python -m runner.search is told python -m commands; cellsparse search (the CLI) cellsparse ones."""
+    space = write_space(tmp_path, trials=1)
+    for start, words in (([sys.executable, "-m", "runner.search"], "python -m runner.export"),
+                         ([sys.executable, "-m", "runner.cli", "search"], "cellsparse export")):
+        done = subprocess.run([*start, "--space", str(space), "--out", f"run-{len(words)}"], capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert f"export a model: {words} run-{len(words)}   (the knee" in done.stdout
+        usage = subprocess.run([*start, "--backend", "nope"], capture_output=True, text=True, timeout=120)
+        assert usage.returncode == 2 and f"see {words.replace('export', 'search')} --help" in usage.stderr

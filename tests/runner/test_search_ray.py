@@ -7,6 +7,9 @@ import json
 import signal
 import subprocess
 import sys
+import time
+import uuid
+from pathlib import Path
 
 import pytest
 
@@ -73,3 +76,45 @@ def test_ray_kill_9_then_resume(tmp_path, monkeypatch) -> None:
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     check_final(run, 5, before)
     assert len(journal_trials(run)) >= 5
+
+
+def _marked(mark: str) -> list[int]:
+    """Processes (this user's) whose environment holds ``CELLSPARSE_TEST_MARK=mark``: the driver and every
+    process Ray started for it inherit it."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if f"CELLSPARSE_TEST_MARK={mark}".encode() in environ.split(b"\0"):
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc to find Ray's processes")
+def test_sigint_to_the_driver_stops_the_ray_search_with_130(tmp_path, monkeypatch) -> None:
+    """kill -INT <driver> on the ray backend: exit 130 with the resume hint, the running trial recorded
+    interrupted, no new Tune session, and no process Ray started for the driver left running."""
+    mark = uuid.uuid4().hex
+    monkeypatch.setenv("CELLSPARSE_TEST_MARK", mark)
+    monkeypatch.setenv("PROBE_SLEEP_S", "0.1")  # each trial takes over a second
+    space = write_space(tmp_path, trials=6, backend="ray", max_concurrent=1, epochs=2, train=256)
+    run = tmp_path / "run"
+    driver = start("--space", space, "--out", run)
+    wait_for_complete(run, 1, driver, timeout_s=300)
+    driver.send_signal(signal.SIGINT)
+    output, _ = driver.communicate(timeout=120)
+    assert driver.returncode == 130, output
+    assert f"continue with: python -m runner.search --out {run} --resume" in output
+    rows = read_trials(run)
+    assert len(rows) < 6 and {r["state"] for r in rows} <= {"COMPLETE", "FAIL"}
+    assert all(r["error"].startswith("interrupted") for r in rows if r["state"] == "FAIL")
+    assert sorted(p.name for p in (run / "ray").iterdir()) == ["session-0"]  # no second session started
+    deadline = time.monotonic() + 30
+    while _marked(mark) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    left = {pid: (Path("/proc") / str(pid) / "cmdline").read_bytes()[:120] for pid in _marked(mark)}
+    assert left == {}, left
