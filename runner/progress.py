@@ -74,7 +74,7 @@ class Progress:
         self._started[number] = self.clock()
         self._epochs[number] = max(0, int(epochs))
         self._done_epochs[number] = 0
-        if self.mode == "epochs":
+        if self.mode == "epochs" and self._epochs[number]:  # an over-budget config is measured, not trained
             self.emit(f"  trial {number} started{f' ({strategy})' if strategy else ''}: {self._epochs[number]} epochs"
                       f"  | search {self._search_text()}")
 
