@@ -13,9 +13,8 @@ Both go through this object, so a trial ends the same way whichever ran it:
 
 Every tell is followed by ``on_finished(study, number)`` (trials.csv and the progress line); a
 ``progress`` (``runner.progress``) hears of every ask and every epoch, so both backends show the same
-elapsed times and ETAs. A trial
-the driver asked for but never heard back from stays RUNNING in the journal; ``runner.search``
-marks such trials interrupted when the session ends.
+elapsed times and ETAs. A trial the driver asked for but never heard back from stays RUNNING in the
+journal; ``runner.search`` marks such trials interrupted when the session ends.
 """
 
 from __future__ import annotations

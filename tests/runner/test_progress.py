@@ -77,3 +77,20 @@ def test_the_search_prints_epoch_lines_when_asked_and_trial_lines_in_a_pipe(tmp_
     assert "epoch 1/2" not in out and "started" not in out and "[2/2] trial 1" in out
     assert main(["--space", str(space), "--out", "c", "--quiet", "--progress", "epochs"]) == 2
     assert "--quiet and --progress epochs cannot be combined" in capsys.readouterr().err
+
+
+EPOCH_LINE = (r"  trial \d+ epoch \d+/\d+  val_acc [\d.]+  loss [\d.]+  \d+:\d\d elapsed, ETA \d+:\d\d  "
+              r"\| search \d+:\d\d elapsed, ETA (\d+:\d\d|\?)")
+TRIAL_LINE = r"\[\d+/\d+\] trial \d+ +\w+ +\w+ +.*  front=\d+  \(\d+:\d\d; search \d+:\d\d elapsed, ETA (\d+:\d\d|\?)\)"
+
+
+def test_the_readme_transcript_has_the_lines_a_search_prints() -> None:
+    from tests.runner.test_api import readme_block
+
+    lines = readme_block("search-transcript").splitlines()
+    assert lines[0].startswith("$ cellsparse search search_space/cells.yaml")
+    epochs = [line for line in lines if " epoch " in line]
+    trials = [line for line in lines if line.startswith("[")]
+    assert epochs and all(re.fullmatch(EPOCH_LINE, line) for line in epochs), epochs
+    assert trials and all(re.fullmatch(TRIAL_LINE, line) for line in trials), trials
+    assert any(line.startswith("export a model: cellsparse export runs/cells") for line in lines)
