@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cellsparse.commands import command
 from cellsparse.rundir import SPACE_FILE, load_run
 from runner.artefacts import CARD_FILE, FILES, FORMATS, PARITY_FILE, README_FILE, Runner, onnx_runner, pt2_runner
 from runner.checkpoint import load_trained
@@ -190,4 +191,5 @@ def _export(run_dir: Path, *, trial: int | None, pick: str, max_flops: float | N
     for runtime, figures in card["latency"]["runtimes"].items():
         log(f"  {runtime:<13s} " + "  ".join(f"batch {k.split('_')[1]}: {v['images_per_s']:.0f} img/s"
                                              for k, v in figures.items()))
+    log(f"classify images with: {command('predict', out, 'IMAGES')}")
     return ExportResult(out=out, choice=choice, card=card, files={f: out / FILES[f] for f in formats})

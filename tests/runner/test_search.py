@@ -182,8 +182,9 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(tmp_path, capsys, args
 def test_cli_subprocess_help_and_bad_flag() -> None:
     help_run = subprocess.run([sys.executable, "-m", "runner.search", "--help"], capture_output=True, text=True)
     assert help_run.returncode == 0
+    assert help_run.stdout.startswith("usage: python -m runner.search ")  # the usage line as it was started
     for flag in ("--space", "--out", "--trials", "--backend", "--address", "--resume", "--max-concurrent",
-                 "--cpus-per-trial", "--gpus-per-trial", "--seed", "--dry-run"):
+                 "--cpus-per-trial", "--gpus-per-trial", "--seed", "--dry-run", "--progress", "--quiet"):
         assert flag in help_run.stdout
     bad = subprocess.run([sys.executable, "-m", "runner.search", "--space", "nope.yaml"], capture_output=True,
                          text=True)
@@ -349,7 +350,7 @@ space:
     return path
 
 
-def _npz(path: Path, size: int) -> Path:
+def _rgb_npz(path: Path, size: int) -> Path:
     rng = np.random.default_rng(0)
     arrays = {}
     for split, n in (("train", 24), ("val", 8), ("test", 8)):
@@ -362,7 +363,7 @@ def _npz(path: Path, size: int) -> Path:
 def test_image_size_defaults_to_the_datas_own_size(tmp_path, capsys) -> None:
     """An npz of 64-px images without data.image_size trains at 64 px (not a silent 32-px resize), and the
     resolved space.yaml says so; the dry run shows the same shape."""
-    _npz(tmp_path / "cells64.npz", 64)
+    _rgb_npz(tmp_path / "cells64.npz", 64)
     space = _real_space(tmp_path, f"{{source: npz, path: {tmp_path / 'cells64.npz'}}}")
     assert search(space, "--dry-run", "--trials", "1") == 0  # the space file as a positional argument
     assert "data 3x64x64" in capsys.readouterr().out
@@ -375,8 +376,8 @@ def test_image_size_defaults_to_the_datas_own_size(tmp_path, capsys) -> None:
 
 
 def test_image_size_from_the_data_is_checked_like_a_written_one(tmp_path, capsys) -> None:
-    _npz(tmp_path / "big.npz", 8)
-    _npz(tmp_path / "cells32.npz", 32)
+    _rgb_npz(tmp_path / "big.npz", 8)
+    _rgb_npz(tmp_path / "cells32.npz", 32)
     small = _real_space(tmp_path, f"{{source: npz, path: {tmp_path / 'big.npz'}}}")
     assert search("--space", small, "--dry-run") == 2
     err = capsys.readouterr().err.strip()
@@ -403,14 +404,13 @@ def test_dry_run_runs_every_data_check_of_the_search(tmp_path, capsys) -> None:
     assert snapshot(tmp_path) == before
 
 
-def test_hints_follow_how_the_search_was_started(tmp_path) -> None:
-    """python -m runner.search is told python -m commands; cellsparse search (the CLI) cellsparse ones."""
+def test_hints_follow_how_the_search_was_started(tmp_path, monkeypatch, capsys) -> None:
+    """python -m runner.search is told python -m commands; cellsparse search (and Python) cellsparse ones."""
     space = write_space(tmp_path, trials=1)
-    for start, words in (([sys.executable, "-m", "runner.search"], "python -m runner.export"),
-                         ([sys.executable, "-m", "runner.cli", "search"], "cellsparse export")):
-        done = subprocess.run([*start, "--space", str(space), "--out", f"run-{len(words)}"], capture_output=True,
-                              text=True, timeout=300)
-        assert done.returncode == 0, done.stderr
-        assert f"export a model: {words} run-{len(words)}   (the knee" in done.stdout
-        usage = subprocess.run([*start, "--backend", "nope"], capture_output=True, text=True, timeout=120)
-        assert usage.returncode == 2 and f"see {words.replace('export', 'search')} --help" in usage.stderr
+    for argv0, words in (("/x/runner/search.py", "python -m runner.export"), ("/venv/bin/cellsparse", "cellsparse export")):
+        monkeypatch.setattr(sys, "argv", [argv0])
+        assert search("--space", space, "--out", f"run-{len(words)}", "--quiet") == 0
+        assert f"export a model: {words} run-{len(words)}   (the knee" in capsys.readouterr().out
+    usage = subprocess.run([sys.executable, "-m", "runner.cli", "search", "--backend", "nope"], capture_output=True,
+                           text=True, timeout=120)
+    assert usage.returncode == 2 and "(see cellsparse search --help)" in usage.stderr, usage.stderr

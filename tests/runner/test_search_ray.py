@@ -4,6 +4,7 @@ recorded in the journal, and (slow) resume after the driver is killed."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -29,7 +30,7 @@ def _env(monkeypatch, tmp_path):
 def test_ray_search_runs_trials_in_parallel_and_records_failures(tmp_path, monkeypatch, capsys) -> None:
     monkeypatch.setenv("PROBE_BEHAVIOURS", "ok,raise,nan,ok")
     space = write_space(tmp_path, trials=4, backend="ray", max_concurrent=2, behaviour="by_trial")
-    assert main(["--space", str(space), "--out", "run"]) == 0
+    assert main(["--space", str(space), "--out", "run", "--progress", "epochs"]) == 0
     run = tmp_path / "run"
     rows = read_trials(run)
     assert [r["number"] for r in rows] == ["0", "1", "2", "3"]
@@ -47,6 +48,10 @@ def test_ray_search_runs_trials_in_parallel_and_records_failures(tmp_path, monke
     assert info["backend"] == "ray" and info["finished_at"]
     out = capsys.readouterr().out
     assert "[4/4]" in out and "Pareto front" in out
+    # progress on the ray backend: the same start, epoch and finish lines as in process, with ETAs
+    assert re.search(r"^  trial 0 started \(probe_net\): 1 epochs  \| search \d+:\d\d elapsed", out, re.M)
+    assert re.search(r"^  trial 3 epoch 1/1  val_acc [\d.]+  loss [\d.]+  \d+:\d\d elapsed, ETA 0:00  \| search ", out, re.M)
+    assert re.search(r"^\[4/4\] trial \d .*\(\d+:\d\d; search \d+:\d\d elapsed, ETA 0:00\)$", out, re.M)
 
 
 def test_a_trial_whose_worker_dies_is_failed_and_the_search_goes_on(tmp_path, monkeypatch, capsys) -> None:
