@@ -52,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UserError("--max-flops only applies to --pick budget")
         formats = [f.strip() for f in args.formats.split(",") if f.strip()]
         export_run(args.run_dir, trial=args.trial, pick=args.pick, max_flops=args.max_flops, formats=formats,
-                   out=args.out, measure=not args.no_latency, threads=args.threads, replace=args.replace)
+                   out=args.out, measure=not args.no_latency, threads=args.threads, replace=args.replace, log=print)
     except ExportError as err:
         print_error(err)
         return EXIT_FAILED

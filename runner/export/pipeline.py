@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from cellsparse.commands import command
+from cellsparse.log import logger
 from cellsparse.rundir import SPACE_FILE, load_run
 from runner.artefacts import CARD_FILE, FILES, FORMATS, PARITY_FILE, README_FILE, Runner, onnx_runner, pt2_runner
 from runner.checkpoint import load_trained
@@ -94,7 +95,7 @@ def export_run(
     measure: bool = True,
     threads: int = 1,
     replace: bool = False,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = logger.info,
 ) -> ExportResult:
     """Export one trial of the run in ``run_dir``; see the module docstring for what is written and checked.
 
@@ -105,7 +106,8 @@ def export_run(
     default, a per-core figure that stays meaningful on a shared machine (where more threads than
     idle cores make torch many times slower) and scales out by running one process per core.
     ``out`` defaults to ``runs/<name>/export/trial-<n>``; ``replace`` allows an export already there
-    to be replaced (refused otherwise).
+    to be replaced (refused otherwise). Progress lines go to ``log`` (default: the ``cellsparse``
+    logger; the command prints them).
     """
     if threads < 1:
         raise UserError(f"--threads must be at least 1, but got {threads}")
