@@ -245,7 +245,8 @@ def test_exports_of_different_picks_go_to_different_folders(tmp_path: Path, monk
         run.export(trial=0, formats=["pt2"], measure=False, log=lines.append)
     assert (first / "model_card.json").read_text() == card  # untouched
     run.export(trial=0, formats=["pt2"], measure=False, replace=True, log=lines.append)
-    assert lines[-1].startswith("replaced the export in runs/probe/export/trial-0")
+    assert lines[-2].startswith("replaced the export in runs/probe/export/trial-0")
+    assert lines[-1] == "classify images with: cellsparse predict runs/probe/export/trial-0 IMAGES"
     with pytest.raises(UserError, match="holds an export already \\(trial 2\\)"):
         run.export(trial=0, out=second, formats=["pt2"], measure=False, log=lines.append)
     # predict finds the export under runs/<name>/export when there is one, and names them when there are several
