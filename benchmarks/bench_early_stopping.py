@@ -142,14 +142,17 @@ def project_run(space_file: Path, out: Path) -> list[dict]:
 
 def hv_curve(rows: list[dict], max_flops: float) -> list[tuple[float, float]]:
     """(seconds, normalised hypervolume) after each finished trial, in completion order; the reference
-    is accuracy 0 and FLOPs = max_flops, divided by that box, so 1.0 = accuracy 1 at 0 FLOPs."""
-    from cellsparse.pareto import hypervolume
+    is accuracy 0 and FLOPs = max_flops, normalised by ``cellsparse.pareto.normalized_hypervolume`` (the
+    box up to the ideal accuracy 1 at 0 FLOPs), as the report normalises it."""
+    from cellsparse.objective_info import ideal_point
+    from cellsparse.pareto import normalized_hypervolume
 
     rows = sorted((r for r in rows if r["accuracy"] is not None and math.isfinite(r["accuracy"])), key=lambda r: r["done_at"])
     curve, seen = [], []
     for row in rows:
         seen.append([row["accuracy"], row["flops"]])
-        curve.append((row["done_at"], hypervolume(seen, ["maximize", "minimize"], [0.0, max_flops]) / max_flops))
+        curve.append((row["done_at"], normalized_hypervolume(seen, ["maximize", "minimize"], [0.0, max_flops],
+                                                             ideal_point(["accuracy", "flops"]))))
     return curve
 
 

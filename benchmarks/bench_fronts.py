@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _doc import markdown_table, own_command, stamp, write_section  # noqa: E402
 
-from cellsparse.pareto import hypervolume, pareto_mask  # noqa: E402
+from cellsparse.objective_info import ideal_point  # noqa: E402
+from cellsparse.pareto import normalized_hypervolume, pareto_mask  # noqa: E402
 from cellsparse.rundir import INPUT_COLUMN, TRIALS_DIR, Run, eligible_mask, load_run  # noqa: E402
 
 GOAL_POINTS, GOAL_FLOPS_SHARE, GOAL_SPEEDUP, GOAL_BATCH = 1.0, 1 / 3, 2.0, 256
@@ -35,7 +36,8 @@ GOAL_POINTS, GOAL_FLOPS_SHARE, GOAL_SPEEDUP, GOAL_BATCH = 1.0, 1 / 3, 2.0, 256
 def hv(frame: pd.DataFrame, max_flops: float) -> float:
     if frame.empty:
         return 0.0
-    return hypervolume(frame[["accuracy", "flops"]].to_numpy(float), ["maximize", "minimize"], [0.0, max_flops]) / max_flops
+    return normalized_hypervolume(frame[["accuracy", "flops"]].to_numpy(float), ["maximize", "minimize"], [0.0, max_flops],
+                                  ideal_point(["accuracy", "flops"]))
 
 
 def trial_name(row: pd.Series) -> str:

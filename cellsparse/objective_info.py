@@ -11,6 +11,7 @@ report plots it.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,7 @@ class ObjectiveInfo:
     log_scale: bool = False  # spans decades: plotted, and its knee looked for, on a log scale
     bounded: bool = False  # a cost known before training: ``constraints.max_<name>`` may bound it
     style: str = "number"  # how terminal lines print it: fraction (0.9312), count (4.96M), number (3.21)
+    ideal: float | None = None  # the best value it can take (accuracy 1, a cost 0): normalises hypervolume
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.isidentifier():
@@ -84,16 +86,24 @@ def objective_info(name: str) -> ObjectiveInfo:
     return _DECLARED.find(name) or ObjectiveInfo(name if name.isidentifier() else "unknown", "maximize", "", name)
 
 
+def ideal_point(names: Sequence[str]) -> list[float] | None:
+    """The best value of each objective (``ObjectiveInfo.ideal``), or None when one has none declared:
+    the corner of the box ``cellsparse.pareto.normalized_hypervolume`` divides by."""
+    ideals = [objective_info(name).ideal for name in names]
+    return None if any(v is None for v in ideals) else [float(v) for v in ideals]
+
+
 def constraint_keys() -> dict[str, str]:
     """Every constraints key a space may set, with the objective it bounds: {'max_flops': 'flops', ...}."""
     return {info.constraint_key: info.name for info in _DECLARED.values() if info.constraint_key}
 
 
 for _info in (
-    ObjectiveInfo("accuracy", "maximize", "fraction", "validation accuracy", style="fraction"),
-    ObjectiveInfo("flops", "minimize", "FLOPs", "FLOPs per image", log_scale=True, bounded=True, style="count"),
-    ObjectiveInfo("params", "minimize", "parameters", "parameters", log_scale=True, bounded=True, style="count"),
-    ObjectiveInfo("latency_ms", "minimize", "ms", "latency (ms per image)", log_scale=True, bounded=True),
-    ObjectiveInfo("peak_mem_mb", "minimize", "MiB", "peak memory (MiB)", log_scale=True, bounded=True),
+    ObjectiveInfo("accuracy", "maximize", "fraction", "validation accuracy", style="fraction", ideal=1.0),
+    ObjectiveInfo("flops", "minimize", "FLOPs", "FLOPs per image", log_scale=True, bounded=True, style="count", ideal=0.0),
+    ObjectiveInfo("params", "minimize", "parameters", "parameters", log_scale=True, bounded=True, style="count",
+                  ideal=0.0),
+    ObjectiveInfo("latency_ms", "minimize", "ms", "latency (ms per image)", log_scale=True, bounded=True, ideal=0.0),
+    ObjectiveInfo("peak_mem_mb", "minimize", "MiB", "peak memory (MiB)", log_scale=True, bounded=True, ideal=0.0),
 ):
     declare_objective(_info)

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["DIRECTIONS", "hypervolume", "knee_point", "nondominated_ranks", "pareto_mask", "to_losses"]
+__all__ = ["DIRECTIONS", "hypervolume", "knee_point", "nondominated_ranks", "normalized_hypervolume", "pareto_mask",
+           "to_losses"]
 
 DIRECTIONS = ("maximize", "minimize")
 
@@ -114,6 +115,24 @@ def hypervolume(values: np.ndarray, directions: Sequence[str], reference_point: 
         return 0.0
     pts = pts[pareto_mask(pts, ["minimize"] * pts.shape[1])]
     return _hv_losses(np.unique(pts, axis=0), ref)
+
+
+def normalized_hypervolume(values: np.ndarray, directions: Sequence[str], reference_point: Sequence[float],
+                           ideal_point: Sequence[float]) -> float:
+    """Hypervolume as a share of the box between ``reference_point`` and ``ideal_point`` (the best value
+    each objective can take: accuracy 1, a cost 0), so 1.0 is a front holding the ideal itself.
+
+    The one normalisation every figure of this project uses (the report, docs/benchmarks.md): for
+    accuracy and FLOPs with reference (0, max_flops) it is the hypervolume divided by max_flops. Runs
+    compare only under the same reference point.
+    """
+    ideal = to_losses(np.asarray(ideal_point, dtype=float)[None, :], directions)[0]
+    ref = to_losses(np.asarray(reference_point, dtype=float)[None, :], directions)[0]
+    box = float(np.prod(ref - ideal))
+    if not np.isfinite(box) or (ref <= ideal).any():
+        raise ValueError(f"the reference point {list(reference_point)} must be worse than the ideal point "
+                         f"{list(ideal_point)} in every objective")
+    return hypervolume(values, directions, reference_point) / box
 
 
 def knee_point(values: np.ndarray, directions: Sequence[str], log_scale: Sequence[bool] | None = None) -> int:

@@ -294,9 +294,9 @@ def finish_session(run_dir: Path, *, wall_time_s: float, finished: bool) -> None
 #: gives it (numbers it cannot read become NaN; text stays as read, an empty cell NaN). The objective
 #: columns (float) sit between the two; ``config.<key>`` columns close the table, read as pandas infers.
 HEAD_COLUMNS: dict[str, type] = {"number": int, "state": str, "feasible": bool, "strategy": str, "sparse": bool}
-TAIL_COLUMNS: dict[str, type] = {"test_accuracy": float, "k_final": float, "params_count": float, "duration_s": float,
+TAIL_COLUMNS: dict[str, type] = {"test_accuracy": float, "k_final": float, "params_count": int, "duration_s": float,
                                  ATTR_NODE: str, "datetime_start": str, "datetime_complete": str, "error": str,
-                                 ATTR_STOPPED_AT: float}
+                                 ATTR_STOPPED_AT: int}
 CONFIG_PREFIX = "config."
 #: The side in pixels each trial's model sees (its config's input_size, or the data's image_size).
 INPUT_COLUMN = f"{CONFIG_PREFIX}{INPUT_SIZE_KEY}"
@@ -380,7 +380,20 @@ def trials_frame(study: optuna.Study, objective_names: Sequence[str]) -> pd.Data
         rows.append(row)
     base = trials_columns(objective_names)
     columns = base + [f"{CONFIG_PREFIX}{k}" for k in config_keys]
-    return pd.DataFrame(rows, columns=columns)
+    frame = pd.DataFrame(rows, columns=columns)
+    for column in columns:
+        kind = TAIL_COLUMNS.get(column) or (_config_kind(rows, column) if column.startswith(CONFIG_PREFIX) else None)
+        if kind is int:  # whole numbers stay whole (written 16, not 16.0), missing ones empty
+            frame[column] = pd.to_numeric(frame[column], errors="coerce").round().astype("Int64")
+    return frame
+
+
+def _config_kind(rows: list[dict[str, Any]], column: str) -> type | None:
+    """int when every value the trials hold for a config key is an integer (bools are not), else None."""
+    present = [row[column] for row in rows if row.get(column) is not None]
+    if present and all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in present):
+        return int
+    return None
 
 
 def write_trials_csv(run_dir: Path, study: optuna.Study, objective_names: Sequence[str]) -> pd.DataFrame:
@@ -419,7 +432,7 @@ def read_trials(path: Path, objectives: Sequence[str] = ()) -> pd.DataFrame:
     without ``sparse`` (written before it was) gets it from ``cellsparse.strategy_info``.
     """
     try:
-        trials = pd.read_csv(path, keep_default_na=True)
+        trials = pd.read_csv(path, keep_default_na=True, dtype=str)  # every column typed below, from its text
     except pd.errors.EmptyDataError:
         trials = pd.DataFrame(columns=["number", "state"])
     except (OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
@@ -442,7 +455,32 @@ def read_trials(path: Path, objectives: Sequence[str] = ()) -> pd.DataFrame:
     numbers = [*objectives, *(c for c, kind in TAIL_COLUMNS.items() if kind is float)]
     for column in (c for c in numbers if c in trials.columns):
         trials[column] = pd.to_numeric(trials[column], errors="coerce")
+    for column in (c for c, kind in TAIL_COLUMNS.items() if kind is int and c in trials.columns):
+        trials[column] = pd.to_numeric(trials[column], errors="coerce").round().astype("Int64")
+    for column in config_columns(trials):
+        trials[column] = typed_config_column(trials[column])
     return trials.sort_values("number", kind="stable").reset_index(drop=True)
+
+
+_INTEGER_TEXT = r"[+-]?\d+"
+_BOOL_TEXT = {"true": True, "false": False}
+
+
+def typed_config_column(column: pd.Series) -> pd.Series:
+    """A ``config.*`` column read as text, typed by what it holds: integers (written without a point)
+    as nullable Int64, other numbers as float64, true/false as nullable boolean, anything else (names,
+    JSON lists) as text. An empty cell is a key the trial's strategy does not take."""
+    present = column.dropna().astype(str).str.strip()
+    if present.empty:
+        return pd.to_numeric(column, errors="coerce")
+    if present.str.fullmatch(_INTEGER_TEXT).all():
+        return pd.to_numeric(column, errors="coerce").astype("Int64")
+    numeric = pd.to_numeric(present, errors="coerce")
+    if numeric.notna().all():
+        return pd.to_numeric(column, errors="coerce")
+    if present.str.lower().isin(_BOOL_TEXT).all():
+        return column.map(lambda v: pd.NA if pd.isna(v) else _BOOL_TEXT[str(v).strip().lower()]).astype("boolean")
+    return column
 
 
 def config_columns(trials: pd.DataFrame) -> list[str]:
@@ -513,8 +551,8 @@ def _fill_input_size(trials: pd.DataFrame, space: dict[str, Any]) -> pd.DataFram
     sizes = pd.to_numeric(trials[INPUT_COLUMN], errors="coerce")
     data = space.get("data")
     frame = data.get("image_size") if isinstance(data, dict) else None
-    if isinstance(frame, (int, float)) and not isinstance(frame, bool):
-        sizes = sizes.fillna(float(frame))
+    if isinstance(frame, int) and not isinstance(frame, bool):
+        sizes = sizes.fillna(frame)
     trials[INPUT_COLUMN] = sizes
     return trials
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from cellsparse.commands import command
 from cellsparse.files import atomic_path, write_atomic
 from cellsparse.rundir import REPORT_FILE, TRIALS_FILE, load_run
 from search_space.errors import UserError
@@ -71,7 +72,7 @@ def build_report(run_dir: Path, out: Path | None = None) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m reports.build", description="Build a run's HTML report.")
+    parser = argparse.ArgumentParser(prog=command("report"), description="Build a run's HTML report.")
     parser.add_argument("run_dir", type=Path, help="the run directory, e.g. runs/cells")
     parser.add_argument("--out", type=Path, default=None, help="report file (default: <run_dir>/report.html)")
     args = parser.parse_args(argv)

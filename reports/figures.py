@@ -100,27 +100,60 @@ def _front_order(frame: pd.DataFrame, x: str, x_dir: str) -> pd.DataFrame:
     return frame.assign(_x=_num(frame, x)).sort_values("_x", ascending=(x_dir == "minimize"), kind="stable")
 
 
-def _budget_trace(run: Run, x: str, ys: np.ndarray) -> go.Scatter | None:
+def _budget(run: Run, x: str) -> float | None:
     key = objective_info(x).constraint_key
     budget = (run.space.get("constraints") or {}).get(key) if key else None
-    finite = ys[np.isfinite(ys)]
-    if budget is None or len(finite) == 0:
+    return float(budget) if isinstance(budget, (int, float)) and not isinstance(budget, bool) else None
+
+
+def axis_range(values: np.ndarray, log: bool, pad: float = 0.06) -> list[float] | None:
+    """An axis range that fits ``values`` with a margin (in log10 units on a log axis, as plotly takes
+    them), so a line drawn far from the data (a budget) cannot squeeze the points to one edge."""
+    finite = values[np.isfinite(values)]
+    if log:
+        finite = np.log10(finite[finite > 0])
+    if len(finite) == 0:
         return None
     lo, hi = float(finite.min()), float(finite.max())
+    span = hi - lo if hi > lo else (0.25 if log else max(abs(hi), 1.0) * 0.1)
+    return [lo - pad * span - (0 if hi > lo else span), hi + pad * span + (0 if hi > lo else span)]
+
+
+def _budget_trace(run: Run, x: str, ys: np.ndarray, x_range: list[float] | None, log: bool
+                  ) -> tuple[go.Scatter | None, dict[str, Any] | None]:
+    """The budget as a dashed vertical line where it falls inside the axis range; beyond it, an arrow
+    at the edge that says where the budget is (every point is within it)."""
+    budget = _budget(run, x)
+    finite = ys[np.isfinite(ys)]
+    if budget is None or len(finite) == 0:
+        return None, None
+    name = f"{label(x)} budget ({esc(fmt(budget))})"
+    where = math.log10(budget) if log and budget > 0 else budget
+    if x_range is not None and not x_range[0] <= where <= x_range[1]:
+        beyond = "right" if where > x_range[1] else "left"
+        arrow = "→" if beyond == "right" else "←"
+        return None, {"x": 1.0 if beyond == "right" else 0.0, "xref": "paper", "y": 1.0, "yref": "paper",
+                      "xanchor": beyond, "yanchor": "bottom", "showarrow": False, "font": {"color": "#c0392b"},
+                      "text": f"{name} {arrow} off the axis" if beyond == "right" else f"{arrow} {name} off the axis"}
+    lo, hi = float(finite.min()), float(finite.max())
     pad = 0.05 * (hi - lo) if hi > lo else 0.05 * max(abs(hi), 1.0)
-    return go.Scatter(
-        x=[float(budget), float(budget)],
-        y=[lo - pad, hi + pad],
-        mode="lines",
-        line={"color": "#c0392b", "dash": "dash", "width": 2},
-        name=f"{label(x)} budget ({esc(fmt(float(budget)))})",
-        hoverinfo="name",
-    )
+    trace = go.Scatter(x=[budget, budget], y=[lo - pad, hi + pad], mode="lines",
+                       line={"color": "#c0392b", "dash": "dash", "width": 2}, name=name, hoverinfo="name")
+    return trace, None
 
 
-def pareto_figure(run: Run, colours: Mapping[str, str], pareto: pd.Series) -> go.Figure | None:
+#: How each pick is marked on the front: (legend words, marker symbol, colour).
+PICK_MARKS = {"knee": ("knee of the front", "star", "#d62728"),
+              "budget": ("most accurate within the budget", "star-diamond", "#9467bd"),
+              "accuracy": ("most accurate", "star-triangle-up", "#2ca02c")}
+
+
+def pareto_figure(run: Run, colours: Mapping[str, str], pareto: pd.Series,
+                  picks: Mapping[str, int] | None = None) -> go.Figure | None:
     """Every complete trial on the main trade-off plane, the front joined by a step line; trials early
-    stopping cut are drawn faded at the figures they stopped at (never on the front)."""
+    stopping cut are drawn faded at the figures they stopped at (never on the front). ``picks``
+    (how -> trial number: the knee, the budget pick) are marked with a star and named in the legend
+    and beside the point."""
     pair = primary_pair(run.objectives)
     if pair is None:
         return None
@@ -177,13 +210,30 @@ def pareto_figure(run: Run, colours: Mapping[str, str], pareto: pd.Series) -> go
                 hoverinfo="text",
             )
         )
-    budget = _budget_trace(run, x, _num(complete, y))
+    shown = pd.concat([complete, stopped])
+    log = _log_axis(x, _num(shown, x))
+    x_range = axis_range(_num(shown, x), log)
+    budget, beyond = _budget_trace(run, x, _num(complete, y), x_range, log)
     if budget is not None:
         fig.add_trace(budget)
+    for how, number in (picks or {}).items():
+        row = trials[trials["number"] == number]
+        if row.empty or how not in PICK_MARKS:
+            continue
+        words, symbol, colour = PICK_MARKS[how]
+        px, py = float(_num(row, x)[0]), float(_num(row, y)[0])
+        fig.add_trace(go.Scatter(x=[px], y=[py], mode="markers", name=f"{words}: trial {number}",
+                                 marker={"symbol": symbol, "size": 22, "color": colour, "line": {"width": 1.5, "color": "#111"}},
+                                 hovertext=[hover_text(row.iloc[0], run.objectives, configs)], hoverinfo="text"))
+        fig.add_annotation(x=math.log10(px) if log and px > 0 else px, y=py, text=f"{how}: trial {number}",
+                           showarrow=True, arrowhead=0, ax=40, ay=-30 if how == "knee" else 30,
+                           font={"color": colour, "size": 13}, name=f"pick-{how}")
     for symbol, name in (("diamond", "dense baseline"), ("x", "infeasible (over a constraint)")):
         fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=name,
                                  marker={"symbol": symbol, "color": "#777", "size": 10}, hoverinfo="skip"))
-    return _plane_layout(fig, x, y, complete, height=520, legend="strategy")
+    if beyond is not None:
+        fig.add_annotation(**beyond)
+    return _plane_layout(fig, x, y, shown, height=520, legend="strategy", x_range=x_range)
 
 
 def pairwise_figure(run: Run, colours: Mapping[str, str], pareto: pd.Series) -> go.Figure | None:
@@ -250,39 +300,49 @@ def strategy_fronts_figure(run: Run, colours: Mapping[str, str]) -> go.Figure | 
                 hoverinfo="text",
             )
         )
-    budget = _budget_trace(run, x, _num(pool, y))
+    log = _log_axis(x, _num(pool, x))
+    x_range = axis_range(_num(pool, x), log)
+    budget, beyond = _budget_trace(run, x, _num(pool, y), x_range, log)
     if budget is not None:
         fig.add_trace(budget)
-    return _plane_layout(fig, x, y, pool, height=460, legend="strategy (front of trials)")
+    if beyond is not None:
+        fig.add_annotation(**beyond)
+    return _plane_layout(fig, x, y, pool, height=460, legend="strategy (front of trials)", x_range=x_range)
 
 
-def _plane_layout(fig: go.Figure, x: str, y: str, points: pd.DataFrame, *, height: int, legend: str) -> go.Figure:
-    """Axis titles of an objective plane (x on a log scale where ``points`` span decades), height, legend title."""
-    fig.update_layout(
-        xaxis={"title": {"text": label(x)}, "type": "log" if _log_axis(x, _num(points, x)) else "linear"},
-        yaxis={"title": {"text": label(y)}},
-        height=height,
-        legend={"title": {"text": legend}},
-    )
+def _plane_layout(fig: go.Figure, x: str, y: str, points: pd.DataFrame, *, height: int, legend: str,
+                  x_range: list[float] | None = None) -> go.Figure:
+    """Axis titles of an objective plane (x on a log scale where ``points`` span decades, its range the
+    points' own), height, legend title."""
+    xaxis: dict[str, Any] = {"title": {"text": label(x)}, "type": "log" if _log_axis(x, _num(points, x)) else "linear"}
+    if x_range is not None:
+        xaxis["range"] = x_range
+    fig.update_layout(xaxis=xaxis, yaxis={"title": {"text": label(y)}}, height=height,
+                      legend={"title": {"text": legend}})
     return fig
 
 
 def hypervolume_figure(by_number: pd.DataFrame, by_time: pd.DataFrame) -> go.Figure:
-    """Hypervolume of the running front against trial number and against wall-clock minutes."""
+    """Hypervolume of the running front against trial number and against wall-clock minutes: the
+    normalised figure (``normalized`` column, 0 to 1) where the objectives allow it, else the raw one."""
+    column = "normalized" if "normalized" in by_number.columns else "hypervolume"
+    name = "normalised hypervolume" if column == "normalized" else "hypervolume"
     fig = make_subplots(rows=1, cols=2, subplot_titles=("by trial number", "by wall-clock time"),
                         horizontal_spacing=0.1)
-    fig.add_trace(go.Scatter(x=by_number["number"], y=by_number["hypervolume"], mode="lines+markers",
+    fig.add_trace(go.Scatter(x=by_number["number"], y=by_number[column], mode="lines+markers",
                              line={"shape": "hv", "color": "#1f77b4"}, marker={"size": 5}, name="by trial",
-                             hovertemplate="trial %{x}<br>hypervolume %{y:.4g}<extra></extra>"), row=1, col=1)
+                             hovertemplate="trial %{x}<br>" + name + " %{y:.4g}<extra></extra>"), row=1, col=1)
     minutes = by_time["elapsed_s"].to_numpy(float) / 60.0
-    fig.add_trace(go.Scatter(x=minutes, y=by_time["hypervolume"], mode="lines+markers",
+    fig.add_trace(go.Scatter(x=minutes, y=by_time[column], mode="lines+markers",
                              line={"shape": "hv", "color": "#ff7f0e"}, marker={"size": 5}, name="by time",
                              text=[f"trial {int(n)}" for n in by_time["number"]],
-                             hovertemplate="%{text}<br>%{x:.1f} min<br>hypervolume %{y:.4g}<extra></extra>"),
+                             hovertemplate="%{text}<br>%{x:.1f} min<br>" + name + " %{y:.4g}<extra></extra>"),
                   row=1, col=2)
     fig.update_xaxes(title_text="trial number", row=1, col=1)
     fig.update_xaxes(title_text="minutes since the first trial started", row=1, col=2)
-    fig.update_yaxes(title_text="hypervolume", rangemode="tozero")
+    trials = int(by_number["number"].max()) + 1 if len(by_number) else 1
+    fig.update_xaxes(tickmode="linear", tick0=0, dtick=max(1, math.ceil(trials / 10)), row=1, col=1)  # whole trials
+    fig.update_yaxes(title_text=name, rangemode="tozero")
     fig.update_layout(height=380, showlegend=False)
     return fig
 
@@ -296,19 +356,19 @@ def _parallel_dimension(column: str, col: pd.Series) -> dict[str, Any] | None:
     if present.empty:
         return None
     name = esc(column.removeprefix("config."))
-    numeric = pd.to_numeric(present, errors="coerce")
+    numeric = pd.to_numeric(present, errors="coerce").astype(float)  # Int64 config columns too
     missing = bool(col.isna().any())
-    if column != "strategy" and numeric.notna().all():
+    if column != "strategy" and numeric.notna().all() and not pd.api.types.is_bool_dtype(col):
         lo, hi = float(numeric.min()), float(numeric.max())
         if lo == hi:
             return None  # one value (where set at all): the strategy axis already says as much
         if not missing:
-            return {"label": name, "values": pd.to_numeric(col).to_numpy(float)}
+            return {"label": name, "values": pd.to_numeric(col).astype(float).to_numpy()}
         fill = lo - 0.15 * (hi - lo)
         distinct = sorted(set(numeric.tolist()))
         few_ints = len(distinct) <= 8 and all(float(v).is_integer() for v in distinct)
         ticks = distinct if few_ints else np.linspace(lo, hi, 5).tolist()
-        return {"label": name, "values": pd.to_numeric(col).fillna(fill).to_numpy(float),
+        return {"label": name, "values": pd.to_numeric(col).astype(float).fillna(fill).to_numpy(),
                 "tickvals": [fill, *ticks], "ticktext": [NA, *[esc(fmt(t)) for t in ticks]]}
     cats = sorted(present.astype(str).unique())
     if len(cats) < 2 and column != "strategy":
@@ -417,6 +477,7 @@ def learning_curves_figure(curves: Mapping[int, list[dict[str, Any]]], strategie
                                      showlegend=col == 1, line={"color": colour}, marker={"size": 5},
                                      hovertemplate=name + "<br>epoch %{x}<br>%{y:.4g}<extra></extra>"),
                           row=1, col=col)
-    fig.update_xaxes(title_text="epoch")
+    last = max((len(history) for history in curves.values()), default=1)
+    fig.update_xaxes(title_text="epoch", tickmode="linear", tick0=0, dtick=max(1, math.ceil(last / 10)))  # whole epochs
     fig.update_layout(height=400)
     return fig

@@ -42,7 +42,7 @@ def _table_study(run: Run) -> optuna.Study:
     for column in columns:
         col = rows[column].dropna()
         numeric = pd.to_numeric(col, errors="coerce")
-        if column != "strategy" and len(col) and numeric.notna().all():
+        if column != "strategy" and len(col) and numeric.notna().all() and not pd.api.types.is_bool_dtype(col):
             lo, hi = float(numeric.min()), float(numeric.max())
             dists[column] = FloatDistribution(lo, hi if hi > lo else lo + 1.0)
         elif len(col):

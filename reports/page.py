@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,8 @@ import plotly.io as pio
 import yaml
 from plotly.offline import get_plotlyjs
 
+from cellsparse.commands import command as spell
+from cellsparse.objective_info import ideal_point
 from cellsparse.rundir import (
     ATTR_NODE,
     HISTORY_FILE,
@@ -192,7 +193,7 @@ def display_path(path: Path) -> str:
 
 def _cell(value: Any, column: str = "") -> tuple[str, str]:
     """(data-v sort key, shown text) for a table cell, both unescaped."""
-    if value is None or (isinstance(value, float) and np.isnan(value)):
+    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
         return "", ""
     if column.startswith("datetime_"):
         stamp = pd.to_datetime(str(value), errors="coerce", utc=True)
@@ -278,13 +279,17 @@ def pareto_section(page: Page, run: Run, colours: Mapping[str, str], pareto: pd.
     elif eligible == 1:
         parts.append(note("Only one trial has completed within the constraints: the front is that single trial.",
                           warn=True))
-    fig = F.pareto_figure(run, colours, pareto)
+    picks = front_picks(run)
+    fig = F.pareto_figure(run, colours, pareto, picks)
     if fig is not None:
         y, x = F.primary_pair(run.objectives) or ("", "")
+        marked = "; ".join(f"{esc(F.PICK_MARKS[how][0])}: trial {number}" for how, number in picks.items())
         parts.append(note(
             f"Every complete trial, coloured by strategy; circles are sparse designs, diamonds the dense baselines, "
             f"crosses trials over a constraint. The black step line joins the {int(pareto.sum())} trial(s) on the "
-            f"Pareto front ({esc(', '.join(run.objectives))}). Hover a point for its configuration."))
+            f"Pareto front ({esc(', '.join(run.objectives))}). "
+            + (f"Stars mark the picks of the box below ({marked}). " if marked else "")
+            + "Hover a point for its configuration."))
         parts.append(page.figure(fig))
     pair_fig = F.pairwise_figure(run, colours, pareto)
     if pair_fig is not None:
@@ -311,9 +316,18 @@ def hypervolume_section(page: Page, run: Run) -> str:
         parts.append(note("No trials yet.", warn=True))
         return "\n".join(parts)
     final = float(by_number["hypervolume"].iloc[-1])
-    parts.append(note(f"Final hypervolume: <b>{esc(fmt(final))}</b>"
-                      + (" (no complete, feasible trial is better than the reference point in every objective)"
-                         if final == 0 else "")))
+    empty = (" (no complete, feasible trial is better than the reference point in every objective)" if final == 0 else "")
+    ideal = ideal_point(run.objectives)
+    if "normalized" in by_number.columns and ideal is not None:
+        corner = ", ".join(f"{esc(k)} = {esc(fmt(v))}" for k, v in zip(run.objectives, ideal, strict=True))
+        parts.append(note(
+            f'Final normalised hypervolume: <b id="hv-normalised">{float(by_number["normalized"].iloc[-1]):.4f}</b>{empty}: '
+            f"the share of the box between the reference point ({shown}) and the ideal point ({corner}) that the "
+            f"front dominates, 1 being a model at the ideal; the same normalisation docs/benchmarks.md quotes "
+            f"(cellsparse.pareto.normalized_hypervolume). Raw: {esc(fmt(final))}."))
+    else:
+        parts.append(note(f"Final hypervolume: <b>{esc(fmt(final))}</b>{empty} (not normalised: an objective declares "
+                          "no ideal value)"))
     parts.append(page.figure(F.hypervolume_figure(by_number, by_time)))
     return "\n".join(parts)
 
@@ -470,10 +484,25 @@ def _pick(run: Run, how: str, budget: float | None) -> tuple[int | None, str]:
     return number, "" if number is not None else f"no complete, feasible trial has FLOPs ≤ {fmt(budget)}"
 
 
-def picks_section(run: Run) -> str:
+def _flops_budget(run: Run) -> float | None:
     budget = (run.space.get("constraints") or {}).get("max_flops")
-    budget = float(budget) if isinstance(budget, (int, float)) else None
-    where = display_path(run.path)
+    return float(budget) if isinstance(budget, (int, float)) and not isinstance(budget, bool) else None
+
+
+def front_picks(run: Run) -> dict[str, int]:
+    """The picks marked on the front: the knee and, where the run has a FLOPs budget, the most accurate
+    trial within it (the same trials the pick box names)."""
+    picks = {}
+    for how in ("knee", "budget"):
+        number, _ = _pick(run, how, _flops_budget(run))
+        if number is not None:
+            picks[how] = int(number)
+    return picks
+
+
+def picks_section(run: Run) -> str:
+    budget = _flops_budget(run)
+    where = Path(run.path).resolve()  # the command is pasted later, from anywhere: an absolute path
     choices = [
         ("knee", "Knee of the front", "where the accuracy/FLOPs trade-off bends most (largest distance from the "
                                       "line joining the front's extremes, log FLOPs, normalised)"),
@@ -489,13 +518,14 @@ def picks_section(run: Run) -> str:
             continue
         row = run.trials[run.trials["number"] == number].iloc[0]
         figures = " · ".join(f"{esc(o)} {esc(fmt(row[o]))}" for o in run.objectives)
-        command = f"python -m runner.export {shlex.quote(where)} --trial {number}"
+        command = spell("export", where, "--trial", str(number))
         cards.append(
             f'<div class="pick"><h3>{title}: trial {number} ({esc(row["strategy"])})</h3>{note(why)}'
             f"<p>{figures}</p><code class=\"cmd\" id=\"cmd-{how}\">{esc(command)}</code>"
             f'<button class="copy" data-target="cmd-{how}">copy command</button></div>'
         )
-    return note("Three ways to choose one model, each with the command that exports it.") + (
+    return note("Three ways to choose one model, each with the command that exports it (to "
+                "<code>export/trial-N</code> in the run directory).") + (
         '<div class="picks">' + "".join(cards) + "</div>")
 
 

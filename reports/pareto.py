@@ -12,14 +12,15 @@ never enter a front, a hypervolume or a pick.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import numpy as np
 import pandas as pd
 
-from cellsparse.objective_info import objective_info
-from cellsparse.pareto import DIRECTIONS, hypervolume, knee_point, pareto_mask, to_losses
+from cellsparse.objective_info import ideal_point, objective_info
+from cellsparse.pareto import DIRECTIONS, hypervolume, knee_point, normalized_hypervolume, pareto_mask, to_losses
 from cellsparse.rundir import eligible_mask
 from search_space.errors import UserError
 
@@ -31,6 +32,7 @@ __all__ = [
     "knee_point",
     "most_accurate",
     "most_accurate_within_budget",
+    "normalized_hypervolume",
     "pareto_mask",
     "pick_trial",
     "reference_point_from_space",
@@ -55,7 +57,9 @@ def hypervolume_history(
     ``by="number"`` walks the trials in trial-number order and returns columns ``number`` and
     ``hypervolume`` (one row per trial, ineligible ones repeating the last value). ``by="time"`` walks
     eligible trials in order of ``datetime_complete`` and returns ``elapsed_s`` (seconds since the
-    earliest ``datetime_start``), ``number`` and ``hypervolume``.
+    earliest ``datetime_start``), ``number`` and ``hypervolume``. Where every objective declares its
+    ideal value, a ``normalized`` column holds ``cellsparse.pareto.normalized_hypervolume`` (the
+    share of the box between the reference point and the ideal: the figure docs/benchmarks.md quotes).
     """
     names = list(directions)
     dirs = [directions[n] for n in names]
@@ -71,14 +75,23 @@ def hypervolume_history(
     else:
         raise ValueError(f"by must be 'number' or 'time', but got {by!r}")
     values = _values(frame, names)
-    hv, kept, out = 0.0, np.empty((0, len(names))), []
+    ideal = ideal_point(names)
+    try:  # a reference point no worse than the ideal somewhere leaves no box to normalise by
+        normalized_hypervolume(np.empty((0, len(names))), dirs, ref, ideal) if ideal is not None else None
+    except ValueError:
+        ideal = None
+    hv, share, kept, out, shares = 0.0, 0.0, np.empty((0, len(names))), [], []
     for row, is_ok in zip(values, frame["_ok"].to_numpy(), strict=True):
         if is_ok:
             kept = np.vstack([kept, row])
             kept = kept[pareto_mask(kept, dirs)]
             hv = hypervolume(kept, dirs, ref)
+            share = normalized_hypervolume(kept, dirs, ref, ideal) if ideal is not None else math.nan
         out.append(hv)
+        shares.append(share if ideal is not None else math.nan)
     result = pd.DataFrame({"number": frame["number"].to_numpy(), "hypervolume": out})
+    if ideal is not None:
+        result["normalized"] = shares
     if by == "time":
         result.insert(0, "elapsed_s", (frame["_done"] - origin).dt.total_seconds().to_numpy())
     return result

@@ -21,13 +21,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import NoReturn
 
-PROG = "cellsparse"
-COMMANDS = {  # name -> (module with main(argv), one line of help)
-    "search": ("runner.search", "run a multi-objective search over a space file"),
-    "report": ("reports.build", "(re)build a run's HTML report"),
-    "export": ("runner.export", "export a trained model of a run (ONNX, .pt2, model card)"),
-    "predict": ("runner.predict", "classify images with an exported model"),
-}
+from cellsparse.commands import COMMANDS, PROG, command
+
 EXIT_USER_ERROR = 2
 
 
@@ -39,8 +34,10 @@ class CommandParser(argparse.ArgumentParser):
 
 
 def command_parser(module: str, description: str, epilog: str) -> argparse.ArgumentParser:
-    """The parser of ``python -m module`` (and of its ``cellsparse`` subcommand)."""
-    return CommandParser(prog=f"python -m {module}", description=description, epilog=epilog)
+    """The parser of ``python -m module`` and of its ``cellsparse`` subcommand; its usage line is spelt
+    the way this process was started (``cellsparse.commands.command``)."""
+    name = next(n for n, (m, _) in COMMANDS.items() if m == module)
+    return CommandParser(prog=command(name), description=description, epilog=epilog)
 
 
 def print_error(err: BaseException) -> None:

@@ -11,9 +11,10 @@ Both go through this object, so a trial ends the same way whichever ran it:
     driver.fail(number, err_or_reason, traceback=...) # FAIL with one error line (and error.txt)
     driver.prune(number)                              # PRUNED by early stopping, last figures kept
 
-Every tell is followed by ``on_finished(study, number)`` (trials.csv and the progress line). A trial
-the driver asked for but never heard back from stays RUNNING in the journal; ``runner.search``
-marks such trials interrupted when the session ends.
+Every tell is followed by ``on_finished(study, number)`` (trials.csv and the progress line); a
+``progress`` (``runner.progress``) hears of every ask and every epoch, so both backends show the same
+elapsed times and ETAs. A trial the driver asked for but never heard back from stays RUNNING in the
+journal; ``runner.search`` marks such trials interrupted when the session ends.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import optuna
 from cellsparse import rundir
 from runner.backends.common import PAYLOAD_KEY, ConfigSampler, TrialError, describe_error, objective_values, trial_attrs
 from runner.early_stopping import SuccessiveHalving
+from runner.progress import Progress
 from search_space.spec import SearchSpace
 
 logger = logging.getLogger(__name__)
@@ -66,6 +68,7 @@ class SearchDriver:
         *,
         on_finished: Callable[[optuna.Study, int], None] | None = None,
         early_stopping: SuccessiveHalving | None = None,
+        progress: Progress | None = None,
     ) -> None:
         self.space = space
         self.run_dir = Path(run_dir)
@@ -73,6 +76,7 @@ class SearchDriver:
         self.names = space.objective_names
         self.on_finished = on_finished
         self.early_stopping = early_stopping
+        self.progress = progress
         self._sample = ConfigSampler(space)
         self._running: dict[int, optuna.Trial] = {}
         self._epochs: dict[int, int] = {}  # a trial's own epochs: it is never judged at its last
@@ -85,6 +89,10 @@ class SearchDriver:
         self._running[trial.number] = trial
         payload = self._sample(trial)[PAYLOAD_KEY]
         self._epochs[trial.number] = int(payload["config"].get("epochs", 0))
+        if self.progress is not None:
+            trained = payload["feasible"] and not payload["build_error"]
+            self.progress.started(trial.number, self._epochs[trial.number] if trained else 0,
+                                  str(payload["config"].get("strategy", "")))
         return trial.number, payload
 
     @property
@@ -101,6 +109,11 @@ class SearchDriver:
 
     def report(self, number: int, epoch: int, row: dict[str, Any]) -> bool:
         """A trial's figures after ``epoch``; True when early stopping says it should stop now."""
+        if number in self._running and self.progress is not None:
+            try:
+                self.progress.epoch(number, row)
+            except Exception:  # noqa: BLE001 - a progress line must not stop the trial
+                logger.warning("progress update failed", exc_info=True)
         if number not in self._running or epoch >= self._epochs.get(number, 0):
             return False
         values = [row.get(name) for name in self.names]

@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from cellsparse.commands import command
 from cellsparse.files import read_json_object
 from objectives import count_params
 from runner.artefacts import CARD_FILE, FILES, INPUT_NAME, OUTPUT_NAME
@@ -117,15 +118,30 @@ def build_card(
     }
 
 
+def find_export(export_dir: Path) -> Path:
+    """The export folder ``export_dir`` names: itself when it holds a model card; else the one export
+    folder below it (``runs/<name>/export`` holding ``trial-<n>``); UserError naming them when several."""
+    export_dir = Path(export_dir)
+    if not export_dir.is_dir() or (export_dir / CARD_FILE).is_file():
+        return export_dir
+    found = sorted(p for p in export_dir.iterdir() if p.is_dir() and (p / CARD_FILE).is_file())
+    if len(found) == 1:
+        return found[0]
+    if found:
+        names = ", ".join(p.name for p in found)
+        raise UserError(f"{export_dir}: holds {len(found)} exports ({names}); pass one of them, e.g. {found[0]}")
+    return export_dir
+
+
 def read_card(export_dir: Path) -> dict[str, Any]:
     """The card of an export directory; UserError when it is not one or the card is unusable."""
     export_dir = Path(export_dir)
     if not export_dir.is_dir():
-        raise UserError(f"{export_dir}: no such export directory; pass the --out of python -m runner.export "
-                        "(default runs/<name>/export)")
+        raise UserError(f"{export_dir}: no such export directory; pass the folder {command('export')} wrote "
+                        "(default runs/<name>/export/trial-<n>)")
     path = export_dir / CARD_FILE
     card = read_json_object(path, fix="export the model again",
-                            missing=f"{export_dir}: no {CARD_FILE} here; is it the output of python -m runner.export?")
+                            missing=f"{export_dir}: no {CARD_FILE} here; is it the output of {command('export')}?")
     try:
         spec = card["input"]
         channels = int(spec["channels"])
@@ -260,7 +276,7 @@ def render_readme(card: dict[str, Any]) -> str:
         "With this project (reads files, folders or an npz, resizes and normalises as in training):",
         "",
         "```bash",
-        "python -m runner.predict path/to/this/export images/ --out predictions.csv",
+        command("predict", "path/to/this/export", "images/", "--out", "predictions.csv"),
         "```",
         "",
         "## Versions",

@@ -36,18 +36,17 @@ C (multichannel, a folder of   TIFFs or arrays with the same C channels, scaled 
 C-channel TIFFs) / C channels  channel counts are refused
 =============================  ============================================================
 
-Output: a CSV (``input``, ``predicted``, ``probability``, ``top3``, and ``label`` where known)
-written whole at the end (default ``EXPORT_DIR/predictions.csv``), and a summary: images per
-class, images per second (end to end, and the model alone). Bad input (an unknown export
-directory, a missing or unreadable model card, a corrupt model file, an unreadable image, an
-empty folder) prints one ``error: ...`` line and exits with status 2, writing nothing.
+Output: a CSV (``input``, ``predicted``, ``probability``, ``top2``, ``top2_probability``, ``top3``,
+``top3_probability``, and ``label`` where known: ``Prediction.frame()``) written whole at the end
+(default ``EXPORT_DIR/predictions.csv``), and a summary: images per class, images per second (end to
+end, and the model alone). Bad input (an unknown export directory, a missing or unreadable model
+card, a corrupt model file, an unreadable image, an empty folder) prints one ``error: ...`` line and
+exits with status 2, writing nothing.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import sys
 import time
 import zipfile
@@ -61,13 +60,14 @@ import numpy as np
 import pandas as pd
 import torch
 
+from cellsparse.commands import command
 from cellsparse.files import write_atomic
 from runner.artefacts import Runner, check_device, onnx_runner, pt2_runner
 from runner.cli import EXIT_USER_ERROR, command_parser, print_error
 from runner.data.dataset import resize
 from runner.data.images import read_image, scale_values
 from runner.data.npz import KNOWN_CLASS_NAMES, load_error
-from runner.modelcard import read_card
+from runner.modelcard import find_export, read_card
 from search_space.errors import UserError
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
@@ -364,99 +364,125 @@ def _batches(items: Sequence[Item], size: int) -> Iterator[Sequence[Item]]:
         yield items[start : start + size]
 
 
+TOP = 3  # classes named per image in the table: the predicted one, then the runners-up
+
+
 @dataclass
 class Prediction:
-    rows: list[dict[str, Any]]
-    counts: Counter
+    """What ``predict`` returns: one row per image, in input order.
+
+    ``probabilities`` is the (N, C) float array of softmax probabilities, columns in ``classes``
+    order (what scikit-learn's ``predict_proba`` gives); ``predicted`` the class names;
+    ``frame()`` the typed table the CSV holds."""
+
+    inputs: list[str]
+    probabilities: np.ndarray  # (N, C) float64, rows sum to 1
+    classes: tuple[str, ...]
+    labels: list[str | None]  # the true class name, where an npz input names it
     seconds_total: float  # reading, preprocessing and the model (loading it excluded)
     seconds_model: float
     fmt: str
-    correct: int = 0
-    labelled: int = 0
-    classes: tuple[str, ...] = ()
 
     @property
     def predicted(self) -> list[str]:
         """The predicted class name of every image, in input order."""
-        return [row["predicted"] for row in self.rows]
+        return [self.classes[i] for i in self.probabilities.argmax(axis=1)] if len(self.inputs) else []
 
-    def frame(self) -> Any:
-        """The rows as a pandas DataFrame (the CSV's columns)."""
-        return pd.DataFrame(self.rows)
+    @property
+    def counts(self) -> Counter:
+        return Counter(self.predicted)
+
+    @property
+    def labelled(self) -> int:
+        return sum(label is not None for label in self.labels)
+
+    @property
+    def correct(self) -> int:
+        return sum(label is not None and label == p for label, p in zip(self.labels, self.predicted, strict=True))
+
+    def frame(self) -> pd.DataFrame:
+        """The predictions as a typed DataFrame (the CSV's columns): ``input``, ``predicted`` and its
+        ``probability`` (float), then ``top2``/``top2_probability`` and ``top3``/``top3_probability``
+        (the runners-up, as many as the model has classes), and ``label`` where the input names one."""
+        probs = self.probabilities
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :TOP]
+        rows = np.arange(len(probs))
+        columns: dict[str, Any] = {"input": pd.Series(self.inputs, dtype="string")}
+        for rank in range(order.shape[1]):
+            name = "predicted" if rank == 0 else f"top{rank + 1}"
+            columns[name] = pd.Series([self.classes[j] for j in order[:, rank]], dtype="string")
+            columns["probability" if rank == 0 else f"{name}_probability"] = probs[rows, order[:, rank]].astype(np.float64)
+        if self.labelled:
+            columns["label"] = pd.Series(self.labels, dtype="string")
+        return pd.DataFrame(columns)
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        """``frame()`` as a list of dicts (one per image)."""
+        return [{k: v for k, v in row.items() if not (k == "label" and pd.isna(v))}
+                for row in self.frame().to_dict("records")]
 
 
-def predict(export_dir: Path, inputs: Sequence[Path] | np.ndarray | Any, *, batch_size: int = DEFAULT_BATCH,
-            device: str = "cpu", fmt: str | None = None, split: str | None = None, compiled: bool = False) -> Prediction:
-    """Classify images with the export in ``export_dir``: ``inputs`` is a list of files, folders and
-    npz files, or an array of images (see ``array_items``: numpy channels-last, torch channels-first).
+def predict(export_dir: Path, inputs: Sequence[Path] | np.ndarray | Any, *, layout: str | None = None,
+            batch_size: int = DEFAULT_BATCH, device: str = "cpu", fmt: str | None = None, split: str | None = None,
+            compiled: bool = False) -> Prediction:
+    """Classify images with the export in ``export_dir``.
+
+    ``inputs``: a list of files, folders and npz files; or images in memory: one numpy array or
+    torch tensor, or a list of images each (H, W) or (H, W, C) (numpy arrays, PIL images). How an
+    array's axes are read (``layout``: "HW", "HWC", "CHW", "NHW", "NHWC" or "NCHW") follows from its
+    shape where only one reading fits (a channel axis holds at most 4 channels, or the model's
+    count); where several fit, e.g. (3, 40, 40), pass ``layout`` (see ``array_items``).
     ``compiled``: the .pt2 program through torch.compile, for small batches on CUDA (see ``pt2_runner``)."""
-    start = time.perf_counter()
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, but got {batch_size}")
-    export_dir = Path(export_dir)
+    export_dir = find_export(Path(export_dir))
     card = read_card(export_dir)
     classes = [str(c) for c in card["classes"]]
     spec = InputSpec.from_card(card)
-    arrays: dict[tuple[Path, str], np.ndarray] = {}
-    if is_array(inputs):
+    arrays: dict[tuple[Path, str], Any] = {}
+    if in_memory(inputs):
         if split is not None:
-            raise UserError("split applies to .npz inputs only, not to an array of images")
-        items, arrays = array_items(inputs)
+            raise UserError("split applies to .npz inputs only, not to images in memory")
+        items, arrays = array_items(inputs, layout=layout, channels=spec.channels)
     else:
+        if layout is not None:
+            raise UserError("layout applies to images in memory (arrays, tensors), not to files")
         items = collect(inputs, split=split, classes=classes)
     fmt, run = load_runtime(export_dir, card, fmt, device, compiled)
     start = time.perf_counter()  # throughput counts reading, preprocessing and the model, not loading it
-    rows: list[dict[str, Any]] = []
-    counts: Counter = Counter()
-    model_seconds, correct, labelled = 0.0, 0, 0
-    top = min(3, len(classes))
+    chunks: list[np.ndarray] = []
+    model_seconds = 0.0
     for batch in _batches(items, batch_size):
         x = preprocess(batch, spec, arrays)
         t0 = time.perf_counter()
         logits = run(x)
         model_seconds += time.perf_counter() - t0
-        probs = softmax(np.asarray(logits, dtype=np.float64))
-        order = np.argsort(-probs, axis=1, kind="stable")[:, :top]
-        for item, p, best in zip(batch, probs, order, strict=True):
-            predicted = classes[best[0]]
-            counts[predicted] += 1
-            row = {
-                "input": item.name,
-                "predicted": predicted,
-                "probability": f"{p[best[0]]:.6f}",
-                "top3": ";".join(f"{classes[j]}:{p[j]:.4f}" for j in best),
-            }
-            if item.label is not None:
-                row["label"] = item.label
-                labelled += 1
-                correct += int(predicted == item.label)
-            rows.append(row)
-    return Prediction(rows, counts, time.perf_counter() - start, model_seconds, fmt, correct, labelled, tuple(classes))
+        chunks.append(softmax(np.asarray(logits, dtype=np.float64)))
+    probabilities = np.concatenate(chunks) if chunks else np.empty((0, len(classes)))
+    return Prediction([item.name for item in items], probabilities, tuple(classes), [item.label for item in items],
+                      time.perf_counter() - start, model_seconds, fmt)
 
 
-def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
-    """Write the predictions through a temporary file, so a failure leaves no half-written CSV."""
-    columns = ["input", "predicted", "probability", "top3"] + (["label"] if any("label" in r for r in rows) else [])
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, restval="", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
+def write_csv(result: Prediction, path: Path) -> None:
+    """Write ``result.frame()`` through a temporary file, so a failure leaves no half-written CSV."""
     if path.is_dir():
         raise UserError(f"--out {path}: is a directory; pass the path of a CSV file")
     try:
-        write_atomic(path, buffer.getvalue())
+        write_atomic(path, result.frame().to_csv(index=False, lineterminator="\n", float_format="%.6f"))
     except OSError as err:
         raise UserError(f"--out {path}: cannot write there ({err.strerror or err})") from None
 
 
 def summary(result: Prediction, out: Path) -> list[str]:
-    n = len(result.rows)
+    n = len(result.inputs)
     lines = [f"classified {n} images with {result.fmt} -> {out}"]
-    width = max((len(c) for c in result.counts), default=0)
-    for name, count in result.counts.most_common():
+    counts = result.counts
+    width = max((len(c) for c in counts), default=0)
+    for name, count in counts.most_common():
         lines.append(f"  {name:<{width}s}  {count:>7d}  ({count / max(1, n):.1%})")
     if result.labelled:
-        known = {row["label"] for row in result.rows if "label" in row}
+        known = {label for label in result.labels if label is not None}
         if known & set(result.classes):
             lines.append(f"accuracy on the {result.labelled} labelled images: {result.correct / result.labelled:.4f}")
         else:
@@ -472,10 +498,11 @@ def summary(result: Prediction, out: Path) -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     parser = command_parser(
         "runner.predict",
-        "Classify cell images with a model exported by python -m runner.export.",
+        f"Classify cell images with a model exported by {command('export')}.",
         "Exit status: 0 done, 2 bad input. Channel conversions and preprocessing: see the module docstring.",
     )
-    parser.add_argument("export_dir", type=Path, metavar="EXPORT_DIR", help="an export directory (runs/<name>/export)")
+    parser.add_argument("export_dir", type=Path, metavar="EXPORT_DIR",
+                        help="an export directory (runs/<name>/export/trial-<n>; runs/<name>/export when it holds one)")
     parser.add_argument("inputs", type=Path, nargs="+", metavar="INPUT",
                         help="image files, folders (recursive) or MedMNIST-layout .npz files")
     parser.add_argument("--out", type=Path, metavar="CSV", help="where to write the CSV (default: EXPORT_DIR/predictions.csv)")
@@ -494,12 +521,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        out = args.out if args.out is not None else args.export_dir / "predictions.csv"
+        export_dir = find_export(args.export_dir)
+        out = args.out if args.out is not None else export_dir / "predictions.csv"
         if out.is_dir():  # before the (possibly long) prediction, not after it
             raise UserError(f"--out {out}: is a directory; pass the path of a CSV file")
-        result = predict(args.export_dir, args.inputs, batch_size=args.batch_size, device=args.device,
+        result = predict(export_dir, args.inputs, batch_size=args.batch_size, device=args.device,
                          fmt=args.fmt, split=args.split, compiled=args.compiled)
-        write_csv(result.rows, out)
+        write_csv(result, out)
     except UserError as err:
         print_error(err)
         return EXIT_USER_ERROR
@@ -511,40 +539,117 @@ def main(argv: Sequence[str] | None = None) -> int:
 # In-memory images (the Python API)
 
 ARRAY_NAME = "array"
+LIST_NAME = "images"
+#: Every way the axes of an in-memory image array may be read: N images, C channels, H x W pixels.
+LAYOUTS = ("HW", "HWC", "CHW", "NHW", "NHWC", "NCHW")
+MAX_CHANNELS = 4  # a channel axis: 1 (gray), 2 (event ON/OFF), 3 (RGB) or 4 (RGBA), or the model's own count
 
 
-def is_array(inputs: Any) -> bool:
-    """Whether ``inputs`` is a numpy array or a torch tensor (rather than a list of paths)."""
-    if isinstance(inputs, np.ndarray):
+def in_memory(inputs: Any) -> bool:
+    """Whether ``inputs`` are images in memory (an array, a tensor, a PIL image, or a list of arrays
+    or PIL images) rather than paths to files, folders and npz files."""
+    if isinstance(inputs, (np.ndarray, torch.Tensor)) or _array_like(inputs):
         return True
-    return isinstance(inputs, torch.Tensor)
+    if isinstance(inputs, (list, tuple)) and inputs:
+        return not isinstance(inputs[0], (str, Path))
+    return False
 
 
-def array_items(images: Any) -> tuple[list[Item], dict[tuple[Path, str], np.ndarray]]:
-    """Items for the images of an array, and the array (channels last) as ``preprocess`` reads it.
+def _array_like(value: Any) -> bool:
+    return not isinstance(value, (str, Path, list, tuple)) and (
+        hasattr(value, "__array_interface__") or hasattr(value, "__array__"))
 
-    numpy arrays are channels-last, as in MedMNIST npz files: (H, W) one image, (N, H, W) gray
-    images, (N, H, W, C). torch tensors are channels-first, as torch models take them: (H, W) one
-    image, (C, H, W) one image, (N, C, H, W). Values are scaled by dtype as the loaders scale
-    files (uint8 / 255, uint16 / 65535, float as stored)."""
-    if isinstance(images, np.ndarray):
-        array = images
-        if array.ndim == 2:
-            array = array[None]
-        if array.ndim not in (3, 4):
-            raise UserError(f"an image array of shape {array.shape}; expected numpy (H, W), (N, H, W) or (N, H, W, C)")
-    else:
-        tensor = images.detach().cpu()
+
+def _plausible(shape: tuple[int, ...], layout: str, channels: int) -> bool:
+    """Whether an array of ``shape`` can be images in ``layout``: a C axis holds a channel count (at
+    most MAX_CHANNELS, or the model's own), H and W hold more pixels than that."""
+    if len(shape) != len(layout):
+        return False
+    for size, axis in zip(shape, layout, strict=True):
+        if axis == "C" and not (1 <= size <= MAX_CHANNELS or size == channels):
+            return False
+        if axis in "HW" and size <= MAX_CHANNELS:
+            return False
+    return True
+
+
+def _layout_words(layout: str) -> str:
+    return {"HW": "one (H, W) gray image", "HWC": "one (H, W, C) image", "CHW": "one (C, H, W) image",
+            "NHW": "(N, H, W) gray images", "NHWC": "(N, H, W, C) images", "NCHW": "(N, C, H, W) images"}[layout]
+
+
+#: A torch tensor of three axes is one image: torch holds a batch of gray images as (N, 1, H, W).
+TENSOR_LAYOUTS = tuple(name for name in LAYOUTS if name != "NHW")
+
+
+def read_layout(shape: tuple[int, ...], layout: str | None, channels: int, candidates: Sequence[str] = LAYOUTS) -> str:
+    """The layout of an image array of ``shape``: ``layout`` when given (it must fit the shape), else the
+    only one of ``candidates`` its shape allows; UserError naming the layouts when none or several fit."""
+    shape = tuple(int(n) for n in shape)
+    if layout is not None:
+        if layout not in LAYOUTS:
+            raise UserError(f"layout must be one of {', '.join(LAYOUTS)}, but got {layout!r}")
+        if len(shape) != len(layout):
+            raise UserError(f"an image array of shape {shape} has {len(shape)} axes, but layout {layout!r} has "
+                            f"{len(layout)}")
+        return layout
+    fits = [name for name in candidates if _plausible(shape, name, channels)]
+    if len(fits) == 1:
+        return fits[0]
+    if not fits:
+        raise UserError(f"an image array of shape {shape} fits no image layout; expected (H, W), (H, W, C), (C, H, W), "
+                        f"(N, H, W), (N, H, W, C) or (N, C, H, W) with C <= {MAX_CHANNELS} and H, W > {MAX_CHANNELS}")
+    readings = " or ".join(f"{_layout_words(name)} (layout={name!r})" for name in fits)
+    raise UserError(f"an image array of shape {shape} is ambiguous: it could be {readings}; pass layout=")
+
+
+def _to_nhwc(array: np.ndarray, layout: str) -> np.ndarray:
+    """``array`` in ``layout`` -> (N, H, W, C)."""
+    full = {"HW": "NHWC", "HWC": "NHWC", "CHW": "NCHW", "NHW": "NHWC", "NHWC": "NHWC", "NCHW": "NCHW"}[layout]
+    for axis in full:
+        if axis not in layout:
+            array = np.expand_dims(array, full.index(axis))
+    return array if full == "NHWC" else array.transpose(0, 2, 3, 1)
+
+
+def _as_numpy(image: Any) -> np.ndarray:
+    """A numpy view of an array, a torch tensor or a PIL image (values as stored)."""
+    if isinstance(image, torch.Tensor):
+        tensor = image.detach().cpu()
         if tensor.is_floating_point() and tensor.dtype not in (torch.float32, torch.float64):
             tensor = tensor.float()  # float16 / bfloat16 have no numpy type the loaders read
-        if tensor.ndim == 2:
-            tensor = tensor[None, None]
-        elif tensor.ndim == 3:
-            tensor = tensor[None]
-        if tensor.ndim != 4:
-            raise UserError(f"an image tensor of shape {tuple(tensor.shape)}; expected torch (H, W), (C, H, W) "
-                            "or (N, C, H, W)")
-        array = tensor.numpy().transpose(0, 2, 3, 1)
+        return tensor.numpy()
+    return np.asarray(image)
+
+
+def array_items(images: Any, *, layout: str | None = None, channels: int = 3
+                ) -> tuple[list[Item], dict[tuple[Path, str], Any]]:
+    """Items for images in memory, and the images (channels last) as ``preprocess`` reads them.
+
+    One array or tensor: its layout is ``layout``, or the one its shape allows (:func:`read_layout`:
+    a channel axis holds at most 4 channels, or ``channels``, the model's count, and H, W more than
+    4 pixels): (40, 40, 3) is one colour image, (8, 40, 40) eight gray images, (8, 3, 40, 40)
+    channels first; a numpy (3, 40, 40) could be one image or three and needs ``layout`` (a torch
+    tensor of three axes is one image, as torch holds images). A list (or tuple):
+    one image per element, each (H, W) or (H, W, C), sizes may differ. Values are scaled by dtype as
+    the loaders scale files (uint8 / 255, uint16 / 65535, float as stored)."""
+    if isinstance(images, (list, tuple)):
+        if layout not in (None, "HW", "HWC"):
+            raise UserError(f"a list of images takes each image as (H, W) or (H, W, C); layout {layout!r} does not apply")
+        arrays = []
+        for i, image in enumerate(images):
+            if isinstance(image, (str, Path)):
+                raise UserError(f"images[{i}]: a path among images in memory; pass either paths or images")
+            array = _as_numpy(image)
+            if array.ndim not in (2, 3) or not _plausible(array.shape, "HWC"[: array.ndim], channels):
+                raise UserError(f"images[{i}]: an image of shape {tuple(array.shape)}; each image of a list must be "
+                                f"(H, W) or (H, W, C) with C <= {MAX_CHANNELS}")
+            arrays.append(array if array.ndim == 3 else array[..., None])
+        source = (Path(LIST_NAME), "")
+        return [Item(source[0], "", i) for i in range(len(arrays))], {source: arrays}
+    array = _as_numpy(images)
+    candidates = TENSOR_LAYOUTS if isinstance(images, torch.Tensor) else LAYOUTS
+    array = _to_nhwc(array, read_layout(array.shape, layout, channels, candidates))
     if len(array) == 0:
         raise UserError("no images: the array is empty")
     source = (Path(ARRAY_NAME), "")

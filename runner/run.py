@@ -6,7 +6,8 @@
     run.trials, run.front                          # pandas DataFrames (trials.csv; its Pareto rows)
     run.pick("knee"), run.pick("accuracy"), run.pick(5e6)   # trial numbers (5e6: best within 5 MFLOPs)
     run.report_path                                # report.html (run.report() rebuilds it)
-    export_dir = run.export()                      # the knee, as python -m runner.export does
+    export_dir = run.export()                      # the knee, as cellsparse export does
+    trial = run.trial(3)                           # config, metrics, history; trial.load_model()
 
 Everything is read from the run directory (trials.csv, space.yaml, run.json), so a run copied to
 another machine loads the same way. ``refresh()`` re-reads it while a search is still writing.
@@ -15,14 +16,19 @@ another machine loads the same way. ``refresh()`` re-reads it while a search is 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from torch import nn
 
+from cellsparse.log import logger
+from cellsparse.rundir import CONFIG_FILE, HISTORY_FILE, METRICS_FILE, load_json
 from cellsparse.rundir import load_run as load_run_dir
 from reports.build import build_report
 from reports.pareto import pick_trial
+from runner.checkpoint import load_trained
 from runner.export import export_run
 from search_space.errors import UserError
 
@@ -86,6 +92,26 @@ class Run:
     def trial_dir(self, number: int) -> Path:
         return self._run.trial_dir(number)
 
+    def trial(self, number: int) -> TrialResult:
+        """Trial ``number``: its state, objective values, config, final metrics and per-epoch history,
+        and its trained model (``load_model()``). UserError when the run has no such trial."""
+        rows = self._run.trials[self._run.trials["number"] == int(number)]
+        if rows.empty:
+            raise UserError(f"{self.path}: no trial {number} (the run has trials "
+                            f"{_numbers(self._run.trials['number'].tolist())})")
+        row = rows.iloc[0]
+        directory = self.trial_dir(int(number))
+        config = load_json(directory / CONFIG_FILE)
+        metrics = load_json(directory / METRICS_FILE)
+        history = load_json(directory / HISTORY_FILE)
+        values = {name: None if pd.isna(row[name]) else float(row[name]) for name in self.objectives}
+        return TrialResult(
+            number=int(number), state=str(row["state"]), strategy=str(row["strategy"]), values=values,
+            config=config if isinstance(config, dict) else {}, metrics=metrics if isinstance(metrics, dict) else {},
+            history=history if isinstance(history, list) else [], path=directory,
+            error=None if pd.isna(row.get("error")) else str(row.get("error")),
+        )
+
     def pick(self, how: str | float = "knee") -> int:
         """A trial number: ``"knee"`` of the accuracy/FLOPs front (what export takes by default),
         ``"accuracy"`` (the most accurate), or a number: the most accurate within that many FLOPs."""
@@ -94,14 +120,44 @@ class Run:
 
     def export(self, pick: str | float = "knee", *, trial: int | None = None, out: str | Path | None = None,
                formats: Sequence[str] = ("onnx", "pt2"), measure: bool = True, threads: int = 1,
-               log: Callable[[str], None] = print) -> Path:
-        """Export a trial as ``python -m runner.export`` does (checked against the eager model, with a
-        model card); returns the export directory (``runs/<name>/export`` unless ``out``), which
-        ``runner.predict.predict`` takes. ``pick`` as in :meth:`pick`, or a given ``trial``."""
+               replace: bool = False, log: Callable[[str], None] | None = None) -> Path:
+        """Export a trial as ``cellsparse export`` does (checked against the eager model, with a model
+        card); returns the export directory (``runs/<name>/export/trial-<n>`` unless ``out``), which
+        ``runner.predict.predict`` takes. ``pick`` as in :meth:`pick`, or a given ``trial``; an export
+        already in that folder is replaced only with ``replace=True``. Progress goes to ``log``
+        (default: the ``cellsparse`` logger, see ``cellsparse.log``)."""
         how, budget = _how(pick)
         result = export_run(self.path, trial=trial, pick=how, max_flops=budget, formats=formats,
-                            out=None if out is None else Path(out), measure=measure, threads=threads, log=log)
+                            out=None if out is None else Path(out), measure=measure, threads=threads,
+                            replace=replace, log=log or logger.info)
         return result.out
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """One trial of a run, read from ``trials/<n>/`` (as Ray Tune's ``Result`` or Optuna's
+    ``FrozenTrial`` hold one): what it was, how it ended and what it learnt. ``config`` rebuilds the
+    network (``search_space.build_model``); ``history`` holds one dict per epoch (val_accuracy, k,
+    train_loss, epoch_time_s ...); ``metrics`` the final figures (empty for an unfinished trial)."""
+
+    number: int
+    state: str  # COMPLETE | FAIL | PRUNED | RUNNING | WAITING
+    strategy: str
+    values: dict[str, float | None]  # objective -> value (None where the trial has none)
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]]
+    path: Path
+    error: str | None = None
+
+    def load_model(self) -> nn.Module:
+        """The trained network at its final k, in eval mode on the CPU (UserError for a trial that never
+        finished training, or an infeasible one, which never trained)."""
+        return load_trained(self.path, self.number).model
+
+
+def _numbers(numbers: list[int]) -> str:
+    return ", ".join(map(str, numbers[:8])) + (" ..." if len(numbers) > 8 else "") if numbers else "none"
 
 
 def _how(pick: str | float) -> tuple[str, float | None]:

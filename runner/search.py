@@ -1,14 +1,16 @@
-"""``python -m runner.search``: run a multi-objective search over a space file.
+"""``cellsparse search`` (``python -m runner.search``): run a multi-objective search over a space file.
 
-    python -m runner.search --space search_space/cells.yaml
-    python -m runner.search --space search_space/cells.yaml --trials 40 --backend optuna
-    python -m runner.search --out runs/cells --resume            # continue a stopped run
-    python -m runner.search --space search_space/cells.yaml --dry-run
+    cellsparse search search_space/cells.yaml                 # or --space search_space/cells.yaml
+    cellsparse search search_space/cells.yaml --trials 40 --backend optuna
+    cellsparse search --out runs/cells --resume               # continue a stopped run
+    cellsparse search search_space/cells.yaml --dry-run
 
 Every trial is trained and measured; the run directory (default ``runs/<name>``) gets the resolved
 space, the Optuna journal, trials.csv (rewritten as trials finish), one folder per trial and, at the
-end, report.html. One line is printed per finished trial, then the Pareto front and the command
-that exports a chosen model.
+end, report.html. While trials run, progress lines give elapsed time and an ETA per trial and for the
+search (``runner.progress``: after every epoch on a terminal, per finished trial otherwise, none with
+``--quiet``); at the end the Pareto front and the command that exports a chosen model, spelt the way
+the search was started (``cellsparse ...`` or ``python -m ...``).
 
 Stopping and resuming: Ctrl-C stops cleanly (unfinished trials are marked FAIL as interrupted, the
 journal and trials.csv stay consistent); ``--resume`` continues until the requested number of
@@ -27,13 +29,16 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import optuna
 import torch
 
 from cellsparse import rundir
+from cellsparse.commands import command
+from cellsparse.log import logger
 from objectives import count_flops
 from reports.build import build_report as write_report
 from runner.backends.common import (
@@ -48,14 +53,17 @@ from runner.backends.common import (
     open_study,
     pareto_trials,
     plugin_modules,
+    print_line,
     sampler_for_session,
     trials_done,
+    with_data_size,
 )
 from runner.backends.optuna_backend import run_optuna
 from runner.cli import EXIT_USER_ERROR, command_parser, print_error
 from runner.data import data_fingerprint, load_dataset
 from runner.driver import SearchDriver, early_stopping_rule
 from runner.machine import machine, versions
+from runner.progress import MODES, Progress, resolve_mode
 from runner.run import Run
 from search_space.build import build_model
 from search_space.errors import UserError
@@ -73,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Flags override the space file's search settings. Exit status: 0 done, 2 bad input, "
         "130 stopped (continue with --resume). Extra strategy modules: set CELLSPARSE_PLUGINS=mod1,mod2.",
     )
+    parser.add_argument("space_file", nargs="?", type=Path, metavar="SPACE",
+                        help="YAML space file (the same as --space FILE)")
     parser.add_argument("--space", type=Path, metavar="FILE",
                         help="YAML space file (optional with --resume: the run's own space.yaml is used)")
     parser.add_argument("--out", type=Path, metavar="DIR", help="run directory (default: runs/<space name>)")
@@ -91,11 +101,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gpus-per-trial", type=float, metavar="G", help="GPUs per trial (fractions pack trials)")
     parser.add_argument("--seed", type=int, metavar="S", help="seed of the sampler, the data and every trial")
     parser.add_argument("--dry-run", action="store_true",
-                        help="validate, then print the first N sampled configs with their FLOPs; train and write nothing")
+                        help="validate the space and run every check of the data the search would, then print the "
+                        "first N sampled configs with their FLOPs; train and write nothing")
+    parser.add_argument("--progress", choices=MODES, default="auto",
+                        help="epochs: a line per epoch of each trial, with elapsed time and ETA; trials: a line per "
+                        "finished trial; none: neither; auto (default): epochs on a terminal, trials otherwise")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines (--progress none)")
     return parser
 
 
 def _check_flags(args: argparse.Namespace) -> None:
+    positional = getattr(args, "space_file", None)
+    if positional is not None:
+        if args.space is not None and args.space != positional:
+            raise UserError(f"two space files given: {positional} and --space {args.space}; pass one")
+        args.space = positional
+    if getattr(args, "quiet", False) and getattr(args, "progress", "auto") not in ("auto", "none"):
+        raise UserError(f"--quiet and --progress {args.progress} cannot be combined")
     if args.space is None and not args.resume:
         raise UserError("--space FILE is required (or --resume with --out DIR)")
     if args.space is None and args.out is None:
@@ -118,7 +140,7 @@ def _check_flags(args: argparse.Namespace) -> None:
 
 def _load(args: argparse.Namespace) -> tuple[Any, Path]:
     """The space to run (file + flags) and the run directory; validates everything, writes nothing."""
-    given = load_space(args.space) if args.space is not None else None
+    given = with_data_size(load_space(args.space)) if args.space is not None else None
     out = args.out if args.out is not None else Path("runs") / given.name
     if args.resume:
         if given is not None:  # the file must describe the same run; its session settings are not taken
@@ -166,15 +188,15 @@ def _check_data(space: Any, out: Path, *, resume: bool) -> str | None:
     return fingerprint
 
 
-def dry_run(space: Any, n: int) -> None:
+def dry_run(space: Any, n: int, say: Callable[[str], None] = print_line) -> None:
     """Print ``n`` configs as the sampler would draw them first, with their FLOPs; nothing is trained."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(directions=space.directions, sampler=make_sampler(space))
     sample = ConfigSampler(space)
     in_channels, num_classes, size = data_shape(space)
     images = torch.randn(2, in_channels, size, size, generator=torch.Generator().manual_seed(0))
-    print(f"space {space.name}: {len(space.model.strategies)} strategies, data {in_channels}x{size}x{size}, "
-          f"{num_classes} classes; the first {n} sampled configs:")
+    say(f"space {space.name}: {len(space.model.strategies)} strategies, data {in_channels}x{size}x{size}, "
+        f"{num_classes} classes; the first {n} sampled configs:")
     for _ in range(n):
         trial = study.ask()
         payload = sample(trial)[PAYLOAD_KEY]
@@ -185,8 +207,8 @@ def dry_run(space: Any, n: int) -> None:
             model = build_model(config, in_channels, num_classes, size)
             flops_text = format_value("flops", count_flops(model.eval(), images))
             note = "" if payload["feasible"] else f"  over budget: {payload['constraints']}"
-        print(f"  #{trial.number:<3d} {config['strategy']:<14s} flops={flops_text:<8s}{note}")
-        print(f"       {json.dumps(config, sort_keys=False)}")
+        say(f"  #{trial.number:<3d} {config['strategy']:<14s} flops={flops_text:<8s}{note}")
+        say(f"       {json.dumps(config, sort_keys=False)}")
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
 
 
@@ -255,13 +277,20 @@ def _out_of_time(space: Any, start: float) -> bool:
     return space.search.timeout_s is not None and time.perf_counter() - start >= space.search.timeout_s
 
 
-def run_search(args: argparse.Namespace) -> int:
-    """Validate, prepare the run directory, run the trials, print the front. Returns the exit status."""
+def run_search(args: argparse.Namespace, say: Callable[[str], None] = print_line,
+               progress_stream: TextIO | None = None) -> int:
+    """Validate, prepare the run directory, run the trials, print the front. Returns the exit status.
+
+    Every line for the user goes to ``say``; ``progress_stream`` is where ``--progress auto`` looks
+    for a terminal (stdout by default)."""
     import_plugins(plugin_modules())
     _check_flags(args)
+    mode = resolve_mode("none" if getattr(args, "quiet", False) else getattr(args, "progress", "auto"), progress_stream)
     space, out = _load(args)
     if args.dry_run:
-        dry_run(space, args.trials or space.search.trials)
+        _check_data(space, out, resume=False)  # every check of the data the search would run, here too
+        dry_run(space, args.trials or space.search.trials, say)
+        say(f"the data passed every check; the search would write {out}")
         return 0
     backend = space.search.backend
     ray_backend = None
@@ -285,7 +314,7 @@ def run_search(args: argparse.Namespace) -> int:
             raise UserError(f"search.resources.gpu={space.search.gpus_per_trial:g}, but torch sees no CUDA device here")
         _check_local_resources(space, torch.cuda.device_count() if torch.cuda.is_available() else 0)
         if space.search.max_concurrent > 1:
-            print("note: the optuna backend runs one trial at a time; max_concurrent applies to the ray backend")
+            say("note: the optuna backend runs one trial at a time; max_concurrent applies to the ray backend")
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # one line per trial is ours to print
     start = time.perf_counter()
@@ -304,15 +333,16 @@ def run_search(args: argparse.Namespace) -> int:
     study = open_study(space, out)
     stale = fail_unfinished(study)
     if stale:
-        print(f"marked {len(stale)} trial(s) left unfinished by an earlier session as FAIL (interrupted): {stale}")
+        say(f"marked {len(stale)} trial(s) left unfinished by an earlier session as FAIL (interrupted): {stale}")
     rundir.write_trials_csv(out, study, space.objective_names)
     total = space.search.trials
     done = trials_done(study)
     remaining = max(0, total - done)
     where = f"{backend}" + (f" at {args.address}" if args.address else "")
-    print(f"run {out}: {total} trials ({done} done), backend {where}, sampler {space.search.sampler}, "
-          f"{space.search.max_concurrent if backend == 'ray' else 1} at a time")
-    on_finished = TrialFinished(out, space, total=total)
+    say(f"run {out}: {total} trials ({done} done), backend {where}, sampler {space.search.sampler}, "
+        f"{space.search.max_concurrent if backend == 'ray' else 1} at a time")
+    progress = Progress(trials=remaining, mode=mode, emit=say)
+    on_finished = TrialFinished(out, space, total=total, emit=say if mode != "none" else _silent, progress=progress)
     try:
         session = f"session-{len(info.get('sessions', [])) - 1}"
         while remaining:
@@ -321,7 +351,7 @@ def run_search(args: argparse.Namespace) -> int:
             # Ray's own ASHA on the ray backend (the single-metric baseline); the driver's rule otherwise.
             ray_asha = backend == "ray" and space.search.early_stopping.name == "asha"
             rule = None if ray_asha else early_stopping_rule(space, study)
-            driver = SearchDriver(space, out, study, on_finished=on_finished, early_stopping=rule)
+            driver = SearchDriver(space, out, study, on_finished=on_finished, early_stopping=rule, progress=progress)
             if backend == "ray":
                 ray_backend.run_ray(driver, n_trials=remaining, session=session, ray_asha=ray_asha)
             else:
@@ -349,18 +379,27 @@ def run_search(args: argparse.Namespace) -> int:
         interrupted = interrupted or not complete
         rundir.finish_session(out, wall_time_s=time.perf_counter() - start, finished=complete)
 
-    print()
+    say("")
     for line in _front_table(study, space):
-        print(line)
+        say(line)
     if interrupted:
-        print(f"stopped after {done} of {total} trials; continue with: python -m runner.search --out {out} --resume")
+        say(f"stopped after {done} of {total} trials; continue with: {resume_command(out)}")
         return EXIT_INTERRUPTED
     if timed_out and done < total:
-        print(f"search.timeout_s={space.search.timeout_s:g} reached after {done} of {total} trials")
-    print(build_report(out))
+        say(f"search.timeout_s={space.search.timeout_s:g} reached after {done} of {total} trials")
+    say(build_report(out))
     for line in export_suggestion(out):
-        print(line)
+        say(line)
     return 0
+
+
+def _silent(line: str) -> None:
+    """Where progress lines go under ``--quiet``."""
+
+
+def resume_command(out: Path) -> str:
+    """The command that continues the run in ``out``, spelt as this search was started."""
+    return command("search", "--out", out, "--resume")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -390,9 +429,9 @@ def export_suggestion(out: Path) -> list[str]:
         knee, best = run.pick("knee"), run.pick("accuracy")
     except UserError:
         return []
-    lines = [f"export a model: python -m runner.export {out}   (the knee of the front: trial {knee})"]
+    lines = [f"export a model: {command('export', out)}   (the knee of the front: trial {knee})"]
     if best != knee:
-        lines.append(f"  the most accurate, trial {best}: python -m runner.export {out} --pick accuracy")
+        lines.append(f"  the most accurate, trial {best}: {command('export', out, '--pick', 'accuracy')}")
     return lines
 
 
@@ -408,21 +447,27 @@ def search(
     cpus_per_trial: float | None = None,
     gpus_per_trial: float | None = None,
     address: str | None = None,
+    progress: str = "auto",
 ) -> Any:
-    """Run a search from Python, as ``python -m runner.search`` does, and return the finished run.
+    """Run a search from Python, as ``cellsparse search`` does, and return the finished run.
 
-    Arguments are the command's flags (``None`` keeps the space file's setting). Returns a
+    Arguments are the command's flags (``None`` keeps the space file's setting). What the command
+    prints goes to the ``cellsparse`` logger at INFO (``cellsparse.log``: quiet it with
+    ``cellsparse.log.set_verbosity(logging.WARNING)``); ``progress`` is ``--progress`` ("epochs",
+    "trials", "none", or "auto": epochs when stderr is a terminal). Returns a
     :class:`runner.run.Run` (trials, front, picks, report, export). Raises UserError (one line
     naming what is wrong, nothing written) for bad input, and KeyboardInterrupt when the search was
     stopped before its trials were done (continue with ``resume=True``)."""
+    if progress not in MODES:
+        raise UserError(f"progress must be one of {', '.join(MODES)}, but got {progress!r}")
     args = argparse.Namespace(
         space=None if space is None else Path(space), out=None if out is None else Path(out), trials=trials,
         backend=backend, address=address, resume=resume, max_concurrent=max_concurrent,
-        cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, seed=seed, dry_run=False,
+        cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, seed=seed, dry_run=False, progress=progress,
     )
     if args.out is None and args.space is not None:
         args.out = Path("runs") / load_space(args.space).name
-    status = run_search(args)
+    status = run_search(args, say=logger.info, progress_stream=sys.stderr)
     if status == EXIT_INTERRUPTED:
         raise KeyboardInterrupt(f"the search in {args.out} stopped before its trials were done; "
                                 "continue with search(..., resume=True)")

@@ -63,10 +63,11 @@ TRAINING_DEFAULTS: dict[str, Any] = {
 
 _SECTIONS = ("name", "seed", "data", "objectives", "constraints", "training", "search", "space")
 _REQUIRED = ("objectives", "space")
+MIN_IMAGE_SIZE = 16  # the smallest data.image_size a space accepts
 _DATA_KEYS = ("source", "path", "modality", "image_size", "train", "val", "test", "difficulty", "augment", "class_names",
               "layout", "target_size", "distractors", "cue_scale")
 LAYOUTS = ("cell", "field")  # synthetic: one cell filling part of the frame, or a small cell in a large field
-_FIELD_DEFAULTS = {"target_size": 32, "cue_scale": 1.0}  # runner.data.fields' defaults, checked by a test
+_FIELD_DEFAULTS = {"image_size": 256, "target_size": 32, "cue_scale": 1.0}  # runner.data.fields' defaults
 _SEARCH_KEYS = ("trials", "sampler", "backend", "max_concurrent", "resources", "reference_point", "timeout_s",
                 "early_stopping")
 EARLY_STOPPING_RULES = ("none", "asha", "moasha")
@@ -79,7 +80,9 @@ class DataSpec:
     source: str = "synthetic"
     path: str | None = None
     modality: str = "brightfield"
-    image_size: int = 32
+    # The side images are resized to. None (npz and folder data whose file leaves it out) means the
+    # images' own size, which the runner reads from the data (``SearchSpace.with_image_size``).
+    image_size: int | None = 32
     train: int | None = 2000
     val: int | None = 500
     test: int | None = 500
@@ -235,6 +238,18 @@ class SearchSpace:
         search = replace(self.search, **changes)
         _check_search_settings(search, str(self.path))
         return replace(self, search=search, seed=self.seed if seed is None else seed)
+
+    def with_image_size(self, size: int) -> SearchSpace:
+        """A copy whose ``data.image_size`` is ``size``: how the runner fills in the images' own size
+        where the space file leaves it out (npz and folder data). The size and every ``input_size``
+        are checked against it as the file's own value would have been."""
+        where = _Where(str(self.path))
+        _check_image_size(where, int(size), found=f"but the images in {self.data.path} are")
+        for strategy in self.model.strategies:
+            for key, param in strategy.params.items():
+                path = f"space.strategy.{strategy.name}.{key}" if key in strategy.own else f"space.shared.{key}"
+                _check_input_size(where, path, key, param, int(size))
+        return replace(self, data=replace(self.data, image_size=int(size)))
 
     def with_absolute_data_path(self) -> SearchSpace:
         """A copy whose relative ``data.path`` is made absolute (from the working directory it was
@@ -531,9 +546,11 @@ def _parse_data(where: _Where, raw: dict[str, Any]) -> DataSpec:
         path = _expand_path(where, path)
     modalities = MODALITIES if source == "synthetic" else REAL_MODALITIES
     modality = _choice(where, "data.modality", raw.get("modality", "brightfield"), modalities, f"modality for {source} data")
-    image_size = _number(where, "data.image_size", raw.get("image_size", 32), integer=True, low=16)
-    if image_size > MAX_INPUT_SIZE:
-        raise where.fail("data.image_size", f"expected an integer from 16 to {MAX_INPUT_SIZE}, got {image_size}")
+    image_size = raw.get("image_size")
+    if image_size is None and source == "synthetic":
+        image_size = _FIELD_DEFAULTS["image_size"] if raw.get("layout") == "field" else DataSpec.image_size
+    if image_size is not None:
+        image_size = _check_image_size(where, _number(where, "data.image_size", image_size, integer=True, low=MIN_IMAGE_SIZE))
     layout = _parse_layout(where, raw, source, modality, image_size)
     sizes: dict[str, int | None] = {}
     defaults = DataSpec()
@@ -555,7 +572,8 @@ def _parse_data(where: _Where, raw: dict[str, Any]) -> DataSpec:
                     difficulty, augment, class_names, **layout)
 
 
-def _parse_layout(where: _Where, raw: dict[str, Any], source: str, modality: str, image_size: int) -> dict[str, Any]:
+def _parse_layout(where: _Where, raw: dict[str, Any], source: str, modality: str, image_size: int | None
+                  ) -> dict[str, Any]:
     """``layout`` and its keys (synthetic data only): ``field`` puts a ``target_size``-px cell among
     ``distractors`` red cells in a frame of 64-512 px; ``cue_scale`` fixes texture widths in pixels."""
     keys = ("layout", "target_size", "distractors", "cue_scale")
@@ -588,6 +606,13 @@ def _parse_layout(where: _Where, raw: dict[str, Any], source: str, modality: str
         if distractors > 1000:
             raise where.fail("data.distractors", f"expected at most 1000 red cells per frame, got {distractors}")
     return {"layout": layout, "target_size": int(target), "distractors": distractors, "cue_scale": cue_scale}
+
+
+def _check_image_size(where: _Where, size: int, found: str = "got") -> int:
+    if not MIN_IMAGE_SIZE <= size <= MAX_INPUT_SIZE:
+        raise where.fail("data.image_size", f"expected an integer from {MIN_IMAGE_SIZE} to {MAX_INPUT_SIZE}, {found} "
+                         f"{size}" + ("; set data.image_size to resize the images" if found != "got" else ""))
+    return size
 
 
 _ENV_VAR = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}|\$(\w+)")
@@ -730,7 +755,7 @@ def _check_search_settings(settings: SearchSettings, file: str) -> None:
         raise where.fail("search.backend", "the optuna backend runs one trial at a time; use backend: ray for GPU packing")
 
 
-def _parse_model(where: _Where, raw: dict[str, Any], image_size: int) -> ModelSpace:
+def _parse_model(where: _Where, raw: dict[str, Any], image_size: int | None) -> ModelSpace:
     _check_keys(where, "space", raw, ("strategy", "shared"))
     if "strategy" not in raw:
         raise where.fail("space.strategy", "missing: list the strategies to search, e.g. {sparse_topk: {}, dense_cnn: {}}")
@@ -774,9 +799,10 @@ def _parse_model(where: _Where, raw: dict[str, Any], image_size: int) -> ModelSp
     return ModelSpace(tuple(strategies), shared)
 
 
-def _check_input_size(where: _Where, path: str, key: str, param: Param, image_size: int) -> None:
-    """``input_size`` may only shrink the frame: every value it can take must be at most data.image_size."""
-    if key != INPUT_SIZE_KEY:
+def _check_input_size(where: _Where, path: str, key: str, param: Param, image_size: int | None) -> None:
+    """``input_size`` may only shrink the frame: every value it can take must be at most data.image_size
+    (checked once the size is known: ``with_image_size`` where the data give it)."""
+    if key != INPUT_SIZE_KEY or image_size is None:
         return
     for value in param.values_at_bounds():
         problem = input_size_problem(value, image_size)

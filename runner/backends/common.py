@@ -31,6 +31,7 @@ from cellsparse import rundir
 from cellsparse.objective_info import declared_objectives, format_figure, objective_info
 from objectives import get_objective
 from runner.data import describe_dataset, load_dataset
+from runner.progress import Progress
 from runner.trial import check_batch, record_infeasible, run_trial
 from search_space.build import build_model
 from search_space.errors import UserError
@@ -106,6 +107,15 @@ def cached_dataset(space: SearchSpace) -> Any:
 
 
 _SHAPES: dict[tuple, tuple[int, int, int]] = {}
+
+
+def with_data_size(space: SearchSpace) -> SearchSpace:
+    """The space with ``data.image_size`` known: where the space file leaves it out (npz and folder
+    data), the images' own side, read from the data as the loaders read it (array headers, image
+    headers; non-square or mixed sizes are an error asking for image_size)."""
+    if space.data.image_size is not None:
+        return space
+    return space.with_image_size(data_shape(space)[2])
 
 
 def data_shape(space: SearchSpace) -> tuple[int, int, int]:
@@ -321,13 +331,16 @@ def print_line(line: str) -> None:
 
 
 class TrialFinished:
-    """Called in the driver after each trial is told: rewrite trials.csv and print one line."""
+    """Called in the driver after each trial is told: rewrite trials.csv and print one line (ended by
+    the trial's time and the search's elapsed time and ETA when a ``progress`` keeps them)."""
 
-    def __init__(self, run_dir: Path, space: SearchSpace, *, total: int, emit: Callable[[str], None] = print_line) -> None:
+    def __init__(self, run_dir: Path, space: SearchSpace, *, total: int, emit: Callable[[str], None] = print_line,
+                 progress: Progress | None = None) -> None:
         self.run_dir = Path(run_dir)
         self.space = space
         self.total = total
         self.emit = emit
+        self.progress = progress
 
     def __call__(self, study: optuna.Study, number: int) -> None:
         names = self.space.objective_names
@@ -343,7 +356,8 @@ class TrialFinished:
         else:
             figures = trial.user_attrs.get(rundir.ATTR_ERROR) or rundir.INTERRUPTED
         front = len(pareto_trials(study))
-        self.emit(f"[{done}/{self.total}] trial {number:<3d} {state:<8s} {strategy:<14s} {figures}  front={front}")
+        timing = f"  {self.progress.finished(number)}" if self.progress is not None else ""
+        self.emit(f"[{done}/{self.total}] trial {number:<3d} {state:<8s} {strategy:<14s} {figures}  front={front}{timing}")
 
 
 def pareto_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:

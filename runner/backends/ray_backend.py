@@ -22,6 +22,13 @@ under ``ray/`` in it. Ray 2.60's ``ray start --head`` turns token authentication
 driver on another machine needs ``RAY_AUTH_MODE=token`` and the token (``RAY_AUTH_TOKEN`` or
 ``RAY_AUTH_TOKEN_PATH``; on the head it is read from ``~/.ray/auth_token``).
 
+Ctrl-C (SIGINT to the driver, from a terminal or ``kill -INT``) ends the session as on the optuna
+backend: Tune's own handler (which ends the Tune run and returns as if it had finished, so the search
+would start a new session and run on) is switched off (``TUNE_DISABLE_SIGINT_HANDLER``) and
+:class:`InterruptStopper` stops every trial through Tune's public ``Stopper`` interface; ``run_ray``
+then raises KeyboardInterrupt, so ``runner.search`` marks the running trials interrupted, prints the
+resume command, shuts Ray down and exits with 130. A second Ctrl-C raises at once.
+
 Resume does not use ``Tuner.restore``: after a hard kill Ray's experiment snapshot lags the journal
 (a trial the journal holds as COMPLETE may still be RUNNING in the snapshot and would run again).
 ``runner.search`` instead fails the journal's unfinished trials and starts a new Tune session for
@@ -39,9 +46,11 @@ import json
 import logging
 import math
 import os
+import signal
 import socket
 import sys
 import tempfile
+import threading
 import traceback
 import warnings
 from collections.abc import Callable, Iterator
@@ -53,8 +62,10 @@ import torch
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher
+from ray.tune.stopper import Stopper
 
 from cellsparse import rundir
+from cellsparse.commands import command
 from runner.backends.common import (
     PAYLOAD_KEY,
     PLUGINS_ENV,
@@ -246,9 +257,10 @@ class DriverSearcher(Searcher):
     not a pickle: the journal is the record, and resume reads it.
     """
 
-    def __init__(self, driver: SearchDriver) -> None:
+    def __init__(self, driver: SearchDriver, *, epochs: bool = False) -> None:
         super().__init__()
         self.driver = driver
+        self.epochs = epochs  # hand each epoch's figures to the driver (when DriverScheduler does not)
         self._numbers: dict[str, int] = {}  # Tune trial id -> Optuna trial number
         self._nodes: dict[str, tuple[str, str]] = {}  # Tune trial id -> (node label, Ray node id) it runs on
 
@@ -258,11 +270,14 @@ class DriverSearcher(Searcher):
         return {PAYLOAD_KEY: payload}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        """The first result (reported before training) says where the trial runs: recorded once."""
+        """The first result (reported before training) says where the trial runs: recorded once. With
+        Tune's own ASHA scheduling, each epoch's figures go to the driver from here (progress lines)."""
         number = self._numbers.get(trial_id)
         if number is not None and trial_id not in self._nodes and result.get(NODE_KEY):
             self._nodes[trial_id] = (str(result[NODE_KEY]), str(result.get(NODE_ID_KEY) or ""))
             self.driver.placed(number, self._nodes[trial_id][0])
+        if self.epochs and number is not None and not result.get("final") and not result.get(STARTED_KEY):
+            self.driver.report(number, int(result.get("epoch") or 0), result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         number = self._numbers.pop(trial_id, None)
@@ -288,7 +303,7 @@ class DriverSearcher(Searcher):
         )
 
     def restore(self, checkpoint_path: str) -> None:
-        raise UserError("this run resumes from its study.journal: python -m runner.search --out RUN_DIR --resume")
+        raise UserError(f"this run resumes from its study.journal: {command('search', '--out', 'RUN_DIR', '--resume')}")
 
 
 class DriverScheduler(FIFOScheduler):
@@ -304,6 +319,53 @@ class DriverScheduler(FIFOScheduler):
             return TrialScheduler.CONTINUE
         number = int(trial.config[PAYLOAD_KEY]["number"])
         return TrialScheduler.STOP if self.driver.report(number, int(result["epoch"]), result) else TrialScheduler.CONTINUE
+
+
+class InterruptStopper(Stopper):
+    """Stops the whole Tune session once Ctrl-C has reached the driver (see :func:`sigint_stops`).
+
+    Trials it stops never reach the searcher (Tune stops them without ``on_trial_complete``), so they
+    stay RUNNING in the journal and ``runner.search`` records them as interrupted, as on the optuna
+    backend."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return self.requested
+
+
+@contextlib.contextmanager
+def sigint_stops(stopper: InterruptStopper) -> Iterator[None]:
+    """While the block runs, SIGINT asks ``stopper`` to stop the session instead of Tune's own handler
+    (which would end the Tune run as if it had finished); a second SIGINT gets the handler from before
+    (Python's: KeyboardInterrupt at once). An ignored SIGINT stays ignored, as it would in process."""
+    saved_env = os.environ.get(_TUNE_SIGINT)
+    os.environ[_TUNE_SIGINT] = "1"
+    previous = signal.getsignal(signal.SIGINT)
+    installed = threading.current_thread() is threading.main_thread() and previous is not signal.SIG_IGN
+
+    def handler(signum: int, frame: Any) -> None:
+        stopper.requested = True
+        signal.signal(signal.SIGINT, previous)
+
+    if installed:
+        signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        if installed:
+            signal.signal(signal.SIGINT, previous)
+        if saved_env is None:
+            os.environ.pop(_TUNE_SIGINT, None)
+        else:
+            os.environ[_TUNE_SIGINT] = saved_env
+
+
+_TUNE_SIGINT = "TUNE_DISABLE_SIGINT_HANDLER"
 
 
 def _ray_asha(space: SearchSpace) -> ASHAScheduler:
@@ -325,10 +387,11 @@ def run_ray(driver: SearchDriver, *, n_trials: int, session: str, ray_asha: bool
     settings = TrialSettings.for_run(space, driver.run_dir)
     resources = {"cpu": space.search.cpus_per_trial, "gpu": space.search.gpus_per_trial}
     trainable = tune.with_resources(tune.with_parameters(_trainable, settings=settings), resources)
+    stopper = InterruptStopper()
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            search_alg=ConcurrencyLimiter(DriverSearcher(driver), max_concurrent=space.search.max_concurrent),
+            search_alg=ConcurrencyLimiter(DriverSearcher(driver, epochs=ray_asha), max_concurrent=space.search.max_concurrent),
             scheduler=_ray_asha(space) if ray_asha else DriverScheduler(driver),
             num_samples=n_trials,
             reuse_actors=True,  # one worker process serves many trials: data is loaded once per worker
@@ -338,7 +401,11 @@ def run_ray(driver: SearchDriver, *, n_trials: int, session: str, ray_asha: bool
             name=session,
             storage_path=str((Path(driver.run_dir) / rundir.RAY_DIR).resolve()),
             failure_config=tune.FailureConfig(max_failures=0),  # a retried trial would count twice
+            stop=stopper,
             verbose=0,
         ),
     )
-    tuner.fit()
+    with sigint_stops(stopper):
+        tuner.fit()
+    if stopper.requested:
+        raise KeyboardInterrupt("stopped by SIGINT")

@@ -33,7 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="FLOPs budget for --pick budget (default: the run's constraints.max_flops)")
     parser.add_argument("--formats", default=",".join(FORMATS), metavar="LIST",
                         help=f"comma-separated formats to write (default: {','.join(FORMATS)})")
-    parser.add_argument("--out", type=Path, metavar="DIR", help="output directory (default: RUN_DIR/export)")
+    parser.add_argument("--out", type=Path, metavar="DIR",
+                        help="output directory (default: RUN_DIR/export/trial-N, one folder per exported trial)")
+    parser.add_argument("--replace", action="store_true",
+                        help="replace the export already in the output directory (refused without it)")
     parser.add_argument("--threads", type=int, default=1, metavar="N",
                         help="intra-op threads of torch and onnxruntime while checking and timing (default 1: "
                         "per-core figures)")
@@ -49,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UserError("--max-flops only applies to --pick budget")
         formats = [f.strip() for f in args.formats.split(",") if f.strip()]
         export_run(args.run_dir, trial=args.trial, pick=args.pick, max_flops=args.max_flops, formats=formats,
-                   out=args.out, measure=not args.no_latency, threads=args.threads)
+                   out=args.out, measure=not args.no_latency, threads=args.threads, replace=args.replace, log=print)
     except ExportError as err:
         print_error(err)
         return EXIT_FAILED

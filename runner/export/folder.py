@@ -3,6 +3,7 @@ and moved into place at the end; a previous export there is replaced file by fil
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -13,9 +14,18 @@ from pathlib import Path
 from runner.artefacts import CARD_FILE, FILES, PARITY_FILE, README_FILE
 from search_space.errors import UserError
 
+EXPORTS_DIR = "export"  # runs/<name>/export/: one folder per exported trial
 
-def check_out(out: Path) -> bool:
-    """Whether ``out`` holds a previous export (to replace); UserError for anything else in the way."""
+
+def default_out(run_dir: Path, number: int) -> Path:
+    """Where trial ``number`` of a run is exported by default: ``runs/<name>/export/trial-<n>``, so
+    exports of different picks sit side by side."""
+    return Path(run_dir) / EXPORTS_DIR / f"trial-{number}"
+
+
+def check_out(out: Path, *, replace: bool = False) -> bool:
+    """Whether ``out`` holds a previous export that ``replace`` allows to be replaced; UserError when it
+    holds one and ``replace`` is off, or when anything else is in the way."""
     if not out.exists():
         blocker = next((p for p in out.parents if p.exists() or p.is_symlink()), None)
         if blocker is not None and not blocker.is_dir():
@@ -24,10 +34,22 @@ def check_out(out: Path) -> bool:
     if not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a directory")
     if (out / CARD_FILE).is_file():
+        if not replace:
+            raise UserError(f"--out {out}: holds an export already ({_what(out)}); pass --replace to replace it, or "
+                            "--out another folder")
         return True
     if any(out.iterdir()):
         raise UserError(f"--out {out}: not empty and holds no export ({CARD_FILE} missing); pass a new or empty directory")
     return False
+
+
+def _what(out: Path) -> str:
+    """Which trial the export in ``out`` holds, from its card, for the refusal."""
+    try:
+        card = json.loads((out / CARD_FILE).read_text(encoding="utf-8"))
+        return f"trial {int(card['trial']['number'])}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return CARD_FILE
 
 
 def _chmod_like_mkdir(path: Path) -> None:

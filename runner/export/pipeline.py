@@ -22,10 +22,12 @@ a wrong k or config. When the data can no longer be loaded (a moved npz file), p
 
 Everything is written into a temporary directory beside the output and renamed into place at the
 end, so a failed export (bad input, an exporter error, a parity mismatch) leaves nothing behind.
-An existing export in the output directory is replaced file by file: only the files named above
-are swapped (a previous export's format files not written this time are removed with it), and
-anything else there (``predictions.csv`` from ``runner.predict``, a user's notes) is left alone.
-Any other non-empty directory is refused.
+Each trial goes to its own folder by default (``runs/<name>/export/trial-<n>/``), so exports of
+different picks never overwrite each other. A folder that already holds an export is refused unless
+``replace`` (``--replace``) is given; then it is replaced file by file: only the files named above
+are swapped (a previous export's format files not written this time are removed with it), anything
+else there (``predictions.csv`` from ``runner.predict``, a user's notes) is left alone, and the log
+says it replaced one. Any other non-empty directory is refused.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from cellsparse.commands import command
+from cellsparse.log import logger
 from cellsparse.rundir import SPACE_FILE, load_run
 from runner.artefacts import CARD_FILE, FILES, FORMATS, PARITY_FILE, README_FILE, Runner, onnx_runner, pt2_runner
 from runner.checkpoint import load_trained
@@ -51,7 +55,7 @@ from runner.export.exporters import (
     to_exported_program,
     uses_topk,
 )
-from runner.export.folder import check_out, staged
+from runner.export.folder import check_out, default_out, staged
 from runner.export.parity import (
     PARITY_ATOL,
     ExportError,
@@ -90,7 +94,8 @@ def export_run(
     out: Path | None = None,
     measure: bool = True,
     threads: int = 1,
-    log: Callable[[str], None] = print,
+    replace: bool = False,
+    log: Callable[[str], None] = logger.info,
 ) -> ExportResult:
     """Export one trial of the run in ``run_dir``; see the module docstring for what is written and checked.
 
@@ -100,6 +105,9 @@ def export_run(
     intra-op thread count of torch and onnxruntime while exporting, checking and timing: 1 by
     default, a per-core figure that stays meaningful on a shared machine (where more threads than
     idle cores make torch many times slower) and scales out by running one process per core.
+    ``out`` defaults to ``runs/<name>/export/trial-<n>``; ``replace`` allows an export already there
+    to be replaced (refused otherwise). Progress lines go to ``log`` (default: the ``cellsparse``
+    logger; the command prints them).
     """
     if threads < 1:
         raise UserError(f"--threads must be at least 1, but got {threads}")
@@ -107,13 +115,13 @@ def export_run(
     torch.set_num_threads(threads)
     try:
         return _export(Path(run_dir), trial=trial, pick=pick, max_flops=max_flops, formats=formats, out=out,
-                       measure=measure, threads=threads, log=log)
+                       measure=measure, threads=threads, replace=replace, log=log)
     finally:
         torch.set_num_threads(previous_threads)
 
 
 def _export(run_dir: Path, *, trial: int | None, pick: str, max_flops: float | None, formats: Sequence[str],
-            out: Path | None, measure: bool, threads: int, log: Callable[[str], None]) -> ExportResult:
+            out: Path | None, measure: bool, threads: int, replace: bool, log: Callable[[str], None]) -> ExportResult:
     formats = list(dict.fromkeys(formats))
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
@@ -123,8 +131,8 @@ def _export(run_dir: Path, *, trial: int | None, pick: str, max_flops: float | N
     run = load_run(run_dir)
     space = parse_space(run.space, source=run_dir / SPACE_FILE)
     choice = choose_trial(run, trial=trial, pick=pick, max_flops=max_flops)
-    out = Path(out) if out is not None else run_dir / "export"
-    replacing = check_out(out)
+    out = Path(out) if out is not None else default_out(run_dir, choice.number)
+    replacing = check_out(out, replace=replace)
     log(f"picked {choice.reason}")
 
     trained = load_trained(run.trial_dir(choice.number), choice.number)
@@ -185,4 +193,5 @@ def _export(run_dir: Path, *, trial: int | None, pick: str, max_flops: float | N
     for runtime, figures in card["latency"]["runtimes"].items():
         log(f"  {runtime:<13s} " + "  ".join(f"batch {k.split('_')[1]}: {v['images_per_s']:.0f} img/s"
                                              for k, v in figures.items()))
+    log(f"classify images with: {command('predict', out, 'IMAGES')}")
     return ExportResult(out=out, choice=choice, card=card, files={f: out / FILES[f] for f in formats})

@@ -44,5 +44,6 @@ def test_a_registered_objective_reaches_every_output(monkeypatch, tmp_path) -> N
     from runner.export import main as export
 
     assert export(["run", "--formats", "onnx", "--no-latency"]) == 0
-    card = json.loads((tmp_path / "run" / "export" / "model_card.json").read_text())
+    (exported,) = (tmp_path / "run" / "export").iterdir()  # export/trial-<the knee>
+    card = json.loads((exported / "model_card.json").read_text())
     assert card["metrics"]["objectives"]["conv_weights"] in weights

@@ -95,3 +95,71 @@ def test_hostile_values_run_no_script(browser, hostile_run):
     assert browser.dialogs() == []
     assert browser.errors() == []
     assert "<script>alert(1)</script>" in browser.evaluate("document.title")  # shown as text, not run
+
+
+FRONT_JS = """
+(function () {
+  var div = document.getElementById('plot-1');
+  var drawn = Array.from(div.querySelectorAll('.scatterlayer .trace')).map(function (g) {
+    return g.querySelectorAll('path.point').length;
+  });
+  return {
+    traces: div.data.map(function (t) { return {name: t.name, x: t.x, y: t.y}; }),
+    drawn: drawn,
+    annotations: Array.from(div.querySelectorAll('.annotation-text')).map(function (a) { return a.textContent; }),
+    xrange: div.layout.xaxis.range, xtype: div.layout.xaxis.type,
+    hv: (document.getElementById('hv-normalised') || {}).textContent
+  };
+})()
+"""
+
+
+def test_the_front_marks_the_knee_and_the_normalised_hypervolume_is_the_benchmarks(demo_page, demo_run):
+    """The knee (and the budget pick) drawn as stars on the front and named beside them; the x axis fits
+    the trials, not the budget line; the hypervolume shown is cellsparse.pareto.normalized_hypervolume,
+    the function docs/benchmarks.md's figures come from, with the reference point stated."""
+    import math
+
+    import numpy as np
+
+    from cellsparse.objective_info import ideal_point
+    from cellsparse.pareto import normalized_hypervolume
+    from cellsparse.rundir import load_run
+    from reports.pareto import pick_trial, reference_point_from_space
+
+    browser = demo_page
+    run = load_run(demo_run)
+    knee = pick_trial(run.trials, run.directions, "knee")
+    front = browser.evaluate(FRONT_JS)
+    names = [t["name"] for t in front["traces"]]
+    index = names.index(f"knee of the front: trial {knee}")
+    row = run.trials[run.trials["number"] == knee].iloc[0]
+    assert front["traces"][index]["x"] == [row["flops"]] and front["traces"][index]["y"] == [row["accuracy"]]
+    assert front["drawn"][index] == 1  # the star is on the page, not only in the data
+    assert f"knee: trial {knee}" in front["annotations"]
+    assert any(n.startswith("most accurate within the budget: trial ") for n in names)
+    complete = run.trials[run.trials["state"] == "COMPLETE"]
+    lo, hi = math.log10(complete["flops"].min()), math.log10(complete["flops"].max())
+    assert front["xtype"] == "log" and front["xrange"][0] <= lo and front["xrange"][1] >= hi
+    assert front["xrange"][1] - front["xrange"][0] < 1.3 * (hi - lo) + 0.01  # fits the points, with a margin
+
+    point, _ = reference_point_from_space(run.space)
+    ok = run.eligible().to_numpy()
+    values = run.trials.loc[ok, list(run.directions)].to_numpy(float)
+    want = normalized_hypervolume(values, list(run.directions.values()), [point[n] for n in run.directions],
+                                  ideal_point(list(run.directions)))
+    assert 0 < want < 1 and front["hv"] == f"{want:.4f}"
+    text = browser.evaluate("document.getElementById('hypervolume').textContent")
+    assert "Reference point: accuracy = 0, flops = 40M" in text and "ideal point (accuracy = 1, flops = 0)" in text
+    assert np.isfinite(want)
+
+
+def test_epoch_and_trial_axes_tick_whole_numbers(demo_page):
+    browser = demo_page
+    ticks = browser.evaluate("""
+      ['plot-2', 'plot-6'].map(function (id) {
+        return Array.from(document.getElementById(id).querySelectorAll('.xtick text')).map(function (t) {
+          return t.textContent; });
+      })""")
+    for labels in ticks:
+        assert labels and all(label.replace("\u2212", "-").lstrip("-").isdigit() for label in labels), labels

@@ -45,7 +45,7 @@ def test_report_has_every_section_and_opens_offline(demo_run):
     assert "derived from the constraints" in page
     assert "data:image/png;base64," in page  # looked-at images
     assert 'id="trials"' in page and "★" in page
-    assert page.count("python -m runner.export ") == 3
+    assert page.count(f"cellsparse export {demo_run.resolve()} --trial ") == 3  # absolute: it is pasted from anywhere
     assert "computed with optuna.importance" in page and "study.journal" in page
     assert (demo_run / "trials.parquet").is_file()
     assert len(html.encode()) < 10_000_000
@@ -62,7 +62,7 @@ def test_pick_box_commands_point_at_the_run(demo_run, monkeypatch, tmp_path):
     monkeypatch.chdir(demo_run.parent)
     out = build_report(demo_run, tmp_path / "again.html")
     page = read(out)
-    numbers = re.findall(r"python -m runner\.export demo --trial (\d+)", page)
+    numbers = re.findall(rf"cellsparse export {re.escape(str(demo_run.resolve()))} --trial (\d+)", page)
     assert len(numbers) == 3
     trials = pd.read_csv(demo_run / "trials.csv")
     chosen = trials[trials["number"].isin([int(n) for n in numbers])]

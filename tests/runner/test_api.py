@@ -62,18 +62,20 @@ def test_readme_api_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     (tmp_path / "search_space").mkdir()
     (tmp_path / "search_space" / "cells.yaml").write_text(TINY_CELLS, encoding="utf-8")
     namespace: dict = {}
-    with contextlib.redirect_stdout(io.StringIO()) as printed:
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as logged:
         exec(compile(code, "README.md (api-example)", "exec"), namespace)
     run, result = namespace["run"], namespace["result"]
     assert isinstance(run, Run) and len(run.trials) == 3 and set(run.trials["state"]) == {"COMPLETE"}
     assert 1 <= len(run.front) <= 3 and namespace["knee"] in run.front["number"].tolist()
     assert run.report_path == Path("runs/x/report.html") and run.report_path.is_file()
-    assert namespace["export_dir"] == Path("runs/x/export")
+    assert namespace["export_dir"] == Path(f"runs/x/export/trial-{namespace['knee']}")
     card = json.loads((namespace["export_dir"] / "model_card.json").read_text())
     assert card["trial"]["number"] == namespace["knee"] and card["trial"]["picked_by"] == "knee"
     assert len(result.predicted) == 8 and set(result.predicted) <= set(card["classes"])
-    assert list(result.frame().columns[:4]) == ["input", "predicted", "probability", "top3"]
-    assert "report.html" in printed.getvalue()
+    assert list(result.frame().columns[:4]) == ["input", "predicted", "probability", "top2"]
+    assert result.probabilities.shape == (8, len(card["classes"]))
+    assert "report.html" in logged.getvalue()  # the API logs what the command prints (cellsparse.log)
+    assert namespace["trial"].number == namespace["knee"] and namespace["trial"].history
 
 
 def test_run_load_picks_and_bad_picks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -81,12 +83,15 @@ def test_run_load_picks_and_bad_picks(tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.chdir(tmp_path)
     from runner.search import search
 
-    with contextlib.redirect_stdout(io.StringIO()) as printed:
-        run = search(write_space(tmp_path, trials=3))
-    out = printed.getvalue()
+    with contextlib.redirect_stderr(io.StringIO()) as logged, contextlib.redirect_stdout(io.StringIO()) as printed:
+        run = search(write_space(tmp_path, trials=3), progress="epochs")
+    out = logged.getvalue()
+    assert printed.getvalue() == ""  # the API logs; it does not print
     knee = run.pick("knee")
-    # the end-of-search line suggests what export takes by default: the knee
-    assert f"export a model: python -m runner.export {Path('runs') / 'probe'}   (the knee of the front: trial {knee})" in out
+    # the end-of-search line suggests what export takes by default: the knee, in the command's words
+    assert f"export a model: cellsparse export {Path('runs') / 'probe'}   (the knee of the front: trial {knee})" in out
+    epoch_line = r"^  trial 0 epoch 1/1  val_acc \d\.\d{4}  loss \d+\.\d{4}  \d+:\d\d elapsed, ETA 0:00  \| search "
+    assert re.search(epoch_line, out, re.M)
     again = Run.load(tmp_path / "runs" / "probe")
     assert again.trials.equals(run.trials) and again.front["number"].tolist() == run.front["number"].tolist()
     assert run.pick(1e12) == run.pick("accuracy")
@@ -110,9 +115,9 @@ def test_predict_takes_numpy_arrays_and_torch_tensors(runs_root: Path, tmp_path:
     assert from_numpy.predicted == from_file.predicted == from_torch.predicted
     assert [r["probability"] for r in from_numpy.rows] == [r["probability"] for r in from_file.rows]
     assert [r["input"] for r in from_numpy.rows] == [f"array[{i}]" for i in range(5)]
-    one = P.predict(export_dir, torch.from_numpy(images[2]).permute(2, 0, 1).float() / 255)  # one (C, H, W) float image
+    one = P.predict(export_dir, torch.from_numpy(images[2]).permute(2, 0, 1).float() / 255)  # (3, 20, 20): (C, H, W)
     assert one.predicted == [from_file.predicted[2]]
-    with pytest.raises(UserError, match="expected numpy"):
+    with pytest.raises(UserError, match="fits no image layout"):
         P.predict(export_dir, np.zeros((1, 2, 3, 4, 5), np.uint8))
     with pytest.raises(UserError, match="empty"):
         P.predict(export_dir, np.zeros((0, 8, 8, 3), np.uint8))
@@ -186,3 +191,64 @@ def test_optuna_dashboard_sees_objective_names_and_constraints(tmp_path: Path, m
     assert all(list(c) == ["max_flops"] for c in constraints), constraints
     feasible = [c["max_flops"] <= 0 for c in constraints]
     assert any(feasible) and not all(feasible), constraints
+
+
+def test_run_trial_typed_trials_and_a_quiet_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """run.trial(n) holds a trial's config, metrics, history and model; run.trials keeps integers
+    integers; set_verbosity(WARNING) quiets the API, progress="none" its progress lines."""
+    import logging
+
+    from cellsparse.log import set_verbosity
+    from runner.search import search
+
+    set_env(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    set_verbosity(logging.WARNING)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()) as logged:
+            run = search(write_space(tmp_path, trials=2, epochs=2))
+    finally:
+        set_verbosity(logging.INFO)
+    assert logged.getvalue() == ""
+    with contextlib.redirect_stderr(io.StringIO()) as logged:
+        search(write_space(tmp_path, name="again", trials=1), progress="none")
+    assert "[1/1]" not in logged.getvalue() and "Pareto front" in logged.getvalue()
+    assert str(run.trials["config.width"].dtype) == "Int64" and str(run.trials["config.epochs"].dtype) == "Int64"
+    assert str(run.trials["params_count"].dtype) == "Int64" and run.trials["config.lr"].dtype == float
+    trial = run.trial(1)
+    assert trial.number == 1 and trial.state == "COMPLETE" and trial.strategy == "probe_net"
+    assert trial.config["width"] == run.trials.loc[1, "config.width"] and isinstance(trial.config["width"], int)
+    assert trial.values == {"accuracy": run.trials.loc[1, "accuracy"], "flops": run.trials.loc[1, "flops"]}
+    assert [h["epoch"] for h in trial.history] == [1, 2] and trial.metrics["val_accuracy"] == trial.values["accuracy"]
+    model = trial.load_model()
+    assert not model.training and model(torch.zeros(2, 3, 16, 16)).shape == (2, 5)
+    with pytest.raises(UserError, match=r"no trial 7 \(the run has trials 0, 1\)"):
+        run.trial(7)
+
+
+def test_exports_of_different_picks_go_to_different_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from runner.search import search
+
+    set_env(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    with contextlib.redirect_stderr(io.StringIO()):
+        run = search(write_space(tmp_path, trials=3), progress="none")
+    lines: list[str] = []
+    first = run.export(trial=0, formats=["pt2"], measure=False, log=lines.append)
+    second = run.export(trial=2, formats=["pt2"], measure=False, log=lines.append)
+    assert first == Path("runs/probe/export/trial-0") and second == Path("runs/probe/export/trial-2")
+    assert json.loads((first / "model_card.json").read_text())["trial"]["number"] == 0
+    assert json.loads((second / "model_card.json").read_text())["trial"]["number"] == 2
+    card = (first / "model_card.json").read_text()
+    with pytest.raises(UserError, match=r"runs/probe/export/trial-0: holds an export already \(trial 0\); pass "
+                                        r"--replace"):
+        run.export(trial=0, formats=["pt2"], measure=False, log=lines.append)
+    assert (first / "model_card.json").read_text() == card  # untouched
+    run.export(trial=0, formats=["pt2"], measure=False, replace=True, log=lines.append)
+    assert lines[-2].startswith("replaced the export in runs/probe/export/trial-0")
+    assert lines[-1] == "classify images with: cellsparse predict runs/probe/export/trial-0 IMAGES"
+    with pytest.raises(UserError, match="holds an export already \\(trial 2\\)"):
+        run.export(trial=0, out=second, formats=["pt2"], measure=False, log=lines.append)
+    # predict finds the export under runs/<name>/export when there is one, and names them when there are several
+    with pytest.raises(UserError, match=r"runs/probe/export: holds 2 exports \(trial-0, trial-2\); pass one of them"):
+        P.predict(Path("runs/probe/export"), np.zeros((16, 16, 3), np.uint8))

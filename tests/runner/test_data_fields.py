@@ -113,3 +113,11 @@ def test_the_cell_generator_keeps_its_look_unless_a_cue_scale_is_given() -> None
 
     assert roughness(fixed.images) > roughness(default.images)  # finer texture at the same frame
     assert set(SYNTHETIC_CLASSES) == {"neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil"}
+
+
+def test_the_space_file_defaults_are_the_generators() -> None:
+    from runner.data import fields
+    from search_space.spec import _FIELD_DEFAULTS
+
+    assert _FIELD_DEFAULTS == {"image_size": fields.DEFAULT_FIELD_SIZE, "target_size": fields.DEFAULT_TARGET_SIZE,
+                               "cue_scale": fields.DEFAULT_CUE_SCALE}

@@ -287,7 +287,10 @@ def test_re_export_replaces_only_its_own_files(exported: tuple[Path, E.ExportRes
     (out / "notes").mkdir()
     (out / "notes" / "why.txt").write_text("the user's")
     (out / "model.onnx").write_text("a format the previous export wrote and this one does not")
-    E.export_run(topk_run, formats=["pt2"], out=out, measure=False, log=lines.append)
+    with pytest.raises(UserError, match=r"holds an export already \(trial \d+\); pass --replace to replace it"):
+        E.export_run(topk_run, formats=["pt2"], out=out, measure=False, log=lines.append)
+    assert (out / "model.onnx").exists()  # refused: nothing touched
+    E.export_run(topk_run, formats=["pt2"], out=out, measure=False, replace=True, log=lines.append)
     assert (out / "predictions.csv").read_text() == "input,predicted\na.png,x\n"
     assert (out / "notes" / "why.txt").read_text() == "the user's"
     assert not (out / "model.onnx").exists() and any(line.startswith("replaced the export in") for line in lines)
@@ -305,7 +308,7 @@ def test_re_export_replaces_only_its_own_files(exported: tuple[Path, E.ExportRes
     monkeypatch.setattr(os, "replace", fail_at_readme)
     card_before = (out / "model_card.json").read_text()
     with pytest.raises(OSError, match="disk full"):
-        E.export_run(topk_run, formats=["pt2"], out=out, measure=False, log=lines.append)
+        E.export_run(topk_run, formats=["pt2"], out=out, measure=False, replace=True, log=lines.append)
     assert failed and (out / "model_card.json").read_text() == card_before  # the previous export, whole
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "model.pt2", "model_card.json", "notes", "parity.npz",
                                                      "predictions.csv"]

@@ -93,11 +93,11 @@ def test_folder_to_csv_with_summary(export_dir: Path, images: Path, tmp_path: Pa
     assert names == ["a.png", "b.JPG", "day2/c.tif", "day2/gray.png", "day2/late/d.bmp", "rgba.png"]
     card = json.loads((export_dir / "model_card.json").read_text())
     for row in rows:
-        assert set(row) == {"input", "predicted", "probability", "top3"}
-        top = [part.split(":") for part in row["top3"].split(";")]
-        assert len(top) == 3 and top[0][0] == row["predicted"] and row["predicted"] in card["classes"]
-        assert float(row["probability"]) == pytest.approx(float(top[0][1]), abs=1e-4)
-        assert [float(p) for _, p in top] == sorted((float(p) for _, p in top), reverse=True)
+        assert list(row) == ["input", "predicted", "probability", "top2", "top2_probability", "top3", "top3_probability"]
+        names = [row["predicted"], row["top2"], row["top3"]]
+        assert len(set(names)) == 3 and set(names) <= set(card["classes"])
+        probs = [float(row[k]) for k in ("probability", "top2_probability", "top3_probability")]
+        assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-5
     assert printed.startswith(f"classified 6 images with onnx -> {out}")
     assert "images/s end to end" in printed and "images/s in the model" in printed
     assert sum(int(line.split()[-2]) for line in printed.splitlines()[1:-1]) == 6
@@ -422,3 +422,88 @@ def test_a_card_naming_a_file_outside_its_export_is_refused(tmp_path) -> None:
     (tmp_path / "elsewhere.onnx").write_bytes(b"not a model")
     with pytest.raises(UserError, match="must name a file in the export folder"):
         load_runtime(tmp_path / "export", {"files": {"onnx": "../elsewhere.onnx"}}, "onnx", "cpu")
+
+
+# --------------------------------------------------------------------------------------------- the Python API
+
+
+def test_probabilities_are_the_onnx_models_softmax_and_sum_to_one(export_dir: Path, images: Path) -> None:
+    """``result.probabilities`` (N x C, columns in ``result.classes`` order) is the softmax of the ONNX
+    model's logits on the same preprocessed images, run here through onnxruntime directly."""
+    import onnxruntime as ort
+
+    card = json.loads((export_dir / "model_card.json").read_text())
+    result = P.predict(export_dir, [images], fmt="onnx", batch_size=4)
+    x = P.preprocess(P.collect([images]), P.InputSpec.from_card(card))
+    session = ort.InferenceSession(str(export_dir / card["files"]["onnx"]), providers=["CPUExecutionProvider"])
+    logits = session.run(None, {session.get_inputs()[0].name: x})[0].astype(np.float64)
+    want = np.exp(logits - logits.max(axis=1, keepdims=True))
+    want /= want.sum(axis=1, keepdims=True)
+    assert result.classes == tuple(card["classes"])
+    assert result.probabilities.shape == (6, len(card["classes"])) and result.probabilities.dtype == np.float64
+    np.testing.assert_allclose(result.probabilities.sum(axis=1), 1.0, atol=1e-12)
+    np.testing.assert_allclose(result.probabilities, want, atol=1e-6)
+    assert result.predicted == [card["classes"][i] for i in want.argmax(axis=1)]
+
+
+def test_the_frame_is_typed(export_dir: Path, tmp_path: Path) -> None:
+    labels = np.array([0, 1, 2, 0])
+    path = tmp_path / "cells.npz"
+    np.savez(path, test_images=np.stack([_rgb(i, 20) for i in range(4)]), test_labels=labels)
+    result = P.predict(export_dir, [path])
+    frame = result.frame()
+    assert list(frame.columns) == ["input", "predicted", "probability", "top2", "top2_probability", "top3",
+                                   "top3_probability", "label"]
+    for column in ("probability", "top2_probability", "top3_probability"):
+        assert frame[column].dtype == np.float64, column
+    for column in ("input", "predicted", "top2", "top3", "label"):
+        assert frame[column].dtype == "string", column
+    np.testing.assert_allclose(frame["probability"], result.probabilities.max(axis=1))
+    assert frame["predicted"].tolist() == result.predicted
+    assert (frame["probability"] >= frame["top2_probability"]).all()
+
+
+def test_one_colour_image_is_one_image(export_dir: Path) -> None:
+    """(40, 40, 3) is one colour image: a channel axis holds at most 4 channels, an image side more."""
+    image = _rgb(7, 40)
+    one = P.predict(export_dir, image)
+    assert len(one.predicted) == 1 and one.frame()["input"].tolist() == ["array[0]"]
+    np.testing.assert_allclose(one.probabilities, P.predict(export_dir, image[None]).probabilities)
+    np.testing.assert_allclose(one.probabilities, P.predict(export_dir, [image]).probabilities)
+    from_pil = P.predict(export_dir, Image.fromarray(image))  # a PIL image is an (H, W, C) array
+    np.testing.assert_allclose(one.probabilities, from_pil.probabilities)
+    chw = np.ascontiguousarray(image.transpose(2, 0, 1))[None]  # (1, 3, 40, 40): channels first, unambiguous
+    np.testing.assert_allclose(one.probabilities, P.predict(export_dir, chw).probabilities)
+
+
+def test_an_ambiguous_array_names_its_layouts_and_takes_one(export_dir: Path) -> None:
+    stack = np.stack([_rgb(i, 24)[..., 0] for i in range(3)])  # (3, 24, 24): 3 gray images, or one 3-channel image
+    with pytest.raises(UserError) as err:
+        P.predict(export_dir, stack)
+    message = str(err.value)
+    assert "\n" not in message and "(3, 24, 24) is ambiguous" in message
+    assert "layout='CHW'" in message and "layout='NHW'" in message
+    assert len(P.predict(export_dir, stack, layout="NHW").predicted) == 3
+    assert len(P.predict(export_dir, stack, layout="CHW").predicted) == 1
+    tensor = torch.from_numpy(stack)
+    assert len(P.predict(export_dir, tensor, layout="NHW").predicted) == 3
+    with pytest.raises(UserError, match="layout must be one of"):
+        P.predict(export_dir, stack, layout="WHC")
+    with pytest.raises(UserError, match="has 3 axes, but layout 'NHWC' has 4"):
+        P.predict(export_dir, stack, layout="NHWC")
+    with pytest.raises(UserError, match="fits no image layout"):
+        P.predict(export_dir, np.zeros((2, 3, 3), np.uint8))
+    with pytest.raises(UserError, match="layout applies to images in memory"):
+        P.predict(export_dir, [Path("a.png")], layout="HWC")
+
+
+def test_a_list_of_images_of_different_sizes(export_dir: Path) -> None:
+    images = [_rgb(1, 24), _rgb(2, 32)[..., 0], _rgb(3, 20)]
+    result = P.predict(export_dir, images)
+    assert result.frame()["input"].tolist() == ["images[0]", "images[1]", "images[2]"]
+    for i, image in enumerate(images):
+        np.testing.assert_allclose(result.probabilities[i], P.predict(export_dir, image).probabilities[0])
+    with pytest.raises(UserError, match=r"images\[1\]: an image of shape \(2, 24, 24, 3\)"):
+        P.predict(export_dir, [images[0], np.stack([images[0], images[0]])])
+    with pytest.raises(UserError, match=r"images\[1\]: a path among images"):
+        P.predict(export_dir, [images[0], "a.png"])

@@ -63,7 +63,7 @@ def test_optuna_search_writes_a_complete_run_dir(tmp_path, capsys) -> None:
     assert {"platform", "cpus", "gpu"} <= set(info["machine"])
     assert (run / "space.yaml").read_text().startswith("name: probe")
     assert out.count("COMPLETE") == 3 and "Pareto front" in out
-    assert f"export a model: python -m runner.export {Path('runs') / 'probe'}   (the knee of the front: trial" in out
+    assert f"export a model: cellsparse export {Path('runs') / 'probe'}   (the knee of the front: trial" in out
     # the journal alone regenerates the same table
     study = optuna.load_study(study_name="probe", storage=open_storage(run))
     regenerated = trials_frame(study, ["accuracy", "flops"])
@@ -182,8 +182,9 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(tmp_path, capsys, args
 def test_cli_subprocess_help_and_bad_flag() -> None:
     help_run = subprocess.run([sys.executable, "-m", "runner.search", "--help"], capture_output=True, text=True)
     assert help_run.returncode == 0
+    assert help_run.stdout.startswith("usage: python -m runner.search ")  # the usage line as it was started
     for flag in ("--space", "--out", "--trials", "--backend", "--address", "--resume", "--max-concurrent",
-                 "--cpus-per-trial", "--gpus-per-trial", "--seed", "--dry-run"):
+                 "--cpus-per-trial", "--gpus-per-trial", "--seed", "--dry-run", "--progress", "--quiet"):
         assert flag in help_run.stdout
     bad = subprocess.run([sys.executable, "-m", "runner.search", "--space", "nope.yaml"], capture_output=True,
                          text=True)
@@ -329,3 +330,87 @@ def test_address_of_an_open_port_that_is_not_ray_is_one_line_fast(tmp_path, caps
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "something listens there, but it is not a Ray cluster" in err
     assert not (tmp_path / "runs").exists()
+
+
+# --------------------------------------------------------------------------------------------- data size, dry run
+
+
+def _real_space(tmp_path: Path, data: str, extra: str = "") -> Path:
+    path = tmp_path / "real.yaml"
+    path.write_text(f"""name: real
+seed: 0
+data: {data}
+objectives: {{accuracy: maximize, flops: minimize}}
+training: {{epochs: 1, batch_size: 16}}
+search: {{trials: 1, backend: optuna}}
+space:
+  strategy:
+    dense_cnn: {{width: 4, stages: 1{extra}}}
+""", encoding="utf-8")
+    return path
+
+
+def _rgb_npz(path: Path, size: int) -> Path:
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", 24), ("val", 8), ("test", 8)):
+        arrays[f"{split}_images"] = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+        arrays[f"{split}_labels"] = np.arange(n)[:, None] % 2
+    np.savez(path, **arrays)
+    return path
+
+
+def test_image_size_defaults_to_the_datas_own_size(tmp_path, capsys) -> None:
+    """An npz of 64-px images without data.image_size trains at 64 px (not a silent 32-px resize), and the
+    resolved space.yaml says so; the dry run shows the same shape."""
+    _rgb_npz(tmp_path / "cells64.npz", 64)
+    space = _real_space(tmp_path, f"{{source: npz, path: {tmp_path / 'cells64.npz'}}}")
+    assert search(space, "--dry-run", "--trials", "1") == 0  # the space file as a positional argument
+    assert "data 3x64x64" in capsys.readouterr().out
+    assert search("--space", space, "--out", "run", "--quiet") == 0
+    out = capsys.readouterr().out
+    assert "[1/1]" not in out and "Pareto front" in out  # --quiet: no progress lines
+    assert "image_size: 64" in (tmp_path / "run" / "space.yaml").read_text()
+    assert json.loads((tmp_path / "run" / "trials" / "0" / "meta.json").read_text())["image_size"] == 64
+    assert search("--out", "run", "--resume", "--space", space) == 0  # the same file still matches the run
+
+
+def test_image_size_from_the_data_is_checked_like_a_written_one(tmp_path, capsys) -> None:
+    _rgb_npz(tmp_path / "big.npz", 8)
+    _rgb_npz(tmp_path / "cells32.npz", 32)
+    small = _real_space(tmp_path, f"{{source: npz, path: {tmp_path / 'big.npz'}}}")
+    assert search("--space", small, "--dry-run") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err
+    assert "data.image_size: expected an integer from 16 to 128, but the images in" in err and "are 8" in err
+    too_big = _real_space(tmp_path, f"{{source: npz, path: {tmp_path / 'cells32.npz'}}}", ", input_size: 48")
+    assert search("--space", too_big, "--dry-run") == 2
+    assert "space.strategy.dense_cnn.input_size: expected at most the data's image_size 32" in capsys.readouterr().err
+
+
+def test_dry_run_runs_every_data_check_of_the_search(tmp_path, capsys) -> None:
+    """A folder of one class passes the cheap shape check but fails the loader's: --dry-run says so."""
+    from PIL import Image
+
+    root = tmp_path / "one_class" / "neutrophil"
+    root.mkdir(parents=True)
+    for i in range(12):
+        Image.fromarray(np.full((20, 20, 3), i * 10, np.uint8)).save(root / f"{i}.png")
+    space = _real_space(tmp_path, f"{{source: folder, path: {tmp_path / 'one_class'}}}")
+    before = snapshot(tmp_path)
+    assert search("--space", space, "--dry-run") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "a single class (neutrophil)" in err
+    assert snapshot(tmp_path) == before
+
+
+def test_hints_follow_how_the_search_was_started(tmp_path, monkeypatch, capsys) -> None:
+    """python -m runner.search is told python -m commands; cellsparse search (and Python) cellsparse ones."""
+    space = write_space(tmp_path, trials=1)
+    for argv0, words in (("/x/runner/search.py", "python -m runner.export"), ("/venv/bin/cellsparse", "cellsparse export")):
+        monkeypatch.setattr(sys, "argv", [argv0])
+        assert search("--space", space, "--out", f"run-{len(words)}", "--quiet") == 0
+        assert f"export a model: {words} run-{len(words)}   (the knee" in capsys.readouterr().out
+    usage = subprocess.run([sys.executable, "-m", "runner.cli", "search", "--backend", "nope"], capture_output=True,
+                           text=True, timeout=120)
+    assert usage.returncode == 2 and "(see cellsparse search --help)" in usage.stderr, usage.stderr
