@@ -587,7 +587,8 @@ def _parse_layout(where: _Where, raw: dict[str, Any], source: str, modality: str
     if cue_scale is not None:
         cue_scale = float(_number(where, "data.cue_scale", cue_scale, low=0.25))
         if cue_scale > 8:
-            raise where.fail("data.cue_scale", f"expected a number from 0.25 to 8 (pixels per 32-px texture unit), got {cue_scale}")
+            raise where.fail("data.cue_scale", f"expected a number from 0.25 to 8 (pixels per 32-px texture unit), "
+                                               f"got {cue_scale}")
     if layout == "cell":
         for key in ("target_size", "distractors"):
             if key in raw:

@@ -8,10 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from runner.data import describe_dataset, load_dataset
+from runner.data import describe_dataset, fields, load_dataset
 from runner.data.fields import generate_fields, red_cell_count
 from runner.data.synthetic import SYNTHETIC_CLASSES, generate
 from search_space.errors import DataError
+from search_space.spec import _FIELD_DEFAULTS
 
 
 def test_fields_are_uint8_balanced_and_deterministic() -> None:
@@ -116,8 +117,5 @@ def test_the_cell_generator_keeps_its_look_unless_a_cue_scale_is_given() -> None
 
 
 def test_the_space_file_defaults_are_the_generators() -> None:
-    from runner.data import fields
-    from search_space.spec import _FIELD_DEFAULTS
-
     assert _FIELD_DEFAULTS == {"image_size": fields.DEFAULT_FIELD_SIZE, "target_size": fields.DEFAULT_TARGET_SIZE,
                                "cue_scale": fields.DEFAULT_CUE_SCALE}
