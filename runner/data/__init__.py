@@ -48,6 +48,7 @@ __all__ = [
 SOURCES: tuple[str, ...] = ("synthetic", "npz", "folder")
 SYNTHETIC_DEFAULT_SIZES: dict[str, int] = {"train": 2000, "val": 500, "test": 500}
 SYNTHETIC_DEFAULT_IMAGE_SIZE = 32
+UINT8_ABOVE = 128  # synthetic brightfield cells larger than this are held as uint8 (fields always are)
 _REAL_MODALITIES = ("brightfield", "rgb", "gray")  # what may be asked of real images (see load_dataset)
 
 
@@ -271,6 +272,8 @@ def _synthetic(
         else:
             batch = synthetic.generate(n, modality=modality, image_size=size, difficulty=float(difficulty), seed=seed,
                                        split=split, classes=classes, cue_scale=cue_scale)
+            if modality == "brightfield" and size > UINT8_ABOVE:  # light in [0, 1]: 8 bits, as a camera gives it
+                batch.images = batch.images.mul_(255).round_().to(torch.uint8)
         splits[split] = (batch.images, batch.labels)
     what = (f"fields of {size}px, target {field['target_size']}px, cue scale {field['cue_scale']:g}" if field
             else f"{modality}, {size}px" + ("" if cue_scale is None else f", cue scale {cue_scale:g}"))

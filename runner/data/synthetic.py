@@ -52,7 +52,7 @@ SYNTHETIC_CLASSES: tuple[str, ...] = ("neutrophil", "lymphocyte", "monocyte", "e
 MODALITY_CHANNELS: dict[str, int] = {"brightfield": 3, "opd": 1, "event": 2}
 SPLIT_STREAMS: dict[str, int] = {"train": 0, "val": 1, "test": 2}
 
-_CHUNK = 500  # images rendered at once: bounds memory at 64+ px; chunks have their own seeded streams
+_CHUNK = 500  # images rendered at once up to 128 px (see chunk_size); chunks have their own seeded streams
 _MAX_LOBES = 5
 _EDGE_PX = 0.45  # width of the soft (anti-aliased) edge of every shape, in pixels
 
@@ -132,11 +132,12 @@ def generate(
     detail than its shrink). Arguments are assumed valid (``load_dataset`` checks them).
     """
     class_ids = torch.tensor([SYNTHETIC_CLASSES.index(c) for c in classes])
+    chunk = chunk_size(image_size)
     with _single_thread():
         parts = [
-            _render_chunk(start, min(_CHUNK, n - start), class_ids, modality, image_size, difficulty, seed, split,
+            _render_chunk(start, min(chunk, n - start), chunk, class_ids, modality, image_size, difficulty, seed, split,
                           image_size / 32.0 if cue_scale is None else float(cue_scale))
-            for start in range(0, n, _CHUNK)
+            for start in range(0, n, chunk)
         ]
     if not parts:
         c = MODALITY_CHANNELS[modality]
@@ -162,12 +163,18 @@ def _stream(seed: int, split: str, chunk: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state >> np.uint64(1)))
 
 
+def chunk_size(size: int) -> int:
+    """Images rendered at once: ``_CHUNK`` up to 128 px (so those frames keep their random streams), then
+    as many as hold the same number of pixels, so a chunk of 512-px frames takes no more memory."""
+    return _CHUNK if size <= 128 else max(1, _CHUNK * 128 * 128 // (size * size))
+
+
 def _render_chunk(
-    start: int, n: int, class_ids: Tensor, modality: str, size: int, difficulty: float, seed: int, split: str,
-    scale: float,
+    start: int, n: int, chunk: int, class_ids: Tensor, modality: str, size: int, difficulty: float, seed: int,
+    split: str, scale: float,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One chunk's images; ``scale`` multiplies every texture and blur width (tuned at 32 px)."""
-    g = _stream(seed, split, start // _CHUNK)
+    g = _stream(seed, split, start // chunk)
     d = float(difficulty)
 
     # Labels: global index i gets class i % K (balanced), shuffled within the chunk.
