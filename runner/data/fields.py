@@ -225,13 +225,7 @@ def _red_cells(absorbance: Tensor, centre: Tensor, radius: Tensor, count: int, t
     dist = away.norm(dim=-1, keepdim=True).clamp_min(1e-3)
     nearest = (radius[:, None, None] + 0.5 * r[..., None])
     pos = torch.where(dist < nearest, centre[:, None] + away / dist * nearest, pos)
-    side = int(math.ceil(2 * r.max().item())) + 3
-    top_left = (pos - side / 2).floor().long()
-    pix = torch.arange(side, dtype=torch.float32) + 0.5
-    fx = pos[..., 0, None, None] - top_left[..., 0, None, None]  # centre inside the patch
-    fy = pos[..., 1, None, None] - top_left[..., 1, None, None]
-    rel = torch.sqrt(torch.square(pix[None, None, None, :] - fx) + torch.square(pix[None, None, :, None] - fy))
-    rel = rel / r[..., None, None]  # (N, M, B, B)
+    rel, top_left = _disc_patches(pos, r)
     density = _soft(rel - 1, r[..., None, None]) * (1 - 0.45 * torch.exp(-torch.square(rel / 0.45)))
     _paste(absorbance, density[:, :, None] * _RBC_OD[:, None, None], top_left)
 
@@ -242,15 +236,21 @@ def _specks(absorbance: Tensor, count: int, radius: tuple[float, float], od: Ten
     if count == 0:
         return
     r = radius[0] + (radius[1] - radius[0]) * torch.rand(n, count, generator=g)
-    pos = torch.rand(n, count, 2, generator=g) * size
-    side = int(math.ceil(2 * r.max().item())) + 3
+    rel, top_left = _disc_patches(torch.rand(n, count, 2, generator=g) * size, r)
+    density = _soft(rel - 1, r[..., None, None])
+    _paste(absorbance, density[:, :, None] * od[:, None, None], top_left)
+
+
+def _disc_patches(pos: Tensor, radius: Tensor) -> tuple[Tensor, Tensor]:
+    """For discs at ``pos`` (N, M, 2) of ``radius`` (N, M) pixels: each patch pixel's distance from its
+    disc's centre in radii (N, M, B, B), and where each patch goes in the frame (N, M, 2) as (x, y)."""
+    side = int(math.ceil(2 * radius.max().item())) + 3
     top_left = (pos - side / 2).floor().long()
     pix = torch.arange(side, dtype=torch.float32) + 0.5
-    fx = pos[..., 0, None, None] - top_left[..., 0, None, None]
+    fx = pos[..., 0, None, None] - top_left[..., 0, None, None]  # the centre inside its patch
     fy = pos[..., 1, None, None] - top_left[..., 1, None, None]
     rel = torch.sqrt(torch.square(pix[None, None, None, :] - fx) + torch.square(pix[None, None, :, None] - fy))
-    density = _soft(rel / r[..., None, None] - 1, r[..., None, None])
-    _paste(absorbance, density[:, :, None] * od[:, None, None], top_left)
+    return rel / radius[..., None, None], top_left
 
 
 def _paste(frame: Tensor, patches: Tensor, top_left: Tensor) -> None:
