@@ -9,6 +9,7 @@ Layout (``runs/<name>/``)::
     trials/<n>/     config.json, metrics.json, history.json, model.pt, meta.json, looked_at.npz
     report.html     the report (built at the end)
     ray/            Ray Tune's own experiment files (ray backend only)
+    driver.lock     held by the search driver while it runs: one driver per run (``cellsparse.runlock``)
 
 ``trials.csv`` is regenerated from the journal alone: everything beyond Optuna's own fields (the full
 config, test accuracy, final k, ...) is stored on each trial as a user attribute. The reader
@@ -38,6 +39,7 @@ from optuna.storages.journal import JournalFileBackend
 from cellsparse.errors import UserError
 from cellsparse.files import write_atomic
 from cellsparse.pareto import pareto_mask
+from cellsparse.runlock import LOCK_FILE
 from cellsparse.strategy_info import INPUT_SIZE_KEY, is_sparse
 
 
@@ -191,7 +193,7 @@ def check_out_dir(run_dir: Path, space: ResolvedSpace, *, resume: bool) -> None:
             raise UserError(
                 f"{run_dir} already holds {what}; pass --resume to continue it, or --out to start a new one"
             )
-        if run_dir.is_dir() and any(run_dir.iterdir()):
+        if run_dir.is_dir() and any(p.name != LOCK_FILE for p in run_dir.iterdir()):  # a stale lock is taken over
             raise UserError(f"{run_dir} is not empty and holds no run; pass --out with a new or empty directory")
         return
     if not has_run(run_dir):

@@ -33,7 +33,7 @@ from typing import Any
 import optuna
 import torch
 
-from cellsparse import rundir
+from cellsparse import rundir, runlock
 from objectives import count_flops
 from reports.build import build_report as write_report
 from runner.backends.common import (
@@ -120,6 +120,8 @@ def _load(args: argparse.Namespace) -> tuple[Any, Path]:
     """The space to run (file + flags) and the run directory; validates everything, writes nothing."""
     given = load_space(args.space) if args.space is not None else None
     out = args.out if args.out is not None else Path("runs") / given.name
+    if not args.dry_run:
+        runlock.check_free(out)  # a live driver there: one line naming it, before anything else is said
     if args.resume:
         if given is not None:  # the file must describe the same run; its session settings are not taken
             rundir.check_out_dir(out, given, resume=True)
@@ -142,7 +144,11 @@ def _load(args: argparse.Namespace) -> tuple[Any, Path]:
     if args.address and space.search.backend != "ray":
         raise UserError(f"--address joins a Ray cluster, but the backend is {space.search.backend!r}; add --backend ray")
     if not args.resume and not args.dry_run:
-        rundir.check_out_dir(out, space, resume=False)
+        try:
+            rundir.check_out_dir(out, space, resume=False)
+        except UserError:
+            runlock.check_free(out)  # a driver started at the same moment may have filled it: name that one
+            raise
     data_shape(space)  # a missing or unreadable dataset is a UserError now, not in every trial
     return space, out
 
@@ -264,7 +270,7 @@ def run_search(args: argparse.Namespace) -> int:
         dry_run(space, args.trials or space.search.trials)
         return 0
     backend = space.search.backend
-    ray_backend = None
+    ray_backend, started_ray = None, False
     if backend == "ray":
         from runner.backends import ray_backend  # ray is heavy: only the ray backend needs it
 
@@ -287,13 +293,27 @@ def run_search(args: argparse.Namespace) -> int:
         if space.search.max_concurrent > 1:
             print("note: the optuna backend runs one trial at a time; max_concurrent applies to the ray backend")
 
+    try:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UserError(f"--out {out}: cannot create the run directory ({err.strerror or err})") from None
+        lock = runlock.RunLock.acquire(out, command=" ".join(rundir.python_command()))
+    except BaseException:
+        if ray_backend is not None and started_ray:
+            ray_backend.disconnect()
+        raise
+    with lock:  # released on every way out: the end, an error, Ctrl-C
+        return _session(args, space, out, fingerprint, ray_backend, started_ray)
+
+
+def _session(args: argparse.Namespace, space: Any, out: Path, fingerprint: str | None, ray_backend: Any,
+             started_ray: bool) -> int:
+    """One search session in a run directory this driver holds: trials, the front, the report."""
+    backend = space.search.backend
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # one line per trial is ours to print
     start = time.perf_counter()
     interrupted = False
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"--out {out}: cannot create the run directory ({err.strerror or err})") from None
     repaired = rundir.repair_journal(out)
     if repaired:
         print(repaired, file=sys.stderr)
