@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from cellsparse.files import storage_errno, write_error
 from runner.artefacts import CARD_FILE, FILES, MANIFEST_FILE, PARITY_FILE, README_FILE
 from search_space.errors import UserError
 
@@ -128,14 +129,22 @@ def _move_into_place(tmp: Path, out: Path) -> None:
 @contextmanager
 def staged(out: Path) -> Iterator[Path]:
     """A temporary directory beside ``out`` to write the export into; moved into ``out`` when the block
-    ends without an error, removed when it raises."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    _chmod_like_mkdir(tmp)
+    ends without an error, removed when it raises (a write the storage refused: a WriteError naming
+    ``out``)."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        _chmod_like_mkdir(tmp)
+    except OSError as err:
+        if storage_errno(err) is None:
+            raise
+        raise write_error(out, err, "nothing was written; pass a writable --out") from None
     try:
         yield tmp
         write_manifest(tmp)
         _move_into_place(tmp, out)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, OSError) and not isinstance(err, UserError) and storage_errno(err) is not None:
+            raise write_error(out, err, "nothing was written; free space or pass a writable --out") from None
         raise
