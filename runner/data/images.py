@@ -27,6 +27,7 @@ exactly as the training loaders decode it.
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -84,8 +85,9 @@ def scale_values(array: np.ndarray, where: str | Path) -> np.ndarray:
     raise DataError(f"{where}: pixel type {array.dtype}; expected uint8, uint16, bool or float values ({VALUE_SCALING})")
 
 
-def _too_large(path: Path, size: tuple[int, int] | None) -> str:
-    what = f"{size[0]} x {size[1]} pixels" if size else "more pixels than Pillow opens"
+def _too_large(path: Path, size: tuple[int, int] | int | None) -> str:
+    what = (f"{size[0]} x {size[1]} pixels" if isinstance(size, tuple) else f"{size:,} pixels" if size
+            else "more pixels than Pillow opens")
     return (f"{path}: {what}, more than the limit of {MAX_PIXELS:,} pixels for one image "
             "(runner.data.images.MAX_PIXELS); crop or downscale it first")
 
@@ -105,8 +107,9 @@ def _pil_open(path: Path) -> Iterator[Image.Image]:
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
             im = Image.open(path)
-        except Image.DecompressionBombError:
-            raise DataError(_too_large(path, None)) from None
+        except Image.DecompressionBombError as err:  # Pillow says how many: "Image size (N pixels) exceeds ..."
+            found = re.search(r"\((\d+) pixels\)", str(err))
+            raise DataError(_too_large(path, int(found.group(1)) if found else None)) from None
     with im:
         _check_size(path, im.size)
         yield im
