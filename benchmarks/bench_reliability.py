@@ -1041,8 +1041,10 @@ def body(soak_result: dict | None, loops: list[dict], cases: list[dict], command
                                    f"**{m['peak_mb']:.0f}**", f"{m['floor_mb']:.0f}", f"< {PREDICT_MB_TARGET}",
                                    f"{m['seconds']:.1f}"]]),
                   "",
-                  "`python -m runner.predict EXPORT folder/ --format pt2`; peak RSS is `ru_maxrss` of that process "
-                  "(`os.wait4`). Each frame is 10^8 pixels (Pillow decodes RGB at 4 bytes a pixel: 400 MB), reduced "
+                  "`python -m runner.predict EXPORT folder/ --format pt2`; peak RSS is `ru_maxrss` of that process, "
+                  "read by a small launcher that runs it as its own child (a child of the benchmark itself would "
+                  "inherit the benchmark's high-water mark through exec). Each frame is 10^8 pixels (Pillow decodes "
+                  "RGB at 4 bytes a pixel: 400 MB), reduced "
                   "while decoding and resized before the next is read; the second figure is the same command on one "
                   "small image (Python, torch and the model alone).", ""]
     if cases:
