@@ -78,9 +78,12 @@ class Holder:
     def from_json(cls, text: str) -> Holder | None:
         try:
             data = json.loads(text)
-            return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+            holder = cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
         except (ValueError, TypeError, KeyError):
             return None
+        typed = (isinstance(holder.host, str) and isinstance(holder.token, str) and type(holder.pid) is int
+                 and all(v is None or type(v) is int for v in (holder.pid_ns, holder.pid_start)))
+        return holder if typed else None
 
     def same_pid_space(self, other: Holder) -> bool:
         """Whether this holder's pid names the same process on ``other``'s host."""

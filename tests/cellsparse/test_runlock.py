@@ -88,8 +88,9 @@ def test_another_hosts_lock_is_live_while_its_heartbeat_is_fresh_and_stale_after
     assert "no heartbeat for" in notes[0] and "node-7" in notes[0]
 
 
-def test_an_unreadable_lock_is_live_while_fresh(tmp_path: Path) -> None:
-    (tmp_path / LOCK_FILE).write_text("{half a rec")
+@pytest.mark.parametrize("text", ["{half a rec", '{"host": "h", "pid": "12", "token": "t"}', "[1, 2]"])
+def test_an_unreadable_lock_is_live_while_fresh(tmp_path: Path, text: str) -> None:
+    (tmp_path / LOCK_FILE).write_text(text)
     with pytest.raises(RunInUse, match="unreadable lock file"):
         RunLock.acquire(tmp_path)
     old = time.time() - runlock.STALE_S - 1
