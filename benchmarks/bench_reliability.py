@@ -18,7 +18,11 @@ through ``CELLSPARSE_PLUGINS``), 16 px synthetic cells, 64 training images, one 
    no trial number completed twice (driver lines), each COMPLETE trial's folder holds its metrics.json and
    a config.json that matches the journal's parameters, and nothing of the run alive 10 s after the end.
 3. Hostile and careless input: each case is run through the real command line where there is one, and
-   its exit status, first line of stderr, what it wrote and its time are tabled beside what is expected.
+   its exit status, first line of stderr, what it wrote and its time are tabled beside what is expected
+   (a full disk and a read-only folder are real mounts in a private mount namespace, ``unshare -rm``;
+   where that is not allowed those cases are listed as not run).
+4. Two drivers: ``--driver-rounds`` times, two drivers started at the same moment on one new run folder.
+5. Predict memory: ``runner.predict`` over a folder of four 10000 x 10000 PNGs, its peak RSS.
 """
 
 from __future__ import annotations
@@ -77,7 +81,8 @@ def kill_loop_ok(result: dict) -> bool:
             and not result["mismatched"] and result["alive_after_end"] == 0 and result["final_status"] == 0)
 
 
-def in_short(soak: dict | None, loops: list[dict], cases: list[dict]) -> str:
+def in_short(soak: dict | None, loops: list[dict], cases: list[dict], drivers: dict | None = None,
+             memory: dict | None = None) -> str:
     """The section's plain-words paragraph, from this run's figures."""
     parts = []
     if soak is not None:
@@ -93,13 +98,26 @@ def in_short(soak: dict | None, loops: list[dict], cases: list[dict]) -> str:
                   "stopped" if loop["lingering_max"] else "")
         who = f"the {loop['backend']} backend" + ("" if loop.get("group", True) else " with the driver's pid alone killed")
         parts.append(f"{who} survived {loop['cycles_survived']} of {loop['cycles']} kill -9 cycles and {state}{linger}")
+    if drivers is not None:
+        good = sum(r["ok"] for r in drivers["rounds"])
+        parts.append(f"two drivers started together on one run folder: in {good} of {drivers['requested_rounds']} "
+                     "rounds exactly one ran and the other exited 2 with one line naming it, the run ending with "
+                     f"exactly its {drivers['trials']} trials, none run twice")
+    if memory is not None:
+        verdict = "under" if memory["peak_mb"] < PREDICT_MB_TARGET else "OVER"
+        parts.append(f"predict over {memory['images']} PNGs of {memory['side']} x {memory['side']} pixels peaked at "
+                     f"{memory['peak_mb']:.0f} MB ({verdict} the {PREDICT_MB_TARGET / 1024:g} GB target)")
     text = "; ".join(parts)
     text = text[:1].upper() + text[1:] + "." if text else ""
     if cases:
-        bad = [c["case"] for c in cases if not c["ok"]]
-        tail = (f"All {len(cases)} hostile or careless inputs got the expected outcome." if not bad else
-                f"{len(cases) - len(bad)} of {len(cases)} hostile or careless inputs got the expected outcome; "
+        ran = [c for c in cases if c["ok"] is not None]
+        bad = [c["case"] for c in ran if not c["ok"]]
+        tail = (f"All {len(ran)} hostile or careless inputs got the expected outcome." if not bad else
+                f"{len(ran) - len(bad)} of {len(ran)} hostile or careless inputs got the expected outcome; "
                 f"not: {', '.join(bad)}.")
+        skipped = [c for c in cases if c["ok"] is None]
+        if skipped:
+            tail += f" Not run here: {', '.join(c['case'] for c in skipped)} ({skipped[0]['wrote']})."
         text = (text + " " + tail).strip()
     return "**In short:** " + text
 
@@ -561,15 +579,407 @@ def hostile(work: Path) -> list[dict]:
     _case(rows, "`--address` to a port that is not Ray", "an HTTP server answering 400 on 127.0.0.1",
           "one line in < 10 s", status, err, "nothing written" if not out.exists() else "RUN DIR WRITTEN", took,
           status == 2 and took < 10 and err.strip().count("\n") == 0)
+    return rows + findings(work, export, base)
+
+
+# ----------------------------------------------------------------------------------------------- 4. two drivers
+
+DRIVER_ROUNDS = 10
+DRIVER_TRIALS = 3
+IN_USE = "in use by a running search"
+
+
+def drivers_ok(result: dict) -> bool:
+    """Every round: exactly one driver ran (exit 0), the other exited 2 with one line naming the live one,
+    the run ended with exactly the requested trials, none run twice."""
+    return all(r["ok"] for r in result["rounds"]) and len(result["rounds"]) == result["requested_rounds"]
+
+
+def two_drivers(work: Path, rounds: int = DRIVER_ROUNDS, trials: int = DRIVER_TRIALS) -> dict:
+    """``rounds`` times: two ``runner.search`` drivers started at the same moment on one new run folder."""
+    from tests.runner.search_fixtures import journal_trials, write_space
+
+    space = write_space(work, name="twins", trials=trials)
+    env = _env(PROBE_SLEEP_S="0.05")  # trials last a few seconds: the winner is alive while the loser checks
+    results = []
+    for round_ in range(rounds):
+        run = work / f"twins_{round_}"
+        start = time.perf_counter()
+        procs = [subprocess.Popen([PY, "-m", "runner.search", "--space", str(space), "--out", str(run)], cwd=work,
+                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for _ in range(2)]
+        outs = [p.communicate(timeout=600) for p in procs]
+        wall = time.perf_counter() - start
+        codes = [p.returncode for p in procs]
+        loser = next((i for i, c in enumerate(codes) if c == 2), None)
+        line = _first(outs[loser][1]) if loser is not None else ""
+        one_line = loser is not None and outs[loser][1].strip().count("\n") == 0 and outs[loser][0] == ""
+        winner_pid = procs[1 - loser].pid if loser is not None else None
+        final = journal_trials(run, "twins") if (run / "study.journal").is_file() else []
+        complete = [t.number for t in final if t.state.name == "COMPLETE"]
+        folders = sorted(int(p.name) for p in (run / "trials").iterdir()) if (run / "trials").is_dir() else []
+        ok = (sorted(codes) == [0, 2] and one_line and IN_USE in line and f"pid {winner_pid}" in line
+              and len(complete) == trials and len(set(complete)) == len(complete) and len(final) == trials
+              and folders == sorted(complete) and not (run / "driver.lock").exists())
+        for work_dir in _WORK:
+            line = line.replace(work_dir, "<tmp>")
+        results.append({"round": round_ + 1, "codes": codes, "line": line, "complete": len(complete),
+                        "trials": len(final), "twice": len(complete) - len(set(complete)), "folders": len(folders),
+                        "wall_s": wall, "ok": ok})
+        print(f"[{'ok' if ok else 'UNEXPECTED'}] two drivers, round {round_ + 1}: exits {codes}, {len(complete)} "
+              f"complete of {trials}; {line[:120]}", flush=True)
+        shutil.rmtree(run, ignore_errors=True)
+    return {"requested_rounds": rounds, "trials": trials, "rounds": results}
+
+
+# ----------------------------------------------------------------------------------------------- 5. predict memory
+
+PREDICT_MB_TARGET = 1024
+
+
+#: Runs a command as its own child and writes that child's peak RSS (KB) to a file. A process forked from
+#: this (large) benchmark would inherit its high-water mark through exec; a grandchild of a small
+#: launcher does not, so ``ru_maxrss`` is the command's own.
+_LAUNCHER = ("import resource, subprocess, sys; status = subprocess.run(sys.argv[2:]).returncode; "
+             "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)); "
+             "sys.exit(status)")
+
+
+def _peak_rss_mb(args: list[str], cwd: Path) -> tuple[int, float, str, float]:
+    """(exit status, peak RSS in MB, stderr, seconds) of one command (``ru_maxrss`` through ``_LAUNCHER``)."""
+    figure = cwd / f"maxrss_{uuid_hex()}.txt"
+    start = time.perf_counter()
+    done = subprocess.run([PY, "-c", _LAUNCHER, str(figure), *args], cwd=cwd, env=_env(), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True, timeout=1800)
+    peak = int(figure.read_text()) / 1024 if figure.exists() else float("nan")
+    return done.returncode, peak, done.stderr, time.perf_counter() - start
+
+
+def predict_memory(work: Path, export: Path, images: int = 4, side: int = 10_000) -> dict:
+    """``runner.predict`` over a folder of ``images`` PNGs of ``side`` x ``side`` RGB pixels: its peak RSS."""
+    from PIL import Image, ImageDraw
+
+    folder = work / "huge_pngs"
+    folder.mkdir(exist_ok=True)
+    for i in range(images):
+        image = Image.new("RGB", (side, side), (200, 190, 210))
+        ImageDraw.Draw(image).ellipse((side * (30 + 3 * i) // 100, side * 3 // 10, side * 7 // 10, side * 7 // 10),
+                                      fill=(120, 60, 140))
+        image.save(folder / f"cell{i}.png", optimize=True)
+        del image
+    sizes = [p.stat().st_size for p in sorted(folder.iterdir())]
+    csv = work / "huge_predictions.csv"
+    status, peak, err, seconds = _peak_rss_mb([PY, "-m", "runner.predict", str(export), str(folder), "--format",
+                                               "pt2", "--out", str(csv)], work)
+    rows = csv.read_text().count("\n") - 1 if csv.exists() else 0
+    baseline_png = work / "small.png"
+    Image.new("RGB", (24, 24), (200, 190, 210)).save(baseline_png)
+    _, floor, _, _ = _peak_rss_mb([PY, "-m", "runner.predict", str(export), str(baseline_png), "--format", "pt2",
+                                   "--out", str(work / "small_predictions.csv")], work)
+    result = {"images": images, "side": side, "file_kb": [round(s / 1024) for s in sizes], "status": status,
+              "peak_mb": peak, "floor_mb": floor, "classified": rows, "seconds": seconds, "stderr": _first(err),
+              "ok": status == 0 and rows == images and peak < PREDICT_MB_TARGET}
+    print(f"[{'ok' if result['ok'] else 'UNEXPECTED'}] predict over {images} PNGs of {side}x{side}: peak "
+          f"{peak:.0f} MB (one small image: {floor:.0f} MB), exit {status}", flush=True)
+    shutil.rmtree(folder, ignore_errors=True)
+    return result
+
+
+# ----------------------------------------------------------------------------------------------- 3b. this round's findings
+
+def _unshare() -> str | None:
+    """Why a private mount namespace (for a small tmpfs, a read-only bind mount) is not available, or None."""
+    if shutil.which("unshare") is None:
+        return "no unshare command"
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt 2>&1 || "
+                            "mount -t tmpfs -o size=64k tmpfs /tmp 2>&1"], capture_output=True, text=True)
+    return None if probe.returncode == 0 else f"cannot mount in a private namespace ({_first(probe.stdout + probe.stderr)})"
+
+
+def _in_namespace(script: str, work: Path, timeout: float = 600) -> tuple[int, str, str]:
+    """Run a shell ``script`` in a private user and mount namespace (its mounts vanish with it)."""
+    path = work / f"ns_{uuid_hex()}.sh"
+    path.write_text("set -u\n" + script)
+    done = subprocess.run(["unshare", "-rm", "sh", str(path)], cwd=work, env=_env(), capture_output=True, text=True,
+                          timeout=timeout)
+    return done.returncode, done.stdout, done.stderr
+
+
+def uuid_hex() -> str:
+    import uuid
+
+    return uuid.uuid4().hex[:8]
+
+
+def _skipped(rows: list[dict], case: str, given: str, expected: str, why: str) -> None:
+    rows.append({"case": case, "given": given, "expected": expected, "status": "-", "stderr": "", "wrote": why,
+                 "seconds": 0.0, "ok": None})
+    print(f"[skipped] {case}: {why}", flush=True)
+
+
+def _memory_export(work: Path) -> Path:
+    """A .pt2 export of a tiny dense_cnn run (the one the hostile cases made, when they ran)."""
+    export = work / "export"
+    if (export / "model.pt2").is_file():
+        return export
+    from tests.runner.export_fixtures import search, space_text
+
+    run = search(work, "tiny_dense", space_text("tiny_dense", "dense_cnn"))
+    status, _, err, _ = _cli(["-m", "runner.export", str(run), "--formats", "pt2", "--no-latency", "--out", str(export)],
+                             work)
+    if status != 0:
+        raise SystemExit(f"the export for the memory case failed ({status}): {err}")
+    return export
+
+
+def findings(work: Path, export: Path, probe_run: Path) -> list[dict]:
+    """One case per finding of the third reliability round (issue 29), run as a user would."""
+    import numpy as np
+    from PIL import Image
+
+    from tests.runner.pt2_crafted import craft, duplicated, mutate, read_entries
+    from tests.runner.search_fixtures import journal_trials, write_space
+
+    rows: list[dict] = []
+    Image.fromarray(np.full((16, 16, 3), 120, np.uint8)).save(work / "cell29.png")
+    image = work / "cell29.png"
+
+    # HIGH: repeated entry names in a .pt2 (the copy torch reads is not the one zipfile shows)
+    for target, first in (("weights_config", True), ("sample_inputs", False)):
+        evil = work / f"dup_{target}"
+        shutil.copytree(export, evil)
+        marker = work / f"ran_{target}"
+        duplicated(export / "model.pt2", evil / "model.pt2", target, marker, harmful_first=first)
+        csv = work / f"dup_{target}.csv"
+        status, _, err, took = _cli(["-m", "runner.predict", str(evil), str(image), "--format", "pt2", "--out",
+                                     str(csv)], work)
+        ran = marker.exists()
+        _case(rows, f".pt2 with a repeated entry name ({target}, harmful copy {'first' if first else 'last'})",
+              "`runner.predict EXPORT cell.png --format pt2`", "refused, no code run", status, err,
+              ("CODE RAN" if ran else "no code ran") + (", CSV written" if csv.exists() else ", nothing written"),
+              took, status == 2 and not ran and not csv.exists() and err.strip().count("\n") == 0)
+
+    import random
+
+    from runner.pt2 import load_program
+    from search_space.errors import UserError
+
+    rng, marker = random.Random(29), work / "ran_fuzz"
+    clean = export / "model.pt2"
+    bases = [read_entries(clean)] + [read_entries(craft(clean, work / f"craft_{how}.pt2", how, marker))
+                                     for how in ("pickled_weight", "sample_inputs", "opaque_constant")]
+    counts = {"refused": 0, "loaded the clean model": 0, "other error": 0}
+    start = time.perf_counter()
+    fuzz = 1000
+    for _ in range(fuzz):
+        path = work / "fuzz.pt2"
+        path.write_bytes(mutate(rng.choice(bases), clean.read_bytes(), rng, marker))
+        try:
+            load_program(path)
+            counts["loaded the clean model"] += 1
+        except UserError:
+            counts["refused"] += 1
+        except Exception:  # noqa: BLE001 - anything but a one-line refusal is a finding
+            counts["other error"] += 1
+    took = time.perf_counter() - start
+    _case(rows, f"{fuzz} fuzzed .pt2 archives", "repeated, case-twin, folder, renamed entries; flipped, cut, "
+          "prepended, concatenated bytes", "each refused or the clean model; no code run", 0, "",
+          ", ".join(f"{v} {k}" for k, v in counts.items()) + (", CODE RAN" if marker.exists() else ", no code ran"),
+          took, counts["other error"] == 0 and not marker.exists())
+
+    # MEDIUM: --resume (and a fresh search) while the first driver is alive; Ctrl-C gives its lock back
+    space = write_space(work, name="alive", trials=4)
+    run = work / "alive"
+    first = subprocess.Popen([PY, "-m", "runner.search", "--space", str(space), "--out", str(run)], cwd=work,
+                             env=_env(PROBE_SLEEP_S="30"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    first.stdout.readline()  # "run ...": the first driver holds the lock from before this line (and trains for minutes)
+    for case, args in (("`--resume` while the first driver is alive", ["--out", str(run), "--resume"]),
+                       ("a second search on the same `--out`", ["--space", str(space), "--out", str(run)])):
+        status, out, err, took = _cli(["-m", "runner.search", *args], work)
+        one = err.strip().count("\n") == 0 and out == ""
+        _case(rows, case, "`runner.search " + " ".join(a.replace(str(work), "<tmp>") for a in args) + "`",
+              "exit 2, one line naming the live driver", status, err,
+              "nothing written" if one else "PRINTED MORE", took,
+              status == 2 and one and IN_USE in err and f"pid {first.pid}" in err)
+    alive = first.poll() is None
+    first.send_signal(signal.SIGINT)
+    first.communicate(timeout=300)
+    lock_left = (run / "driver.lock").exists()
+    status, _, err, took = _cli(["-m", "runner.search", "--out", str(run), "--resume"], work)
+    final = [t.state.name for t in journal_trials(run, "alive")]
+    _case(rows, "... the first driver stopped by Ctrl-C, then `--resume`", "the run both were refused on",
+          "first exits 130 and gives its lock back; the resume ends with exactly 4 trials", status, err,
+          f"first: {'alive during both' if alive else 'ENDED EARLY'}, exit {first.returncode}, lock "
+          f"{'LEFT' if lock_left else 'given back'}; {final.count('COMPLETE')} COMPLETE of {len(final)}", took,
+          alive and first.returncode == 130 and not lock_left and status == 0 and final.count("COMPLETE") == 4
+          and "RUNNING" not in final)
+
+    # MEDIUM: a decompression bomb (the header of a 30000 x 30000 PNG in 70 bytes)
+    import struct
+    import zlib
+
+    bomb = work / "bomb" / "huge.png"
+    bomb.parent.mkdir()
+    Image.new("L", (1, 1)).save(bomb)
+    raw = bytearray(bomb.read_bytes())
+    at = raw.index(b"IHDR")
+    raw[at + 4: at + 12] = struct.pack(">II", 30_000, 30_000)
+    raw[at + 17: at + 21] = struct.pack(">I", zlib.crc32(bytes(raw[at: at + 17])) & 0xFFFFFFFF)
+    bomb.write_bytes(bytes(raw))
+    csv = work / "bomb.csv"
+    status, _, err, took = _cli(["-m", "runner.predict", str(export), str(bomb.parent), "--out", str(csv)], work)
+    _case(rows, "PNG header claiming 30000 x 30000 pixels", f"`runner.predict EXPORT folder/` ({len(raw)}-byte file)",
+          "one line naming the file and the limit", status, err, "nothing written" if not csv.exists() else "CSV WRITTEN",
+          took, status == 2 and "huge.png" in err and "134,217,728" in err and err.strip().count("\n") == 0)
+
+    # LOW: someone else's model card
+    theirs = work / "their_folder"
+    theirs.mkdir()
+    for name in ("model_card.json", "README.md", "model.onnx"):
+        (theirs / name).write_text(f"someone else's {name}\n")
+    before = _files(theirs)
+    status, _, err, took = _cli(["-m", "runner.export", str(probe_run), "--formats", "pt2", "--no-latency", "--out",
+                                 str(theirs)], work)
+    _case(rows, "export into a folder holding someone else's model_card.json", "`runner.export RUN --out DIR`",
+          "refused, one line, their files kept", status, err, "their files kept" if _files(theirs) == before
+          else "THEIR FILES CHANGED", took, status == 2 and _files(theirs) == before and err.strip().count("\n") == 0)
+
+    # LOW: predict --out onto the input image, the model
+    for what, target in (("the input image", image), ("the model", export / "model.pt2")):
+        before = target.read_bytes()
+        status, _, err, took = _cli(["-m", "runner.predict", str(export), str(image), "--format", "pt2", "--out",
+                                     str(target)], work)
+        kept = target.read_bytes() == before
+        _case(rows, f"`predict --out` {what}", f"`runner.predict EXPORT cell.png --out {target.name}`",
+              "refused, one line, file kept", status, err, "kept" if kept else "OVERWRITTEN", took,
+              status == 2 and kept and err.strip().count("\n") == 0)
+
+    # LOW: huge finite float pixels; an image without pixels
+    for case, array in (("float pixels of 3e38 in an npz", np.full((2, 16, 16, 3), 3e38, np.float32)),
+                        ("0 x 0 images in an npz", np.zeros((2, 0, 0, 3), np.uint8))):
+        data = work / f"low_{len(rows)}.npz"
+        np.savez(data, test_images=array)
+        csv = work / f"low_{len(rows)}.csv"
+        status, out, err, took = _cli(["-m", "runner.predict", str(export), str(data), "--format", "pt2", "--out",
+                                       str(csv)], work)
+        _case(rows, case, "`runner.predict EXPORT data.npz`", "refused, one line, no class named", status, err,
+              "nothing written" if not csv.exists() else "CSV WRITTEN", took,
+              status == 2 and not csv.exists() and err.strip().count("\n") == 0 and "classified" not in out)
+    from runner.predict import predict
+
+    start = time.perf_counter()
+    try:
+        predict(export, np.zeros((0, 0), np.float32))
+        status, err = 0, ""
+    except UserError as error:
+        status, err = 2, f"UserError: {error}"
+    except Exception as error:  # noqa: BLE001
+        status, err = 1, f"{type(error).__name__}: {error}"
+    _case(rows, "predict on a 0 x 0 array (Python API)", "`runner.predict.predict(EXPORT, np.zeros((0, 0)))`",
+          "UserError, one line", status, err, "-", time.perf_counter() - start, err.startswith("UserError")
+          and "\n" not in err)
+
+    # LOW: plugins
+    (work / "broken29.py").write_text("raise RuntimeError('half-installed package')\n")
+    space = write_space(work, name="plug", trials=1)
+    for value in ("..evil", "broken29"):
+        out_dir = work / f"plug_{len(rows)}"
+        env = _env(CELLSPARSE_PLUGINS=value, PYTHONPATH=os.pathsep.join([str(ROOT), str(work)]))
+        start = time.perf_counter()
+        done = subprocess.run([PY, "-m", "runner.search", "--space", str(space), "--out", str(out_dir)], cwd=work,
+                              env=env, capture_output=True, text=True, timeout=300)
+        _case(rows, f"`CELLSPARSE_PLUGINS={value}`", "`runner.search --space FILE`", "refused, one line",
+              done.returncode, done.stderr, "nothing written" if not out_dir.exists() else "RUN DIR WRITTEN",
+              time.perf_counter() - start, done.returncode == 2 and not out_dir.exists()
+              and done.stderr.strip().count("\n") == 0)
+
+    # LOW: --resume after the run's own space.yaml was edited
+    edited = work / "edited"
+    shutil.copytree(probe_run, edited)
+    text = (edited / "space.yaml").read_text()
+    (edited / "space.yaml").write_text(text.replace("flops: minimize", "flops: maximize"))
+    before = _files(edited)
+    status, _, err, took = _cli(["-m", "runner.search", "--out", str(edited), "--resume", "--trials", "2"], work)
+    _case(rows, "`--resume` after the run's space.yaml was edited", "`flops: minimize` changed to `maximize`",
+          "refused, one line, nothing written", status, err, "nothing written" if _files(edited) == before
+          else "RUN CHANGED", took, status == 2 and _files(edited) == before and err.strip().count("\n") == 0)
+
+    # LOW: --dry-run --trials 99999999999
+    start = time.perf_counter()
+    done = subprocess.run([PY, "-m", "runner.search", "--space", str(space), "--dry-run", "--trials", "99999999999"],
+                          cwd=work, env=_env(), capture_output=True, text=True, timeout=300)
+    shown = done.stdout.count('"strategy"')
+    _case(rows, "`--dry-run --trials 99999999999`", "`runner.search --space FILE --dry-run --trials 99999999999`",
+          "a capped list that says so", done.returncode, done.stderr, f"{shown} configs printed",
+          time.perf_counter() - start, done.returncode == 0 and shown == 100 and "prints at most 100" in done.stdout)
+
+    # LOW: a full disk mid-run, and export / report into a read-only folder (real mounts, private namespace)
+    why = _unshare()
+    full_case = ("a full disk mid-run (tmpfs of 160 KB)", "`runner.search --out` on the full tmpfs, then "
+                 "`--resume` after it grew to 20 MB", "one line, exit 2; the resume ends with exactly 8 trials")
+    ro_cases = [("export into a read-only folder", "`runner.export RUN --out RO/export`", "one line, nothing written"),
+                ("report into a read-only folder", "`reports.build RUN --out RO/report.html`", "one line, nothing written")]
+    if why is not None:
+        _skipped(rows, *full_case, why)
+        for case in ro_cases:
+            _skipped(rows, *case, why)
+        return rows
+    disk = work / "disk"
+    disk.mkdir()
+    space = write_space(work, name="full", trials=8)
+    check = ("import json, sys; from tests.runner.search_fixtures import journal_trials; "
+             "t = journal_trials(sys.argv[1], 'full'); print('STATES ' + json.dumps([x.state.name for x in t]))")
+    script = f"""
+mount -t tmpfs -o size=160k tmpfs {disk}
+{PY} -m runner.search --space {space} --out {disk}/run > {work}/full_1.out 2> {work}/full_1.err
+echo "FIRST $?"
+mount -o remount,size=20m {disk}
+{PY} -m runner.search --out {disk}/run --resume > {work}/full_2.out 2> {work}/full_2.err
+echo "SECOND $?"
+{PY} -c "{check}" {disk}/run
+"""
+    start = time.perf_counter()
+    _, out, err = _in_namespace(script, work)
+    took = time.perf_counter() - start
+    codes = dict(line.split() for line in out.splitlines() if line.startswith(("FIRST ", "SECOND ")))
+    states = json.loads(next((line[7:] for line in out.splitlines() if line.startswith("STATES ")), "[]"))
+    first_err = (work / "full_1.err").read_text() if (work / "full_1.err").exists() else err
+    second_err = (work / "full_2.err").read_text() if (work / "full_2.err").exists() else ""
+    ok = (codes.get("FIRST") == "2" and first_err.strip().count("\n") == 0 and "Traceback" not in first_err
+          and codes.get("SECOND") == "0" and states.count("COMPLETE") == 8 and "RUNNING" not in states)
+    _case(rows, *full_case, int(codes.get("FIRST", -1)), first_err,
+          f"resume exit {codes.get('SECOND', '?')}, {states.count('COMPLETE')} COMPLETE of {len(states)}"
+          + ("" if "Traceback" not in second_err else ", resume TRACEBACK"), took, ok)
+
+    ro = work / "ro"
+    ro.mkdir()
+    script = f"""
+mount --bind {ro} {ro} && mount -o remount,bind,ro {ro}
+{PY} -m runner.export {probe_run} --formats pt2 --no-latency --out {ro}/export > /dev/null 2> {work}/ro_1.err
+echo "EXPORT $?"
+{PY} -m reports.build {probe_run} --out {ro}/report.html > /dev/null 2> {work}/ro_2.err
+echo "REPORT $?"
+"""
+    start = time.perf_counter()
+    _, out, err = _in_namespace(script, work)
+    took = (time.perf_counter() - start) / 2
+    codes = dict(line.split() for line in out.splitlines() if line.startswith(("EXPORT ", "REPORT ")))
+    for (case, given, expected), key, log in zip(ro_cases, ("EXPORT", "REPORT"), ("ro_1.err", "ro_2.err"), strict=True):
+        text = (work / log).read_text() if (work / log).exists() else err
+        _case(rows, case, given, expected, int(codes.get(key, -1)), text,
+              "nothing written" if not any(ro.iterdir()) else "WROTE THERE", took,
+              codes.get(key) == "2" and text.strip().count("\n") == 0 and not any(ro.iterdir()))
     return rows
 
 
 # ----------------------------------------------------------------------------------------------- the section
 
-def body(soak_result: dict | None, loops: list[dict], cases: list[dict], command: str) -> str:
+def body(soak_result: dict | None, loops: list[dict], cases: list[dict], command: str, drivers: dict | None = None,
+         memory: dict | None = None) -> str:
     from _doc import markdown_table, stamp
 
-    parts = [in_short(soak_result, loops, cases), "", stamp(command), ""]
+    parts = [in_short(soak_result, loops, cases, drivers, memory), "", stamp(command), ""]
     if soak_result is not None:
         s = soak_result
         states = ", ".join(f"{v} {k}" for k, v in sorted(s["states"].items()))
@@ -608,6 +1018,35 @@ def body(soak_result: dict | None, loops: list[dict], cases: list[dict], command
                   "(recorded while it ran) or naming the run directory, still running 10 s later; the benchmark then "
                   "killed them by pid. \"Trained, not recorded\": a non-COMPLETE trial whose folder has metrics.json "
                   "(finished training, killed before the journal recorded it).", ""]
+    if drivers is not None:
+        parts += ["### Two drivers on one run folder", "",
+                  markdown_table(["round", "exit codes", "the refused driver's one line", "COMPLETE / asked",
+                                  "numbers completed twice", "trial folders", "wall (s)", "as expected"],
+                                 [[r["round"], " and ".join(map(str, r["codes"])), f"`{r['line'][:150]}`",
+                                   f"{r['complete']} / {drivers['trials']}", r["twice"], r["folders"],
+                                   f"{r['wall_s']:.1f}", "yes" if r["ok"] else "**NO**"] for r in drivers["rounds"]]),
+                  "",
+                  "Each round starts two `python -m runner.search --space twins.yaml --out <new folder>` (optuna "
+                  f"backend, probe_net, {drivers['trials']} one-epoch trials, 0.05 s per step) at the same moment. "
+                  "Expected: one exits 0, the other exits 2 with one line naming the live driver's pid, and the "
+                  "journal ends with exactly the requested COMPLETE trials, none twice, one folder each, and no "
+                  "driver.lock left.", ""]
+    if memory is not None:
+        m = memory
+        parts += ["### Predict over huge frames", "",
+                  markdown_table(["images", "file sizes (KB)", "exit", "classified", "peak RSS (MB)",
+                                  "peak RSS, one 24 px image (MB)", "target (MB)", "wall (s)"],
+                                 [[f"{m['images']} PNGs of {m['side']} x {m['side']} RGB",
+                                   ", ".join(map(str, m["file_kb"])), m["status"], m["classified"],
+                                   f"**{m['peak_mb']:.0f}**", f"{m['floor_mb']:.0f}", f"< {PREDICT_MB_TARGET}",
+                                   f"{m['seconds']:.1f}"]]),
+                  "",
+                  "`python -m runner.predict EXPORT folder/ --format pt2`; peak RSS is `ru_maxrss` of that process, "
+                  "read by a small launcher that runs it as its own child (a child of the benchmark itself would "
+                  "inherit the benchmark's high-water mark through exec). Each frame is 10^8 pixels (Pillow decodes "
+                  "RGB at 4 bytes a pixel: 400 MB), reduced "
+                  "while decoding and resized before the next is read; the second figure is the same command on one "
+                  "small image (Python, torch and the model alone).", ""]
     if cases:
         parts += ["### Hostile and careless input", "",
                   markdown_table(["case", "given", "expected", "exit", "first line of stderr", "written", "time (s)",
@@ -617,7 +1056,9 @@ def body(soak_result: dict | None, loops: list[dict], cases: list[dict], command
                                   for c in cases]),
                   "",
                   "Times are whole command lines, Python and torch start-up included (about 3 s here); the oversized "
-                  "files' own parse time is in the \"written\" column.", ""]
+                  "files' own parse time is in the \"written\" column. The cases from \".pt2 with a repeated entry "
+                  "name\" on are the third round's findings; the full disk and the read-only folder are real mounts "
+                  "(a 160 KB tmpfs, a read-only bind mount) in a private mount namespace (`unshare -rm`).", ""]
     return "\n".join(parts)
 
 
@@ -628,7 +1069,8 @@ def main() -> int:
     parser.add_argument("--backends", nargs="+", default=["optuna", "ray"], choices=["optuna", "ray"])
     parser.add_argument("--pid-cycles", type=int, default=3, help="extra ray cycles that SIGKILL the driver's pid alone "
                         "(not its group), as the OOM killer would; 0: none")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["soak", "kill", "hostile"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["soak", "kill", "hostile", "drivers", "memory"])
+    parser.add_argument("--driver-rounds", type=int, default=DRIVER_ROUNDS, help="rounds of two drivers on one run")
     parser.add_argument("--out", type=Path, help="write the section to this file instead of docs/benchmarks.md")
     args = parser.parse_args()
 
@@ -636,7 +1078,7 @@ def main() -> int:
 
     torch.set_num_threads(1)
     command = "python benchmarks/bench_reliability.py" + "".join(f" {a}" for a in sys.argv[1:])
-    soak_result, loops, cases = None, [], []
+    soak_result, loops, cases, drivers, memory = None, [], [], None, None
     with tempfile.TemporaryDirectory(prefix="cellsparse-rel-") as tmp:
         work = Path(tmp)
         if "soak" not in args.skip:
@@ -651,7 +1093,11 @@ def main() -> int:
                 print(json.dumps(loops[-1]), flush=True)
         if "hostile" not in args.skip:
             cases = hostile(work)
-    text = body(soak_result, loops, cases, command)
+        if "drivers" not in args.skip:
+            drivers = two_drivers(work, args.driver_rounds)
+        if "memory" not in args.skip:
+            memory = predict_memory(work, _memory_export(work))
+    text = body(soak_result, loops, cases, command, drivers, memory)
     print(text)
     title = "Reliability: kills, resumes, memory, hostile input"
     if args.out:

@@ -9,6 +9,7 @@ Layout (``runs/<name>/``)::
     trials/<n>/     config.json, metrics.json, history.json, model.pt, meta.json, looked_at.npz
     report.html     the report (built at the end)
     ray/            Ray Tune's own experiment files (ray backend only)
+    driver.lock     held by the search driver while it runs: one driver per run (``cellsparse.runlock``)
 
 ``trials.csv`` is regenerated from the journal alone: everything beyond Optuna's own fields (the full
 config, test accuracy, final k, ...) is stored on each trial as a user attribute. The reader
@@ -19,6 +20,7 @@ runs without loading a model.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -38,6 +40,7 @@ from optuna.storages.journal import JournalFileBackend
 from cellsparse.errors import UserError
 from cellsparse.files import write_atomic
 from cellsparse.pareto import pareto_mask
+from cellsparse.runlock import LOCK_FILE
 from cellsparse.strategy_info import INPUT_SIZE_KEY, is_sparse
 
 
@@ -58,6 +61,7 @@ SPACE_FILE = "space.yaml"
 RUN_FILE = "run.json"
 JOURNAL_FILE = "study.journal"
 DATA_FINGERPRINT = "data_fingerprint"  # run.json key: runner.data.data_fingerprint of the data the run started with
+SPACE_DIGEST = "space_sha256"  # run.json key: space_digest of the space.yaml the run started with
 TRIALS_FILE = "trials.csv"
 TRIALS_DIR = "trials"
 REPORT_FILE = "report.html"
@@ -191,7 +195,7 @@ def check_out_dir(run_dir: Path, space: ResolvedSpace, *, resume: bool) -> None:
             raise UserError(
                 f"{run_dir} already holds {what}; pass --resume to continue it, or --out to start a new one"
             )
-        if run_dir.is_dir() and any(run_dir.iterdir()):
+        if run_dir.is_dir() and any(p.name != LOCK_FILE for p in run_dir.iterdir()):  # a stale lock is taken over
             raise UserError(f"{run_dir} is not empty and holds no run; pass --out with a new or empty directory")
         return
     if not has_run(run_dir):
@@ -206,6 +210,30 @@ def check_out_dir(run_dir: Path, space: ResolvedSpace, *, resume: bool) -> None:
 
 def write_space(run_dir: Path, space: ResolvedSpace) -> None:
     write_atomic(Path(run_dir) / SPACE_FILE, space.with_absolute_data_path().to_yaml())
+
+
+def space_digest(space_yaml: str) -> str:
+    """A sha256 of what defines the run in a resolved space's YAML (session settings left out)."""
+    canonical = json.dumps(_comparable(space_yaml), sort_keys=True, default=str)
+    return "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def check_space_unchanged(run_dir: Path) -> None:
+    """UserError when the run's space.yaml no longer describes the run it started (edited since: the
+    journal's trials were sampled from the space recorded in run.json); runs from before the digest
+    was recorded are not checked. Reads only."""
+    recorded = read_run_json(run_dir).get(SPACE_DIGEST)
+    path = Path(run_dir) / SPACE_FILE
+    if not recorded or not path.is_file():
+        return
+    try:
+        now = space_digest(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError, TypeError):
+        now = None
+    if now != recorded:
+        raise UserError(f"--resume: {path} was edited after the run started (it no longer matches the {SPACE_DIGEST} "
+                        f"in {RUN_FILE}; only the session settings {', '.join(SESSION_SETTINGS)} may change, and "
+                        "those through flags); put the file back as it was, or start a new run with --out")
 
 
 def read_run_json(run_dir: Path) -> dict[str, Any]:
@@ -251,6 +279,7 @@ def start_session(run_dir: Path, space: ResolvedSpace, *, command: Sequence[str]
             **dict(environment or {}),
             "command": " ".join(command),
             DATA_FINGERPRINT: info.get(DATA_FINGERPRINT) or data_fingerprint,
+            SPACE_DIGEST: space_digest(space.with_absolute_data_path().to_yaml()),
         }
     )
     earlier = [_close_killed(run_dir, s) for s in info.get("sessions", [])]

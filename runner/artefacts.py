@@ -22,6 +22,8 @@ FILES = {"onnx": "model.onnx", "pt2": "model.pt2"}  # format -> file name
 PARITY_FILE = "parity.npz"  # the images and eager logits every format was checked against
 CARD_FILE = "model_card.json"
 README_FILE = "README.md"
+#: What an export wrote (name -> sha256): how a later export tells its own files from anyone else's.
+MANIFEST_FILE = ".cellsparse-export.json"
 INPUT_NAME, OUTPUT_NAME = "images", "logits"  # the exported graph's input and output
 
 Runner = Callable[[np.ndarray], np.ndarray]

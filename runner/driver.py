@@ -10,6 +10,7 @@ Both go through this object, so a trial ends the same way whichever ran it:
     driver.complete(number, metrics)                  # COMPLETE with its figures as user attributes
     driver.fail(number, err_or_reason, traceback=...) # FAIL with one error line (and error.txt)
     driver.prune(number)                              # PRUNED by early stopping, last figures kept
+    driver.halted                                     # set when the storage refused a write: ask no more
 
 Every tell is followed by ``on_finished(study, number)`` (trials.csv and the progress line); a
 ``progress`` (``runner.progress``) hears of every ask and every epoch, so both backends show the same
@@ -27,6 +28,7 @@ from typing import Any
 import optuna
 
 from cellsparse import rundir
+from cellsparse.files import storage_errno
 from runner.backends.common import PAYLOAD_KEY, ConfigSampler, TrialError, describe_error, objective_values, trial_attrs
 from runner.early_stopping import SuccessiveHalving
 from runner.progress import Progress
@@ -81,6 +83,7 @@ class SearchDriver:
         self._running: dict[int, optuna.Trial] = {}
         self._epochs: dict[int, int] = {}  # a trial's own epochs: it is never judged at its last
         self._last: dict[int, dict[str, Any]] = {}
+        self.halted: BaseException | str | None = None  # the storage error that stopped this session
 
     # --- asking ----------------------------------------------------------------------------------
     def ask(self) -> tuple[int, dict[str, Any]]:
@@ -141,9 +144,17 @@ class SearchDriver:
         self._tell(number, optuna.trial.TrialState.COMPLETE, values)
 
     def fail(self, number: int, error: BaseException | str, *, traceback: str | None = None) -> None:
-        """Tell FAIL with one error line in the journal and, when given, the traceback in error.txt."""
+        """Tell FAIL with one error line in the journal and, when given, the traceback in error.txt.
+
+        A trial that failed because the storage refused a write (a full disk, a read-only folder) is
+        not the config's fault: it is told FAIL without an error, as interrupted (it does not count,
+        ``--resume`` replaces it), and the driver halts (``halted``): every later trial would fail alike."""
         trial = self._running.get(number)
         if trial is None:
+            return
+        if storage_errno(error) is not None:
+            self.halt(error)
+            self._tell(number, optuna.trial.TrialState.FAIL)
             return
         trial.set_user_attr(rundir.ATTR_ERROR, describe_error(error) if isinstance(error, BaseException) else str(error))
         if traceback:
@@ -175,5 +186,13 @@ class SearchDriver:
         if self.on_finished is not None:
             try:
                 self.on_finished(self.study, number)
-            except Exception:  # noqa: BLE001 - a progress line must not stop the search
-                logger.warning("progress update failed", exc_info=True)
+            except Exception as err:  # noqa: BLE001 - a progress line must not stop the search
+                if storage_errno(err) is not None:
+                    self.halt(err)  # but a disk that refuses trials.csv refuses the next trial too
+                else:
+                    logger.warning("progress update failed", exc_info=True)
+
+    def halt(self, error: BaseException | str) -> None:
+        """Ask no more trials: the storage refused a write (``error``, the first one, is kept in ``halted``)."""
+        if self.halted is None:
+            self.halted = error

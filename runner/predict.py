@@ -13,6 +13,11 @@ Preprocessing is the training loaders' (``runner.data``), read from the export's
 values scaled as the loaders scale them (8-bit / 255, 16-bit / 65535, float as stored), resized to
 the model's size with the same bilinear antialiased resize (non-square images are stretched, as
 in training), then normalised with the card's per-channel mean and std.
+Memory is bounded whatever the inputs: images are read a batch at a time and each file is resized as
+soon as it is decoded; a file of more than ``runner.data.images.MAX_PIXELS`` pixels is refused (one
+line naming it and the limit), and a frame of more than ``REDUCE_ABOVE`` pixels is reduced while it
+is decoded (``runner.data.images``), so four 10000 x 10000 PNGs take well under 1 GB. Values that
+overflow to infinity or NaN once resized and normalised (finite floats like 3e38) are refused.
 
 Channel conversions, and why each is sound or refused:
 
@@ -38,10 +43,11 @@ C-channel TIFFs) / C channels  channel counts are refused
 
 Output: a CSV (``input``, ``predicted``, ``probability``, ``top2``, ``top2_probability``, ``top3``,
 ``top3_probability``, and ``label`` where known: ``Prediction.frame()``) written whole at the end
-(default ``EXPORT_DIR/predictions.csv``), and a summary: images per class, images per second (end to
-end, and the model alone). Bad input (an unknown export directory, a missing or unreadable model
-card, a corrupt model file, an unreadable image, an empty folder) prints one ``error: ...`` line and
-exits with status 2, writing nothing.
+(default ``EXPORT_DIR/predictions.csv``; an existing file there is replaced only when it is an earlier
+predictions CSV, never an image, a model or anyone's table), and a summary: images per class, images
+per second (end to end, and the model alone). Bad input (an unknown export directory, a missing or
+unreadable model card, a corrupt model file, an unreadable image, an empty folder) prints one
+``error: ...`` line and exits with status 2, writing nothing.
 """
 
 from __future__ import annotations
@@ -65,7 +71,7 @@ from cellsparse.files import write_atomic
 from runner.artefacts import Runner, check_device, onnx_runner, pt2_runner
 from runner.cli import EXIT_USER_ERROR, command_parser, print_error
 from runner.data.dataset import resize
-from runner.data.images import read_image, scale_values
+from runner.data.images import VALUE_SCALING, read_image, scale_values
 from runner.data.npz import KNOWN_CLASS_NAMES, load_error
 from runner.modelcard import find_export, read_card
 from search_space.errors import UserError
@@ -207,7 +213,7 @@ class InputSpec:
 def _read_image(path: Path, spec: InputSpec) -> np.ndarray:
     """An image file as (H, W, C) float32 in the loaders' scale, channels converted for the model."""
     try:
-        array, info = read_image(path)
+        array, info = read_image(path, reduce_to=spec.image_size)  # a huge frame is reduced while decoding
     except UserError as err:
         raise UserError(str(err)) from None
     channels = array.shape[-1]
@@ -254,6 +260,8 @@ def _from_array(array: np.ndarray, spec: InputSpec, where: str) -> np.ndarray:
     """One npz image (H, W) or (H, W, C) -> (H, W, C') float32, scaled as the npz loader scales."""
     if array.ndim == 2:
         array = array[..., None]
+    if array.ndim == 3 and 0 in array.shape[:2]:
+        raise UserError(f"{where}: an image of {array.shape[0]} x {array.shape[1]} pixels holds no pixels")
     if array.ndim != 3 or array.shape[-1] not in (1, 2, 3, 4, spec.channels):
         raise UserError(f"{where}: image of shape {array.shape}; expected (H, W) or (H, W, C) with C in 1..4 "
                         "(channels last, the MedMNIST layout)")
@@ -295,16 +303,32 @@ def _finish(images: list[np.ndarray], spec: InputSpec) -> np.ndarray:
     for indices in by_shape.values():  # one resize call per image size (an npz has one size)
         x = torch.from_numpy(np.ascontiguousarray(np.stack([images[i] for i in indices]).transpose(0, 3, 1, 2)))
         out[indices] = resize(x, spec.image_size).numpy()
-    return (out - spec.mean[None, :, None, None]) / spec.std[None, :, None, None]
+    with np.errstate(over="ignore", invalid="ignore"):  # overflowing values are refused by _check_finite
+        return (out - spec.mean[None, :, None, None]) / spec.std[None, :, None, None]
+
+
+def _check_finite(x: np.ndarray, items: Sequence[Item]) -> np.ndarray:
+    """UserError naming the first image whose values are finite as stored but not once resized and
+    normalised (huge floats such as 3e38): the model would classify NaN."""
+    finite = np.isfinite(x).reshape(len(x), -1).all(axis=1)
+    if not finite.all():
+        name = items[int(np.argmin(finite))].name
+        raise UserError(f"{name}: its values overflow to infinity or NaN once resized and normalised (by the model "
+                        f"card's mean and std); expected values in the scale the model was trained on ({VALUE_SCALING})")
+    return x
 
 
 def preprocess(items: Sequence[Item], spec: InputSpec, arrays: dict[tuple[Path, str], np.ndarray] | None = None) -> np.ndarray:
-    """Items -> the model's input batch (N, C, S, S) float32; UserError naming an unreadable image."""
+    """Items -> the model's input batch (N, C, S, S) float32; UserError naming an unreadable image.
+
+    An image file is resized as soon as it is decoded, so one decoded frame is in memory at a time
+    whatever the frames' size (npz images, small and already in memory, are resized together)."""
     arrays = {} if arrays is None else arrays
-    images = []
-    for item in items:
+    out = np.empty((len(items), spec.channels, spec.image_size, spec.image_size), dtype=np.float32)
+    images, at = [], []
+    for i, item in enumerate(items):
         if item.key is None:
-            images.append(_read_image(item.path, spec))
+            out[i] = _finish([_read_image(item.path, spec)], spec)[0]
             continue
         source = (item.path, item.key)
         if source not in arrays:
@@ -315,7 +339,10 @@ def preprocess(items: Sequence[Item], spec: InputSpec, arrays: dict[tuple[Path, 
             except (OSError, ValueError, zipfile.BadZipFile) as err:
                 raise UserError(f"{item.path}: cannot read '{item.key}' ({load_error(err)})") from None
         images.append(_from_array(arrays[source][item.index], spec, item.name))
-    return _finish(images, spec)
+        at.append(i)
+    if images:
+        out[at] = _finish(images, spec)
+    return _check_finite(out, items)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -464,6 +491,29 @@ def predict(export_dir: Path, inputs: Sequence[Path] | np.ndarray | Any, *, layo
                       time.perf_counter() - start, model_seconds, fmt)
 
 
+#: How every CSV ``runner.predict`` writes begins: the only kind of existing file ``--out`` replaces.
+CSV_START = "input,predicted,"
+
+
+def check_out(path: Path) -> None:
+    """UserError unless ``path`` is free or holds an earlier predictions CSV: predict never overwrites a
+    file it did not write (an input image, the model, someone's table)."""
+    if path.is_symlink():
+        raise UserError(f"--out {path}: is a symbolic link; pass the path of a new CSV file or of earlier predictions")
+    if path.is_dir():
+        raise UserError(f"--out {path}: is a directory; pass the path of a CSV file")
+    if not path.exists():
+        return
+    try:
+        with open(path, "rb") as handle:
+            first = handle.read(len(CSV_START))
+    except OSError as err:
+        raise UserError(f"--out {path}: cannot be read ({err.strerror or err})") from None
+    if not path.is_file() or first != CSV_START.encode():
+        raise UserError(f"--out {path}: exists and is not a predictions CSV written by runner.predict; it is left "
+                        "alone: pass a new path (or remove the file yourself)")
+
+
 def write_csv(result: Prediction, path: Path) -> None:
     """Write ``result.frame()`` through a temporary file, so a failure leaves no half-written CSV."""
     if path.is_dir():
@@ -523,8 +573,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         export_dir = find_export(args.export_dir)
         out = args.out if args.out is not None else export_dir / "predictions.csv"
-        if out.is_dir():  # before the (possibly long) prediction, not after it
-            raise UserError(f"--out {out}: is a directory; pass the path of a CSV file")
+        check_out(out)  # before the (possibly long) prediction, not after it
         result = predict(export_dir, args.inputs, batch_size=args.batch_size, device=args.device,
                          fmt=args.fmt, split=args.split, compiled=args.compiled)
         write_csv(result, out)

@@ -36,8 +36,9 @@ from typing import Any, TextIO
 import optuna
 import torch
 
-from cellsparse import rundir
+from cellsparse import rundir, runlock
 from cellsparse.commands import command
+from cellsparse.files import storage_errno, write_error
 from cellsparse.log import logger
 from objectives import count_flops
 from reports.build import build_report as write_report
@@ -102,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, metavar="S", help="seed of the sampler, the data and every trial")
     parser.add_argument("--dry-run", action="store_true",
                         help="validate the space and run every check of the data the search would, then print the "
-                        "first N sampled configs with their FLOPs; train and write nothing")
+                        "first N sampled configs (at most 100) with their FLOPs; train and write nothing")
     parser.add_argument("--progress", choices=MODES, default="auto",
                         help="epochs: a line per epoch of each trial, with elapsed time and ETA; trials: a line per "
                         "finished trial; none: neither; auto (default): epochs on a terminal, trials otherwise")
@@ -142,7 +143,10 @@ def _load(args: argparse.Namespace) -> tuple[Any, Path]:
     """The space to run (file + flags) and the run directory; validates everything, writes nothing."""
     given = with_data_size(load_space(args.space)) if args.space is not None else None
     out = args.out if args.out is not None else Path("runs") / given.name
+    if not args.dry_run:
+        runlock.check_free(out)  # a live driver there: one line naming it, before anything else is said
     if args.resume:
+        rundir.check_space_unchanged(out)  # the journal's trials were sampled from the space it started with
         if given is not None:  # the file must describe the same run; its session settings are not taken
             rundir.check_out_dir(out, given, resume=True)
         if not rundir.has_run(out):
@@ -164,7 +168,11 @@ def _load(args: argparse.Namespace) -> tuple[Any, Path]:
     if args.address and space.search.backend != "ray":
         raise UserError(f"--address joins a Ray cluster, but the backend is {space.search.backend!r}; add --backend ray")
     if not args.resume and not args.dry_run:
-        rundir.check_out_dir(out, space, resume=False)
+        try:
+            rundir.check_out_dir(out, space, resume=False)
+        except UserError:
+            runlock.check_free(out)  # a driver started at the same moment may have filled it: name that one
+            raise
     data_shape(space)  # a missing or unreadable dataset is a UserError now, not in every trial
     return space, out
 
@@ -188,16 +196,23 @@ def _check_data(space: Any, out: Path, *, resume: bool) -> str | None:
     return fingerprint
 
 
+#: The most configs ``--dry-run`` prints, whatever ``--trials`` asks for.
+DRY_RUN_MAX = 100
+
+
 def dry_run(space: Any, n: int, say: Callable[[str], None] = print_line) -> None:
-    """Print ``n`` configs as the sampler would draw them first, with their FLOPs; nothing is trained."""
+    """Print the first ``n`` configs (at most ``DRY_RUN_MAX``, and it says so) as the sampler would draw
+    them, with their FLOPs; nothing is trained."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(directions=space.directions, sampler=make_sampler(space))
     sample = ConfigSampler(space)
     in_channels, num_classes, size = data_shape(space)
     images = torch.randn(2, in_channels, size, size, generator=torch.Generator().manual_seed(0))
+    shown = min(n, DRY_RUN_MAX)
+    capped = f" (of the {n:,} trials asked for; --dry-run prints at most {DRY_RUN_MAX})" if n > shown else ""
     say(f"space {space.name}: {len(space.model.strategies)} strategies, data {in_channels}x{size}x{size}, "
-        f"{num_classes} classes; the first {n} sampled configs:")
-    for _ in range(n):
+        f"{num_classes} classes; the first {shown} sampled configs{capped}:")
+    for _ in range(shown):
         trial = study.ask()
         payload = sample(trial)[PAYLOAD_KEY]
         config = payload["config"]
@@ -241,6 +256,20 @@ def build_report(run_dir: Path) -> str:
     except Exception as err:  # noqa: BLE001 - the run is complete either way
         return f"report: not built ({type(err).__name__}: {err}); the run directory is intact"
     return f"report: {path or Path(run_dir) / 'report.html'}"
+
+
+def _storage_stop(out: Path, error: BaseException | str, done: int, total: int) -> UserError:
+    """The one line a session ends with when the storage refused a write (full disk, read-only folder)."""
+    if isinstance(error, BaseException):
+        found = next((e for e in (error, error.__cause__, error.__context__) if isinstance(e, OSError)), None)
+        number = storage_errno(error)
+        where = f" ({Path(found.filename).name})" if found is not None and found.filename else ""
+        reason = (found.strerror if found is not None and found.strerror else os.strerror(number or 0)) + where
+    else:
+        reason = os.strerror(storage_errno(error) or 0)
+    return UserError(f"{out}: the run directory refused a write: {reason}; the search stopped after {done} of {total} "
+                     "trials (those are kept; the trial cut short does not count); free space or make it writable, "
+                     f"then continue with: python -m runner.search --out {out} --resume")
 
 
 def _interrupted_by(err: BaseException) -> bool:
@@ -293,7 +322,7 @@ def run_search(args: argparse.Namespace, say: Callable[[str], None] = print_line
         say(f"the data passed every check; the search would write {out}")
         return 0
     backend = space.search.backend
-    ray_backend = None
+    ray_backend, started_ray = None, False
     if backend == "ray":
         from runner.backends import ray_backend  # ray is heavy: only the ray backend needs it
 
@@ -316,13 +345,27 @@ def run_search(args: argparse.Namespace, say: Callable[[str], None] = print_line
         if space.search.max_concurrent > 1:
             say("note: the optuna backend runs one trial at a time; max_concurrent applies to the ray backend")
 
+    try:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UserError(f"--out {out}: cannot create the run directory ({err.strerror or err})") from None
+        lock = runlock.RunLock.acquire(out, command=" ".join(rundir.python_command()))
+    except BaseException:
+        if ray_backend is not None and started_ray:
+            ray_backend.disconnect()
+        raise
+    with lock:  # released on every way out: the end, an error, Ctrl-C
+        return _session(args, space, out, fingerprint, ray_backend, started_ray)
+
+
+def _session(args: argparse.Namespace, space: Any, out: Path, fingerprint: str | None, ray_backend: Any,
+             started_ray: bool) -> int:
+    """One search session in a run directory this driver holds: trials, the front, the report."""
+    backend = space.search.backend
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # one line per trial is ours to print
     start = time.perf_counter()
     interrupted = False
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"--out {out}: cannot create the run directory ({err.strerror or err})") from None
     repaired = rundir.repair_journal(out)
     if repaired:
         print(repaired, file=sys.stderr)
@@ -343,6 +386,7 @@ def run_search(args: argparse.Namespace, say: Callable[[str], None] = print_line
         f"{space.search.max_concurrent if backend == 'ray' else 1} at a time")
     progress = Progress(trials=remaining, mode=mode, emit=say)
     on_finished = TrialFinished(out, space, total=total, emit=say if mode != "none" else _silent, progress=progress)
+    halted: BaseException | str | None = None  # the storage refused a write: the session stops with one line
     try:
         session = f"session-{len(info.get('sessions', [])) - 1}"
         while remaining:
@@ -356,6 +400,9 @@ def run_search(args: argparse.Namespace, say: Callable[[str], None] = print_line
                 ray_backend.run_ray(driver, n_trials=remaining, session=session, ray_asha=ray_asha)
             else:
                 run_optuna(driver, n_trials=remaining, timeout_s=space.search.timeout_s)
+            if driver.halted is not None:
+                halted = driver.halted
+                break
             # Trials lost with a cluster node do not count: run their replacements, while that makes progress.
             left = max(0, total - trials_done(study))
             if backend != "ray" or left >= remaining or _out_of_time(space, start):
@@ -364,21 +411,31 @@ def run_search(args: argparse.Namespace, say: Callable[[str], None] = print_line
     except KeyboardInterrupt:
         interrupted = True
     except Exception as err:
-        if not _interrupted_by(err):
+        if _interrupted_by(err):
+            interrupted = True  # Ctrl-C landed inside Optuna's own tell and surfaced as a follow-on error
+        elif storage_errno(err) is not None:
+            halted = err  # a journal append the disk refused
+        else:
             raise
-        interrupted = True  # Ctrl-C landed inside Optuna's own tell and surfaced as a follow-on error
     finally:
         if ray_backend is not None and started_ray:
             ray_backend.disconnect()
         study = open_study(space, out)
-        fail_unfinished(study)  # trials a Ctrl-C cut short: FAIL now, so the journal and trials.csv agree
-        rundir.write_trials_csv(out, study, space.objective_names)
         done = trials_done(study)
         timed_out = _out_of_time(space, start)
         complete = done >= total or timed_out
         interrupted = interrupted or not complete
-        rundir.finish_session(out, wall_time_s=time.perf_counter() - start, finished=complete)
+        try:
+            fail_unfinished(study)  # trials a Ctrl-C cut short: FAIL now, so the journal and trials.csv agree
+            rundir.write_trials_csv(out, study, space.objective_names)
+            rundir.finish_session(out, wall_time_s=time.perf_counter() - start, finished=complete)
+        except Exception as err:
+            if storage_errno(err) is None:
+                raise
+            halted = halted or err  # the next --resume marks the unfinished trials and rewrites the table
 
+    if halted is not None:
+        raise _storage_stop(out, halted, done, total)
     say("")
     for line in _front_table(study, space):
         say(line)
@@ -410,6 +467,12 @@ def main(argv: list[str] | None = None) -> int:
         return run_search(args)
     except UserError as err:
         print_error(err)
+        return EXIT_USER_ERROR
+    except OSError as err:
+        if storage_errno(err) is None:
+            raise
+        print_error(write_error(Path(err.filename or "the run directory"), err, "free space or make it writable, "
+                                "then continue with --resume"))  # a write outside a session's own handling
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("stopped", file=sys.stderr)

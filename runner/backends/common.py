@@ -56,12 +56,20 @@ def plugin_modules() -> tuple[str, ...]:
 
 
 def import_plugins(modules: Sequence[str]) -> None:
-    """Import each module (they register strategies or objectives); UserError naming a missing one."""
+    """Import each module (they register strategies or objectives); UserError naming the module for one
+    that is not a module name (``..evil``, ``a/b``: only absolute dotted names are imported), cannot be
+    found, or fails while it is imported (its own error, first line)."""
     for name in modules:
+        if not all(part.isidentifier() for part in name.split(".")):
+            raise UserError(f"{PLUGINS_ENV}: {name!r} is not a module name; expected comma-separated absolute "
+                            "module names such as mypackage.strategies")
         try:
             importlib.import_module(name)
         except ImportError as err:
             raise UserError(f"{PLUGINS_ENV}: cannot import plugin module {name!r} ({err})") from None
+        except Exception as err:  # noqa: BLE001 - a broken plugin is the user's code: one line, not our traceback
+            raise UserError(f"{PLUGINS_ENV}: plugin module {name!r} failed while being imported "
+                            f"({describe_error(err)})") from None
 
 
 @dataclass(frozen=True)
@@ -268,14 +276,17 @@ def describe_error(err: BaseException) -> str:
 
 
 def open_study(space: SearchSpace, run_dir: Path, sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Study:
-    """The run's study in its journal (created on first use; ``study_name`` is the space name)."""
-    study = optuna.create_study(
-        storage=rundir.open_storage(run_dir),
-        study_name=space.name,
-        directions=space.directions,
-        sampler=sampler,
-        load_if_exists=True,
-    )
+    """The run's study in its journal (created on first use; ``study_name`` is the space name).
+
+    An existing study is loaded, which reads the journal only: ``create_study(load_if_exists=True)``
+    would append a creation record at every call, a write that fails on a full disk just when the
+    session is recording how it ended."""
+    storage = rundir.open_storage(run_dir)
+    try:
+        study = optuna.load_study(study_name=space.name, storage=storage, sampler=sampler)
+    except KeyError:  # no such study yet
+        study = optuna.create_study(storage=storage, study_name=space.name, directions=space.directions,
+                                    sampler=sampler)
     name_metrics(study, space.objective_names)
     return study
 

@@ -26,7 +26,7 @@ def run_optuna(driver: SearchDriver, *, n_trials: int, timeout_s: float | None =
     settings = TrialSettings.for_run(driver.space, Path(driver.run_dir))
     start = time.perf_counter()
     for _ in range(n_trials):
-        if timeout_s is not None and time.perf_counter() - start >= timeout_s:
+        if (timeout_s is not None and time.perf_counter() - start >= timeout_s) or driver.halted is not None:
             return
         number, payload = driver.ask()
 

@@ -264,7 +264,9 @@ class DriverSearcher(Searcher):
         self._numbers: dict[str, int] = {}  # Tune trial id -> Optuna trial number
         self._nodes: dict[str, tuple[str, str]] = {}  # Tune trial id -> (node label, Ray node id) it runs on
 
-    def suggest(self, trial_id: str) -> dict[str, Any]:
+    def suggest(self, trial_id: str) -> dict[str, Any] | str:
+        if self.driver.halted is not None:  # the storage refused a write: no more trials
+            return Searcher.FINISHED
         number, payload = self.driver.ask()
         self._numbers[trial_id] = number
         return {PAYLOAD_KEY: payload}

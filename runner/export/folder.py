@@ -1,8 +1,15 @@
 """The export directory, written all or nothing: files are staged in a temporary directory beside it
-and moved into place at the end; a previous export there is replaced file by file."""
+and moved into place at the end; a previous export there is replaced file by file.
+
+An export knows its own files by ``MANIFEST_FILE``, which it writes last: the name and sha256 of
+every file it put there. A later export replaces exactly those files, and only while they are as
+written: a folder holding someone else's ``model_card.json``, ``README.md`` or ``model.onnx`` (no
+manifest, or not listed in it, or changed since) is refused with one line and left alone.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -11,10 +18,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from runner.artefacts import CARD_FILE, FILES, PARITY_FILE, README_FILE
+from cellsparse.files import storage_errno, write_error
+from runner.artefacts import CARD_FILE, FILES, MANIFEST_FILE, PARITY_FILE, README_FILE
 from search_space.errors import UserError
 
 EXPORTS_DIR = "export"  # runs/<name>/export/: one folder per exported trial
+
 
 
 def default_out(run_dir: Path, number: int) -> Path:
@@ -23,9 +32,31 @@ def default_out(run_dir: Path, number: int) -> Path:
     return Path(run_dir) / EXPORTS_DIR / f"trial-{number}"
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _recorded(out: Path) -> dict[str, str]:
+    """The manifest of the export in ``out``: file name -> sha256; UserError when it cannot be read."""
+    path = out / MANIFEST_FILE
+    try:
+        files = json.loads(path.read_text(encoding="utf-8"))["files"]
+        if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+            raise TypeError
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        raise UserError(f"--out {out}: {MANIFEST_FILE} is not readable, so which files are the export's is not known; "
+                        "they are left alone: pass a new or empty directory") from None
+    return {str(name): digest for name, digest in files.items()}
+
+
 def check_out(out: Path, *, replace: bool = False) -> bool:
     """Whether ``out`` holds a previous export that ``replace`` allows to be replaced; UserError when it
-    holds one and ``replace`` is off, or when anything else is in the way."""
+    holds one and ``replace`` is off, or for anything else in the way, a file named like an export's that
+    this project did not write there (or that changed since) included."""
     if not out.exists():
         blocker = next((p for p in out.parents if p.exists() or p.is_symlink()), None)
         if blocker is not None and not blocker.is_dir():
@@ -33,14 +64,33 @@ def check_out(out: Path, *, replace: bool = False) -> bool:
         return False
     if not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a directory")
-    if (out / CARD_FILE).is_file():
-        if not replace:
-            raise UserError(f"--out {out}: holds an export already ({_what(out)}); pass --replace to replace it, or "
-                            "--out another folder")
-        return True
-    if any(out.iterdir()):
-        raise UserError(f"--out {out}: not empty and holds no export ({CARD_FILE} missing); pass a new or empty directory")
-    return False
+    present = [name for name in _owned_names() if (out / name).exists() or (out / name).is_symlink()]
+    if not (out / MANIFEST_FILE).is_file():
+        if present:
+            raise UserError(f"--out {out}: holds {present[0]}, which runner.export did not write there (no "
+                            f"{MANIFEST_FILE}); it is left alone: pass a new or empty directory")
+        if any(out.iterdir()):
+            raise UserError(f"--out {out}: not empty and holds no export ({CARD_FILE} missing); pass a new or empty "
+                            "directory")
+        return False
+    recorded = _recorded(out)
+    for name in present:
+        path = out / name
+        if name != MANIFEST_FILE and (name not in recorded or path.is_symlink() or not path.is_file()
+                                      or _sha256(path) != recorded[name]):
+            raise UserError(f"--out {out}: {name} is not the file runner.export wrote there (changed since, or never "
+                            "written by it); it is left alone: move it away, or pass another --out")
+    if not replace:
+        raise UserError(f"--out {out}: holds an export already ({_what(out)}); pass --replace to replace it, or "
+                        "--out another folder")
+    return True
+
+
+def write_manifest(directory: Path) -> None:
+    """Record every file in ``directory`` (the staged export) with its sha256, as ``MANIFEST_FILE``."""
+    files = {p.name: _sha256(p) for p in sorted(directory.iterdir()) if p.is_file() and p.name != MANIFEST_FILE}
+    text = json.dumps({"written_by": "runner.export", "files": files}, indent=2) + "\n"
+    (directory / MANIFEST_FILE).write_text(text, encoding="utf-8")
 
 
 def _what(out: Path) -> str:
@@ -61,7 +111,7 @@ def _chmod_like_mkdir(path: Path) -> None:
 
 def _owned_names() -> tuple[str, ...]:
     """The file names an export writes into its directory, and the only ones it ever replaces or removes."""
-    return (*FILES.values(), PARITY_FILE, CARD_FILE, README_FILE)
+    return (*FILES.values(), PARITY_FILE, CARD_FILE, README_FILE, MANIFEST_FILE)
 
 
 def _move_into_place(tmp: Path, out: Path) -> None:
@@ -101,13 +151,22 @@ def _move_into_place(tmp: Path, out: Path) -> None:
 @contextmanager
 def staged(out: Path) -> Iterator[Path]:
     """A temporary directory beside ``out`` to write the export into; moved into ``out`` when the block
-    ends without an error, removed when it raises."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    _chmod_like_mkdir(tmp)
+    ends without an error, removed when it raises (a write the storage refused: a WriteError naming
+    ``out``)."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        _chmod_like_mkdir(tmp)
+    except OSError as err:
+        if storage_errno(err) is None:
+            raise
+        raise write_error(out, err, "nothing was written; pass a writable --out") from None
     try:
         yield tmp
+        write_manifest(tmp)
         _move_into_place(tmp, out)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, OSError) and not isinstance(err, UserError) and storage_errno(err) is not None:
+            raise write_error(out, err, "nothing was written; free space or pass a writable --out") from None
         raise

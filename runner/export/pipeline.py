@@ -7,6 +7,7 @@ What lands in the output directory (default ``runs/<name>/export/``)::
     model_card.json   what the model is, what it expects, how good and how fast it is (runner.modelcard)
     README.md         the card for people, with a five-line onnxruntime snippet
     parity.npz        the check inputs and eager logits, so a deployment can re-run the parity check
+    .cellsparse-export.json   the names and sha256 of the files above (how a later export knows its own)
 
 Neither model file needs this project to load: ONNX through onnxruntime, .pt2 through torch.
 This project itself loads a .pt2 only through ``runner.pt2.load_program``, which first refuses any
@@ -27,7 +28,10 @@ different picks never overwrite each other. A folder that already holds an expor
 ``replace`` (``--replace``) is given; then it is replaced file by file: only the files named above
 are swapped (a previous export's format files not written this time are removed with it), anything
 else there (``predictions.csv`` from ``runner.predict``, a user's notes) is left alone, and the log
-says it replaced one. Any other non-empty directory is refused.
+says it replaced one. The export recognises only what it wrote: ``.cellsparse-export.json`` (written
+last) lists every file with its sha256, and a file named like one of the above that it does not list,
+or that changed since, is never replaced: the export is refused with one line
+(``runner.export.folder``). Any other non-empty directory is refused.
 """
 
 from __future__ import annotations

@@ -67,3 +67,24 @@ def test_in_short_names_what_outlived_a_kill_of_the_driver_alone() -> None:
     assert text == ("**In short:** The ray backend with the driver's pid alone killed survived 10 of 10 kill -9 cycles and "
                     "ended with exactly the requested trials, none run twice, but 2 of its processes (ray::DashboardAgent, "
                     "ray::RuntimeEnvAgent) outlived a kill by 10 s and had to be stopped.")
+
+
+def drivers(ok_rounds: int, rounds: int = 10) -> dict:
+    return {"requested_rounds": rounds, "trials": 3, "rounds": [{"ok": i < ok_rounds} for i in range(rounds)]}
+
+
+def test_in_short_names_the_two_drivers_and_the_predict_memory_figures() -> None:
+    good = R.in_short(None, [], [case("a", True)], drivers(10), {"images": 4, "side": 10_000, "peak_mb": 772.0})
+    assert ("Two drivers started together on one run folder: in 10 of 10 rounds exactly one ran and the other exited 2 "
+            "with one line naming it, the run ending with exactly its 3 trials, none run twice") in good
+    assert "predict over 4 PNGs of 10000 x 10000 pixels peaked at 772 MB (under the 1 GB target)" in good
+    bad = R.in_short(None, [], [], drivers(9), {"images": 4, "side": 10_000, "peak_mb": 1500.0})
+    assert "in 9 of 10 rounds" in bad and "peaked at 1500 MB (OVER the 1 GB target)" in bad
+    assert R.drivers_ok({**drivers(10), "rounds": [{"ok": True}] * 10}) and not R.drivers_ok(drivers(9))
+
+
+def test_cases_not_run_here_are_said_so_and_not_counted() -> None:
+    skipped = {"case": "a full disk mid-run", "ok": None, "wrote": "no unshare command"}
+    text = R.in_short(None, [], [case("a", True), skipped])
+    assert "All 1 hostile or careless inputs got the expected outcome." in text
+    assert "Not run here: a full disk mid-run (no unshare command)." in text

@@ -8,6 +8,7 @@ strategy is exported in the ``slow`` suite.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -51,7 +52,8 @@ def _leftovers(parent: Path) -> list[str]:
 
 def test_export_writes_checked_files_and_says_why(exported: tuple[Path, E.ExportResult, list[str]]) -> None:
     out, result, lines = exported
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "model.onnx", "model.pt2", "model_card.json", "parity.npz"]
+    assert sorted(p.name for p in out.iterdir()) == [".cellsparse-export.json", "README.md", "model.onnx", "model.pt2",
+                                                     "model_card.json", "parity.npz"]
     assert lines[0].startswith("picked trial 0 (sparse_topk): the knee of the accuracy/FLOPs front")
     assert any(line.startswith("onnx: parity ok on 64 images") for line in lines)
     assert any(line.startswith("pt2: parity ok on 64 images") for line in lines)
@@ -287,6 +289,9 @@ def test_re_export_replaces_only_its_own_files(exported: tuple[Path, E.ExportRes
     (out / "notes").mkdir()
     (out / "notes" / "why.txt").write_text("the user's")
     (out / "model.onnx").write_text("a format the previous export wrote and this one does not")
+    manifest = json.loads((out / ".cellsparse-export.json").read_text())  # as if the previous export had written it
+    manifest["files"]["model.onnx"] = hashlib.sha256((out / "model.onnx").read_bytes()).hexdigest()
+    (out / ".cellsparse-export.json").write_text(json.dumps(manifest))
     with pytest.raises(UserError, match=r"holds an export already \(trial \d+\); pass --replace to replace it"):
         E.export_run(topk_run, formats=["pt2"], out=out, measure=False, log=lines.append)
     assert (out / "model.onnx").exists()  # refused: nothing touched
@@ -310,8 +315,8 @@ def test_re_export_replaces_only_its_own_files(exported: tuple[Path, E.ExportRes
     with pytest.raises(OSError, match="disk full"):
         E.export_run(topk_run, formats=["pt2"], out=out, measure=False, replace=True, log=lines.append)
     assert failed and (out / "model_card.json").read_text() == card_before  # the previous export, whole
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "model.pt2", "model_card.json", "notes", "parity.npz",
-                                                     "predictions.csv"]
+    assert sorted(p.name for p in out.iterdir()) == [".cellsparse-export.json", "README.md", "model.pt2",
+                                                     "model_card.json", "notes", "parity.npz", "predictions.csv"]
     assert _leftovers(tmp_path) == []
 
 

@@ -87,10 +87,13 @@ def test_kill_9_then_resume_finishes_the_requested_trials(tmp_path) -> None:
     driver.wait(timeout=30)
     before = completed(run)
     assert 2 <= len(before) < 5
+    assert (run / "driver.lock").is_file()  # a killed driver cannot give its lock back
 
     resumed = subprocess.run([sys.executable, "-m", "runner.search", "--out", str(run), "--resume"],
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"took over the lock of a search that is no longer running (pid {driver.pid}" in resumed.stderr
+    assert not (run / "driver.lock").exists()
     check_final(run, 5, before)
     assert "[5/5]" in resumed.stdout and "Pareto front" in resumed.stdout
 
@@ -105,6 +108,7 @@ def test_ctrl_c_stops_cleanly_and_resume_continues(tmp_path) -> None:
     assert {t.state.name for t in journal_trials(run)} <= {"COMPLETE", "FAIL"}
     before = completed(run)
     assert os.path.exists(run / "run.json")
+    assert not (run / "driver.lock").exists()  # given back on Ctrl-C
 
     resumed = subprocess.run([sys.executable, "-m", "runner.search", "--space", str(space), "--out", str(run),
                               "--resume"], capture_output=True, text=True, timeout=300)
