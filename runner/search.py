@@ -356,11 +356,11 @@ def run_search(args: argparse.Namespace, say: Callable[[str], None] = print_line
             ray_backend.disconnect()
         raise
     with lock:  # released on every way out: the end, an error, Ctrl-C
-        return _session(args, space, out, fingerprint, ray_backend, started_ray)
+        return _session(args, space, out, fingerprint, ray_backend, started_ray, say=say, mode=mode)
 
 
 def _session(args: argparse.Namespace, space: Any, out: Path, fingerprint: str | None, ray_backend: Any,
-             started_ray: bool) -> int:
+             started_ray: bool, *, say: Callable[[str], None], mode: str) -> int:
     """One search session in a run directory this driver holds: trials, the front, the report."""
     backend = space.search.backend
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # one line per trial is ours to print
