@@ -79,6 +79,14 @@ from search_space.errors import UserError
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601-2, as PIL's convert("L")
 DEFAULT_BATCH = 256
+BATCH_PIXELS = DEFAULT_BATCH * 128 * 128  # the default batch holds at most this many pixels: 16 frames of 512 px
+
+
+def default_batch(size: int) -> int:
+    """Images per model call when none is asked for: ``DEFAULT_BATCH`` up to 128-px frames, fewer for
+    larger ones, so one batch's float input (and the activations it makes) stays the size it is at
+    128 px whatever the frame."""
+    return max(1, min(DEFAULT_BATCH, BATCH_PIXELS // (size * size)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -451,7 +459,7 @@ class Prediction:
 
 
 def predict(export_dir: Path, inputs: Sequence[Path] | np.ndarray | Any, *, layout: str | None = None,
-            batch_size: int = DEFAULT_BATCH, device: str = "cpu", fmt: str | None = None, split: str | None = None,
+            batch_size: int | None = None, device: str = "cpu", fmt: str | None = None, split: str | None = None,
             compiled: bool = False) -> Prediction:
     """Classify images with the export in ``export_dir``.
 
@@ -460,8 +468,9 @@ def predict(export_dir: Path, inputs: Sequence[Path] | np.ndarray | Any, *, layo
     array's axes are read (``layout``: "HW", "HWC", "CHW", "NHW", "NHWC" or "NCHW") follows from its
     shape where only one reading fits (a channel axis holds at most 4 channels, or the model's
     count); where several fit, e.g. (3, 40, 40), pass ``layout`` (see ``array_items``).
+    ``batch_size``: images per model call; None: :func:`default_batch` of the model's frame size.
     ``compiled``: the .pt2 program through torch.compile, for small batches on CUDA (see ``pt2_runner``)."""
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, but got {batch_size}")
     export_dir = find_export(Path(export_dir))
     card = read_card(export_dir)
@@ -480,7 +489,7 @@ def predict(export_dir: Path, inputs: Sequence[Path] | np.ndarray | Any, *, layo
     start = time.perf_counter()  # throughput counts reading, preprocessing and the model, not loading it
     chunks: list[np.ndarray] = []
     model_seconds = 0.0
-    for batch in _batches(items, batch_size):
+    for batch in _batches(items, batch_size or default_batch(spec.image_size)):
         x = preprocess(batch, spec, arrays)
         t0 = time.perf_counter()
         logits = run(x)
@@ -556,8 +565,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("inputs", type=Path, nargs="+", metavar="INPUT",
                         help="image files, folders (recursive) or MedMNIST-layout .npz files")
     parser.add_argument("--out", type=Path, metavar="CSV", help="where to write the CSV (default: EXPORT_DIR/predictions.csv)")
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, metavar="N",
-                        help=f"images per model call (default {DEFAULT_BATCH})")
+    parser.add_argument("--batch-size", type=int, default=None, metavar="N",
+                        help=f"images per model call (default {DEFAULT_BATCH}, fewer for frames over 128 px: at most "
+                        f"{BATCH_PIXELS:,} pixels a call)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the model runs (default cpu)")
     parser.add_argument("--format", choices=("onnx", "pt2"), dest="fmt",
                         help="which exported file to run (default: onnx when present)")

@@ -507,3 +507,8 @@ def test_a_list_of_images_of_different_sizes(export_dir: Path) -> None:
         P.predict(export_dir, [images[0], np.stack([images[0], images[0]])])
     with pytest.raises(UserError, match=r"images\[1\]: a path among images"):
         P.predict(export_dir, [images[0], "a.png"])
+
+
+def test_the_default_batch_holds_a_bounded_number_of_pixels() -> None:
+    assert P.default_batch(28) == P.DEFAULT_BATCH and P.default_batch(128) == P.DEFAULT_BATCH
+    assert P.default_batch(256) == 64 and P.default_batch(512) == 16 and P.default_batch(100_000) == 1
