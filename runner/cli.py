@@ -35,9 +35,11 @@ class CommandParser(argparse.ArgumentParser):
 
 def command_parser(module: str, description: str, epilog: str) -> argparse.ArgumentParser:
     """The parser of ``python -m module`` and of its ``cellsparse`` subcommand; its usage line is spelt
-    the way this process was started (``cellsparse.commands.command``)."""
-    name = next(n for n, (m, _) in COMMANDS.items() if m == module)
-    return CommandParser(prog=command(name), description=description, epilog=epilog)
+    the way this process was started (``cellsparse.commands.command``). A module that is no subcommand
+    (the data builders) is ``python -m module``."""
+    name = next((n for n, (m, _) in COMMANDS.items() if m == module), None)
+    return CommandParser(prog=f"python -m {module}" if name is None else command(name), description=description,
+                         epilog=epilog)
 
 
 def print_error(err: BaseException) -> None:

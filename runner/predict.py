@@ -700,6 +700,8 @@ def array_items(images: Any, *, layout: str | None = None, channels: int = 3
             if isinstance(image, (str, Path)):
                 raise UserError(f"images[{i}]: a path among images in memory; pass either paths or images")
             array = _as_numpy(image)
+            if array.size == 0:
+                raise UserError(f"images[{i}]: an image of shape {tuple(array.shape)} holds no pixels")
             if array.ndim not in (2, 3) or not _plausible(array.shape, "HWC"[: array.ndim], channels):
                 raise UserError(f"images[{i}]: an image of shape {tuple(array.shape)}; each image of a list must be "
                                 f"(H, W) or (H, W, C) with C <= {MAX_CHANNELS}")
@@ -707,6 +709,8 @@ def array_items(images: Any, *, layout: str | None = None, channels: int = 3
         source = (Path(LIST_NAME), "")
         return [Item(source[0], "", i) for i in range(len(arrays))], {source: arrays}
     array = _as_numpy(images)
+    if array.size == 0:
+        raise UserError(f"an image array of shape {tuple(array.shape)} holds no pixels")
     candidates = TENSOR_LAYOUTS if isinstance(images, torch.Tensor) else LAYOUTS
     array = _to_nhwc(array, read_layout(array.shape, layout, channels, candidates))
     if len(array) == 0:

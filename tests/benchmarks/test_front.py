@@ -31,7 +31,7 @@ def test_raw_images_undo_the_normalisation():
     data = load_dataset(source="synthetic", image_size=32, train=20, val=10, test=1, seed=0)
     raw = _front.raw_images(data)
     assert raw.min() >= -1e-5 and raw.max() <= 1 + 1e-5       # brightfield is stored in [0, 1]
-    assert abs(float(raw.mean()) - float(data.val_x.mean())) > 0.1  # not the normalised tensor
+    assert abs(float(raw.mean()) - float(data.images("val").mean())) > 0.1  # not the normalised model input
 
 
 def trials(rows: list[tuple[int, str, float, float, float]]) -> pd.DataFrame:

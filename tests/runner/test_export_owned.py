@@ -20,8 +20,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny_run(tmp_path_factory.getbasetemp() / "export_runs", "dense_cnn")
 
 
-def _export(run: Path, out: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    status = cli.main([str(run), "--formats", "pt2", "--no-latency", "--out", str(out)])
+def _export(run: Path, out: Path, capsys: pytest.CaptureFixture[str], *, replace: bool = False) -> tuple[int, str]:
+    status = cli.main([str(run), "--formats", "pt2", "--no-latency", "--out", str(out)] + (["--replace"] if replace else []))
     return status, capsys.readouterr().err.strip()
 
 
@@ -51,12 +51,13 @@ def test_an_export_lists_its_files_and_replaces_them_while_they_are_as_written(r
     assert sorted(manifest["files"]) == ["README.md", "model.pt2", "model_card.json", "parity.npz"]
     for name, digest in manifest["files"].items():
         assert hashlib.sha256((out / name).read_bytes()).hexdigest() == digest
-    assert _export(run, out, capsys)[0] == 0  # its own files, unchanged: replaced
+    assert _export(run, out, capsys)[0] == 2  # an export is there: replacing it needs --replace
+    assert _export(run, out, capsys, replace=True)[0] == 0  # its own files, unchanged: replaced
 
     (out / "README.md").write_text("my own notes on this model")
     (out / "model.onnx").write_text("a model someone put here")
     before = _snapshot(out)
-    status, err = _export(run, out, capsys)
+    status, err = _export(run, out, capsys, replace=True)
     assert status == 2 and err.count("\n") == 0 and "is not the file runner.export wrote there" in err
     assert _snapshot(out) == before
 

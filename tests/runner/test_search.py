@@ -382,7 +382,7 @@ def test_image_size_from_the_data_is_checked_like_a_written_one(tmp_path, capsys
     assert search("--space", small, "--dry-run") == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err
-    assert "data.image_size: expected an integer from 16 to 128, but the images in" in err and "are 8" in err
+    assert "data.image_size: expected an integer from 16 to 512, but the images in" in err and "are 8" in err
     too_big = _real_space(tmp_path, f"{{source: npz, path: {tmp_path / 'cells32.npz'}}}", ", input_size: 48")
     assert search("--space", too_big, "--dry-run") == 2
     assert "space.strategy.dense_cnn.input_size: expected at most the data's image_size 32" in capsys.readouterr().err
