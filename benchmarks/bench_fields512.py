@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 import yaml
 from PIL import Image
 
@@ -112,7 +113,10 @@ def main() -> None:
             f"(large frames are shown block-averaged).\n\n{steps}\n\n{table}\n\n"
             f"Memory: the frames are uint8 ({args.size}x{args.size}x3 = {args.size * args.size * 3 / 2**20:.2f} MB each), "
             f"so 2,000 train frames take {2000 * args.size * args.size * 3 / 2**30:.1f} GB; a batch is converted to float "
-            "only when it is used. Time per image scales with the model's FLOPs: see the table.")
+            "only when it is used. Time per image scales with the model's FLOPs: see the table. A trial over "
+            "`constraints.max_flops` (1 GFLOP here) is recorded at accuracy 0 without training (train s 0)."
+            + ("" if torch.cuda.is_available() else " On a GPU: not measured on this machine (torch sees no CUDA "
+               "device); run this script where one is."))
     print(text)
     if not args.no_write:
         write_section("fields512", f"Fields at {args.size} px: a search, export and predict end to end", text)
