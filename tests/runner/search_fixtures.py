@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from runner.search import main as search_main
 from search_space.strategies import CellClassifier, ParamSpec, register_strategy, strategy_names
 
 MODULE = "tests.runner.search_fixtures"
@@ -165,3 +166,15 @@ def journal_trials(run_dir: Path, name: str = "probe") -> list:
     from cellsparse.rundir import open_storage
 
     return optuna.load_study(study_name=name, storage=open_storage(run_dir)).get_trials()
+
+
+def run_search_cli(capsys: object, *args: str | Path) -> tuple[int, str, str]:
+    """``runner.search.main(args)``: (exit status, stdout, stderr)."""
+    status = search_main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def snapshot(path: Path) -> dict[str, bytes]:
+    """Every file below ``path`` with its bytes: what a refused command must leave as it was."""
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}

@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 from cellsparse.runlock import LOCK_FILE
-from runner.search import main
-from tests.runner.search_fixtures import journal_trials, set_env, write_space
+from tests.runner.search_fixtures import journal_trials, run_search_cli, set_env, snapshot, write_space
 
 
 @pytest.fixture(autouse=True)
@@ -23,14 +22,7 @@ def _env(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
 
 
-def search(capsys, *args: str | Path) -> tuple[int, str, str]:
-    status = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
-
-
-def snapshot(path: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+search = run_search_cli
 
 
 def _one_line(err: str) -> str:

@@ -13,7 +13,7 @@ import pytest
 
 from cellsparse.runlock import LOCK_FILE, RunLock
 from runner.search import main
-from tests.runner.search_fixtures import set_env, write_space
+from tests.runner.search_fixtures import run_search_cli, set_env, snapshot, write_space
 
 
 @pytest.fixture(autouse=True)
@@ -22,14 +22,7 @@ def _env(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
 
 
-def search(capsys, *args: str | Path) -> tuple[int, str, str]:
-    status = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
-
-
-def snapshot(path: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+search = run_search_cli
 
 
 @pytest.fixture(scope="module")
