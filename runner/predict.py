@@ -710,7 +710,9 @@ def array_items(images: Any, *, layout: str | None = None, channels: int = 3
         return [Item(source[0], "", i) for i in range(len(arrays))], {source: arrays}
     array = _as_numpy(images)
     if array.size == 0:
-        raise UserError(f"an image array of shape {tuple(array.shape)} holds no pixels")
+        none = array.ndim == 4 and array.shape[0] == 0 and 0 not in array.shape[1:]
+        raise UserError(f"an image array of shape {tuple(array.shape)} " + ("holds no images: it is empty" if none
+                                                                           else "holds no pixels"))
     candidates = TENSOR_LAYOUTS if isinstance(images, torch.Tensor) else LAYOUTS
     array = _to_nhwc(array, read_layout(array.shape, layout, channels, candidates))
     if len(array) == 0:
