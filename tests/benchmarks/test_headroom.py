@@ -48,6 +48,7 @@ def test_the_table_measures_each_shrink_against_native() -> None:
     assert "meets" in headroom.verdict("fields", drops)
     assert "not in the regime" in headroom.verdict("npz:x.npz", {"shrink 4x": 2.9})
     assert "in the regime where" in headroom.verdict("npz:x.npz", {"shrink 4x": 3.0})
+    assert "2.0 test points more accurate than native" in headroom.verdict("npz:x.npz", {"shrink 4x": -2.0})
 
 
 def test_the_512_space_is_valid(tmp_path: Path) -> None:
