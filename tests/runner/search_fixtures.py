@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import textwrap
 import time
 from pathlib import Path
@@ -178,3 +180,15 @@ def run_search_cli(capsys: object, *args: str | Path) -> tuple[int, str, str]:
 def snapshot(path: Path) -> dict[str, bytes]:
     """Every file below ``path`` with its bytes: what a refused command must leave as it was."""
     return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def finished_run_in_subprocess(work: Path, trials: int = 2) -> tuple[Path, Path]:
+    """A search of ``trials`` probe trials run to the end by ``python -m runner.search`` in a process of
+    its own (as a user runs it): (its space file, its run directory)."""
+    space = write_space(work, trials=trials)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+           "CELLSPARSE_PLUGINS": "tests.runner.search_fixtures"}
+    done = subprocess.run([sys.executable, "-m", "runner.search", "--space", str(space), "--out", str(work / "run")],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return space, work / "run"

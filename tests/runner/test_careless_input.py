@@ -13,7 +13,14 @@ from pathlib import Path
 import pytest
 
 from cellsparse.runlock import LOCK_FILE
-from tests.runner.search_fixtures import journal_trials, run_search_cli, set_env, snapshot, write_space
+from tests.runner.search_fixtures import (
+    finished_run_in_subprocess,
+    journal_trials,
+    run_search_cli,
+    set_env,
+    snapshot,
+    write_space,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -34,17 +41,7 @@ def _one_line(err: str) -> str:
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> Path:
     """A finished two-trial run."""
-    import subprocess
-    import sys
-
-    work = tmp_path_factory.mktemp("careless")
-    space = write_space(work, trials=2)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
-           "CELLSPARSE_PLUGINS": "tests.runner.search_fixtures"}
-    done = subprocess.run([sys.executable, "-m", "runner.search", "--space", str(space), "--out", str(work / "run")],
-                          env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
-    return work / "run"
+    return finished_run_in_subprocess(tmp_path_factory.mktemp("careless"))[1]
 
 
 # --------------------------------------------------------------------------------------------- plugins

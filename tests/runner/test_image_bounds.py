@@ -16,7 +16,7 @@ from runner.data import images as I
 from search_space.errors import DataError
 
 
-def _png_claiming(path: Path, width: int, height: int) -> Path:
+def png_claiming(path: Path, width: int, height: int) -> Path:
     """A tiny PNG whose header claims ``width`` x ``height`` pixels (its data holds far fewer)."""
     Image.new("L", (1, 1)).save(path)
     raw = bytearray(path.read_bytes())
@@ -29,7 +29,7 @@ def _png_claiming(path: Path, width: int, height: int) -> Path:
 
 @pytest.mark.parametrize("side", [12_000, 20_000])  # above our limit; above Pillow's own error threshold too
 def test_a_frame_above_the_pixel_limit_is_one_line_naming_the_file_and_the_limit(tmp_path: Path, side: int) -> None:
-    path = _png_claiming(tmp_path / "bomb.png", side, side)
+    path = png_claiming(tmp_path / "bomb.png", side, side)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # Pillow's DecompressionBombWarning must not escape either
         for read in (I.image_info, I.read_image):

@@ -4,8 +4,6 @@ write."""
 
 from __future__ import annotations
 
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +15,7 @@ from runner import predict as P
 from runner.data import images as I
 from search_space.errors import UserError
 from tests.runner.export_fixtures import tiny_export
+from tests.runner.test_image_bounds import png_claiming
 
 
 @pytest.fixture(scope="session")
@@ -73,22 +72,12 @@ def test_predictions_of_a_reduced_frame_are_those_of_the_whole_frame(tmp_path: P
     assert abs(float(reduced.rows[0]["probability"]) - float(whole.rows[0]["probability"])) < 0.01
 
 
-def _png_claiming(path: Path, side: int) -> Path:
-    Image.new("L", (1, 1)).save(path)
-    raw = bytearray(path.read_bytes())
-    ihdr = raw.index(b"IHDR")
-    raw[ihdr + 4: ihdr + 12] = struct.pack(">II", side, side)
-    raw[ihdr + 17: ihdr + 21] = struct.pack(">I", zlib.crc32(bytes(raw[ihdr: ihdr + 17])) & 0xFFFFFFFF)
-    path.write_bytes(bytes(raw))
-    return path
-
-
 def test_a_decompression_bomb_in_a_folder_is_one_line(export_dir: Path, tmp_path: Path,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     folder = tmp_path / "in"
     folder.mkdir()
     Image.fromarray(_blob(24)).save(folder / "a.png")
-    bomb = _png_claiming(folder / "b.png", 30_000)  # a 900-megapixel header in a 70-byte file
+    bomb = png_claiming(folder / "b.png", 30_000, 30_000)  # a 900-megapixel header in a 70-byte file
     out = tmp_path / "p.csv"
     status, err = _cli([export_dir, folder, "--out", out], capsys)
     assert status == 2 and err.count("\n") == 0 and str(bomb) in err and f"{I.MAX_PIXELS:,}" in err

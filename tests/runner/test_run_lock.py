@@ -5,15 +5,13 @@ way out of a search (the end, an error, Ctrl-C)."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from cellsparse.runlock import LOCK_FILE, RunLock
 from runner.search import main
-from tests.runner.search_fixtures import run_search_cli, set_env, snapshot, write_space
+from tests.runner.search_fixtures import finished_run_in_subprocess, run_search_cli, set_env, snapshot, write_space
 
 
 @pytest.fixture(autouse=True)
@@ -28,14 +26,7 @@ search = run_search_cli
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> tuple[Path, Path]:
     """A finished two-trial run (its space file and run directory)."""
-    work = tmp_path_factory.mktemp("finished")
-    space = write_space(work, trials=2)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
-           "CELLSPARSE_PLUGINS": "tests.runner.search_fixtures"}
-    done = subprocess.run([sys.executable, "-m", "runner.search", "--space", str(space), "--out", str(work / "run")],
-                          env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
-    return space, work / "run"
+    return finished_run_in_subprocess(tmp_path_factory.mktemp("finished"))
 
 
 @pytest.mark.parametrize("how", ["fresh", "resume", "fresh_empty_dir"])
