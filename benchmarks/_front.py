@@ -314,8 +314,8 @@ def synthetic_content_share(image_size: int, n: int = 500) -> float:
 
 def _retrain(run_dir: str, number: int, seed: int, out: str) -> dict[str, float]:
     """One re-training of trial ``number``'s config with another training seed (same data split)."""
-    from runner.backends.common import cached_dataset
-    from runner.trial import run_trial
+    from runner.engine.datasets import cached_dataset
+    from runner.engine.trial import run_trial
     from search_space.spec import load_space
 
     space = load_space(Path(run_dir) / "space.yaml")

@@ -39,7 +39,7 @@ from _doc import markdown_table, stamp, write_section  # noqa: E402
 from bench_selection import TRAINING  # noqa: E402
 
 from runner.data import load_dataset  # noqa: E402
-from runner.trial import run_trial  # noqa: E402
+from runner.engine.trial import run_trial  # noqa: E402
 from search_space import default_config  # noqa: E402
 
 FLOPS_TARGET, POINTS_TARGET = 0.40, 1.0

@@ -97,7 +97,7 @@ def plain_ray_tune(space_file: Path, out: Path) -> list[dict]:
     from ray.tune.search.optuna import OptunaSearch
 
     from runner.data import load_dataset
-    from runner.trial import run_trial
+    from runner.engine.trial import run_trial
     from search_space.spec import load_space
 
     space = load_space(space_file)

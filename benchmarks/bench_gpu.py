@@ -149,7 +149,7 @@ def throughput(run_dir: Path, tmp: Path, batch_sizes: tuple[int, ...], device: s
     """Images/s on ``device`` of the run's knee model and its most accurate dense model, exported and eager."""
     from bench_export import pick_models
 
-    from runner.checkpoint import load_trained
+    from runner.engine.checkpoint import load_trained
     from runner.export import export_run
     from runner.export.parity import time_batches
     from runner.predict import load_runtime

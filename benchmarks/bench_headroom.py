@@ -46,7 +46,7 @@ from _doc import markdown_table, own_command, stamp, write_section  # noqa: E402
 from runner.data import SYNTHETIC_CLASSES, CellDataset, describe_dataset, load_dataset  # noqa: E402
 from runner.data.dataset import SPLITS, cell_dataset  # noqa: E402
 from runner.data.fields import generate_fields  # noqa: E402
-from runner.trial import run_trial  # noqa: E402
+from runner.engine.trial import run_trial  # noqa: E402
 from search_space import default_config  # noqa: E402
 
 MODEL = {"width": 8, "stages": 4, "stem_stride": 2, "blocks_per_stage": 1}

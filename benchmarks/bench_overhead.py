@@ -60,7 +60,7 @@ def space_text(name: str, *, trials: int, epochs: int, backend: str, concurrent:
 def calibrate_epochs(target_s: float) -> tuple[int, float]:
     """Epochs that make one trial take about ``target_s`` seconds with 1 thread, and the epoch time."""
     from runner.data import load_dataset
-    from runner.trial import run_trial
+    from runner.engine.trial import run_trial
     from search_space.build import default_config
 
     data = load_dataset(source="synthetic", image_size=IMAGE_SIZE, train=TRAIN_IMAGES, val=128, test=128)

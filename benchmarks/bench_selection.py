@@ -28,9 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _doc import markdown_table, own_command, stamp, write_section  # noqa: E402
 
-from runner.checkpoint import load_trained  # noqa: E402
 from runner.data import load_dataset, synthetic  # noqa: E402
-from runner.trial import run_trial  # noqa: E402
+from runner.engine.checkpoint import load_trained  # noqa: E402
+from runner.engine.trial import run_trial  # noqa: E402
 from search_space import default_config  # noqa: E402
 
 # cells.yaml's training settings, with its lr range at its geometric middle.

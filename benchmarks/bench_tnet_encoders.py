@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _doc import markdown_table, own_command, stamp, write_section  # noqa: E402
 
 from cellsparse.pareto import pareto_mask  # noqa: E402
-from runner.backends.common import cached_dataset  # noqa: E402
-from runner.trial import run_trial  # noqa: E402
+from runner.engine.datasets import cached_dataset  # noqa: E402
+from runner.engine.trial import run_trial  # noqa: E402
 from search_space import default_config  # noqa: E402
 from search_space.spec import load_space  # noqa: E402
 

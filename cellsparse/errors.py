@@ -8,3 +8,9 @@ It lives in the base so every layer raises the same class; its documented import
 
 class UserError(Exception):
     """A problem with what the user gave us; the message names the file/key/argument and the fix."""
+
+
+def describe_error(err: BaseException) -> str:
+    """One line for a message or trials.csv: the exception type and its first message line."""
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__

@@ -28,7 +28,7 @@ from cellsparse.rundir import CONFIG_FILE, HISTORY_FILE, METRICS_FILE, load_json
 from cellsparse.rundir import load_run as load_run_dir
 from reports.build import build_report
 from reports.pareto import pick_trial
-from runner.checkpoint import load_trained
+from runner.engine.checkpoint import load_trained
 from runner.export import export_run
 from search_space.errors import UserError
 

@@ -8,7 +8,7 @@
 Every trial is trained and measured; the run directory (default ``runs/<name>``) gets the resolved
 space, the Optuna journal, trials.csv (rewritten as trials finish), one folder per trial and, at the
 end, report.html. While trials run, progress lines give elapsed time and an ETA per trial and for the
-search (``runner.progress``: after every epoch on a terminal, per finished trial otherwise, none with
+search (``runner.engine.progress``: after every epoch on a terminal, per finished trial otherwise, none with
 ``--quiet``); at the end the Pareto front and the command that exports a chosen model, spelt the way
 the search was started (``cellsparse ...`` or ``python -m ...``).
 
@@ -24,12 +24,14 @@ Bad input (a flag, the space file, the output directory, a cluster address) prin
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -38,40 +40,58 @@ import torch
 
 from cellsparse import rundir, runlock
 from cellsparse.commands import command
+from cellsparse.errors import UserError
 from cellsparse.files import storage_errno, write_error
 from cellsparse.log import logger
 from objectives import count_flops
 from reports.build import build_report as write_report
-from runner.backends.common import (
-    PAYLOAD_KEY,
-    ConfigSampler,
-    TrialFinished,
-    cached_dataset,
-    data_shape,
-    fail_unfinished,
-    format_value,
-    import_plugins,
-    open_study,
-    pareto_trials,
-    plugin_modules,
-    print_line,
-    sampler_for_session,
-    trials_done,
-    with_data_size,
-)
-from runner.backends.optuna_backend import run_optuna
 from runner.cli import EXIT_USER_ERROR, command_parser, print_error
 from runner.data import data_fingerprint, load_dataset
-from runner.driver import SearchDriver, early_stopping_rule
+from runner.engine.datasets import cached_dataset, data_shape, with_data_size
+from runner.engine.driver import SearchDriver, early_stopping_rule
+from runner.engine.executors import Executor, executor_names, make_executor
+from runner.engine.plugins import import_plugins, plugin_modules
+from runner.engine.progress import MODES, Progress, TrialFinished, format_value, print_line, resolve_mode
+from runner.engine.sampler import PAYLOAD_KEY, ConfigSampler, sampler_for_session
+from runner.engine.study import fail_unfinished, open_study, pareto_trials, trials_done
 from runner.machine import machine, versions
-from runner.progress import MODES, Progress, resolve_mode
 from runner.run import Run
 from search_space.build import build_model
-from search_space.errors import UserError
 from search_space.sampling import make_sampler
 from search_space.spec import load_space
 
 EXIT_INTERRUPTED = 130
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    """What one search session is asked to do: the space file and the settings that override it
+    (``None`` keeps the file's). The command line and ``search()`` both build one."""
+
+    space: Path | None = None
+    out: Path | None = None
+    trials: int | None = None
+    backend: str | None = None
+    address: str | None = None
+    resume: bool = False
+    max_concurrent: int | None = None
+    cpus_per_trial: float | None = None
+    gpus_per_trial: float | None = None
+    seed: int | None = None
+    dry_run: bool = False
+    progress: str = "auto"
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> SearchRequest:
+        """The request the command's flags make; UserError for flags that contradict each other."""
+        positional = args.space_file
+        if positional is not None and args.space is not None and args.space != positional:
+            raise UserError(f"two space files given: {positional} and --space {args.space}; pass one")
+        if args.quiet and args.progress not in ("auto", "none"):
+            raise UserError(f"--quiet and --progress {args.progress} cannot be combined")
+        names = {f.name for f in dataclasses.fields(cls)} - {"space", "progress"}
+        return cls(space=args.space if args.space is not None else positional,
+                   progress="none" if args.quiet else args.progress, **{n: getattr(args, n) for n in names})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,8 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="YAML space file (optional with --resume: the run's own space.yaml is used)")
     parser.add_argument("--out", type=Path, metavar="DIR", help="run directory (default: runs/<space name>)")
     parser.add_argument("--trials", type=int, metavar="N", help="trials in the whole run (search.trials)")
-    parser.add_argument("--backend", choices=("ray", "optuna"),
-                        help="ray: Ray Tune workers, locally or on a cluster; optuna: in this process, one at a time")
+    parser.add_argument("--backend", metavar="NAME",
+                        help=f"how trials run ({', '.join(executor_names())}): ray: Ray Tune workers, locally or on a "
+                        "cluster; optuna: in this process, one at a time")
     parser.add_argument("--address", metavar="ADDR",
                         help="join a running Ray cluster (host:port, 'auto' or ray://host:port); ray backend only. "
                         "The run directory must then be on storage every node sees")
@@ -111,22 +132,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check_flags(args: argparse.Namespace) -> None:
-    positional = getattr(args, "space_file", None)
-    if positional is not None:
-        if args.space is not None and args.space != positional:
-            raise UserError(f"two space files given: {positional} and --space {args.space}; pass one")
-        args.space = positional
-    if getattr(args, "quiet", False) and getattr(args, "progress", "auto") not in ("auto", "none"):
-        raise UserError(f"--quiet and --progress {args.progress} cannot be combined")
+def _check_request(args: SearchRequest) -> None:
+    if args.progress not in MODES:
+        raise UserError(f"progress must be one of {', '.join(MODES)}, but got {args.progress!r}")
+    if args.backend is not None and args.backend not in executor_names():
+        raise UserError(f"--backend {args.backend}: unknown backend; valid: {', '.join(executor_names())}")
     if args.space is None and not args.resume:
         raise UserError("--space FILE is required (or --resume with --out DIR)")
     if args.space is None and args.out is None:
         raise UserError("--resume without --space needs --out DIR (the run to continue)")
     if args.dry_run and args.resume:
         raise UserError("--dry-run and --resume cannot be combined")
-    if args.address and args.backend == "optuna":
-        raise UserError("--address joins a Ray cluster; it cannot be combined with --backend optuna")
     for flag in ("trials", "max_concurrent"):
         value = getattr(args, flag)
         if value is not None and value < 1:
@@ -139,7 +155,7 @@ def _check_flags(args: argparse.Namespace) -> None:
         raise UserError(f"--seed must be >= 0, but got {args.seed}")
 
 
-def _load(args: argparse.Namespace) -> tuple[Any, Path]:
+def _load(args: SearchRequest) -> tuple[Any, Path]:
     """The space to run (file + flags) and the run directory; validates everything, writes nothing."""
     given = with_data_size(load_space(args.space)) if args.space is not None else None
     out = args.out if args.out is not None else Path("runs") / given.name
@@ -165,8 +181,6 @@ def _load(args: argparse.Namespace) -> tuple[Any, Path]:
     )
     if args.resume and args.seed is not None:
         raise UserError("--seed cannot change on --resume: the run's seed fixes its data and trials")
-    if args.address and space.search.backend != "ray":
-        raise UserError(f"--address joins a Ray cluster, but the backend is {space.search.backend!r}; add --backend ray")
     if not args.resume and not args.dry_run:
         try:
             rundir.check_out_dir(out, space, resume=False)
@@ -177,11 +191,12 @@ def _load(args: argparse.Namespace) -> tuple[Any, Path]:
     return space, out
 
 
-def _check_data(space: Any, out: Path, *, resume: bool) -> str | None:
+def _check_data(space: Any, out: Path, *, resume: bool, keep: bool) -> str | None:
     """Load the data once before the first trial, so a problem with it (NaN pixels, an empty split, a
     class missing from train, a single class, an undecodable image) is one line now instead of a
     failure in every trial; on --resume, refuse data other than the run started with. Returns the
-    data's fingerprint (None for synthetic data). Writes nothing."""
+    data's fingerprint (None for synthetic data). ``keep``: trials run in this process and reuse the
+loaded data. Writes nothing."""
     kwargs = space.data.loader_kwargs()
     fingerprint = data_fingerprint(**kwargs)
     recorded = rundir.read_run_json(out).get(rundir.DATA_FINGERPRINT) if resume else None
@@ -189,10 +204,10 @@ def _check_data(space: Any, out: Path, *, resume: bool) -> str | None:
         raise UserError(f"--resume: the data at {space.data.path} differ from the data this run started with "
                         f"({rundir.RUN_FILE} has {recorded}, the files now give {fingerprint}); put the original data "
                         "back, or start a new run with --out")
-    if space.search.backend == "optuna":
+    if keep:
         cached_dataset(space)  # trials in this process reuse it
     else:
-        load_dataset(**kwargs, seed=space.seed)  # Ray workers load their own copy
+        load_dataset(**kwargs, seed=space.seed)  # the trials' processes load their own copy
     return fingerprint
 
 
@@ -283,86 +298,45 @@ def _interrupted_by(err: BaseException) -> bool:
     return False
 
 
-def _usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
-def _check_local_resources(space: Any, gpus_here: int) -> None:
-    """The optuna backend runs trials in this process: a trial cannot have more than this machine has."""
-    cpus, gpus = space.search.cpus_per_trial, space.search.gpus_per_trial
-    if cpus > _usable_cpus():
-        raise UserError(f"search.resources.cpu={cpus:g} per trial (or --cpus-per-trial), but this machine has "
-                        f"{_usable_cpus()} CPUs for this process")
-    if gpus > gpus_here:
-        raise UserError(f"search.resources.gpu={gpus:g} per trial (or --gpus-per-trial), but torch sees {gpus_here} "
-                        "GPUs here")
-
-
 def _out_of_time(space: Any, start: float) -> bool:
     """Whether the search has used up ``search.timeout_s`` since ``start`` (a perf_counter reading)."""
     return space.search.timeout_s is not None and time.perf_counter() - start >= space.search.timeout_s
 
 
-def run_search(args: argparse.Namespace, say: Callable[[str], None] = print_line,
+def run_search(args: SearchRequest, say: Callable[[str], None] = print_line,
                progress_stream: TextIO | None = None) -> int:
     """Validate, prepare the run directory, run the trials, print the front. Returns the exit status.
 
-    Every line for the user goes to ``say``; ``progress_stream`` is where ``--progress auto`` looks
+    Every line for the user goes to ``say``; ``progress_stream`` is where ``progress="auto"`` looks
     for a terminal (stdout by default)."""
     import_plugins(plugin_modules())
-    _check_flags(args)
-    mode = resolve_mode("none" if getattr(args, "quiet", False) else getattr(args, "progress", "auto"), progress_stream)
+    _check_request(args)
+    mode = resolve_mode(args.progress, progress_stream)
     space, out = _load(args)
     if args.dry_run:
-        _check_data(space, out, resume=False)  # every check of the data the search would run, here too
+        _check_data(space, out, resume=False, keep=True)  # every check of the data the search would run, here too
         dry_run(space, args.trials or space.search.trials, say)
         say(f"the data passed every check; the search would write {out}")
         return 0
-    backend = space.search.backend
-    ray_backend, started_ray = None, False
-    if backend == "ray":
-        from runner.backends import ray_backend  # ray is heavy: only the ray backend needs it
-
-        if args.address:
-            ray_backend.check_address(args.address)  # seconds, before the data are loaded
-    fingerprint = _check_data(space, out, resume=args.resume)
-
-    if ray_backend is not None:
-        started_ray = ray_backend.connect(args.address)
-        try:
-            ray_backend.check_resources(space)
-        except UserError:
-            if started_ray:
-                ray_backend.disconnect()
-            raise
-    else:
-        if space.search.gpus_per_trial > 0 and not torch.cuda.is_available():
-            raise UserError(f"search.resources.gpu={space.search.gpus_per_trial:g}, but torch sees no CUDA device here")
-        _check_local_resources(space, torch.cuda.device_count() if torch.cuda.is_available() else 0)
-        if space.search.max_concurrent > 1:
-            say("note: the optuna backend runs one trial at a time; max_concurrent applies to the ray backend")
-
+    executor = make_executor(space, address=args.address)
+    executor.check()  # seconds, before the data are loaded
+    fingerprint = _check_data(space, out, resume=args.resume, keep=executor.in_process)
+    executor.prepare(say)
     try:
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise UserError(f"--out {out}: cannot create the run directory ({err.strerror or err})") from None
         lock = runlock.RunLock.acquire(out, command=" ".join(rundir.python_command()))
-    except BaseException:
-        if ray_backend is not None and started_ray:
-            ray_backend.disconnect()
-        raise
-    with lock:  # released on every way out: the end, an error, Ctrl-C
-        return _session(args, space, out, fingerprint, ray_backend, started_ray, say=say, mode=mode)
+        with lock:  # released on every way out: the end, an error, Ctrl-C
+            return _session(args, space, out, fingerprint, executor, say=say, mode=mode)
+    finally:
+        executor.close()
 
 
-def _session(args: argparse.Namespace, space: Any, out: Path, fingerprint: str | None, ray_backend: Any,
-             started_ray: bool, *, say: Callable[[str], None], mode: str) -> int:
+def _session(args: SearchRequest, space: Any, out: Path, fingerprint: str | None, executor: Executor, *,
+             say: Callable[[str], None], mode: str) -> int:
     """One search session in a run directory this driver holds: trials, the front, the report."""
-    backend = space.search.backend
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # one line per trial is ours to print
     start = time.perf_counter()
     interrupted = False
@@ -381,9 +355,8 @@ def _session(args: argparse.Namespace, space: Any, out: Path, fingerprint: str |
     total = space.search.trials
     done = trials_done(study)
     remaining = max(0, total - done)
-    where = f"{backend}" + (f" at {args.address}" if args.address else "")
-    say(f"run {out}: {total} trials ({done} done), backend {where}, sampler {space.search.sampler}, "
-        f"{space.search.max_concurrent if backend == 'ray' else 1} at a time")
+    say(f"run {out}: {total} trials ({done} done), backend {executor.describe()}, sampler {space.search.sampler}, "
+        f"{executor.concurrency} at a time")
     progress = Progress(trials=remaining, mode=mode, emit=say)
     on_finished = TrialFinished(out, space, total=total, emit=say if mode != "none" else _silent, progress=progress)
     halted: BaseException | str | None = None  # the storage refused a write: the session stops with one line
@@ -392,20 +365,15 @@ def _session(args: argparse.Namespace, space: Any, out: Path, fingerprint: str |
         while remaining:
             sampler = sampler_for_session(space, len(study.trials))
             study = open_study(space, out, sampler)
-            # Ray's own ASHA on the ray backend (the single-metric baseline); the driver's rule otherwise.
-            ray_asha = backend == "ray" and space.search.early_stopping.name == "asha"
-            rule = None if ray_asha else early_stopping_rule(space, study)
+            rule = None if executor.uses_own_early_stopping() else early_stopping_rule(space, study)
             driver = SearchDriver(space, out, study, on_finished=on_finished, early_stopping=rule, progress=progress)
-            if backend == "ray":
-                ray_backend.run_ray(driver, n_trials=remaining, session=session, ray_asha=ray_asha)
-            else:
-                run_optuna(driver, n_trials=remaining, timeout_s=space.search.timeout_s)
+            executor.run(driver, n_trials=remaining, session=session)
             if driver.halted is not None:
                 halted = driver.halted
                 break
             # Trials lost with a cluster node do not count: run their replacements, while that makes progress.
             left = max(0, total - trials_done(study))
-            if backend != "ray" or left >= remaining or _out_of_time(space, start):
+            if not executor.replaces_lost_trials or left >= remaining or _out_of_time(space, start):
                 break
             remaining, session = left, f"{session}+"
     except KeyboardInterrupt:
@@ -418,8 +386,7 @@ def _session(args: argparse.Namespace, space: Any, out: Path, fingerprint: str |
         else:
             raise
     finally:
-        if ray_backend is not None and started_ray:
-            ray_backend.disconnect()
+        executor.close()
         study = open_study(space, out)
         done = trials_done(study)
         timed_out = _out_of_time(space, start)
@@ -464,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.reconfigure(line_buffering=True)  # progress lines appear as trials finish, even in a pipe
     args = build_parser().parse_args(argv)
     try:
-        return run_search(args)
+        return run_search(SearchRequest.from_args(args))
     except UserError as err:
         print_error(err)
         return EXIT_USER_ERROR
@@ -521,15 +488,14 @@ def search(
     :class:`runner.run.Run` (trials, front, picks, report, export). Raises UserError (one line
     naming what is wrong, nothing written) for bad input, and KeyboardInterrupt when the search was
     stopped before its trials were done (continue with ``resume=True``)."""
-    if progress not in MODES:
-        raise UserError(f"progress must be one of {', '.join(MODES)}, but got {progress!r}")
-    args = argparse.Namespace(
+    request = SearchRequest(
         space=None if space is None else Path(space), out=None if out is None else Path(out), trials=trials,
         backend=backend, address=address, resume=resume, max_concurrent=max_concurrent,
-        cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, seed=seed, dry_run=False, progress=progress,
+        cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, seed=seed, progress=progress,
     )
-    if args.out is None and args.space is not None:
-        args.out = Path("runs") / load_space(args.space).name
+    if request.out is None and request.space is not None:
+        request = dataclasses.replace(request, out=Path("runs") / load_space(request.space).name)
+    args = request
     status = run_search(args, say=logger.info, progress_stream=sys.stderr)
     if status == EXIT_INTERRUPTED:
         raise KeyboardInterrupt(f"the search in {args.out} stopped before its trials were done; "

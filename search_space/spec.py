@@ -22,6 +22,7 @@ from typing import Any
 import optuna
 import yaml
 
+from cellsparse.executor_info import declared_executors, executor_info
 from cellsparse.objective_info import constraint_keys, declared_objectives, objective_info
 from search_space.errors import SpecError
 from search_space.k_rules import K_RULE_PARAMS
@@ -31,14 +32,13 @@ from search_space.strategies import ParamSpec, get_strategy, strategy_names
 
 DIRECTIONS = {"maximize": "maximize", "max": "maximize", "minimize": "minimize", "min": "minimize"}
 SAMPLERS = ("tpe", "nsga2", "nsga3", "gp", "random")
-BACKENDS = ("ray", "optuna")
 SOURCES = ("synthetic", "npz", "folder")
 MODALITIES = ("brightfield", "opd", "event")  # synthetic; real data also takes rgb | gray as a check
 REAL_MODALITIES = ("brightfield", "rgb", "gray")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 #: ``training.precision``: fp32, or bf16 autocast of the training forward and loss. It applies only
 #: to trials that run on a CUDA device with native bf16; elsewhere a trial trains in fp32, and its
-#: metrics.json says which precision it trained in (``runner.trial.effective_precision``).
+#: metrics.json says which precision it trained in (``runner.engine.trial.effective_precision``).
 PRECISIONS = ("fp32", "bf16")
 
 #: Training settings every trial reads; any of them may be a searched parameter.
@@ -137,7 +137,7 @@ class Constraints:
 @dataclass(frozen=True)
 class EarlyStoppingConfig:
     """``search.early_stopping``: successive halving on the objectives after each rung epoch
-    (``runner.early_stopping`` says how a rung decides). ``none`` trains every trial to the end."""
+    (``runner.engine.early_stopping`` says how a rung decides). ``none`` trains every trial to the end."""
 
     name: str = "none"
     grace_epochs: int = 1
@@ -709,7 +709,7 @@ def _parse_search(where: _Where, raw: dict[str, Any], objectives: tuple[Objectiv
     options = _mapping(where, "search.sampler.options", sampler_raw.get("options"))
     valid_options = _sampler_option_names(sampler)
     _check_keys(where, "search.sampler.options", options, valid_options)
-    backend = _choice(where, "search.backend", raw.get("backend", "ray"), BACKENDS, "backend")
+    backend = _choice(where, "search.backend", raw.get("backend", "ray"), tuple(declared_executors()), "backend")
     max_concurrent = _number(where, "search.max_concurrent", raw.get("max_concurrent", 2), integer=True, low=1)
     resources = _mapping(where, "search.resources", raw.get("resources"))
     _check_keys(where, "search.resources", resources, ("cpu", "gpu"))
@@ -752,8 +752,12 @@ def _check_search_settings(settings: SearchSettings, file: str) -> None:
             raise where.fail(f"search.resources.{key}", f"expected a finite number {low}, got {value!r}")
     if settings.gpus_per_trial > 1 and not float(settings.gpus_per_trial).is_integer():
         raise where.fail("search.resources.gpu", f"expected a fraction up to 1 or a whole number, got {settings.gpus_per_trial}")
-    if settings.backend == "optuna" and settings.max_concurrent > 1 and settings.gpus_per_trial:
-        raise where.fail("search.backend", "the optuna backend runs one trial at a time; use backend: ray for GPU packing")
+    if settings.backend not in declared_executors():
+        raise where.fail("search.backend", f"expected one of {', '.join(declared_executors())}, got {settings.backend!r}")
+    info = executor_info(settings.backend)
+    if not info.concurrent and settings.max_concurrent > 1 and settings.gpus_per_trial:
+        raise where.fail("search.backend", f"the {settings.backend} backend runs one trial at a time; use backend: ray "
+                         "for GPU packing")
 
 
 def _parse_model(where: _Where, raw: dict[str, Any], image_size: int | None) -> ModelSpace:

@@ -28,7 +28,7 @@ APPLICATIONS = ("runner.search", "runner.export", "runner.predict", "runner.mode
 LAYERS = ("base", "space/models", "engine", "applications")
 #: What a function may import for itself: heavy libraries one path needs (and the one module that wraps
 #: Ray), so that importing a module does not load them for every other path.
-DEFERRED = ("ray", "runner.backends.ray_backend", "onnx", "onnx_ir", "onnxruntime", "onnxscript", "plotly", "tifffile",
+DEFERRED = ("ray", "runner.engine.ray_tune", "onnx", "onnx_ir", "onnxruntime", "onnxscript", "plotly", "tifffile",
             "optuna_dashboard", "pyarrow")
 
 
@@ -141,7 +141,7 @@ def test_the_four_packages_form_no_cycle() -> None:
 
 def test_ray_is_imported_by_its_executor_only() -> None:
     users = sorted(m for m, p in MODULES.items() if any(n == "ray" or n.startswith("ray.") for n in imported_names(m, p)))
-    assert users == ["runner.backends.ray_backend"]
+    assert users == ["runner.engine.ray_tune"]
 
 
 def test_the_base_and_the_space_load_without_the_heavy_libraries() -> None:

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from runner.artefacts import FORMATS
-from runner.backends.common import import_plugins, plugin_modules
 from runner.cli import EXIT_USER_ERROR, command_parser, print_error
+from runner.engine.plugins import import_plugins, plugin_modules
 from runner.export.parity import ExportError
 from runner.export.pipeline import export_run
 from search_space.errors import UserError

@@ -49,7 +49,7 @@ from cellsparse.commands import command
 from cellsparse.log import logger
 from cellsparse.rundir import SPACE_FILE, load_run
 from runner.artefacts import CARD_FILE, FILES, FORMATS, PARITY_FILE, README_FILE, Runner, onnx_runner, pt2_runner
-from runner.checkpoint import load_trained
+from runner.engine.checkpoint import load_trained
 from runner.export.exporters import (
     TOPK_HINT,
     check_onnx_packages,

@@ -215,7 +215,7 @@ def write_run(
         trial_dir.mkdir(exist_ok=True)
         (trial_dir / "config.json").write_text(json.dumps(config), encoding="utf-8")
         k_final = None if strategy.startswith("dense") else round(figures["used_fraction"] * 784)
-        # The user attributes as runner.backends.common and runner.driver set them.
+        # The user attributes as runner.engine.execute and runner.engine.driver set them.
         attrs: dict[str, Any] = {rundir.ATTR_CONFIG: config, rundir.ATTR_STRATEGY: strategy,
                                  rundir.ATTR_CONSTRAINTS: {"max_flops": figures["flops"] - MAX_FLOPS}}
         if state == "COMPLETE":

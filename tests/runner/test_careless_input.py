@@ -109,7 +109,7 @@ def _no_space(path: object = "x") -> OSError:
 
 def test_a_full_disk_mid_trial_stops_the_search_with_one_line_and_resume_finishes(tmp_path, capsys,
                                                                                  monkeypatch) -> None:
-    import runner.trial as trial
+    import runner.engine.trial as trial
 
     real = trial.save_trial
     calls = []

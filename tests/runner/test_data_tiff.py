@@ -15,9 +15,9 @@ import tifffile
 import torch
 
 from runner import predict as P
-from runner.checkpoint import load_trained
 from runner.data import load_dataset
 from runner.data.images import VALUE_SCALING, read_image, scale_values
+from runner.engine.checkpoint import load_trained
 from search_space.errors import DataError
 
 

@@ -9,9 +9,9 @@ import optuna
 import pytest
 
 from cellsparse.rundir import ATTR_LAST, ATTR_RUNG, ATTR_STOPPED_AT
-from runner.backends.common import open_study
-from runner.driver import SearchDriver, rebuild_rungs
-from runner.early_stopping import EarlyStoppingConfig, SuccessiveHalving
+from runner.engine.driver import SearchDriver, rebuild_rungs
+from runner.engine.early_stopping import EarlyStoppingConfig, SuccessiveHalving
+from runner.engine.study import open_study
 from search_space.spec import load_space
 from tests.runner.search_fixtures import set_env, write_space
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cellsparse.pareto import to_losses
-from runner.early_stopping import EarlyStoppingConfig, SuccessiveHalving, rung_epochs, rung_order
+from runner.engine.early_stopping import EarlyStoppingConfig, SuccessiveHalving, rung_epochs, rung_order
 from tests.cellsparse.test_pareto import brute_ranks
 
 

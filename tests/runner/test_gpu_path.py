@@ -11,7 +11,7 @@ import torch
 
 from runner import trial
 from runner.data import augment
-from runner.trial import effective_precision, place_data, run_trial, training_batches
+from runner.engine.trial import effective_precision, place_data, run_trial, training_batches
 from search_space.build import default_config
 from tests.runner.test_trial import probe_config, tiny_data
 

@@ -19,8 +19,8 @@ import torch
 from PIL import Image
 
 from runner import predict as P
-from runner.checkpoint import load_trained
 from runner.data import load_dataset
+from runner.engine.checkpoint import load_trained
 from search_space.errors import UserError
 from tests.runner.export_fixtures import tiny_export, tiny_run
 

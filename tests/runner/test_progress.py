@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from runner.progress import Progress, clock_text, resolve_mode
+from runner.engine.progress import Progress, clock_text, resolve_mode
 from runner.search import main
 from tests.runner.search_fixtures import set_env, write_space
 

@@ -45,7 +45,7 @@ def test_not_a_zip_is_a_corrupt_file(tmp_path: Path) -> None:
 
 def test_a_checkpoint_holding_python_objects_is_refused_without_advising_to_unpickle(tmp_path: Path) -> None:
     """model.pt loads with weights_only=True; torch's message then advises weights_only=False: not passed on."""
-    from runner.checkpoint import read_state_dict
+    from runner.engine.checkpoint import read_state_dict
     from tests.runner.pt2_crafted import Touch
 
     marker = tmp_path / "ran"

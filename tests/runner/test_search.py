@@ -146,7 +146,7 @@ def _free_port() -> int:
         (["--space", "{space}", "--address", "10.0.0.1:6379", "--backend", "optuna"], "--address"),
         (["--space", "{space}", "--address", "127.0.0.1:{port}", "--backend", "ray"], "no Ray cluster answers"),
         (["--space", "{space}", "--bogus"], "unrecognized arguments: --bogus"),
-        (["--space", "{space}", "--backend", "dask"], "invalid choice: 'dask'"),
+        (["--space", "{space}", "--backend", "dask"], "--backend dask: unknown backend; valid: ray, optuna"),
         (["--space", "{space}", "--trials", "0"], "--trials must be at least 1"),
         pytest.param(["--space", "{space}", "--gpus-per-trial", "1"], "torch sees no CUDA device",
                      marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")),
@@ -411,6 +411,6 @@ def test_hints_follow_how_the_search_was_started(tmp_path, monkeypatch, capsys) 
         monkeypatch.setattr(sys, "argv", [argv0])
         assert search("--space", space, "--out", f"run-{len(words)}", "--quiet") == 0
         assert f"export a model: {words} run-{len(words)}   (the knee" in capsys.readouterr().out
-    usage = subprocess.run([sys.executable, "-m", "runner.cli", "search", "--backend", "nope"], capture_output=True,
+    usage = subprocess.run([sys.executable, "-m", "runner.cli", "search", "--trials", "many"], capture_output=True,
                            text=True, timeout=120)
     assert usage.returncode == 2 and "(see cellsparse search --help)" in usage.stderr, usage.stderr

@@ -14,10 +14,10 @@ from tests.runner.search_fixtures import write_space
 
 pytest.importorskip("ray")
 
-from runner.backends.common import PAYLOAD_KEY  # noqa: E402 - after the importorskip
-from runner.backends.ray_backend import DriverScheduler, DriverSearcher  # noqa: E402
-from runner.driver import SearchDriver  # noqa: E402
-from runner.early_stopping import EarlyStoppingConfig, SuccessiveHalving  # noqa: E402
+from runner.engine.driver import SearchDriver  # noqa: E402
+from runner.engine.early_stopping import EarlyStoppingConfig, SuccessiveHalving  # noqa: E402
+from runner.engine.ray_tune import DriverScheduler, DriverSearcher  # noqa: E402
+from runner.engine.sampler import PAYLOAD_KEY  # noqa: E402 - after the importorskip
 from search_space.spec import load_space  # noqa: E402
 
 
@@ -78,7 +78,7 @@ def test_snapshot_does_not_pickle_the_searcher(searcher, tmp_path, monkeypatch) 
     import json
     import pickle
 
-    from runner.backends.common import TrialFinished
+    from runner.engine.progress import TrialFinished
 
     searcher.driver.on_finished = TrialFinished(tmp_path, load_space(write_space(tmp_path)), total=1)
     monkeypatch.setattr(builtins, "print", lambda *args, **kwargs: None)

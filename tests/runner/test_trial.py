@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from runner.data import CellDataset
-from runner.trial import NonFiniteLossError, lr_at, record_infeasible, run_trial
+from runner.engine.trial import NonFiniteLossError, lr_at, record_infeasible, run_trial
 from search_space.build import default_config
 from tests.runner import search_fixtures  # noqa: F401 - registers probe_net
 
@@ -148,7 +148,7 @@ def test_augmented_training_runs(tmp_path) -> None:
 def test_infeasible_costs_are_recorded_on_the_batch_the_budget_was_checked_on(tmp_path) -> None:
     # span_pyramid with top_p keeps patches by content: its FLOPs depend on the images, so a config
     # rejected as over budget must not be recorded with FLOPs measured on other images (under it).
-    from runner.backends.common import check_costs
+    from runner.engine.sampler import check_costs
     from search_space.spec import load_space
 
     space_file = tmp_path / "tp.yaml"
@@ -171,7 +171,7 @@ def test_infeasible_costs_are_recorded_on_the_batch_the_budget_was_checked_on(tm
 
 def test_k_rule_follows_the_classification_loss_not_the_auxiliary_terms(tmp_path, monkeypatch) -> None:
     """TNet's REINFORCE term can be negative; the k rule must see the cross-entropy alone."""
-    import runner.trial as trial_module
+    import runner.engine.trial as trial_module
 
     seen: list[float] = []
     real = trial_module.make_k_rule
@@ -199,8 +199,8 @@ def test_k_rule_follows_the_classification_loss_not_the_auxiliary_terms(tmp_path
 def test_latency_budget_is_checked_like_the_objective_is_measured(tmp_path, monkeypatch) -> None:
     """Same batch size as a trained trial's latency objective, on the trial's threads, driver threads restored."""
     import objectives.registry
-    from runner.backends.common import check_costs
-    from runner.trial import MEASURE_BATCH
+    from runner.engine.sampler import check_costs
+    from runner.engine.trial import MEASURE_BATCH
     from search_space.spec import load_space
 
     space_file = tmp_path / "space.yaml"
@@ -231,7 +231,7 @@ def test_latency_budget_is_checked_like_the_objective_is_measured(tmp_path, monk
 
 def test_weight_decay_reaches_only_weight_matrices_and_conv_kernels():
     """Norms, biases, CLS/position tokens and relative-position tables are not decayed."""
-    from runner.trial import param_groups
+    from runner.engine.trial import param_groups
     from search_space.build import build_model, default_config
 
     for name in ("dense_vit", "sparse_topk", "span_pyramid", "dense_cnn"):
@@ -270,7 +270,7 @@ def test_loss_trend_decides_within_epochs_and_the_history_keeps_its_trace(tmp_pa
 
 
 def test_probe_losses_score_the_same_batch_at_two_k_and_restore_the_model() -> None:
-    from runner.trial import probe_losses
+    from runner.engine.trial import probe_losses
     from search_space.build import build_model
 
     torch.manual_seed(0)

@@ -13,7 +13,7 @@ Both go through this object, so a trial ends the same way whichever ran it:
     driver.halted                                     # set when the storage refused a write: ask no more
 
 Every tell is followed by ``on_finished(study, number)`` (trials.csv and the progress line); a
-``progress`` (``runner.progress``) hears of every ask and every epoch, so both backends show the same
+``progress`` (``runner.engine.progress``) hears of every ask and every epoch, so both backends show the same
 elapsed times and ETAs. A trial the driver asked for but never heard back from stays RUNNING in the
 journal; ``runner.search`` marks such trials interrupted when the session ends.
 """
@@ -28,10 +28,12 @@ from typing import Any
 import optuna
 
 from cellsparse import rundir
+from cellsparse.errors import describe_error
 from cellsparse.files import storage_errno
-from runner.backends.common import PAYLOAD_KEY, ConfigSampler, TrialError, describe_error, objective_values, trial_attrs
-from runner.early_stopping import SuccessiveHalving
-from runner.progress import Progress
+from runner.engine.early_stopping import SuccessiveHalving
+from runner.engine.execute import TrialError, objective_values, trial_attrs
+from runner.engine.progress import Progress
+from runner.engine.sampler import PAYLOAD_KEY, ConfigSampler
 from search_space.spec import SearchSpace
 
 logger = logging.getLogger(__name__)

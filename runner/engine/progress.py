@@ -26,7 +26,15 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TextIO
+
+import optuna
+
+from cellsparse import rundir
+from cellsparse.objective_info import declared_objectives, format_figure, objective_info
+from runner.engine.study import pareto_trials, trials_done
+from search_space.spec import SearchSpace
 
 MODES = ("auto", "epochs", "trials", "none")
 
@@ -117,3 +125,54 @@ class Progress:
     def _search_text(self) -> str:
         elapsed = self.clock() - self.start
         return f"{clock_text(elapsed)} elapsed, ETA {clock_text(self.search_eta())}"
+
+
+# Figures that are not objectives but are printed beside them, with the style they are printed in.
+_FIGURE_STYLES = {"test_accuracy": "fraction", "val_accuracy": "fraction", "params_count": "count"}
+
+
+def format_value(name: str, value: Any) -> str:
+    """An objective's (or a trial figure's) value for a terminal line."""
+    if name in declared_objectives():
+        return objective_info(name).format(value)
+    return format_figure(value, _FIGURE_STYLES.get(name, "number"))
+
+
+def print_line(line: str) -> None:
+    """Write one progress line to the current stdout.
+
+    Not ``print`` itself: Ray's tqdm integration swaps ``builtins.print`` when a worker dies, and an
+    object holding the old one can no longer be pickled."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+class TrialFinished:
+    """Called in the driver after each trial is told: rewrite trials.csv and print one line (ended by
+    the trial's time and the search's elapsed time and ETA when a ``progress`` keeps them)."""
+
+    def __init__(self, run_dir: Path, space: SearchSpace, *, total: int, emit: Callable[[str], None] = print_line,
+                 progress: Progress | None = None) -> None:
+        self.run_dir = Path(run_dir)
+        self.space = space
+        self.total = total
+        self.emit = emit
+        self.progress = progress
+
+    def __call__(self, study: optuna.Study, number: int) -> None:
+        names = self.space.objective_names
+        rundir.write_trials_csv(self.run_dir, study, names)
+        trial = study.get_trials(deepcopy=False)[number]
+        done = trials_done(study)
+        state = trial.state.name
+        strategy = trial.user_attrs.get(rundir.ATTR_STRATEGY, "?")
+        if trial.state == optuna.trial.TrialState.COMPLETE and trial.values:
+            figures = "  ".join(f"{n}={format_value(n, v)}" for n, v in zip(names, trial.values, strict=True))
+            if not rundir.is_feasible(trial):
+                figures += "  (over budget, not trained)"
+        else:
+            figures = trial.user_attrs.get(rundir.ATTR_ERROR) or rundir.INTERRUPTED
+        front = len(pareto_trials(study))
+        timing = f"  {self.progress.finished(number)}" if self.progress is not None else ""
+        self.emit(f"[{done}/{self.total}] trial {number:<3d} {state:<8s} {strategy:<14s} {figures}  front={front}{timing}")
+

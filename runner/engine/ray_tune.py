@@ -5,7 +5,7 @@ The only module that imports Ray; ``runner.search`` imports it only when the ray
 Wiring (Ray 2.60, Optuna 5.0), through Tune's public interfaces only: :class:`DriverSearcher` (a
 ``Searcher``) asks the search driver for each trial and tells it how the trial ended, behind a
 ``ConcurrencyLimiter``; :class:`DriverScheduler` (a ``TrialScheduler``) hands each epoch's result to
-the driver's early-stopping rule. The driver (``runner.driver``) owns every ask and tell, so a trial
+the driver's early-stopping rule. The driver (``runner.engine.driver``) owns every ask and tell, so a trial
 ends the same way here as in process: a NaN or missing objective is told FAIL with the reason, a
 trial stopped before its final result (``final: True``) is told PRUNED, a dead worker is told FAIL
 ("worker died"). Trials still running when ``time_budget_s`` (``search.timeout_s``) ends the session
@@ -66,14 +66,11 @@ from ray.tune.stopper import Stopper
 
 from cellsparse import rundir
 from cellsparse.commands import command
-from runner.backends.common import (
-    PAYLOAD_KEY,
-    PLUGINS_ENV,
-    TrialSettings,
-    describe_error,
-    execute,
-)
-from runner.driver import SearchDriver
+from cellsparse.errors import describe_error
+from runner.engine.driver import SearchDriver
+from runner.engine.execute import TrialSettings, execute
+from runner.engine.plugins import PLUGINS_ENV
+from runner.engine.sampler import PAYLOAD_KEY
 from search_space.errors import UserError
 from search_space.spec import SearchSpace
 

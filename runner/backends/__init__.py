@@ -1,1 +1,0 @@
-"""Ways to run trials: Ray Tune (default) and in-process Optuna."""
