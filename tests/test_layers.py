@@ -1,11 +1,13 @@
 """The package layers, enforced: imports point down, never in a circle, and the heavy libraries stay
-in the modules that need them.
+in the modules that need them. A module's layer follows from its folder:
 
-    base          cellsparse                       torch-free: Pareto maths, objective and strategy facts,
-                                                   the base error, the run directory
+    base          cellsparse.*                     torch-free: Pareto maths, objective, strategy and
+                                                   executor facts, the base error, the run directory
     space/models  search_space, objectives         models, the space, measures
-    engine        runner (but the applications)    trial, data, driver, backends, export artefacts
-    applications  runner.search/export/predict/..., runner.data.builders, reports
+    engine        runner/engine/, runner/data/     driver, trial, sampler, study, executors; the data
+                                                   loaders (but runner/data/builders/)
+    applications  the rest of runner/, reports     search, export, predict, the CLI, the data builders
+    api           cellsparse (its __init__)        the public functions, loaded lazily from the layers below
 
 Every import counts, at module level or inside a function (a function-level import hides a tie, it
 does not cut it). A relative import is resolved to the module it names. Imports sit at module level,
@@ -23,9 +25,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("cellsparse", "search_space", "objectives", "runner", "reports")
-APPLICATIONS = ("runner.search", "runner.export", "runner.predict", "runner.modelcard", "runner.cli", "runner.run",
-                "runner.data.builders")
-LAYERS = ("base", "space/models", "engine", "applications")
+ENGINE = ("runner.engine", "runner.data")
+LAYERS = ("base", "space/models", "engine", "applications", "api")
 #: What a function may import for itself: heavy libraries one path needs (and the one module that wraps
 #: Ray), so that importing a module does not load them for every other path.
 DEFERRED = ("ray", "runner.engine.ray_tune", "onnx", "onnx_ir", "onnxruntime", "onnxscript", "plotly", "tifffile",
@@ -40,15 +41,21 @@ def module_name(path: Path) -> str:
 MODULES = {module_name(p): p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")}
 
 
+def _under(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
 def layer(module: str) -> int:
     top = module.split(".")[0]
+    if module == "cellsparse":
+        return 4
     if top == "cellsparse":
         return 0
     if top in ("search_space", "objectives"):
         return 1
-    if top == "reports" or any(module == a or module.startswith(a + ".") for a in APPLICATIONS):
-        return 3
-    return 2
+    if any(_under(module, e) for e in ENGINE) and not _under(module, "runner.data.builders"):
+        return 2
+    return 3
 
 
 def imported_names(module: str, path: Path) -> list[str]:
@@ -63,7 +70,8 @@ def imported_names(module: str, path: Path) -> list[str]:
                 source = ".".join(base + ([node.module] if node.module else []))
             else:
                 source = node.module or ""
-            names += [source] + [f"{source}.{alias.name}" for alias in node.names]
+            for alias in node.names:  # a submodule by name (from cellsparse import rundir), else the module's name
+                names.append(f"{source}.{alias.name}" if f"{source}.{alias.name}" in MODULES else source)
     return names
 
 
@@ -122,12 +130,17 @@ def test_no_module_imports_itself_round_a_circle() -> None:
     assert cycles(project_imports()) == []
 
 
-def test_the_four_packages_form_no_cycle() -> None:
+def test_the_packages_form_no_cycle() -> None:
+    """Package to package, the API face (``cellsparse``'s __init__, which loads from every layer) aside."""
+
+    def package(module: str) -> str:
+        return "api" if module == "cellsparse" else module.split(".")[0]
+
     edges: dict[str, set[str]] = defaultdict(set)
     for a, targets in project_imports().items():
         for b in targets:
-            if a.split(".")[0] != b.split(".")[0]:
-                edges[a.split(".")[0]].add(b.split(".")[0])
+            if package(a) != package(b):
+                edges[package(a)].add(package(b))
     seen = {pkg: set() for pkg in PACKAGES}
     for pkg in PACKAGES:  # everything reachable from pkg
         todo = list(edges[pkg])
@@ -196,6 +209,56 @@ def test_functions_import_only_heavy_optional_libraries_and_say_why() -> None:
     assert not problems, "\n".join(problems)
 
 
-def test_every_application_exists() -> None:
-    """The layer list names modules that exist: a renamed application would silently change layer."""
-    assert [a for a in APPLICATIONS if a not in MODULES] == []
+def test_the_engine_is_its_folders() -> None:
+    """The engine is runner/engine/ and runner/data/; nothing else in runner/ is imported by them, and
+    runner/ holds no engine module outside them (a module there is an application)."""
+    assert all(e in MODULES for e in ENGINE)
+    engine = sorted(m for m in MODULES if layer(m) == 2)
+    assert engine and all(m.startswith(ENGINE) for m in engine)
+    assert "runner.engine.driver" in engine and "runner.engine.trial" in engine and "runner.search" not in engine
+
+
+def test_executors_are_registered_by_name() -> None:
+    """The built-in executors are Executor subclasses in the registry, under the names the space file
+    accepts, with the facts declared for them."""
+    from cellsparse.executor_info import declared_executors, executor_info
+    from runner.engine.executors import Executor, executor_names, make_executor
+    from search_space.spec import load_space
+
+    assert executor_names()[:2] == ["ray", "optuna"] == declared_executors()[:2]  # a test may register more
+    from runner.engine.executor import _EXECUTORS
+
+    for name in executor_names():
+        cls = _EXECUTORS.get(name)
+        assert issubclass(cls, Executor) and cls.name == name and cls.info == executor_info(name)
+    space = load_space(ROOT / "search_space" / "cells.yaml").with_overrides(backend="optuna")
+    assert type(make_executor(space)).__name__ == "InProcessExecutor"
+
+
+def test_the_search_names_no_backend() -> None:
+    """runner/search.py reaches executors through the registry only: it imports no executor module and
+    compares nothing with an executor's name."""
+    from cellsparse.executor_info import declared_executors
+
+    path = ROOT / "runner" / "search.py"
+    executor_modules = {"runner.engine.in_process", "runner.engine.ray_executor", "runner.engine.ray_tune"}
+    assert not executor_modules & set(imported_names("runner.search", path))
+    names = set(declared_executors())
+    compared = [ast.unparse(node) for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+                if isinstance(node, ast.Compare)
+                and any(isinstance(c, ast.Constant) and c.value in names for c in [node.left, *node.comparators])]
+    assert compared == []
+
+
+def test_import_cellsparse_loads_no_heavy_library() -> None:
+    """``import cellsparse`` gives the public API without loading torch, Optuna, Ray, plotly or pandas;
+    each function loads its own on first use."""
+    code = ("import sys, cellsparse; "
+            "heavy = {'torch', 'optuna', 'ray', 'plotly', 'pandas'} & set(sys.modules); assert not heavy, heavy; "
+            "names = ['search', 'load_run', 'Run', 'export', 'predict', 'build_report', 'UserError']; "
+            "assert all(n in dir(cellsparse) for n in names); "
+            "import runner.search, runner.run, runner.export, runner.predict, reports.build; "
+            "assert cellsparse.search is runner.search.search and cellsparse.export is runner.export.export_run; "
+            "assert cellsparse.predict is runner.predict.predict and cellsparse.build_report is reports.build.build_report; "
+            "assert cellsparse.load_run is runner.run.load_run and cellsparse.Run is runner.run.Run")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
