@@ -30,9 +30,8 @@ from cellsparse.errors import UserError
 
 if TYPE_CHECKING:  # what the names below are, for type checkers and IDEs; loaded lazily at run time
     from reports.build import build_report
-    from runner.export import export_run as export
     from runner.predict import predict
-    from runner.run import Run, load_run
+    from runner.run import Run, export, load_run
     from runner.search import search
 
 try:
@@ -45,7 +44,7 @@ _API = {
     "search": ("runner.search", "search"),
     "load_run": ("runner.run", "load_run"),
     "Run": ("runner.run", "Run"),
-    "export": ("runner.export", "export_run"),
+    "export": ("runner.run", "export"),
     "predict": ("runner.predict", "predict"),
     "build_report": ("reports.build", "build_report"),
 }

@@ -176,3 +176,8 @@ def _how(pick: str | float) -> tuple[str, float | None]:
 def load_run(path: str | Path) -> Run:
     """``Run.load(path)``."""
     return Run.load(path)
+
+
+def export(run_dir: str | Path, pick: str | float = "knee", **options: Any) -> Path:
+    """``Run.load(run_dir).export(pick, **options)``: the export directory, which ``predict`` takes."""
+    return Run.load(run_dir).export(pick, **options)

@@ -258,7 +258,7 @@ def test_import_cellsparse_loads_no_heavy_library() -> None:
             "names = ['search', 'load_run', 'Run', 'export', 'predict', 'build_report', 'UserError']; "
             "assert all(n in dir(cellsparse) for n in names); "
             "import runner.search, runner.run, runner.export, runner.predict, reports.build; "
-            "assert cellsparse.search is runner.search.search and cellsparse.export is runner.export.export_run; "
+            "assert cellsparse.search is runner.search.search and cellsparse.export is runner.run.export; "
             "assert cellsparse.predict is runner.predict.predict and cellsparse.build_report is reports.build.build_report; "
             "assert cellsparse.load_run is runner.run.load_run and cellsparse.Run is runner.run.Run")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)

@@ -56,7 +56,8 @@ def runs_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_readme_api_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """README's Python API block, executed as written (fewer trials) in a folder with a tiny cells.yaml."""
     code = readme_block("api-example")
-    assert 'search("search_space/cells.yaml", trials=10, backend="optuna", out="runs/x")' in code
+    assert 'cellsparse.search("search_space/cells.yaml", trials=10, backend="optuna", out="runs/x")' in code
+    assert "from runner" not in code and "from reports" not in code  # the public API, one import
     code = code.replace("trials=10", "trials=3")  # the same calls, a quicker search
     monkeypatch.chdir(tmp_path)
     (tmp_path / "search_space").mkdir()
