@@ -1,5 +1,6 @@
-"""Writing a file so that nobody ever reads half of it (the one atomic write every module uses), and
-reading back a JSON record with one-line errors.
+"""Writing a file so that nobody ever reads half of it (the project's one atomic write: the run
+directory, trials, reports and exports go through it), and reading back a JSON record with one-line
+errors.
 
 A write the storage refuses (a full disk or quota, a read-only folder, no permission) is a
 ``WriteError``: one line naming the file and the reason, like any user error, and still an OSError

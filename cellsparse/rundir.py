@@ -100,7 +100,7 @@ def write_traceback(run_dir: Path, number: int, text: str) -> None:
     """A failed trial's traceback, as ``trials/<n>/error.txt`` (its one-line error is in the journal)."""
     directory = trial_dir(run_dir, number)
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / ERROR_FILE).write_text(text, encoding="utf-8")
+    write_atomic(directory / ERROR_FILE, text)
 
 
 def trial_dir(run_dir: Path, number: int) -> Path:

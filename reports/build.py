@@ -9,7 +9,6 @@ writes nothing; files are written whole or not at all (temporary file, then rena
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -65,7 +64,7 @@ def build_report(run_dir: Path, out: Path | None = None) -> Path:
     write_atomic(target, document.encode("utf-8"))
     beside = target.parent
     if beside.resolve() != run_dir.resolve():
-        shutil.copyfile(run_dir / TRIALS_FILE, beside / TRIALS_FILE)
+        write_atomic(beside / TRIALS_FILE, (run_dir / TRIALS_FILE).read_bytes())
     _write_parquet(run.trials, beside / "trials.parquet")
     return target
 

@@ -85,7 +85,9 @@ def suggest_config(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
 
 
 def sample_configs(space: SearchSpace, n: int, *, seed: int | None = None) -> list[dict[str, Any]]:
-    """Draw ``n`` configs with the space's sampler without training (for --dry-run and tests)."""
+    """Draw ``n`` configs with the space's sampler, without building or training them (tests and
+    benchmarks that need the sampler's draws alone; ``--dry-run`` asks through the search's own
+    ``ConfigSampler`` instead, which also builds each config and checks its budgets)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         directions=space.directions,

@@ -15,10 +15,11 @@ A rung decides nothing until it holds at least ``min_trials`` trials (default ``
 fewer, every trial goes on, so the first trials of a search are never cut against an empty table.
 Of ``n`` recorded trials the first ``max(1, floor(n / eta))`` in that order go on.
 
-The rule is plain data and code with no Ray or Optuna import: the in-process backend calls
-:meth:`SuccessiveHalving.report` after each epoch, the Ray backend wraps the same object in a
-``TrialScheduler``, and ``--resume`` rebuilds the rung tables from the trials' recorded values
-(:meth:`SuccessiveHalving.record`).
+The rule is plain data and code with no Ray or Optuna import. The search driver holds it, whatever
+the executor: ``SearchDriver.report`` (each epoch of a trial, from any executor) calls
+:meth:`SuccessiveHalving.record` and then :meth:`SuccessiveHalving.should_stop`, and ``--resume``
+rebuilds the rung tables from the trials' recorded values with ``record``. (``early_stopping: asha``
+on the Ray executor is Tune's own scheduler instead, the single-metric baseline.)
 """
 
 from __future__ import annotations
@@ -113,10 +114,6 @@ class SuccessiveHalving:
         order = rung_order(np.array([table[t] for t in trials]), self.directions,
                            multi_objective=self.config.name == "moasha")
         return trials.index(trial) not in set(order[:keep].tolist())
-
-    def report(self, trial: Hashable, epoch: int, values: Sequence[float]) -> bool:
-        """Record ``trial``'s values after ``epoch`` and say whether it should stop now."""
-        return self.record(trial, epoch, values) and self.should_stop(trial, epoch)
 
     def rung_sizes(self) -> dict[int, int]:
         """How many trials each rung has recorded (for logs and tests)."""

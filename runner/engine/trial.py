@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cellsparse.files import write_atomic
 from cellsparse.rundir import CONFIG_FILE, HISTORY_FILE, LOOKED_AT_FILE, META_FILE, METRICS_FILE, WEIGHTS_FILE
 from objectives import count_flops, count_params, get_objective
 from runner.data import augment_batch
@@ -270,7 +271,8 @@ def _as_list(value: Any) -> Any:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=2, default=_as_list) + "\n", encoding="utf-8")
+    """Whole or not at all: metrics.json's presence marks a finished trial, so a torn write must not."""
+    write_atomic(path, json.dumps(data, indent=2, default=_as_list) + "\n")
 
 
 def check_batch(in_channels: int, size: int) -> torch.Tensor:

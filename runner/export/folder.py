@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from cellsparse.files import storage_errno, write_error
+from cellsparse.files import storage_errno, write_atomic, write_error
 from runner.artefacts import CARD_FILE, FILES, MANIFEST_FILE, PARITY_FILE, README_FILE
 from search_space.errors import UserError
 
@@ -90,7 +90,7 @@ def write_manifest(directory: Path) -> None:
     """Record every file in ``directory`` (the staged export) with its sha256, as ``MANIFEST_FILE``."""
     files = {p.name: _sha256(p) for p in sorted(directory.iterdir()) if p.is_file() and p.name != MANIFEST_FILE}
     text = json.dumps({"written_by": "runner.export", "files": files}, indent=2) + "\n"
-    (directory / MANIFEST_FILE).write_text(text, encoding="utf-8")
+    write_atomic(directory / MANIFEST_FILE, text)
 
 
 def _what(out: Path) -> str:

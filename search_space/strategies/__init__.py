@@ -6,7 +6,6 @@ from search_space.strategies.base import (
     StrategyInfo,
     get_strategy,
     is_sparse,
-    params_for,
     register_strategy,
     strategy_names,
 )
@@ -26,7 +25,6 @@ __all__ = [
     "StrategyInfo",
     "get_strategy",
     "is_sparse",
-    "params_for",
     "register_strategy",
     "strategy_names",
 ]

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -128,7 +128,8 @@ class CellClassifier(nn.Module, ABC):
         return None
 
     def set_k(self, k: int) -> None:
-        """Set the k used from the next forward on (a k-adaptation rule calls this each epoch)."""
+        """Set the k used from the next forward on (the trial calls this after every training step, with
+        the k its k-adaptation rule chose)."""
         raise TypeError(f"{type(self).__name__} has no k to set")
 
 
@@ -250,11 +251,3 @@ def get_strategy(name: str) -> StrategyInfo:
     """The registered strategy ``name``; an unknown name lists the valid ones."""
     return _REGISTRY.get(name)
 
-
-def params_for(names: Sequence[str]) -> dict[str, ParamSpec]:
-    """Union of the declared parameters of the given strategies (first declaration wins)."""
-    merged: dict[str, ParamSpec] = {}
-    for name in names:
-        for key, spec in get_strategy(name).params.items():
-            merged.setdefault(key, spec)
-    return merged

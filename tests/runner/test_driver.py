@@ -73,4 +73,4 @@ def test_early_stopping_prunes_and_a_resume_rebuilds_the_rungs(space, tmp_path) 
     resumed = SuccessiveHalving(EarlyStoppingConfig("moasha", 1, 3), directions=space.directions, max_epochs=9)
     assert rebuild_rungs(resumed, trials) == 3  # trial 1, still running then, had recorded its rung too
     assert resumed.rung_sizes() == {1: 3, 3: 0}
-    assert resumed.report(7, 1, [0.1, 1e6]) is True
+    assert resumed.record(7, 1, [0.1, 1e6]) and resumed.should_stop(7, 1) is True

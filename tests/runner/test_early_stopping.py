@@ -13,6 +13,11 @@ from runner.engine.early_stopping import EarlyStoppingConfig, SuccessiveHalving,
 from tests.cellsparse.test_pareto import brute_ranks
 
 
+def report(rule: SuccessiveHalving, trial: str, epoch: int, values: list[float]) -> bool:
+    """What the search driver does with each epoch's values: record them, then ask the rung."""
+    return rule.record(trial, epoch, values) and rule.should_stop(trial, epoch)
+
+
 def brute_crowding(losses: np.ndarray) -> list[float]:
     """NSGA-II crowding distance written out point by point."""
     n, m = losses.shape
@@ -74,11 +79,11 @@ def test_rung_decisions_match_brute_force(m: int, multi: bool) -> None:
 def test_fewer_trials_than_the_minimum_all_go_on_then_the_rule_bites() -> None:
     rule = SuccessiveHalving(EarlyStoppingConfig("moasha", 1, 3), directions=["maximize", "minimize"], max_epochs=9)
     assert rule.rungs == [1, 3] and rule.min_trials == 3
-    assert not rule.report("a", 1, [0.5, 100.0])
-    assert not rule.report("b", 1, [0.4, 200.0])  # dominated, but only two trials at the rung
-    assert rule.report("c", 1, [0.3, 300.0])  # dominated by both: the third report decides, and stops it
-    assert not rule.report("c", 1, [0.9, 1.0])  # a second report at the same rung changes nothing
-    assert not rule.report("d", 2, [0.1, 1e9])  # epoch 2 is no rung
+    assert not report(rule, "a", 1, [0.5, 100.0])
+    assert not report(rule, "b", 1, [0.4, 200.0])  # dominated, but only two trials at the rung
+    assert report(rule, "c", 1, [0.3, 300.0])  # dominated by both: the third report decides, and stops it
+    assert not report(rule, "c", 1, [0.9, 1.0])  # a second report at the same rung changes nothing
+    assert not report(rule, "d", 2, [0.1, 1e9])  # epoch 2 is no rung
     assert rule.rung_sizes() == {1: 3, 3: 0}
 
 

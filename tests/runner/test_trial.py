@@ -135,11 +135,6 @@ def test_dense_model_has_no_k_rule(tmp_path) -> None:
 
 
 def test_augmented_training_runs(tmp_path) -> None:
-    pytest.importorskip("runner.data", reason="runner.data not available")
-    from runner import data as data_module
-
-    if not hasattr(data_module, "augment_batch"):
-        pytest.skip("runner.data.augment_batch not available yet")
     metrics = run_trial(probe_config(epochs=1), data=tiny_data(32), trial_dir=tmp_path,
                         objectives=["accuracy", "flops"], augment=True)
     assert math.isfinite(metrics["accuracy"])
