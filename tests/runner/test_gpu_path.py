@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from runner import trial
+from runner.engine import trial
 from runner.data import augment
 from runner.engine.trial import effective_precision, place_data, run_trial, training_batches
 from search_space.build import default_config

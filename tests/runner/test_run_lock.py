@@ -54,12 +54,12 @@ def test_the_lock_is_given_back_at_the_end_and_on_an_error(tmp_path, capsys, mon
     assert search(capsys, "--space", space, "--out", tmp_path / "ok")[0] == 0
     assert not (tmp_path / "ok" / LOCK_FILE).exists()
 
-    import runner.search as search_module
+    from runner.engine.in_process import InProcessExecutor
 
     def broken(*args, **kwargs):
         raise RuntimeError("a bug in the backend")
 
-    monkeypatch.setattr(search_module, "run_optuna", broken)
+    monkeypatch.setattr(InProcessExecutor, "run", broken)
     with pytest.raises(RuntimeError, match="a bug in the backend"):
         main(["--space", str(space), "--out", str(tmp_path / "bug")])
     assert (tmp_path / "bug" / "space.yaml").is_file() and not (tmp_path / "bug" / LOCK_FILE).exists()
@@ -67,6 +67,6 @@ def test_the_lock_is_given_back_at_the_end_and_on_an_error(tmp_path, capsys, mon
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(search_module, "run_optuna", interrupted)
+    monkeypatch.setattr(InProcessExecutor, "run", interrupted)
     status, _, _ = search(capsys, "--space", space, "--out", tmp_path / "stopped")
     assert status == 130 and not (tmp_path / "stopped" / LOCK_FILE).exists()
