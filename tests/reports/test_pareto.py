@@ -94,20 +94,6 @@ def test_hypervolume_is_exact_on_integer_grids(directions, seed):
     assert hypervolume(values, directions, ref) == pytest.approx(grid_hypervolume(values, directions, ref))
 
 
-def test_hypervolume_three_objectives_against_monte_carlo():
-    rng = np.random.default_rng(7)
-    directions = ("maximize", "minimize", "minimize")
-    values = np.column_stack([rng.uniform(0.5, 1.0, 25), rng.uniform(0, 1, 25), rng.uniform(0, 1, 25)])
-    ref = np.array([0.4, 1.1, 1.2])
-    samples = np.column_stack([rng.uniform(0.4, 1.0, 200_000), rng.uniform(0, 1.1, 200_000),
-                               rng.uniform(0, 1.2, 200_000)])
-    dominated = np.zeros(len(samples), dtype=bool)
-    for p in values:
-        dominated |= (p[0] >= samples[:, 0]) & (p[1] <= samples[:, 1]) & (p[2] <= samples[:, 2])
-    box = 0.6 * 1.1 * 1.2
-    assert hypervolume(values, directions, ref) == pytest.approx(box * dominated.mean(), rel=0.02)
-
-
 def test_points_not_strictly_better_than_the_reference_count_nothing():
     directions = ["maximize", "minimize"]
     ref = [0.5, 100.0]
