@@ -109,20 +109,53 @@ def normalized_hypervolume(values: np.ndarray, directions: Sequence[str], refere
     return hypervolume(values, directions, reference_point) / box
 
 
+def _extremes(norm: np.ndarray) -> np.ndarray:
+    """Distinct rows (k <= m) of a normalised front that are best in some objective; a tie for best goes
+    to the row with the smallest sum over the other objectives (the one a step along that objective
+    would reach last)."""
+    picks = [int(np.lexsort((norm.sum(axis=1), norm[:, j]))[0]) for j in range(norm.shape[1])]
+    return norm[sorted(set(picks))]
+
+
+def _extreme_normal(extremes: np.ndarray) -> np.ndarray:
+    """Unit normal of the hyperplane through ``extremes`` (k, m), oriented away from the ideal point.
+
+    With m affinely independent extremes the hyperplane is unique. With fewer (one row best in two
+    objectives), many pass through them: take the one whose normal is nearest (1, ..., 1), the normal of
+    the plane through the unit points, by projecting (1, ..., 1) off the directions the extremes span.
+    """
+    m = extremes.shape[1]
+    ones = np.ones(m)
+    normal = ones
+    if len(extremes) > 1:
+        _, sv, vt = np.linalg.svd(extremes[1:] - extremes[0])
+        spanned = vt[: int((sv > 1e-12 * max(1.0, sv.max())).sum())]  # (r, m): the extremes' directions
+        projected = ones - spanned.T @ (spanned @ ones)
+        if np.linalg.norm(projected) > 1e-9:
+            normal = projected
+    return normal / np.linalg.norm(normal)
+
+
 def knee_point(values: np.ndarray, directions: Sequence[str], log_scale: Sequence[bool] | None = None) -> int:
     """Row index of the knee of the front of ``values`` (n, m), for any m >= 2 objectives.
 
     Only the non-dominated rows are considered. Each objective is taken on a log scale where
     ``log_scale`` says so (costs spanning decades, as plotted), then normalised to [0, 1] over the
-    front, 0 being best. The knee is the front point farthest from the hyperplane through the unit
-    points of that box (sum of the normalised values = 1), on the side of the ideal point: the point
-    with the smallest sum of normalised losses, where the trade-off bends most, so a step any way gives
-    up more than it gains. With two objectives the front's extremes are exactly those unit points, so
-    this is the distance from the straight line through the two extremes. With three or more, the
-    hyperplane through the extremes themselves is not used: on a small front one trial is often best
-    in two objectives, and then no hyperplane (or many) runs through them; the unit points always span
-    one, and every objective weighs the same. Ties (and fronts of one or two points on a 2-D front,
-    where no bend exists) go to the point best in the first objective, then the second, and so on.
+    front, 0 being best. The knee is the front point farthest from the hyperplane through the front's
+    extremes (the points best in one objective), on the side of the ideal point: where the trade-off
+    bends most, so a step any way gives up more than it gains. With two objectives that hyperplane is
+    the straight line through the two ends of the front.
+
+    Why this and not the point nearest the ideal, or the smallest sum of normalised values (the
+    distance from the plane through the unit points): the extremes lie on their own hyperplane, at
+    distance 0, so an end of the front is the knee only where no point bends toward the ideal; with two
+    correlated costs (FLOPs and parameters) the cheapest trial is best in both, and a sum or a distance
+    that ignores where the ends are makes that end look like the knee. When the extremes span less than
+    a hyperplane (one trial best in two objectives, common on small fronts), the hyperplane through
+    them whose normal is nearest the unit points' plane is used.
+
+    Ties, and fronts with no bend (one or two points on a 2-D front, a front that bulges away from the
+    ideal), go to the point best in the first objective, then the second, and so on.
     """
     values = np.asarray(values, dtype=float)
     if values.ndim != 2 or values.shape[1] < 2:
@@ -140,9 +173,8 @@ def knee_point(values: np.ndarray, directions: Sequence[str], log_scale: Sequenc
     losses = to_losses(pts, directions)
     span = losses.max(axis=0) - losses.min(axis=0)
     norm = (losses - losses.min(axis=0)) / np.where(span > 0, span, 1.0)
-    # The hyperplane sum(x) = 1; a point's distance from it toward the ideal (the origin) is
-    # (1 - sum(x)) / sqrt(m), so the farthest point has the smallest sum.
-    gain = 1.0 - norm.sum(axis=1)
+    extremes = _extremes(norm)
+    gain = (extremes[0] - norm) @ _extreme_normal(extremes)  # signed distance toward the ideal
     best_first = np.lexsort(losses.T[::-1])  # first objective, then the second, ...
     top = np.flatnonzero(np.isclose(gain, gain.max()))
     rank = np.empty(len(front), dtype=int)

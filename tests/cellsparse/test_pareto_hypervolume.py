@@ -2,8 +2,8 @@
 
 Brute force here is exact, not sampled: the hypervolume is summed over the grid the points' and the
 reference's distinct coordinates cut the box into (every cell is either wholly dominated or not), and
-the knee is found by measuring each front point's distance from the hyperplane through the unit
-points of the normalised box with a normal computed from the plane's own points.
+the knee is found by measuring each front point's distance from the hyperplane through the front's
+extremes, its normal solved as a least-squares problem rather than projected as the library does.
 """
 
 from __future__ import annotations
@@ -115,29 +115,35 @@ def dominated_by_any(losses: np.ndarray, i: int) -> bool:
 
 def brute_knee(values: np.ndarray, directions: list[str], log_scale: list[bool]) -> int:
     """The knee by its definition, spelled out: the front by pairwise domination, each objective on its
-    scale and normalised over the front, the plane through the m unit points with its normal from an
-    SVD, the largest signed distance toward the ideal (origin), ties to the lexicographically best."""
+    scale and normalised over the front, the extremes (best in an objective; ties to the smallest sum),
+    the hyperplane through them with the normal nearest (1, ..., 1) found as a least-squares problem
+    (its Lagrangian), the largest signed distance toward the ideal, ties to the lexicographically best."""
     m = values.shape[1]
-    scaled = values.astype(float).copy()
     losses_all = to_losses(values, directions)
-    finite = np.isfinite(losses_all).all(axis=1)
-    front = [i for i in range(len(values)) if finite[i] and not dominated_by_any(losses_all[finite], list(
-        np.flatnonzero(finite)).index(i))]
+    finite = [i for i in range(len(values)) if np.isfinite(losses_all[i]).all()]
+    front = [i for i in finite if not dominated_by_any(losses_all[finite], finite.index(i))]
+    scaled = values[front].astype(float)
     for j in range(m):
-        if log_scale[j] and (scaled[front, j] > 0).all():
-            scaled[:, j] = np.log10(np.where(scaled[:, j] > 0, scaled[:, j], 1.0))
-    losses = to_losses(scaled[front], directions)
+        if log_scale[j] and (scaled[:, j] > 0).all():
+            scaled[:, j] = np.log10(scaled[:, j])
+    losses = to_losses(scaled, directions)
     lo, hi = losses.min(axis=0), losses.max(axis=0)
     norm = (losses - lo) / np.where(hi > lo, hi - lo, 1.0)
-    corners = np.eye(m)
-    normal = np.linalg.svd(corners[1:] - corners[0])[2][-1]  # orthogonal to every edge of the plane
-    normal = normal if normal @ (np.zeros(m) - corners[0]) > 0 else -normal  # pointing to the ideal
+    chosen = sorted({min(range(len(front)), key=lambda k, j=j: (norm[k, j], norm[k].sum(), k)) for j in range(m)})
+    extremes = norm[chosen]
+    edges = extremes[1:] - extremes[0]
+    ones = np.ones(m)
+    # minimise |n - 1|^2 subject to edges @ n = 0: n = 1 - edges^T (edges edges^T)^+ edges 1
+    normal = ones - edges.T @ np.linalg.pinv(edges @ edges.T) @ (edges @ ones)
+    if np.linalg.norm(normal) < 1e-9:
+        normal = ones
     normal /= np.linalg.norm(normal)
-    distance = (norm - corners[0]) @ normal
+    distance = (extremes[0] - norm) @ normal
+    for e in extremes:  # the extremes are on their own plane
+        assert abs((extremes[0] - e) @ normal) < 1e-9
     best = distance.max()
-    tied = [k for k in range(len(front)) if abs(distance[k] - best) <= 1e-8 * max(1.0, abs(best))]
-    winner = min(tied, key=lambda k: tuple(losses[k]))
-    return front[winner]
+    tied = [k for k in range(len(front)) if abs(distance[k] - best) <= 1e-8 + 1e-5 * abs(best)]
+    return front[min(tied, key=lambda k: tuple(losses[k]))]
 
 
 @pytest.mark.parametrize("m", [2, 3, 4])
@@ -168,10 +174,33 @@ def test_knee_of_three_objectives_by_hand() -> None:
     assert knee_point(values[[4, 0, 1, 2, 3]], directions, [False, True, True]) == 4  # order does not matter
 
 
+def test_the_cheapest_trial_best_in_two_correlated_costs_is_no_knee() -> None:
+    """FLOPs and params fall together: the cheapest trial is best in both and so an end of the front, on
+    the plane through the ends. The smallest sum of normalised values would pick it (1.0 against 1.11);
+    the knee is the accurate, still cheap trial."""
+    values = np.array([
+        [0.90, 1e7, 1e6],  # most accurate
+        [0.60, 1e5, 1e4],  # cheapest in both costs
+        [0.88, 1e6, 1.2e5],  # where the trade-off bends
+        [0.70, 8e5, 9e4],
+    ])
+    directions = ["maximize", "minimize", "minimize"]
+    losses = to_losses(np.column_stack([values[:, 0], np.log10(values[:, 1:])]), directions)
+    norm = (losses - losses.min(axis=0)) / (losses.max(axis=0) - losses.min(axis=0))
+    assert np.argmin(norm.sum(axis=1)) == 1 and norm.sum(axis=1)[[1, 2]] == pytest.approx([1.0, 1.106], abs=1e-3)
+    assert knee_point(values, directions, [False, True, True]) == 2
+
+
+def test_a_front_bulging_away_from_the_ideal_has_its_knee_at_the_first_objective_s_best() -> None:
+    directions = ["minimize"] * 3
+    concave = np.array([[0.0, 1.0, 1.0], [1.0, 0.0, 1.0], [1.0, 1.0, 0.0], [0.9, 0.9, 0.9]])
+    assert knee_point(concave, directions) == 0
+
+
 def test_knee_ignores_nan_rows_and_ties_go_to_the_best_first_objective() -> None:
     directions = ["minimize"] * 3
     corners = np.array([[0.0, 1.0, 1.0], [1.0, 0.0, 1.0], [1.0, 1.0, 0.0], [np.nan, 0.0, 0.0]])
-    assert knee_point(corners, directions) == 0  # three equal sums: the best in the first objective
+    assert knee_point(corners, directions) == 0  # all three are ends: the best in the first objective
     assert knee_point(corners[[1, 0, 2, 3]], directions) == 1
 
 
