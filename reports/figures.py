@@ -297,6 +297,17 @@ def pairwise_figure(run: Run, colours: Mapping[str, str], pareto: pd.Series,
     return fig
 
 
+def _log_ticks(lo: float, hi: float) -> np.ndarray:
+    """Tick positions (log10) between ``lo`` and ``hi``: whole decades where there are three or more,
+    else 1-2-5 steps, else five even steps."""
+    decades = np.arange(math.ceil(lo), math.floor(hi) + 1, dtype=float)
+    if len(decades) >= 3:
+        return decades
+    steps = np.log10([d * 10.0 ** e for e in range(math.floor(lo), math.ceil(hi) + 1) for d in (1, 2, 5)])
+    steps = steps[(steps >= lo - 1e-9) & (steps <= hi + 1e-9)]
+    return steps if len(steps) >= 3 else np.linspace(lo, hi, 5)
+
+
 def _objective_dimension(name: str, direction: str, values: np.ndarray) -> dict[str, Any]:
     """One parcoords axis of an objective, best at the top: a minimised objective's axis runs downward
     (its range reversed), one spanning decades is drawn in log10 with ticks in its own units, and the
@@ -305,15 +316,24 @@ def _objective_dimension(name: str, direction: str, values: np.ndarray) -> dict[
     shown = np.log10(values) if log else values
     lo, hi = float(np.min(shown)), float(np.max(shown))
     if hi == lo:
-        lo, hi = lo - 0.5, hi + 0.5
-    ticks = np.linspace(lo, hi, 5)
-    if log and hi - lo >= 2:  # whole decades read best where there are a few
-        ticks = np.arange(math.ceil(lo), math.floor(hi) + 1, dtype=float)
-    text = [esc(fmt(10 ** t if log else t)) for t in ticks]
+        lo, hi = lo - (0.5 if log else max(abs(lo), 1.0) * 0.1), hi + (0.5 if log else max(abs(hi), 1.0) * 0.1)
     way = "maximised" if direction == "maximize" else "minimised"
-    return {"label": f"{label(name)}<br>({way}{', log' if log else ''}; best at top)", "values": shown,
-            "range": [lo, hi] if direction == "maximize" else [hi, lo],
-            "tickvals": ticks.tolist(), "ticktext": text}
+    dimension = {"label": f"{label(name)}<br>({way}{', log' if log else ''}; best at top)", "values": shown,
+                 "range": [lo, hi] if direction == "maximize" else [hi, lo]}
+    # Ticks of our own: plotly's would write powers of ten as exponents, and print the range's ends
+    # (to five digits) over the axis label.
+    ticks = _log_ticks(lo, hi) if log else _linear_ticks(lo, hi)
+    dimension.update(tickvals=ticks.tolist(), ticktext=[esc(fmt(float(10 ** t if log else t))) for t in ticks])
+    return dimension
+
+
+def _linear_ticks(lo: float, hi: float) -> np.ndarray:
+    """Round tick positions between ``lo`` and ``hi``: steps of 1, 2 or 5 times a power of ten, four to ten of them."""
+    raw = (hi - lo) / 5
+    magnitude = 10.0 ** math.floor(math.log10(raw))
+    step = next(f * magnitude for f in (1, 2, 5, 10) if f * magnitude >= raw)
+    ticks = np.arange(math.ceil(lo / step - 1e-9) * step, hi + step * 1e-9, step)
+    return np.round(ticks, 12)
 
 
 #: Parcoords line colours of the objectives view: (code, colour, words), drawn in this order.

@@ -324,7 +324,9 @@ def hypervolume_section(page: Page, run: Run) -> str:
     shown = ", ".join(f"{esc(k)} = {esc(fmt(v))}" for k, v in point.items())
     parts = [note(f"Reference point: <b>{shown}</b> ({esc(origin)}). It is declared before the run and never "
                   "fitted to the run's results, so hypervolumes of runs with the same point can be compared. "
-                  "Only complete, feasible trials count."),
+                  "Only complete, feasible trials count."
+                  + (f" The volume is over all {len(run.objectives)} objectives, computed exactly "
+                     "(cellsparse.pareto.hypervolume)." if len(run.objectives) > 2 else "")),
              ]
     if len(run.objectives) < 2:
         return note("Hypervolume needs at least two objectives.")
@@ -521,9 +523,12 @@ def front_picks(run: Run) -> dict[str, int]:
 def picks_section(run: Run) -> str:
     budget = _flops_budget(run)
     where = Path(run.path).resolve()  # the command is pasted later, from anywhere: an absolute path
+    knee_words = ("where the accuracy/FLOPs trade-off bends most (largest distance from the line joining the "
+                  "front's extremes, log FLOPs, normalised)") if len(run.objectives) <= 2 else (
+        f"where the trade-off of all {len(run.objectives)} objectives bends most (largest distance from the "
+        "hyperplane through the front's extremes, costs that span decades on a log scale, normalised)")
     choices = [
-        ("knee", "Knee of the front", "where the accuracy/FLOPs trade-off bends most (largest distance from the "
-                                      "line joining the front's extremes, log FLOPs, normalised)"),
+        ("knee", "Knee of the front", knee_words),
         ("accuracy", "Most accurate", "the best validation accuracy of any complete, feasible trial"),
         ("budget", "Most accurate within the FLOPs budget",
          f"the best accuracy with FLOPs ≤ {esc(fmt(budget))}" if budget is not None else "needs constraints.max_flops"),
