@@ -148,3 +148,12 @@ def test_a_searched_three_objective_run_reports_every_view(searched_three_run):
     lines = [t for f in figures for t in f["data"] if t.get("type") == "parcoords" and len(t["dimensions"]) == 4]
     assert len(lines) == 1 and array(lines[0]["line"]["color"])[-1] == 2  # the knee's line, drawn last
     assert '<b id="hv-normalised">' in page
+
+
+def test_export_picks_the_same_knee_and_names_every_objective(three_run):
+    from runner.export.pick import choose_trial
+
+    run, _, knee = knee_and_front(three_run)
+    choice = choose_trial(run, trial=None, pick="knee", max_flops=None)
+    assert choice.number == knee
+    assert "the knee of the front of all 3 objectives (where the trade-off bends most)" in choice.reason
