@@ -146,13 +146,15 @@ def knee_point(values: np.ndarray, directions: Sequence[str], log_scale: Sequenc
     bends most, so a step any way gives up more than it gains. With two objectives that hyperplane is
     the straight line through the two ends of the front.
 
-    Why this and not the point nearest the ideal, or the smallest sum of normalised values (the
-    distance from the plane through the unit points): the extremes lie on their own hyperplane, at
-    distance 0, so an end of the front is the knee only where no point bends toward the ideal; with two
-    correlated costs (FLOPs and parameters) the cheapest trial is best in both, and a sum or a distance
-    that ignores where the ends are makes that end look like the knee. When the extremes span less than
-    a hyperplane (one trial best in two objectives, common on small fronts), the hyperplane through
-    them whose normal is nearest the unit points' plane is used.
+    Why not the smallest sum of normalised values (the distance from the plane through the unit
+    points, the same rule for two objectives): with two correlated costs (FLOPs and parameters) the
+    cheapest trial is best in both, sums to 1 and often wins, an end of the front named as its knee.
+    The extremes lie on their own hyperplane, at distance 0, so here an end is the knee only where no
+    point bends toward the ideal. Why not the point nearest the ideal: it is another rule than the
+    two-objective knee the report, export and docs/benchmarks.md have always used, and would move the
+    knee of every two-objective run. When the extremes span less than a hyperplane (one trial best in
+    two objectives, common on small fronts), the hyperplane through them whose normal is nearest the
+    unit points' plane is used.
 
     Ties, and fronts with no bend (one or two points on a 2-D front, a front that bulges away from the
     ideal), go to the point best in the first objective, then the second, and so on.

@@ -336,9 +336,9 @@ def _linear_ticks(lo: float, hi: float) -> np.ndarray:
     return np.round(ticks, 12)
 
 
-#: Parcoords line colours of the objectives view: (code, colour, words), drawn in this order.
-FRONT_LINES = ((0, "#c7c7c7", "other complete, feasible trials"), (1, "#1f77b4", "on the Pareto front"),
-               (2, PICK_MARKS["knee"][2], "the knee"))
+#: Parcoords lines of the objectives view: (code, colour, its name, what the lines are), drawn in this order.
+FRONT_LINES = ((0, "#c7c7c7", "grey", "other complete, feasible trials"), (1, "#1f77b4", "blue", "on the Pareto front"),
+               (2, PICK_MARKS["knee"][2], "red", "the knee"))
 
 
 def objectives_parallel_figure(run: Run, pareto: pd.Series, knee: int | None = None) -> go.Figure | None:
@@ -362,7 +362,7 @@ def objectives_parallel_figure(run: Run, pareto: pd.Series, knee: int | None = N
     dims += [_objective_dimension(o, run.directions[o], _num(pool, o)) for o in names]
     top = len(FRONT_LINES) - 1
     scale = []
-    for code, colour, _ in FRONT_LINES:  # a stepped colour scale: one flat band per code
+    for code, colour, _, _ in FRONT_LINES:  # a stepped colour scale: one flat band per code
         scale += [[max(0.0, (code - 0.5) / top), colour], [min(1.0, (code + 0.5) / top), colour]]
     fig = go.Figure(go.Parcoords(
         line={"color": pool["_code"].to_numpy(float), "colorscale": scale, "cmin": 0, "cmax": top, "showscale": False},

@@ -306,8 +306,7 @@ def pareto_section(page: Page, run: Run, colours: Mapping[str, str], pareto: pd.
         parts.append(page.figure(pair_fig))
     lines_fig = F.objectives_parallel_figure(run, pareto, knee)
     if lines_fig is not None:
-        colours_words = "; ".join(f"{words}: {colour_name}" for (_, _, words), colour_name
-                                  in zip(F.FRONT_LINES, ("grey", "blue", "red"), strict=True))
+        colours_words = "; ".join(f"{words}: {name}" for _, _, name, words in F.FRONT_LINES)
         parts.append('<h3 id="pareto-lines">All objectives at once</h3>')
         parts.append(note("Parallel coordinates: one line per complete, feasible trial through its strategy and every "
                           "objective, each axis turned so that its best value is at the top (a minimised objective's "

@@ -29,7 +29,6 @@ __all__ = [
     "eligible_mask",
     "hypervolume",
     "hypervolume_history",
-    "knee_objectives",
     "knee_point",
     "most_accurate",
     "most_accurate_within_budget",
@@ -135,7 +134,7 @@ def most_accurate_within_budget(
     return most_accurate(pool, {"accuracy": "maximize", "flops": "minimize"})
 
 
-def knee_objectives(directions: Mapping[str, str]) -> list[str]:
+def _knee_objectives(directions: Mapping[str, str]) -> list[str]:
     """The objectives a knee is taken on, in the order that breaks ties: accuracy, then FLOPs, then the
     others as searched. Every searched objective counts: a trial is not a knee of three objectives
     because it looks like one on two of them."""
@@ -170,7 +169,7 @@ def pick_trial(
     if how == "knee":
         if len(directions) < 2:
             raise UserError("the knee needs at least two objectives; pick by 'accuracy' instead")
-        names = knee_objectives(directions)
+        names = _knee_objectives(directions)
         pool = _eligible(trials, names)
         if pool.empty:
             raise UserError("no complete, feasible trial with finite objectives to pick from")
