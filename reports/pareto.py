@@ -1,6 +1,6 @@
 """Pareto front, hypervolume and "which trial do I take" maths over a run's trials.
 
-Pure numpy (plus pandas for the trials-table helpers) so that ``runner.export`` and the report share
+Numpy and pandas (the maths itself is cellsparse.pareto) so that ``runner.export`` and the report share
 one definition of the front. Every function takes the objectives in their own units and directions
 ("maximize" or "minimize"); internally values are turned into losses (maximised columns negated) so
 that smaller is better everywhere.
