@@ -299,13 +299,16 @@ def pairwise_figure(run: Run, colours: Mapping[str, str], pareto: pd.Series,
 
 def _log_ticks(lo: float, hi: float) -> np.ndarray:
     """Tick positions (log10) between ``lo`` and ``hi``: whole decades where there are three or more,
-    else 1-2-5 steps, else five even steps."""
+    else 1-2-5 steps, else every whole multiple of a power of ten, else five even steps."""
     decades = np.arange(math.ceil(lo), math.floor(hi) + 1, dtype=float)
     if len(decades) >= 3:
         return decades
-    steps = np.log10([d * 10.0 ** e for e in range(math.floor(lo), math.ceil(hi) + 1) for d in (1, 2, 5)])
-    steps = steps[(steps >= lo - 1e-9) & (steps <= hi + 1e-9)]
-    return steps if len(steps) >= 3 else np.linspace(lo, hi, 5)
+    for digits in ((1, 2, 5), range(1, 10)):
+        steps = np.log10([d * 10.0 ** e for e in range(math.floor(lo), math.ceil(hi) + 1) for d in digits])
+        steps = steps[(steps >= lo - 1e-9) & (steps <= hi + 1e-9)]
+        if len(steps) >= 3:
+            return steps
+    return np.linspace(lo, hi, 5)
 
 
 def _objective_dimension(name: str, direction: str, values: np.ndarray) -> dict[str, Any]:
