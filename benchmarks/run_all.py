@@ -21,6 +21,7 @@ Order (each one a separate process, so one heavy job at a time; each writes its 
                                   and $PBC360_NPZ where they exist (3 seeds; about 30 minutes per set)
    ``bench_fields512.py``         a 512-px search, export and predict end to end, memory and time (~15 minutes)
 3. ``bench_report.py``            report size and build time
+   ``bench_hypervolume.py``       hypervolume for 2-4 objectives against brute force and the previous slicing
 4. ``bench_overhead.py``          framework overhead and parallel speed-up
 5. ``bench_search_efficiency.py`` hypervolume per sampler (random, TPE, NSGA-II)
    ``bench_early_stopping.py``    hypervolume against time: plain Ray Tune + OptunaSearch, this project
@@ -90,6 +91,7 @@ def plan(export_run: Path | None, tmp: Path, pbc28_run: Path | None = None,
                        "--jobs", "2"]]),
         ("fields512", [[PY, "benchmarks/bench_fields512.py"]]),
         ("report", [[PY, "benchmarks/bench_report.py"]]),
+        ("hypervolume", [[PY, "benchmarks/bench_hypervolume.py"]]),
         ("overhead", [[PY, "benchmarks/bench_overhead.py", "--trial-s", "10", "--trials", "6"]]),
         ("search_efficiency", [[PY, "benchmarks/bench_search_efficiency.py"]]),
         ("early_stopping", [[PY, "benchmarks/bench_early_stopping.py", "--json", str(tmp / "early_stopping.json")]]),

@@ -1,15 +1,22 @@
-"""Pareto fronts, non-dominated sorting and hypervolume: the one definition every layer uses.
+"""Pareto fronts, non-dominated sorting, hypervolume and the knee: the one definition every layer uses.
 
-Pure numpy, no torch, so the report, export's trial picking and the engine's early-stopping rule
-share it. Every function takes objective values in their own units with a direction per column
+Numpy and moocore, no torch, so the report, export's trial picking and the engine's early-stopping
+rule share it. Every function takes objective values in their own units with a direction per column
 ("maximize" or "minimize"); internally values become losses (maximised columns negated) so that
 smaller is better everywhere. Rows holding a NaN are never on a front and dominate nothing.
+
+Hypervolume comes from moocore (``moocore.hypervolume``): a documented public function, maintained
+with the C code of the algorithms' own authors (Fonseca, Paquete and López-Ibáñez's dimension sweep,
+Guerreiro and Fonseca's HV3D+ and HV4D+), exact for any number of objectives, O(n log n) for 2 and 3,
+O(n^2) for 4, with wheels for every platform that need only numpy and cffi. Optuna's own lives in
+the private ``optuna._hypervolume``, free to change between releases, so it is not used.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import moocore
 import numpy as np
 
 __all__ = ["DIRECTIONS", "hypervolume", "knee_point", "nondominated_ranks", "normalized_hypervolume", "pareto_mask",
@@ -66,44 +73,12 @@ def pareto_mask(values: np.ndarray, directions: Sequence[str]) -> np.ndarray:
     return mask
 
 
-def _hv_losses(points: np.ndarray, ref: np.ndarray) -> float:
-    """Exact hypervolume of loss points (all strictly below ``ref``) by slicing on the last axis."""
-    m = points.shape[1]
-    if len(points) == 0:
-        return 0.0
-    if m == 1:
-        return float(ref[0] - points[:, 0].min())
-    if m == 2:
-        # Sweep in x; each point adds the strip between its y and the best y seen so far.
-        order = np.lexsort((points[:, 1], points[:, 0]))
-        area, best_y = 0.0, ref[1]
-        for x, y in points[order]:
-            if y < best_y:
-                area += (ref[0] - x) * (best_y - y)
-                best_y = y
-        return float(area)
-    # m >= 3: the slab between consecutive last-axis levels is covered by the (m-1)-D volume of
-    # every point at or below the lower level.
-    order = np.argsort(points[:, -1], kind="stable")
-    pts = points[order]
-    levels = np.append(pts[:, -1], ref[-1])
-    volume = 0.0
-    for i in range(len(pts)):
-        depth = levels[i + 1] - levels[i]
-        if depth <= 0:
-            continue
-        head = pts[: i + 1, :-1]
-        head = head[pareto_mask(head, ["minimize"] * (m - 1))]
-        volume += _hv_losses(head, ref[:-1]) * depth
-    return float(volume)
-
-
 def hypervolume(values: np.ndarray, directions: Sequence[str], reference_point: Sequence[float]) -> float:
-    """Exact hypervolume dominated by ``values`` (n, m) and bounded by ``reference_point`` (m,).
+    """Exact hypervolume dominated by ``values`` (n, m) and bounded by ``reference_point`` (m,), for any m.
 
     Points not strictly better than the reference in every objective contribute nothing, and neither
-    do rows with NaN. Exact for any m: a sweep for 2 objectives, slicing along the last objective
-    for 3 or more (O(n^2 log n) for 3, fine for the few hundred trials of a search).
+    do rows with NaN. Computed by ``moocore.hypervolume`` on the losses (see the module docstring);
+    the rows it is given are filtered here so that rule holds whatever the library does at the edge.
     """
     losses = to_losses(values, directions)
     ref = to_losses(np.asarray(reference_point, dtype=float)[None, :], directions)[0]
@@ -113,8 +88,7 @@ def hypervolume(values: np.ndarray, directions: Sequence[str], reference_point: 
     pts = losses[inside]
     if len(pts) == 0:
         return 0.0
-    pts = pts[pareto_mask(pts, ["minimize"] * pts.shape[1])]
-    return _hv_losses(np.unique(pts, axis=0), ref)
+    return float(moocore.hypervolume(np.ascontiguousarray(pts), ref=ref))
 
 
 def normalized_hypervolume(values: np.ndarray, directions: Sequence[str], reference_point: Sequence[float],
@@ -135,35 +109,75 @@ def normalized_hypervolume(values: np.ndarray, directions: Sequence[str], refere
     return hypervolume(values, directions, reference_point) / box
 
 
+def _extremes(norm: np.ndarray) -> np.ndarray:
+    """Distinct rows (k <= m) of a normalised front that are best in some objective; a tie for best goes
+    to the row with the smallest sum over the other objectives (the one a step along that objective
+    would reach last)."""
+    picks = [int(np.lexsort((norm.sum(axis=1), norm[:, j]))[0]) for j in range(norm.shape[1])]
+    return norm[sorted(set(picks))]
+
+
+def _extreme_normal(extremes: np.ndarray) -> np.ndarray:
+    """Unit normal of the hyperplane through ``extremes`` (k, m), oriented away from the ideal point.
+
+    With m affinely independent extremes the hyperplane is unique. With fewer (one row best in two
+    objectives), many pass through them: take the one whose normal is nearest (1, ..., 1), the normal of
+    the plane through the unit points, by projecting (1, ..., 1) off the directions the extremes span.
+    """
+    m = extremes.shape[1]
+    ones = np.ones(m)
+    normal = ones
+    if len(extremes) > 1:
+        _, sv, vt = np.linalg.svd(extremes[1:] - extremes[0])
+        spanned = vt[: int((sv > 1e-12 * max(1.0, sv.max())).sum())]  # (r, m): the extremes' directions
+        projected = ones - spanned.T @ (spanned @ ones)
+        if np.linalg.norm(projected) > 1e-9:
+            normal = projected
+    return normal / np.linalg.norm(normal)
+
+
 def knee_point(values: np.ndarray, directions: Sequence[str], log_scale: Sequence[bool] | None = None) -> int:
-    """Row index of the knee of a 2-D front ``values`` (n, 2).
+    """Row index of the knee of the front of ``values`` (n, m), for any m >= 2 objectives.
 
     Only the non-dominated rows are considered. Each objective is taken on a log scale where
     ``log_scale`` says so (costs spanning decades, as plotted), then normalised to [0, 1] over the
-    front, 0 being best. The knee is the front point farthest from the straight line through the
-    two extremes, on the side of the ideal point: where the trade-off bends most, so a step either
-    way gives up more than it gains. Ties, and fronts of one or two points where no bend exists,
-    go to the point best in the first objective.
+    front, 0 being best. The knee is the front point farthest from the hyperplane through the front's
+    extremes (the points best in one objective), on the side of the ideal point: where the trade-off
+    bends most, so a step any way gives up more than it gains. With two objectives that hyperplane is
+    the straight line through the two ends of the front.
+
+    Why not the smallest sum of normalised values (the distance from the plane through the unit
+    points, the same rule for two objectives): with two correlated costs (FLOPs and parameters) the
+    cheapest trial is best in both, sums to 1 and often wins, an end of the front named as its knee.
+    The extremes lie on their own hyperplane, at distance 0, so here an end is the knee only where no
+    point bends toward the ideal. Why not the point nearest the ideal: it is another rule than the
+    two-objective knee the report, export and docs/benchmarks.md have always used, and would move the
+    knee of every two-objective run. When the extremes span less than a hyperplane (one trial best in
+    two objectives, common on small fronts), the hyperplane through them whose normal is nearest the
+    unit points' plane is used.
+
+    Ties, and fronts with no bend (one or two points on a 2-D front, a front that bulges away from the
+    ideal), go to the point best in the first objective, then the second, and so on.
     """
     values = np.asarray(values, dtype=float)
-    if values.ndim != 2 or values.shape[1] != 2:
-        raise ValueError(f"knee_point needs a 2-objective array (n, 2), but got shape {values.shape}")
+    if values.ndim != 2 or values.shape[1] < 2:
+        raise ValueError(f"knee_point needs an array of two or more objectives (n, m), but got shape {values.shape}")
+    m = values.shape[1]
+    if log_scale is not None and len(log_scale) != m:
+        raise ValueError(f"log_scale needs one flag per objective column: got {len(log_scale)} for {m} columns")
     front = np.flatnonzero(pareto_mask(values, directions))
     if len(front) == 0:
         raise ValueError("knee_point needs at least one finite point")
     pts = values[front].copy()
-    for j, use_log in enumerate(log_scale or (False, False)):
+    for j, use_log in enumerate(log_scale or [False] * m):
         if use_log and (pts[:, j] > 0).all():
             pts[:, j] = np.log10(pts[:, j])
     losses = to_losses(pts, directions)
     span = losses.max(axis=0) - losses.min(axis=0)
     norm = (losses - losses.min(axis=0)) / np.where(span > 0, span, 1.0)
-    # Extremes: best in objective 0 (norm (0, 1)) and best in objective 1 (norm (1, 0)) on a 2-D front;
-    # the line x + y = 1 joins them, and distance toward the ideal (0, 0) is (1 - x - y) / sqrt(2).
-    gain = 1.0 - norm.sum(axis=1)
-    best_first = np.lexsort((losses[:, 1], losses[:, 0]))  # first objective, then second
-    if len(front) <= 2 or np.allclose(gain, gain.max()):
-        return int(front[best_first[0]])
+    extremes = _extremes(norm)
+    gain = (extremes[0] - norm) @ _extreme_normal(extremes)  # signed distance toward the ideal
+    best_first = np.lexsort(losses.T[::-1])  # first objective, then the second, ...
     top = np.flatnonzero(np.isclose(gain, gain.max()))
     rank = np.empty(len(front), dtype=int)
     rank[best_first] = np.arange(len(front))

@@ -198,14 +198,15 @@ def pareto_figure(run: Run, colours: Mapping[str, str], pareto: pd.Series,
     front = trials[pareto.to_numpy()]
     if len(front):
         front = _front_order(front, x, run.directions[x])
+        two = len(run.objectives) == 2  # beyond two, the front seen on one plane is no staircase: rings only
         fig.add_trace(
             go.Scatter(
                 x=_num(front, x),
                 y=_num(front, y),
-                mode="lines+markers",
+                mode="lines+markers" if two else "markers",
                 line={"shape": "hv", "color": "#111", "width": 1.5},
                 marker={"symbol": "circle-open", "size": 17, "color": "#111", "line": {"width": 2}},
-                name="Pareto front" + (" (all objectives)" if len(run.objectives) > 2 else ""),
+                name="Pareto front" if two else "on the Pareto front (all objectives)",
                 hovertext=[hover_text(r, run.objectives, configs) for _, r in front.iterrows()],
                 hoverinfo="text",
             )
@@ -236,8 +237,16 @@ def pareto_figure(run: Run, colours: Mapping[str, str], pareto: pd.Series,
     return _plane_layout(fig, x, y, shown, height=520, legend="strategy", x_range=x_range)
 
 
-def pairwise_figure(run: Run, colours: Mapping[str, str], pareto: pd.Series) -> go.Figure | None:
-    """With three or more objectives: one panel per pair, the full front's trials ringed."""
+def _pair_axes(a: str, b: str) -> tuple[str, str]:
+    """(y, x) of a pairwise panel: accuracy up the side where it is one of the two, else the first."""
+    return (b, a) if b == "accuracy" else (a, b)
+
+
+def pairwise_figure(run: Run, colours: Mapping[str, str], pareto: pd.Series,
+                    knee: int | None = None) -> go.Figure | None:
+    """With three or more objectives: one panel per pair of objectives (three to a row) over the complete,
+    feasible trials, the full front's trials ringed and the knee (a trial number) starred in every
+    panel. Objectives that span decades are on log axes, both ways."""
     names = run.objectives
     if len(names) < 3:
         return None
@@ -246,32 +255,124 @@ def pairwise_figure(run: Run, colours: Mapping[str, str], pareto: pd.Series) -> 
     if pool.empty:
         return None
     pairs = list(combinations(names, 2))
-    fig = make_subplots(rows=1, cols=len(pairs), horizontal_spacing=0.07)
+    cols = min(3, len(pairs))
+    rows = math.ceil(len(pairs) / cols)
+    fig = make_subplots(rows=rows, cols=cols, horizontal_spacing=0.08, vertical_spacing=0.22 / rows)
     configs = config_columns(run.trials)
-    on_front = pareto.to_numpy()[ok]
-    for col, (a, b) in enumerate(pairs, start=1):
-        y, x = (a, b) if a == "accuracy" or b != "accuracy" else (b, a)
+    front = pool[pareto.to_numpy()[ok]]
+    starred = pool[pool["number"] == knee] if knee is not None else pool.iloc[:0]
+    words, symbol, colour = PICK_MARKS["knee"]
+    for i, (a, b) in enumerate(pairs):
+        row, col = divmod(i, cols)
+        where = {"row": row + 1, "col": col + 1}
+        y, x = _pair_axes(a, b)
         for strategy, group in pool.groupby("strategy", sort=True):
             fig.add_trace(
                 go.Scatter(x=_num(group, x), y=_num(group, y), mode="markers", name=esc(strategy),
-                           legendgroup=esc(strategy), showlegend=col == 1,
+                           legendgroup=esc(strategy), showlegend=i == 0,
                            marker={"color": colours[strategy], "size": 8,
                                    "symbol": "circle" if bool(group["sparse"].iloc[0]) else "diamond"},
                            hovertext=[hover_text(r, names, configs) for _, r in group.iterrows()],
                            hoverinfo="text"),
-                row=1, col=col,
+                **where,
             )
-        front = pool[on_front]
         fig.add_trace(
             go.Scatter(x=_num(front, x), y=_num(front, y), mode="markers", name="on the Pareto front",
-                       legendgroup="front", showlegend=col == 1,
+                       legendgroup="front", showlegend=i == 0,
                        marker={"symbol": "circle-open", "size": 15, "color": "#111", "line": {"width": 2}},
                        hoverinfo="skip"),
-            row=1, col=col,
+            **where,
         )
-        fig.update_xaxes(title_text=label(x), type="log" if _log_axis(x, _num(pool, x)) else "linear", row=1, col=col)
-        fig.update_yaxes(title_text=label(y), row=1, col=col)
-    fig.update_layout(height=420)
+        if not starred.empty:
+            fig.add_trace(
+                go.Scatter(x=_num(starred, x), y=_num(starred, y), mode="markers", name=f"{words}: trial {knee}",
+                           legendgroup="knee", showlegend=i == 0,
+                           marker={"symbol": symbol, "size": 18, "color": colour, "line": {"width": 1.5, "color": "#111"}},
+                           hovertext=[hover_text(starred.iloc[0], names, configs)], hoverinfo="text"),
+                **where,
+            )
+        fig.update_xaxes(title_text=label(x), type="log" if _log_axis(x, _num(pool, x)) else "linear", **where)
+        fig.update_yaxes(title_text=label(y), type="log" if _log_axis(y, _num(pool, y)) else "linear", **where)
+    fig.update_layout(height=360 * rows + 60)
+    return fig
+
+
+def _log_ticks(lo: float, hi: float) -> np.ndarray:
+    """Tick positions (log10) between ``lo`` and ``hi``: whole decades where there are three or more,
+    else 1-2-5 steps, else every whole multiple of a power of ten, else five even steps."""
+    decades = np.arange(math.ceil(lo), math.floor(hi) + 1, dtype=float)
+    if len(decades) >= 3:
+        return decades
+    for digits in ((1, 2, 5), range(1, 10)):
+        steps = np.log10([d * 10.0 ** e for e in range(math.floor(lo), math.ceil(hi) + 1) for d in digits])
+        steps = steps[(steps >= lo - 1e-9) & (steps <= hi + 1e-9)]
+        if len(steps) >= 3:
+            return steps
+    return np.linspace(lo, hi, 5)
+
+
+def _objective_dimension(name: str, direction: str, values: np.ndarray) -> dict[str, Any]:
+    """One parcoords axis of an objective, best at the top: a minimised objective's axis runs downward
+    (its range reversed), one spanning decades is drawn in log10 with ticks in its own units, and the
+    label says which way the objective goes."""
+    log = _log_axis(name, values)
+    shown = np.log10(values) if log else values
+    lo, hi = float(np.min(shown)), float(np.max(shown))
+    if hi == lo:
+        lo, hi = lo - (0.5 if log else max(abs(lo), 1.0) * 0.1), hi + (0.5 if log else max(abs(hi), 1.0) * 0.1)
+    way = "maximised" if direction == "maximize" else "minimised"
+    dimension = {"label": f"{label(name)}<br>({way}{', log' if log else ''}; best at top)", "values": shown,
+                 "range": [lo, hi] if direction == "maximize" else [hi, lo]}
+    # Ticks of our own: plotly's would write powers of ten as exponents, and print the range's ends
+    # (to five digits) over the axis label.
+    ticks = _log_ticks(lo, hi) if log else _linear_ticks(lo, hi)
+    dimension.update(tickvals=ticks.tolist(), ticktext=[esc(fmt(float(10 ** t if log else t))) for t in ticks])
+    return dimension
+
+
+def _linear_ticks(lo: float, hi: float) -> np.ndarray:
+    """Round tick positions between ``lo`` and ``hi``: steps of 1, 2 or 5 times a power of ten, four to ten of them."""
+    raw = (hi - lo) / 5
+    magnitude = 10.0 ** math.floor(math.log10(raw))
+    step = next(f * magnitude for f in (1, 2, 5, 10) if f * magnitude >= raw)
+    ticks = np.arange(math.ceil(lo / step - 1e-9) * step, hi + step * 1e-9, step)
+    return np.round(ticks, 12)
+
+
+#: Parcoords lines of the objectives view: (code, colour, its name, what the lines are), drawn in this order.
+FRONT_LINES = ((0, "#c7c7c7", "grey", "other complete, feasible trials"), (1, "#1f77b4", "blue", "on the Pareto front"),
+               (2, PICK_MARKS["knee"][2], "red", "the knee"))
+
+
+def objectives_parallel_figure(run: Run, pareto: pd.Series, knee: int | None = None) -> go.Figure | None:
+    """With three or more objectives: parallel coordinates over the strategy and the objectives, one line
+    per complete, feasible trial; the front's lines in blue over the grey rest, the knee's in red,
+    every objective's axis with its best value at the top."""
+    names = run.objectives
+    if len(names) < 3:
+        return None
+    ok = run.eligible().to_numpy()
+    pool = run.trials[ok].assign(_code=pareto.to_numpy()[ok].astype(int))
+    if pool.empty:
+        return None
+    if knee is not None:
+        pool.loc[pool["number"] == knee, "_code"] = 2
+    pool = pool.sort_values(["_code", "number"], kind="stable")  # later lines are drawn on top
+    dims: list[dict[str, Any]] = []
+    strategy_axis = _parallel_dimension("strategy", pool["strategy"])
+    if strategy_axis is not None:
+        dims.append(strategy_axis)
+    dims += [_objective_dimension(o, run.directions[o], _num(pool, o)) for o in names]
+    top = len(FRONT_LINES) - 1
+    scale = []
+    for code, colour, _, _ in FRONT_LINES:  # a stepped colour scale: one flat band per code
+        scale += [[max(0.0, (code - 0.5) / top), colour], [min(1.0, (code + 0.5) / top), colour]]
+    fig = go.Figure(go.Parcoords(
+        line={"color": pool["_code"].to_numpy(float), "colorscale": scale, "cmin": 0, "cmax": top, "showscale": False},
+        dimensions=dims,
+        labelangle=0, labelside="top",
+    ))
+    fig.update_layout(height=460, margin={"l": 120, "r": 80, "t": 90, "b": 30})
     return fig
 
 

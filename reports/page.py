@@ -281,21 +281,38 @@ def pareto_section(page: Page, run: Run, colours: Mapping[str, str], pareto: pd.
                           warn=True))
     picks = front_picks(run)
     fig = F.pareto_figure(run, colours, pareto, picks)
+    many = len(run.objectives) > 2
     if fig is not None:
-        y, x = F.primary_pair(run.objectives) or ("", "")
         marked = "; ".join(f"{esc(F.PICK_MARKS[how][0])}: trial {number}" for how, number in picks.items())
+        front_words = (f"Black rings mark the {int(pareto.sum())} trial(s) on the Pareto front of all "
+                       f"{len(run.objectives)} objectives ({esc(', '.join(run.objectives))}); on this plane some "
+                       "of them look dominated, being on the front through an objective not drawn. " if many else
+                       f"The black step line joins the {int(pareto.sum())} trial(s) on the "
+                       f"Pareto front ({esc(', '.join(run.objectives))}). ")
         parts.append(note(
-            f"Every complete trial, coloured by strategy; circles are sparse designs, diamonds the dense baselines, "
-            f"crosses trials over a constraint. The black step line joins the {int(pareto.sum())} trial(s) on the "
-            f"Pareto front ({esc(', '.join(run.objectives))}). "
+            "Every complete trial, coloured by strategy; circles are sparse designs, diamonds the dense baselines, "
+            "crosses trials over a constraint. " + front_words
             + (f"Stars mark the picks of the box below ({marked}). " if marked else "")
             + "Hover a point for its configuration."))
         parts.append(page.figure(fig))
-    pair_fig = F.pairwise_figure(run, colours, pareto)
+    knee = picks.get("knee")
+    pair_fig = F.pairwise_figure(run, colours, pareto, knee)
     if pair_fig is not None:
-        parts.append(note("Three or more objectives: each pair of objectives, with the trials on the full "
-                          "front ringed (a trial can be on the front through an objective not drawn)."))
+        parts.append('<h3 id="pareto-pairs">Three or more objectives: each pair</h3>')
+        parts.append(note("Every pair of objectives over the complete, feasible trials, with the trials on the full "
+                          "front ringed (a trial can be on the front through an objective not drawn)"
+                          + (f" and the knee of all {len(run.objectives)} objectives starred (trial {knee})" if knee is not None
+                             else "") + "."))
         parts.append(page.figure(pair_fig))
+    lines_fig = F.objectives_parallel_figure(run, pareto, knee)
+    if lines_fig is not None:
+        colours_words = "; ".join(f"{words}: {name}" for _, _, name, words in F.FRONT_LINES)
+        parts.append('<h3 id="pareto-lines">All objectives at once</h3>')
+        parts.append(note("Parallel coordinates: one line per complete, feasible trial through its strategy and every "
+                          "objective, each axis turned so that its best value is at the top (a minimised objective's "
+                          f"axis runs downward); {esc(colours_words)}. A front trial's line crosses the others: "
+                          "it gives up one objective for another. Drag along an axis to filter."))
+        parts.append(page.figure(lines_fig))
     return "\n".join(parts)
 
 
@@ -306,7 +323,9 @@ def hypervolume_section(page: Page, run: Run) -> str:
     shown = ", ".join(f"{esc(k)} = {esc(fmt(v))}" for k, v in point.items())
     parts = [note(f"Reference point: <b>{shown}</b> ({esc(origin)}). It is declared before the run and never "
                   "fitted to the run's results, so hypervolumes of runs with the same point can be compared. "
-                  "Only complete, feasible trials count."),
+                  "Only complete, feasible trials count."
+                  + (f" The volume is over all {len(run.objectives)} objectives, computed exactly "
+                     "(cellsparse.pareto.hypervolume)." if len(run.objectives) > 2 else "")),
              ]
     if len(run.objectives) < 2:
         return note("Hypervolume needs at least two objectives.")
@@ -503,9 +522,12 @@ def front_picks(run: Run) -> dict[str, int]:
 def picks_section(run: Run) -> str:
     budget = _flops_budget(run)
     where = Path(run.path).resolve()  # the command is pasted later, from anywhere: an absolute path
+    knee_words = ("where the accuracy/FLOPs trade-off bends most (largest distance from the line joining the "
+                  "front's extremes, log FLOPs, normalised)") if len(run.objectives) <= 2 else (
+        f"where the trade-off of all {len(run.objectives)} objectives bends most (largest distance from the "
+        "hyperplane through the front's extremes, costs that span decades on a log scale, normalised)")
     choices = [
-        ("knee", "Knee of the front", "where the accuracy/FLOPs trade-off bends most (largest distance from the "
-                                      "line joining the front's extremes, log FLOPs, normalised)"),
+        ("knee", "Knee of the front", knee_words),
         ("accuracy", "Most accurate", "the best validation accuracy of any complete, feasible trial"),
         ("budget", "Most accurate within the FLOPs budget",
          f"the best accuracy with FLOPs ≤ {esc(fmt(budget))}" if budget is not None else "needs constraints.max_flops"),

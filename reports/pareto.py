@@ -1,6 +1,6 @@
 """Pareto front, hypervolume and "which trial do I take" maths over a run's trials.
 
-Pure numpy (plus pandas for the trials-table helpers) so that ``runner.export`` and the report share
+Numpy and pandas (the maths itself is cellsparse.pareto) so that ``runner.export`` and the report share
 one definition of the front. Every function takes the objectives in their own units and directions
 ("maximize" or "minimize"); internally values are turned into losses (maximised columns negated) so
 that smaller is better everywhere.
@@ -134,13 +134,14 @@ def most_accurate_within_budget(
     return most_accurate(pool, {"accuracy": "maximize", "flops": "minimize"})
 
 
-def _knee_pair(directions: Mapping[str, str]) -> list[str]:
-    """The two objectives a knee is taken on: accuracy against FLOPs where both are searched."""
+def _knee_objectives(directions: Mapping[str, str]) -> list[str]:
+    """The objectives a knee is taken on, in the order that breaks ties: accuracy, then FLOPs, then the
+    others as searched. Every searched objective counts: a trial is not a knee of three objectives
+    because it looks like one on two of them."""
     names = list(directions)
-    first = "accuracy" if "accuracy" in names else names[0]
-    rest = [n for n in names if n != first]
-    second = "flops" if "flops" in rest else rest[0]
-    return [first, second]
+    first = ["accuracy"] if "accuracy" in names else names[:1]
+    second = ["flops"] if "flops" in names and first != ["flops"] else []
+    return [*first, *second, *[n for n in names if n not in first + second]]
 
 
 def pick_trial(
@@ -153,8 +154,8 @@ def pick_trial(
 
     ``directions`` maps objective name (a trials.csv column) to "maximize"/"minimize" (a mapping or
     (name, direction) pairs, in the space's objective order).
-    ``how="knee"``: the knee of the accuracy-vs-FLOPs front (see :func:`knee_point`; with other
-    objectives, the first two searched). ``how="accuracy"``: the most accurate trial.
+    ``how="knee"``: the knee of the front over every objective (see :func:`knee_point`): with accuracy
+    and FLOPs, where that trade-off bends most. ``how="accuracy"``: the most accurate trial.
     ``how="budget"``: the most accurate trial with FLOPs at most ``max_flops``.
     Raises UserError when no trial qualifies or the request cannot be answered.
     """
@@ -168,15 +169,12 @@ def pick_trial(
     if how == "knee":
         if len(directions) < 2:
             raise UserError("the knee needs at least two objectives; pick by 'accuracy' instead")
-        pair = _knee_pair(directions)
-        pool = _eligible(trials, list(directions))
+        names = _knee_objectives(directions)
+        pool = _eligible(trials, names)
         if pool.empty:
             raise UserError("no complete, feasible trial with finite objectives to pick from")
-        # The knee is taken on the full front's members, seen in the two plotted objectives.
-        full = pareto_mask(_values(pool, list(directions)), [directions[n] for n in directions])
-        pool = pool[full]
         index = knee_point(
-            _values(pool, pair), [directions[n] for n in pair], [objective_info(n).log_scale for n in pair]
+            _values(pool, names), [directions[n] for n in names], [objective_info(n).log_scale for n in names]
         )
         return int(pool["number"].to_numpy()[index])
     if how == "accuracy":

@@ -64,7 +64,8 @@ def choose_trial(run: Run, *, trial: int | None, pick: str, max_flops: float | N
     number = pick_trial(trials, run.directions, pick, max_flops=max_flops)
     row = trials[trials["number"] == number].iloc[0]
     why = {
-        "knee": "the knee of the accuracy/FLOPs front (where the trade-off bends most)",
+        "knee": ("the knee of the accuracy/FLOPs front" if len(objectives) <= 2
+                 else f"the knee of the front of all {len(objectives)} objectives") + " (where the trade-off bends most)",
         "accuracy": "the most accurate complete, feasible trial",
         "budget": f"the most accurate trial within {max_flops:g} FLOPs" if max_flops is not None else "",
     }[pick]

@@ -163,3 +163,47 @@ def test_epoch_and_trial_axes_tick_whole_numbers(demo_page):
       })""")
     for labels in ticks:
         assert labels and all(label.replace("\u2212", "-").lstrip("-").isdigit() for label in labels), labels
+
+
+THREE_JS = """
+(function () {
+  var plots = Array.from(document.querySelectorAll('div.plot'));
+  function stars(div) {  // knee stars drawn, per trace named as the knee
+    return Array.from(div.querySelectorAll('.scatterlayer .trace')).filter(function (g, i) {
+      return (div.data[i] && /^knee of the front/.test(div.data[i].name));
+    }).map(function (g) { return g.querySelectorAll('path.point').length; });
+  }
+  var pairs = document.getElementById('pareto-pairs').nextElementSibling.nextElementSibling;
+  var lines = document.getElementById('pareto-lines').nextElementSibling.nextElementSibling;
+  return {
+    plots: plots.length,
+    pairStars: stars(pairs),
+    lineAxes: Array.from(lines.querySelectorAll('.parcoords .y-axis .axis-title')).map(function (t) { return t.textContent; }),
+    lineCanvases: Array.from(lines.querySelectorAll('canvas')).filter(function (c) { return c.width > 0; }).length
+  };
+})()
+"""
+
+
+@pytest.mark.parametrize("which", ["three_run", "searched_three_run"])
+def test_three_objective_views_render(browser, request, which):
+    """A run of accuracy, FLOPs and params (made up, and from a real search): every plot drawn, the knee
+    starred in each of the three pairwise panels, the objectives' parallel coordinates drawn with an
+    axis per objective and its direction, no console errors."""
+    run_dir = request.getfixturevalue(which)
+    browser.open((run_dir / "report.html").as_uri())
+    plots = wait_for_plots(browser)
+    assert len(plots) == 8
+    for plot in plots:
+        assert plot["svg"] and plot["width"] > 100 and plot["height"] > 100, plot
+        assert plot["traces"] > 0 and (plot["marks"] > 0 or plot["canvases"] > 0), plot
+    views = browser.evaluate(THREE_JS)
+    assert views["pairStars"] == [1, 1, 1], views
+    assert views["lineCanvases"] > 0, views
+    axes = views["lineAxes"]
+    assert axes[0] == "strategy" and len(axes) == 4, axes
+    assert "maximised; best at top" in axes[1] and all("minimised, log; best at top" in a for a in axes[2:]), axes
+    assert browser.errors() == []
+    assert browser.dialogs() == []
+    if which == "three_run":
+        browser.screenshot(ARTIFACTS / "report-three-objectives.png")

@@ -94,20 +94,6 @@ def test_hypervolume_is_exact_on_integer_grids(directions, seed):
     assert hypervolume(values, directions, ref) == pytest.approx(grid_hypervolume(values, directions, ref))
 
 
-def test_hypervolume_three_objectives_against_monte_carlo():
-    rng = np.random.default_rng(7)
-    directions = ("maximize", "minimize", "minimize")
-    values = np.column_stack([rng.uniform(0.5, 1.0, 25), rng.uniform(0, 1, 25), rng.uniform(0, 1, 25)])
-    ref = np.array([0.4, 1.1, 1.2])
-    samples = np.column_stack([rng.uniform(0.4, 1.0, 200_000), rng.uniform(0, 1.1, 200_000),
-                               rng.uniform(0, 1.2, 200_000)])
-    dominated = np.zeros(len(samples), dtype=bool)
-    for p in values:
-        dominated |= (p[0] >= samples[:, 0]) & (p[1] <= samples[:, 1]) & (p[2] <= samples[:, 2])
-    box = 0.6 * 1.1 * 1.2
-    assert hypervolume(values, directions, ref) == pytest.approx(box * dominated.mean(), rel=0.02)
-
-
 def test_points_not_strictly_better_than_the_reference_count_nothing():
     directions = ["maximize", "minimize"]
     ref = [0.5, 100.0]
@@ -216,3 +202,44 @@ def test_reference_point_is_declared_or_derived_never_fitted():
     space = {"objectives": {"accuracy": "maximize", "peak_mem_mb": "minimize"}, "constraints": {"max_flops": 2e7}}
     point, origin = reference_point_from_space(space)
     assert point is None and "peak_mem_mb" in origin
+
+
+def three_objective_table() -> pd.DataFrame:
+    """Eight trials over accuracy, FLOPs and params: failed, infeasible and running ones among them. Trial 1,
+    the knee of accuracy and FLOPs, holds nearly as many parameters as the most accurate trial."""
+    trials = trials_table()
+    trials["params"] = [5e3, 9e5, 2e3, 2e3, 5e2, 1e6, 1.5e3, 70.0]
+    trials["datetime_start"] = pd.date_range("2025-01-01", periods=8, freq="min", tz="UTC").astype(str)
+    trials["datetime_complete"] = pd.date_range("2025-01-01 00:00:30", periods=8, freq="min", tz="UTC").astype(str)
+    return trials
+
+
+DIRS3 = {"accuracy": "maximize", "flops": "minimize", "params": "minimize"}
+
+
+def test_the_knee_of_three_objectives_counts_every_objective():
+    """pick_trial's knee is knee_point over all three objectives (log FLOPs and params, as plotted), among
+    eligible trials only; with two objectives it stays the accuracy/FLOPs knee."""
+    trials = three_objective_table()
+    ok = [0, 1, 5, 6]
+    values = trials.loc[ok, ["accuracy", "flops", "params"]].to_numpy(float)
+    want = ok[knee_point(values, list(DIRS3.values()), [False, True, True])]
+    assert pick_trial(trials, DIRS3, "knee") == want
+    # the order the objectives were searched in does not move the knee
+    assert pick_trial(trials, {"params": "minimize", "accuracy": "maximize", "flops": "minimize"}, "knee") == want
+    assert pick_trial(trials, DIRS, "knee") == 1 and want == 0
+
+
+def test_hypervolume_history_of_three_objectives_is_exact():
+    from tests.cellsparse.test_pareto_hypervolume import brute_hypervolume
+
+    trials = three_objective_table()
+    ref = {"accuracy": 0.0, "flops": 2e7, "params": 2e6}
+    by_number = hypervolume_history(trials, DIRS3, ref, by="number")
+    dirs = list(DIRS3.values())
+    for number in range(8):
+        seen = [n for n in (0, 1, 5, 6) if n <= number]
+        values = trials.loc[seen, list(DIRS3)].to_numpy(float).reshape(-1, 3)
+        want = brute_hypervolume(values, dirs, np.array(list(ref.values())))
+        assert by_number["hypervolume"].iloc[number] == pytest.approx(want, rel=1e-12)
+    assert by_number["normalized"].iloc[-1] == pytest.approx(by_number["hypervolume"].iloc[-1] / (1.0 * 2e7 * 2e6))
