@@ -25,8 +25,8 @@ if str(ROOT) not in sys.path:
 
 from _doc import markdown_table, stamp  # noqa: E402
 
+from cellsparse.pareto import pareto_mask  # noqa: E402
 from cellsparse.rundir import eligible_mask  # noqa: E402
-from reports.pareto import pareto_mask  # noqa: E402
 from runner.data.dataset import CellDataset  # noqa: E402
 from search_space.strategies import get_strategy, strategy_names  # noqa: E402
 

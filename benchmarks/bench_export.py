@@ -3,7 +3,7 @@
     python benchmarks/bench_export.py runs/cells
     python benchmarks/bench_export.py runs/cells --threads 1,2 --batch-sizes 1,256
 
-For the knee of the accuracy/FLOPs front (``reports.pareto.pick_trial(..., "knee")``) and the most
+For the knee of the accuracy/FLOPs front (``reports.picks.pick_trial(..., "knee")``) and the most
 accurate complete, feasible dense trial (dense_cnn or dense_vit), rebuilt from the run directory
 exactly as ``runner.export`` rebuilds them, this times on the CPU:
 
@@ -56,10 +56,10 @@ def _load() -> str:
 
 def describe_run(run_dir: Path) -> str:
     """One sentence on what the run is and how it was made (from space.yaml and run.json)."""
-    from cellsparse.rundir import load_run
+    from cellsparse.rundir import read_run
 
-    run = load_run(run_dir)
-    data = run.space.get("data") or {}
+    run = read_run(run_dir)
+    data = run.space.data
     complete = int((run.trials["state"] == "COMPLETE").sum())
     what = f"{data.get('source', '?')} {data.get('modality', '')} data at {data.get('image_size', '?')} px".replace("  ", " ")
     command = run.info.get("command")
@@ -69,11 +69,11 @@ def describe_run(run_dir: Path) -> str:
 
 def pick_models(run_dir: Path) -> list[tuple[str, int]]:
     """[("knee", n), ("best dense", m)]: the trials to time (the dense one when the run has one)."""
-    from cellsparse.rundir import load_run
-    from reports.pareto import eligible_mask, most_accurate, pick_trial
+    from cellsparse.rundir import eligible_mask, read_run
+    from reports.picks import most_accurate, pick_trial
     from search_space.strategies import get_strategy, strategy_names
 
-    run = load_run(run_dir)
+    run = read_run(run_dir)
     chosen = [("knee", pick_trial(run.trials, run.directions, "knee"))]
     dense_names = [n for n in strategy_names() if not get_strategy(n).sparse]
     dense = run.trials[run.trials["strategy"].isin(dense_names)]

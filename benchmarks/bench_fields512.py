@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _doc import markdown_table, own_command, stamp, write_section  # noqa: E402
 
-from cellsparse.rundir import load_run  # noqa: E402
+from cellsparse.rundir import read_run  # noqa: E402
 from runner.data.fields import generate_fields  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,7 +84,7 @@ def main() -> None:
         space_file, run = tmp / "space.yaml", tmp / "run"
         space_file.write_text(yaml.safe_dump(space_for(args), sort_keys=False))
         search_s, search_mb = timed("runner.search", "--space", str(space_file), "--out", str(run))
-        trials = load_run(run).trials
+        trials = read_run(run).trials
         rows = []
         for _, t in trials.iterrows():
             metrics = json.loads((run / "trials" / str(int(t["number"])) / "metrics.json").read_text())

@@ -28,7 +28,7 @@ from _doc import markdown_table, own_command, stamp, write_section  # noqa: E402
 
 from cellsparse.objective_info import ideal_point  # noqa: E402
 from cellsparse.pareto import normalized_hypervolume, pareto_mask  # noqa: E402
-from cellsparse.rundir import INPUT_COLUMN, TRIALS_DIR, Run, eligible_mask, load_run  # noqa: E402
+from cellsparse.rundir import INPUT_COLUMN, TRIALS_DIR, RunRecord, eligible_mask, read_run  # noqa: E402
 
 GOAL_POINTS, GOAL_FLOPS_SHARE, GOAL_SPEEDUP, GOAL_BATCH = 1.0, 1 / 3, 2.0, 256
 
@@ -99,11 +99,11 @@ def in_short(table: list[list[object]], goals: list[str]) -> str:
     return f"**In short:** hypervolume of the whole front: {hvs}. The sparse-vs-dense goal, {last}."
 
 
-def compare(runs: dict[str, Run]) -> tuple[list[str], list[list[object]], list[str]]:
+def compare(runs: dict[str, RunRecord]) -> tuple[list[str], list[list[object]], list[str]]:
     strategies: list[str] = []
     rows, goals = [], []
     for label, run in runs.items():
-        max_flops = float(run.space["constraints"]["max_flops"])
+        max_flops = float(run.space.limit("flops"))
         trials = run.trials
         ok = trials[eligible_mask(trials, ["accuracy", "flops"])]
         per = {s: (hv(g, max_flops), len(g)) for s, g in ok.groupby("strategy")}
@@ -117,7 +117,7 @@ def compare(runs: dict[str, Run]) -> tuple[list[str], list[list[object]], list[s
 
 
 def front_members(trials: pd.DataFrame) -> list[list[object]]:
-    """A run's Pareto front (its trials table as ``load_run`` gives it), cheapest first: where each
+    """A run's Pareto front (its trials table as ``read_run`` gives it), cheapest first: where each
     design sits and the resolution it sees."""
     ok = trials[eligible_mask(trials, ["accuracy", "flops"])]
     front = ok[pareto_mask(ok[["accuracy", "flops"]].to_numpy(float), ["maximize", "minimize"])].sort_values("flops")
@@ -160,12 +160,12 @@ def main() -> None:
         if not label or not (Path(path) / "trials.csv").is_file():
             parser.error(f"--run {item!r}: expected LABEL=DIR with DIR a finished run directory")
         runs[label] = Path(path)
-    loaded = {label: load_run(run_dir) for label, run_dir in runs.items()}
+    loaded = {label: read_run(run_dir) for label, run_dir in runs.items()}
     header, table, goals = compare(loaded)
     short = in_short(table, goals)
     fronts = {label: front_members(run.trials) for label, run in loaded.items()}
     last = list(runs)[-1]
-    short += f" {downscaled_dense(last, fronts[last], int(loaded[last].space['data']['image_size']))}."
+    short += f" {downscaled_dense(last, fronts[last], int(loaded[last].space.image_size))}."
     if args.throughput:
         trials = loaded[last].trials
         ok = trials[eligible_mask(trials, ["accuracy", "flops"])]

@@ -40,7 +40,7 @@ from _doc import markdown_table, own_command, stamp, write_section  # noqa: E402
 from bench_fronts import GOAL_FLOPS_SHARE, goal, goal_pair, hv, throughput  # noqa: E402
 
 from cellsparse.pareto import pareto_mask  # noqa: E402
-from cellsparse.rundir import SPACE_FILE, TRIALS_DIR, eligible_mask, load_run  # noqa: E402
+from cellsparse.rundir import SPACE_FILE, TRIALS_DIR, eligible_mask, read_run  # noqa: E402
 from search_space.spec import accepted_keys, load_space  # noqa: E402
 
 
@@ -135,8 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     runs = {s: search(single_strategy_space(space, s, args.trials), args.out / f"{space.stem}_{s}") for s in args.strategies}
 
-    loaded = {s: load_run(d) for s, d in runs.items()}
-    max_flops = float(next(iter(loaded.values())).space["constraints"]["max_flops"])
+    loaded = {s: read_run(d) for s, d in runs.items()}
+    max_flops = float(next(iter(loaded.values())).space.limit("flops"))
     rows = [strategy_row(s, run.trials, max_flops) for s, run in loaded.items()]
     pooled = pd.concat([run.trials.assign(run_dir=str(runs[s])) for s, run in loaded.items()], ignore_index=True)
     pooled = pooled[eligible_mask(pooled, ["accuracy", "flops"])]

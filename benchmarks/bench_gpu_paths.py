@@ -45,9 +45,9 @@ sys.path.insert(0, str(ROOT))
 
 from _doc import add_pbc28_argument, gpu_skip_reason, machine_record, markdown_table, own_command, write_section  # noqa: E402
 
-from runner.engine import trial as trial_module  # noqa: E402
 from runner.artefacts import pt2_runner  # noqa: E402
 from runner.data import load_dataset  # noqa: E402
+from runner.engine import trial as trial_module  # noqa: E402
 from runner.engine.checkpoint import load_trained  # noqa: E402
 from runner.export.exporters import save_pt2, to_exported_program  # noqa: E402
 from runner.export.parity import time_batches  # noqa: E402

@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 from _doc import markdown_table, own_command, stamp, write_section  # noqa: E402
 
 from cellsparse.pareto import hypervolume, pareto_mask  # noqa: E402
-from reports.pareto import hypervolume_history  # noqa: E402
+from reports.picks import hypervolume_history  # noqa: E402
 from tests.cellsparse.test_pareto_hypervolume import brute_hypervolume, random_case  # noqa: E402
 from tests.reports.fake_run import write_run  # noqa: E402
 
@@ -123,9 +123,9 @@ def timings(sizes: list[int]) -> list[list[object]]:
 
 def history_cost(n_trials: int, root: Path) -> tuple[int, float]:
     """Seconds for the report's hypervolume history (by trial number) of a made-up three-objective run."""
-    from cellsparse.rundir import load_run
+    from cellsparse.rundir import read_run
 
-    run = load_run(write_run(root, "hv3", n_trials=n_trials, objectives=("accuracy", "flops", "params"), journal=False,
+    run = read_run(write_run(root, "hv3", n_trials=n_trials, objectives=("accuracy", "flops", "params"), journal=False,
                              reference_point={"params": 2e6}))
     point = {"accuracy": 0.0, "flops": 4e7, "params": 2e6}
     seconds = best_of(lambda: hypervolume_history(run.trials, run.directions, point, by="number"), repeats=2)

@@ -12,7 +12,7 @@ runs through the real CLI (``runner.search.main``, optuna backend, one trial at 
 
 The hypervolume reference point is fixed in advance: accuracy 0 and FLOPs = the space's max_flops,
 and the hypervolume is divided by the reference box (1 x max_flops), so 1.0 would be a model with
-accuracy 1 at 0 FLOPs. It is computed with ``reports.pareto.hypervolume_history`` on each run's
+accuracy 1 at 0 FLOPs. It is computed with ``reports.picks.hypervolume_history`` on each run's
 trials.csv (COMPLETE, feasible trials only). Configs over the budget are recorded infeasible
 without training; they still count as trials.
 
@@ -91,7 +91,7 @@ def space_text(name: str, sampler: str, seed: int, trials: int) -> str:
 
 
 def run_one(workdir: Path, sampler: str, seed: int, trials: int) -> dict:
-    from reports.pareto import hypervolume_history
+    from reports.picks import hypervolume_history
     from runner.search import main
 
     name = f"eff_{sampler}_{seed}"
@@ -251,7 +251,7 @@ all of so short a search); random has no settings.
 
 Hypervolume of the (validation accuracy, FLOPs) front, reference point fixed in advance at accuracy 0
 and FLOPs {MAX_FLOPS:.0e} (the budget), divided by that box (so 1.0 = accuracy 1 at 0 FLOPs); computed
-by `reports.pareto.hypervolume_history` on each run's trials.csv. Cells: mean ± standard deviation
+by `reports.picks.hypervolume_history` on each run's trials.csv. Cells: mean ± standard deviation
 over seeds (min-max).
 
 {table_n}

@@ -40,6 +40,7 @@ from optuna.storages.journal import JournalFileBackend
 from cellsparse.errors import UserError
 from cellsparse.files import write_atomic
 from cellsparse.pareto import pareto_mask
+from cellsparse.run_space import RunSpace, read_run_space
 from cellsparse.runlock import LOCK_FILE
 from cellsparse.strategy_info import INPUT_SIZE_KEY, is_sparse
 
@@ -522,11 +523,13 @@ def config_columns(trials: pd.DataFrame) -> list[str]:
 
 
 @dataclass
-class Run:
-    """One run directory, loaded."""
+class RunRecord:
+    """One run directory as read, torch-free: its typed space, run.json, trials table and notes on what
+    was missing. What the report and export's trial picking read; ``runner.run.Run`` (the user's
+    object, ``cellsparse.Run``) wraps one."""
 
     path: Path
-    space: dict[str, Any]
+    space: RunSpace
     info: dict[str, Any]
     trials: pd.DataFrame
     directions: dict[str, str]
@@ -534,7 +537,7 @@ class Run:
 
     @property
     def name(self) -> str:
-        return str(self.space.get("name") or self.info.get("name") or self.path.name)
+        return str(self.space.name or self.info.get("name") or self.path.name)
 
     @property
     def objectives(self) -> list[str]:
@@ -557,37 +560,20 @@ class Run:
         return trial_dir(self.path, number)
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise UserError(f"{path}: not valid YAML ({where}{problem})") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read the run's space file ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a YAML mapping (the resolved search space), got {type(data).__name__}")
-    return data
-
-
-def _fill_input_size(trials: pd.DataFrame, space: dict[str, Any]) -> pd.DataFrame:
+def _fill_input_size(trials: pd.DataFrame, space: RunSpace) -> pd.DataFrame:
     """Where the run searched input_size, a trial that left it out (or null) sees the data's image_size:
     the column says so, so tables, hover texts and axes show every trial's resolution as a number."""
     if INPUT_COLUMN not in trials.columns:
         return trials
     sizes = pd.to_numeric(trials[INPUT_COLUMN], errors="coerce")
-    data = space.get("data")
-    frame = data.get("image_size") if isinstance(data, dict) else None
-    if isinstance(frame, int) and not isinstance(frame, bool):
-        sizes = sizes.fillna(frame)
+    if space.image_size is not None:
+        sizes = sizes.fillna(space.image_size)
     trials[INPUT_COLUMN] = sizes
     return trials
 
 
-def load_run(run_dir: Path) -> Run:
-    """Load a run directory; UserError naming the path when it is not one."""
+def read_run(run_dir: Path) -> RunRecord:
+    """Read a run directory; UserError naming the path when it is not one."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: not a run directory (no such folder); pass runs/<name>")
@@ -595,7 +581,7 @@ def load_run(run_dir: Path) -> Run:
     for required in (space_path, trials_path):
         if not required.is_file():
             raise UserError(f"{run_dir}: not a run directory ({required.name} is missing at {required})")
-    space = _read_yaml(space_path)
+    space = read_run_space(space_path)
     notes: list[str] = []
     info: dict[str, Any] = {}
     info_path = run_dir / RUN_FILE
@@ -607,20 +593,14 @@ def load_run(run_dir: Path) -> Run:
             notes.append(f"run.json could not be read ({type(exc).__name__}); run details are missing")
     else:
         notes.append("run.json is missing; run details (wall time, machine, versions) are not shown")
-    objectives = space.get("objectives") or {}
-    if not isinstance(objectives, dict) or not objectives:
-        raise UserError(f"{space_path}: 'objectives' must map objective names to maximize/minimize")
-    bad = {k: v for k, v in objectives.items() if v not in ("maximize", "minimize")}
-    if bad:
-        raise UserError(f"{space_path}: objective directions must be 'maximize' or 'minimize', but got {bad}")
-    directions = {str(k): str(v) for k, v in objectives.items()}
+    directions = dict(space.objectives)
     trials = _fill_input_size(read_trials(trials_path, list(directions)), space)
     absent = [o for o in directions if o not in trials.columns]
     if absent:
         notes.append(f"trials.csv has no column for objective(s) {', '.join(absent)}; no trial counts as done")
         for name in absent:
             trials[name] = np.nan
-    return Run(path=run_dir, space=space, info=info, trials=trials, directions=directions, notes=notes)
+    return RunRecord(path=run_dir, space=space, info=info, trials=trials, directions=directions, notes=notes)
 
 
 def load_json(path: Path) -> Any:

@@ -1,13 +1,11 @@
-"""What the user sees: Pareto/hypervolume maths and the HTML report.
+"""What the user sees: the HTML report, and the picks over a run's trials.
 
-Public API:
+- ``python -m reports.build runs/<name> [--out FILE]`` and ``reports.build.build_report(run_dir, out=None)``
+  (``cellsparse.build_report``): the self-contained HTML report of a run directory.
+- ``reports.picks``: ``hypervolume_history``, ``most_accurate``, ``most_accurate_within_budget`` and
+  ``pick_trial``, shared with ``runner.export`` and ``cellsparse.Run`` so that the report and the export
+  pick the same trial. The maths under them (front, hypervolume, knee) is ``cellsparse.pareto``.
 
-- ``python -m reports.build runs/<name> [--out FILE]`` and ``reports.build.build_report(run_dir, out=None)``:
-  the self-contained HTML report of a run directory.
-- ``reports.pareto``: ``pareto_mask``, ``hypervolume``, ``hypervolume_history``, ``knee_point``,
-  ``most_accurate``, ``most_accurate_within_budget``, ``pick_trial`` and ``reference_point_from_space``,
-  shared with ``runner.export`` so that the report and the export agree on the front.
-
-Runs are read through ``cellsparse.rundir``. Importing ``reports.pareto`` pulls in numpy, pandas and Optuna
+Runs are read through ``cellsparse.rundir``. Importing ``reports.picks`` pulls in numpy, pandas and Optuna
 (never torch, Ray or plotly); building a report never imports torch or Ray.
 """

@@ -17,7 +17,7 @@ import pandas as pd
 
 from cellsparse.commands import command
 from cellsparse.files import atomic_path, write_atomic
-from cellsparse.rundir import REPORT_FILE, TRIALS_FILE, load_run
+from cellsparse.rundir import REPORT_FILE, TRIALS_FILE, read_run
 from search_space.errors import UserError
 
 from .page import render
@@ -53,7 +53,7 @@ def build_report(run_dir: Path, out: Path | None = None) -> Path:
     Raises UserError, having written nothing, when ``run_dir`` is not a run directory.
     """
     run_dir = Path(run_dir)
-    run = load_run(run_dir)
+    run = read_run(run_dir)
     target = Path(out) if out is not None else run_dir / REPORT_FILE
     if target.is_dir():
         raise UserError(f"--out {target}: is a folder; give a file name such as {target / 'report.html'}")

@@ -16,9 +16,8 @@ from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from cellsparse.objective_info import objective_info
-from cellsparse.rundir import ATTR_NODE, INPUT_COLUMN, Run, config_columns
-
-from .pareto import eligible_mask, pareto_mask
+from cellsparse.pareto import pareto_mask
+from cellsparse.rundir import ATTR_NODE, INPUT_COLUMN, RunRecord, config_columns, eligible_mask
 
 PALETTE = qualitative.Plotly + qualitative.D3 + qualitative.Dark24
 MAX_HOVER_CONFIG = 16
@@ -100,10 +99,8 @@ def _front_order(frame: pd.DataFrame, x: str, x_dir: str) -> pd.DataFrame:
     return frame.assign(_x=_num(frame, x)).sort_values("_x", ascending=(x_dir == "minimize"), kind="stable")
 
 
-def _budget(run: Run, x: str) -> float | None:
-    key = objective_info(x).constraint_key
-    budget = (run.space.get("constraints") or {}).get(key) if key else None
-    return float(budget) if isinstance(budget, (int, float)) and not isinstance(budget, bool) else None
+def _budget(run: RunRecord, x: str) -> float | None:
+    return run.space.limit(x)
 
 
 def axis_range(values: np.ndarray, log: bool, pad: float = 0.06) -> list[float] | None:
@@ -119,7 +116,7 @@ def axis_range(values: np.ndarray, log: bool, pad: float = 0.06) -> list[float] 
     return [lo - pad * span - (0 if hi > lo else span), hi + pad * span + (0 if hi > lo else span)]
 
 
-def _budget_trace(run: Run, x: str, ys: np.ndarray, x_range: list[float] | None, log: bool
+def _budget_trace(run: RunRecord, x: str, ys: np.ndarray, x_range: list[float] | None, log: bool
                   ) -> tuple[go.Scatter | None, dict[str, Any] | None]:
     """The budget as a dashed vertical line where it falls inside the axis range; beyond it, an arrow
     at the edge that says where the budget is (every point is within it)."""
@@ -148,7 +145,7 @@ PICK_MARKS = {"knee": ("knee of the front", "star", "#d62728"),
               "accuracy": ("most accurate", "star-triangle-up", "#2ca02c")}
 
 
-def pareto_figure(run: Run, colours: Mapping[str, str], pareto: pd.Series,
+def pareto_figure(run: RunRecord, colours: Mapping[str, str], pareto: pd.Series,
                   picks: Mapping[str, int] | None = None) -> go.Figure | None:
     """Every complete trial on the main trade-off plane, the front joined by a step line; trials early
     stopping cut are drawn faded at the figures they stopped at (never on the front). ``picks``
@@ -242,7 +239,7 @@ def _pair_axes(a: str, b: str) -> tuple[str, str]:
     return (b, a) if b == "accuracy" else (a, b)
 
 
-def pairwise_figure(run: Run, colours: Mapping[str, str], pareto: pd.Series,
+def pairwise_figure(run: RunRecord, colours: Mapping[str, str], pareto: pd.Series,
                     knee: int | None = None) -> go.Figure | None:
     """With three or more objectives: one panel per pair of objectives (three to a row) over the complete,
     feasible trials, the full front's trials ringed and the knee (a trial number) starred in every
@@ -344,7 +341,7 @@ FRONT_LINES = ((0, "#c7c7c7", "grey", "other complete, feasible trials"), (1, "#
                (2, PICK_MARKS["knee"][2], "red", "the knee"))
 
 
-def objectives_parallel_figure(run: Run, pareto: pd.Series, knee: int | None = None) -> go.Figure | None:
+def objectives_parallel_figure(run: RunRecord, pareto: pd.Series, knee: int | None = None) -> go.Figure | None:
     """With three or more objectives: parallel coordinates over the strategy and the objectives, one line
     per complete, feasible trial; the front's lines in blue over the grey rest, the knee's in red,
     every objective's axis with its best value at the top."""
@@ -376,7 +373,7 @@ def objectives_parallel_figure(run: Run, pareto: pd.Series, knee: int | None = N
     return fig
 
 
-def strategy_fronts_figure(run: Run, colours: Mapping[str, str]) -> go.Figure | None:
+def strategy_fronts_figure(run: RunRecord, colours: Mapping[str, str]) -> go.Figure | None:
     """Each strategy's own front on the main plane: which design wins where."""
     pair = primary_pair(run.objectives)
     if pair is None:
@@ -481,7 +478,7 @@ def _parallel_dimension(column: str, col: pd.Series) -> dict[str, Any] | None:
             "ticktext": [esc(c) for c in cats]}
 
 
-def parallel_figure(run: Run, ranking: Sequence[str] = (), max_config_axes: int = 12
+def parallel_figure(run: RunRecord, ranking: Sequence[str] = (), max_config_axes: int = 12
                     ) -> tuple[go.Figure | None, list[str], list[str]]:
     """Parallel coordinates over the config and the objectives of complete, feasible trials, coloured by the
     first objective. Past ``max_config_axes`` varying config keys, those first in ``ranking`` (e.g.

@@ -15,12 +15,12 @@ import optuna
 import pandas as pd
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 
-from cellsparse.rundir import JOURNAL_FILE, Run, config_columns, open_storage
+from cellsparse.rundir import JOURNAL_FILE, RunRecord, config_columns, open_storage
 
 MIN_TRIALS = 2
 
 
-def _journal_study(run: Run) -> optuna.Study | None:
+def _journal_study(run: RunRecord) -> optuna.Study | None:
     path = run.path / JOURNAL_FILE
     if not path.is_file() or path.stat().st_size == 0:
         return None
@@ -35,7 +35,7 @@ def _journal_study(run: Run) -> optuna.Study | None:
     return study
 
 
-def _table_study(run: Run) -> optuna.Study:
+def _table_study(run: RunRecord) -> optuna.Study:
     rows = run.trials[run.eligible().to_numpy()]
     columns = ["strategy", *config_columns(run.trials)]
     dists: dict[str, Any] = {}
@@ -62,7 +62,7 @@ def _table_study(run: Run) -> optuna.Study:
     return study
 
 
-def param_importances(run: Run) -> tuple[dict[str, dict[str, float]], str]:
+def param_importances(run: RunRecord) -> tuple[dict[str, dict[str, float]], str]:
     """{objective: {param: importance}} and a note on where it came from or why it is missing."""
     done = run.eligible()
     if int(done.sum()) < MIN_TRIALS:

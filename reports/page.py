@@ -30,22 +30,16 @@ from cellsparse.rundir import (
     LOOKED_AT_FILE,
     METRICS_FILE,
     STATES,
-    Run,
+    RunRecord,
     config_columns,
     load_json,
 )
 
-from . import figures as F
+from . import figures
 from .figures import esc, fmt
 from .images import looked_at_pair
 from .importance import param_importances
-from .pareto import (
-    hypervolume_history,
-    most_accurate,
-    most_accurate_within_budget,
-    pick_trial,
-    reference_point_from_space,
-)
+from .picks import hypervolume_history, most_accurate, most_accurate_within_budget, pick_trial
 
 MAX_LOOKED_AT_TRIALS = 12  # Pareto trials whose images are shown
 IMAGES_PER_TRIAL = 4
@@ -208,12 +202,11 @@ def _cell(value: Any, column: str = "") -> tuple[str, str]:
 # --------------------------------------------------------------------------------------- sections
 
 
-def summary_section(run: Run, counts: Mapping[str, int]) -> str:
+def summary_section(run: RunRecord, counts: Mapping[str, int]) -> str:
     space, info = run.space, run.info
-    data = space.get("data") or {}
-    search = space.get("search") or {}
+    data, search = space.data, space.search
     sampler = search.get("sampler") or {}
-    strategies = (space.get("space") or {}).get("strategy") or sorted(run.trials["strategy"].unique())
+    strategies = space.strategies or sorted(run.trials["strategy"].unique())
     started, finished = info.get("started_at"), info.get("finished_at")
     wall = info.get("wall_time_s")
     wall_text = duration(wall) if isinstance(wall, (int, float)) else "—"
@@ -233,12 +226,12 @@ def summary_section(run: Run, counts: Mapping[str, int]) -> str:
     space_rows = [
         ("strategies", ", ".join(map(str, strategies))),
         ("objectives", ", ".join(f"{k} ({'max' if v == 'maximize' else 'min'})" for k, v in run.directions.items())),
-        ("constraints", {k: v for k, v in (space.get("constraints") or {}).items()}),
-        ("sampler", f"{sampler.get('name', '—')} (seed {sampler.get('seed', space.get('seed', '—'))})"),
+        ("constraints", dict(space.constraints)),
+        ("sampler", f"{sampler.get('name', '—')} (seed {sampler.get('seed', space.seed if space.seed is not None else '—')})"),
         ("sampler options", sampler.get("options") or {}),
         ("trials requested", search.get("trials")), ("backend", search.get("backend") or info.get("backend")),
         ("max concurrent", search.get("max_concurrent")), ("resources per trial", search.get("resources")),
-        ("seed", space.get("seed")),
+        ("seed", space.seed),
     ]
     versions = info.get("versions") or {}
     machine = info.get("machine") or {}
@@ -253,12 +246,12 @@ def summary_section(run: Run, counts: Mapping[str, int]) -> str:
     ]
     if run.notes:
         parts.append("".join(note(esc(n), warn=True) for n in run.notes))
-    resolved = yaml.safe_dump(run.space, sort_keys=False, default_flow_style=False)
+    resolved = yaml.safe_dump(dict(run.space.raw), sort_keys=False, default_flow_style=False)
     parts.append(f"<details><summary>The resolved search space (space.yaml)</summary><pre>{esc(resolved)}</pre></details>")
     return "\n".join(parts)
 
 
-def state_counts(run: Run, pareto: pd.Series) -> dict[str, int]:
+def state_counts(run: RunRecord, pareto: pd.Series) -> dict[str, int]:
     states = run.trials["state"]
     complete = states.eq("COMPLETE")
     infeasible = complete & ~run.trials["feasible"]
@@ -268,7 +261,7 @@ def state_counts(run: Run, pareto: pd.Series) -> dict[str, int]:
     return counts
 
 
-def pareto_section(page: Page, run: Run, colours: Mapping[str, str], pareto: pd.Series) -> str:
+def pareto_section(page: Page, run: RunRecord, colours: Mapping[str, str], pareto: pd.Series) -> str:
     eligible = int(run.eligible().sum())
     parts: list[str] = []
     if len(run.objectives) < 2:
@@ -280,10 +273,10 @@ def pareto_section(page: Page, run: Run, colours: Mapping[str, str], pareto: pd.
         parts.append(note("Only one trial has completed within the constraints: the front is that single trial.",
                           warn=True))
     picks = front_picks(run)
-    fig = F.pareto_figure(run, colours, pareto, picks)
+    fig = figures.pareto_figure(run, colours, pareto, picks)
     many = len(run.objectives) > 2
     if fig is not None:
-        marked = "; ".join(f"{esc(F.PICK_MARKS[how][0])}: trial {number}" for how, number in picks.items())
+        marked = "; ".join(f"{esc(figures.PICK_MARKS[how][0])}: trial {number}" for how, number in picks.items())
         front_words = (f"Black rings mark the {int(pareto.sum())} trial(s) on the Pareto front of all "
                        f"{len(run.objectives)} objectives ({esc(', '.join(run.objectives))}); on this plane some "
                        "of them look dominated, being on the front through an objective not drawn. " if many else
@@ -296,7 +289,7 @@ def pareto_section(page: Page, run: Run, colours: Mapping[str, str], pareto: pd.
             + "Hover a point for its configuration."))
         parts.append(page.figure(fig))
     knee = picks.get("knee")
-    pair_fig = F.pairwise_figure(run, colours, pareto, knee)
+    pair_fig = figures.pairwise_figure(run, colours, pareto, knee)
     if pair_fig is not None:
         parts.append('<h3 id="pareto-pairs">Three or more objectives: each pair</h3>')
         parts.append(note("Every pair of objectives over the complete, feasible trials, with the trials on the full "
@@ -304,9 +297,9 @@ def pareto_section(page: Page, run: Run, colours: Mapping[str, str], pareto: pd.
                           + (f" and the knee of all {len(run.objectives)} objectives starred (trial {knee})" if knee is not None
                              else "") + "."))
         parts.append(page.figure(pair_fig))
-    lines_fig = F.objectives_parallel_figure(run, pareto, knee)
+    lines_fig = figures.objectives_parallel_figure(run, pareto, knee)
     if lines_fig is not None:
-        colours_words = "; ".join(f"{words}: {name}" for _, _, name, words in F.FRONT_LINES)
+        colours_words = "; ".join(f"{words}: {name}" for _, _, name, words in figures.FRONT_LINES)
         parts.append('<h3 id="pareto-lines">All objectives at once</h3>')
         parts.append(note("Parallel coordinates: one line per complete, feasible trial through its strategy and every "
                           "objective, each axis turned so that its best value is at the top (a minimised objective's "
@@ -316,8 +309,8 @@ def pareto_section(page: Page, run: Run, colours: Mapping[str, str], pareto: pd.
     return "\n".join(parts)
 
 
-def hypervolume_section(page: Page, run: Run) -> str:
-    point, origin = reference_point_from_space(run.space)
+def hypervolume_section(page: Page, run: RunRecord) -> str:
+    point, origin = run.space.reference_point()
     if point is None:
         return note("Hypervolume cannot be computed: " + esc(origin) + ".", warn=True)
     shown = ", ".join(f"{esc(k)} = {esc(fmt(v))}" for k, v in point.items())
@@ -347,12 +340,12 @@ def hypervolume_section(page: Page, run: Run) -> str:
     else:
         parts.append(note(f"Final hypervolume: <b>{esc(fmt(final))}</b>{empty} (not normalised: an objective declares "
                           "no ideal value)"))
-    parts.append(page.figure(F.hypervolume_figure(by_number, by_time)))
+    parts.append(page.figure(figures.hypervolume_figure(by_number, by_time)))
     return "\n".join(parts)
 
 
-def strategy_section(page: Page, run: Run, colours: Mapping[str, str]) -> str:
-    fig = F.strategy_fronts_figure(run, colours)
+def strategy_section(page: Page, run: RunRecord, colours: Mapping[str, str]) -> str:
+    fig = figures.strategy_fronts_figure(run, colours)
     if fig is None:
         return note("No complete, feasible trials to draw per-strategy fronts from.")
     pool = run.trials[run.eligible().to_numpy()]
@@ -373,10 +366,10 @@ def _ranking(importances: Mapping[str, Mapping[str, float]]) -> list[str]:
     return sorted(best, key=lambda k: -best[k])
 
 
-def parameters_section(page: Page, run: Run) -> str:
+def parameters_section(page: Page, run: RunRecord) -> str:
     importances, why = param_importances(run)
     parts = []
-    fig, conditional, left_out = F.parallel_figure(run, _ranking(importances))
+    fig, conditional, left_out = figures.parallel_figure(run, _ranking(importances))
     if fig is None:
         parts.append(note("No complete, feasible trials to draw parallel coordinates from."))
     else:
@@ -390,17 +383,17 @@ def parameters_section(page: Page, run: Run) -> str:
     parts.append("<h3>Parameter importance per objective</h3>")
     parts.append(note(esc(why) + "."))
     if importances:
-        parts.append(page.figure(F.importance_figure(importances)))
+        parts.append(page.figure(figures.importance_figure(importances)))
     return "\n".join(parts)
 
 
-def _ordered_front(run: Run, pareto: pd.Series) -> pd.DataFrame:
+def _ordered_front(run: RunRecord, pareto: pd.Series) -> pd.DataFrame:
     front = run.trials[pareto.to_numpy()]
     first = run.objectives[0]
     return front.sort_values(first, ascending=run.directions[first] == "minimize", kind="stable")
 
 
-def curves_section(page: Page, run: Run, pareto: pd.Series) -> str:
+def curves_section(page: Page, run: RunRecord, pareto: pd.Series) -> str:
     front = _ordered_front(run, pareto).head(MAX_CURVES)
     if front.empty:
         return note("No Pareto trials yet.")
@@ -413,7 +406,7 @@ def curves_section(page: Page, run: Run, pareto: pd.Series) -> str:
         else:
             missing.append(str(int(number)))
     strategies = dict(zip(front["number"].astype(int), front["strategy"], strict=True))
-    fig = F.learning_curves_figure(curves, strategies)
+    fig = figures.learning_curves_figure(curves, strategies)
     parts = [note("Validation accuracy and k per epoch of the trials on the Pareto front"
                   + (f" (the first {MAX_CURVES} by {esc(run.objectives[0])})" if int(pareto.sum()) > MAX_CURVES else "")
                   + ".")]
@@ -432,7 +425,7 @@ def _class_name(names: Sequence[str] | None, index: Any) -> str:
     return str(names[i]) if names is not None and 0 <= i < len(names) else str(i)
 
 
-def looked_at_section(run: Run, pareto: pd.Series) -> str:
+def looked_at_section(run: RunRecord, pareto: pd.Series) -> str:
     front = _ordered_front(run, pareto).head(MAX_LOOKED_AT_TRIALS)
     if front.empty:
         return note("No Pareto trials yet.")
@@ -483,7 +476,7 @@ def looked_at_section(run: Run, pareto: pd.Series) -> str:
     return "\n".join(parts)
 
 
-def _pick(run: Run, how: str, budget: float | None) -> tuple[int | None, str]:
+def _pick(run: RunRecord, how: str, budget: float | None) -> tuple[int | None, str]:
     """(trial number, "") or (None, why not); the usual reasons are checked here, without raising."""
     if not run.eligible().any():
         return None, "no complete, feasible trial yet"
@@ -503,12 +496,11 @@ def _pick(run: Run, how: str, budget: float | None) -> tuple[int | None, str]:
     return number, "" if number is not None else f"no complete, feasible trial has FLOPs ≤ {fmt(budget)}"
 
 
-def _flops_budget(run: Run) -> float | None:
-    budget = (run.space.get("constraints") or {}).get("max_flops")
-    return float(budget) if isinstance(budget, (int, float)) and not isinstance(budget, bool) else None
+def _flops_budget(run: RunRecord) -> float | None:
+    return run.space.limit("flops")
 
 
-def front_picks(run: Run) -> dict[str, int]:
+def front_picks(run: RunRecord) -> dict[str, int]:
     """The picks marked on the front: the knee and, where the run has a FLOPs budget, the most accurate
     trial within it (the same trials the pick box names)."""
     picks = {}
@@ -519,7 +511,7 @@ def front_picks(run: Run) -> dict[str, int]:
     return picks
 
 
-def picks_section(run: Run) -> str:
+def picks_section(run: RunRecord) -> str:
     budget = _flops_budget(run)
     where = Path(run.path).resolve()  # the command is pasted later, from anywhere: an absolute path
     knee_words = ("where the accuracy/FLOPs trade-off bends most (largest distance from the line joining the "
@@ -551,7 +543,7 @@ def picks_section(run: Run) -> str:
         '<div class="picks">' + "".join(cards) + "</div>")
 
 
-def trials_table_section(run: Run, pareto: pd.Series) -> str:
+def trials_table_section(run: RunRecord, pareto: pd.Series) -> str:
     trials = run.trials.assign(_front=pareto.to_numpy())
     first = run.objectives[0]
     front = trials[trials["_front"]].sort_values(first, ascending=run.directions[first] == "minimize", kind="stable")
@@ -580,11 +572,11 @@ def trials_table_section(run: Run, pareto: pd.Series) -> str:
             + "".join(body) + "</tbody></table></div>")
 
 
-def render(run: Run) -> str:
+def render(run: RunRecord) -> str:
     """The whole report for a loaded run, as one HTML string."""
     page = Page()
     pareto = run.pareto()
-    colours = F.strategy_colours(run.trials["strategy"])
+    colours = figures.strategy_colours(run.trials["strategy"])
     counts = state_counts(run, pareto)
     page.add("summary", "Summary", summary_section(run, counts))
     page.add("pareto", "Pareto front", pareto_section(page, run, colours, pareto))

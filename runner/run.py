@@ -24,10 +24,9 @@ import pandas as pd
 from torch import nn
 
 from cellsparse.log import logger
-from cellsparse.rundir import CONFIG_FILE, HISTORY_FILE, METRICS_FILE, load_json
-from cellsparse.rundir import load_run as load_run_dir
+from cellsparse.rundir import CONFIG_FILE, HISTORY_FILE, METRICS_FILE, load_json, read_run
 from reports.build import build_report
-from reports.pareto import pick_trial
+from reports.picks import pick_trial
 from runner.engine.checkpoint import load_trained
 from runner.export import export_run
 from search_space.errors import UserError
@@ -49,7 +48,7 @@ class Run:
 
     def refresh(self) -> Run:
         """Read the run directory again (after more trials finished)."""
-        self._run = load_run_dir(self.path)
+        self._run = read_run(self.path)
         return self
 
     def __repr__(self) -> str:
@@ -68,7 +67,7 @@ class Run:
     @property
     def space(self) -> dict[str, Any]:
         """The resolved space that ran (space.yaml), as a dict."""
-        return self._run.space
+        return dict(self._run.space.raw)
 
     @property
     def trials(self) -> pd.DataFrame:
@@ -161,7 +160,7 @@ def _numbers(numbers: list[int]) -> str:
 
 
 def _how(pick: str | float) -> tuple[str, float | None]:
-    """(how, max_flops) for reports.pareto.pick_trial from "knee" | "accuracy" | a FLOPs budget."""
+    """(how, max_flops) for reports.picks.pick_trial from "knee" | "accuracy" | a FLOPs budget."""
     if isinstance(pick, bool) or not isinstance(pick, (str, int, float)):
         raise UserError(f"pick must be 'knee', 'accuracy' or a FLOPs budget (a number), but got {pick!r}")
     if isinstance(pick, str):

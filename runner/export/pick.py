@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cellsparse.rundir import Run
-from reports.pareto import eligible_mask, pick_trial
+from cellsparse.rundir import RunRecord, eligible_mask
+from reports.picks import pick_trial
 from search_space.errors import UserError
 
 
@@ -33,11 +33,11 @@ def _figures(row: Any, objectives: Sequence[str]) -> str:
     return ", ".join(parts)
 
 
-def choose_trial(run: Run, *, trial: int | None, pick: str, max_flops: float | None) -> Choice:
+def choose_trial(run: RunRecord, *, trial: int | None, pick: str, max_flops: float | None) -> Choice:
     """The trial to export from a loaded run; UserError when none qualifies.
 
     A given ``trial`` must be COMPLETE and feasible. Otherwise ``pick`` goes to
-    ``reports.pareto.pick_trial`` (the report's own picks): ``budget`` takes ``max_flops`` or, when
+    ``reports.picks.pick_trial`` (the report's own picks): ``budget`` takes ``max_flops`` or, when
     not given, the run's ``constraints.max_flops``.
     """
     trials = run.trials
@@ -58,7 +58,7 @@ def choose_trial(run: Run, *, trial: int | None, pick: str, max_flops: float | N
             raise UserError(f"trial {trial} is infeasible (over a constraint, never trained); pick another trial")
         return Choice(trial, "trial", f"trial {trial} ({row['strategy']}) as asked: {_figures(row, objectives)}")
     if pick == "budget" and max_flops is None:
-        max_flops = (run.space.get("constraints") or {}).get("max_flops")
+        max_flops = run.space.limit("flops")
     if not eligible_mask(trials, objectives).any():
         raise UserError(f"{run.path}: no complete, feasible trial to export (trials.csv has {len(trials)} trials)")
     number = pick_trial(trials, run.directions, pick, max_flops=max_flops)

@@ -47,7 +47,7 @@ import torch
 
 from cellsparse.commands import command
 from cellsparse.log import logger
-from cellsparse.rundir import SPACE_FILE, load_run
+from cellsparse.rundir import SPACE_FILE, read_run
 from runner.artefacts import CARD_FILE, FILES, FORMATS, PARITY_FILE, README_FILE, Runner, onnx_runner, pt2_runner
 from runner.engine.checkpoint import load_trained
 from runner.export.exporters import (
@@ -132,8 +132,8 @@ def _export(run_dir: Path, *, trial: int | None, pick: str, max_flops: float | N
         raise UserError(f"--formats: unknown format(s) {unknown or '(none given)'}; valid: {', '.join(FORMATS)}")
     if "onnx" in formats:
         check_onnx_packages()
-    run = load_run(run_dir)
-    space = parse_space(run.space, source=run_dir / SPACE_FILE)
+    run = read_run(run_dir)
+    space = parse_space(dict(run.space.raw), source=run_dir / SPACE_FILE)
     choice = choose_trial(run, trial=trial, pick=pick, max_flops=max_flops)
     out = Path(out) if out is not None else default_out(run_dir, choice.number)
     replacing = check_out(out, replace=replace)

@@ -124,11 +124,11 @@ def test_the_front_marks_the_knee_and_the_normalised_hypervolume_is_the_benchmar
 
     from cellsparse.objective_info import ideal_point
     from cellsparse.pareto import normalized_hypervolume
-    from cellsparse.rundir import load_run
-    from reports.pareto import pick_trial, reference_point_from_space
+    from cellsparse.rundir import read_run
+    from reports.picks import pick_trial
 
     browser = demo_page
-    run = load_run(demo_run)
+    run = read_run(demo_run)
     knee = pick_trial(run.trials, run.directions, "knee")
     front = browser.evaluate(FRONT_JS)
     names = [t["name"] for t in front["traces"]]
@@ -143,7 +143,7 @@ def test_the_front_marks_the_knee_and_the_normalised_hypervolume_is_the_benchmar
     assert front["xtype"] == "log" and front["xrange"][0] <= lo and front["xrange"][1] >= hi
     assert front["xrange"][1] - front["xrange"][0] < 1.3 * (hi - lo) + 0.01  # fits the points, with a margin
 
-    point, _ = reference_point_from_space(run.space)
+    point, _ = run.space.reference_point()
     ok = run.eligible().to_numpy()
     values = run.trials.loc[ok, list(run.directions)].to_numpy(float)
     want = normalized_hypervolume(values, list(run.directions.values()), [point[n] for n in run.directions],

@@ -177,10 +177,10 @@ def test_building_a_report_imports_neither_torch_nor_ray(tmp_path):
 
 
 def test_parallel_coordinates_keep_the_most_important_keys(demo_run):
-    from cellsparse.rundir import load_run
+    from cellsparse.rundir import read_run
     from reports.figures import parallel_figure
 
-    run = load_run(demo_run)
+    run = read_run(demo_run)
     fig, conditional, left_out = parallel_figure(run, ranking=["k_rule", "lr"], max_config_axes=2)
     labels = [d.label for d in fig.data[0].dimensions]
     assert labels == ["strategy", "lr", "k_rule", "accuracy", "flops"]  # table order among the kept keys
@@ -192,10 +192,10 @@ def test_importance_leaves_out_over_budget_trials_from_the_journal(tmp_path, mon
     # Trials 5 and 10 are over the budget: COMPLETE in the journal, but never trained.
     import optuna
 
-    from cellsparse.rundir import load_run
+    from cellsparse.rundir import read_run
     from reports.importance import param_importances
 
-    run = load_run(write_run(tmp_path, "budget"))
+    run = read_run(write_run(tmp_path, "budget"))
     seen: list[int] = []
     real = optuna.importance.get_param_importances
 
@@ -211,10 +211,10 @@ def test_importance_leaves_out_over_budget_trials_from_the_journal(tmp_path, mon
 
 def test_parallel_coordinates_leave_out_over_budget_trials(demo_run):
     # Over-budget trials (5 and 10) were never trained: their accuracy 0 is not a measurement.
-    from cellsparse.rundir import load_run
+    from cellsparse.rundir import read_run
     from reports.figures import parallel_figure
 
-    run = load_run(demo_run)
+    run = read_run(demo_run)
     fig, _, _ = parallel_figure(run)
     dims = {d.label: d for d in fig.data[0].dimensions}
     assert len(dims["accuracy"].values) == int(run.eligible().sum()) == 8

@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from reports.pareto import (
-    hypervolume,
-    hypervolume_history,
-    knee_point,
-    most_accurate,
-    most_accurate_within_budget,
-    pareto_mask,
-    pick_trial,
-    reference_point_from_space,
-)
+from cellsparse.pareto import hypervolume, knee_point, pareto_mask
+from cellsparse.run_space import RunSpace
+from reports.picks import hypervolume_history, most_accurate, most_accurate_within_budget, pick_trial
 from search_space.errors import UserError
 
 DIRECTION_SETS = [
@@ -191,16 +185,16 @@ def test_hypervolume_history_counts_only_complete_feasible_trials():
 def test_reference_point_is_declared_or_derived_never_fitted():
     space = {"objectives": {"accuracy": "maximize", "flops": "minimize"},
              "constraints": {"max_flops": 2e7}, "search": {"reference_point": {"accuracy": 0.1, "flops": 1e7}}}
-    point, origin = reference_point_from_space(space)
+    point, origin = RunSpace.parse(space, Path("space.yaml")).reference_point()
     assert point == {"accuracy": 0.1, "flops": 1e7} and "search.reference_point" in origin
     space["search"]["reference_point"] = None
-    point, origin = reference_point_from_space(space)
+    point, origin = RunSpace.parse(space, Path("space.yaml")).reference_point()
     assert point == {"accuracy": 0.0, "flops": 2e7} and "derived from the constraints" in origin
     space["search"]["reference_point"] = {"flops": 5e6}
-    point, origin = reference_point_from_space(space)
+    point, origin = RunSpace.parse(space, Path("space.yaml")).reference_point()
     assert point == {"accuracy": 0.0, "flops": 5e6} and "accuracy = 0" in origin
     space = {"objectives": {"accuracy": "maximize", "peak_mem_mb": "minimize"}, "constraints": {"max_flops": 2e7}}
-    point, origin = reference_point_from_space(space)
+    point, origin = RunSpace.parse(space, Path("space.yaml")).reference_point()
     assert point is None and "peak_mem_mb" in origin
 
 

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from cellsparse.pareto import hypervolume
-from cellsparse.rundir import load_run
+from cellsparse.rundir import read_run
 from reports import figures as F
 from reports.build import build_report
-from reports.pareto import pick_trial, reference_point_from_space
+from reports.picks import pick_trial
 
 from .fake_run import XSS, write_run
 from .test_build import read, without_plotlyjs
@@ -39,7 +39,7 @@ def array(value) -> np.ndarray:
 
 
 def knee_and_front(run_dir: Path):
-    run = load_run(run_dir)
+    run = read_run(run_dir)
     pareto = run.pareto()
     return run, pareto, pick_trial(run.trials, run.directions, "knee")
 
@@ -114,7 +114,7 @@ def test_the_page_shows_the_three_objective_views_and_hypervolume(three_run):
     (front,) = [t for t in main["data"] if t.get("name") == "on the Pareto front (all objectives)"]
     assert front["mode"] == "markers"  # no staircase: on one plane a 3-D front is none
     assert any(t.get("type") == "parcoords" and len(t["dimensions"]) == 4 for t in figures[2]["data"])
-    point, _ = reference_point_from_space(run.space)
+    point, _ = run.space.reference_point()
     values = run.trials.loc[run.eligible().to_numpy(), list(OBJECTIVES)].to_numpy(float)
     raw = hypervolume(values, [run.directions[o] for o in OBJECTIVES], [point[o] for o in OBJECTIVES])
     shown = re.search(r'id="hv-normalised">([0-9.]+)<', page).group(1)

@@ -148,9 +148,9 @@ def test_rebuilt_model_runs_at_the_final_k(topk_run: Path) -> None:
 
 
 def test_pick_options(topk_run: Path) -> None:
-    from cellsparse.rundir import load_run
+    from cellsparse.rundir import read_run
 
-    run = load_run(topk_run)
+    run = read_run(topk_run)
     assert choose_trial(run, trial=0, pick="knee", max_flops=None).how == "trial"
     assert choose_trial(run, trial=None, pick="accuracy", max_flops=None).number == 0
     assert choose_trial(run, trial=None, pick="budget", max_flops=1e12).number == 0

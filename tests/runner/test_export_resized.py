@@ -89,10 +89,10 @@ def test_full_resolution_card_says_no_resize_inside(run: Path, trials: pd.DataFr
 
 
 def test_report_shows_each_trials_input_resolution(run: Path, trials: pd.DataFrame) -> None:
-    from cellsparse.rundir import INPUT_COLUMN, load_run
+    from cellsparse.rundir import INPUT_COLUMN, read_run
     from reports.build import build_report
 
-    loaded = load_run(run)
+    loaded = read_run(run)
     expected = loaded.trials["strategy"].map({"sparse_topk": 12.0, "dense_cnn": 16.0})  # dense_cnn: the data's size
     assert loaded.trials[INPUT_COLUMN].tolist() == expected.tolist()
     html = build_report(run).read_text(encoding="utf-8")

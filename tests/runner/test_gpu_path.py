@@ -9,8 +9,8 @@ import json
 import pytest
 import torch
 
-from runner.engine import trial
 from runner.data import augment
+from runner.engine import trial
 from runner.engine.trial import effective_precision, place_data, run_trial, training_batches
 from search_space.build import default_config
 from tests.runner.test_trial import probe_config, tiny_data

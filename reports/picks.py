@@ -1,9 +1,9 @@
-"""Pareto front, hypervolume and "which trial do I take" maths over a run's trials.
+"""Which trial do I take, and how the front grew: picks and the hypervolume history over a run's
+trials table.
 
-Numpy and pandas (the maths itself is cellsparse.pareto) so that ``runner.export`` and the report share
-one definition of the front. Every function takes the objectives in their own units and directions
-("maximize" or "minimize"); internally values are turned into losses (maximised columns negated) so
-that smaller is better everywhere.
+Numpy and pandas over the maths of ``cellsparse.pareto`` (the front, hypervolume, the knee), so that
+``runner.export``, ``cellsparse.Run`` and the report pick the same trial. Every function takes the
+objectives in their own units and directions ("maximize" or "minimize").
 
 Which trials count: a trial is *eligible* when its state is COMPLETE, it is feasible (within every
 constraint) and all its objective values are finite. Failed, pruned, running and infeasible trials
@@ -20,24 +20,11 @@ import numpy as np
 import pandas as pd
 
 from cellsparse.objective_info import ideal_point, objective_info
-from cellsparse.pareto import DIRECTIONS, hypervolume, knee_point, normalized_hypervolume, pareto_mask, to_losses
+from cellsparse.pareto import hypervolume, knee_point, normalized_hypervolume, pareto_mask
 from cellsparse.rundir import eligible_mask
 from search_space.errors import UserError
 
-__all__ = [
-    "DIRECTIONS",
-    "eligible_mask",
-    "hypervolume",
-    "hypervolume_history",
-    "knee_point",
-    "most_accurate",
-    "most_accurate_within_budget",
-    "normalized_hypervolume",
-    "pareto_mask",
-    "pick_trial",
-    "reference_point_from_space",
-    "to_losses",
-]
+__all__ = ["hypervolume_history", "most_accurate", "most_accurate_within_budget", "pick_trial"]
 
 # ---------------------------------------------------------------------------------- trials tables
 
@@ -188,41 +175,3 @@ def pick_trial(
     if number is None:
         raise UserError(f"no complete, feasible trial has FLOPs <= {max_flops:g}; raise the budget")
     return number
-
-
-def reference_point_from_space(space: Mapping) -> tuple[dict[str, float] | None, str]:
-    """The hypervolume reference point declared for a run, and a sentence saying where it came from.
-
-    Taken from ``search.reference_point`` in space.yaml; objectives it leaves out are filled from the
-    constraints (accuracy 0, a cost from its ``constraints.max_<name>``).
-    Never derived from the run's own results, which would move the yardstick with the thing measured.
-    Returns (None, reason) when some objective has no declared bound.
-    """
-    objectives = dict(space.get("objectives") or {})
-    declared = (space.get("search") or {}).get("reference_point") or {}
-    declared = dict(declared) if isinstance(declared, Mapping) else {}
-    constraints = dict(space.get("constraints") or {})
-    point: dict[str, float] = {}
-    derived: list[str] = []
-    missing: list[str] = []
-    for name, direction in objectives.items():
-        if declared.get(name) is not None:
-            point[name] = float(declared[name])
-        elif name == "accuracy" and direction == "maximize":
-            point[name] = 0.0
-            derived.append("accuracy = 0")
-        elif (key := objective_info(name).constraint_key) and constraints.get(key) is not None:
-            point[name] = float(constraints[key])
-            derived.append(f"{name} = constraints.{key}")
-        else:
-            missing.append(name)
-    if missing:
-        return None, (
-            f"no reference point for {', '.join(missing)}: search.reference_point in space.yaml does not "
-            "give one and no constraint bounds it; set search.reference_point to compute hypervolume"
-        )
-    if not derived:
-        return point, "from space.yaml search.reference_point"
-    if len(derived) == len(objectives):
-        return point, "derived from the constraints (" + ", ".join(derived) + "): search.reference_point is not set"
-    return point, "from space.yaml search.reference_point, with " + ", ".join(derived) + " taken from the constraints"
