@@ -50,7 +50,7 @@ from cellsparse.log import logger
 from cellsparse.rundir import SPACE_FILE, load_run
 from runner.artefacts import CARD_FILE, FILES, FORMATS, PARITY_FILE, README_FILE, Runner, onnx_runner, pt2_runner
 from runner.checkpoint import load_trained
-from runner.export.exporters import (
+from runner.exporters import (
     TOPK_HINT,
     check_onnx_packages,
     first_line,

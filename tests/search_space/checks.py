@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from runner.artefacts import onnx_runner
-from runner.export.exporters import save_onnx, to_exported_program
+from runner.exporters import save_onnx, to_exported_program
 
 
 def assert_trains(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, classes: int, *,

@@ -1,5 +1,9 @@
 """The exporters: an eval model to a ``torch.export`` program, saved as .pt2 and translated to ONNX
-(with the two translations the ONNX exporter lacks)."""
+(with the two translations the ONNX exporter lacks).
+
+In the engine layer, beside the loaders of the files they write (``runner.artefacts``): the export
+command (``runner.export``) writes a run's chosen model with them, and a trial's ``throughput``
+objective times its model as exported with them (``runner.deploy``)."""
 
 from __future__ import annotations
 
