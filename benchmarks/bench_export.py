@@ -88,8 +88,8 @@ def time_model(trial_dir: Path, workdir: Path, *, threads: list[int], batch_size
     """(what the trial is, one row per runtime x threads x batch size)."""
     from runner.artefacts import onnx_runner, pt2_runner
     from runner.checkpoint import load_trained
-    from runner.exporters import save_onnx, save_pt2, to_exported_program
     from runner.export.parity import eager_runner, time_batches
+    from runner.exporters import save_onnx, save_pt2, to_exported_program
 
     trained = load_trained(trial_dir)
     model = trained.model

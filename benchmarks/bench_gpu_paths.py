@@ -49,8 +49,8 @@ from runner import trial as trial_module  # noqa: E402
 from runner.artefacts import pt2_runner  # noqa: E402
 from runner.checkpoint import load_trained  # noqa: E402
 from runner.data import load_dataset  # noqa: E402
-from runner.exporters import save_pt2, to_exported_program  # noqa: E402
 from runner.export.parity import time_batches  # noqa: E402
+from runner.exporters import save_pt2, to_exported_program  # noqa: E402
 from search_space import default_config  # noqa: E402
 
 STRATEGIES = ("dense_cnn", "dense_vit", "sparse_topk", "tnet_traversal", "span_pyramid")

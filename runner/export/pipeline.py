@@ -50,15 +50,6 @@ from cellsparse.log import logger
 from cellsparse.rundir import SPACE_FILE, load_run
 from runner.artefacts import CARD_FILE, FILES, FORMATS, PARITY_FILE, README_FILE, Runner, onnx_runner, pt2_runner
 from runner.checkpoint import load_trained
-from runner.exporters import (
-    TOPK_HINT,
-    check_onnx_packages,
-    first_line,
-    save_onnx,
-    save_pt2,
-    to_exported_program,
-    uses_topk,
-)
 from runner.export.folder import check_out, default_out, staged
 from runner.export.parity import (
     PARITY_ATOL,
@@ -72,6 +63,15 @@ from runner.export.parity import (
     recheck_accuracy,
 )
 from runner.export.pick import Choice, choose_trial
+from runner.exporters import (
+    TOPK_HINT,
+    check_onnx_packages,
+    first_line,
+    save_onnx,
+    save_pt2,
+    to_exported_program,
+    uses_topk,
+)
 from runner.machine import cpu_name, load_average
 from runner.modelcard import build_card, render_readme
 from search_space.errors import UserError
