@@ -30,6 +30,7 @@ from cellsparse.registry import Registry
 from objectives._inference import inference
 from objectives.flops import count_flops
 from objectives.resources import count_params, measure_latency_ms, measure_peak_memory_mb
+from objectives.throughput import throughput_figures
 from search_space.errors import UserError
 
 Measure = Callable[[nn.Module, torch.Tensor, "torch.Tensor | None"], "float | Mapping[str, float]"]
@@ -147,5 +148,6 @@ for _name, _measure in (
     ("params", _params),
     ("latency_ms", _latency),
     ("peak_mem_mb", _peak_memory),
+    ("throughput", throughput_figures),
 ):
     _attach(_name, _measure)

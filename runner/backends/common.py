@@ -28,9 +28,10 @@ import optuna
 import torch
 
 from cellsparse import rundir
-from cellsparse.objective_info import declared_objectives, format_figure, objective_info
-from objectives import get_objective
+from cellsparse.objective_info import declared_objectives, format_figure, objective_extras, objective_info
+from objectives import measure_objective
 from runner.data import describe_dataset, load_dataset
+from runner.deploy import use_space_deployment
 from runner.progress import Progress
 from runner.trial import check_batch, record_infeasible, run_trial
 from search_space.build import build_model
@@ -155,8 +156,10 @@ def check_costs(config: dict[str, Any], space: SearchSpace) -> dict[str, float]:
     images = check_batch(in_channels, size)
     threads = torch.get_num_threads()  # timed costs see a trial's threads, whatever the driver was left with
     torch.set_num_threads(max(1, int(space.search.cpus_per_trial)))
+    use_space_deployment(space)  # throughput on the runtime its trials are timed on
     try:
-        return {name: get_objective(name).measure(model, images, None) - limit for name, limit in limits.items()}
+        return {name: objective_info(name).excess(measure_objective(name, model, images)[name], limit)
+                for name, limit in limits.items()}
     finally:
         torch.set_num_threads(threads)
 
@@ -212,6 +215,7 @@ def execute(payload: dict[str, Any], settings: TrialSettings, report: Callable[[
     import_plugins(settings.plugins)
     start = time.perf_counter()
     space = settings.space
+    use_space_deployment(space, _device(settings))
     number = int(payload["number"])
     config = payload["config"]
     directory = rundir.trial_dir(Path(settings.run_dir), number)
@@ -262,6 +266,7 @@ def trial_attrs(metrics: dict[str, Any]) -> dict[str, Any]:
         rundir.ATTR_K_FINAL: metrics.get("k_final"),
         rundir.ATTR_PARAMS: metrics.get("params_count"),
         rundir.ATTR_DURATION: metrics.get("duration_s"),
+        **{extra: metrics[extra] for extra in objective_extras(declared_objectives()) if extra in metrics},
     }
 
 
