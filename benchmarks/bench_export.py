@@ -86,9 +86,9 @@ def pick_models(run_dir: Path) -> list[tuple[str, int]]:
 
 def time_model(trial_dir: Path, workdir: Path, *, threads: list[int], batch_sizes: list[int]) -> tuple[dict, list[dict]]:
     """(what the trial is, one row per runtime x threads x batch size)."""
-    from runner.artefacts import onnx_runner, pt2_runner
+    from runner.engine.artefacts import onnx_runner, pt2_runner
     from runner.engine.checkpoint import load_trained
-    from runner.export.exporters import save_onnx, save_pt2, to_exported_program
+    from runner.engine.exporters import save_onnx, save_pt2, to_exported_program
     from runner.export.parity import eager_runner, time_batches
 
     trained = load_trained(trial_dir)

@@ -15,7 +15,7 @@ writing anything.
    the data no GPU memory), fp32 with the data on the GPU, and bf16 autocast with the data on the GPU.
    Seconds per epoch are the median over the epochs after the first (which holds CUDA's start-up).
 2. **Inference**: each fp32 model of part 1 exported to .pt2 as ``runner.export`` does, then run
-   through ``runner.artefacts.pt2_runner`` as ``runner.predict`` runs it: plain, and compiled
+   through ``runner.engine.artefacts.pt2_runner`` as ``runner.predict`` runs it: plain, and compiled
    (``predict --compile``: CUDA graphs; at the smaller batch size only, since each batch size
    compiles again), torch eager beside them; images from host memory, the copy to the GPU and the
    logits' copy back included.
@@ -45,11 +45,11 @@ sys.path.insert(0, str(ROOT))
 
 from _doc import add_pbc28_argument, gpu_skip_reason, machine_record, markdown_table, own_command, write_section  # noqa: E402
 
-from runner.artefacts import pt2_runner  # noqa: E402
 from runner.data import load_dataset  # noqa: E402
 from runner.engine import trial as trial_module  # noqa: E402
+from runner.engine.artefacts import pt2_runner  # noqa: E402
 from runner.engine.checkpoint import load_trained  # noqa: E402
-from runner.export.exporters import save_pt2, to_exported_program  # noqa: E402
+from runner.engine.exporters import save_pt2, to_exported_program  # noqa: E402
 from runner.export.parity import time_batches  # noqa: E402
 from search_space import default_config  # noqa: E402
 

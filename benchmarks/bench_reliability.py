@@ -761,7 +761,7 @@ def findings(work: Path, export: Path, probe_run: Path) -> list[dict]:
 
     import random
 
-    from runner.pt2 import load_program
+    from runner.engine.pt2 import load_program
     from search_space.errors import UserError
 
     rng, marker = random.Random(29), work / "ran_fuzz"

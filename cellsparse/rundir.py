@@ -39,6 +39,7 @@ from optuna.storages.journal import JournalFileBackend
 
 from cellsparse.errors import UserError
 from cellsparse.files import write_atomic
+from cellsparse.objective_info import objective_extras
 from cellsparse.pareto import pareto_mask
 from cellsparse.run_space import RunSpace, read_run_space
 from cellsparse.runlock import LOCK_FILE
@@ -322,7 +323,8 @@ def finish_session(run_dir: Path, *, wall_time_s: float, finished: bool) -> None
 
 #: The trials table's columns before the objectives and after them, each with the type ``read_trials``
 #: gives it (numbers it cannot read become NaN; text stays as read, an empty cell NaN). The objective
-#: columns (float) sit between the two; ``config.<key>`` columns close the table, read as pandas infers.
+#: columns (float), each followed by the extras its objective reports (``throughput_spread``, float),
+#: sit between the two; ``config.<key>`` columns close the table, read as pandas infers.
 HEAD_COLUMNS: dict[str, type] = {"number": int, "state": str, "feasible": bool, "strategy": str, "sparse": bool}
 TAIL_COLUMNS: dict[str, type] = {"test_accuracy": float, "k_final": float, "params_count": int, "duration_s": float,
                                  ATTR_NODE: str, "datetime_start": str, "datetime_complete": str, "error": str,
@@ -335,7 +337,7 @@ STATES = ("COMPLETE", "FAIL", "PRUNED", "RUNNING", "WAITING")
 
 def trials_columns(objective_names: Sequence[str]) -> list[str]:
     """The trials table's columns up to the config ones."""
-    return [*HEAD_COLUMNS, *objective_names, *TAIL_COLUMNS]
+    return [*HEAD_COLUMNS, *objective_names, *objective_extras(objective_names), *TAIL_COLUMNS]
 
 
 def is_interrupted(trial: optuna.trial.FrozenTrial) -> bool:
@@ -392,6 +394,8 @@ def trials_frame(study: optuna.Study, objective_names: Sequence[str]) -> pd.Data
         }
         for i, name in enumerate(objective_names):
             row[name] = _cell(values[i]) if values else None
+        for extra in objective_extras(objective_names):
+            row[extra] = _cell(attrs.get(extra))
         row[ATTR_STOPPED_AT] = attrs.get(ATTR_STOPPED_AT)
         row.update(
             {
@@ -482,7 +486,7 @@ def read_trials(path: Path, objectives: Sequence[str] = ()) -> pd.DataFrame:
         trials["sparse"] = parse_bool(trials["sparse"], missing=True)
     else:
         trials["sparse"] = trials["strategy"].map(lambda name: bool(is_sparse(name)))
-    numbers = [*objectives, *(c for c, kind in TAIL_COLUMNS.items() if kind is float)]
+    numbers = [*objectives, *objective_extras(objectives), *(c for c, kind in TAIL_COLUMNS.items() if kind is float)]
     for column in (c for c in numbers if c in trials.columns):
         trials[column] = pd.to_numeric(trials[column], errors="coerce")
     for column in (c for c, kind in TAIL_COLUMNS.items() if kind is int and c in trials.columns):

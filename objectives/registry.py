@@ -2,7 +2,8 @@
 
 An :class:`Objective` is its facts (direction, unit, label, scale, whether a constraint may bound
 it: :class:`cellsparse.objective_info.ObjectiveInfo`, declared torch-free so the space validator and
-the report can read them) plus a measure function ``measure(model, images, labels) -> float``. Cost
+the report can read them) plus a measure function ``measure(model, images, labels) -> float`` (or a
+mapping of the value under its name and its declared ``extras``, e.g. ``throughput_spread``). Cost
 objectives read only the images (a representative batch); ``accuracy`` needs the labels of those
 images (the trainer passes its validation set). ``register_objective`` is the one call that adds
 an objective everywhere: the space file, the constraints, trials.csv, the report and the model card.
@@ -12,7 +13,7 @@ the worst models, so a contrary direction is refused when the space file loads).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -29,9 +30,10 @@ from cellsparse.registry import Registry
 from objectives._inference import inference
 from objectives.flops import count_flops
 from objectives.resources import count_params, measure_latency_ms, measure_peak_memory_mb
+from objectives.throughput import throughput_figures
 from search_space.errors import UserError
 
-Measure = Callable[[nn.Module, torch.Tensor, "torch.Tensor | None"], float]
+Measure = Callable[[nn.Module, torch.Tensor, "torch.Tensor | None"], "float | Mapping[str, float]"]
 
 
 class ObjectiveError(UserError, ValueError):
@@ -49,8 +51,9 @@ class Objective:
     label: str  # for plot axes, e.g. "FLOPs / image"
     measure: Measure
     log_scale: bool = False
-    bounded: bool = False  # measurable on an untrained model, so constraints.max_<name> may bound it
+    bounded: bool = False  # measurable on an untrained model, so constraints.max_<name> (min_<name>) may bound it
     style: str = "number"
+    extras: tuple[str, ...] = ()  # figures the measure returns beside the value (see ``measure_objective``)
 
     def __post_init__(self) -> None:
         self.info  # noqa: B018 (validates name, direction and style)
@@ -59,7 +62,8 @@ class Objective:
 
     @property
     def info(self) -> ObjectiveInfo:
-        return ObjectiveInfo(self.name, self.direction, self.unit, self.label, self.log_scale, self.bounded, self.style)
+        return ObjectiveInfo(self.name, self.direction, self.unit, self.label, self.log_scale, self.bounded, self.style,
+                             extras=self.extras)
 
 
 _REGISTRY: Registry[Objective] = Registry("objective", unknown=ObjectiveError)
@@ -78,7 +82,7 @@ def _attach(name: str, measure: Measure) -> None:
     """Give a built-in objective, declared in ``cellsparse.objective_info``, its measure function."""
     info = objective_info(name)
     _REGISTRY.add(name, Objective(info.name, info.direction, info.unit, info.label, measure,
-                                log_scale=info.log_scale, bounded=info.bounded, style=info.style))
+                                log_scale=info.log_scale, bounded=info.bounded, style=info.style, extras=info.extras))
 
 
 def objective_names() -> list[str]:
@@ -89,6 +93,23 @@ def objective_names() -> list[str]:
 def get_objective(name: str) -> Objective:
     """The objective called ``name``; an unknown name lists the valid ones."""
     return _REGISTRY.get(name)
+
+
+def measure_objective(name: str, model: nn.Module, images: torch.Tensor,
+                      labels: torch.Tensor | None = None) -> dict[str, float]:
+    """``name``'s figures on ``model``: ``{name: value}``, and its ``extras`` where its measure reports them.
+
+    What a trial records and what a budget check compares: one call for objectives that return a
+    float and those that return their value with figures beside it."""
+    objective = get_objective(name)
+    result = objective.measure(model, images, labels)
+    if not isinstance(result, Mapping):
+        return {name: float(result)}
+    unknown = sorted(set(result) - {name, *objective.extras})
+    if name not in result or unknown:
+        raise ObjectiveError(f"objective {name!r}: its measure returned {sorted(result)}; expected {name!r} and "
+                             f"only its declared extras {list(objective.extras)}")
+    return {key: float(value) for key, value in result.items()}
 
 
 def measure_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None, *, chunk: int = 256) -> float:
@@ -127,5 +148,6 @@ for _name, _measure in (
     ("params", _params),
     ("latency_ms", _latency),
     ("peak_mem_mb", _peak_memory),
+    ("throughput", throughput_figures),
 ):
     _attach(_name, _measure)

@@ -15,8 +15,8 @@ from typing import Any
 from cellsparse.commands import command
 from cellsparse.files import read_json_object
 from objectives import count_params
-from runner.artefacts import CARD_FILE, FILES, INPUT_NAME, OUTPUT_NAME
 from runner.data.images import VALUE_SCALING
+from runner.engine.artefacts import CARD_FILE, FILES, INPUT_NAME, OUTPUT_NAME
 from runner.engine.checkpoint import has_per_image_k
 from runner.machine import versions
 from search_space.errors import UserError
@@ -269,7 +269,7 @@ def render_readme(card: dict[str, Any]) -> str:
         snippet(card),
         "```",
         "",
-        "With torch: `module = runner.pt2.load_program(\"model.pt2\").module()` (it refuses archives that would "
+        "With torch: `module = runner.engine.pt2.load_program(\"model.pt2\").module()` (it refuses archives that would "
         "unpickle code; plain `torch.export.load` unpickles what the file holds, so use it only on files you made), "
         "then `logits = module(torch.from_numpy(x))`.",
         "",

@@ -68,11 +68,11 @@ import torch
 
 from cellsparse.commands import command
 from cellsparse.files import write_atomic
-from runner.artefacts import Runner, check_device, onnx_runner, pt2_runner
 from runner.cli import EXIT_USER_ERROR, command_parser, print_error
 from runner.data.dataset import resize
 from runner.data.images import VALUE_SCALING, read_image, scale_values
 from runner.data.npz import KNOWN_CLASS_NAMES, load_error
+from runner.engine.artefacts import Runner, check_device, onnx_runner, pt2_runner
 from runner.modelcard import find_export, read_card
 from search_space.errors import UserError
 

@@ -61,7 +61,7 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "precision": "fp32",
 }
 
-_SECTIONS = ("name", "seed", "data", "objectives", "constraints", "training", "search", "space")
+_SECTIONS = ("name", "seed", "data", "objectives", "constraints", "training", "search", "deploy", "space")
 _REQUIRED = ("objectives", "space")
 MIN_IMAGE_SIZE = 16  # the smallest data.image_size a space accepts
 _DATA_KEYS = ("source", "path", "modality", "image_size", "train", "val", "test", "difficulty", "augment", "class_names",
@@ -71,6 +71,13 @@ _FIELD_DEFAULTS = {"image_size": 256, "target_size": 32, "cue_scale": 1.0}  # ru
 _SEARCH_KEYS = ("trials", "sampler", "backend", "max_concurrent", "resources", "reference_point", "timeout_s",
                 "early_stopping")
 EARLY_STOPPING_RULES = ("none", "asha", "moasha")
+#: ``deploy.runtime``: what the ``throughput`` objective times a trial's model on (``runner.engine.deploy``):
+#: the ``torch.export`` program as a .pt2 file runs it (compiled on CUDA), the ONNX file in onnxruntime,
+#: or the eager module.
+DEPLOY_RUNTIMES = ("pt2", "onnxruntime", "eager")
+_DEPLOY_KEYS = ("runtime", "batch_size", "threads")
+MAX_DEPLOY_BATCH = 4096
+MAX_DEPLOY_THREADS = 256
 
 
 @dataclass(frozen=True)
@@ -169,6 +176,19 @@ class SearchSettings:
 
 
 @dataclass(frozen=True)
+class DeploySpec:
+    """``deploy``: where the chosen model will run, as the ``throughput`` objective times it: the
+    runtime, the images per call and the intra-op threads (the CPU's; on CUDA the device's own)."""
+
+    runtime: str = "pt2"
+    batch_size: int = 64
+    threads: int = 2
+
+    def to_yaml(self) -> dict[str, Any]:
+        return {"runtime": self.runtime, "batch_size": self.batch_size, "threads": self.threads}
+
+
+@dataclass(frozen=True)
 class StrategySpace:
     """The searched and fixed parameters of one strategy (shared values already merged in)."""
 
@@ -200,6 +220,7 @@ class SearchSpace:
     training: Mapping[str, Param]
     search: SearchSettings
     model: ModelSpace
+    deploy: DeploySpec = field(default_factory=DeploySpec)
 
     @property
     def objective_names(self) -> list[str]:
@@ -284,6 +305,8 @@ class SearchSpace:
                 # written only when on, so the space.yaml of runs made before the key stays as it was
                 **({"early_stopping": search.early_stopping.to_yaml()} if search.early_stopping.name != "none" else {}),
             },
+            # written only when set, so the space.yaml of runs made before the section stays as it was
+            **({"deploy": self.deploy.to_yaml()} if self.deploy != DeploySpec() else {}),
             "space": {
                 "shared": {k: p.to_yaml() for k, p in self.model.shared.items()},
                 "strategy": strategies,
@@ -523,7 +546,8 @@ def parse_space(raw: Any, *, source: Path) -> SearchSpace:
     training = _parse_training(where, _mapping(where, "training", raw.get("training")))
     search = _parse_search(where, _mapping(where, "search", raw.get("search")), objectives, seed)
     model = _parse_model(where, _mapping(where, "space", raw.get("space"), allow_none=False), data.image_size)
-    return SearchSpace(name, seed, source, data, objectives, constraints, training, search, model)
+    deploy = _parse_deploy(where, _mapping(where, "deploy", raw.get("deploy")))
+    return SearchSpace(name, seed, source, data, objectives, constraints, training, search, model, deploy)
 
 
 def accepted_keys(strategy: str) -> dict[str, ParamSpec]:
@@ -674,6 +698,19 @@ def _parse_constraints(where: _Where, raw: dict[str, Any]) -> Constraints:
         if limit is not None:
             limits[keys[key]] = limit
     return Constraints(limits)
+
+
+def _parse_deploy(where: _Where, raw: dict[str, Any]) -> DeploySpec:
+    _check_keys(where, "deploy", raw, _DEPLOY_KEYS)
+    default = DeploySpec()
+    runtime = _choice(where, "deploy.runtime", raw.get("runtime", default.runtime), DEPLOY_RUNTIMES, "runtime")
+    batch = _number(where, "deploy.batch_size", raw.get("batch_size", default.batch_size), integer=True, low=1)
+    if batch > MAX_DEPLOY_BATCH:
+        raise where.fail("deploy.batch_size", f"expected an integer from 1 to {MAX_DEPLOY_BATCH}, got {batch}")
+    threads = _number(where, "deploy.threads", raw.get("threads", default.threads), integer=True, low=1)
+    if threads > MAX_DEPLOY_THREADS:
+        raise where.fail("deploy.threads", f"expected an integer from 1 to {MAX_DEPLOY_THREADS}, got {threads}")
+    return DeploySpec(runtime, int(batch), int(threads))
 
 
 def _parse_training(where: _Where, raw: dict[str, Any]) -> dict[str, Param]:

@@ -21,7 +21,9 @@ from typing import Any
 import torch
 
 from cellsparse import rundir
+from cellsparse.objective_info import declared_objectives, objective_extras
 from runner.engine.datasets import cached_dataset, data_shape
+from runner.engine.deploy import use_space_deployment
 from runner.engine.plugins import import_plugins, plugin_modules
 from runner.engine.trial import record_infeasible, run_trial
 from search_space.spec import SearchSpace
@@ -65,6 +67,7 @@ def execute(payload: dict[str, Any], settings: TrialSettings, report: Callable[[
     import_plugins(settings.plugins)
     start = time.perf_counter()
     space = settings.space
+    use_space_deployment(space, _device(settings))
     number = int(payload["number"])
     config = payload["config"]
     directory = rundir.trial_dir(Path(settings.run_dir), number)
@@ -115,5 +118,6 @@ def trial_attrs(metrics: dict[str, Any]) -> dict[str, Any]:
         rundir.ATTR_K_FINAL: metrics.get("k_final"),
         rundir.ATTR_PARAMS: metrics.get("params_count"),
         rundir.ATTR_DURATION: metrics.get("duration_s"),
+        **{extra: metrics[extra] for extra in objective_extras(declared_objectives()) if extra in metrics},
     }
 

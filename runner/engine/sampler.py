@@ -12,8 +12,9 @@ import torch
 
 from cellsparse import rundir
 from cellsparse.objective_info import objective_info
-from objectives import get_objective
+from objectives import measure_objective
 from runner.engine.datasets import data_shape
+from runner.engine.deploy import use_space_deployment
 from runner.engine.trial import check_batch
 from search_space.build import build_model
 from search_space.sampling import make_sampler, suggest_config
@@ -41,8 +42,10 @@ def check_costs(config: dict[str, Any], space: SearchSpace) -> dict[str, float]:
     images = check_batch(in_channels, size)
     threads = torch.get_num_threads()  # timed costs see a trial's threads, whatever the driver was left with
     torch.set_num_threads(max(1, int(space.search.cpus_per_trial)))
+    use_space_deployment(space)  # throughput on the runtime its trials are timed on
     try:
-        return {name: get_objective(name).measure(model, images, None) - limit for name, limit in limits.items()}
+        return {name: objective_info(name).excess(measure_objective(name, model, images)[name], limit)
+                for name, limit in limits.items()}
     finally:
         torch.set_num_threads(threads)
 

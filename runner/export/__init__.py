@@ -6,9 +6,9 @@
 
 Exit status: 0 done, 1 the export or its parity check failed, 2 bad input. From Python:
 ``export_run(run_dir, ...)`` (what is written and checked: ``runner.export.pipeline``). One job per
-module: ``pick`` (which trial), ``exporters`` (torch.export, .pt2, ONNX), ``parity`` (the checks
-and timings), ``folder`` (all-or-nothing writes), ``cli`` (the flags); the model files are loaded
-back through ``runner.artefacts``, as ``runner.predict`` loads them.
+module: ``pick`` (which trial), ``parity`` (the checks
+and timings), ``folder`` (all-or-nothing writes), ``cli`` (the flags); the model files are written by
+``runner.engine.exporters`` and loaded back through ``runner.engine.artefacts``, as ``runner.predict`` loads them.
 """
 
 from runner.export.cli import main

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from cellsparse.files import storage_errno, write_atomic, write_error
-from runner.artefacts import CARD_FILE, FILES, MANIFEST_FILE, PARITY_FILE, README_FILE
+from runner.engine.artefacts import CARD_FILE, FILES, MANIFEST_FILE, PARITY_FILE, README_FILE
 from search_space.errors import UserError
 
 EXPORTS_DIR = "export"  # runs/<name>/export/: one folder per exported trial

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from runner.artefacts import Runner
 from runner.data import load_dataset
+from runner.engine.artefacts import Runner
 from search_space.errors import UserError
 
 PARITY_IMAGES = 64  # validation images every format is checked on (and timed at batch 64)

@@ -10,7 +10,7 @@ What lands in the output directory (default ``runs/<name>/export/``)::
     .cellsparse-export.json   the names and sha256 of the files above (how a later export knows its own)
 
 Neither model file needs this project to load: ONNX through onnxruntime, .pt2 through torch.
-This project itself loads a .pt2 only through ``runner.pt2.load_program``, which first refuses any
+This project itself loads a .pt2 only through ``runner.engine.pt2.load_program``, which first refuses any
 archive entry ``torch.export.load`` would unpickle (so a crafted .pt2 cannot run code).
 
 Before anything is kept, every format is checked against the eager PyTorch model on 64 validation
@@ -48,9 +48,9 @@ import torch
 from cellsparse.commands import command
 from cellsparse.log import logger
 from cellsparse.rundir import SPACE_FILE, read_run
-from runner.artefacts import CARD_FILE, FILES, FORMATS, PARITY_FILE, README_FILE, Runner, onnx_runner, pt2_runner
+from runner.engine.artefacts import CARD_FILE, FILES, FORMATS, PARITY_FILE, README_FILE, Runner, onnx_runner, pt2_runner
 from runner.engine.checkpoint import load_trained
-from runner.export.exporters import (
+from runner.engine.exporters import (
     TOPK_HINT,
     check_onnx_packages,
     first_line,

@@ -19,9 +19,9 @@ import pytest
 import torch
 
 from runner import export as E
-from runner.artefacts import onnx_runner
+from runner.engine import exporters as X
+from runner.engine.artefacts import onnx_runner
 from runner.engine.checkpoint import load_trained
-from runner.export import exporters as X
 from runner.export import pipeline
 from runner.export.pick import choose_trial
 from search_space.errors import UserError

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from runner import export as E
-from runner.artefacts import onnx_runner
-from runner.export import exporters as X
+from runner.engine import exporters as X
+from runner.engine.artefacts import onnx_runner
 from runner.export.parity import PARITY_ATOL
 from tests.runner.export_fixtures import load_without_project, search
 

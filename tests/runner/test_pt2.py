@@ -1,4 +1,4 @@
-"""runner.pt2: a .pt2 that ``torch.export.load`` would unpickle is refused before anything is loaded."""
+"""runner.engine.pt2: a .pt2 that ``torch.export.load`` would unpickle is refused before anything is loaded."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from runner.pt2 import UnsafeArchive, load_program
+from runner.engine.pt2 import UnsafeArchive, load_program
 from search_space.errors import UserError
 from tests.runner.pt2_crafted import TARGETS, craft, duplicated, mutate, read_entries, write_entries
 
@@ -117,7 +117,7 @@ def test_bytes_the_two_readers_read_differently_are_refused(clean: Path, tmp_pat
 def test_the_check_reads_the_bytes_it_loads(clean: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The file is read once: the check and torch.export.load see the same bytes, so swapping the file
     after the check changes nothing."""
-    import runner.pt2 as pt2
+    import runner.engine.pt2 as pt2
 
     path = tmp_path / "model.pt2"
     path.write_bytes(clean.read_bytes())

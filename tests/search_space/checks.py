@@ -9,8 +9,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from runner.artefacts import onnx_runner
-from runner.export.exporters import save_onnx, to_exported_program
+from runner.engine.artefacts import onnx_runner
+from runner.engine.exporters import save_onnx, to_exported_program
 
 
 def assert_trains(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, classes: int, *,

@@ -174,7 +174,32 @@ MALFORMED = [
     (mutated("name", "../escape"), "name", "names the run directory"),
     (mutated("seed", -4), "seed", "expected an integer >= 0"),
     (mutated("extra", 1), "extra", "unknown key"),
+    (mutated("deploy", {"runtime": "onnx"}), "deploy.runtime", "unknown runtime 'onnx'; did you mean 'onnxruntime'?"),
+    (mutated("deploy", {"runtime": "tensorrt"}), "deploy.runtime", "valid: pt2, onnxruntime, eager"),
+    (mutated("deploy", {"batch_size": 0}), "deploy.batch_size", "expected an integer >= 1, got 0"),
+    (mutated("deploy", {"batch_size": 10**6}), "deploy.batch_size", "expected an integer from 1 to 4096"),
+    (mutated("deploy", {"threads": 1.5}), "deploy.threads", "expected an integer >= 1, got 1.5"),
+    (mutated("deploy", {"thread": 2}), "deploy.thread", "did you mean 'threads'"),
+    (mutated("deploy", ["pt2"]), "deploy", "expected a mapping"),
+    (mutated("constraints.max_throughput", 100), "constraints.max_throughput", "did you mean 'min_throughput'"),
+    (mutated("constraints.min_flops", 100), "constraints.min_flops", "did you mean 'max_flops'"),
+    (mutated("constraints.min_throughput", 0), "constraints.min_throughput", "expected a finite number > 0"),
 ]
+
+
+def test_deploy_defaults_and_is_written_only_when_set(tmp_path):
+    space = load_space(write(tmp_path, BASE))
+    assert (space.deploy.runtime, space.deploy.batch_size, space.deploy.threads) == ("pt2", 64, 2)
+    assert "deploy" not in space.to_dict()  # runs made before the section resume unchanged
+    data = {**copy.deepcopy(BASE), "deploy": {"runtime": "onnxruntime", "batch_size": 16}}
+    data["objectives"]["throughput"] = "maximize"
+    data["search"]["reference_point"]["throughput"] = 10.0
+    data["constraints"]["min_throughput"] = 100
+    space = load_space(write(tmp_path, data))
+    assert space.deploy.runtime == "onnxruntime" and space.deploy.threads == 2
+    assert space.constraints.limit("throughput") == 100
+    again = load_space(write(tmp_path, yaml.safe_load(space.to_yaml()), "again.yaml"))
+    assert again.deploy == space.deploy and again.constraints == space.constraints
 
 
 @pytest.mark.parametrize(("data", "key_path", "fragment"), MALFORMED, ids=[m[1] + ":" + m[2][:20] for m in MALFORMED])

@@ -1,5 +1,9 @@
 """The exporters: an eval model to a ``torch.export`` program, saved as .pt2 and translated to ONNX
-(with the two translations the ONNX exporter lacks)."""
+(with the two translations the ONNX exporter lacks).
+
+In the engine layer, beside the loaders of the files they write (``runner.engine.artefacts``): the export
+command (``runner.export``) writes a run's chosen model with them, and a trial's ``throughput``
+objective times its model as exported with them (``runner.engine.deploy``)."""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from typing import Any
 
 import torch
 
-from runner.artefacts import CARD_FILE, INPUT_NAME, OUTPUT_NAME
+from runner.engine.artefacts import CARD_FILE, INPUT_NAME, OUTPUT_NAME
 from search_space.errors import UserError
 
 #: What the ONNX format needs beyond torch: import name -> distribution (pip) name.

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.export.passes import move_to_device_pass
 
-from runner.pt2 import load_program
+from runner.engine.pt2 import load_program
 from search_space.errors import UserError
 
 FORMATS = ("onnx", "pt2")
@@ -46,7 +46,7 @@ def onnx_runner(path: Path, *, device: str = "cpu", threads: int | None = None) 
 
 
 def pt2_runner(path: Path, *, device: str = "cpu", compiled: bool = False) -> Runner:
-    """The .pt2 program, loaded back from disk by ``runner.pt2.load_program`` (never unpickled).
+    """The .pt2 program, loaded back from disk by ``runner.engine.pt2.load_program`` (never unpickled).
 
     ``compiled``: run it through ``torch.compile`` (on CUDA in ``reduce-overhead`` mode, which replays
     CUDA graphs: a small batch is bound by kernel launches, not by arithmetic). The first batch size

@@ -1,0 +1,255 @@
+"""The throughput objective held to account: does a search's recorded throughput hold when measured
+again elsewhere, and what does it cost a trial?
+
+    python benchmarks/bench_throughput.py                       # search, re-measure, write the section
+    python benchmarks/bench_throughput.py --run-dir runs/tp64   # re-measure a finished run instead
+
+1. A search on ``search_space/cells64.yaml`` with objectives accuracy and throughput (a copy of the
+   space with ``--epochs`` epochs per trial and ``--trials`` trials, otherwise as shipped: the ray
+   backend, two trials at a time, the default ``deploy`` section).
+2. Every trained trial re-measured in a separate process (this script with ``--remeasure``), in a
+   different order from the search's and under whatever load the machine has then: the rank
+   agreement (Spearman) of recorded against re-measured throughput, on the front and over all
+   trials, calibrated (the objective as recorded) and raw (``throughput_raw``: the same timing
+   without the reference).
+3. The cost: the time one measurement takes (export and timing) in that process, times two (a trial
+   measures its costs before training, for the per-epoch reports, and at its end), against the
+   trial's own time and against a default trial's (the same trial at cells64's 10 epochs, from its
+   per-epoch times). The same for an ONNX export, to show why pt2 is the default runtime.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT))
+
+from _doc import markdown_table, own_command, stamp, write_section  # noqa: E402
+
+from cellsparse.pareto import pareto_mask  # noqa: E402
+from cellsparse.rundir import SPACE_FILE, TRIALS_DIR, TRIALS_FILE, eligible_mask, read_trials  # noqa: E402
+
+OBJECTIVES = ["accuracy", "throughput"]
+DIRECTIONS = ["maximize", "maximize"]
+DEFAULT_EPOCHS = 10  # cells64.yaml's own epochs: what "a default trial" trains
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rank correlation (average ranks for ties): Pearson's r of the ranks."""
+    ra, rb = pd.Series(a).rank().to_numpy(), pd.Series(b).rank().to_numpy()
+    if len(ra) < 2 or ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+SPEARMAN_TARGET = 0.9
+COST_TARGET = 0.05  # of a default trial's time
+MIN_RANKED = 4  # front trials below which the verdict is on all trained trials
+
+
+def in_short(*, trials: int, epochs: int, front: int, trained: int, rho: dict, rel: dict, measure_s: float,
+             share: float, worst: float, onnx_s: float | None, onnx_share: float | None) -> str:
+    """The section's verdict, from its figures: the rank agreement against its target (calibrated and
+    raw), and the cost against its target (pt2, and ONNX where it was timed)."""
+    # a rank correlation of two or three points is +-1 or +-0.5 whatever the figures: judge all trials then
+    judged = "front" if front >= MIN_RANKED else "all"
+    held = "meets" if rho[(judged, "calibrated")] >= SPEARMAN_TARGET else "misses"
+    cheap = "within" if share <= COST_TARGET else "over"
+    other = "all" if judged == "front" else "front"
+    text = (f"On a {trials}-trial cells64 search ({epochs} epochs a trial, 2 at a time, pt2, batch 64, 2 threads), "
+            f"re-measured in a separate process, the {front if judged == 'front' else trained} "
+            f"{'front' if judged == 'front' else 'trained'} trials rank with Spearman "
+            f"{rho[(judged, 'calibrated')]:.2f} calibrated ({held} the {SPEARMAN_TARGET} target) and "
+            f"{rho[(judged, 'raw')]:.2f} raw ({rho[(other, 'calibrated')]:.2f} and {rho[(other, 'raw')]:.2f} over the "
+            f"{front if other == 'front' else trained} {'front' if other == 'front' else 'trained'} trials; the median "
+            f"figure moved {100 * rel['calibrated']:.0f}% calibrated, {100 * rel['raw']:.0f}% raw). "
+            f"The objective costs a median {measure_s:.1f} s a measurement, two a "
+            f"trial: {100 * share:.1f}% of a default 10-epoch trial, {cheap} the {100 * COST_TARGET:.0f}% target "
+            f"(at most {100 * worst:.1f}%)")
+    if onnx_s is not None and onnx_share is not None:
+        text += (f"; on onnxruntime the ONNX export adds a median {onnx_s:.1f} s a measurement, "
+                 f"{100 * onnx_share:.1f}% in all")
+    return text + "."
+
+
+def make_space(out: Path, *, trials: int, epochs: int) -> Path:
+    raw = yaml.safe_load((ROOT / "search_space" / "cells64.yaml").read_text())
+    raw["name"] = "cells64_throughput"
+    raw["objectives"] = {"accuracy": "maximize", "throughput": "maximize"}
+    raw["training"]["epochs"] = epochs
+    raw["search"]["trials"] = trials
+    raw["search"]["reference_point"] = {"accuracy": 0.0, "throughput": 100.0}
+    raw["search"].pop("timeout_s", None)
+    path = out / "cells64_throughput.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# The re-measuring process
+
+
+def remeasure(run_dir: Path, numbers: list[int], onnx: bool) -> list[dict]:
+    """Each trial's model rebuilt and timed as the run's deploy section says, in this process."""
+    import torch
+
+    from objectives import measure_throughput
+    from runner.engine.checkpoint import load_trained
+    from runner.engine.deploy import deployment_for, onnx_prepare
+    from search_space.spec import parse_space
+
+    space = parse_space(yaml.safe_load((run_dir / SPACE_FILE).read_text()), source=run_dir / SPACE_FILE)
+    torch.set_num_threads(max(1, int(space.search.cpus_per_trial)))  # as in a trial process
+    deployment = deployment_for(space.deploy, "cpu")
+    rows = []
+    for number in numbers:
+        trained = load_trained(run_dir / TRIALS_DIR / str(number), number)
+        model = trained.model
+        meta = trained.meta
+        images = torch.randn(32, int(meta["in_channels"]), int(meta["image_size"]), int(meta["image_size"]),
+                             generator=torch.Generator().manual_seed(number))
+        start = time.perf_counter()
+        figure = measure_throughput(model, images, deployment)
+        row = {"number": number, "seconds": time.perf_counter() - start, "throughput": figure.images_per_s,
+               "throughput_spread": figure.spread, "throughput_raw": figure.raw_images_per_s}
+        if onnx:
+            start = time.perf_counter()
+            batch = images.repeat(2, 1, 1, 1)
+            with torch.no_grad():
+                onnx_prepare(model.eval(), batch, space.deploy.threads)
+            row["onnx_prepare_s"] = time.perf_counter() - start
+        rows.append(row)
+        print(f"trial {number}: {figure.images_per_s:,.0f} images/s (raw {figure.raw_images_per_s:,.0f}) "
+              f"in {row['seconds']:.2f} s", flush=True)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# The search, the comparison and the section
+
+
+def epoch_seconds(run_dir: Path, number: int) -> float | None:
+    path = run_dir / TRIALS_DIR / str(number) / "history.json"
+    if not path.exists():
+        return None
+    history = json.loads(path.read_text())
+    times = [row["epoch_time_s"] for row in history if "epoch_time_s" in row]
+    return float(np.mean(times)) if times else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=None, help="where the search's run goes (default: a temp folder)")
+    parser.add_argument("--run-dir", type=Path, default=None, help="a finished run to re-measure instead of searching")
+    parser.add_argument("--trials", type=int, default=14)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--no-onnx", action="store_true", help="skip timing the ONNX export")
+    parser.add_argument("--no-write", action="store_true", help="print, do not write docs/benchmarks.md")
+    parser.add_argument("--remeasure", type=Path, default=None, help=argparse.SUPPRESS)  # the separate process
+    parser.add_argument("--numbers", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--json", type=Path, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.remeasure is not None:
+        numbers = [int(n) for n in args.numbers.split(",") if n]
+        args.json.write_text(json.dumps(remeasure(args.remeasure, numbers, not args.no_onnx)))
+        return 0
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-throughput-"))
+    run_dir = args.run_dir
+    search_s = None
+    if run_dir is None:
+        run_dir = args.out or tmp / "run"
+        space = make_space(tmp, trials=args.trials, epochs=args.epochs)
+        start = time.perf_counter()
+        done = subprocess.run([sys.executable, "-m", "runner.search", "--space", str(space), "--out", str(run_dir),
+                               "--progress", "trials"], cwd=ROOT)
+        search_s = time.perf_counter() - start
+        if done.returncode != 0:
+            print(f"the search failed (exit {done.returncode})", file=sys.stderr)
+            return 1
+
+    trials = read_trials(run_dir / TRIALS_FILE, OBJECTIVES)
+    ok = trials[eligible_mask(trials, OBJECTIVES)].reset_index(drop=True)
+    front = pareto_mask(ok[OBJECTIVES].to_numpy(float), DIRECTIONS)
+    ok["front"] = front
+    numbers = list(ok["number"].astype(int))[::-1]  # the other order from the search's
+    out_json = tmp / "remeasured.json"
+    subprocess.run([sys.executable, str(Path(__file__).resolve()), "--remeasure", str(run_dir), "--numbers",
+                    ",".join(map(str, numbers)), "--json", str(out_json), *(["--no-onnx"] if args.no_onnx else [])],
+                   cwd=ROOT, check=True)
+    again = pd.DataFrame(json.loads(out_json.read_text())).rename(
+        columns={"throughput": "again", "throughput_raw": "again_raw", "throughput_spread": "again_spread"})
+    table = ok.merge(again, on="number")
+    table["epoch_s"] = [epoch_seconds(run_dir, int(n)) for n in table["number"]]
+    table["default_s"] = table["duration_s"] + (DEFAULT_EPOCHS - args.epochs) * table["epoch_s"]
+    table["overhead"] = 2 * table["seconds"] / table["duration_s"]
+    table["overhead_default"] = 2 * table["seconds"] / table["default_s"]
+    if "onnx_prepare_s" in table:
+        table["onnx_overhead_default"] = 2 * (table["seconds"] + table["onnx_prepare_s"]) / table["default_s"]
+
+    on_front = table[table["front"]]
+    rho = {(scope, kind): spearman(frame[rec].to_numpy(), frame[new].to_numpy())
+           for scope, frame in (("front", on_front), ("all", table))
+           for kind, rec, new in (("calibrated", "throughput", "again"), ("raw", "throughput_raw", "again_raw"))}
+    rel = {kind: float(np.median(np.abs(table[new] / table[rec] - 1)))
+           for kind, rec, new in (("calibrated", "throughput", "again"), ("raw", "throughput_raw", "again_raw"))}
+    spread = float(np.median(table["throughput_spread"] / table["throughput"]))
+    first = table.sort_values("number").iloc[0]
+
+    rows = [[int(r.number), r.strategy, f"{r.accuracy:.4f}", f"{r.throughput:,.0f} ± {r.throughput_spread:,.0f}",
+             f"{r.throughput_raw:,.0f}", f"{r.again:,.0f}", f"{r.again_raw:,.0f}", f"{r.duration_s:.0f}",
+             f"{r.seconds:.2f}", f"{100 * r.overhead_default:.1f}%"]
+            + ([f"{r.onnx_prepare_s:.1f}"] if "onnx_prepare_s" in table else [])
+            for r in on_front.sort_values("throughput").itertuples()]
+    header = ["trial", "strategy", "accuracy", "throughput (recorded ± IQR)", "raw (recorded)", "re-measured",
+              "re-measured raw", "trial s", "measure s", "2 x measure / default trial"]
+    if "onnx_prepare_s" in table:
+        header.append("ONNX export s")
+    med_default = float(np.median(table["overhead_default"]))
+    max_default = float(np.max(table["overhead_default"]))
+    onnx_s = float(np.median(table["onnx_prepare_s"])) if "onnx_prepare_s" in table else None
+    onnx_share = float(np.median(table["onnx_overhead_default"])) if "onnx_prepare_s" in table else None
+    short = in_short(trials=len(trials), epochs=args.epochs, front=len(on_front), trained=len(table), rho=rho,
+                     rel=rel, measure_s=float(np.median(table["seconds"])), share=med_default, worst=max_default,
+                     onnx_s=onnx_s, onnx_share=onnx_share)
+    command = own_command("bench_throughput.py", argv)
+    body = "\n\n".join([
+        stamp(command),
+        f"**In short:** {short}",
+        markdown_table(header, rows),
+        (f"Spearman rank correlation of recorded against re-measured throughput: front "
+         f"{rho[('front', 'calibrated')]:.3f} calibrated, {rho[('front', 'raw')]:.3f} raw; all trained trials "
+         f"{rho[('all', 'calibrated')]:.3f} calibrated, {rho[('all', 'raw')]:.3f} raw. Median |re-measured / recorded "
+         f"- 1|: {100 * rel['calibrated']:.1f}% calibrated, {100 * rel['raw']:.1f}% raw. Median spread (IQR of the "
+         f"per-round figures / value): {100 * spread:.1f}%."
+         + (f" The search took {search_s / 60:.1f} minutes." if search_s else "")),
+        ("Recorded: the figure each trial wrote at its end, in its Ray worker, while the other trial trained "
+         "beside it. Re-measured: the same weights rebuilt and timed again in one fresh process, trials in the "
+         "reverse order, the machine otherwise as it was. Calibrated figures are the model's rate over the "
+         "fixed reference CNN's in the same interleaved rounds, times the reference's best rate at calibration "
+         "(README, \"Throughput\"); raw figures are the model's median rate in the same rounds. The measure time "
+         "is the export (torch.export, saved and loaded back as .pt2) plus the timing; the first measurement in "
+         f"a process also calibrates the reference (trial {int(first.number)}: {first.seconds:.2f} s). A default "
+         "trial's time is the trial's own time with its per-epoch time for the epochs it did not train."),
+    ])
+    print(body)
+    if not args.no_write:
+        write_section("throughput", "Throughput objective: rank agreement and cost", body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

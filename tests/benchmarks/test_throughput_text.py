@@ -1,0 +1,32 @@
+"""bench_throughput's verdict follows its figures: the rank agreement and the cost against their targets."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+
+import bench_throughput as B  # noqa: E402
+
+
+def text(rho_front: float, share: float, front: int = 5) -> str:
+    rho = {("front", "calibrated"): rho_front, ("front", "raw"): 0.5, ("all", "calibrated"): 0.3, ("all", "raw"): 0.4}
+    return B.in_short(trials=14, epochs=3, front=front, trained=12, rho=rho, rel={"calibrated": 0.05, "raw": 0.3},
+                      measure_s=2.0, share=share, worst=share * 2, onnx_s=None, onnx_share=None)
+
+
+def test_verdicts_follow_the_figures():
+    good, bad = text(0.95, 0.02), text(0.6, 0.09)
+    assert "0.95 calibrated (meets the 0.9 target)" in good and "2.0% of a default 10-epoch trial, within" in good
+    assert "0.60 calibrated (misses the 0.9 target)" in bad and "9.0% of a default 10-epoch trial, over" in bad
+    few = text(1.0, 0.02, front=2)  # two front points always rank perfectly: the verdict is on all trials
+    assert "the 12 trained trials rank with Spearman 0.30 calibrated (misses the 0.9 target)" in few
+
+
+def test_spearman_is_the_rank_correlation():
+    assert B.spearman(np.array([1.0, 2, 3, 4]), np.array([10.0, 20, 30, 400])) == 1.0
+    assert B.spearman(np.array([1.0, 2, 3]), np.array([3.0, 2, 1])) == -1.0
+    assert np.isnan(B.spearman(np.array([1.0]), np.array([2.0])))

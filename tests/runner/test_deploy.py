@@ -1,0 +1,87 @@
+"""The deploy runtimes a trial's throughput is timed on, the min_throughput budget, and a search with it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from cellsparse.rundir import read_trials
+from objectives import deployed, measure_objective
+from runner.engine.deploy import PREPARE, deployment_for
+from runner.engine.sampler import check_costs
+from runner.engine.trial import record_infeasible
+from search_space.build import build_model, default_config
+from search_space.spec import DEPLOY_RUNTIMES, DeploySpec, load_space
+from tests.runner.search_fixtures import run_search_cli, set_env, write_space
+
+
+def test_every_runtime_the_space_accepts_has_a_maker():
+    assert sorted(PREPARE) == sorted(DEPLOY_RUNTIMES)
+
+
+@pytest.mark.parametrize("runtime", DEPLOY_RUNTIMES)
+def test_each_runtime_runs_the_model_as_exported(runtime):
+    model = build_model(default_config("dense_cnn"), 3, 4, 16).eval()
+    batch = torch.randn(4, 3, 16, 16)
+    run = PREPARE[runtime](model, batch, 1)
+    with torch.no_grad():
+        expected = model(batch).numpy()
+    got = run()
+    assert np.allclose(np.asarray(got), expected, atol=1e-4)  # the figure is of this model, not another
+    with deployed(deployment_for(DeploySpec(runtime, batch_size=8, threads=1))):
+        figures = measure_objective("throughput", model, batch)
+    assert figures["throughput"] > 0 and figures["throughput_spread"] >= 0
+
+
+def _space(tmp_path, constraint: str):
+    path = tmp_path / "space.yaml"
+    path.write_text("objectives: {accuracy: maximize, throughput: maximize}\n"
+                    "data: {source: synthetic, image_size: 16}\n"
+                    f"constraints: {{{constraint}}}\n"
+                    "search: {reference_point: {accuracy: 0, throughput: 1}}\n"
+                    "deploy: {runtime: eager, batch_size: 8, threads: 1}\n"
+                    "space: {strategy: {dense_cnn: {}}}\n", encoding="utf-8")
+    return load_space(path)
+
+
+def test_min_throughput_is_checked_before_training(tmp_path):
+    config = {**default_config("dense_cnn")}
+    assert check_costs(config, _space(tmp_path, "min_throughput: 1.0"))["throughput"] < 0  # feasible
+    over = check_costs(config, _space(tmp_path, "min_throughput: 1.0e12"))["throughput"]
+    assert over > 0  # infeasible: 1e12 images/s is out of reach
+    metrics = record_infeasible({**config, "epochs": 1}, shape=(3, 16, 16), num_classes=5, trial_dir=tmp_path / "0",
+                                objectives=["accuracy", "throughput"], constraints={"throughput": over})
+    assert metrics["feasible"] is False and metrics["throughput"] > 0 and "throughput_spread" in metrics
+
+
+def test_a_search_with_throughput_records_it_and_builds_its_report(tmp_path, monkeypatch, capsys):
+    set_env(monkeypatch)
+    space = write_space(tmp_path, trials=2, extra_objectives=", throughput: maximize")
+    space.write_text(space.read_text() + "deploy: {runtime: pt2, batch_size: 16, threads: 1}\n"
+                     "constraints: {min_throughput: 1.0}\n", encoding="utf-8")
+    status, out, err = run_search_cli(capsys, "--space", space, "--out", tmp_path / "run")
+    assert status == 0, out + err
+    trials = read_trials(tmp_path / "run" / "trials.csv", ["accuracy", "flops", "throughput"])
+    columns = list(trials.columns)
+    assert columns[columns.index("flops") + 1:columns.index("flops") + 4] == [
+        "throughput", "throughput_spread", "throughput_raw"]
+    done = trials[trials["state"] == "COMPLETE"]
+    assert len(done) == 2 and bool(done["feasible"].all())
+    assert (done["throughput"] > 0).all() and (done["throughput_spread"] >= 0).all()
+    assert pd.api.types.is_float_dtype(done["throughput_raw"])
+    html = (tmp_path / "run" / "report.html").read_text(encoding="utf-8")
+    assert "throughput (max)" in html and "throughput: " in html  # an objective of the run, on the points
+
+
+def test_a_search_over_its_throughput_floor_trains_nothing(tmp_path, monkeypatch, capsys):
+    set_env(monkeypatch)
+    space = write_space(tmp_path, trials=2, extra_objectives=", throughput: maximize")
+    space.write_text(space.read_text() + "deploy: {runtime: eager, batch_size: 8, threads: 1}\n"
+                     "constraints: {min_throughput: 1.0e12}\n", encoding="utf-8")
+    status, out, err = run_search_cli(capsys, "--space", space, "--out", tmp_path / "run")
+    assert status == 0, out + err
+    trials = read_trials(tmp_path / "run" / "trials.csv", ["accuracy", "flops", "throughput"])
+    assert len(trials) == 2 and not trials["feasible"].any()
+    assert (trials["throughput"] > 0).all() and (trials["accuracy"] == 0).all()
