@@ -8,12 +8,14 @@ Layout (``runs/<name>/``)::
     trials.csv      one row per trial, rewritten from the journal as trials finish (``trials_columns``)
     trials/<n>/     config.json, metrics.json, history.json, model.pt, meta.json, looked_at.npz
     report.html     the report (built at the end)
+    deploy_calibration.json  the throughput objective's reference rates, measured once per run (when
+                    throughput is an objective or a constraint; ``runner.engine.deploy``)
     ray/            Ray Tune's own experiment files (ray backend only)
     driver.lock     held by the search driver while it runs: one driver per run (``cellsparse.runlock``)
 
 ``trials.csv`` is regenerated from the journal alone: everything beyond Optuna's own fields (the full
 config, test accuracy, final k, ...) is stored on each trial as a user attribute. The reader
-(``load_run``, ``read_trials``) needs only space.yaml and trials.csv; anything else missing becomes a
+(``read_run``, ``read_trials``) needs only space.yaml and trials.csv; anything else missing becomes a
 note, so a report can be built mid-run or from a partly copied run. Torch-free: the report reads
 runs without loading a model.
 """
@@ -67,6 +69,7 @@ SPACE_DIGEST = "space_sha256"  # run.json key: space_digest of the space.yaml th
 TRIALS_FILE = "trials.csv"
 TRIALS_DIR = "trials"
 REPORT_FILE = "report.html"
+CALIBRATION_FILE = "deploy_calibration.json"
 RAY_DIR = "ray"
 #: What ``trials/<n>/`` holds; metrics.json is written last, so its presence marks a finished trial.
 CONFIG_FILE, METRICS_FILE, HISTORY_FILE = "config.json", "metrics.json", "history.json"

@@ -5,8 +5,12 @@ What the value means. ``throughput`` is the images per second the model runs at 
 on the scale of a calm machine. A fixed reference CNN (:func:`reference_model`, fixed weights,
 prepared on the same runtime) is timed in the same process:
 
-1. once per process and deployment, alone (``CALIBRATION_ROUNDS`` rounds); its best round is its
-   *calibration rate*: what the reference does when the machine leaves it alone;
+1. once per run and deployment, alone (``CALIBRATION_ROUNDS`` rounds), by the search's driver before
+   its first trial; its best round is the *calibration rate*: what the reference does when the
+   machine leaves it alone. The engine keeps it in the run directory and every trial process uses
+   that one number (:func:`set_calibration`), so two trials timed in different processes (Ray
+   workers, nodes, a resumed session) differ only by their ratios. A process with no calibration
+   set (the objective used on its own) measures its own, once;
 2. at each measurement, in interleaved rounds with the model (the order alternates, model first
    then reference first), so both see the same load within a round.
 
@@ -15,8 +19,12 @@ those ratios times the calibration rate, and ``throughput`` is their median: "im
 runtime when the reference runs at its calibration rate". ``throughput_spread`` is the
 interquartile range of the per-round figures (same unit), and ``throughput_raw`` the median of the
 model's own rounds, uncalibrated (what a plain timer would report). Two trials timed under
-different load are comparable through the ratio; two processes through the calibration rate,
-which, as a best round, moves far less with load than a median does.
+different load are comparable through the ratio; two processes through the one calibration rate.
+
+Before training, a trial needs a throughput for its per-epoch reports (early stopping's rungs read
+every objective) but not the deployed figure: :func:`previewing` times the eager module, in fewer
+rounds, still against the reference (the preview's reference is the eager one). The trial's own
+value is measured once, at its end, on the deploy runtime.
 
 Layers: the runtime a model is timed on (a ``torch.export`` program, an onnxruntime session) is
 made by the engine (``runner.engine.deploy``, beside the exporters), which this package may not import.
@@ -46,12 +54,14 @@ from objectives._inference import inference
 Run = Callable[[], object]  # runs the prepared model on its batch once (and waits for the result)
 Prepare = Callable[[nn.Module, torch.Tensor, int], Run]  # (eval model, batch, threads) -> Run
 
-CALIBRATION_ROUNDS = 15  # the reference alone, once per process and deployment
+CALIBRATION_ROUNDS = 15  # the reference alone, once per run and deployment
 MIN_ROUNDS = 5  # interleaved rounds at each measurement, at least ...
 MAX_ROUNDS = 25  # ... and at most,
 MIN_TIME_S = 0.6  # going on until this much time is spent timing
 CHUNK_S = 0.02  # each timed call is repeated to last about this long (a short call is all timer noise)
 WARMUP = 2  # untimed calls of each runtime first (allocations, lazy initialisation, caches)
+PREVIEW_ROUNDS = 3  # a preview's interleaved rounds ...
+PREVIEW_TIME_S = 0.15  # ... and the time it goes on for
 
 
 def eager_prepare(model: nn.Module, batch: torch.Tensor, threads: int) -> Run:
@@ -233,19 +243,55 @@ def deploy_batch(images: torch.Tensor, batch_size: int | None) -> torch.Tensor:
     return images.repeat(reps, 1, 1, 1)[:batch_size].contiguous()
 
 
-# A process's references, prepared and calibrated once per deployment key: (run, calibration rate).
-_REFERENCES: dict[tuple, tuple[Run, float]] = {}
+# A process's references, prepared once per deployment key, and the calibration rate of each key:
+# set from the run (set_calibration) or, without one, measured here once.
+_REFERENCES: dict[tuple, Run] = {}
+_CALIBRATIONS: dict[tuple, float] = {}
+_PREVIEW: ContextVar[bool] = ContextVar("cellsparse_throughput_preview", default=False)
 
 
-def _reference(deployment: Deployment, batch: torch.Tensor, threads: int) -> tuple[Run, float]:
-    key = deployment.key(batch.shape)
+def _reference_run(deployment: Deployment, shape: Sequence[int], device: torch.device, threads: int) -> Run:
+    key = deployment.key(shape)
     if key not in _REFERENCES:
-        net = reference_model(batch.shape[1]).to(batch.device)
-        images = torch.randn(batch.shape, generator=torch.Generator().manual_seed(0)).to(batch.device)
-        run = deployment.prepare(net, images, threads)
-        rates = interleaved_rates([run], batch.shape[0], min_rounds=CALIBRATION_ROUNDS, max_rounds=CALIBRATION_ROUNDS)
-        _REFERENCES[key] = (run, float(rates[:, 0].max()))
+        net = reference_model(int(shape[1])).to(device)
+        images = torch.randn(tuple(shape), generator=torch.Generator().manual_seed(0)).to(device)
+        _REFERENCES[key] = deployment.prepare(net, images, threads)
     return _REFERENCES[key]
+
+
+def measure_calibration(deployment: Deployment, shape: Sequence[int]) -> float:
+    """The reference's best rate (images/s) over ``CALIBRATION_ROUNDS`` rounds alone, on ``deployment``
+    at batch ``shape`` (N, C, H, W): what the engine measures once per run."""
+    threads = deployment.threads or torch.get_num_threads()
+    with _torch_threads(deployment.threads):
+        run = _reference_run(deployment, shape, torch.device(deployment.device), threads)
+        rates = interleaved_rates([run], int(shape[0]), min_rounds=CALIBRATION_ROUNDS, max_rounds=CALIBRATION_ROUNDS)
+    return float(rates[:, 0].max())
+
+
+def set_calibration(deployment: Deployment, shape: Sequence[int], rate: float) -> None:
+    """Use ``rate`` as the calibration rate of ``deployment`` at batch ``shape`` in this process."""
+    if not (isinstance(rate, (int, float)) and math.isfinite(rate) and rate > 0):
+        raise ValueError(f"a calibration rate must be a positive number of images/s, got {rate!r}")
+    _CALIBRATIONS[deployment.key(shape)] = float(rate)
+
+
+def _calibration(deployment: Deployment, shape: Sequence[int]) -> float:
+    key = deployment.key(shape)
+    if key not in _CALIBRATIONS:
+        _CALIBRATIONS[key] = measure_calibration(deployment, shape)
+    return _CALIBRATIONS[key]
+
+
+@contextlib.contextmanager
+def previewing() -> Iterator[None]:
+    """Inside the block, ``throughput`` is a preview: the eager module, a few short rounds against the
+    eager reference (a figure for per-epoch reports, not the deployed one)."""
+    token = _PREVIEW.set(True)
+    try:
+        yield
+    finally:
+        _PREVIEW.reset(token)
 
 
 def measure_throughput(model: nn.Module, images: torch.Tensor, deployment: Deployment | None = None) -> Throughput:
@@ -255,6 +301,11 @@ def measure_throughput(model: nn.Module, images: torch.Tensor, deployment: Deplo
     deployment's device, and the model with them when it lives elsewhere (a copy: the caller's
     model is left where it is). Eval mode, no autograd, the model's modes restored afterwards."""
     deployment = deployment or current_deployment()
+    rounds: dict[str, float] = {}
+    if _PREVIEW.get():
+        deployment = Deployment("eager", deployment.batch_size, deployment.threads, deployment.device,
+                                calibrate=deployment.calibrate)
+        rounds = {"min_rounds": PREVIEW_ROUNDS, "max_rounds": PREVIEW_ROUNDS, "min_time_s": PREVIEW_TIME_S}
     device = torch.device(deployment.device)
     batch = deploy_batch(images, deployment.batch_size).to(device)
     first = next(iter(model.parameters()), None)
@@ -264,10 +315,11 @@ def measure_throughput(model: nn.Module, images: torch.Tensor, deployment: Deplo
     with _torch_threads(deployment.threads), inference(model):
         run = deployment.prepare(model, batch, threads)
         if not deployment.calibrate:
-            rates = interleaved_rates([run], len(batch))
+            rates = interleaved_rates([run], len(batch), **rounds)
             return calibrated(rates[:, 0], None, None)
-        reference, calibration_rate = _reference(deployment, batch, threads)
-        rates = interleaved_rates([run, reference], len(batch))
+        calibration_rate = _calibration(deployment, batch.shape)
+        reference = _reference_run(deployment, batch.shape, device, threads)
+        rates = interleaved_rates([run, reference], len(batch), **rounds)
     return calibrated(rates[:, 0], rates[:, 1], calibration_rate)
 
 

@@ -48,6 +48,7 @@ from reports.build import build_report as write_report
 from runner.cli import EXIT_USER_ERROR, command_parser, print_error
 from runner.data import data_fingerprint, load_dataset
 from runner.engine.datasets import cached_dataset, data_shape, with_data_size
+from runner.engine.deploy import calibrate_run
 from runner.engine.driver import SearchDriver, early_stopping_rule
 from runner.engine.executors import Executor, executor_names, make_executor
 from runner.engine.plugins import import_plugins, plugin_modules
@@ -357,6 +358,9 @@ def _session(args: SearchRequest, space: Any, out: Path, fingerprint: str | None
     remaining = max(0, total - done)
     say(f"run {out}: {total} trials ({done} done), backend {executor.describe()}, sampler {space.search.sampler}, "
         f"{executor.concurrency} at a time")
+    for record in calibrate_run(space, out):  # throughput's one scale for the whole run (none without it)
+        say(f"throughput reference on {record['runtime']}: {record['rate']:,.0f} images/s (batch {record['shape'][0]}, "
+            f"{record['threads']} thread(s), {record['device']})")
     progress = Progress(trials=remaining, mode=mode, emit=say)
     on_finished = TrialFinished(out, space, total=total, emit=say if mode != "none" else _silent, progress=progress)
     halted: BaseException | str | None = None  # the storage refused a write: the session stops with one line

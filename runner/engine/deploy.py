@@ -13,19 +13,30 @@ back through the loaders export and predict use (``runner.engine.artefacts``):
 
 The files live in a temporary folder only while the runtime loads them. A trial process calls
 :func:`use_space_deployment` once; the budget check (``min_throughput``) does the same in the driver.
+
+Calibration, once per run: before the first trial the driver times the objective's reference model
+alone (:func:`calibrate_run`) on the deploy runtime and on the eager module (the preview a trial
+reports before training), and keeps the rates in the run directory (``deploy_calibration.json``).
+Every trial process reads them from there, so all trials of a run are put on one scale, whatever
+process, node or session timed them; a resumed session reuses the rates of the same deployment.
 """
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from objectives.throughput import Deployment, Run, eager_prepare, use_deployment
+from cellsparse.files import write_atomic
+from cellsparse.rundir import CALIBRATION_FILE
+from objectives.throughput import Deployment, Run, eager_prepare, measure_calibration, set_calibration, use_deployment
 from runner.engine.artefacts import onnx_runner, pt2_runner
+from runner.engine.datasets import data_shape
 from runner.engine.exporters import check_onnx_packages, save_onnx, save_pt2, to_exported_program
 from search_space.spec import DeploySpec, SearchSpace
 
@@ -78,7 +89,61 @@ def trial_device(space: SearchSpace) -> str:
     return "cuda" if space.search.gpus_per_trial > 0 and torch.cuda.is_available() else "cpu"
 
 
-def use_space_deployment(space: SearchSpace, device: str | None = None) -> None:
+def use_space_deployment(space: SearchSpace, device: str | None = None, run_dir: Path | None = None) -> None:
     """Time ``throughput`` in this process as the space's ``deploy`` section says (on ``device``,
-    default: where its trials run)."""
+    default: where its trials run), with the run's calibration rates when ``run_dir`` keeps them."""
     use_deployment(deployment_for(space.deploy, device or trial_device(space)))
+    if run_dir is not None and times_throughput(space):
+        for record in _read_calibrations(Path(run_dir)):
+            set_calibration(_from_record(record), record["shape"], record["rate"])
+
+
+def times_throughput(space: SearchSpace) -> bool:
+    """Whether the space's trials time throughput (an objective, or a bound on it)."""
+    return "throughput" in space.objective_names or "throughput" in space.constraints.limits
+
+
+def _record(deployment: Deployment, shape: tuple[int, ...], rate: float) -> dict[str, Any]:
+    return {"runtime": deployment.runtime, "shape": list(shape), "threads": deployment.threads,
+            "device": deployment.device, "rate": rate}
+
+
+def _from_record(record: dict[str, Any]) -> Deployment:
+    return Deployment(record["runtime"], record["shape"][0], record["threads"], record["device"],
+                      prepare=PREPARE[record["runtime"]])
+
+
+def _read_calibrations(run_dir: Path) -> list[dict[str, Any]]:
+    """The records kept in the run directory; none when the file is absent or not this project's."""
+    try:
+        records = json.loads((run_dir / CALIBRATION_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return []
+    keys = {"runtime", "shape", "threads", "device", "rate"}
+    return [r for r in records if isinstance(r, dict) and keys <= set(r) and r["runtime"] in PREPARE] \
+        if isinstance(records, list) else []
+
+
+def calibrate_run(space: SearchSpace, run_dir: Path) -> list[dict[str, Any]]:
+    """Measure (or reuse) the run's calibration rates and set them in this process; the records.
+
+    One for the deploy runtime and one for the eager preview, at the deploy batch of the data's
+    frames; kept in ``run_dir``. Nothing when the space does not time throughput."""
+    if not times_throughput(space):
+        return []
+    in_channels, _, size = data_shape(space)
+    shape = (space.deploy.batch_size, in_channels, size, size)
+    deployed = deployment_for(space.deploy, trial_device(space))
+    preview = Deployment("eager", deployed.batch_size, deployed.threads, deployed.device)
+    records = _read_calibrations(Path(run_dir))
+    changed = False
+    for deployment in dict.fromkeys((deployed, preview)):
+        found = next((r for r in records if _from_record(r).key(r["shape"]) == deployment.key(shape)), None)
+        if found is None:
+            found = _record(deployment, shape, measure_calibration(deployment, shape))
+            records.append(found)
+            changed = True
+        set_calibration(deployment, shape, found["rate"])
+    if changed:
+        write_atomic(Path(run_dir) / CALIBRATION_FILE, json.dumps(records, indent=2) + "\n")
+    return records

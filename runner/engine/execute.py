@@ -67,7 +67,7 @@ def execute(payload: dict[str, Any], settings: TrialSettings, report: Callable[[
     import_plugins(settings.plugins)
     start = time.perf_counter()
     space = settings.space
-    use_space_deployment(space, _device(settings))
+    use_space_deployment(space, _device(settings), Path(settings.run_dir))
     number = int(payload["number"])
     config = payload["config"]
     directory = rundir.trial_dir(Path(settings.run_dir), number)

@@ -48,6 +48,7 @@ from torch import nn
 from cellsparse.files import write_atomic
 from cellsparse.rundir import CONFIG_FILE, HISTORY_FILE, LOOKED_AT_FILE, META_FILE, METRICS_FILE, WEIGHTS_FILE
 from objectives import count_flops, count_params, measure_objective
+from objectives.throughput import previewing
 from runner.data import augment_batch
 from search_space.build import build_model
 from search_space.k_rules import make_k_rule
@@ -360,8 +361,11 @@ def run_trial(
     splits = place_data(data, device)  # once: batches are gathered and augmented where the data lives
     val_batch = splits.normalise(splits.val_x[:MEASURE_BATCH].to(device))
     params_count = count_params(model)
-    # Objective values reported each epoch; the costly ones are measured once now, again at the end.
-    latest = measure(model, [n for n in objectives if n not in ("accuracy", "flops")], val_accuracy=0.0, images=val_batch)
+    # Objective values reported each epoch; the costly ones are measured once now, again at the end
+    # (throughput now as a preview: the eager module, briefly; its deployed figure only at the end).
+    with previewing():
+        latest = measure(model, [n for n in objectives if n not in ("accuracy", "flops")], val_accuracy=0.0,
+                         images=val_batch)
 
     # -- training ----------------------------------------------------------------------------
     history: list[dict[str, Any]] = []

@@ -189,14 +189,14 @@ MALFORMED = [
 
 def test_deploy_defaults_and_is_written_only_when_set(tmp_path):
     space = load_space(write(tmp_path, BASE))
-    assert (space.deploy.runtime, space.deploy.batch_size, space.deploy.threads) == ("pt2", 64, 2)
+    assert (space.deploy.runtime, space.deploy.batch_size, space.deploy.threads) == ("pt2", 64, 1)
     assert "deploy" not in space.to_dict()  # runs made before the section resume unchanged
     data = {**copy.deepcopy(BASE), "deploy": {"runtime": "onnxruntime", "batch_size": 16}}
     data["objectives"]["throughput"] = "maximize"
     data["search"]["reference_point"]["throughput"] = 10.0
     data["constraints"]["min_throughput"] = 100
     space = load_space(write(tmp_path, data))
-    assert space.deploy.runtime == "onnxruntime" and space.deploy.threads == 2
+    assert space.deploy.runtime == "onnxruntime" and space.deploy.threads == 1
     assert space.constraints.limit("throughput") == 100
     again = load_space(write(tmp_path, yaml.safe_load(space.to_yaml()), "again.yaml"))
     assert again.deploy == space.deploy and again.constraints == space.constraints
