@@ -32,6 +32,7 @@ from search_space.errors import UserError
 from search_space.k_rules import k_rule_defaults
 from search_space.resolution import INPUT_PARAMS, INPUT_SIZE_KEY, input_size_problem, resolution_of
 from search_space.strategies import CellClassifier, StrategyInfo, get_strategy, strategy_names
+from search_space.strategies.blocks import area_resize_flops
 
 
 def _strategy_of(name: Any) -> StrategyInfo:
@@ -73,9 +74,10 @@ class ResizedInput(CellClassifier):
 
     Area interpolation averages each output pixel's footprint (``F.interpolate(mode="area")``, an
     adaptive average pool): no aliasing, and it exports to ONNX and ``torch.export`` for any pair of
-    sizes. The FLOPs objective counts it as 0 (interpolation is excluded, DESIGN.md §3), so the
-    model costs exactly what the inner network costs at ``size``. Everything else is the inner
-    model's: k, its bounds, the auxiliary loss, the hand-formula FLOPs (on the resized frames).
+    sizes. The FLOPs objective counts it (1 FLOP per input element of each output's window, the
+    resampling convention of ``objectives.flops``) on top of what the inner network costs at
+    ``size``. Everything else is the inner model's: k, its bounds, the auxiliary loss, the
+    hand-formula FLOPs (on the resized frames).
 
     ``used_map`` is the inner map brought back to the frame (nearest upsampling) and multiplied by
     (size / H) * (size / W), the share of the frame's pixels each resized pixel resolves: the
@@ -105,7 +107,9 @@ class ResizedInput(CellClassifier):
         return self.inner.auxiliary_loss(logits, targets)
 
     def analytic_flops(self, images: torch.Tensor) -> float | None:
-        return self.inner.analytic_flops(self.resize(images))  # the resize itself counts 0
+        inner = self.inner.analytic_flops(self.resize(images))
+        C, H, W = images.shape[1:]
+        return None if inner is None else inner + area_resize_flops(C, H, W, self.size, self.size)
 
     def k_bounds(self) -> tuple[int, int] | None:
         return self.inner.k_bounds()

@@ -121,6 +121,27 @@ def conv2d_flops(h_out: int, w_out: int, c_in: int, c_out: int, kernel: int, gro
     return 2.0 * h_out * w_out * c_out * (c_in // groups) * kernel * kernel
 
 
+# Resampling (an image made at another size or position), under the convention of objectives/flops.py:
+# 2 FLOPs per weighted tap of each output element, and for averages (equal weights) 1 per tap.
+
+
+def bilinear_flops(n_out: float) -> float:
+    """Bilinear sampling (``grid_sample``, ``interpolate``): 4 weighted taps, 8 FLOPs per output element."""
+    return 8.0 * n_out
+
+
+def _window_sum(n_in: int, n_out: int) -> int:
+    """Summed window lengths of adaptive average pooling along one axis (PyTorch's windows:
+    floor(i * n_in / n_out) to ceil((i + 1) * n_in / n_out))."""
+    return sum(-(-(i + 1) * n_in // n_out) - i * n_in // n_out for i in range(n_out))
+
+
+def area_resize_flops(channels: int, h_in: int, w_in: int, h_out: int, w_out: int) -> float:
+    """An area resize (``interpolate(mode="area")``, adaptive average pooling) of one image: each
+    output element averages its window, 1 FLOP per input element in it (C*H*W at an integer ratio)."""
+    return float(channels * _window_sum(h_in, h_out) * _window_sum(w_in, w_out))
+
+
 def top_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Indices of the ``k`` largest ``scores`` along dim 1, best first, ties in index order.
 

@@ -25,8 +25,8 @@ pre-normed tokens, whose outputs are summed before one output projection (SPAN's
             in its regular ``window`` x ``window`` window or its shifted window (offset window // 2),
             one softmax over the union of both partitions. Each query gathers its two windows' cells
             (2 * window**2 key slots, slots for absent patches and repeats masked), so only those
-            pairs are computed; when a stage has no more tokens than that, the dense masked product
-            over its tokens is cheaper and runs instead;
+            pairs are computed; when a stage has at most ``DENSE_LOCAL_FACTOR`` times that many
+            tokens, the dense masked product over its tokens runs instead (see below);
 ``global``  ``global_tokens`` tokens with their own Q/K/V: they attend to every kept patch and to one
             another, and every patch reads them in a softmax of its own (one global token is simply
             read, the softmax over one key being 1).
@@ -34,8 +34,13 @@ pre-normed tokens, whose outputs are summed before one output projection (SPAN's
 The network's last layer updates only the global tokens: the classifier reads nothing else, so its
 local path and its token projections would be dead work (in SPAN too) and are not built.
 The gathered path computes the fewest pairs (cost linear in kept patches, independent of the grid),
-but on a CPU it is memory-bound: with 128 tokens and 32 key slots (the default at patch_size 2) a
-CPU training step takes about 2x as long as with the dense masked product, for 4x fewer local pairs.
+but it is memory-bound: every query copies its key slots' keys and values (2 * window**2 * D floats
+a query, against the dense path's T * heads logits), so on CPU runtimes it ran at a small fraction
+of a dense product's rate. Measured at 64 px (batch 64, D 64, 4 heads, 32 key slots, torch eager
+on 2 threads), one local attention took 0.5x the gathered path's time as the dense product at 77
+and 154 tokens, and 1.6x at 256. So the dense masked product runs up to ``DENSE_LOCAL_FACTOR``
+times the key slots (it computes more pairs, and the FLOPs count them: the objective counts what
+runs), the gathered path beyond, where the T**2 pairs would dominate.
 
 Between stages, sparse stride-2 downsampling merges the children present under each 2x2 parent:
 LayerNorm, then a depthwise 2x2 stride-2 convolution over the four child slots (absent children are
@@ -58,13 +63,15 @@ static top-k is the cap; patches not kept by an image are padding slots, masked 
 merging and pooling.
 
 FLOPs: ``analytic_flops`` counts what the forward executes (FlopCounterMode agrees, see the tests):
-every token slot of a stage in the linear layers and MLPs, K_s * min(K_s, 2 * window**2) query-key
-pairs in the local path, the global path's pairs, the merge convolution on every parent slot, the
-conv stem on every kept patch (``SpanLayer.flops`` and ``SpanPyramid.flops_at`` hold the formulas). Shapes
-are static, so a stage holds min(K_{s-1}, parent cells) parent slots even when fewer parents are
-present. Under a per-image rule an image is counted as the model run at its own k, which is what a
-runtime sized to that image executes. The learned scorer runs on every patch. Scoring by foreground
-or variance, top-k, gathers, norms, softmax and activations are excluded.
+every token slot of a stage in the linear layers and MLPs, K_s * K_s query-key pairs in the local
+path while the dense product runs (K_s <= 4 * 2 * window**2), else K_s * 2 * window**2, the global
+path's pairs, the merge convolution on every parent slot, the conv stem on every kept patch
+(``SpanLayer.flops`` and ``SpanPyramid.flops_at`` hold the formulas). Shapes are static, so a stage
+holds min(K_{s-1}, parent cells) parent slots even when fewer parents are present. Under a per-image
+rule every image runs at the cap (its padding slots are masked, not skipped), so it is counted at
+the cap: the batched forward and the exported model execute that, whatever an image keeps. The
+learned scorer runs on every patch. Scoring by foreground or variance, top-k, gathers, norms,
+softmax and activations are excluded.
 """
 
 from __future__ import annotations
@@ -84,6 +91,7 @@ PATCH_EMBEDS = ("linear", "conv")
 SCORER_HIDDEN = 16  # width of the learned patch scorer
 STEM_CHANNELS = 8  # output channels of the conv patch-embedding stem
 RATIO_LOSS_WEIGHT = 2.0  # DynamicViT's weight on the keep-ratio loss
+DENSE_LOCAL_FACTOR = 4  # local attention runs dense over a stage's T tokens while T <= this x the key slots
 _TIE_BREAK = 1e-6  # equal scores prefer patches nearer the centre (cells are centred), deterministically
 
 
@@ -164,7 +172,9 @@ class SpanLayer(nn.Module):
             logits = (_split_heads(q, H) * self.scale) @ _split_heads(k, H).transpose(-2, -1)  # (B, H, T, T)
             attn = _masked_softmax(logits + bias, plan.allowed[:, None])
             return _merge_heads(attn @ _split_heads(v, H))
-        # Gather each query's keys and values head-major, rows of (B * H * (T + 1), d): the gathered
+        # Gather each query's keys and values head-major, whole rows of (B * H * (T + 1), d) picked by
+        # one index vector (index_select, an ONNX Gather on axis 0: a row copy each, where an
+        # element-wise gather with an expanded index ran 10x slower in onnxruntime): the gathered
         # blocks are then contiguous (B * H * T, S, d) batches for bmm, with no copy of their own.
         S, d = plan.keys.shape[-1], D // H
         pad = x.new_zeros(B, 1, D)
@@ -173,7 +183,7 @@ class SpanLayer(nn.Module):
 
         def gathered(t: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B * H * T, S, d)
             heads = _split_heads(torch.cat([t, pad], dim=1), H)  # (B, H, T + 1, d)
-            return heads.reshape(-1, d).gather(0, rows[:, None].expand(-1, d)).reshape(-1, S, d)
+            return heads.reshape(-1, d).index_select(0, rows).reshape(-1, S, d)
 
         q = (_split_heads(q, H) * self.scale).reshape(-1, 1, d)  # (B * H * T, 1, d)
         logits = torch.bmm(q, gathered(k).transpose(1, 2)).reshape(B, H, T, S)  # only the gathered pairs
@@ -486,12 +496,14 @@ class SpanPyramid(CountedKModel):
         return layout
 
     def _key_slots(self, tokens: int) -> int:
-        """Local keys each query computes: its two windows' cells, or every token when that is fewer."""
-        return min(tokens, 2 * self.window**2)
+        """Local keys each query computes: every token of the stage on the dense path (up to
+        ``DENSE_LOCAL_FACTOR`` times the window slots), else its two windows' cells."""
+        slots = 2 * self.window**2
+        return tokens if tokens <= DENSE_LOCAL_FACTOR * slots else slots
 
     def _plan(self, coords: torch.Tensor, valid: torch.Tensor, grid: tuple[int, int], *, dense: bool | None = None) -> _StagePlan:
         """Each token's local keys: its regular window and its shifted window (offset window // 2),
-        deduplicated, real tokens only. ``dense`` forces a path (tests); by default the cheaper one."""
+        deduplicated, real tokens only. ``dense`` forces a path (tests); by default the faster one."""
         B, T = valid.shape
         w = self.window
         shift, span = w // 2, 2 * w - 1
@@ -624,9 +636,7 @@ class SpanPyramid(CountedKModel):
         return total + linear_flops(1, D, self.num_classes)
 
     def analytic_flops(self, images: torch.Tensor) -> float:
-        """Mean per-image FLOPs at the current k: what the forward executes, each image under a
-        per-image rule counted at its own kept count."""
-        sel = self._eval_selection(images)
-        grid = sel["grid"]
-        counts = sel["counts"].tolist() if self.per_image else [sel["order"].shape[1]] * images.shape[0]
-        return sum(self.flops_at(int(n), grid) for n in counts) / len(counts)
+        """Per-image FLOPs at the current k: what the forward executes, every image at the static
+        cap (per-image rules mask the slots an image does not keep; they still run)."""
+        patch_grid = self._padded(images)[1:]
+        return self.flops_at(self._k_for(patch_grid[0] * patch_grid[1]), patch_grid)

@@ -22,8 +22,8 @@ move kept against unkept pixels, and on synthetic blob images it often locked on
 
 k is set by a k-adaptation rule. Rules that change k during training (fixed, loss_trend, schedule)
 call ``set_k``. Per-image rules (``top_p``, ``ratio``) keep the static top-``k`` candidates and
-mask out, per image, the ones past that image's count, so shapes stay static (export-friendly)
-while ``analytic_flops`` counts attention at each image's real count. ``top_p`` counts on the
+mask out, per image, the ones past that image's count, so shapes stay static (export-friendly);
+the masked slots still run, so ``analytic_flops`` counts every image at the cap, as executed. ``top_p`` counts on the
 coarse logits softmax-normalised over the image's pixels, so "p of the score mass" is a share of a
 distribution that sums to 1 per image; on the sigmoid map (mean about 0.5 everywhere) the mass was
 spread so flat that every image hit the cap, a fixed k in disguise.
@@ -54,6 +54,7 @@ from search_space.strategies.base import CountedKModel, ParamSpec, eval_mode, re
 from search_space.strategies.blocks import (
     ClassifierHead,
     TransformerBlock,
+    bilinear_flops,
     block_flops,
     conv2d_flops,
     linear_flops,
@@ -86,10 +87,12 @@ class CoarseSelector(nn.Module):
         return z.flatten(1), features  # (B, H*W), (B, channels, h, w)
 
     def flops(self, H: int, W: int) -> float:
+        """The convolutions, plus the bilinear upsampling of the logits when ``stride`` > 1."""
         h, w = (H - 1) // self.stride + 1, (W - 1) // self.stride + 1
         flops = conv2d_flops(h, w, self.in_channels, self.channels, 3)
         flops += (self.layers - 1) * conv2d_flops(h, w, self.channels, self.channels, 3)
-        return flops + conv2d_flops(h, w, self.channels, 1, 1)
+        flops += conv2d_flops(h, w, self.channels, 1, 1)
+        return flops + (bilinear_flops(H * W) if self.stride > 1 else 0.0)
 
 
 class MlpXYV(nn.Module):
@@ -367,20 +370,20 @@ class SparseTopK(CountedKModel):
         return images.new_zeros(B, H * W).scatter(1, sel["idx"], weight).reshape(B, H, W)
 
     def flops_breakdown(self, images: torch.Tensor) -> dict[str, float]:
-        """Mean per-image FLOPs by part: the coarse CNN over every pixel; the token embedding, the
-        blocks' projections and MLPs, and their attention pairs (QK^T and AV) at each image's kept
-        count (+ CLS); the head. Top-k, gathers, norms and activations are excluded."""
+        """Per-image FLOPs by part: the coarse CNN over every pixel (and its bilinear upsampling at
+        stride > 1); the token embedding, the blocks' projections and MLPs, and their attention
+        pairs (QK^T and AV) over the K = min(k, H*W) token slots + CLS that run, per-image rules
+        included (their masked slots run too); the head. Top-k, gathers, norms and activations are
+        excluded."""
         H, W = images.shape[2:]
-        sel = self._eval_selection(images)
-        n = sel["counts"] if "counts" in sel else sel["idx"].new_full((images.shape[0],), sel["idx"].shape[1])
-        n = n.double()  # (B,) kept pixels per image
+        n = float(min(self._k, H * W))  # token slots every image runs
         blocks = self.depth * block_flops(n + 1, self.embed_dim, self.mlp_ratio)
         pairs = self.depth * 2.0 * 2.0 * (n + 1) ** 2 * self.embed_dim  # inside ``blocks``: QK^T and attn @ V
         return {
             "coarse": self.selector.flops(H, W),
-            "embed": float(self.embed.flops(n).mean()),
-            "blocks_dense": float((blocks - pairs).mean()),
-            "attention_pairs": float(pairs.mean()),
+            "embed": self.embed.flops(n),
+            "blocks_dense": blocks - pairs,
+            "attention_pairs": pairs,
             "head": linear_flops(1, self.embed_dim, self.num_classes),
         }
 

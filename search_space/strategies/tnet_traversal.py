@@ -51,14 +51,16 @@ those cells is the reward itself: every glimpse near the cell classifies about a
 centred on it, so REINFORCE learns to avoid the background more than to centre; crops smaller than
 the cell (``overlap`` 0.4 at 32 px, against 1.9-2.1x at 0.45) make the difference count.
 
-Cropping builds a sampling grid per view and calls ``F.grid_sample`` (static shapes, exportable),
-super-sampling and average-pooling when a crop is much larger than the base resolution so that
-downscaling does not alias.
+Cropping samples each view bilinearly at base resolution (static shapes, exportable),
+super-sampling and averaging when a crop is much larger than the base resolution so that
+downscaling does not alias; the sampling is separable, so it runs as row gathers and small matmuls
+(``_crops``), not ``grid_sample``, which onnxruntime runs slowly.
 
-FLOPs (2 per multiply-accumulate): the backbone's convolutions and projection on every view, the
-cell pooling matmuls and location module on every view that is split (all but the last level's), the
-positional projection, attention pooling and the head. Cropping, resizing, norms, pooling and top-k
-are not counted, so FLOPs do not depend on the image size.
+FLOPs (2 per multiply-accumulate): the crop sampling (2 per weighted tap, ``crop_flops``: a few
+percent of the total, and the only part that grows with the image size), the backbone's convolutions
+and projection on every view, the cell pooling matmuls and location module on every view that is
+split (all but the last level's), the positional projection, attention pooling and the head. Norms,
+pooling and top-k are not counted.
 
 ``used_map`` is the fraction of full-resolution pixels each image pixel was seen at: a view of side
 s pixels sampled at base resolution b resolves min(1, (b / s)^2) of the pixels it covers, and each
@@ -320,24 +322,68 @@ class TNetTraversal(CountedKModel):
         idx = top_indices(log_pi, k)
         return idx, log_pi.gather(1, idx)  # as released: each chosen cell's log pi
 
-    def _look(self, images: torch.Tensor, centres: torch.Tensor, level: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Crop every view (B, n, 2 centres) at this level's size, resize to base, run the backbone."""
+    def _supersample(self, level: int, H: int, W: int) -> int:
+        """Samples per output pixel side at ``level``: a crop much larger than the base resolution is
+        super-sampled and averaged, so that downscaling does not alias."""
+        return max(1, min(_MAX_SUPERSAMPLE, round(self.half_sizes[level] * max(H, W) / self.base_resolution)))
+
+    def _taps(self, centre: torch.Tensor, half: float, ss: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Along one axis, the source pixels and weights of each output pixel of views centred at
+        ``centre`` (B, n): (B, n, b, 2 * ss) each. Output pixel i averages ss samples at the pixel
+        centres of a side b * ss grid over [centre - half, centre + half], each bilinear between two
+        pixels with border clamping: ``grid_sample(align_corners=False, padding_mode="border")``
+        then ``avg_pool2d(ss)``, term by term."""
+        b = self.base_resolution
+        side = b * ss
+        axis = (2 * torch.arange(side, device=centre.device, dtype=centre.dtype) + 1) / side - 1  # (side,)
+        at = axis * half + centre[..., None]  # (B, n, side) in [-1, 1] image coordinates
+        pix = (((at + 1) * size - 1) / 2).clamp(0, size - 1)  # pixel coordinates, clamped at the border
+        low = pix.floor()
+        frac = pix - low
+        low = low.long()
+        high = (low + 1).clamp(max=size - 1)
+        index = torch.stack([low, high], dim=-1).reshape(*centre.shape, b, 2 * ss)
+        weight = (torch.stack([1 - frac, frac], dim=-1) / ss).reshape(*centre.shape, b, 2 * ss)
+        return index, weight
+
+    def _crops(self, images: torch.Tensor, centres: torch.Tensor, level: int) -> torch.Tensor:
+        """(B, C, H, W) images, (B, n, 2) view centres -> (B * n, C, b, b) crops at base resolution.
+
+        Bilinear sampling is separable on an axis-aligned grid, so it runs as two passes of row
+        gathers (index_select on flattened rows) and one small matmul per output row that weights its
+        taps: a few large ops that torch and onnxruntime run at speed (onnxruntime's GridSample ran
+        at a twentieth of a convolution's rate), computing what ``grid_sample`` + ``avg_pool2d`` did.
+        """
         B, C, H, W = images.shape
         n, b, half = centres.shape[1], self.base_resolution, self.half_sizes[level]
-        ss = max(1, min(_MAX_SUPERSAMPLE, round(half * max(H, W) / b)))  # samples per output pixel side
-        side = b * ss
-        axis = (2 * torch.arange(side, device=images.device, dtype=images.dtype) + 1) / side - 1  # pixel centres
-        yy, xx = torch.meshgrid(axis, axis, indexing="ij")
-        base = torch.stack([xx, yy], dim=-1) * half  # (side, side, 2), grid_sample wants (x, y)
-        grid = base + centres.flip(-1)[:, :, None, None, :]  # (B, n, side, side, 2)
-        crops = F.grid_sample(
-            images, grid.reshape(B, n * side, side, 2), mode="bilinear", padding_mode="border", align_corners=False
-        )  # (B, C, n*side, side)
-        crops = crops.reshape(B, C, n, side, side).transpose(1, 2).reshape(B * n, C, side, side)
-        if ss > 1:
-            crops = F.avg_pool2d(crops, ss)  # (B*n, C, b, b)
-        feat, fmap = self.backbone(crops)
-        return feat.reshape(B, n, -1), fmap
+        ss = self._supersample(level, H, W)
+        taps = 2 * ss
+        row_index, row_weight = self._taps(centres[..., 0], half, ss, H)  # (B, n, b, taps)
+        col_index, col_weight = self._taps(centres[..., 1], half, ss, W)
+        # rows: each output row of every view is a weighted sum of image rows, (C * W) values each
+        src = images.transpose(1, 2).reshape(B * H, C * W)
+        rows = row_index + (torch.arange(B, device=images.device) * H)[:, None, None, None]
+        picked = src.index_select(0, rows.reshape(-1)).reshape(B * n * b, taps, C * W)
+        out = torch.bmm(row_weight.reshape(B * n * b, 1, taps), picked)  # (B * n * b, 1, C * W)
+        # columns: the same along x, on the (b rows x C) values of each view column
+        src = out.reshape(B * n, b, C, W).permute(0, 3, 1, 2).reshape(B * n * W, b * C)
+        cols = col_index.reshape(B * n, b, taps) + (torch.arange(B * n, device=images.device) * W)[:, None, None]
+        picked = src.index_select(0, cols.reshape(-1)).reshape(B * n * b, taps, b * C)
+        out = torch.bmm(col_weight.reshape(B * n * b, 1, taps), picked)  # (B * n * b_x, 1, b_y * C)
+        return out.reshape(B * n, b, b, C).permute(0, 3, 2, 1)  # (B * n, C, b_y, b_x)
+
+    def _look(self, images: torch.Tensor, centres: torch.Tensor, level: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Crop every view (B, n, 2 centres) at this level's size, resize to base, run the backbone."""
+        feat, fmap = self.backbone(self._crops(images, centres, level))
+        return feat.reshape(images.shape[0], centres.shape[1], -1), fmap
+
+    def crop_flops(self, H: int, W: int) -> float:
+        """FLOPs of sampling every view of one H x W image: per view and level, 2 per tap of each row
+        pass output (b * C * W of them) and column pass output (b * b * C), 2 * ss taps each."""
+        b, C = self.base_resolution, self.in_channels
+        return sum(
+            self._k**level * 2.0 * 2 * self._supersample(level, H, W) * b * C * (W + b) for level in range(self.levels)
+        )
 
     def _position(self, centres: torch.Tensor, level: int) -> torch.Tensor:
         """(B, n, 2) centres at ``level`` -> (B, n, D) positional embedding of (y, x, level)."""
@@ -392,7 +438,7 @@ class TNetTraversal(CountedKModel):
         return used
 
     def analytic_flops(self, images: torch.Tensor) -> float:
-        """Per-image inference FLOPs; the same for every image and every image size."""
+        """Per-image inference FLOPs; the same for every image (the crop sampling depends on its size)."""
         b, w, D, G, s = self.base_resolution, self.width, self.embed_dim, self.grid_size, self.map_side
         stages = encoder_stages_flops(b, encoder=self.encoder, width=w, stages=self.stages)
         c_last = w * 2 ** (self.stages - 1)
@@ -403,4 +449,5 @@ class TNetTraversal(CountedKModel):
         views = self.n_views()
         split_views = views - self._k ** (self.levels - 1)  # every view but the last level's
         per_view = backbone + linear_flops(1, _PE_DIM, D) + (linear_flops(1, D, 1) if self.pool_score else 0.0)
-        return views * per_view + split_views * location + linear_flops(1, D, self.num_classes)
+        crops = self.crop_flops(*images.shape[2:])
+        return crops + views * per_view + split_views * location + linear_flops(1, D, self.num_classes)

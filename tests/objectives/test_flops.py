@@ -8,7 +8,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from objectives import count_flops, counted_flops
-from search_space.strategies.blocks import TransformerBlock, block_flops, conv2d_flops, linear_flops
+from search_space.strategies.blocks import (
+    TransformerBlock,
+    area_resize_flops,
+    bilinear_flops,
+    block_flops,
+    conv2d_flops,
+    linear_flops,
+)
 
 
 def test_linear_on_vectors_and_tokens() -> None:
@@ -108,3 +115,86 @@ def test_analytic_flops_must_be_a_non_negative_number(bad: object) -> None:
 def test_empty_batch_is_refused() -> None:
     with pytest.raises(ValueError, match="non-empty"):
         count_flops(nn.Linear(4, 3), torch.randn(0, 4))
+
+
+# --- the objective against the counter, for every strategy and k rule -------------------------------
+
+def mixed_images(n: int = 16, side: int = 32) -> torch.Tensor:
+    """Different images (contrast, blob size and place), so per-image rules pick different k."""
+    g = torch.Generator().manual_seed(3)
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, side), torch.linspace(-1, 1, side), indexing="ij")
+    centre = torch.rand(n, 2, 1, 1, generator=g) - 0.5
+    radius = 0.15 + 0.5 * torch.rand(n, 1, 1, generator=g)
+    blob = (((yy - centre[:, 0]) ** 2 + (xx - centre[:, 1]) ** 2) < radius**2).float()  # (n, side, side)
+    contrast = torch.linspace(0.1, 2.0, n)[:, None, None]
+    noise = 0.05 * torch.rand(n, 3, side, side, generator=g)
+    return noise + (contrast * blob)[:, None] * torch.rand(n, 3, 1, 1, generator=g)
+
+
+def _cases() -> list[tuple[str, dict]]:
+    from search_space.k_rules import k_rule_names
+    from search_space.strategies import get_strategy, strategy_names
+
+    # learned scores with room under the cap, so that per-image rules keep different counts
+    extra = {"span_pyramid": {"keep_score": "learned", "keep_fraction": 1.0},
+             "sparse_topk": {"coarse_stride": 2, "k_fraction": 0.5, "k_top_p": 0.5}}
+    cases = []
+    for name in strategy_names():
+        rules = k_rule_names() if get_strategy(name).uses_k_rule else [None]
+        for rule in rules:
+            cases.append((name, {} if rule is None else {"k_rule": rule, **extra.get(name, {})}))
+        cases.append((name, {"input_size": 24}))  # behind the area resize
+    return cases
+
+
+@pytest.mark.parametrize(("strategy", "changes"), _cases(), ids=lambda v: v if isinstance(v, str) else
+                         "-".join(f"{k}={x}" for k, x in v.items()) or "default")
+def test_the_objective_is_what_the_counter_sees_on_mixed_images(strategy: str, changes: dict) -> None:
+    from search_space import build_model, default_config
+
+    torch.manual_seed(0)
+    model = build_model({**default_config(strategy), **changes}, 3, 5, 32)
+    inner = getattr(model, "inner", model)
+    with torch.no_grad():  # an untrained scorer scores flat; spread its scores as a trained one would
+        last = {"sparse_topk": lambda m: m.selector.net[-1], "span_pyramid": lambda m: m.scorer[-1]}.get(strategy)
+        if last is not None and getattr(inner, "per_image", False):
+            last(inner).weight.mul_(30.0 if strategy == "span_pyramid" else 100.0)
+            last(inner).bias.fill_(-3.0)
+    images = mixed_images()
+    objective, counted = count_flops(model, images), counted_flops(model, images)
+    assert objective == pytest.approx(counted, rel=0.02)
+    if getattr(inner, "per_image", False):  # the rule really picks a k per image; the cap runs for all
+        model.eval()
+        with torch.no_grad():
+            model(images)
+        assert len(set(inner._last_counts.tolist())) > 1
+
+
+def test_resampling_formulas_against_hand_counts() -> None:
+    """Tiny cases worked by hand: 2 FLOPs per weighted tap, 1 per tap of an average."""
+
+    class Resample(nn.Module):
+        def __init__(self, op) -> None:  # noqa: ANN001
+            super().__init__()
+            self.op = op
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.op(x)
+
+    x = torch.rand(2, 3, 8, 8)
+    grid = torch.rand(2, 5, 4, 2) * 2 - 1
+    cases = {
+        "bilinear grid_sample, 5x4 outputs x 3 channels x 4 taps": (
+            lambda t: F.grid_sample(t, grid, align_corners=False), 2 * 4 * 3 * 5 * 4),
+        "nearest grid_sample": (lambda t: F.grid_sample(t, grid, mode="nearest", align_corners=False), 0),
+        "bilinear upsampling to 16x16": (lambda t: F.interpolate(t, size=(16, 16), mode="bilinear"), 8 * 3 * 256),
+        "area 8 -> 4 (windows of 2x2)": (lambda t: F.interpolate(t, size=(4, 4), mode="area"), 3 * 16 * 4),
+        "area 8 -> 3 (windows 0-3, 2-6, 5-8: 3 + 4 + 3 a side)": (
+            lambda t: F.interpolate(t, size=(3, 3), mode="area"), 3 * 10 * 10),
+        "avg_pool2d 2 on 8x8": (lambda t: F.avg_pool2d(t, 2), 3 * 16 * 4),
+        "global mean, a reduction": (lambda t: t.mean(dim=(2, 3)), 0),
+    }
+    for what, (op, per_image) in cases.items():
+        assert counted_flops(Resample(op), x) == per_image, what
+    assert area_resize_flops(3, 8, 8, 3, 3) == 3 * 10 * 10
+    assert bilinear_flops(5 * 4 * 3) == 2 * 4 * 3 * 5 * 4

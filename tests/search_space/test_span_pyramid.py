@@ -201,7 +201,7 @@ def test_eval_is_deterministic() -> None:
         assert torch.equal(model(x), model(x))
 
 
-def test_per_image_k_masks_padding_and_counts_flops_per_image() -> None:
+def test_per_image_k_masks_padding_and_counts_flops_at_the_cap() -> None:
     torch.manual_seed(0)
     model = build(3, 28, keep_score="variance", k_rule="top_p", k_top_p=0.5).eval()
     x = torch.rand(4, 3, 28, 28) * torch.tensor([0.05, 0.3, 1.0, 0.1]).reshape(4, 1, 1, 1)
@@ -212,8 +212,9 @@ def test_per_image_k_masks_padding_and_counts_flops_per_image() -> None:
         singles = [model(x[i : i + 1]) for i in range(4)]
     assert len(set(counts.tolist())) > 1  # images keep different numbers of patches
     torch.testing.assert_close(torch.cat(singles), batch, rtol=1e-4, atol=1e-5)  # padding changes nothing
+    # every image runs at the cap (padding is masked, not skipped): each is counted at the cap
     per_image = [model.analytic_flops(x[i : i + 1]) for i in range(4)]
-    assert model.analytic_flops(x) == pytest.approx(sum(per_image) / 4, rel=1e-9)
+    assert per_image == [model.analytic_flops(x)] * 4 == [model.flops_at(model._k, (7, 7))] * 4
     assert model.used_map(x).sum(dim=(1, 2)).tolist() == (counts * 16).tolist()
 
 
@@ -232,7 +233,8 @@ def test_per_image_k_equals_fixed_k_at_each_images_count() -> None:
         for i, n in enumerate(counts):
             fixed.set_k(n)
             torch.testing.assert_close(per_image(x[i : i + 1]), fixed(x[i : i + 1]), rtol=1e-4, atol=1e-5)
-            assert per_image.analytic_flops(x[i : i + 1]) == pytest.approx(fixed.analytic_flops(x[i : i + 1]))
+        fixed.set_k(per_image._k)  # what runs: the cap, for every image
+        assert per_image.analytic_flops(x) == fixed.analytic_flops(x)
 
 
 def test_ratio_rule() -> None:
@@ -277,7 +279,7 @@ def test_other_image_size_and_padding() -> None:
 
 FLOP_CONFIGS = [
     (32, {}),
-    (32, {"patch_size": 2}),  # 128 tokens > 2 * 4**2 key slots: the gathered path
+    (32, {"patch_size": 2}),  # 128 tokens = 4 x the 2 * 4**2 key slots: the dense path's largest stage
     (32, {"patch_size": 2, "window": 3, "global_tokens": 3, "stages": 3, "depth": 2}),
     (28, {"patch_embed": "conv", "keep_score": "learned", "keep_fraction": 0.3}),
     (40, {"patch_size": 2, "window": 2, "keep_fraction": 0.8, "stages": 4, "num_heads": 4}),
@@ -299,8 +301,8 @@ def test_analytic_flops_are_what_the_counter_sees(size: int, overrides: dict) ->
 
 def test_flops_match_a_hand_count() -> None:
     # 28 px, patch 4: a 7 x 7 grid, k = 24; stage 2 has min(24, 4 * 4) = 16 parent slots. D = 8, one
-    # global, window 2 -> 8 key slots per query (24 tokens > 8: gathered). The last layer updates only
-    # the global token: nothing reads its tokens.
+    # global, window 2 -> 8 key slots per query, 24 tokens <= 4 x 8: the dense product, 24 keys per query.
+    # The last layer updates only the global token: nothing reads its tokens.
     model = build(3, 28, patch_size=4, keep_fraction=24 / 49, embed_dim=8, num_heads=2, mlp_ratio=2.0, window=2, stages=2)
     D, hidden = 8, 16
 
@@ -310,17 +312,17 @@ def test_flops_match_a_hand_count() -> None:
     def out(n: int) -> float:  # output projection and MLP on n tokens
         return 2 * n * D * D + 2 * 2 * n * D * hidden
 
-    first = 2 * 24 * D * 3 * D + 4 * 24 * 8 * D + global_path(24) + out(25)
+    first = 2 * 24 * D * 3 * D + 4 * 24 * 24 * D + global_path(24) + out(25)
     last = global_path(16) + out(1)
     expected = 2 * 24 * 48 * D + first + 2 * 16 * D * 4 + last + 2 * D * NUM_CLASSES
     assert model.analytic_flops(torch.rand(2, 3, 28, 28)) == pytest.approx(expected, rel=1e-12)
 
 
 def test_flops_linear_in_kept_patches_past_the_window() -> None:
-    # Past 2 * window**2 tokens a query computes a fixed number of keys, and until the parent grid is
-    # full every kept patch adds one parent slot: each kept patch then costs the same.
+    # Past the dense path (4 x 2 * window**2 tokens) a query computes a fixed number of keys, and until
+    # the parent grid is full every kept patch adds one parent slot: each kept patch then costs the same.
     model = build(3, 128, patch_size=4, window=2, stages=2).eval()  # 32 x 32 grid, 16 x 16 parents
-    flops = [model.flops_at(k, (32, 32)) for k in range(9, 257)]
+    flops = [model.flops_at(k, (32, 32)) for k in range(33, 257)]
     steps = [b - a for a, b in zip(flops[:-1], flops[1:], strict=True)]
     assert max(steps) - min(steps) <= 1e-9 * flops[-1] and min(steps) > 0
     assert model.flops_at(1024, (32, 32)) - model.flops_at(1023, (32, 32)) < steps[0]  # parents saturate

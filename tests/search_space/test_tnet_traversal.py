@@ -224,11 +224,11 @@ def test_each_glimpse_is_rewarded_by_its_own_prediction(share: float) -> None:
 # --- FLOPs ------------------------------------------------------------------------------------------
 
 
-def hand_flops(model: TNetTraversal, *, channels: int, attention: bool) -> float:
-    """TNet FLOPs written out from the model's settings: a stem and one basic block per stage
-    (dense_cnn's) plus a projection per view, the cell-pooling matmuls and a 2-layer 1x1 location
-    module per split view, a 24 -> D positional linear per view (and a D -> 1 score when
-    attention-pooled), and the head."""
+def hand_flops(model: TNetTraversal, *, channels: int, attention: bool, size: int = 64) -> float:
+    """TNet FLOPs written out from the model's settings: the crop sampling of every view, a stem
+    and one basic block per stage (dense_cnn's) plus a projection per view, the cell-pooling matmuls
+    and a 2-layer 1x1 location module per split view, a 24 -> D positional linear per view (and a
+    D -> 1 score when attention-pooled), and the head."""
     base, width, stages, dim = model.base_resolution, model.width, model.stages, model.embed_dim
     grid, regions, levels = model.grid_size, model._k, model.levels
     side, c_in = base, width
@@ -253,7 +253,12 @@ def hand_flops(model: TNetTraversal, *, channels: int, attention: bool) -> float
     per_view = backbone + 2 * 24 * dim + (2 * dim if attention else 0)
     views = sum(regions**level for level in range(levels))
     split = views - regions ** (levels - 1)
-    return views * per_view + split * location + 2 * dim * NUM_CLASSES
+    crops = 0.0
+    for level in range(levels):  # separable bilinear + average: ss samples a side, 2 taps each, 2 FLOPs a tap
+        ss = max(1, min(4, round(model.overlap**level * size / base)))
+        row_outputs, col_outputs = base * channels * size, base * base * channels
+        crops += regions**level * 2 * (2 * ss) * (row_outputs + col_outputs)
+    return crops + views * per_view + split * location + 2 * dim * NUM_CLASSES
 
 
 FLOP_CASES = [
@@ -290,16 +295,17 @@ def test_flops_follow_the_view_count_in_k() -> None:
         assert model.n_views() == 1 + k + k * k
 
 
-def test_flops_do_not_depend_on_image_size() -> None:
+def test_only_the_crop_sampling_depends_on_image_size() -> None:
     torch.manual_seed(0)
     model = build(3, 64, **SMALL).eval()
-    counted = []
+    network = []
     for size in (28, 64, 128):
         x = torch.randn(2, 3, size, size)
         with FlopCounterMode(display=False) as counter, torch.no_grad():
             model(x)
-        counted.append((counter.get_total_flops() / 2, model.analytic_flops(x)))
-    assert len(set(counted)) == 1
+        assert counter.get_total_flops() / 2 == model.analytic_flops(x)
+        network.append(model.analytic_flops(x) - model.crop_flops(size, size))
+    assert len(set(network)) == 1
 
 
 # --- export -----------------------------------------------------------------------------------------
