@@ -71,10 +71,15 @@ def worker(cache: Path, threads: int, seconds: float) -> list[dict]:
     import torch
 
     from objectives import count_flops
-    from runner.artefacts import onnx_runner
-    from runner.export.exporters import save_onnx, to_exported_program
     from runner.export.parity import eager_runner
     from search_space import build_model, default_config
+
+    try:
+        from runner.engine.artefacts import onnx_runner
+        from runner.engine.exporters import save_onnx, to_exported_program
+    except ImportError:  # a tree from before the engine had its own folder (--before)
+        from runner.artefacts import onnx_runner
+        from runner.export.exporters import save_onnx, to_exported_program
 
     torch.set_num_threads(threads)
     images = torch.rand(max(BATCHES), CHANNELS, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
