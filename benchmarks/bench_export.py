@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None,
                         help="write the table to this file instead of its section of docs/benchmarks.md")
     args = parser.parse_args(argv)
-    from search_space.errors import UserError
+    from cellsparse.errors import UserError
 
     threads = sorted({int(t) for t in args.threads.split(",") if t.strip()})
     batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]

@@ -426,7 +426,7 @@ def _space_variant(work: Path, name: str, old: str, new: str, backend: str = "op
 
 
 def hostile(work: Path) -> list[dict]:
-    from search_space.errors import UserError
+    from cellsparse.errors import UserError
     from search_space.spec import load_space
     from tests.runner.export_fixtures import search, space_text
     from tests.runner.pt2_crafted import craft
@@ -761,8 +761,8 @@ def findings(work: Path, export: Path, probe_run: Path) -> list[dict]:
 
     import random
 
+    from cellsparse.errors import UserError
     from runner.engine.pt2 import load_program
-    from search_space.errors import UserError
 
     rng, marker = random.Random(29), work / "ran_fuzz"
     clean = export / "model.pt2"

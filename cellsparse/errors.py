@@ -2,8 +2,8 @@
 path, a flag, a run directory): command-line entry points print its message on one line and exit
 non-zero, with no traceback. Anything else is a bug and keeps its traceback.
 
-It lives in the base so every layer raises the same class; its documented import path is
-``search_space.errors``, which adds the space's and the data's own kinds."""
+It lives in the base so every layer raises and catches the same class: import it from here (or as
+``cellsparse.UserError``); ``search_space.errors`` adds the space's and the data's own kinds."""
 
 
 class UserError(Exception):

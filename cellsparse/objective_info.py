@@ -15,9 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from cellsparse.pareto import DIRECTIONS
 from cellsparse.registry import Registry
 
-DIRECTIONS = ("maximize", "minimize")
 STYLES = ("fraction", "count", "number")
 #: The constraints key of a bounded objective by its direction: a ceiling on a cost, a floor on a gain.
 CONSTRAINT_PREFIXES = {"minimize": "max_", "maximize": "min_"}

@@ -6,7 +6,6 @@ and measure functions below are usable on their own. Importing this package pull
 
 from objectives.flops import count_flops, counted_flops
 from objectives.registry import (
-    DIRECTIONS,
     Objective,
     ObjectiveError,
     get_objective,
@@ -19,7 +18,6 @@ from objectives.resources import count_params, measure_latency_ms, measure_peak_
 from objectives.throughput import Deployment, Throughput, deployed, measure_throughput, use_deployment
 
 __all__ = [
-    "DIRECTIONS",
     "Deployment",
     "Objective",
     "ObjectiveError",

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from cellsparse.errors import UserError
 from cellsparse.objective_info import (
-    DIRECTIONS,  # noqa: F401 (re-exported by objectives)
     ObjectiveInfo,
     declare_objective,
     declared_objectives,
@@ -31,7 +31,6 @@ from objectives._inference import inference
 from objectives.flops import count_flops
 from objectives.resources import count_params, measure_latency_ms, measure_peak_memory_mb
 from objectives.throughput import throughput_figures
-from search_space.errors import UserError
 
 Measure = Callable[[nn.Module, torch.Tensor, "torch.Tensor | None"], "float | Mapping[str, float]"]
 

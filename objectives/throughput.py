@@ -204,8 +204,10 @@ def interleaved_rates(runs: Sequence[Run], batch_size: int, *, min_rounds: int =
                       max_rounds: int = MAX_ROUNDS, min_time_s: float = MIN_TIME_S) -> np.ndarray:
     """Images/s of each run per round: an array (rounds, len(runs)).
 
-    Every round times each run once (a chunk of calls of about ``CHUNK_S``), in alternating order
-    (forward, then backward), so a change of load between rounds reaches every run alike. Rounds go
+    Every round times each run once (a chunk of calls of about ``CHUNK_S``, after one untimed call
+    that brings it back into the caches the other run used), in alternating order (forward, then
+    backward), so a change of load between rounds reaches every run alike; each run is timed warm,
+    as it runs alone when deployed, and as the calibration times the reference. Rounds go
     on until ``min_time_s`` has passed, between ``min_rounds`` and ``max_rounds``."""
     if not runs or min_rounds < 1 or max_rounds < min_rounds or batch_size < 1:
         raise ValueError(f"need runs, 1 <= min_rounds <= max_rounds and batch_size >= 1, got {len(runs)} runs, "
@@ -217,6 +219,7 @@ def interleaved_rates(runs: Sequence[Run], batch_size: int, *, min_rounds: int =
         order = range(len(runs)) if len(rows) % 2 == 0 else reversed(range(len(runs)))
         row = [0.0] * len(runs)
         for i in order:
+            runs[i]()  # untimed: the other run has just evicted this one's weights and buffers from the caches
             row[i] = batch_size / _seconds(runs[i], calls[i])
         rows.append(row)
     return np.asarray(rows, dtype=float)

@@ -16,9 +16,9 @@ from pathlib import Path
 import pandas as pd
 
 from cellsparse.commands import command
+from cellsparse.errors import UserError
 from cellsparse.files import atomic_path, write_atomic
 from cellsparse.rundir import REPORT_FILE, TRIALS_FILE, read_run
-from search_space.errors import UserError
 
 from .page import render
 

@@ -19,10 +19,10 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from cellsparse.errors import UserError
 from cellsparse.objective_info import ideal_point, objective_info
 from cellsparse.pareto import hypervolume, knee_point, normalized_hypervolume, pareto_mask
 from cellsparse.rundir import eligible_mask
-from search_space.errors import UserError
 
 __all__ = ["hypervolume_history", "most_accurate", "most_accurate_within_budget", "pick_trial"]
 

@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from cellsparse.commands import command
+from cellsparse.errors import UserError
 from cellsparse.files import read_json_object
 from objectives import count_params
 from runner.data.images import VALUE_SCALING
 from runner.engine.artefacts import CARD_FILE, FILES, INPUT_NAME, OUTPUT_NAME
 from runner.engine.checkpoint import has_per_image_k
 from runner.machine import versions
-from search_space.errors import UserError
 from search_space.resolution import resolution_of
 
 CARD_VERSION = 1

@@ -67,14 +67,14 @@ import pandas as pd
 import torch
 
 from cellsparse.commands import command
+from cellsparse.errors import UserError
 from cellsparse.files import write_atomic
 from runner.cli import EXIT_USER_ERROR, command_parser, print_error
 from runner.data.dataset import resize
 from runner.data.images import VALUE_SCALING, read_image, scale_values
 from runner.data.npz import KNOWN_CLASS_NAMES, load_error
-from runner.engine.artefacts import Runner, check_device, onnx_runner, pt2_runner
+from runner.engine.artefacts import InferenceFn, check_device, onnx_runner, pt2_runner
 from runner.modelcard import find_export, read_card
-from search_space.errors import UserError
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601-2, as PIL's convert("L")
@@ -358,7 +358,7 @@ def preprocess(items: Sequence[Item], spec: InputSpec, arrays: dict[tuple[Path, 
 
 
 def load_runtime(export_dir: Path, card: dict[str, Any], fmt: str | None, device: str,
-                 compiled: bool = False) -> tuple[str, Runner]:
+                 compiled: bool = False) -> tuple[str, InferenceFn]:
     """(format, function (N, C, S, S) float32 -> logits) for the export's onnx or pt2 file;
     ``compiled``: the pt2 program through torch.compile (CUDA graphs on CUDA)."""
     files = card["files"]

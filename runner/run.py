@@ -23,13 +23,13 @@ from typing import Any
 import pandas as pd
 from torch import nn
 
+from cellsparse.errors import UserError
 from cellsparse.log import logger
 from cellsparse.rundir import CONFIG_FILE, HISTORY_FILE, METRICS_FILE, load_json, read_run
 from reports.build import build_report
 from reports.picks import pick_trial
 from runner.engine.checkpoint import load_trained
 from runner.export import export_run
-from search_space.errors import UserError
 
 PICKS = ("knee", "accuracy")
 

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from search_space.errors import UserError
+from cellsparse.errors import UserError
 from search_space.k_rules import k_rule_defaults
 from search_space.resolution import INPUT_PARAMS, INPUT_SIZE_KEY, input_size_problem, resolution_of
 from search_space.strategies import CellClassifier, StrategyInfo, get_strategy, strategy_names

@@ -1,7 +1,7 @@
-"""The project's error types (see ``cellsparse.errors``): ``UserError`` and the space's and the
-data's own kinds of it."""
+"""The space's and the data's own kinds of ``cellsparse.errors.UserError`` (import that from
+``cellsparse.errors``, or ``cellsparse.UserError``)."""
 
-from cellsparse.errors import UserError  # re-exported: the documented import path
+from cellsparse.errors import UserError
 
 
 class SpecError(UserError):
@@ -12,4 +12,4 @@ class DataError(UserError):
     """A dataset file or folder cannot be used."""
 
 
-__all__ = ["DataError", "SpecError", "UserError"]
+__all__ = ["DataError", "SpecError"]

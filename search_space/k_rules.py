@@ -67,8 +67,8 @@ from typing import Any, ClassVar
 
 import torch
 
+from cellsparse.errors import UserError
 from cellsparse.registry import Registry
-from search_space.errors import UserError
 from search_space.params import ParamSpec
 
 #: ``loss_trend`` grows k back when the smoothed loss rose since the last decision by more than this
@@ -80,37 +80,11 @@ PROBE_STEPS = 2
 #: ``loss_trend`` grows by this multiple of ``k_step``: pixels are given back faster than taken.
 GROW_OVER_SHRINK = 1.5
 
-PER_IMAGE_RULES = ("ratio", "top_p")
-
-K_RULE_PARAMS: dict[str, ParamSpec] = {
-    "k_rule": ParamSpec(
-        "choice",
-        choices=("fixed", "loss_trend", "schedule", "ratio", "top_p"),
-        doc="how k moves during training",
-    ),
-    "k_final_fraction": ParamSpec("float", low=0.05, high=1.0, doc="schedule: final k as a fraction of the initial k"),
-    "k_min_fraction": ParamSpec("float", low=0.02, high=1.0, doc="loss_trend: lowest k as a fraction of the initial k"),
-    "k_step": ParamSpec("float", low=0.01, high=0.5, doc="loss_trend: relative shrink per step (grow is 1.5x this)"),
-    "k_decisions": ParamSpec("int", low=1, high=16, doc="loss_trend: k decisions per epoch"),
-    "k_tolerance": ParamSpec(
-        "float", low=0.0, high=0.5, doc="loss_trend: largest relative rise of the loss all shrinks together may cost"
-    ),
-    "k_freeze_fraction": ParamSpec("float", low=0.0, high=0.9, doc="fraction of the epochs at the end that run at a frozen k"),
-    "k_target_ratio": ParamSpec("float", low=0.05, high=0.9, doc="ratio: target mean keep fraction per image"),
-    "k_top_p": ParamSpec("float", low=0.5, high=0.99, doc="top_p: cumulative score mass each image keeps"),
-}
-
-K_RULE_DEFAULTS: dict[str, Any] = {
-    "k_rule": "loss_trend",
-    "k_final_fraction": 0.5,
-    "k_min_fraction": 0.25,
-    "k_step": 0.1,
-    "k_decisions": 4,
-    "k_tolerance": 0.03,
-    "k_freeze_fraction": 0.2,
-    "k_target_ratio": 0.3,
-    "k_top_p": 0.8,
-}
+#: The rule a config that names none runs.
+DEFAULT_K_RULE = "loss_trend"
+#: Read by every rule whose k moves (``loss_trend``, ``schedule``): one declaration, two rules.
+FREEZE_PARAM = ParamSpec("float", low=0.0, high=0.9, default=0.2,
+                         doc="fraction of the epochs at the end that run at a frozen k")
 
 
 class KRuleError(UserError, ValueError):
@@ -120,15 +94,34 @@ class KRuleError(UserError, ValueError):
 class KRule(ABC):
     """A k-adaptation controller: holds the current k and may move it after any training step.
 
-    Subclasses set ``name`` (the ``k_rule`` value), list the config keys they read in ``keys``, and
-    implement :meth:`_update`. Everything it depends on besides the constructor arguments must live
-    in :meth:`state_dict`, so that a rebuilt rule plus its state continues identically. Rules that
-    decide from the loss append their decision points to ``trace`` (for the trial history).
+    Subclasses set ``name`` (the ``k_rule`` value), declare the config keys they read in ``params``
+    (range, default and doc, once: the space language, the sampler, the docs and the model read them
+    from there), say whether the count is ``per_image``, and implement :meth:`_update`. Everything it
+    depends on besides the constructor arguments must live in :meth:`state_dict`, so that a rebuilt
+    rule plus its state continues identically. Rules that decide from the loss append their decision
+    points to ``trace`` (for the trial history).
     """
 
     name: ClassVar[str]
-    keys: ClassVar[tuple[str, ...]] = ()
+    params: ClassVar[dict[str, ParamSpec]] = {}
     per_image: ClassVar[bool] = False
+
+    @classmethod
+    def keys(cls) -> tuple[str, ...]:
+        """The config keys this rule reads (besides ``k_rule``)."""
+        return tuple(cls.params)
+
+    @classmethod
+    def settings(cls, config: dict[str, Any]) -> dict[str, Any]:
+        """This rule's keys from ``config`` (its defaults where missing), each checked against its range."""
+        out = {}
+        for key, spec in cls.params.items():
+            value = config.get(key, spec.default)
+            problem = spec.check(value)
+            if problem:
+                raise KRuleError(f"config key {key}={value!r} must be {problem} ({spec.doc})")
+            out[key] = value
+        return out
 
     def __init__(
         self, config: dict[str, Any], *, k_init: int, k_bounds: tuple[int, int], epochs: int, steps_per_epoch: int = 1
@@ -202,6 +195,11 @@ def k_rule_names() -> list[str]:
     return _RULES.names()
 
 
+def k_rule_class(name: str) -> type[KRule]:
+    """The rule called ``name``; KRuleError naming the valid ones for an unknown name."""
+    return _RULES.get(name)
+
+
 @_register
 class FixedRule(KRule):
     """k never moves."""
@@ -218,7 +216,16 @@ class LossTrendRule(KRule):
     smoothed loss worsens beyond noise (methods.md §2.6), deciding ``k_decisions`` times per epoch."""
 
     name = "loss_trend"
-    keys = ("k_min_fraction", "k_step", "k_decisions", "k_tolerance", "k_freeze_fraction")
+    params = {
+        "k_min_fraction": ParamSpec("float", low=0.02, high=1.0, default=0.25,
+                                    doc="loss_trend: lowest k as a fraction of the initial k"),
+        "k_step": ParamSpec("float", low=0.01, high=0.5, default=0.1,
+                            doc="loss_trend: relative shrink per step (grow is 1.5x this)"),
+        "k_decisions": ParamSpec("int", low=1, high=16, default=4, doc="loss_trend: k decisions per epoch"),
+        "k_tolerance": ParamSpec("float", low=0.0, high=0.5, default=0.03,
+                                 doc="loss_trend: largest relative rise of the loss all shrinks together may cost"),
+        "k_freeze_fraction": FREEZE_PARAM,
+    }
 
     def __init__(
         self, config: dict[str, Any], *, k_init: int, k_bounds: tuple[int, int], epochs: int, steps_per_epoch: int = 1
@@ -333,7 +340,11 @@ class ScheduleRule(KRule):
     k changes at epoch boundaries."""
 
     name = "schedule"
-    keys = ("k_final_fraction", "k_freeze_fraction")
+    params = {
+        "k_final_fraction": ParamSpec("float", low=0.05, high=1.0, default=0.5,
+                                      doc="schedule: final k as a fraction of the initial k"),
+        "k_freeze_fraction": FREEZE_PARAM,
+    }
 
     def __init__(
         self, config: dict[str, Any], *, k_init: int, k_bounds: tuple[int, int], epochs: int, steps_per_epoch: int = 1
@@ -354,57 +365,114 @@ class ScheduleRule(KRule):
             self._k = self.k_at(epoch)
 
 
-class _PerImageRule(KRule):
-    """Constant cap; the per-image count comes from the model (see :func:`per_image_k`)."""
+class PerImageRule(KRule):
+    """Constant cap; how many of its top candidates each image keeps comes from the model's scores.
+
+    A model asks the rule, never its name: :meth:`keep_scores` turns its selector's logits into the
+    scores the rule counts, :meth:`count` gives each image's number, :meth:`keep_loss` the training
+    term that steers the scores (or None), ``reads_distribution`` whether the scores are a
+    distribution over the image's candidates (so a model may distil that distribution), and
+    ``samples_keeps`` whether training samples keep decisions from learned keep probabilities
+    (DynamicViT), which only a learned scorer provides."""
 
     per_image = True
+    reads_distribution: ClassVar[bool] = False
+    samples_keeps: ClassVar[bool] = False
 
     def _update(self, step: int, loss: float, probe: tuple[float, float] | None) -> None:
         pass
 
+    @classmethod
+    @abstractmethod
+    def keep_scores(cls, logits: torch.Tensor) -> torch.Tensor:
+        """(B, N) selector logits -> the (B, N) scores :meth:`count` reads."""
+
+    @classmethod
+    @abstractmethod
+    def count(cls, scores: torch.Tensor, settings: dict[str, Any]) -> torch.Tensor:
+        """(B, N) scores -> (B,) how many of its highest-scored candidates each image keeps (unclamped)."""
+
+    @classmethod
+    def keep_loss(cls, logits: torch.Tensor, settings: dict[str, Any]) -> torch.Tensor | None:
+        """The term that steers the keep scores in training (before its weight), or None."""
+        return None
+
+    @classmethod
+    def expected_fraction(cls, settings: dict[str, Any]) -> float | None:
+        """The share of candidates the rule aims to keep, where it sets one."""
+        return None
+
 
 @_register
-class RatioRule(_PerImageRule):
-    """DynamicViT-style learned keep decisions, steered toward ``k_target_ratio`` by :func:`ratio_loss`."""
+class RatioRule(PerImageRule):
+    """DynamicViT-style learned keep decisions, steered toward ``k_target_ratio`` by :func:`ratio_loss`.
+
+    The count is the expected number of keeps, round(sum of keep probabilities). Counting scores
+    above 0.5 instead collapses k once the ratio loss has pulled every probability toward a target
+    below 0.5; the expected count follows the target (DynamicViT's keep ratio)."""
 
     name = "ratio"
-    keys = ("k_target_ratio",)
+    params = {"k_target_ratio": ParamSpec("float", low=0.05, high=0.9, default=0.3,
+                                          doc="ratio: target mean keep fraction per image")}
+    samples_keeps = True
+
+    @classmethod
+    def keep_scores(cls, logits: torch.Tensor) -> torch.Tensor:
+        return logits.sigmoid()
+
+    @classmethod
+    def count(cls, scores: torch.Tensor, settings: dict[str, Any]) -> torch.Tensor:
+        return scores.sum(dim=-1).round()
+
+    @classmethod
+    def keep_loss(cls, logits: torch.Tensor, settings: dict[str, Any]) -> torch.Tensor:
+        return ratio_loss(logits.sigmoid(), float(settings["k_target_ratio"]))
+
+    @classmethod
+    def expected_fraction(cls, settings: dict[str, Any]) -> float:
+        return float(settings["k_target_ratio"])
 
 
 @_register
-class TopPRule(_PerImageRule):
-    """Each image keeps its highest scores up to ``k_top_p`` of its total score mass."""
+class TopPRule(PerImageRule):
+    """Each image keeps its highest scores up to ``k_top_p`` of its total score mass: the fewest
+    highest scores whose sum reaches it."""
 
     name = "top_p"
-    keys = ("k_top_p",)
+    params = {"k_top_p": ParamSpec("float", low=0.5, high=0.99, default=0.8,
+                                   doc="top_p: cumulative score mass each image keeps")}
+    reads_distribution = True
 
+    @classmethod
+    def keep_scores(cls, logits: torch.Tensor) -> torch.Tensor:
+        return logits.softmax(dim=-1)  # a distribution over the image's candidates
 
-def _setting(config: dict[str, Any], key: str) -> Any:
-    """``config[key]`` (or its default), checked against ``K_RULE_PARAMS``."""
-    value = config.get(key, K_RULE_DEFAULTS[key])
-    problem = K_RULE_PARAMS[key].check(value)
-    if problem:
-        raise KRuleError(f"config key {key}={value!r} must be {problem} ({K_RULE_PARAMS[key].doc})")
-    return value
+    @classmethod
+    def count(cls, scores: torch.Tensor, settings: dict[str, Any]) -> torch.Tensor:
+        p = float(settings["k_top_p"])
+        ranked = scores.sort(dim=-1, descending=True).values  # (B, N)
+        before = ranked.cumsum(dim=-1) - ranked  # score mass of the higher-ranked candidates
+        total = ranked.sum(dim=-1, keepdim=True)  # (B, 1)
+        return (before < p * total).sum(dim=-1)
 
 
 def rule_keys(name: str) -> tuple[str, ...]:
     """The config keys rule ``name`` reads (besides ``k_rule``): the others are not sampled for it."""
-    return _RULES.get(name).keys
+    return _RULES.get(name).keys()
 
 
 def k_rule_defaults(name: str | None = None) -> dict[str, Any]:
     """``k_rule`` plus the defaults of just the keys that rule reads (the default rule if None)."""
-    name = name or K_RULE_DEFAULTS["k_rule"]
-    return {"k_rule": name, **{key: K_RULE_DEFAULTS[key] for key in rule_keys(name)}}
+    cls = _RULES.get(name or DEFAULT_K_RULE)
+    return {"k_rule": cls.name, **{key: spec.default for key, spec in cls.params.items()}}
 
 
 def make_k_rule(
     config: dict[str, Any], *, k_init: int, k_bounds: tuple[int, int], epochs: int, steps_per_epoch: int = 1
 ) -> KRule:
-    """Build the rule named by ``config['k_rule']``; missing k-rule keys take ``K_RULE_DEFAULTS``.
+    """Build the rule named by ``config['k_rule']``; missing k-rule keys take the rule's defaults.
     ``steps_per_epoch`` is how many ``update`` calls make one epoch (1: the rule is fed epoch means)."""
-    cls = _RULES.get(config.get("k_rule", K_RULE_DEFAULTS["k_rule"]))
+    cls = _RULES.get(config.get("k_rule", DEFAULT_K_RULE))
     lo, hi = int(k_bounds[0]), int(k_bounds[1])
     if not 1 <= lo <= hi:
         raise ValueError(f"k_bounds must satisfy 1 <= low <= high, but got {k_bounds}")
@@ -414,34 +482,33 @@ def make_k_rule(
         raise KRuleError(f"epochs must be >= 1, but got {epochs}")
     if steps_per_epoch < 1:
         raise ValueError(f"steps_per_epoch must be >= 1, but got {steps_per_epoch}")
-    settings = {key: _setting(config, key) for key in cls.keys}
-    return cls(settings, k_init=int(k_init), k_bounds=(lo, hi), epochs=int(epochs), steps_per_epoch=int(steps_per_epoch))
+    return cls(cls.settings(config), k_init=int(k_init), k_bounds=(lo, hi), epochs=int(epochs),
+               steps_per_epoch=int(steps_per_epoch))
 
 
 def per_image_k(scores: torch.Tensor, *, rule: str, config: dict[str, Any], k_max: int, k_min: int = 1) -> torch.Tensor:
-    """How many candidates each image keeps under a per-image rule: (B, N) scores -> (B,) int64.
+    """How many candidates each image keeps under per-image rule ``rule``: (B, N) scores -> (B,) int64.
 
-    ``top_p``: the fewest highest scores whose sum reaches ``k_top_p`` of the image's total score.
-    ``ratio``: the expected number of keeps, round(sum of keep probabilities). Counting scores
-    above 0.5 instead collapses k once the ratio loss has pulled every probability toward a
-    target below 0.5; the expected count follows the target (DynamicViT's keep ratio).
-    Both are clamped to [k_min, k_max]: a model passes its smallest useful k as ``k_min`` so an
-    untrained scorer (no score above 0.5 yet) still sees a few candidates. Static shapes, no
-    ``.item()`` and no branching on values, so ``torch.export`` traces it.
+    The rule counts (:meth:`PerImageRule.count`); the count is clamped to [k_min, k_max]: a model
+    passes its smallest useful k as ``k_min`` so an untrained scorer still sees a few candidates.
+    Static shapes, no ``.item()`` and no branching on values, so ``torch.export`` traces it.
     """
-    if rule == "top_p":
-        p = float(_setting(config, "k_top_p"))
-        ranked = scores.sort(dim=-1, descending=True).values  # (B, N)
-        before = ranked.cumsum(dim=-1) - ranked  # score mass of the higher-ranked candidates
-        total = ranked.sum(dim=-1, keepdim=True)  # (B, 1)
-        count = (before < p * total).sum(dim=-1)
-    elif rule == "ratio":
-        count = scores.sum(dim=-1).round()
-    else:
+    cls = _RULES.get(rule)
+    if not cls.per_image:
         raise KRuleError(f"k_rule {rule!r} has no per-image k; per-image rules: {', '.join(PER_IMAGE_RULES)}")
-    return count.clamp(min=int(k_min), max=int(k_max)).long()
+    return cls.count(scores, cls.settings(config)).clamp(min=int(k_min), max=int(k_max)).long()
 
 
 def ratio_loss(scores: torch.Tensor, target: float) -> torch.Tensor:
     """DynamicViT's ratio loss: (mean keep score of each image - target)², averaged over the batch."""
     return (scores.mean(dim=-1) - target).pow(2).mean()
+
+
+# Derived from the rules' own declarations (the built-ins above): the keys a config may carry for
+# its k rule, with their ranges and defaults, and the rules whose count is per image.
+K_RULE_PARAMS: dict[str, ParamSpec] = {
+    "k_rule": ParamSpec("choice", choices=tuple(k_rule_names()), default=DEFAULT_K_RULE, doc="how k moves during training"),
+    **{key: spec for name in k_rule_names() for key, spec in k_rule_class(name).params.items()},
+}
+K_RULE_DEFAULTS: dict[str, Any] = {key: spec.default for key, spec in K_RULE_PARAMS.items()}
+PER_IMAGE_RULES: tuple[str, ...] = tuple(name for name in k_rule_names() if k_rule_class(name).per_image)

@@ -30,7 +30,8 @@ from search_space.params import Param, ParamFormError, check_against, parse_para
 from search_space.resolution import INPUT_PARAMS, INPUT_SIZE_KEY, MAX_INPUT_SIZE, input_size_problem
 from search_space.strategies import ParamSpec, get_strategy, strategy_names
 
-DIRECTIONS = {"maximize": "maximize", "max": "maximize", "minimize": "minimize", "min": "minimize"}
+#: How a space file may spell a direction, and the direction each spelling means.
+DIRECTION_SPELLINGS = {"maximize": "maximize", "max": "maximize", "minimize": "minimize", "min": "minimize"}
 SAMPLERS = ("tpe", "nsga2", "nsga3", "gp", "random")
 SOURCES = ("synthetic", "npz", "folder")
 MODALITIES = ("brightfield", "opd", "event")  # synthetic; real data also takes rgb | gray as a check
@@ -675,13 +676,13 @@ def _parse_objectives(where: _Where, raw: Any) -> tuple[ObjectiveSpec, ...]:
     for name, direction in raw.items():
         if name not in valid:
             raise where.fail(f"objectives.{name}", f"unknown objective {name!r}{_nearest(name, valid)}")
-        if direction not in DIRECTIONS:
+        if direction not in DIRECTION_SPELLINGS:
             raise where.fail(f"objectives.{name}", f"expected maximize or minimize, got {direction!r}")
         natural = _objective_direction(name)
-        if DIRECTIONS[direction] != natural:
+        if DIRECTION_SPELLINGS[direction] != natural:
             raise where.fail(f"objectives.{name}", f"{name} is to be {natural[:-1]}ed (better that way); "
                              f"{direction!r} would search for the worst models; write {natural}")
-        result.append(ObjectiveSpec(name, DIRECTIONS[direction]))
+        result.append(ObjectiveSpec(name, DIRECTION_SPELLINGS[direction]))
     if len(result) < 2:
         raise where.fail("objectives", f"expected at least two objectives (e.g. accuracy and flops), got {len(result)}")
     if "accuracy" not in raw:

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch.export.passes import move_to_device_pass
 
+from cellsparse.errors import UserError
 from runner.engine.pt2 import load_program
-from search_space.errors import UserError
 
 FORMATS = ("onnx", "pt2")
 FILES = {"onnx": "model.onnx", "pt2": "model.pt2"}  # format -> file name
@@ -26,10 +26,10 @@ README_FILE = "README.md"
 MANIFEST_FILE = ".cellsparse-export.json"
 INPUT_NAME, OUTPUT_NAME = "images", "logits"  # the exported graph's input and output
 
-Runner = Callable[[np.ndarray], np.ndarray]
+InferenceFn = Callable[[np.ndarray], np.ndarray]
 
 
-def onnx_runner(path: Path, *, device: str = "cpu", threads: int | None = None) -> Runner:
+def onnx_runner(path: Path, *, device: str = "cpu", threads: int | None = None) -> InferenceFn:
     """The ONNX file through onnxruntime, on the CPU or (``device="cuda"``) CUDA first; ``threads``
     fixes the intra-op threads (one inter-op thread), None leaves onnxruntime's default."""
     import onnxruntime as ort  # onnxruntime is heavy: only the ONNX format needs it
@@ -45,7 +45,7 @@ def onnx_runner(path: Path, *, device: str = "cpu", threads: int | None = None) 
     return lambda x: session.run([output], {name: np.ascontiguousarray(x, dtype=np.float32)})[0]
 
 
-def pt2_runner(path: Path, *, device: str = "cpu", compiled: bool = False) -> Runner:
+def pt2_runner(path: Path, *, device: str = "cpu", compiled: bool = False) -> InferenceFn:
     """The .pt2 program, loaded back from disk by ``runner.engine.pt2.load_program`` (never unpickled).
 
     ``compiled``: run it through ``torch.compile`` (on CUDA in ``reduce-overhead`` mode, which replays

@@ -25,11 +25,11 @@ from typing import Any
 
 import torch
 
+from cellsparse.errors import UserError
 from cellsparse.files import read_json_object
 from cellsparse.rundir import CONFIG_FILE, META_FILE, METRICS_FILE, WEIGHTS_FILE
 from search_space.build import build_model
-from search_space.errors import UserError
-from search_space.k_rules import PER_IMAGE_RULES
+from search_space.k_rules import k_rule_class
 from search_space.strategies import CellClassifier
 
 #: meta.json keys export and prediction cannot do without.
@@ -88,7 +88,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 def has_per_image_k(config: dict[str, Any]) -> bool:
     """Whether the config's k rule picks a count per image (its k is a fixed cap, k_final a mean)."""
-    return config.get("k_rule") in PER_IMAGE_RULES
+    return isinstance(config.get("k_rule"), str) and k_rule_class(config["k_rule"]).per_image
 
 
 def _final_k(config: dict[str, Any], meta: dict[str, Any], metrics: dict[str, Any]) -> int | None:

@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
+from cellsparse.errors import UserError
 from runner.engine.artefacts import CARD_FILE, INPUT_NAME, OUTPUT_NAME
-from search_space.errors import UserError
 
 #: What the ONNX format needs beyond torch: import name -> distribution (pip) name.
 ONNX_PACKAGES = {"onnx": "onnx", "onnx_ir": "onnx-ir", "onnxscript": "onnxscript", "onnxruntime": "onnxruntime"}

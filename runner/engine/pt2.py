@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch.export.pt2_archive import constants as C
 
-from search_space.errors import UserError
+from cellsparse.errors import UserError
 
 # Entries (below the archive's root folder) an export made by torch.export.save of a plain module holds.
 _NAME = r"[A-Za-z0-9_.-]+"

@@ -66,12 +66,11 @@ from ray.tune.stopper import Stopper
 
 from cellsparse import rundir
 from cellsparse.commands import command
-from cellsparse.errors import describe_error
+from cellsparse.errors import UserError, describe_error
 from runner.engine.driver import SearchDriver
 from runner.engine.execute import TrialSettings, execute
 from runner.engine.plugins import PLUGINS_ENV
 from runner.engine.sampler import PAYLOAD_KEY
-from search_space.errors import UserError
 from search_space.spec import SearchSpace
 
 logger = logging.getLogger(__name__)

@@ -18,9 +18,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from cellsparse.errors import UserError
 from cellsparse.files import storage_errno, write_atomic, write_error
 from runner.engine.artefacts import CARD_FILE, FILES, MANIFEST_FILE, PARITY_FILE, README_FILE
-from search_space.errors import UserError
 
 EXPORTS_DIR = "export"  # runs/<name>/export/: one folder per exported trial
 

@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from cellsparse.errors import UserError
 from runner.data import load_dataset
-from runner.engine.artefacts import Runner
-from search_space.errors import UserError
+from runner.engine.artefacts import InferenceFn
 
 PARITY_IMAGES = 64  # validation images every format is checked on (and timed at batch 64)
 PARITY_ATOL = 1e-4  # max |exported - eager| logit difference allowed (fp32)
@@ -95,7 +95,7 @@ class Parity:
         return self.max_abs_diff <= PARITY_ATOL and self.class_mismatches == 0
 
 
-def check_parity(fmt: str, run: Runner, model: torch.nn.Module,
+def check_parity(fmt: str, run: InferenceFn, model: torch.nn.Module,
                  images: torch.Tensor, hint: str = "") -> list[Parity]:
     """Compare ``run`` with eager at batch 1 and batch len(images); ExportError with the figures on a mismatch.
 
@@ -135,7 +135,7 @@ def time_batches(run: Callable[[Any], Any], x: Any, *, min_time_s: float = 0.3, 
     return float(np.median(times) * 1e3)
 
 
-def measure_latency(runners: dict[str, Runner], images: torch.Tensor,
+def measure_latency(runners: dict[str, InferenceFn], images: torch.Tensor,
                     batch_sizes: Sequence[int] = (1, PARITY_IMAGES)) -> dict[str, dict[str, dict[str, float]]]:
     """``{runtime: {"batch_<n>": {"ms_per_batch", "ms_per_image", "images_per_s"}}}`` on the CPU.
 
@@ -155,7 +155,7 @@ def measure_latency(runners: dict[str, Runner], images: torch.Tensor,
     return out
 
 
-def eager_runner(model: torch.nn.Module) -> Runner:
+def eager_runner(model: torch.nn.Module) -> InferenceFn:
     def run(x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             return model(torch.from_numpy(x)).numpy()

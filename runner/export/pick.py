@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from cellsparse.errors import UserError
 from cellsparse.rundir import RunRecord, eligible_mask
 from reports.picks import pick_trial
-from search_space.errors import UserError
 
 
 @dataclass(frozen=True)

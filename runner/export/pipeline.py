@@ -46,9 +46,10 @@ import numpy as np
 import torch
 
 from cellsparse.commands import command
+from cellsparse.errors import UserError
 from cellsparse.log import logger
 from cellsparse.rundir import SPACE_FILE, read_run
-from runner.engine.artefacts import CARD_FILE, FILES, FORMATS, PARITY_FILE, README_FILE, Runner, onnx_runner, pt2_runner
+from runner.engine.artefacts import CARD_FILE, FILES, FORMATS, PARITY_FILE, README_FILE, InferenceFn, onnx_runner, pt2_runner
 from runner.engine.checkpoint import load_trained
 from runner.engine.exporters import (
     TOPK_HINT,
@@ -74,7 +75,6 @@ from runner.export.parity import (
 from runner.export.pick import Choice, choose_trial
 from runner.machine import cpu_name, load_average
 from runner.modelcard import build_card, render_readme
-from search_space.errors import UserError
 from search_space.spec import parse_space
 
 
@@ -151,7 +151,7 @@ def _export(run_dir: Path, *, trial: int | None, pick: str, max_flops: float | N
     with staged(out) as tmp:
         files: dict[str, Path] = {}
         parity: dict[str, list[Parity]] = {}
-        runners: dict[str, Runner] = {"torch_eager": eager_runner(model)}
+        runners: dict[str, InferenceFn] = {"torch_eager": eager_runner(model)}
         try:
             program = to_exported_program(model, checks.images)
         except Exception as err:  # noqa: BLE001 - any exporter failure is reported as one line

@@ -40,6 +40,7 @@ from torch import nn
 
 from cellsparse.registry import Registry
 from cellsparse.strategy_info import declare_strategy, is_sparse  # is_sparse re-exported
+from search_space.k_rules import rule_keys
 from search_space.params import ParamSpec  # re-exported: strategies declare their keys with it
 
 
@@ -189,7 +190,7 @@ class StrategyInfo:
             "num_classes": num_classes,
             "image_size": image_size,
             "k_rule": str(config.get("k_rule", "fixed")),
-            "k_rule_config": {key: value for key, value in config.items() if key.startswith("k_")},
+            "k_rule_config": {key: config[key] for key in rule_keys(str(config.get("k_rule", "fixed"))) if key in config},
         }
         accepted = set(inspect.signature(self.model.__init__).parameters)
         values = {key: config[key] for key in self.params}

@@ -82,7 +82,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from search_space.k_rules import K_RULE_DEFAULTS, PER_IMAGE_RULES, per_image_k, ratio_loss
+from search_space.k_rules import k_rule_class, per_image_k
 from search_space.strategies.base import CountedKModel, ParamSpec, eval_mode, register_strategy, transformer_params
 from search_space.strategies.blocks import ClassifierHead, Mlp, conv2d_flops, linear_flops, top_indices
 
@@ -327,9 +327,13 @@ class SpanPyramid(CountedKModel):
         self.k_rule, self.k_rule_config = k_rule, dict(k_rule_config or {})
         side = _grid_side(image_size, patch_size)
         self.n_patches = side * side
-        self.per_image = k_rule in PER_IMAGE_RULES and not (k_rule == "ratio" and keep_score != "learned")
-        if k_rule == "ratio" and keep_score != "learned":
-            keep_fraction = self._target_ratio()
+        self.rule = k_rule_class(k_rule)  # what the rule does, asked of the rule, not of its name
+        # A rule that samples learned keep decisions needs the learned scorer; with fixed scores it is
+        # its target share, kept fixed.
+        sampled_without_scorer = self.rule.per_image and self.rule.samples_keeps and keep_score != "learned"
+        self.per_image = self.rule.per_image and not sampled_without_scorer
+        if sampled_without_scorer:
+            keep_fraction = self.rule.expected_fraction(self.rule.settings(self.k_rule_config))
         self._k = min(max(round(keep_fraction * self.n_patches), 1), self.n_patches)
 
         patch_dim = in_channels * patch_size * patch_size
@@ -363,9 +367,6 @@ class SpanPyramid(CountedKModel):
         self.head = ClassifierHead(dim=embed_dim, num_classes=num_classes)
         self._last_counts: torch.Tensor | None = None  # (B,) patches kept per image by the last forward
         self._cache: dict[str, torch.Tensor] = {}
-
-    def _target_ratio(self) -> float:
-        return float(self.k_rule_config.get("k_target_ratio", K_RULE_DEFAULTS["k_target_ratio"]))
 
     # --- k ---------------------------------------------------------------------------------------
     def k_bounds(self) -> tuple[int, int]:
@@ -424,17 +425,14 @@ class SpanPyramid(CountedKModel):
         row = torch.div(order, cols, rounding_mode="floor")
         coords = torch.stack([row, order - row * cols], dim=-1)  # (B, K, 2) integer (row, col)
         rank = torch.arange(K, device=order.device)[None, :]  # (1, K)
-        if self.per_image and self.k_rule == "ratio" and self.training:
+        if self.per_image and self.rule.samples_keeps and self.training:
             # DynamicViT: sampled keep decisions while training, kept with probability sigmoid(score).
             kept_logits = scores.gather(1, order)  # (B, K)
             u = torch.rand_like(kept_logits).clamp(1e-6, 1 - 1e-6)
             valid = (kept_logits.detach() + torch.log(u) - torch.log1p(-u) > 0) | (rank == 0)  # (B, K)
             counts = valid.sum(dim=1)
         else:
-            if self.per_image and self.k_rule == "ratio":
-                # Eval keeps the expected number of sampled keeps, the count the ratio loss controls.
-                counts = scores.sigmoid().sum(dim=1).round().long().clamp(1, K)  # (B,)
-            elif self.per_image:
+            if self.per_image:  # eval under a sampling rule: the expected number of its keeps
                 mass = scores.sigmoid() if self.scorer is not None else scores.clamp_min(0)
                 counts = per_image_k(mass, rule=self.k_rule, config=self.k_rule_config, k_max=K)  # (B,)
             else:
@@ -595,8 +593,9 @@ class SpanPyramid(CountedKModel):
         if not cache:
             return logits.new_zeros(())
         scores, order, valid = cache["scores"], cache["order"], cache["valid"]
-        if self.k_rule == "ratio":  # the negatives would pull every keep probability under 0.5
-            return RATIO_LOSS_WEIGHT * ratio_loss(scores.sigmoid(), self._target_ratio())
+        keep = self.rule.keep_loss(scores, self.rule.settings(self.k_rule_config)) if self.per_image else None
+        if keep is not None:  # the negatives would pull every keep probability under 0.5
+            return RATIO_LOSS_WEIGHT * keep
         attn = cache["attn"].detach() * valid  # (B, K)
         attn = attn / attn.amax(dim=1, keepdim=True).clamp_min(1e-12)
         target = torch.zeros_like(scores).scatter(1, order, attn)  # (B, n): 0 at unselected patches

@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from search_space.k_rules import K_RULE_DEFAULTS, PER_IMAGE_RULES, per_image_k, ratio_loss
+from search_space.k_rules import k_rule_class, per_image_k
 from search_space.strategies.base import CountedKModel, ParamSpec, eval_mode, register_strategy, transformer_params
 from search_space.strategies.blocks import (
     ClassifierHead,
@@ -195,7 +195,8 @@ class SparseTopK(CountedKModel):
         self.distill_loss, self.distill_weight = distill_loss, distill_weight
         self.negatives, self.explore_fraction, self.st_gating = negatives, explore_fraction, st_gating
         self.k_rule, self.k_rule_config = k_rule, dict(k_rule_config or {})
-        self.per_image = k_rule in PER_IMAGE_RULES
+        self.rule = k_rule_class(k_rule)  # what the rule does, asked of the rule, not of its name
+        self.per_image = self.rule.per_image
         if token_content not in TOKEN_CONTENTS:
             raise ValueError(f"token_content must be one of {TOKEN_CONTENTS}, got {token_content!r}")
         self.token_content = token_content
@@ -239,8 +240,7 @@ class SparseTopK(CountedKModel):
         idx = top_indices(z, K)  # (B, K), sorted high to low
         out = {"z": z, "features": features, "idx": idx}
         if self.per_image:  # each image keeps a prefix of its K ranked candidates
-            # top_p reads a distribution over the image's pixels; ratio reads DynamicViT keep probabilities
-            scores = z.softmax(dim=1) if self.k_rule == "top_p" else z.sigmoid()  # (B, H*W)
+            scores = self.rule.keep_scores(z)  # (B, H*W): a distribution (top_p), keep probabilities (ratio)
             counts = per_image_k(
                 scores, rule=self.k_rule, config=self.k_rule_config, k_max=K, k_min=min(self.k_bounds()[0], K)
             )  # (B,)
@@ -345,16 +345,16 @@ class SparseTopK(CountedKModel):
             neg = noise.topk(n_neg, dim=1).indices
             share = n_neg / (n_neg + idx.shape[1])
             loss = (1 - share) * distill + share * F.softplus(z.gather(1, neg)).mean()  # BCE toward 0
-        if self.k_rule == "top_p":
+        if self.per_image and self.rule.reads_distribution:
             # top_p reads softmax(z) over the image as where the fine attention goes: cross-entropy of
             # that distribution against the attention (0 off the kept pixels), so p of its mass is p
             # of the predicted attention. BCE alone leaves the softmax spread over the whole cell,
             # and 80% of it needed more pixels than the cap in every image (a fixed k in disguise).
             loss = loss - (target * z.log_softmax(dim=1).gather(1, idx)).sum(dim=1).mean()
         loss = self.distill_weight * loss
-        if self.k_rule == "ratio":
-            target_ratio = float(self.k_rule_config.get("k_target_ratio", K_RULE_DEFAULTS["k_target_ratio"]))
-            loss = loss + RATIO_LOSS_WEIGHT * ratio_loss(z.sigmoid(), target_ratio)
+        keep = self.rule.keep_loss(z, self.rule.settings(self.k_rule_config)) if self.per_image else None
+        if keep is not None:
+            loss = loss + RATIO_LOSS_WEIGHT * keep
         return loss
 
     # ----- reports and cost ------------------------------------------------------------------------

@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
+from cellsparse.errors import UserError
 from objectives import Objective, ObjectiveError, get_objective, measure_accuracy, objective_names, register_objective
-from search_space.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -13,8 +13,8 @@ import pytest
 import yaml
 from plotly.offline import get_plotlyjs
 
+from cellsparse.errors import UserError
 from reports.build import build_report, main
-from search_space.errors import UserError
 
 from .fake_run import XSS, write_run
 

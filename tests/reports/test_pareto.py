@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cellsparse.errors import UserError
 from cellsparse.pareto import hypervolume, knee_point, pareto_mask
 from cellsparse.run_space import RunSpace
 from reports.picks import hypervolume_history, most_accurate, most_accurate_within_budget, pick_trial
-from search_space.errors import UserError
 
 DIRECTION_SETS = [
     ("maximize", "minimize"),

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import torch
 
+from cellsparse.errors import UserError
 from runner import cli
 from runner import predict as P
 from runner.run import Run
-from search_space.errors import UserError
 from tests.runner.export_fixtures import tiny_export
 from tests.runner.search_fixtures import REPO, set_env, write_space
 

@@ -9,9 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
+from cellsparse.errors import UserError
 from runner.data import BLOODMNIST_CLASSES, CellDataset, describe_dataset, load_dataset
 from runner.data.dataset import channel_statistics, normalise
-from search_space.errors import DataError, UserError
+from search_space.errors import DataError
 
 PBC28 = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "pbc28.npz"
 

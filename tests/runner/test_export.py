@@ -18,13 +18,13 @@ import numpy as np
 import pytest
 import torch
 
+from cellsparse.errors import UserError
 from runner import export as E
 from runner.engine import exporters as X
 from runner.engine.artefacts import onnx_runner
 from runner.engine.checkpoint import load_trained
 from runner.export import pipeline
 from runner.export.pick import choose_trial
-from search_space.errors import UserError
 from tests.runner.export_fixtures import load_without_project, project_strategies, search, space_text, tiny_export, tiny_run
 
 

@@ -18,10 +18,10 @@ import pytest
 import torch
 from PIL import Image
 
+from cellsparse.errors import UserError
 from runner import predict as P
 from runner.data import load_dataset
 from runner.engine.checkpoint import load_trained
-from search_space.errors import UserError
 from tests.runner.export_fixtures import tiny_export, tiny_run
 
 
@@ -415,8 +415,8 @@ def test_compiled_on_cuda_matches_cpu(export_dir: Path, images: Path) -> None:
 
 def test_a_card_naming_a_file_outside_its_export_is_refused(tmp_path) -> None:
     """A model card is data a user may be handed: it cannot point predict at a file elsewhere."""
+    from cellsparse.errors import UserError
     from runner.predict import load_runtime
-    from search_space.errors import UserError
 
     (tmp_path / "export").mkdir()
     (tmp_path / "elsewhere.onnx").write_bytes(b"not a model")

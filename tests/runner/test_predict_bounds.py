@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
+from cellsparse.errors import UserError
 from runner import predict as P
 from runner.data import images as I
-from search_space.errors import UserError
 from tests.runner.export_fixtures import tiny_export
 from tests.runner.test_image_bounds import png_claiming
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from cellsparse.errors import UserError
 from runner.engine.pt2 import UnsafeArchive, load_program
-from search_space.errors import UserError
 from tests.runner.pt2_crafted import TARGETS, craft, duplicated, mutate, read_entries, write_entries
 
 

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
+from cellsparse.errors import UserError
 from search_space.build import build_model, complete_config, default_config
-from search_space.errors import UserError
 from search_space.k_rules import k_rule_defaults
 from search_space.strategies import get_strategy, strategy_names
 

@@ -9,7 +9,7 @@ from itertools import pairwise
 import pytest
 import torch
 
-from search_space.errors import UserError
+from cellsparse.errors import UserError
 from search_space.k_rules import (
     K_RULE_DEFAULTS,
     K_RULE_PARAMS,

@@ -12,9 +12,10 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from cellsparse.errors import UserError
 from objectives import count_flops, counted_flops
 from search_space.build import ResizedInput, build_model, default_config
-from search_space.errors import SpecError, UserError
+from search_space.errors import SpecError
 from search_space.resolution import INPUT_PARAMS, resolution_of
 from search_space.sampling import sample_configs, suggest_config
 from search_space.spec import load_space
