@@ -66,14 +66,15 @@ def in_short(*, trials: int, epochs: int, front: int, trained: int, rho: dict, r
     raw), and the cost against its target (pt2, and ONNX where it was timed)."""
     # a rank correlation of two or three points is +-1 or +-0.5 whatever the figures: judge all trials then
     judged = "front" if front >= MIN_RANKED else "all"
-    held = "meets" if rho[(judged, "calibrated")] >= SPEARMAN_TARGET else "misses"
+    held = "meets" if rho[(judged, "raw")] >= SPEARMAN_TARGET else "misses"
     cheap = "within" if share <= COST_TARGET else "over"
     other = "all" if judged == "front" else "front"
     text = (f"On a {trials}-trial cells64 search ({epochs} epochs a trial, 2 at a time, {setting}), "
             f"re-measured in a separate process, the {front if judged == 'front' else trained} "
             f"{'front' if judged == 'front' else 'trained'} trials rank with Spearman "
-            f"{rho[(judged, 'calibrated')]:.2f} calibrated ({held} the {SPEARMAN_TARGET} target) and "
-            f"{rho[(judged, 'raw')]:.2f} raw ({rho[(other, 'calibrated')]:.2f} and {rho[(other, 'raw')]:.2f} over the "
+            f"{rho[(judged, 'raw')]:.2f} as recorded by default (uncalibrated: {held} the {SPEARMAN_TARGET} target) "
+            f"and {rho[(judged, 'calibrated')]:.2f} calibrated ({rho[(other, 'raw')]:.2f} and "
+            f"{rho[(other, 'calibrated')]:.2f} over the "
             f"{front if other == 'front' else trained} {'front' if other == 'front' else 'trained'} trials; the median "
             f"figure moved {100 * rel['calibrated']:.0f}% calibrated, {100 * rel['raw']:.0f}% raw). "
             f"The objective costs a trial a median {measure_s:.1f} s (the preview before training and the "
@@ -94,6 +95,7 @@ def make_space(out: Path, *, trials: int, epochs: int) -> Path:
     raw["search"]["trials"] = trials
     raw["search"]["reference_point"] = {"accuracy": 0.0, "throughput": 100.0}
     raw["search"].pop("timeout_s", None)
+    raw["deploy"] = {"calibrate": True}  # both figures from the same rounds: the default (raw) and the calibrated
     path = out / "cells64_throughput.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path

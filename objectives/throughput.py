@@ -1,8 +1,11 @@
 """Throughput: images per second of a model as it is deployed, held comparable on a busy machine.
 
 What the value means. ``throughput`` is the images per second the model runs at on the space's
-``deploy.runtime``, ``deploy.batch_size`` images per call and ``deploy.threads`` threads, expressed
-on the scale of a calm machine. A fixed reference CNN (:func:`reference_model`, fixed weights,
+``deploy.runtime``, ``deploy.batch_size`` images per call and ``deploy.threads`` threads: the
+median of timed rounds, each round a chunk of calls about ``CHUNK_S`` long that starts warm.
+
+With ``deploy.calibrate: true`` it is expressed on the scale of a calm machine instead. A fixed
+reference CNN (:func:`reference_model`, fixed weights,
 prepared on the same runtime) is timed in the same process:
 
 1. once per run and deployment, alone (``CALIBRATION_ROUNDS`` rounds), by the search's driver before
@@ -20,6 +23,9 @@ runtime when the reference runs at its calibration rate". ``throughput_spread`` 
 interquartile range of the per-round figures (same unit), and ``throughput_raw`` the median of the
 model's own rounds, uncalibrated (what a plain timer would report). Two trials timed under
 different load are comparable through the ratio; two processes through the one calibration rate.
+Measured on 2 shared cores (docs/benchmarks.md, "Throughput objective") the ratio ranked a search's
+trials worse than the plain median did (the reference's own timing noise enters every ratio), so
+calibration is off by default; it is for machines whose load changes between trials.
 
 Before training, a trial needs a throughput for its per-epoch reports (early stopping's rungs read
 every objective) but not the deployed figure: :func:`previewing` times the eager module, in fewer

@@ -76,7 +76,7 @@ EARLY_STOPPING_RULES = ("none", "asha", "moasha")
 #: the ``torch.export`` program as a .pt2 file runs it (compiled on CUDA), the ONNX file in onnxruntime,
 #: or the eager module.
 DEPLOY_RUNTIMES = ("pt2", "onnxruntime", "eager")
-_DEPLOY_KEYS = ("runtime", "batch_size", "threads")
+_DEPLOY_KEYS = ("runtime", "batch_size", "threads", "calibrate")
 MAX_DEPLOY_BATCH = 4096
 MAX_DEPLOY_THREADS = 256
 
@@ -184,9 +184,11 @@ class DeploySpec:
     runtime: str = "pt2"
     batch_size: int = 64
     threads: int = 1  # a per-core figure, as export's timings: it holds on a machine other work shares
+    calibrate: bool = False  # time a fixed reference beside each model and report the ratio (README, "Throughput")
 
     def to_yaml(self) -> dict[str, Any]:
-        return {"runtime": self.runtime, "batch_size": self.batch_size, "threads": self.threads}
+        return {"runtime": self.runtime, "batch_size": self.batch_size, "threads": self.threads,
+                "calibrate": self.calibrate}
 
 
 @dataclass(frozen=True)
@@ -711,7 +713,10 @@ def _parse_deploy(where: _Where, raw: dict[str, Any]) -> DeploySpec:
     threads = _number(where, "deploy.threads", raw.get("threads", default.threads), integer=True, low=1)
     if threads > MAX_DEPLOY_THREADS:
         raise where.fail("deploy.threads", f"expected an integer from 1 to {MAX_DEPLOY_THREADS}, got {threads}")
-    return DeploySpec(runtime, int(batch), int(threads))
+    calibrate = raw.get("calibrate", default.calibrate)
+    if not isinstance(calibrate, bool):
+        raise where.fail("deploy.calibrate", f"expected true or false, got {calibrate!r}")
+    return DeploySpec(runtime, int(batch), int(threads), calibrate)
 
 
 def _parse_training(where: _Where, raw: dict[str, Any]) -> dict[str, Param]:

@@ -8,7 +8,8 @@ through :func:`load_trained`, so there is one place that knows how the runner st
     metrics.json  the final figures; written last, so its presence marks a finished trial
     model.pt      the state_dict (loaded with ``weights_only=True``: a checkpoint cannot run code)
 
-The k a model runs at is saved in its state_dict (``k_value``), so loading the weights restores it.
+The k a model runs at is saved in its state_dict (its extra state, ``{"k": k}``), so loading the weights
+restores it; checkpoints that kept it as ``k_value`` load too.
 For weights saved before that, rules that move k during training (fixed, loss_trend, schedule) left
 the final k in ``k_final``, which is set after loading; per-image rules (ratio, top_p) keep the
 candidate cap the model was built with and record the *mean kept count* as ``k_final``, so for them

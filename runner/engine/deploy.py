@@ -81,7 +81,7 @@ PREPARE = {"pt2": pt2_prepare, "onnxruntime": onnx_prepare, "eager": eager_prepa
 def deployment_for(spec: DeploySpec, device: str = "cpu") -> Deployment:
     """The ``Deployment`` the throughput objective times with, from a space's ``deploy`` section."""
     return Deployment(runtime=spec.runtime, batch_size=spec.batch_size, threads=spec.threads, device=device,
-                      prepare=PREPARE[spec.runtime])
+                      prepare=PREPARE[spec.runtime], calibrate=spec.calibrate)
 
 
 def trial_device(space: SearchSpace) -> str:
@@ -128,13 +128,14 @@ def calibrate_run(space: SearchSpace, run_dir: Path) -> list[dict[str, Any]]:
     """Measure (or reuse) the run's calibration rates and set them in this process; the records.
 
     One for the deploy runtime and one for the eager preview, at the deploy batch of the data's
-    frames; kept in ``run_dir``. Nothing when the space does not time throughput."""
-    if not times_throughput(space):
+    frames; kept in ``run_dir``. Nothing when the space does not time throughput, or times it
+    uncalibrated (``deploy.calibrate: false``, the default)."""
+    if not times_throughput(space) or not space.deploy.calibrate:
         return []
     in_channels, _, size = data_shape(space)
     shape = (space.deploy.batch_size, in_channels, size, size)
     deployed = deployment_for(space.deploy, trial_device(space))
-    preview = Deployment("eager", deployed.batch_size, deployed.threads, deployed.device)
+    preview = Deployment("eager", deployed.batch_size, deployed.threads, deployed.device, calibrate=True)
     records = _read_calibrations(Path(run_dir))
     changed = False
     for deployment in dict.fromkeys((deployed, preview)):

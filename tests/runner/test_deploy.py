@@ -45,7 +45,7 @@ def _space(tmp_path, constraint: str):
                     "data: {source: synthetic, image_size: 16}\n"
                     f"constraints: {{{constraint}}}\n"
                     "search: {reference_point: {accuracy: 0, throughput: 1}}\n"
-                    "deploy: {runtime: eager, batch_size: 8, threads: 1}\n"
+                    "deploy: {runtime: eager, batch_size: 8, threads: 1, calibrate: true}\n"
                     "space: {strategy: {dense_cnn: {}}}\n", encoding="utf-8")
     return load_space(path)
 
@@ -63,7 +63,7 @@ def test_min_throughput_is_checked_before_training(tmp_path):
 def test_a_search_with_throughput_records_it_and_builds_its_report(tmp_path, monkeypatch, capsys):
     set_env(monkeypatch)
     space = write_space(tmp_path, trials=2, extra_objectives=", throughput: maximize")
-    space.write_text(space.read_text() + "deploy: {runtime: pt2, batch_size: 16, threads: 1}\n"
+    space.write_text(space.read_text() + "deploy: {runtime: pt2, batch_size: 16, threads: 1, calibrate: true}\n"
                      "constraints: {min_throughput: 1.0}\n", encoding="utf-8")
     status, out, err = run_search_cli(capsys, "--space", space, "--out", tmp_path / "run")
     assert status == 0, out + err

@@ -179,6 +179,7 @@ MALFORMED = [
     (mutated("deploy", {"batch_size": 0}), "deploy.batch_size", "expected an integer >= 1, got 0"),
     (mutated("deploy", {"batch_size": 10**6}), "deploy.batch_size", "expected an integer from 1 to 4096"),
     (mutated("deploy", {"threads": 1.5}), "deploy.threads", "expected an integer >= 1, got 1.5"),
+    (mutated("deploy", {"calibrate": "yes"}), "deploy.calibrate", "expected true or false, got 'yes'"),
     (mutated("deploy", {"thread": 2}), "deploy.thread", "did you mean 'threads'"),
     (mutated("deploy", ["pt2"]), "deploy", "expected a mapping"),
     (mutated("constraints.max_throughput", 100), "constraints.max_throughput", "did you mean 'min_throughput'"),
