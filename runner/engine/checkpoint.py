@@ -8,8 +8,7 @@ through :func:`load_trained`, so there is one place that knows how the runner st
     metrics.json  the final figures; written last, so its presence marks a finished trial
     model.pt      the state_dict (loaded with ``weights_only=True``: a checkpoint cannot run code)
 
-The k a model runs at is saved in its state_dict (its extra state, ``{"k": k}``), so loading the weights
-restores it; checkpoints that kept it as ``k_value`` load too.
+The k a model runs at is saved in its state_dict (``k_value``), so loading the weights restores it.
 For weights saved before that, rules that move k during training (fixed, loss_trend, schedule) left
 the final k in ``k_final``, which is set after loading; per-image rules (ratio, top_p) keep the
 candidate cap the model was built with and record the *mean kept count* as ``k_final``, so for them
@@ -32,7 +31,6 @@ from cellsparse.rundir import CONFIG_FILE, META_FILE, METRICS_FILE, WEIGHTS_FILE
 from search_space.build import build_model
 from search_space.k_rules import k_rule_class
 from search_space.strategies import CellClassifier
-from search_space.strategies.base import EXTRA_STATE_KEY
 
 #: meta.json keys export and prediction cannot do without.
 META_KEYS = ("in_channels", "num_classes", "image_size", "class_names", "mean", "std")
@@ -67,17 +65,8 @@ def _first_line(err: BaseException) -> str:
     return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
-def _saved_entry(key: str, value: Any) -> bool:
-    """A tensor, or a model's extra state (its k: a small dict of plain values under ``*_extra_state``)."""
-    if isinstance(value, torch.Tensor):
-        return True
-    return key.endswith(EXTRA_STATE_KEY) and isinstance(value, dict) and all(
-        isinstance(k, str) and isinstance(v, (bool, int, float, str)) for k, v in value.items())
-
-
-def read_state_dict(path: Path) -> dict[str, Any]:
-    """The tensors in ``path`` (weights only, and the models' extra state: their k); UserError when the
-    file is absent, corrupt or truncated."""
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors in ``path`` (weights only); UserError when the file is absent, corrupt or truncated."""
     if not path.is_file():
         raise UserError(f"{path}: missing; the trial finished without saving its weights")
     try:
@@ -92,7 +81,7 @@ def read_state_dict(path: Path) -> dict[str, Any]:
     except (RuntimeError, OSError, EOFError, ValueError, zipfile.BadZipFile) as err:
         reason = _first_line(err)
         raise UserError(f"{path}: corrupt or truncated model file ({reason}); re-run the trial or copy it again") from None
-    if not isinstance(state, dict) or not all(_saved_entry(str(k), v) for k, v in state.items()):
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError(f"{path}: not a state_dict of tensors; expected the weights the runner saves")
     return state
 

@@ -460,9 +460,7 @@ def save_trial(
     """Write what the report and export read: weights, how to rebuild and feed them, what the model used."""
     trial_dir = Path(trial_dir)
     model.eval()
-    # tensors to the CPU; a model's extra state (its k, a plain dict) as it is
-    state = {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in model.state_dict().items()}
-    torch.save(state, trial_dir / WEIGHTS_FILE)
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, trial_dir / WEIGHTS_FILE)
     meta = {
         "strategy": config["strategy"],
         "in_channels": data.in_channels,

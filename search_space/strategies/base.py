@@ -69,17 +69,7 @@ def eval_mode(module: nn.Module) -> Iterator[None]:
         module.train(was_training)
 
 
-#: Where checkpoints written before k was extra state kept it (a 0-d tensor); still read.
-OLD_K_STATE_KEY = "k_value"
-EXTRA_STATE_KEY = "_extra_state"  # torch's name for a module's get_extra_state() in its state_dict
-
-
-def _read_older_k(module: nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
-    """Load-state-dict pre-hook: an older checkpoint's ``k_value`` becomes the extra state, and weights
-    saved with no k at all load at the built k (the extra state is then empty)."""
-    old = state_dict.pop(prefix + OLD_K_STATE_KEY, None)
-    if prefix + EXTRA_STATE_KEY not in state_dict:
-        state_dict[prefix + EXTRA_STATE_KEY] = {} if old is None else {"k": int(old)}
+K_STATE_KEY = "k_value"  # the state_dict entry holding a model's k
 
 
 class CellClassifier(nn.Module, ABC):
@@ -90,20 +80,22 @@ class CellClassifier(nn.Module, ABC):
     ``torch.export`` and ONNX: no Python loops over data-dependent shapes.
     """
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.register_load_state_dict_pre_hook(_read_older_k)
-
-    def get_extra_state(self) -> dict[str, int]:
-        """k is a Python int (shapes depend on it, so forward must not read it from a tensor at trace
-        time), kept in the state dict as extra state ({"k": k}; empty for a model without k) so that
-        a state dict rebuilds the model at its k."""
+    def _save_to_state_dict(self, destination, prefix, keep_vars):  # noqa: ANN001 (torch's hook signature)
+        # k is a Python int (shapes depend on it, so forward must not read it from a tensor at trace
+        # time), saved beside the weights as a 0-d tensor so a state_dict rebuilds the model at its k.
+        super()._save_to_state_dict(destination, prefix, keep_vars)
         k = getattr(self, "_k", None)
-        return {"k": int(k)} if k is not None and self.k_bounds() is not None else {}
+        if k is not None and self.k_bounds() is not None:
+            destination[prefix + K_STATE_KEY] = torch.tensor(int(k))
 
-    def set_extra_state(self, state: Any) -> None:
-        if isinstance(state, dict) and "k" in state and self.k_bounds() is not None:
-            self.set_k(int(state["k"]))
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):  # noqa: ANN001
+        # Weights saved before k was part of the state dict load as they are, at the built k.
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        key = prefix + K_STATE_KEY
+        if key in unexpected_keys and self.k_bounds() is not None:
+            unexpected_keys.remove(key)
+        if key in state_dict and self.k_bounds() is not None:
+            self.set_k(int(state_dict[key]))
 
     @abstractmethod
     def forward(self, images: torch.Tensor) -> torch.Tensor:

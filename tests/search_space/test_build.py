@@ -137,16 +137,12 @@ def test_k_is_saved_with_the_weights(name):
 
 
 def test_weights_saved_without_k_still_load():
-    """Weights written before k joined the state_dict load strictly, at the built k; weights that kept
-    k as the older ``k_value`` tensor load at that k."""
+    """Weights written before k joined the state_dict load strictly, at the built k."""
     model = build_model(default_config("sparse_topk"), 3, 4, 32)
-    state = {key: value for key, value in model.state_dict().items() if key != "_extra_state"}
+    state = {key: value for key, value in model.state_dict().items() if key != "k_value"}
     other = build_model(default_config("sparse_topk"), 3, 4, 32)
     other.load_state_dict(state, strict=True)
     assert other.k == model.k
-    low = model.k_bounds()[0]
-    other.load_state_dict({**state, "k_value": torch.tensor(low)}, strict=True)
-    assert other.k == low and other.state_dict()["_extra_state"] == {"k": low}
 
 
 def test_registration_rejects_a_key_the_constructor_does_not_take():
