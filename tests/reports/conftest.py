@@ -39,7 +39,8 @@ def three_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def searched_three_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real search (the test strategy probe_net, 6 one-epoch trials on 16-px synthetic cells, seconds)
-    over accuracy, FLOPs and params, as ``cellsparse search`` writes it, report included."""
+    over accuracy, FLOPs and throughput (eager, as the deploy section says), as ``cellsparse search``
+    writes it, report included."""
     # torch and the search load only in the sessions that ask for a searched run
     import yaml
 
@@ -47,9 +48,10 @@ def searched_three_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.runner.search_fixtures import plugins_env, write_space
 
     work = tmp_path_factory.mktemp("search")
-    space = write_space(work, name="three", trials=6, extra_objectives=", params: minimize", max_flops=1e6)
+    space = write_space(work, name="three", trials=6, extra_objectives=", throughput: maximize", max_flops=1e6)
     text = yaml.safe_load(space.read_text(encoding="utf-8"))
-    text["search"]["reference_point"] = {"accuracy": 0.0, "flops": 1e6, "params": 1000}
+    text["search"]["reference_point"] = {"accuracy": 0.0, "flops": 1e6, "throughput": 1.0}
+    text["deploy"] = {"runtime": "eager", "batch_size": 8, "threads": 1}
     space.write_text(yaml.safe_dump(text, sort_keys=False), encoding="utf-8")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("CELLSPARSE_PLUGINS", plugins_env())
