@@ -1,1 +1,2 @@
-"""Running the search: CLI, trial training loop, backends, data, export."""
+"""Running the search: the engine (``runner.engine``: driver, trial, executors; ``runner.data``) and
+the applications over it (search, export, predict, the ``cellsparse`` command)."""

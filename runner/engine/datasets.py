@@ -19,7 +19,7 @@ def _data_key(space: SearchSpace) -> tuple:
 
 
 def cached_dataset(space: SearchSpace) -> Any:
-    """The space's dataset, loaded once per process (in-process backends would otherwise regenerate it)."""
+    """The space's dataset, loaded once per process (a process running many trials would otherwise load it for each)."""
     key = _data_key(space)
     if key not in _DATA:
         _DATA.clear()  # one dataset per process is enough; keep memory flat

@@ -1,8 +1,9 @@
 """The search driver: the one place that asks Optuna for trials and tells it their results.
 
-Backends only execute: the in-process backend calls the trial function itself, the Ray backend
-hands payloads to Ray Tune workers through a ``Searcher`` written against Tune's public interface.
-Both go through this object, so a trial ends the same way whichever ran it:
+Executors (``runner.engine.executor``) only execute: the in-process one calls the trial function
+itself, the Ray one hands payloads to Ray Tune workers through a ``Searcher`` written against Tune's
+public interface, a plugin's as it likes. All go through this object, so a trial ends the same way
+whichever ran it:
 
     number, payload = driver.ask()                    # sample a config (define-by-run), check budgets
     driver.placed(number, node)                       # where it runs (on a Ray cluster)
@@ -13,8 +14,8 @@ Both go through this object, so a trial ends the same way whichever ran it:
     driver.halted                                     # set when the storage refused a write: ask no more
 
 Every tell is followed by ``on_finished(study, number)`` (trials.csv and the progress line); a
-``progress`` (``runner.engine.progress``) hears of every ask and every epoch, so both backends show the same
-elapsed times and ETAs. A trial the driver asked for but never heard back from stays RUNNING in the
+``progress`` (``runner.engine.progress``) hears of every ask and every epoch, so every executor shows
+the same elapsed times and ETAs. A trial the driver asked for but never heard back from stays RUNNING in the
 journal; ``runner.search`` marks such trials interrupted when the session ends.
 """
 

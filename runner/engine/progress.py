@@ -1,8 +1,9 @@
 """What a person watching a search sees while trials run: elapsed time and an ETA, per trial and for
-the whole search, on both backends.
+the whole search, whichever executor runs the trials; and the line each finished trial gets
+(:class:`TrialFinished`, which also rewrites trials.csv).
 
 The search driver tells a :class:`Progress` when it asks for a trial (``started``) and when a trial
-reports an epoch (``epoch``: both backends hand every epoch's figures to ``SearchDriver.report``); the
+reports an epoch (``epoch``: every executor hands each epoch's figures to ``SearchDriver.report``); the
 trials-finished callback asks it for the timing that ends each trial's line (``finished``). Lines go
 to ``emit`` (stdout for the commands, the ``cellsparse`` logger for the Python API).
 
