@@ -57,7 +57,8 @@ class RunSpace:
     @property
     def strategies(self) -> list[str]:
         """The strategies the run searched, in the file's order."""
-        strategy = (self.raw.get("space") or {}).get("strategy") if isinstance(self.raw.get("space"), Mapping) else None
+        space = self.raw.get("space")
+        strategy = space.get("strategy") if isinstance(space, Mapping) else None
         return [str(s) for s in strategy] if isinstance(strategy, (Mapping, list)) else []
 
     def limit(self, objective: str) -> float | None:

@@ -97,6 +97,11 @@ class Deployment:
     prepare: Prepare = field(default=eager_prepare, compare=False)
     calibrate: bool = True
 
+    def preview(self) -> Deployment:
+        """The deployment a preview times: the eager module, same batch, threads and device, against
+        the eager reference (a preview is always a ratio when the run calibrates)."""
+        return Deployment("eager", self.batch_size, self.threads, self.device, calibrate=self.calibrate)
+
     def key(self, shape: Sequence[int]) -> tuple:
         """What a calibration is valid for: the runtime, the batch shape, threads and device."""
         return (self.runtime, tuple(shape), self.threads, self.device)
@@ -312,8 +317,7 @@ def measure_throughput(model: nn.Module, images: torch.Tensor, deployment: Deplo
     deployment = deployment or current_deployment()
     rounds: dict[str, float] = {}
     if _PREVIEW.get():
-        deployment = Deployment("eager", deployment.batch_size, deployment.threads, deployment.device,
-                                calibrate=deployment.calibrate)
+        deployment = deployment.preview()
         rounds = {"min_rounds": PREVIEW_ROUNDS, "max_rounds": PREVIEW_ROUNDS, "min_time_s": PREVIEW_TIME_S}
     device = torch.device(deployment.device)
     batch = deploy_batch(images, deployment.batch_size).to(device)

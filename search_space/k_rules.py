@@ -393,6 +393,13 @@ class PerImageRule(KRule):
         """(B, N) scores -> (B,) how many of its highest-scored candidates each image keeps (unclamped)."""
 
     @classmethod
+    def counts(cls, scores: torch.Tensor, settings: dict[str, Any], *, k_max: int, k_min: int = 1) -> torch.Tensor:
+        """(B,) int64: :meth:`count` clamped to [k_min, k_max]. ``settings`` as :meth:`settings` returns
+        them (a model checks its config once, not in every forward). Static shapes, no ``.item()`` and
+        no branching on values, so ``torch.export`` traces it."""
+        return cls.count(scores, settings).clamp(min=int(k_min), max=int(k_max)).long()
+
+    @classmethod
     def keep_loss(cls, logits: torch.Tensor, settings: dict[str, Any]) -> torch.Tensor | None:
         """The term that steers the keep scores in training (before its weight), or None."""
         return None
@@ -489,14 +496,14 @@ def make_k_rule(
 def per_image_k(scores: torch.Tensor, *, rule: str, config: dict[str, Any], k_max: int, k_min: int = 1) -> torch.Tensor:
     """How many candidates each image keeps under per-image rule ``rule``: (B, N) scores -> (B,) int64.
 
-    The rule counts (:meth:`PerImageRule.count`); the count is clamped to [k_min, k_max]: a model
-    passes its smallest useful k as ``k_min`` so an untrained scorer still sees a few candidates.
-    Static shapes, no ``.item()`` and no branching on values, so ``torch.export`` traces it.
+    ``config`` is checked here; :meth:`PerImageRule.counts` does the counting (clamped to [k_min,
+    k_max]: a model passes its smallest useful k as ``k_min`` so an untrained scorer still sees a few
+    candidates).
     """
     cls = _RULES.get(rule)
     if not cls.per_image:
         raise KRuleError(f"k_rule {rule!r} has no per-image k; per-image rules: {', '.join(PER_IMAGE_RULES)}")
-    return cls.count(scores, cls.settings(config)).clamp(min=int(k_min), max=int(k_max)).long()
+    return cls.counts(scores, cls.settings(config), k_max=k_max, k_min=k_min)
 
 
 def ratio_loss(scores: torch.Tensor, target: float) -> torch.Tensor:

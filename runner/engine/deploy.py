@@ -135,10 +135,9 @@ def calibrate_run(space: SearchSpace, run_dir: Path) -> list[dict[str, Any]]:
     in_channels, _, size = data_shape(space)
     shape = (space.deploy.batch_size, in_channels, size, size)
     deployed = deployment_for(space.deploy, trial_device(space))
-    preview = Deployment("eager", deployed.batch_size, deployed.threads, deployed.device, calibrate=True)
     records = _read_calibrations(Path(run_dir))
     changed = False
-    for deployment in dict.fromkeys((deployed, preview)):
+    for deployment in dict.fromkeys((deployed, deployed.preview())):
         found = next((r for r in records if _from_record(r).key(r["shape"]) == deployment.key(shape)), None)
         if found is None:
             found = _record(deployment, shape, measure_calibration(deployment, shape))

@@ -82,7 +82,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from search_space.k_rules import k_rule_class, per_image_k
+from search_space.k_rules import k_rule_class
 from search_space.strategies.base import CountedKModel, ParamSpec, eval_mode, register_strategy, transformer_params
 from search_space.strategies.blocks import ClassifierHead, Mlp, conv2d_flops, linear_flops, top_indices
 
@@ -328,12 +328,13 @@ class SpanPyramid(CountedKModel):
         side = _grid_side(image_size, patch_size)
         self.n_patches = side * side
         self.rule = k_rule_class(k_rule)  # what the rule does, asked of the rule, not of its name
+        self.k_settings = self.rule.settings(self.k_rule_config)  # checked once, read every step
         # A rule that samples learned keep decisions needs the learned scorer; with fixed scores it is
         # its target share, kept fixed.
         sampled_without_scorer = self.rule.per_image and self.rule.samples_keeps and keep_score != "learned"
         self.per_image = self.rule.per_image and not sampled_without_scorer
         if sampled_without_scorer:
-            keep_fraction = self.rule.expected_fraction(self.rule.settings(self.k_rule_config))
+            keep_fraction = self.rule.expected_fraction(self.k_settings)
         self._k = min(max(round(keep_fraction * self.n_patches), 1), self.n_patches)
 
         patch_dim = in_channels * patch_size * patch_size
@@ -434,7 +435,7 @@ class SpanPyramid(CountedKModel):
         else:
             if self.per_image:  # eval under a sampling rule: the expected number of its keeps
                 mass = scores.sigmoid() if self.scorer is not None else scores.clamp_min(0)
-                counts = per_image_k(mass, rule=self.k_rule, config=self.k_rule_config, k_max=K)  # (B,)
+                counts = self.rule.counts(mass, self.k_settings, k_max=K)  # (B,)
             else:
                 counts = order.new_full((images.shape[0],), K)
             valid = rank < counts[:, None]  # (B, K): each image keeps a prefix of its ranking
@@ -593,7 +594,7 @@ class SpanPyramid(CountedKModel):
         if not cache:
             return logits.new_zeros(())
         scores, order, valid = cache["scores"], cache["order"], cache["valid"]
-        keep = self.rule.keep_loss(scores, self.rule.settings(self.k_rule_config)) if self.per_image else None
+        keep = self.rule.keep_loss(scores, self.k_settings) if self.per_image else None
         if keep is not None:  # the negatives would pull every keep probability under 0.5
             return RATIO_LOSS_WEIGHT * keep
         attn = cache["attn"].detach() * valid  # (B, K)

@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from search_space.k_rules import k_rule_class, per_image_k
+from search_space.k_rules import k_rule_class
 from search_space.strategies.base import CountedKModel, ParamSpec, eval_mode, register_strategy, transformer_params
 from search_space.strategies.blocks import (
     ClassifierHead,
@@ -196,6 +196,7 @@ class SparseTopK(CountedKModel):
         self.negatives, self.explore_fraction, self.st_gating = negatives, explore_fraction, st_gating
         self.k_rule, self.k_rule_config = k_rule, dict(k_rule_config or {})
         self.rule = k_rule_class(k_rule)  # what the rule does, asked of the rule, not of its name
+        self.k_settings = self.rule.settings(self.k_rule_config)  # checked once, read every step
         self.per_image = self.rule.per_image
         if token_content not in TOKEN_CONTENTS:
             raise ValueError(f"token_content must be one of {TOKEN_CONTENTS}, got {token_content!r}")
@@ -241,9 +242,7 @@ class SparseTopK(CountedKModel):
         out = {"z": z, "features": features, "idx": idx}
         if self.per_image:  # each image keeps a prefix of its K ranked candidates
             scores = self.rule.keep_scores(z)  # (B, H*W): a distribution (top_p), keep probabilities (ratio)
-            counts = per_image_k(
-                scores, rule=self.k_rule, config=self.k_rule_config, k_max=K, k_min=min(self.k_bounds()[0], K)
-            )  # (B,)
+            counts = self.rule.counts(scores, self.k_settings, k_max=K, k_min=min(self.k_bounds()[0], K))  # (B,)
             out["counts"] = counts
             out["valid"] = torch.arange(K, device=z.device)[None, :] < counts[:, None]  # (B, K)
         n_explore = min(int(self.explore_fraction * K), H * W - K) if self.training else 0
@@ -352,7 +351,7 @@ class SparseTopK(CountedKModel):
             # and 80% of it needed more pixels than the cap in every image (a fixed k in disguise).
             loss = loss - (target * z.log_softmax(dim=1).gather(1, idx)).sum(dim=1).mean()
         loss = self.distill_weight * loss
-        keep = self.rule.keep_loss(z, self.rule.settings(self.k_rule_config)) if self.per_image else None
+        keep = self.rule.keep_loss(z, self.k_settings) if self.per_image else None
         if keep is not None:
             loss = loss + RATIO_LOSS_WEIGHT * keep
         return loss

@@ -60,14 +60,21 @@ def test_min_throughput_is_checked_before_training(tmp_path):
     assert metrics["feasible"] is False and metrics["throughput"] > 0 and "throughput_spread" in metrics
 
 
-def test_a_search_with_throughput_records_it_and_builds_its_report(tmp_path, monkeypatch, capsys):
+def search_with_throughput(tmp_path, monkeypatch, capsys, *, deploy: str, floor: float) -> tuple:
+    """A 2-trial probe_net search with throughput as an objective, ``deploy`` and a throughput floor:
+    (the trials table, what the search printed)."""
     set_env(monkeypatch)
     space = write_space(tmp_path, trials=2, extra_objectives=", throughput: maximize")
-    space.write_text(space.read_text() + "deploy: {runtime: pt2, batch_size: 16, threads: 1, calibrate: true}\n"
-                     "constraints: {min_throughput: 1.0}\n", encoding="utf-8")
+    space.write_text(space.read_text() + f"deploy: {deploy}\nconstraints: {{min_throughput: {floor}}}\n",
+                     encoding="utf-8")
     status, out, err = run_search_cli(capsys, "--space", space, "--out", tmp_path / "run")
     assert status == 0, out + err
-    trials = read_trials(tmp_path / "run" / "trials.csv", ["accuracy", "flops", "throughput"])
+    return read_trials(tmp_path / "run" / "trials.csv", ["accuracy", "flops", "throughput"]), out
+
+
+def test_a_search_with_throughput_records_it_and_builds_its_report(tmp_path, monkeypatch, capsys):
+    trials, out = search_with_throughput(tmp_path, monkeypatch, capsys, floor=1.0,
+                                         deploy="{runtime: pt2, batch_size: 16, threads: 1, calibrate: true}")
     columns = list(trials.columns)
     assert columns[columns.index("flops") + 1:columns.index("flops") + 4] == [
         "throughput", "throughput_spread", "throughput_raw"]
@@ -121,12 +128,7 @@ def test_a_preview_times_the_eager_module_briefly(monkeypatch):
 
 
 def test_a_search_over_its_throughput_floor_trains_nothing(tmp_path, monkeypatch, capsys):
-    set_env(monkeypatch)
-    space = write_space(tmp_path, trials=2, extra_objectives=", throughput: maximize")
-    space.write_text(space.read_text() + "deploy: {runtime: eager, batch_size: 8, threads: 1}\n"
-                     "constraints: {min_throughput: 1.0e12}\n", encoding="utf-8")
-    status, out, err = run_search_cli(capsys, "--space", space, "--out", tmp_path / "run")
-    assert status == 0, out + err
-    trials = read_trials(tmp_path / "run" / "trials.csv", ["accuracy", "flops", "throughput"])
+    trials, _ = search_with_throughput(tmp_path, monkeypatch, capsys, floor=1.0e12,
+                                       deploy="{runtime: eager, batch_size: 8, threads: 1}")
     assert len(trials) == 2 and not trials["feasible"].any()
     assert (trials["throughput"] > 0).all() and (trials["accuracy"] == 0).all()
