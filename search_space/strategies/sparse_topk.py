@@ -63,6 +63,7 @@ from search_space.strategies.blocks import (
 
 RATIO_LOSS_WEIGHT = 2.0  # DynamicViT's weight on the keep-ratio loss
 TOKEN_CONTENTS = ("pixel", "patch3", "coarse_features")
+MIN_TOKENS = 4  # the fewest pixels a model keeps, whatever the frame
 
 
 class CoarseSelector(nn.Module):
@@ -226,7 +227,9 @@ class SparseTopK(CountedKModel):
 
     # ----- k ---------------------------------------------------------------------------------------
     def k_bounds(self) -> tuple[int, int]:
-        return max(4, math.ceil(0.01 * self.num_pixels)), self.num_pixels
+        # An absolute floor, not a share of the frame: on a large field the target is ~1% of the frame,
+        # and the paper's share of it (about 15% of the cell's pixels) is a tenth of a percent.
+        return MIN_TOKENS, self.num_pixels
 
 
     # ----- selection -------------------------------------------------------------------------------

@@ -70,7 +70,9 @@ pixel takes the best view covering it. The whole-image view therefore shows as a
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -83,6 +85,8 @@ from search_space.strategies.dense_cnn import conv_stem, residual_stages, residu
 _PE_FREQS = (1.0, 2.0, 4.0, 8.0)  # sine/cosine frequencies (in units of pi/2) per (y, x, level) coordinate
 _PE_DIM = 3 * 2 * len(_PE_FREQS)
 _MAX_SUPERSAMPLE = 4
+LOCATION_PRIORS = ("none", "foreground")
+PRIOR_WEIGHT = 2.0  # weight of the standardised foreground prior, against normalised logits (each within [-1, 1])
 
 
 def _group_norm(channels: int) -> nn.GroupNorm:
@@ -103,16 +107,37 @@ def _cell_pooling(side: int, grid_size: int, overlap: float) -> torch.Tensor:
     return covered / covered.sum(dim=1, keepdim=True)
 
 
+def _border_median(images: torch.Tensor) -> torch.Tensor:
+    """(B, C) per-channel median of each image's border: its background."""
+    border = torch.cat([images[:, :, 0], images[:, :, -1], images[:, :, :, 0], images[:, :, :, -1]], dim=-1)
+    return border.median(dim=-1).values
+
+
+class _LevelBatchNorm(nn.Module):
+    """BatchNorm with statistics and affine of its own per level: each level's views (a downscaled whole
+    image, then crops at finer and finer scales) are normalised by their own batch statistics in
+    training and by their own running averages in eval. ``level`` is set by the backbone before each pass."""
+
+    def __init__(self, channels: int, levels: int) -> None:
+        super().__init__()
+        self.norms = nn.ModuleList(nn.BatchNorm2d(channels) for _ in range(levels))
+        self.level = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norms[self.level](x)
+
+
+NORMS = ("group", "batch")
 ENCODERS = ("residual", "plain")
 
 
-def _plain_stages(width: int, stages: int) -> list[nn.Module]:
+def _plain_stages(width: int, stages: int, norm_layer: Callable[[int], nn.Module] = _group_norm) -> list[nn.Module]:
     """The compact encoder's stages: nothing at stage 0 (the stem is its first conv), then one
     3x3 conv -> GroupNorm -> ReLU per stage, stride 2, channels doubled (``width * 2**s`` out)."""
     out: list[nn.Module] = [nn.Identity()]
     for s in range(1, stages):
         c_in, c_out = width * 2 ** (s - 1), width * 2**s
-        out.append(nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False), _group_norm(c_out), nn.ReLU()))
+        out.append(nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False), norm_layer(c_out), nn.ReLU()))
     return out
 
 
@@ -131,17 +156,25 @@ class _Backbone(nn.Module):
     """The encoder at base resolution (a stem, then ``stages`` stages, GroupNorm): a pooled feature and a
     mid-network map. ``residual``: dense_cnn's basic blocks; ``plain``: one strided conv per stage."""
 
-    def __init__(self, *, in_channels: int, width: int, stages: int, embed_dim: int, encoder: str = "residual") -> None:
+    def __init__(self, *, in_channels: int, width: int, stages: int, embed_dim: int, encoder: str = "residual",
+                 norm: str = "group", levels: int = 1) -> None:
         super().__init__()
-        self.stem = conv_stem(in_channels=in_channels, width=width, stride=1, norm_layer=_group_norm)
+        norm_layer = _group_norm if norm == "group" else functools.partial(_LevelBatchNorm, levels=levels)
+        self.stem = conv_stem(in_channels=in_channels, width=width, stride=1, norm_layer=norm_layer)
         if encoder == "residual":
-            blocks = residual_stages(width=width, stages=stages, blocks_per_stage=1, norm_layer=_group_norm)
+            blocks = residual_stages(width=width, stages=stages, blocks_per_stage=1, norm_layer=norm_layer)
             self.stages = nn.ModuleList(nn.Sequential(*stage) for stage in blocks)
         else:
-            self.stages = nn.ModuleList(_plain_stages(width, stages))
+            self.stages = nn.ModuleList(_plain_stages(width, stages, norm_layer))
+        self._level_norms = [m for m in self.modules() if isinstance(m, _LevelBatchNorm)]
         self.map_stage = stages - 2  # the map the location module reads; -1 = the stem's output
         self.map_channels = width * 2 ** max(self.map_stage, 0)
         self.proj = nn.Linear(width * 2 ** (stages - 1), embed_dim)
+
+    def set_level(self, level: int) -> None:
+        """Which level's norms the next pass uses (nothing to do under GroupNorm)."""
+        for module in self._level_norms:
+            module.level = level
 
     def forward(self, views: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.stem(views)  # (n, w, b, b)
@@ -167,12 +200,15 @@ class _LocationModule(nn.Module):
         yy, xx = torch.meshgrid(axis, axis, indexing="ij")
         self.register_buffer("cell_coords", torch.stack([yy, xx])[None], persistent=False)  # (1, 2, G, G)
 
-    def forward(self, fmap: torch.Tensor, feat: torch.Tensor) -> torch.Tensor:
+    def forward(self, fmap: torch.Tensor, feat: torch.Tensor, prior: torch.Tensor | None = None) -> torch.Tensor:
+        """log pi (n, G*G) per view; ``prior`` (n, G*G), when given, is added to the normalised logits."""
         n, G = fmap.shape[0], self.grid_size
         cells = self.pool @ fmap.detach() @ self.pool.T  # (n, C_map, G, G): the map averaged over each cell
         x = torch.cat([cells, feat.detach()[:, :, None, None].expand(-1, -1, G, G), self.cell_coords.expand(n, -1, -1, -1)], 1)
-        logits = self.conv2(self.act(self.conv1(x))).flatten(1)  # (n, G*G)
-        return F.normalize(logits, dim=1).log_softmax(dim=1)
+        logits = F.normalize(self.conv2(self.act(self.conv1(x))).flatten(1), dim=1)  # (n, G*G)
+        if prior is not None:
+            logits = logits + PRIOR_WEIGHT * prior
+        return logits.log_softmax(dim=1)
 
 
 @register_strategy(
@@ -192,6 +228,14 @@ class _LocationModule(nn.Module):
             doc="backbone: dense_cnn's residual blocks, or one strided conv per stage (cheaper per view)",
         ),
         "embed_dim": ParamSpec("int", 8, 256, default=32, doc="feature dimension of a view"),
+        "norm": ParamSpec(
+            "choice", choices=NORMS, default="group",
+            doc="backbone norm: GroupNorm per view, or BatchNorm with statistics of its own per level",
+        ),
+        "location_prior": ParamSpec(
+            "choice", choices=LOCATION_PRIORS, default="none",
+            doc="an image-driven prior added to the location logits: none, or each cell's foreground (stain)",
+        ),
         "pooling": ParamSpec("choice", choices=("mean", "attention"), default="mean", doc="how view features are combined"),
         "gumbel_explore": ParamSpec("bool", default=True, doc="sample cells by Gumbel top-k while training (else top-k)"),
         "glimpse_loss_weight": ParamSpec("float", 0.0, 2.0, default=0.5, doc="weight of the per-glimpse cross-entropy"),
@@ -221,6 +265,8 @@ class TNetTraversal(CountedKModel):
         embed_dim: int,
         pooling: str,
         encoder: str,
+        norm: str,
+        location_prior: str,
         gumbel_explore: bool,
         glimpse_loss_weight: float,
         reinforce_weight: float,
@@ -241,14 +287,20 @@ class TNetTraversal(CountedKModel):
         self.in_channels, self.num_classes = in_channels, num_classes
         self.base_resolution, self.grid_size, self.levels = base_resolution, grid_size, levels
         self.overlap, self.width, self.stages, self.embed_dim, self.pooling = overlap, width, stages, embed_dim, pooling
-        self.encoder = encoder
+        if norm not in NORMS:
+            raise ValueError(f"norm={norm!r} must be one of {NORMS}")
+        if location_prior not in LOCATION_PRIORS:
+            raise ValueError(f"location_prior={location_prior!r} must be one of {LOCATION_PRIORS}")
+        self.encoder, self.location_prior = encoder, location_prior
         self.gumbel_explore = gumbel_explore
         self.glimpse_loss_weight, self.reinforce_weight = glimpse_loss_weight, reinforce_weight
         self.glimpse_reward_share, self.baseline_decay = glimpse_reward_share, baseline_decay
         self.map_side = map_side
         self._k = regions
 
-        self.backbone = _Backbone(in_channels=in_channels, width=width, stages=stages, embed_dim=embed_dim, encoder=encoder)
+        self.norm = norm
+        self.backbone = _Backbone(in_channels=in_channels, width=width, stages=stages, embed_dim=embed_dim, encoder=encoder,
+                                  norm=norm, levels=levels)
         self.locate = _LocationModule(
             map_channels=self.backbone.map_channels, map_side=map_side, embed_dim=embed_dim, grid_size=grid_size, overlap=overlap
         )
@@ -262,6 +314,8 @@ class TNetTraversal(CountedKModel):
         axis = _cell_offsets(grid_size, overlap)
         yy, xx = torch.meshgrid(axis, axis, indexing="ij")
         self.register_buffer("cell_offsets", torch.stack([yy.flatten(), xx.flatten()], dim=1), persistent=False)
+        # Averages a base-resolution view over each cell's interval: the foreground prior's pooling.
+        self.register_buffer("view_pool", _cell_pooling(base_resolution, grid_size, overlap), persistent=False)
         # Moving average of the REINFORCE reward; starts at chance accuracy.
         self.register_buffer("reward_baseline", torch.tensor(1.0 / num_classes))
         self._cache: dict[str, torch.Tensor] | None = None
@@ -294,16 +348,18 @@ class TNetTraversal(CountedKModel):
         """Run every level; return view tokens (B, N, D), view centres per level (B, k**level, 2), and
         each glimpse's log pi (B, N - 1), views ordered level by level and parent-major within a level."""
         B, k = images.shape[0], self._k
+        background = None if self.location_prior == "none" else _border_median(images)  # (B, C)
         centres = images.new_zeros(B, 1, 2)  # (B, n, 2) view centres (y, x) in [-1, 1]
-        feat, fmap = self._look(images, centres, level=0)  # (B, n, D), (B*n, C_map, s, s)
+        feat, fmap, views = self._look(images, centres, level=0)  # (B, n, D), (B*n, C_map, s, s), (B*n, C, b, b)
         content, position, all_centres, logps = [feat], [self._position(centres, 0)], [centres], []
         for level in range(1, self.levels):
             n = centres.shape[1]
-            log_pi = self.locate(fmap, feat.flatten(0, 1))  # (B*n, G2): one distribution per parent view
+            prior = None if background is None else self._foreground(views, background)
+            log_pi = self.locate(fmap, feat.flatten(0, 1), prior)  # (B*n, G2): one distribution per parent view
             cell, logp = self._choose(log_pi)  # (B*n, k) each
             offsets = self.cell_offsets[cell] * self.half_sizes[level - 1]  # (B*n, k, 2)
             centres = (centres.reshape(B * n, 1, 2) + offsets).reshape(B, n * k, 2)
-            feat, fmap = self._look(images, centres, level)
+            feat, fmap, views = self._look(images, centres, level)
             content.append(feat)
             position.append(self._position(centres, level))
             all_centres.append(centres)
@@ -372,10 +428,29 @@ class TNetTraversal(CountedKModel):
         out = torch.bmm(col_weight.reshape(B * n * b, 1, taps), picked)  # (B * n * b_x, 1, b_y * C)
         return out.reshape(B * n, b, b, C).permute(0, 3, 2, 1)  # (B * n, C, b_y, b_x)
 
-    def _look(self, images: torch.Tensor, centres: torch.Tensor, level: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Crop every view (B, n, 2 centres) at this level's size, resize to base, run the backbone."""
-        feat, fmap = self.backbone(self._crops(images, centres, level))
-        return feat.reshape(images.shape[0], centres.shape[1], -1), fmap
+    def _look(self, images: torch.Tensor, centres: torch.Tensor, level: int) -> tuple[torch.Tensor, ...]:
+        """Crop every view (B, n, 2 centres) at this level's size, resize to base, run the backbone:
+        the views' features (B, n, D), mid-network maps and the views themselves (B*n, C, b, b)."""
+        views = self._crops(images, centres, level)
+        self.backbone.set_level(level)
+        feat, fmap = self.backbone(views)
+        return feat.reshape(images.shape[0], centres.shape[1], -1), fmap, views
+
+    def _foreground(self, views: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
+        """(B*n, G*G) the foreground prior: each cell's mean |pixel - background| over its view (the
+        image's border median, as span_pyramid's ``foreground`` score), standardised per view."""
+        bg = background.repeat_interleave(views.shape[0] // background.shape[0], dim=0)  # (B*n, C)
+        away = (views - bg[:, :, None, None]).abs().mean(dim=1)  # (B*n, b, b)
+        cells = (self.view_pool @ away @ self.view_pool.T).flatten(1)  # (B*n, G*G)
+        return (cells - cells.mean(dim=1, keepdim=True)) / (cells.std(dim=1, keepdim=True) + 1e-6)
+
+    def prior_flops(self) -> float:
+        """FLOPs of the foreground prior on one split view (0 without it): its two pooling matmuls (the
+        distance to the background is elementwise, uncounted like the norms)."""
+        if self.location_prior == "none":
+            return 0.0
+        b, G = self.base_resolution, self.grid_size
+        return 2.0 * G * b * b + 2.0 * G * b * G
 
     def crop_flops(self, H: int, W: int) -> float:
         """FLOPs of sampling every view of one H x W image: per view and level, 2 per tap of each row
@@ -450,4 +525,5 @@ class TNetTraversal(CountedKModel):
         split_views = views - self._k ** (self.levels - 1)  # every view but the last level's
         per_view = backbone + linear_flops(1, _PE_DIM, D) + (linear_flops(1, D, 1) if self.pool_score else 0.0)
         crops = self.crop_flops(*images.shape[2:])
+        location += self.prior_flops()
         return crops + views * per_view + split_views * location + linear_flops(1, D, self.num_classes)

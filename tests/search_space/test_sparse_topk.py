@@ -106,7 +106,7 @@ def test_used_map_marks_the_k_selected_pixels(k_fraction: float) -> None:
 def test_k_bounds_and_set_k() -> None:
     model = build_model(tiny(k_fraction=0.1), 1, 2, 32)
     low, high = model.k_bounds()
-    assert (low, high) == (11, 1024)  # max(4, ceil(1% of 1024)), H*W
+    assert (low, high) == (4, 1024)  # MIN_TOKENS, H*W
     assert model.k == 102
     model.set_k(low)
     images = torch.randn(2, 1, 32, 32)

@@ -41,6 +41,9 @@ def test_forward_backward_reaches_every_parameter(channels: int, size: int) -> N
         {"gumbel_explore": True},
         {"stages": 1},
         {"stages": 4, "base_resolution": 16},
+        {"norm": "batch", "levels": 3, "grid_size": 3},
+        {"location_prior": "foreground", "levels": 3, "grid_size": 3},
+        {"norm": "batch", "encoder": "plain"},
     ],
 )
 def test_variants_run(overrides: dict) -> None:
@@ -55,6 +58,35 @@ def test_backbone_is_dense_cnns_stages_with_group_norm() -> None:
     assert len(blocks) == 3 and [b.conv2.out_channels for b in blocks] == [8, 16, 32]
     assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
     assert model.backbone.map_stage == 1 and model.backbone.map_channels == 16  # the second-to-last stage
+
+
+def test_batch_norm_keeps_statistics_of_its_own_per_level() -> None:
+    """norm: batch normalises each level by its own statistics: after a training pass the levels'
+    running means differ (the whole-image view and the crops see different content), and eval reads them."""
+    torch.manual_seed(0)
+    model = build(3, 64, levels=3, grid_size=3, norm="batch", **SMALL).train()
+    stem_norm = model.backbone.stem[1]
+    assert len(stem_norm.norms) == 3 and not any(isinstance(m, torch.nn.GroupNorm) for m in model.modules())
+    x = torch.rand(8, 3, 64, 64)
+    x[:, :, 16:48, 16:48] += 2.0  # a bright centre: crops and the whole view differ in mean
+    model(x)
+    means = [n.running_mean.clone() for n in stem_norm.norms]
+    assert all(not torch.allclose(means[0], m) for m in means[1:])
+    model.eval()
+    before = model(x)
+    stem_norm.norms[2].running_mean.add_(5.0)  # eval of the last level reads the last level's own statistics
+    assert not torch.allclose(before, model(x))
+
+
+def test_foreground_prior_points_the_untrained_location_module_at_the_stain() -> None:
+    """With location_prior: foreground, an untrained model's first glimpse lands on the one dark
+    blob of a plain frame far more often than without it (a random cell holds about 0.2 of the blob)."""
+    torch.manual_seed(0)
+    x, y = _blobs_on_a_larger_frame(64, seed=0)
+    with_prior = build(3, 32, grid_size=4, regions=1, base_resolution=8, overlap=0.4, location_prior="foreground", **SMALL)
+    without = build(3, 32, grid_size=4, regions=1, base_resolution=8, overlap=0.4, **SMALL)
+    prior, none = _blob_mass_in_chosen_cell(with_prior, x), _blob_mass_in_chosen_cell(without, x)
+    assert prior > 0.4 and prior > 1.5 * none, f"blob mass in the picked cell: {prior:.2f} against {none:.2f}"
 
 
 # --- selection structure ----------------------------------------------------------------------------
@@ -250,6 +282,8 @@ def hand_flops(model: TNetTraversal, *, channels: int, attention: bool, size: in
     backbone += 2 * c_in * dim
     m_side, m_chan = (sides[-2], chans[-2]) if stages > 1 else (base, width)
     location = 2 * m_chan * m_side * grid * (m_side + grid) + 2 * grid * grid * ((m_chan + dim + 2) * dim + dim)
+    if model.location_prior == "foreground":  # the prior's cell pooling of |view - background| on each split view
+        location += 2 * grid * base * (base + grid)
     per_view = backbone + 2 * 24 * dim + (2 * dim if attention else 0)
     views = sum(regions**level for level in range(levels))
     split = views - regions ** (levels - 1)
@@ -269,6 +303,7 @@ FLOP_CASES = [
     {"levels": 2, "pooling": "mean", "stages": 4, "width": 4, "base_resolution": 16, "grid_size": 5, "regions": 1},
     {"levels": 2, "pooling": "attention", "encoder": "plain", "grid_size": 3, "regions": 2, "base_resolution": 24},
     {"levels": 3, "pooling": "mean", "encoder": "plain", "stages": 2, "grid_size": 3, "regions": 2},
+    {"levels": 3, "pooling": "mean", "grid_size": 4, "regions": 1, "location_prior": "foreground", "norm": "batch"},
 ]
 
 
@@ -311,7 +346,10 @@ def test_only_the_crop_sampling_depends_on_image_size() -> None:
 # --- export -----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("overrides", [{"levels": 3, "grid_size": 3, "pooling": "attention"}, {}])
+@pytest.mark.parametrize(
+    "overrides",
+    [{"levels": 3, "grid_size": 3, "pooling": "attention"}, {}, {"levels": 3, "norm": "batch", "location_prior": "foreground"}],
+)
 def test_torch_export_matches_eval_model(overrides: dict) -> None:
     torch.manual_seed(0)
     assert_exports_exactly(build(3, 64, **SMALL, **overrides).eval(), torch.randn(2, 3, 64, 64))
