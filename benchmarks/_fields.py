@@ -11,6 +11,7 @@ run already in that file is not trained again: a stopped invocation resumes wher
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import multiprocessing
@@ -24,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from _doc import own_command, stamp
 from bench_headroom import MODEL, TRAINING, crop_around_target
 
 from objectives.throughput import _torch_threads, deploy_batch, interleaved_rates
@@ -85,7 +87,7 @@ def field_designs(size: int, target: int) -> list[Design]:
       1.6 target sides when the target is an eighth of the frame; base resolution 5/32 of the frame
       (the last crop at 0.77 of native); BatchNorm per level and the foreground prior on the location
       module (GroupNorm, or no prior, left it at chance on fields: docs/benchmarks.md); and its
-      ablation without the prior;
+      ablations, without the prior and with GroupNorm;
     - span_pyramid: 8-px patches (``size**2 / 64`` tokens, where windows save), patches kept by their
       foreground (six times the target's share of them), width 64, two layers;
     - sparse_topk: a stride-4 coarse map (its cost scales with the frame), k a quarter of the
@@ -103,6 +105,7 @@ def field_designs(size: int, target: int) -> list[Design]:
         Design("dense shrink 4x", {"strategy": "dense_cnn", **MODEL, "input_size": size // 4}),
         Design("tnet_traversal", tnet),
         Design("tnet_traversal, no prior", {**tnet, "location_prior": "none"}),
+        Design("tnet_traversal, GroupNorm", {**tnet, "norm": "group"}),
         Design("span_pyramid", {"strategy": "span_pyramid", "patch_size": 8, "keep_score": "foreground",
                                 "patch_embed": "conv", "keep_fraction": min(0.5, max(0.02, 6 * cell / size**2)),
                                 "window": 4, "embed_dim": 64, "num_heads": 4, "depth": 2, "k_rule": "fixed"}),
@@ -208,6 +211,24 @@ def run_tasks(tasks: list[Task], *, jobs: int, threads: int, saved: list[dict],
                       f"val {r['val']:.3f}  {r['flops'] / 1e6:7.2f} MFLOPs{sel}  {r['seconds']:.0f}s", flush=True)
     wanted = {t.key() for t in tasks}
     return [r for r in results if r["key"] in wanted]
+
+
+def invocation(args: argparse.Namespace, script: str, tasks: list[Task], **extra: object) -> tuple[dict, dict]:
+    """Train ``tasks`` (``args.jobs`` at once, resuming from ``args.out``, saving there after every run)
+    and return this invocation's record (stamp, settings, runs, wall_s, ``extra``) and the saved one."""
+    previous = json.loads(args.out.read_text()) if args.out and args.out.exists() else {}
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("results", "out")}
+    record: dict = {"stamp": stamp(own_command(script)), "settings": settings, **extra}
+    start = time.perf_counter() - previous.get("wall_s", 0.0)
+
+    def save(runs: list[dict]) -> None:
+        if args.out:
+            save_json(args.out, {**record, "runs": runs, "wall_s": time.perf_counter() - start})
+
+    record["runs"] = run_tasks(tasks, jobs=args.jobs, threads=args.threads, saved=previous.get("runs", []), save=save)
+    record["wall_s"] = time.perf_counter() - start
+    save(record["runs"])
+    return record, previous
 
 
 def save_json(path: Path, value: object) -> None:

@@ -24,13 +24,12 @@ import json
 import math
 import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _doc import markdown_table, own_command, stamp, write_section  # noqa: E402
-from _fields import FieldSet, Task, field_designs, interval, plateau, run_tasks, save_json  # noqa: E402
+from _doc import markdown_table, write_section  # noqa: E402
+from _fields import FieldSet, Task, field_designs, interval, invocation, plateau  # noqa: E402
 
 RULES = ("fixed", "schedule", "loss_trend")
 
@@ -106,19 +105,7 @@ def main() -> None:
     if args.results:
         inv = json.loads(args.results.read_text())
     else:
-        previous = json.loads(args.out.read_text()) if args.out and args.out.exists() else {}
-        settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("results", "out")}
-        inv = {"stamp": stamp(own_command("bench_adaptive_k_fields.py")), "settings": settings}
-        start = time.perf_counter() - previous.get("wall_s", 0.0)
-
-        def save(runs: list[dict]) -> None:
-            if args.out:
-                save_json(args.out, {**inv, "runs": runs, "wall_s": time.perf_counter() - start})
-
-        inv["runs"] = run_tasks(tasks_for(args), jobs=args.jobs, threads=args.threads, saved=previous.get("runs", []),
-                                save=save)
-        inv["wall_s"] = time.perf_counter() - start
-        save(inv["runs"])
+        inv = invocation(args, "bench_adaptive_k_fields.py", tasks_for(args))[0]
     body = section(inv)
     print(body)
     if not args.no_write:

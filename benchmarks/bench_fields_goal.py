@@ -44,7 +44,7 @@ from runner.data import describe_dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _doc import markdown_table, own_command, stamp, write_section  # noqa: E402
+from _doc import markdown_table, write_section  # noqa: E402
 from _fields import (  # noqa: E402
     SPARSE,
     Design,
@@ -54,8 +54,8 @@ from _fields import (  # noqa: E402
     deployable,
     field_designs,
     interval,
+    invocation,
     plateau,
-    run_tasks,
     save_json,
     shrink_at,
     throughputs,
@@ -144,7 +144,7 @@ def goal_table(inv: dict) -> tuple[str, list[str]]:
     best = max(native, key=lambda label: statistics.fmean(r["test"] for r in by[label]), default=None)
     rows, verdicts = [], []
     order = [d for d in ("dense native", "dense shrink 2x", "dense shrink 4x", "dense_vit", *SPARSE, "tnet_traversal, no prior",
-                       "ground-truth crop")
+                       "tnet_traversal, GroupNorm", "ground-truth crop")
              if d in by]
     for label in order:
         runs = by[label]
@@ -214,7 +214,7 @@ def selection_section(invocations: list[dict]) -> str | None:
     rows, short = [], []
     for inv in invocations:
         by = by_label(inv["runs"])
-        for label in (*SPARSE, "tnet_traversal, no prior"):
+        for label in (*SPARSE, "tnet_traversal, no prior", "tnet_traversal, GroupNorm"):
             runs = [r for r in by.get(label, []) if r["inside"] is not None]
             if not runs:
                 continue
@@ -270,33 +270,26 @@ def main() -> None:
 
 
 def collect(args: argparse.Namespace) -> dict:
+    """Train what is missing (dense runs from ``--headroom`` count as done), then time every design."""
     fields = field_set(args)
     designs = designs_for(fields, args.designs)
     tasks = [Task(fields, d, seed, args.epochs) for d in designs for seed in args.seeds]
-    previous = json.loads(args.out.read_text()) if args.out and args.out.exists() else {}
-    saved = previous.get("runs", [])
-    if args.headroom:
-        have = {r["key"] for r in saved}
-        saved += [r for r in from_headroom(args.headroom, tasks, fields) if r["key"] not in have]
-    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("results", "out")}
-    record = {"stamp": stamp(own_command("bench_fields_goal.py")), "set": fields.name, "settings": settings,
-              "headroom": args.headroom.name if args.headroom else None,
-              **{k: previous[k] for k in ("throughput", "throughput_note") if k in previous}}
-
-    def save(runs: list[dict]) -> None:
-        if args.out:
-            save_json(args.out, {**record, "runs": runs})
-
-    start = time.perf_counter()
-    runs = run_tasks(tasks, jobs=args.jobs, threads=args.threads, saved=saved, save=save)
-    record["runs"] = runs
+    if args.headroom and args.out:  # the headroom's runs join the saved ones before anything trains
+        previous = json.loads(args.out.read_text()) if args.out.exists() else {}
+        have = {r["key"] for r in previous.get("runs", [])}
+        runs = previous.get("runs", []) + [r for r in from_headroom(args.headroom, tasks, fields) if r["key"] not in have]
+        save_json(args.out, {**previous, "runs": runs})
+    record, previous = invocation(args, "bench_fields_goal.py", tasks, set=fields.name,
+                                  headroom=args.headroom.name if args.headroom else None)
+    for key in ("throughput", "throughput_note"):
+        if key in previous:
+            record[key] = previous[key]
     if not args.no_speed:
-        record["throughput"] = measure_speed(designs, runs, *_frame(fields), args.speed_threads)
-        record["throughput_note"] = (f"timed {time.strftime('%Y-%m-%d %H:%M')}, load average before "
-                                     f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}")
-    record["stamp"] = stamp(own_command("bench_fields_goal.py"))
-    record["wall_s"] = time.perf_counter() - start
-    save(runs)
+        record["throughput"] = measure_speed(designs, record["runs"], *_frame(fields), args.speed_threads)
+        loads = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+        record["throughput_note"] = f"timed {time.strftime('%Y-%m-%d %H:%M')}, load average before {loads}"
+    if args.out:
+        save_json(args.out, record)
     return record
 
 

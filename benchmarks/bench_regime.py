@@ -26,13 +26,12 @@ import json
 import math
 import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _doc import markdown_table, own_command, stamp, write_section  # noqa: E402
-from _fields import SPARSE, FieldSet, Task, by_label, field_designs, interval, plateau, run_tasks, save_json, shrink_at  # noqa: E402
+from _doc import markdown_table, write_section  # noqa: E402
+from _fields import SPARSE, FieldSet, Task, by_label, field_designs, interval, invocation, plateau, shrink_at  # noqa: E402
 
 SVG = Path(__file__).resolve().parents[1] / "docs" / "regime_map.svg"
 COLOURS = {"sparse_topk": "#1f77b4", "tnet_traversal": "#d62728", "span_pyramid": "#2ca02c", "tnet_traversal, prior": "#ff7f0e"}
@@ -189,22 +188,7 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=None, help="train nothing: the section from a saved invocation")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs alone")
     args = parser.parse_args()
-    if args.results:
-        inv = json.loads(args.results.read_text())
-    else:
-        previous = json.loads(args.out.read_text()) if args.out and args.out.exists() else {}
-        settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("results", "out")}
-        inv = {"stamp": stamp(own_command("bench_regime.py")), "settings": settings}
-        start = time.perf_counter() - previous.get("wall_s", 0.0)
-
-        def save(runs: list[dict]) -> None:
-            if args.out:
-                save_json(args.out, {**inv, "runs": runs, "wall_s": time.perf_counter() - start})
-
-        inv["runs"] = run_tasks(tasks_for(args), jobs=args.jobs, threads=args.threads, saved=previous.get("runs", []),
-                                save=save)
-        inv["wall_s"] = time.perf_counter() - start
-        save(inv["runs"])
+    inv = json.loads(args.results.read_text()) if args.results else invocation(args, "bench_regime.py", tasks_for(args))[0]
     curves = gaps(inv["runs"])
     body = section(inv, {k: v for k, v in curves.items() if k in SPARSE or k.startswith("tnet")})
     print(body)

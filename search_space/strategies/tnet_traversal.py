@@ -9,10 +9,22 @@ attention-pooled and classified by one linear head, shared with the per-glimpse 
 
 The backbone is the dense baseline's own encoder (``dense_cnn``'s stem and residual stages, one
 basic block per stage, ``width`` and ``stages`` searchable): the paper allows any classifier as its
-backbone, and TNet's views should be seen as well as the dense baseline sees whole images. It uses
-GroupNorm, not BatchNorm: it runs once per level on different content (a downscaled whole image,
-then crops), so BatchNorm would normalise each level by its own batch statistics in training but by
-one blended running average in eval; GroupNorm normalises each view by itself, identically in both.
+backbone, and TNet's views should be seen as well as the dense baseline sees whole images. It runs
+once per level on different content (a downscaled whole image, then crops), so one BatchNorm would
+normalise each level by its own batch statistics in training but by one blended running average in
+eval. ``norm`` chooses between two answers: ``group`` (the default) normalises each view by itself,
+identically in both; ``batch`` gives every level a BatchNorm of its own (statistics and affine; the
+convolutions are shared). GroupNorm erases what a view's overall contrast says: on synthetic fields,
+where the class is in the grain of a small cell's texture, TNet under GroupNorm stayed near chance
+and ``batch`` learns (docs/benchmarks.md, "The goal on fields", the GroupNorm ablation).
+
+``location_prior: foreground`` adds an image-driven prior to the location module's normalised
+logits: each grid cell's mean |pixel - background| over its view (the background being the
+per-channel median of the image's border, span_pyramid's ``foreground`` score), standardised per
+view, times ``PRIOR_WEIGHT``. A stained cell in a pale smear is where the stain is; REINFORCE alone
+has to find it from rewards that are noise while the classifier is at chance, and on 1%-share
+targets it never did (the "no prior" ablation in the same section). The prior starts the traversal on
+the stain, and REINFORCE learns on top of it.
 
 The location module reads an intermediate feature map, as the released code does (a mid-network map
 at grid resolution): the output of the second-to-last stage (the stem's when ``stages`` is 1), whose
