@@ -23,6 +23,12 @@ Order (each one a separate process, so one heavy job at a time; each writes its 
                                   ground-truth crop: synthetic fields and the real field sets at $WBC_FIELDS_NPZ
                                   and $PBC360_NPZ where they exist (3 seeds; about 30 minutes per set)
    ``bench_fields512.py``         a 512-px search, export and predict end to end, memory and time (~15 minutes)
+   ``bench_fields_goal.py``       the goal on fields: every design (dense native, shrinks, ViT, each sparse design,
+                                  the ground-truth crop) on 256-px synthetic fields, the headroom's dense runs
+                                  reused, and on $WBC_FIELDS_NPZ where it exists; throughput side by side (~1.5 h)
+   ``bench_adaptive_k_fields.py`` loss_trend against fixed k and a schedule on 128-px fields, 5 seeds (~15 minutes)
+   ``bench_regime.py``            the regime map: sparse against dense at equal FLOPs as the target's share of
+                                  the frame goes from 42% to 1% (3 seeds; ~40 minutes)
 3. ``bench_report.py``            report size and build time
    ``bench_hypervolume.py``       hypervolume for 2-4 objectives against brute force and the previous slicing
 4. ``bench_overhead.py``          framework overhead and parallel speed-up
@@ -93,8 +99,11 @@ def plan(export_run: Path | None, tmp: Path, pbc28_run: Path | None = None,
         ("data", [[PY, "benchmarks/bench_data.py", "--accuracy"]]),
         ("field_data", [[PY, "benchmarks/bench_field_data.py"]]),
         ("headroom", [[PY, "benchmarks/bench_headroom.py", "--sets", "fields", *real_field_sets(), "--epochs", "15",
-                       "--jobs", "2"]]),
+                       "--jobs", "2", "--out", str(tmp / "headroom.json")]]),
         ("fields512", [[PY, "benchmarks/bench_fields512.py"]]),
+        ("goal_fields", fields_goal(tmp)),
+        ("adaptive_k_fields", [[PY, "benchmarks/bench_adaptive_k_fields.py"]]),
+        ("regime", [[PY, "benchmarks/bench_regime.py", "--train", "1200", "--epochs", "8"]]),
         ("report", [[PY, "benchmarks/bench_report.py"]]),
         ("hypervolume", [[PY, "benchmarks/bench_hypervolume.py"]]),
         ("overhead", [[PY, "benchmarks/bench_overhead.py", "--trial-s", "10", "--trials", "6"]]),
@@ -114,6 +123,19 @@ def plan(export_run: Path | None, tmp: Path, pbc28_run: Path | None = None,
         ("gpu_paths", [[PY, "benchmarks/bench_gpu_paths.py"]]),
         ("reliability", [[PY, "benchmarks/bench_reliability.py"]]),
     ]
+
+
+def fields_goal(tmp: Path) -> list[list[str]]:
+    """The goal on synthetic fields (the headroom's dense runs reused) and on the real smear windows at
+    $WBC_FIELDS_NPZ where they exist, then one section from both."""
+    goal = [PY, "benchmarks/bench_fields_goal.py", "--no-write"]
+    commands = [[*goal, "--headroom", str(tmp / "headroom.json"), "--out", str(tmp / "goal_fields.json")]]
+    saved = [str(tmp / "goal_fields.json")]
+    wbc = os.environ.get("WBC_FIELDS_NPZ")
+    if wbc and Path(wbc).is_file():
+        commands.append([*goal, "--set", f"npz:{wbc}", "--train", "1500", "--epochs", "12", "--out", str(tmp / "goal_wbc.json")])
+        saved.append(str(tmp / "goal_wbc.json"))
+    return [*commands, [PY, "benchmarks/bench_fields_goal.py", "--results", *saved]]
 
 
 def real_field_sets() -> list[str]:
