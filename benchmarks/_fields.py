@@ -93,7 +93,8 @@ def field_designs(size: int, target: int) -> list[Design]:
     - sparse_topk: a stride-4 coarse map (its cost scales with the frame), k a quarter of the
       target's pixels (the paper keeps about 15% of a cell image), width 32 so attention is not most
       of the model;
-    - dense ViT, 16-px patches.
+    - dense ViT, 16-px patches on the 2x copy (fields.yaml's cheaper choice: at native size it costs
+      0.7x the dense CNN, and on 128-px fields it stayed at chance at native size too).
     """
     cell = math.pi * (target / 2) ** 2
     tnet = {"strategy": "tnet_traversal", "base_resolution": min(48, max(8, round(size * 5 / 32))), "grid_size": 4,
@@ -112,7 +113,8 @@ def field_designs(size: int, target: int) -> list[Design]:
         Design("sparse_topk", {"strategy": "sparse_topk", "coarse_stride": 4, "coarse_channels": 8,
                                "k_fraction": PAPER_SHARE * cell / size**2, "token_content": "patch3",
                                "embed_dim": 32, "num_heads": 2, "depth": 2, "k_rule": "fixed"}),
-        Design("dense_vit", {"strategy": "dense_vit", "patch_size": 16, "embed_dim": 64, "num_heads": 4, "depth": 2}),
+        Design("dense_vit", {"strategy": "dense_vit", "patch_size": 16, "embed_dim": 64, "num_heads": 4, "depth": 2,
+                             "input_size": size // 2}),
         Design("ground-truth crop", {"strategy": "dense_cnn", **MODEL}, crop=True),
     ]
 
@@ -155,6 +157,8 @@ class Task:
     overrides: tuple[tuple[str, object], ...] = ()
 
     def key(self) -> str:
+        """Names the run in a saved invocation: a design's label stands for its config (a changed config
+        needs a new label, or a new ``--out``)."""
         return json.dumps([asdict(self.fields), self.design.label, self.tag, self.seed, self.epochs])
 
 
