@@ -39,6 +39,9 @@ from search_space import build_model, default_config
 
 T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}  # t(0.975, n - 1)
 SPARSE = ("sparse_topk", "tnet_traversal", "span_pyramid")
+#: Every design label in the order tables list them.
+LABELS = ("dense native", "dense shrink 2x", "dense shrink 4x", "dense_vit", "tnet_traversal", "tnet_traversal, no prior",
+          "tnet_traversal, GroupNorm", "span_pyramid", "sparse_topk", "sparse_topk, no prior", "ground-truth crop")
 PAPER_SHARE = 0.25  # SparseAttnNet keeps about 15% of a cell image's pixels; its k here is 25% of the target's
 MAX_TOKENS = 256  # ... up to 8 tokens per channel of width 32, where attention pairs cost about what the MLPs do
 
@@ -93,7 +96,8 @@ def field_designs(size: int, target: int) -> list[Design]:
       foreground (six times the target's share of them, at most 7.5%), width 64, two layers;
     - sparse_topk: a stride-4 coarse map (its cost scales with the frame), k a quarter of the
       target's pixels (the paper keeps about 15% of a cell image) up to ``MAX_TOKENS``, width 32 so
-      attention is not most of the model;
+      attention is not most of the model, the foreground prior on its ranking; and its ablation
+      without the prior;
     - dense ViT, 16-px patches on the 2x copy (fields.yaml's cheaper choice: at native size it costs
       0.7x the dense CNN, and on 128-px fields it stayed at chance at native size too).
     """
@@ -101,6 +105,9 @@ def field_designs(size: int, target: int) -> list[Design]:
     tnet = {"strategy": "tnet_traversal", "base_resolution": min(48, max(8, round(size * 5 / 32))), "grid_size": 4,
             "levels": 3, "overlap": 0.45, "regions": 1, "width": 8, "stages": 3, "norm": "batch",
             "location_prior": "foreground", "k_rule": "fixed"}
+    topk = {"strategy": "sparse_topk", "coarse_stride": 4, "coarse_channels": 8,
+            "k_fraction": min(PAPER_SHARE * cell, MAX_TOKENS) / size**2, "token_content": "patch3", "embed_dim": 32,
+            "num_heads": 2, "depth": 2, "score_prior": "foreground", "k_rule": "fixed"}
     return [
         Design("dense native", {"strategy": "dense_cnn", **MODEL}),
         Design("dense shrink 2x", {"strategy": "dense_cnn", **MODEL, "input_size": size // 2}),
@@ -111,9 +118,8 @@ def field_designs(size: int, target: int) -> list[Design]:
         Design("span_pyramid", {"strategy": "span_pyramid", "patch_size": 8, "keep_score": "foreground",
                                 "patch_embed": "conv", "keep_fraction": min(0.075, max(0.02, 6 * cell / size**2)),
                                 "window": 4, "embed_dim": 64, "num_heads": 4, "depth": 2, "k_rule": "fixed"}),
-        Design("sparse_topk", {"strategy": "sparse_topk", "coarse_stride": 4, "coarse_channels": 8,
-                               "k_fraction": min(PAPER_SHARE * cell, MAX_TOKENS) / size**2, "token_content": "patch3",
-                               "embed_dim": 32, "num_heads": 2, "depth": 2, "k_rule": "fixed"}),
+        Design("sparse_topk", topk),
+        Design("sparse_topk, no prior", {**topk, "score_prior": "none"}),
         Design("dense_vit", {"strategy": "dense_vit", "patch_size": 16, "embed_dim": 64, "num_heads": 4, "depth": 2,
                              "input_size": size // 2}),
         Design("ground-truth crop", {"strategy": "dense_cnn", **MODEL}, crop=True),

@@ -46,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _doc import markdown_table, write_section  # noqa: E402
 from _fields import (  # noqa: E402
+    LABELS,
     SPARSE,
     Design,
     FieldSet,
@@ -143,9 +144,7 @@ def goal_table(inv: dict) -> tuple[str, list[str]]:
     native = [label for label in ("dense native", "dense_vit") if label in by]
     best = max(native, key=lambda label: statistics.fmean(r["test"] for r in by[label]), default=None)
     rows, verdicts = [], []
-    order = [d for d in ("dense native", "dense shrink 2x", "dense shrink 4x", "dense_vit", *SPARSE, "tnet_traversal, no prior",
-                       "tnet_traversal, GroupNorm", "ground-truth crop")
-             if d in by]
+    order = [label for label in LABELS if label in by]
     for label in order:
         runs = by[label]
         test, half = interval([100 * r["test"] for r in runs])
@@ -214,7 +213,7 @@ def selection_section(invocations: list[dict]) -> str | None:
     rows, short = [], []
     for inv in invocations:
         by = by_label(inv["runs"])
-        for label in (*SPARSE, "tnet_traversal, no prior", "tnet_traversal, GroupNorm"):
+        for label in LABELS:
             runs = [r for r in by.get(label, []) if r["inside"] is not None]
             if not runs:
                 continue

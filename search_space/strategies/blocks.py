@@ -142,6 +142,20 @@ def area_resize_flops(channels: int, h_in: int, w_in: int, h_out: int, w_out: in
     return float(channels * _window_sum(h_in, h_out) * _window_sum(w_in, w_out))
 
 
+FOREGROUND_PRIOR_WEIGHT = 2.0  # a standardised foreground prior's weight, added to selection logits
+
+
+def border_background(images: torch.Tensor) -> torch.Tensor:
+    """(B, C) per-channel median of each image's border: its background (a smear's bare glass)."""
+    border = torch.cat([images[:, :, 0], images[:, :, -1], images[:, :, :, 0], images[:, :, :, -1]], dim=-1)
+    return border.median(dim=-1).values
+
+
+def standardised(scores: torch.Tensor) -> torch.Tensor:
+    """(B, N) scores shifted and scaled to mean 0 and standard deviation 1 per row."""
+    return (scores - scores.mean(dim=1, keepdim=True)) / (scores.std(dim=1, keepdim=True) + 1e-6)
+
+
 def top_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Indices of the ``k`` largest ``scores`` along dim 1, best first, ties in index order.
 

@@ -84,7 +84,7 @@ from torch import nn
 
 from search_space.k_rules import k_rule_class
 from search_space.strategies.base import CountedKModel, ParamSpec, eval_mode, register_strategy, transformer_params
-from search_space.strategies.blocks import ClassifierHead, Mlp, conv2d_flops, linear_flops, top_indices
+from search_space.strategies.blocks import ClassifierHead, Mlp, border_background, conv2d_flops, linear_flops, top_indices
 
 KEEP_SCORES = ("foreground", "variance", "learned")
 PATCH_EMBEDS = ("linear", "conv")
@@ -399,8 +399,7 @@ class SpanPyramid(CountedKModel):
         pix = patches.reshape(B, patches.shape[1], C, -1)  # (B, n, C, p*p)
         if self.keep_score == "variance":
             return pix.var(dim=-1, unbiased=False).mean(dim=-1)
-        border = torch.cat([images[:, :, 0], images[:, :, -1], images[:, :, :, 0], images[:, :, :, -1]], dim=-1)
-        background = border.median(dim=-1).values  # (B, C)
+        background = border_background(images)  # (B, C)
         return (pix - background[:, None, :, None]).abs().mean(dim=(2, 3))
 
     @staticmethod

@@ -52,18 +52,22 @@ from torch import nn
 from search_space.k_rules import k_rule_class
 from search_space.strategies.base import CountedKModel, ParamSpec, eval_mode, register_strategy, transformer_params
 from search_space.strategies.blocks import (
+    FOREGROUND_PRIOR_WEIGHT,
     ClassifierHead,
     TransformerBlock,
     bilinear_flops,
     block_flops,
+    border_background,
     conv2d_flops,
     linear_flops,
+    standardised,
     top_indices,
 )
 
 RATIO_LOSS_WEIGHT = 2.0  # DynamicViT's weight on the keep-ratio loss
 TOKEN_CONTENTS = ("pixel", "patch3", "coarse_features")
 MIN_TOKENS = 4  # the fewest pixels a model keeps, whatever the frame
+SCORE_PRIORS = ("none", "foreground")
 
 
 class CoarseSelector(nn.Module):
@@ -158,6 +162,10 @@ class FourierXYV(nn.Module):
             "float", low=0.0, high=0.5, default=0.05, doc="training-only share of k given to random pixels"
         ),
         "st_gating": ParamSpec("bool", default=True, doc="straight-through gate so the class loss reaches the selector"),
+        "score_prior": ParamSpec(
+            "choice", choices=SCORE_PRIORS, default="none",
+            doc="an image-driven prior added to the coarse logits when ranking: none, or each pixel's foreground (stain)",
+        ),
     },
     doc="SparseAttnNet: coarse CNN picks top-k pixels, a transformer classifies them as tokens.",
 )
@@ -185,6 +193,7 @@ class SparseTopK(CountedKModel):
         negatives: int,
         explore_fraction: float,
         st_gating: bool,
+        score_prior: str = "none",
         k_rule: str = "fixed",
         k_rule_config: dict | None = None,
     ) -> None:
@@ -195,6 +204,9 @@ class SparseTopK(CountedKModel):
         self.num_pixels = image_size * image_size
         self.distill_loss, self.distill_weight = distill_loss, distill_weight
         self.negatives, self.explore_fraction, self.st_gating = negatives, explore_fraction, st_gating
+        if score_prior not in SCORE_PRIORS:
+            raise ValueError(f"score_prior={score_prior!r} must be one of {SCORE_PRIORS}")
+        self.score_prior = score_prior
         self.k_rule, self.k_rule_config = k_rule, dict(k_rule_config or {})
         self.rule = k_rule_class(k_rule)  # what the rule does, asked of the rule, not of its name
         self.k_settings = self.rule.settings(self.k_rule_config)  # checked once, read every step
@@ -241,7 +253,7 @@ class SparseTopK(CountedKModel):
         B, _, H, W = images.shape
         z, features = self.selector(images)  # (B, H*W) coarse logits, (B, channels, h, w)
         K = min(self._k, H * W)
-        idx = top_indices(z, K)  # (B, K), sorted high to low
+        idx = top_indices(self._ranking(images, z), K)  # (B, K), sorted high to low
         out = {"z": z, "features": features, "idx": idx}
         if self.per_image:  # each image keeps a prefix of its K ranked candidates
             scores = self.rule.keep_scores(z)  # (B, H*W): a distribution (top_p), keep probabilities (ratio)
@@ -256,6 +268,14 @@ class SparseTopK(CountedKModel):
             if self.per_image:  # exploration slots always take part
                 out["valid"] = out["valid"] | (torch.arange(K, device=z.device) >= K - n_explore)[None, :]
         return out
+
+    def _ranking(self, images: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """(B, H*W) what the top-k ranks: the coarse logits, plus under ``score_prior: foreground`` each
+        pixel's mean |value - background| standardised per image (the distillation still trains z alone)."""
+        if self.score_prior == "none":
+            return z
+        away = (images - border_background(images)[:, :, None, None]).abs().mean(dim=1).flatten(1)  # (B, H*W)
+        return z + FOREGROUND_PRIOR_WEIGHT * standardised(away)
 
     def _content(self, images: torch.Tensor, features: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
         """What each kept pixel's token carries, by ``token_content``: (B, K) rows and columns -> (B, K, content_dim).

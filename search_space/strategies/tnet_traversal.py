@@ -21,7 +21,7 @@ and ``batch`` learns (docs/benchmarks.md, "The goal on fields", the GroupNorm ab
 ``location_prior: foreground`` adds an image-driven prior to the location module's normalised
 logits: each grid cell's mean |pixel - background| over its view (the background being the
 per-channel median of the image's border, span_pyramid's ``foreground`` score), standardised per
-view, times ``PRIOR_WEIGHT``. A stained cell in a pale smear is where the stain is; REINFORCE alone
+view, times ``FOREGROUND_PRIOR_WEIGHT``. A stained cell in a pale smear is where the stain is; REINFORCE alone
 has to find it from rewards that are noise while the classifier is at chance, and on 1%-share
 targets it never did (the "no prior" ablation in the same section). The prior starts the traversal on
 the stain, and REINFORCE learns on top of it.
@@ -91,14 +91,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from search_space.strategies.base import CountedKModel, ParamSpec, register_strategy
-from search_space.strategies.blocks import ClassifierHead, conv2d_flops, linear_flops, top_indices
+from search_space.strategies.blocks import (
+    FOREGROUND_PRIOR_WEIGHT,
+    ClassifierHead,
+    border_background,
+    conv2d_flops,
+    linear_flops,
+    standardised,
+    top_indices,
+)
 from search_space.strategies.dense_cnn import conv_stem, residual_stages, residual_stages_flops
 
 _PE_FREQS = (1.0, 2.0, 4.0, 8.0)  # sine/cosine frequencies (in units of pi/2) per (y, x, level) coordinate
 _PE_DIM = 3 * 2 * len(_PE_FREQS)
 _MAX_SUPERSAMPLE = 4
 LOCATION_PRIORS = ("none", "foreground")
-PRIOR_WEIGHT = 2.0  # weight of the standardised foreground prior, against normalised logits (each within [-1, 1])
 
 
 def _group_norm(channels: int) -> nn.GroupNorm:
@@ -117,12 +124,6 @@ def _cell_pooling(side: int, grid_size: int, overlap: float) -> torch.Tensor:
     edges = torch.linspace(-1.0, 1.0, side + 1)
     covered = (torch.minimum(hi[:, None], edges[None, 1:]) - torch.maximum(lo[:, None], edges[None, :-1])).clamp(min=0)
     return covered / covered.sum(dim=1, keepdim=True)
-
-
-def _border_median(images: torch.Tensor) -> torch.Tensor:
-    """(B, C) per-channel median of each image's border: its background."""
-    border = torch.cat([images[:, :, 0], images[:, :, -1], images[:, :, :, 0], images[:, :, :, -1]], dim=-1)
-    return border.median(dim=-1).values
 
 
 class _LevelBatchNorm(nn.Module):
@@ -219,7 +220,7 @@ class _LocationModule(nn.Module):
         x = torch.cat([cells, feat.detach()[:, :, None, None].expand(-1, -1, G, G), self.cell_coords.expand(n, -1, -1, -1)], 1)
         logits = F.normalize(self.conv2(self.act(self.conv1(x))).flatten(1), dim=1)  # (n, G*G)
         if prior is not None:
-            logits = logits + PRIOR_WEIGHT * prior
+            logits = logits + FOREGROUND_PRIOR_WEIGHT * prior  # against normalised logits, each within [-1, 1]
         return logits.log_softmax(dim=1)
 
 
@@ -360,7 +361,7 @@ class TNetTraversal(CountedKModel):
         """Run every level; return view tokens (B, N, D), view centres per level (B, k**level, 2), and
         each glimpse's log pi (B, N - 1), views ordered level by level and parent-major within a level."""
         B, k = images.shape[0], self._k
-        background = None if self.location_prior == "none" else _border_median(images)  # (B, C)
+        background = None if self.location_prior == "none" else border_background(images)  # (B, C)
         centres = images.new_zeros(B, 1, 2)  # (B, n, 2) view centres (y, x) in [-1, 1]
         feat, fmap, views = self._look(images, centres, level=0)  # (B, n, D), (B*n, C_map, s, s), (B*n, C, b, b)
         content, position, all_centres, logps = [feat], [self._position(centres, 0)], [centres], []
@@ -454,7 +455,7 @@ class TNetTraversal(CountedKModel):
         bg = background.repeat_interleave(views.shape[0] // background.shape[0], dim=0)  # (B*n, C)
         away = (views - bg[:, :, None, None]).abs().mean(dim=1)  # (B*n, b, b)
         cells = (self.view_pool @ away @ self.view_pool.T).flatten(1)  # (B*n, G*G)
-        return (cells - cells.mean(dim=1, keepdim=True)) / (cells.std(dim=1, keepdim=True) + 1e-6)
+        return standardised(cells)
 
     def prior_flops(self) -> float:
         """FLOPs of the foreground prior on one split view (0 without it): its two pooling matmuls (the
