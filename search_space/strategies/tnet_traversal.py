@@ -21,10 +21,10 @@ and ``batch`` learns (docs/benchmarks.md, "The goal on fields", the GroupNorm ab
 ``location_prior: foreground`` adds an image-driven prior to the location module's normalised
 logits: each grid cell's mean |pixel - background| over its view (the background being the
 per-channel median of the image's border, span_pyramid's ``foreground`` score), standardised per
-view, times ``FOREGROUND_PRIOR_WEIGHT``. A stained cell in a pale smear is where the stain is; REINFORCE alone
-has to find it from rewards that are noise while the classifier is at chance, and on 1%-share
-targets it never did (the "no prior" ablation in the same section). The prior starts the traversal on
-the stain, and REINFORCE learns on top of it.
+view, times ``FOREGROUND_PRIOR_WEIGHT``. A stained cell in a pale smear is where the stain is;
+REINFORCE alone has to find it from rewards that are noise while the classifier is at chance, and on
+1%-share targets it never did (the "no prior" ablation in the same section). The prior starts the
+traversal on the stain, and REINFORCE learns on top of it.
 
 The location module reads an intermediate feature map, as the released code does (a mid-network map
 at grid resolution): the output of the second-to-last stage (the stem's when ``stages`` is 1), whose
@@ -155,7 +155,7 @@ ENCODERS = ("residual", "plain")
 
 def _plain_stages(width: int, stages: int, norm_layer: Callable[[int], nn.Module] = _group_norm) -> list[nn.Module]:
     """The compact encoder's stages: nothing at stage 0 (the stem is its first conv), then one
-    3x3 conv -> GroupNorm -> ReLU per stage, stride 2, channels doubled (``width * 2**s`` out)."""
+    3x3 conv -> norm -> ReLU per stage, stride 2, channels doubled (``width * 2**s`` out)."""
     out: list[nn.Module] = [nn.Identity()]
     for s in range(1, stages):
         c_in, c_out = width * 2 ** (s - 1), width * 2**s
@@ -175,7 +175,7 @@ def encoder_stages_flops(base: int, *, encoder: str, width: int, stages: int) ->
 
 
 class _Backbone(nn.Module):
-    """The encoder at base resolution (a stem, then ``stages`` stages, GroupNorm): a pooled feature and a
+    """The encoder at base resolution (a stem, then ``stages`` stages, GroupNorm or BatchNorm per level): a pooled feature and a
     mid-network map. ``residual``: dense_cnn's basic blocks; ``plain``: one strided conv per stage."""
 
     def __init__(self, *, in_channels: int, width: int, stages: int, embed_dim: int, encoder: str = "residual",
