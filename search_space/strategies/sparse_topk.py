@@ -20,6 +20,13 @@ top-k and others get their turn. KL over the kept pixels is shift-invariant, so 
 move kept against unkept pixels, and on synthetic blob images it often locked onto its first
 (background) choice.
 
+``score_prior: foreground`` ranks pixels by the coarse logits plus ``FOREGROUND_PRIOR_WEIGHT`` times
+each pixel's mean |value - background| (the image border's per-channel median), standardised per
+image: the stain a smear's white cell carries. The distillation still trains the logits alone. On
+256-px synthetic fields, where the target is 1.2% of the frame, the distilled map alone never found
+it (0.0x random's share of the kept pixels on the target, 3 seeds; docs/benchmarks.md, "The goal on
+fields").
+
 k is set by a k-adaptation rule. Rules that change k during training (fixed, loss_trend, schedule)
 call ``set_k``. Per-image rules (``top_p``, ``ratio``) keep the static top-``k`` candidates and
 mask out, per image, the ones past that image's count, so shapes stay static (export-friendly);
