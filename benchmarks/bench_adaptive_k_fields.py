@@ -53,6 +53,20 @@ def paired(runs: list[dict], other: str) -> dict[str, tuple[float, float]]:
     return {"acc": interval(acc), "saved": interval(saved), "seeds": len(seeds)}
 
 
+def reading(runs: list[dict]) -> str:
+    """What the paired figures rest on: how often loss_trend stopped at its floor, and how many seeds
+    stayed near chance under every rule (they make the spread bimodal)."""
+    trend = [r for r in runs if r["tag"] == "loss_trend"]
+    fixed = {r["seed"]: r for r in runs if r["tag"] == "fixed"}
+    at_floor = sum(1 for r in trend if r["seed"] in fixed and r["k_final"] <= max(1, round(
+        r["config"]["k_min_fraction"] * fixed[r["seed"]]["k_final"])))
+    chance = 1 / 5 + 0.05  # five classes, and five points of slack
+    stuck = [s for s in sorted({r["seed"] for r in runs}) if all(r["test"] <= chance for r in runs if r["seed"] == s)]
+    return (f"loss_trend ended at its floor (k_min_fraction of the initial k) in {at_floor} of {len(trend)} seeds, "
+            f"and {len(stuck)} of {len({r['seed'] for r in runs})} seeds stayed within 5 points of chance under every "
+            "rule: the intervals carry that split")
+
+
 def section(inv: dict) -> str:
     a, runs = inv["settings"], inv["runs"]
     rows = []
@@ -72,6 +86,7 @@ def section(inv: dict) -> str:
             pairs.append([f"loss_trend - {other}", f"{p['acc'][0]:+.1f} ± {p['acc'][1]:.1f}",
                           f"{p['saved'][0]:.0f}% ± {p['saved'][1]:.0f}", p["seeds"]])
     short = "; ".join(f"against {row[0].split(' - ')[1]}: accuracy {row[1]} points, FLOPs saved {row[2]}" for row in pairs)
+    short += ". " + reading(runs)
     return (f"{inv['stamp']} {len(runs)} runs, {a['jobs']} at once, {a['threads']} torch thread(s) each; "
             f"{inv['wall_s'] / 60:.0f} min.\n\n"
             f"**In short:** {a['design']} on {a['size']}-px synthetic fields (target {a['target']} px), loss_trend "

@@ -141,3 +141,13 @@ def test_the_sparse_field_designs_cost_at_most_a_quarter_of_the_native_dense_cnn
     tnet = build_model(next(d for d in _fields.field_designs(size, target) if d.label == "tnet_traversal").config, 3, 5, size)
     last_crop = size * tnet.half_sizes[-1]
     assert 0.7 < tnet.base_resolution / last_crop <= 1.0  # the last level reads near-native pixels
+
+
+def test_adaptive_k_says_when_the_rule_sat_on_its_floor_and_which_seeds_never_learned() -> None:
+    runs = []
+    for seed, (fixed, trend, k) in enumerate([(0.50, 0.49, 5), (0.19, 0.21, 5), (0.55, 0.56, 9)]):
+        runs.append({**run("span_pyramid", fixed, 10e6, seed, tag="fixed"), "k_final": 20})
+        runs.append({**run("span_pyramid", trend, 6e6, seed, tag="loss_trend"), "k_final": k,
+                     "config": {"k_min_fraction": 0.25}})
+    text = adaptive.reading(runs)
+    assert "floor (k_min_fraction of the initial k) in 2 of 3 seeds" in text and "1 of 3 seeds stayed" in text
