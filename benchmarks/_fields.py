@@ -224,6 +224,22 @@ def run_tasks(tasks: list[Task], *, jobs: int, threads: int, saved: list[dict],
     return [r for r in results if r["key"] in wanted]
 
 
+def add_run_arguments(parser: argparse.ArgumentParser, *, seeds: list[int], epochs: int, train: int,
+                      val: int = 300, test: int = 500) -> None:
+    """The flags every field benchmark takes: the data's size and difficulty, seeds, epochs, how many runs
+    at once, where the invocation is saved, and ``--results``/``--no-write``."""
+    parser.add_argument("--difficulty", type=float, default=0.3)
+    parser.add_argument("--train", type=int, default=train)
+    parser.add_argument("--val", type=int, default=val)
+    parser.add_argument("--test", type=int, default=test)
+    parser.add_argument("--seeds", type=int, nargs="+", default=seeds)
+    parser.add_argument("--epochs", type=int, default=epochs)
+    parser.add_argument("--jobs", type=int, default=2, help="runs at once, each in a process of its own")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    parser.add_argument("--out", type=Path, default=None, help="save this invocation here (after every run; resumes)")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave docs alone")
+
+
 def invocation(args: argparse.Namespace, script: str, tasks: list[Task], **extra: object) -> tuple[dict, dict]:
     """Train ``tasks`` (``args.jobs`` at once, resuming from ``args.out``, saving there after every run)
     and return this invocation's record (stamp, settings, runs, wall_s, ``extra``) and the saved one."""

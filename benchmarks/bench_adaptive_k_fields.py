@@ -29,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _doc import markdown_table, write_section  # noqa: E402
-from _fields import FieldSet, Task, field_designs, interval, invocation, plateau  # noqa: E402
+from _fields import FieldSet, Task, add_run_arguments, field_designs, interval, invocation, plateau  # noqa: E402
 
 RULES = ("fixed", "schedule", "loss_trend")
 
@@ -105,17 +105,8 @@ def main() -> None:
     parser.add_argument("--design", default="span_pyramid", help="a sparse design label of _fields.field_designs")
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--target", type=int, default=16)
-    parser.add_argument("--difficulty", type=float, default=0.3)
-    parser.add_argument("--train", type=int, default=2000)
-    parser.add_argument("--val", type=int, default=300)
-    parser.add_argument("--test", type=int, default=500)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--epochs", type=int, default=15)
-    parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=None, help="save this invocation here (after every run; resumes)")
+    add_run_arguments(parser, seeds=[0, 1, 2, 3, 4], epochs=15, train=2000)
     parser.add_argument("--results", type=Path, default=None, help="train nothing: the section from a saved invocation")
-    parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = parser.parse_args()
     if args.results:
         inv = json.loads(args.results.read_text())

@@ -16,7 +16,7 @@ with the dense accuracy interpolated in log FLOPs between its sizes (a sparse de
 dense accuracy of the same seed taken at the design's FLOPs). Written to docs/benchmarks.md and as a
 plot, ``docs/regime_map.svg``, that README shows.
 
-    python benchmarks/bench_regime.py [--size 128] [--targets 96 64 40 24 16] [--seeds 0 1 2] [--epochs 12] --out RUN.json
+    python benchmarks/bench_regime.py [--size 128] [--targets 96 64 40 24 16] [--seeds 0 1 2] [--epochs 10] --out RUN.json
     python benchmarks/bench_regime.py --results RUN.json          # the section and the plot from a saved invocation
 """
 
@@ -32,7 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _doc import markdown_table, write_section  # noqa: E402
-from _fields import SPARSE, FieldSet, Task, by_label, field_designs, interval, invocation, plateau, shrink_at  # noqa: E402
+from _fields import SPARSE, FieldSet, Task, add_run_arguments, by_label, field_designs, interval, invocation, plateau, shrink_at  # noqa: E402
 
 SVG = Path(__file__).resolve().parents[1] / "docs" / "regime_map.svg"
 COLOURS = {"sparse_topk": "#1f77b4", "tnet_traversal": "#d62728", "span_pyramid": "#2ca02c", "tnet_traversal, prior": "#ff7f0e"}
@@ -184,18 +184,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=128, help="frame side")
     parser.add_argument("--targets", type=int, nargs="+", default=[96, 64, 40, 24, 16], help="target cell sides, px")
-    parser.add_argument("--difficulty", type=float, default=0.3)
-    parser.add_argument("--train", type=int, default=2000)
-    parser.add_argument("--val", type=int, default=300)
-    parser.add_argument("--test", type=int, default=500)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=12)
+    add_run_arguments(parser, seeds=[0, 1, 2], epochs=10, train=1500)
     parser.add_argument("--designs", nargs="+", default=None, help="only these design labels (dense ones are needed)")
-    parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=None, help="save this invocation here (after every run; resumes)")
     parser.add_argument("--results", type=Path, default=None, help="train nothing: the section from a saved invocation")
-    parser.add_argument("--no-write", action="store_true", help="print only; leave docs alone")
     args = parser.parse_args()
     inv = json.loads(args.results.read_text()) if args.results else invocation(args, "bench_regime.py", tasks_for(args))[0]
     curves = gaps(inv["runs"])
