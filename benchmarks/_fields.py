@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from _doc import own_command, stamp
 from bench_headroom import MODEL, TRAINING, crop_around_target
+from bench_selection import selection_share
 
 from objectives.throughput import _torch_threads, deploy_batch, interleaved_rates
 from runner.data import SYNTHETIC_CLASSES, CellDataset, load_dataset
@@ -37,7 +38,6 @@ from runner.engine.deploy import PREPARE
 from runner.engine.trial import run_trial
 from search_space import build_model, default_config
 
-T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}  # t(0.975, n - 1)
 SPARSE = ("sparse_topk", "tnet_traversal", "span_pyramid")
 #: Every design label in the order tables list them.
 LABELS = ("dense native", "dense shrink 2x", "dense shrink 4x", "dense_vit", "tnet_traversal", "tnet_traversal, no prior",
@@ -169,12 +169,6 @@ class Task:
         return json.dumps([asdict(self.fields), self.design.label, self.tag, self.seed, self.epochs])
 
 
-def selection_share(used: torch.Tensor, mask: torch.Tensor) -> tuple[float, float]:
-    """(share of the used-map mass on the target, the target's share of the frame)."""
-    inside = float((used * mask).sum() / used.sum().clamp_min(1e-12))
-    return inside, float(mask.mean())
-
-
 def train(task: Task, threads: int = 1) -> dict:
     """Train one task with the project's trial loop; its accuracy, FLOPs, plateau tail and selection."""
     torch.set_num_threads(threads)
@@ -266,14 +260,6 @@ def save_json(path: Path, value: object) -> None:
 
 
 # ----- summaries -------------------------------------------------------------------------------------
-def interval(values: list[float]) -> tuple[float, float]:
-    """Mean and the half-width of its 95% interval (t distribution; 0 for a single value)."""
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return mean, 0.0
-    return mean, T95.get(len(values) - 1, 1.96) * statistics.stdev(values) / math.sqrt(len(values))
-
-
 def by_label(runs: list[dict]) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {}
     for r in runs:

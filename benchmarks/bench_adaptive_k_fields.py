@@ -29,7 +29,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _doc import markdown_table, write_section  # noqa: E402
-from _fields import FieldSet, Task, add_run_arguments, field_designs, interval, invocation, plateau  # noqa: E402
+from _fields import FieldSet, Task, add_run_arguments, field_designs, invocation, plateau  # noqa: E402
+from bench_headroom import interval  # noqa: E402
 
 RULES = ("fixed", "schedule", "loss_trend")
 

@@ -54,13 +54,13 @@ from _fields import (  # noqa: E402
     by_label,
     deployable,
     field_designs,
-    interval,
     invocation,
     plateau,
     save_json,
     shrink_at,
     throughputs,
 )
+from bench_headroom import interval  # noqa: E402
 
 WITHIN, ABOVE, FLOPS_SHARE, SPEEDUP, SELECTION = 1.0, 3.0, 0.25, 2.0, 5.0
 HEADROOM_LABELS = {"native": "dense native", "shrink 2x": "dense shrink 2x", "shrink 4x": "dense shrink 4x",

@@ -32,7 +32,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _doc import markdown_table, write_section  # noqa: E402
-from _fields import SPARSE, FieldSet, Task, add_run_arguments, by_label, field_designs, interval, invocation, plateau, shrink_at  # noqa: E402
+from _fields import SPARSE, FieldSet, Task, add_run_arguments, by_label, field_designs, invocation, plateau, shrink_at  # noqa: E402
+from bench_headroom import interval  # noqa: E402
 
 SVG = Path(__file__).resolve().parents[1] / "docs" / "regime_map.svg"
 COLOURS = {"sparse_topk": "#1f77b4", "tnet_traversal": "#d62728", "span_pyramid": "#2ca02c", "tnet_traversal, prior": "#ff7f0e"}

@@ -151,6 +151,11 @@ def border_background(images: torch.Tensor) -> torch.Tensor:
     return border.median(dim=-1).values
 
 
+def distance_from_background(images: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) each pixel's mean |value - background| over the channels (``background`` is (B, C))."""
+    return (images - background[:, :, None, None]).abs().mean(dim=1)
+
+
 def standardised(scores: torch.Tensor) -> torch.Tensor:
     """(B, N) scores shifted and scaled to mean 0 and standard deviation 1 per row."""
     return (scores - scores.mean(dim=1, keepdim=True)) / (scores.std(dim=1, keepdim=True) + 1e-6)

@@ -73,6 +73,7 @@ from search_space.strategies.blocks import (
     block_flops,
     border_background,
     conv2d_flops,
+    distance_from_background,
     linear_flops,
     standardised,
     top_indices,
@@ -288,7 +289,7 @@ class SparseTopK(CountedKModel):
         pixel's mean |value - background| standardised per image (the distillation still trains z alone)."""
         if self.score_prior == "none":
             return z
-        away = (images - border_background(images)[:, :, None, None]).abs().mean(dim=1).flatten(1)  # (B, H*W)
+        away = distance_from_background(images, border_background(images)).flatten(1)  # (B, H*W)
         return z + FOREGROUND_PRIOR_WEIGHT * standardised(away)
 
     def _content(self, images: torch.Tensor, features: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:

@@ -105,6 +105,7 @@ from search_space.strategies.blocks import (
     ClassifierHead,
     border_background,
     conv2d_flops,
+    distance_from_background,
     linear_flops,
     standardised,
     top_indices,
@@ -462,7 +463,7 @@ class TNetTraversal(CountedKModel):
         """(B*n, G*G) the foreground prior: each cell's mean |pixel - background| over its view (the
         image's border median, as span_pyramid's ``foreground`` score), standardised per view."""
         bg = background.repeat_interleave(views.shape[0] // background.shape[0], dim=0)  # (B*n, C)
-        away = (views - bg[:, :, None, None]).abs().mean(dim=1)  # (B*n, b, b)
+        away = distance_from_background(views, bg)  # (B*n, b, b)
         cells = (self.view_pool @ away @ self.view_pool.T).flatten(1)  # (B*n, G*G)
         return standardised(cells)
 
