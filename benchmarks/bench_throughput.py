@@ -106,44 +106,58 @@ def make_space(out: Path, *, trials: int, epochs: int) -> Path:
 
 
 def remeasure(run_dir: Path, numbers: list[int], onnx: bool) -> list[dict]:
-    """Each trial's model rebuilt and timed as the run's deploy section says, in this process."""
+    """Each trial's model rebuilt and timed as the run's deploy section says, in this process; then
+    the cost a default run's trial pays (uncalibrated: no reference in the rounds), and the timed
+    program against the deployed .pt2 file side by side."""
+    from dataclasses import replace
+
     import torch
 
     from objectives import measure_throughput
-    from objectives.throughput import previewing
+    from objectives.throughput import interleaved_rates, previewing
     from runner.engine.checkpoint import load_trained
-    from runner.engine.deploy import deployment_for, onnx_prepare, use_space_deployment
+    from runner.engine.deploy import deployment_for, onnx_prepare, pt2_file_prepare, use_space_deployment
     from search_space.spec import parse_space
 
     space = parse_space(yaml.safe_load((run_dir / SPACE_FILE).read_text()), source=run_dir / SPACE_FILE)
     torch.set_num_threads(max(1, int(space.search.cpus_per_trial)))  # as in a trial process
     use_space_deployment(space, "cpu", run_dir)  # the run's calibration, as its trials used it
     deployment = deployment_for(space.deploy, "cpu")
+    default = replace(deployment, calibrate=False)  # what a trial of a default run times
     rows = []
     for number in numbers:
         trained = load_trained(run_dir / TRIALS_DIR / str(number), number)
-        model = trained.model
+        model = trained.model.eval()
         meta = trained.meta
         images = torch.randn(32, int(meta["in_channels"]), int(meta["image_size"]), int(meta["image_size"]),
                              generator=torch.Generator().manual_seed(number))
+        figure = measure_throughput(model, images, deployment)
         start = time.perf_counter()
         with previewing():
-            measure_throughput(model, images, deployment)
+            measure_throughput(model, images, default)
         preview_s = time.perf_counter() - start
         start = time.perf_counter()
-        figure = measure_throughput(model, images, deployment)
+        measure_throughput(model, images, default)
         row = {"number": number, "seconds": time.perf_counter() - start, "preview_s": preview_s,
                "throughput": figure.images_per_s,
                "throughput_spread": figure.spread, "throughput_raw": figure.raw_images_per_s}
+        batch = images.repeat(2, 1, 1, 1)[: space.deploy.batch_size]
+        with torch.no_grad():
+            start = time.perf_counter()
+            file_run = pt2_file_prepare(model, batch, space.deploy.threads)
+            row["file_prepare_s"] = time.perf_counter() - start
+            timed_run = deployment.prepare(model, batch, space.deploy.threads)
+            rates = interleaved_rates([timed_run, file_run], len(batch))
+        row["file_ratio"] = float(np.median(rates[:, 0] / rates[:, 1]))  # timed program / deployed file
         if onnx:
             start = time.perf_counter()
-            batch = images.repeat(2, 1, 1, 1)
             with torch.no_grad():
-                onnx_prepare(model.eval(), batch, space.deploy.threads)
+                onnx_prepare(model, batch, space.deploy.threads)
             row["onnx_prepare_s"] = time.perf_counter() - start
         rows.append(row)
-        print(f"trial {number}: {figure.images_per_s:,.0f} images/s (raw {figure.raw_images_per_s:,.0f}) "
-              f"in {row['seconds']:.2f} s", flush=True)
+        print(f"trial {number}: {figure.images_per_s:,.0f} images/s (raw {figure.raw_images_per_s:,.0f}), "
+              f"objective {row['preview_s'] + row['seconds']:.2f} s, program / file {row['file_ratio']:.2f}",
+              flush=True)
     return rows
 
 
@@ -222,11 +236,13 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = [[int(r.number), r.strategy, f"{r.accuracy:.4f}", f"{r.throughput:,.0f} ± {r.throughput_spread:,.0f}",
              f"{r.throughput_raw:,.0f}", f"{r.again:,.0f}", f"{r.again_raw:,.0f}", f"{r.duration_s:.0f}",
-             f"{r.preview_s:.2f}", f"{r.seconds:.2f}", f"{100 * r.overhead_default:.1f}%"]
+             f"{r.preview_s:.2f}", f"{r.seconds:.2f}", f"{100 * r.overhead_default:.1f}%", f"{r.file_ratio:.2f}",
+             f"{r.file_prepare_s:.2f}"]
             + ([f"{r.onnx_prepare_s:.1f}"] if "onnx_prepare_s" in table else [])
             for r in on_front.sort_values("throughput").itertuples()]
     header = ["trial", "strategy", "accuracy", "throughput (recorded ± IQR)", "raw (recorded)", "re-measured",
-              "re-measured raw", "trial s", "preview s", "measure s", "(preview + measure) / default trial"]
+              "re-measured raw", "trial s", "preview s", "measure s", "(preview + measure) / default trial",
+              "timed program / .pt2 file", ".pt2 file prepare s"]
     if "onnx_prepare_s" in table:
         header.append("ONNX export s")
     med_default = float(np.median(table["overhead_default"]))
@@ -250,15 +266,22 @@ def main(argv: list[str] | None = None) -> int:
          f"- 1|: {100 * rel['calibrated']:.1f}% calibrated, {100 * rel['raw']:.1f}% raw. Median spread (IQR of the "
          f"per-round figures / value): {100 * spread:.1f}%."
          + (f" The search took {search_s / 60:.1f} minutes." if search_s else "")),
+        (f"What is timed against what is deployed, over the {len(table)} trained trials: the program the objective "
+         f"times (exported for the deploy batch, run from memory) ran at a median "
+         f"{table['file_ratio'].median():.2f}x the rate of the .pt2 file `runner.export` writes (dynamic batch, "
+         f"saved and loaded back; range {table['file_ratio'].min():.2f}-{table['file_ratio'].max():.2f}x, timed "
+         f"side by side in interleaved rounds), and its whole measurement took a median "
+         f"{table['seconds'].median():.2f} s where preparing the file alone took {table['file_prepare_s'].median():.2f} s."),
         ("Recorded: the figure each trial wrote at its end, in its Ray worker, while the other trial trained "
          "beside it. Re-measured: the same weights rebuilt and timed again in one fresh process, trials in the "
          "reverse order, the machine otherwise as it was. Calibrated figures are the model's rate over the "
          "fixed reference CNN's in the same interleaved rounds, times the reference's best rate at calibration "
          "(README, \"Throughput\"): one rate for the run, measured by the search before its first trial and "
          "read by every trial and by the re-measuring process; raw figures are the model's median rate in the "
-         "same rounds. The measure time is the export (torch.export, saved and loaded back as .pt2) plus the "
-         "timing; the preview is the eager module in 3 short rounds. A default trial's time is the trial's own "
-         "time with its per-epoch time for the epochs it did not train."),
+         "same rounds. The cost is timed as a default run pays it (uncalibrated: no reference in the rounds): the "
+         "measure time is the export (torch.export for the deploy batch) plus the timing; the preview is the "
+         "eager module in 3 short rounds. A default trial's time is the trial's own time with its per-epoch "
+         "time for the epochs it did not train."),
     ])
     print(body)
     if not args.no_write:

@@ -63,7 +63,7 @@ Prepare = Callable[[nn.Module, torch.Tensor, int], Run]  # (eval model, batch, t
 CALIBRATION_ROUNDS = 15  # the reference alone, once per run and deployment
 MIN_ROUNDS = 5  # interleaved rounds at each measurement, at least ...
 MAX_ROUNDS = 25  # ... and at most,
-MIN_TIME_S = 0.6  # going on until this much time is spent timing
+MIN_TIME_S = 0.3  # going on until this much time is spent timing
 CHUNK_S = 0.02  # each timed call is repeated to last about this long (a short call is all timer noise)
 WARMUP = 2  # untimed calls of each runtime first (allocations, lazy initialisation, caches)
 PREVIEW_ROUNDS = 3  # a preview's interleaved rounds ...
@@ -215,11 +215,11 @@ def interleaved_rates(runs: Sequence[Run], batch_size: int, *, min_rounds: int =
                       max_rounds: int = MAX_ROUNDS, min_time_s: float = MIN_TIME_S) -> np.ndarray:
     """Images/s of each run per round: an array (rounds, len(runs)).
 
-    Every round times each run once (a chunk of calls of about ``CHUNK_S``, after one untimed call
-    that brings it back into the caches the other run used), in alternating order (forward, then
-    backward), so a change of load between rounds reaches every run alike; each run is timed warm,
-    as it runs alone when deployed, and as the calibration times the reference. Rounds go
-    on until ``min_time_s`` has passed, between ``min_rounds`` and ``max_rounds``."""
+    Every round times each run once (a chunk of calls of about ``CHUNK_S``; with several runs, after
+    one untimed call that brings it back into the caches the other run used), in alternating order
+    (forward, then backward), so a change of load between rounds reaches every run alike; each run
+    is timed warm, as it runs alone when deployed, and as the calibration times the reference.
+    Rounds go on until ``min_time_s`` has passed, between ``min_rounds`` and ``max_rounds``."""
     if not runs or min_rounds < 1 or max_rounds < min_rounds or batch_size < 1:
         raise ValueError(f"need runs, 1 <= min_rounds <= max_rounds and batch_size >= 1, got {len(runs)} runs, "
                          f"rounds {min_rounds}..{max_rounds}, batch_size {batch_size}")
@@ -230,7 +230,8 @@ def interleaved_rates(runs: Sequence[Run], batch_size: int, *, min_rounds: int =
         order = range(len(runs)) if len(rows) % 2 == 0 else reversed(range(len(runs)))
         row = [0.0] * len(runs)
         for i in order:
-            runs[i]()  # untimed: the other run has just evicted this one's weights and buffers from the caches
+            if len(runs) > 1:
+                runs[i]()  # untimed: the other run has just evicted this one's weights and buffers from the caches
             row[i] = batch_size / _seconds(runs[i], calls[i])
         rows.append(row)
     return np.asarray(rows, dtype=float)

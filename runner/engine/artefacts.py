@@ -46,12 +46,18 @@ def onnx_runner(path: Path, *, device: str = "cpu", threads: int | None = None) 
 
 
 def pt2_runner(path: Path, *, device: str = "cpu", compiled: bool = False) -> InferenceFn:
-    """The .pt2 program, loaded back from disk by ``runner.engine.pt2.load_program`` (never unpickled).
+    """The .pt2 program, loaded back from disk by ``runner.engine.pt2.load_program`` (never unpickled),
+    run as :func:`program_runner` runs it."""
+    return program_runner(load_program(path), device=device, compiled=compiled)  # refuses what would unpickle
+
+
+def program_runner(program: torch.export.ExportedProgram, *, device: str = "cpu",
+                   compiled: bool = False) -> InferenceFn:
+    """An exported program as the .pt2 runtime runs it: its module on ``device``.
 
     ``compiled``: run it through ``torch.compile`` (on CUDA in ``reduce-overhead`` mode, which replays
     CUDA graphs: a small batch is bound by kernel launches, not by arithmetic). The first batch size
     seen is kept, shorter batches are padded to it, so a last short batch does not compile again."""
-    program = load_program(path)  # refuses an archive that would unpickle anything
     if device == "cuda":
         # an explicit index: the pass writes its device into the program's metadata checks, and a compiled
         # program compares "cuda" with the inputs' "cuda:0" and fails (seen with torch 2.11 on an H200)

@@ -2,16 +2,18 @@
 
 The objective (``objectives.throughput``) knows how to time and calibrate but not how to export:
 that lives here, in the engine, with the exporters. :func:`deployment_for` turns ``deploy`` into an
-``objectives.Deployment`` whose ``prepare`` exports the model as ``runner.export`` does and loads it
-back through the loaders export and predict use (``runner.engine.artefacts``):
+``objectives.Deployment`` whose ``prepare`` exports the model as ``runner.export`` does and runs it
+through the runners export and predict use (``runner.engine.artefacts``):
 
-* ``pt2``: ``torch.export`` with a dynamic batch, saved as .pt2 and loaded back (never unpickled);
-  on CUDA run through ``torch.compile`` (CUDA graphs), the compiled path export and predict offer;
-* ``onnxruntime``: the same program translated to ONNX and run in an onnxruntime session with
-  ``deploy.threads`` intra-op threads (CUDA provider first on CUDA);
+* ``pt2``: the ``torch.export`` program's module, exported for the deploy batch and run from memory
+  (the file ``runner.export`` writes has a dynamic batch and is loaded from disk: the same operators,
+  checked side by side in the throughput benchmark); on CUDA run through ``torch.compile`` (CUDA
+  graphs), the compiled path export and predict offer;
+* ``onnxruntime``: the program with a dynamic batch translated to ONNX (the file export writes) and
+  run in an onnxruntime session with ``deploy.threads`` intra-op threads (CUDA provider first on CUDA);
 * ``eager``: the module as it trains, in eval mode.
 
-The files live in a temporary folder only while the runtime loads them. A trial process calls
+An ONNX file lives in a temporary folder only while onnxruntime loads it. A trial process calls
 :func:`use_space_deployment` once; the budget check (``min_throughput``) does the same in the driver.
 
 Calibration, once per run: before the first trial the driver times the objective's reference model
@@ -35,7 +37,7 @@ from torch import nn
 from cellsparse.files import write_atomic
 from cellsparse.rundir import CALIBRATION_FILE
 from objectives.throughput import Deployment, Run, eager_prepare, measure_calibration, set_calibration, use_deployment
-from runner.engine.artefacts import onnx_runner, pt2_runner
+from runner.engine.artefacts import onnx_runner, program_runner, pt2_runner
 from runner.engine.datasets import data_shape
 from runner.engine.exporters import check_onnx_packages, save_onnx, save_pt2, to_exported_program
 from search_space.spec import DeploySpec, SearchSpace
@@ -52,7 +54,20 @@ def _bound(run: object, batch: torch.Tensor) -> Run:
 
 
 def pt2_prepare(model: nn.Module, batch: torch.Tensor, threads: int) -> Run:
-    """The model as a .pt2 file runs it: exported, saved, loaded back; compiled on CUDA."""
+    """The model as the .pt2 runtime runs it: torch.export's program, its module (compiled on CUDA).
+
+    Exported for the timed batch's shape and run from memory, where the deployed file has a dynamic
+    batch and is loaded from disk: the same operators on the same shapes, for about a third of the
+    export time and no save and load (docs/benchmarks.md, "Throughput objective", times both on
+    every trial of a search: :func:`pt2_file_prepare`)."""
+    device = "cuda" if batch.is_cuda else "cpu"
+    program = to_exported_program(model, batch, dynamic_batch=False)
+    return _bound(program_runner(program, device=device, compiled=device == "cuda"), batch)
+
+
+def pt2_file_prepare(model: nn.Module, batch: torch.Tensor, threads: int) -> Run:
+    """The model as its .pt2 file runs: exported with a dynamic batch, saved, loaded back (what
+    ``runner.export`` writes and ``runner.predict`` runs); the reference :func:`pt2_prepare` is checked against."""
     device = "cuda" if batch.is_cuda else "cpu"
     program = _program(model, batch)
     with tempfile.TemporaryDirectory(prefix="cellsparse-deploy-") as folder:

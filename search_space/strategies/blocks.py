@@ -1,15 +1,29 @@
 """Building blocks shared by every strategy, so candidates differ only in what they select.
 
-Attention is written as explicit matmuls (not ``scaled_dot_product_attention``): the CLS-to-token
-weights are needed for distillation, FlopCounterMode counts matmuls on every device, and both
-``torch.export`` and ONNX handle them. The ``*_flops`` functions are the hand formulas the FLOPs
-tests check the counter against (2 FLOPs per multiply-accumulate).
+Attention runs as ``scaled_dot_product_attention`` (one fused kernel: on 2 CPU cores 3x the rate
+of the explicit product, softmax and product) except where a caller keeps the attention weights
+(distillation reads the CLS-to-token weights while training): then as explicit matmuls. The
+``*_flops`` functions are the hand formulas the FLOPs tests check the counter against (2 FLOPs per
+multiply-accumulate; ``objectives.flops`` counts the CPU kernel, which PyTorch's counter misses).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+
+def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                    scale: float) -> torch.Tensor:
+    """(B, h, Nq, d) queries, (B, h, Nk, d) keys and values -> (B, Nq, h * d), heads merged, through
+    ``scaled_dot_product_attention``; ``mask`` is boolean (True: attended) or additive, broadcast to
+    (B, h, Nq, Nk)."""
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)  # (B, h, Nq, d)
+    B, h, n, d = out.shape
+    # an explicit copy before the merge: left to reshape, the export records a view that the ONNX
+    # exporter's own decomposition of the kernel (another memory layout) cannot take
+    return out.transpose(1, 2).clone(memory_format=torch.contiguous_format).reshape(B, n, h * d)
 
 
 class Attention(nn.Module):
@@ -35,6 +49,12 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         B, N, D = x.shape
         q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)
+        if not keep_attn:
+            self.last_attn = None
+            mask = None if key_mask is None else key_mask[:, None, None, :]  # True = attended
+            if bias is not None:
+                mask = bias if mask is None else bias.masked_fill(~mask, float("-inf"))
+            return self.proj(fused_attention(q, k, v, mask, self.scale))
         logits = (q * self.scale) @ k.transpose(-2, -1)  # (B, h, N, N)
         if bias is not None:
             logits = logits + bias
@@ -80,6 +100,17 @@ class TransformerBlock(nn.Module):
     ) -> torch.Tensor:
         x = x + self.attn(self.norm1(x), bias=bias, key_mask=key_mask, keep_attn=keep_attn)
         return x + self.mlp(self.norm2(x))
+
+
+def channels_last(images: torch.Tensor) -> torch.Tensor:
+    """``images`` in channels-last memory where no gradient is taken (inference and export): the
+    layout oneDNN's CPU convolutions run natively, 1.5-2.5x the rate of NCHW on 2 cores at batch 256.
+    The exported graph keeps the conversion; onnxruntime, which picks its own layout, ignores it.
+    Training keeps NCHW: with torch 2.13 the channels-last backward of a BatchNorm stem corrupted the
+    heap on small batches (3 frames of 3 x 28 x 28)."""
+    if torch.is_grad_enabled() and not torch.compiler.is_exporting():
+        return images
+    return images.contiguous(memory_format=torch.channels_last)
 
 
 class ClassifierHead(nn.Module):
@@ -161,11 +192,30 @@ def standardised(scores: torch.Tensor) -> torch.Tensor:
     return (scores - scores.mean(dim=1, keepdim=True)) / (scores.std(dim=1, keepdim=True) + 1e-6)
 
 
-def top_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices of the ``k`` largest ``scores`` along dim 1, best first, ties in index order.
+SORT_ALL_BELOW = 1024  # rows shorter than this are sorted whole (one op); longer ones select first
 
-    ``torch.topk`` breaks ties differently on CPU, CUDA and in onnxruntime, so an exported model
-    could keep other pixels than the eager one on flat backgrounds; a stable sort exports to an
-    ONNX TopK that orders ties by index, exactly like this.
+
+def top_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the ``k`` largest ``scores`` along dim 1, best first, ties in index order: what a
+    stable descending sort's first ``k`` are, on every runtime.
+
+    ``torch.topk`` alone breaks ties differently on CPU, CUDA and in onnxruntime, so an exported
+    model could keep other pixels than the eager one on flat backgrounds. Short rows are sorted
+    whole (a stable sort exports to an ONNX TopK that orders ties by index, exactly like this). On a
+    long row the full sort was the costly part of a selection (4,096 pixels: 6x a ``topk`` of 164),
+    so there ``topk`` finds the k-th largest value only, which is the same whichever ties a runtime
+    keeps; every score above it is kept, and of those equal to it the lowest indices, as many as
+    fill k; the kept are listed in index order through a ``topk`` of distinct keys, then ordered by
+    a stable sort of just those ``k`` scores.
     """
-    return scores.sort(dim=1, descending=True, stable=True).indices[:, :k]
+    n = scores.shape[1]
+    if n < SORT_ALL_BELOW or k >= n:
+        return scores.sort(dim=1, descending=True, stable=True).indices[:, :k]
+    kth = scores.topk(k, dim=1).values[:, -1:]  # (B, 1)
+    above, tied = scores > kth, scores == kth
+    room = k - above.sum(dim=1, keepdim=True)  # tied scores the selection takes
+    kept = above | (tied & (tied.cumsum(dim=1) <= room))  # (B, n): exactly k per row
+    first_index = torch.arange(n, 0, -1, device=scores.device, dtype=torch.float32)  # distinct, exact in float32
+    idx = (kept * first_index).topk(k, dim=1).indices  # (B, k) the kept, in index order
+    best = scores.gather(1, idx).sort(dim=1, descending=True, stable=True).indices
+    return idx.gather(1, best)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from search_space.strategies.base import CellClassifier, ParamSpec, register_strategy
-from search_space.strategies.blocks import conv2d_flops, linear_flops
+from search_space.strategies.blocks import channels_last, conv2d_flops, linear_flops
 
 
 def _conv_out(size: int, stride: int) -> int:
@@ -118,7 +118,7 @@ class DenseCNN(CellClassifier):
         self.fc = nn.Linear(width * 2 ** (stages - 1), num_classes)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.body(self.stem(images))  # (B, C_last, h, w)
+        x = self.body(self.stem(channels_last(images)))  # (B, C_last, h, w)
         return self.fc(x.mean(dim=(2, 3)))  # (B, num_classes)
 
     def used_map(self, images: torch.Tensor) -> torch.Tensor:

@@ -91,7 +91,15 @@ from torch import nn
 
 from search_space.k_rules import k_rule_class
 from search_space.strategies.base import CountedKModel, ParamSpec, eval_mode, register_strategy, transformer_params
-from search_space.strategies.blocks import ClassifierHead, Mlp, border_background, conv2d_flops, linear_flops, top_indices
+from search_space.strategies.blocks import (
+    ClassifierHead,
+    Mlp,
+    border_background,
+    conv2d_flops,
+    fused_attention,
+    linear_flops,
+    top_indices,
+)
 
 KEEP_SCORES = ("foreground", "variance", "learned")
 PATCH_EMBEDS = ("linear", "conv")
@@ -174,11 +182,12 @@ class SpanLayer(nn.Module):
         B, T, D = x.shape
         H = self.num_heads
         q, k, v = self.local_qkv(x).chunk(3, dim=-1)  # (B, T, D) each
-        bias = self.rel_bias[:, plan.bias_index].permute(1, 0, 2, 3)  # (B, H, T, S)
-        if plan.keys is None:  # dense masked product over the stage's T tokens
-            logits = (_split_heads(q, H) * self.scale) @ _split_heads(k, H).transpose(-2, -1)  # (B, H, T, T)
-            attn = _masked_softmax(logits + bias, plan.allowed[:, None])
-            return _merge_heads(attn @ _split_heads(v, H))
+        # the bias table's entries for every (query, key) pair: one row gather (index_select), not advanced indexing
+        bias = self.rel_bias.index_select(1, plan.bias_index.reshape(-1)).reshape(H, *plan.bias_index.shape)
+        bias = bias.permute(1, 0, 2, 3)  # (B, H, T, S)
+        if plan.keys is None:  # dense masked product over the stage's T tokens, one fused kernel
+            mask = bias.masked_fill(~plan.allowed[:, None], torch.finfo(bias.dtype).min)  # padding rows stay finite
+            return fused_attention(_split_heads(q, H), _split_heads(k, H), _split_heads(v, H), mask, self.scale)
         # Gather each query's keys and values head-major, whole rows of (B * H * (T + 1), d) picked by
         # one index vector (index_select, an ONNX Gather on axis 0: a row copy each, where an
         # element-wise gather with an expanded index ran 10x slower in onnxruntime): the gathered

@@ -72,6 +72,7 @@ from search_space.strategies.blocks import (
     bilinear_flops,
     block_flops,
     border_background,
+    channels_last,
     conv2d_flops,
     distance_from_background,
     linear_flops,
@@ -100,7 +101,7 @@ class CoarseSelector(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         H, W = images.shape[2:]
-        features = self.net[:-1](images)  # (B, channels, h, w)
+        features = self.net[:-1](channels_last(images))  # (B, channels, h, w)
         z = self.net[-1](features)  # (B, 1, h, w)
         if self.stride > 1:
             z = F.interpolate(z, size=(H, W), mode="bilinear", align_corners=False)

@@ -65,6 +65,13 @@ def test_rounds_alternate_order_and_time_each_run(monkeypatch):
     assert "".join(calls[warm:]) == "aabbbbaaaabbbbaa"
 
 
+def test_a_run_timed_alone_has_no_untimed_calls_between_rounds(monkeypatch):
+    monkeypatch.setattr(T, "CHUNK_S", 1e-6)  # one call per round
+    calls: list[str] = []
+    rates = T.interleaved_rates([lambda: calls.append("a")], 8, min_rounds=3, max_rounds=3)
+    assert rates.shape == (3, 1) and len(calls) == T.WARMUP + 3  # nothing else evicts it from the caches
+
+
 def test_reference_model_is_fixed():
     a, b = T.reference_model(3), T.reference_model(3)
     x = torch.randn(2, 3, 32, 32)

@@ -13,7 +13,7 @@ import torch
 from cellsparse.rundir import CALIBRATION_FILE, read_trials
 from objectives import deployed, measure_objective, measure_throughput, throughput
 from objectives.throughput import previewing
-from runner.engine.deploy import PREPARE, calibrate_run, deployment_for, use_space_deployment
+from runner.engine.deploy import PREPARE, calibrate_run, deployment_for, pt2_file_prepare, pt2_prepare, use_space_deployment
 from runner.engine.sampler import check_costs
 from runner.engine.trial import record_infeasible
 from search_space.build import build_model, default_config
@@ -37,6 +37,15 @@ def test_each_runtime_runs_the_model_as_exported(runtime):
     with deployed(deployment_for(DeploySpec(runtime, batch_size=8, threads=1))):
         figures = measure_objective("throughput", model, batch)
     assert figures["throughput"] > 0 and figures["throughput_spread"] >= 0
+
+
+@pytest.mark.parametrize("strategy", ["span_pyramid", "tnet_traversal"])
+def test_the_timed_pt2_program_computes_what_the_deployed_file_computes(strategy):
+    # the objective times a static-batch program from memory; the file export writes has a dynamic batch
+    model = build_model(default_config(strategy), 3, 4, 32).eval()
+    batch = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    timed, deployed_file = pt2_prepare(model, batch, 1)(), pt2_file_prepare(model, batch, 1)()
+    assert np.allclose(np.asarray(timed), np.asarray(deployed_file), atol=1e-5)
 
 
 def _space(tmp_path, constraint: str):

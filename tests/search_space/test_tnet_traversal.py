@@ -7,8 +7,8 @@ import time
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
 
+from objectives.flops import counted_flops
 from search_space.strategies import get_strategy
 from search_space.strategies.tnet_traversal import TNetTraversal, _cell_pooling
 from tests.search_space.blob_images import blobs, train_steps
@@ -290,6 +290,9 @@ def hand_flops(model: TNetTraversal, *, channels: int, attention: bool, size: in
     crops = 0.0
     for level in range(levels):  # separable bilinear + average: ss samples a side, 2 taps each, 2 FLOPs a tap
         ss = max(1, min(4, round(model.overlap**level * size / base)))
+        if level == 0 and base * ss == size:  # the whole frame at an integer ratio: an average pool, 1 per pixel
+            crops += channels * size * size
+            continue
         row_outputs, col_outputs = base * channels * size, base * base * channels
         crops += regions**level * 2 * (2 * ss) * (row_outputs + col_outputs)
     return crops + views * per_view + split * location + 2 * dim * NUM_CLASSES
@@ -314,9 +317,7 @@ def test_flops_match_hand_formula_and_counter(overrides: dict) -> None:
     x = torch.randn(2, 3, 64, 64)
     expected = hand_flops(model, channels=3, attention=overrides["pooling"] == "attention")
     assert model.analytic_flops(x) == expected
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(x)
-    assert counter.get_total_flops() / x.shape[0] == expected
+    assert counted_flops(model, x) == expected  # FlopCounterMode with pooling's formula (objectives.flops)
 
 
 def test_flops_follow_the_view_count_in_k() -> None:
@@ -324,10 +325,18 @@ def test_flops_follow_the_view_count_in_k() -> None:
     x = torch.randn(2, 3, 64, 64)
     for k in (1, 3, 4):
         model.set_k(k)
-        with FlopCounterMode(display=False) as counter, torch.no_grad():
-            model(x)
-        assert counter.get_total_flops() / 2 == model.analytic_flops(x)
+        assert counted_flops(model, x) == model.analytic_flops(x)
         assert model.n_views() == 1 + k + k * k
+
+
+def test_a_whole_frame_at_an_integer_ratio_is_pooled_as_the_taps_would_sample_it() -> None:
+    model = build(3, 64, base_resolution=16, **SMALL).eval()
+    x = torch.randn(2, 3, 64, 64)
+    centre = torch.zeros(2, 1, 2)
+    assert model._pools_whole_frame(0, 64, 64) and not model._pools_whole_frame(0, 60, 60)
+    pooled = model._crops(x, centre, 0)
+    model._pools_whole_frame = lambda *args: False  # the two gather passes instead
+    assert torch.allclose(pooled, model._crops(x, centre, 0), atol=1e-6)
 
 
 def test_only_the_crop_sampling_depends_on_image_size() -> None:
@@ -336,9 +345,7 @@ def test_only_the_crop_sampling_depends_on_image_size() -> None:
     network = []
     for size in (28, 64, 128):
         x = torch.randn(2, 3, size, size)
-        with FlopCounterMode(display=False) as counter, torch.no_grad():
-            model(x)
-        assert counter.get_total_flops() / 2 == model.analytic_flops(x)
+        assert counted_flops(model, x) == model.analytic_flops(x)
         network.append(model.analytic_flops(x) - model.crop_flops(size, size))
     assert len(set(network)) == 1
 
