@@ -12,8 +12,8 @@ again elsewhere, and what does it cost a trial?
    agreement (Spearman) of recorded against re-measured throughput, on the front and over all
    trials, calibrated (the objective as recorded) and raw (``throughput_raw``: the same timing
    without the reference).
-3. The cost: the time a trial spends on the objective (the preview before training and the
-   deployed measurement at its end: export and timing), timed in that process, against the
+3. The cost: the time a trial spends on the objective (the deployed measurement: export and timing;
+   and a preview before training where the trial's k moves), timed in that process, against the
    trial's own time and against a default trial's (the same trial at cells64's 10 epochs, from its
    per-epoch times). The same for an ONNX export, to show why pt2 is the default runtime.
 """
@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 from _doc import markdown_table, own_command, stamp, write_section  # noqa: E402
 
 from cellsparse.pareto import pareto_mask  # noqa: E402
-from cellsparse.rundir import SPACE_FILE, TRIALS_DIR, TRIALS_FILE, eligible_mask, read_trials  # noqa: E402
+from cellsparse.rundir import CONFIG_FILE, SPACE_FILE, TRIALS_DIR, TRIALS_FILE, eligible_mask, read_trials  # noqa: E402
 
 OBJECTIVES = ["accuracy", "throughput"]
 DIRECTIONS = ["maximize", "maximize"]
@@ -77,8 +77,8 @@ def in_short(*, trials: int, epochs: int, front: int, trained: int, rho: dict, r
             f"{rho[(other, 'calibrated')]:.2f} over the "
             f"{front if other == 'front' else trained} {'front' if other == 'front' else 'trained'} trials; the median "
             f"figure moved {100 * rel['calibrated']:.0f}% calibrated, {100 * rel['raw']:.0f}% raw). "
-            f"The objective costs a trial a median {measure_s:.1f} s (the preview before training and the "
-            f"deployed measurement at its end): {100 * share:.1f}% of a default 10-epoch trial, "
+            f"The objective costs a trial a median {measure_s:.1f} s (the deployed measurement, and a preview "
+            f"before training where the trial's k moves): {100 * share:.1f}% of a default 10-epoch trial, "
             f"{cheap} the {100 * COST_TARGET:.0f}% target "
             f"(at most {100 * worst:.1f}%)")
     if onnx_s is not None and onnx_share is not None:
@@ -117,6 +117,7 @@ def remeasure(run_dir: Path, numbers: list[int], onnx: bool) -> list[dict]:
     from objectives.throughput import interleaved_rates, previewing
     from runner.engine.checkpoint import load_trained
     from runner.engine.deploy import deployment_for, onnx_prepare, pt2_file_prepare, use_space_deployment
+    from search_space.k_rules import k_rule_class
     from search_space.spec import parse_space
 
     space = parse_space(yaml.safe_load((run_dir / SPACE_FILE).read_text()), source=run_dir / SPACE_FILE)
@@ -132,10 +133,13 @@ def remeasure(run_dir: Path, numbers: list[int], onnx: bool) -> list[dict]:
         images = torch.randn(32, int(meta["in_channels"]), int(meta["image_size"]), int(meta["image_size"]),
                              generator=torch.Generator().manual_seed(number))
         figure = measure_throughput(model, images, deployment)
-        start = time.perf_counter()
-        with previewing():
-            measure_throughput(model, images, default)
-        preview_s = time.perf_counter() - start
+        config = json.loads((run_dir / TRIALS_DIR / str(number) / CONFIG_FILE).read_text())
+        preview_s = 0.0  # a trial whose k cannot move times the deployed model once, with no preview
+        if model.k_bounds() is not None and k_rule_class(config.get("k_rule", "fixed")).moves_k:
+            start = time.perf_counter()
+            with previewing():
+                measure_throughput(model, images, default)
+            preview_s = time.perf_counter() - start
         start = time.perf_counter()
         measure_throughput(model, images, default)
         row = {"number": number, "seconds": time.perf_counter() - start, "preview_s": preview_s,
@@ -279,9 +283,9 @@ def main(argv: list[str] | None = None) -> int:
          "(README, \"Throughput\"): one rate for the run, measured by the search before its first trial and "
          "read by every trial and by the re-measuring process; raw figures are the model's median rate in the "
          "same rounds. The cost is timed as a default run pays it (uncalibrated: no reference in the rounds): the "
-         "measure time is the export (torch.export for the deploy batch) plus the timing; the preview is the "
-         "eager module in 3 short rounds. A default trial's time is the trial's own time with its per-epoch "
-         "time for the epochs it did not train."),
+         "measure time is the export (torch.export for the deploy batch) plus the timing; the preview (only where "
+         "the trial's k moves) is the eager module in 3 short rounds. A default trial's time is the trial's own "
+         "time with its per-epoch time for the epochs it did not train."),
     ])
     print(body)
     if not args.no_write:

@@ -28,9 +28,11 @@ trials worse than the plain median did (the reference's own timing noise enters 
 calibration is off by default; it is for machines whose load changes between trials.
 
 Before training, a trial needs a throughput for its per-epoch reports (early stopping's rungs read
-every objective) but not the deployed figure: :func:`previewing` times the eager module, in fewer
-rounds, still against the reference (the preview's reference is the eager one). The trial's own
-value is measured once, at its end, on the deploy runtime.
+every objective). A runtime's speed depends on the graph and its shapes, not on the weights' values,
+so a trial whose shapes training cannot change (no k, or a k rule that keeps it) measures its
+deployed figure then, once, and it is the trial's value. A trial whose k moves reports a preview
+(:func:`previewing`: the eager module, in fewer rounds, against the eager reference when calibrated)
+and measures the deployed figure at its end, at the final k.
 
 Layers: the runtime a model is timed on (a ``torch.export`` program, an onnxruntime session) is
 made by the engine (``runner.engine.deploy``, beside the exporters), which this package may not import.

@@ -47,7 +47,7 @@ from torch import nn
 
 from cellsparse.files import write_atomic
 from cellsparse.rundir import CONFIG_FILE, HISTORY_FILE, LOOKED_AT_FILE, META_FILE, METRICS_FILE, WEIGHTS_FILE
-from objectives import count_flops, count_params, measure_objective
+from objectives import count_flops, count_params, get_objective, measure_objective
 from objectives.throughput import previewing
 from runner.data import augment_batch
 from search_space.build import build_model
@@ -283,6 +283,13 @@ def check_batch(in_channels: int, size: int) -> torch.Tensor:
     return torch.randn(CHECK_BATCH, in_channels, size, size, generator=torch.Generator().manual_seed(0))
 
 
+def throughput_in(values: dict[str, float]) -> dict[str, float]:
+    """``throughput`` and its extras among ``values`` (none when it is not measured)."""
+    if "throughput" not in values:
+        return {}
+    return {key: values[key] for key in ("throughput", *get_objective("throughput").extras) if key in values}
+
+
 def measure(model: torch.nn.Module, names: Sequence[str], *, val_accuracy: float, images: torch.Tensor) -> dict[str, float]:
     """Every objective in ``names`` on ``model``: accuracy is the given validation accuracy, the
     cost objectives are measured on ``images`` (a validation batch, already on the model's device)."""
@@ -361,9 +368,14 @@ def run_trial(
     splits = place_data(data, device)  # once: batches are gathered and augmented where the data lives
     val_batch = splits.normalise(splits.val_x[:MEASURE_BATCH].to(device))
     params_count = count_params(model)
-    # Objective values reported each epoch; the costly ones are measured once now, again at the end
-    # (throughput now as a preview: the eager module, briefly; its deployed figure only at the end).
-    with previewing():
+    # Objective values reported each epoch; the costly ones are measured once now, again at the end.
+    # Throughput: a runtime's speed depends on the graph and its shapes, not on the weights' values,
+    # so where they cannot change while training (no k, or a rule that keeps it) the deployed figure
+    # is measured once, now, and is the trial's; otherwise a preview now (the eager module, briefly)
+    # and the deployed figure at the end, at the final k.
+    shapes_fixed = rule is None or not rule.moves_k
+    k_start = model.k
+    with contextlib.nullcontext() if shapes_fixed else previewing():
         latest = measure(model, [n for n in objectives if n not in ("accuracy", "flops")], val_accuracy=0.0,
                          images=val_batch)
 
@@ -428,7 +440,9 @@ def run_trial(
     # -- final measurements (at the final k) -------------------------------------------------
     final_val = history[-1]["val_accuracy"] if history else accuracy(model, splits.val_x, splits.val_y, device,
                                                                       splits.normalise)
-    values = measure(model, objectives, val_accuracy=final_val, images=val_batch)
+    timed = {} if not shapes_fixed or model.k != k_start else throughput_in(latest)
+    values = {**measure(model, [n for n in objectives if n not in timed], val_accuracy=final_val, images=val_batch),
+              **timed}
     metrics: dict[str, Any] = {
         **values,
         "val_accuracy": final_val,

@@ -289,3 +289,27 @@ def test_per_image_rule_reports_the_spread_of_its_counts(tmp_path) -> None:
     assert (metrics["k_std"] > 0) == (metrics["k_min"] < metrics["k_max"])
     history = json.loads((tmp_path / "history.json").read_text())
     assert all({"k_std", "k_min", "k_max"} <= set(row) for row in history)
+
+
+@pytest.mark.parametrize(("k_rule", "timings"), [("fixed", ["deployed"]), ("schedule", ["preview", "deployed"])])
+def test_throughput_is_timed_deployed_once_where_training_cannot_change_the_shapes(tmp_path, monkeypatch, k_rule,
+                                                                                    timings) -> None:
+    # a runtime's speed depends on the graph and its shapes, not on the weights: a model whose k cannot
+    # move is timed as deployed before training (the per-epoch figures are the trial's own); one whose
+    # k moves gets a preview before and the deployed figure at its final k
+    from objectives import throughput
+
+    seen: list[str] = []
+    real = throughput.measure_throughput
+
+    def spy(model, images, deployment=None):
+        seen.append("preview" if throughput._PREVIEW.get() else "deployed")
+        return real(model, images, deployment)
+
+    monkeypatch.setattr(throughput, "measure_throughput", spy)
+    metrics = run_trial(probe_config(k_rule=k_rule, epochs=2), data=tiny_data(32), trial_dir=tmp_path,
+                        objectives=["accuracy", "throughput"], augment=False)
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert seen == timings
+    assert metrics["throughput"] > 0 and metrics["throughput_spread"] >= 0
+    assert len(history) == 2
