@@ -40,6 +40,7 @@ from _doc import markdown_table, own_command, stamp, write_section  # noqa: E402
 
 from cellsparse.pareto import pareto_mask  # noqa: E402
 from cellsparse.rundir import CONFIG_FILE, SPACE_FILE, TRIALS_DIR, TRIALS_FILE, eligible_mask, read_trials  # noqa: E402
+from objectives.throughput import MIN_TIME_S  # noqa: E402
 
 OBJECTIVES = ["accuracy", "throughput"]
 DIRECTIONS = ["maximize", "maximize"]
@@ -54,14 +55,29 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
+def concordant_pairs(recorded: np.ndarray, again: np.ndarray, min_gap: float) -> tuple[int, int]:
+    """(pairs kept in order, pairs) among the pairs whose recorded figures differ by more than
+    ``min_gap`` (relative to the smaller): whether the ranks that matter hold, whatever near-ties do."""
+    kept = total = 0
+    for i in range(len(recorded)):
+        for j in range(i + 1, len(recorded)):
+            low, high = sorted((recorded[i], recorded[j]))
+            if high > (1 + min_gap) * low:
+                total += 1
+                kept += int((recorded[i] - recorded[j]) * (again[i] - again[j]) > 0)
+    return kept, total
+
+
 SPEARMAN_TARGET = 0.9
+PAIR_GAP = 0.25  # recorded figures this far apart are told apart by the objective, the measured repeatability says
+REPEAT_TIMES = (MIN_TIME_S, 2 * MIN_TIME_S, 4 * MIN_TIME_S)  # seconds of rounds a repeatability pass times each model for
 COST_TARGET = 0.05  # of a default trial's time
 MIN_RANKED = 4  # front trials below which the verdict is on all trained trials
 
 
 def in_short(*, trials: int, epochs: int, front: int, trained: int, rho: dict, rel: dict, measure_s: float,
              share: float, worst: float, onnx_s: float | None, onnx_share: float | None,
-             setting: str = "pt2, batch 64, 1 thread(s)") -> str:
+             setting: str = "pt2, batch 64, 1 thread(s)", pairs: tuple[int, int] | None = None) -> str:
     """The section's verdict, from its figures: the rank agreement against its target (calibrated and
     raw), and the cost against its target (pt2, and ONNX where it was timed)."""
     # a rank correlation of two or three points is +-1 or +-0.5 whatever the figures: judge all trials then
@@ -76,7 +92,10 @@ def in_short(*, trials: int, epochs: int, front: int, trained: int, rho: dict, r
             f"and {rho[(judged, 'calibrated')]:.2f} calibrated ({rho[(other, 'raw')]:.2f} and "
             f"{rho[(other, 'calibrated')]:.2f} over the "
             f"{front if other == 'front' else trained} {'front' if other == 'front' else 'trained'} trials; the median "
-            f"figure moved {100 * rel['calibrated']:.0f}% calibrated, {100 * rel['raw']:.0f}% raw). "
+            f"figure moved {100 * rel['calibrated']:.0f}% calibrated, {100 * rel['raw']:.0f}% raw)"
+            + (f"; of the trained trials' pairs more than {100 * PAIR_GAP:.0f}% apart, {pairs[0]} of {pairs[1]} kept "
+               "their order" if pairs else "")
+            + ". "
             f"The objective costs a trial a median {measure_s:.1f} s (the deployed measurement, and a preview "
             f"before training where the trial's k moves): {100 * share:.1f}% of a default 10-epoch trial, "
             f"{cheap} the {100 * COST_TARGET:.0f}% target "
@@ -126,6 +145,7 @@ def remeasure(run_dir: Path, numbers: list[int], onnx: bool) -> list[dict]:
     deployment = deployment_for(space.deploy, "cpu")
     default = replace(deployment, calibrate=False)  # what a trial of a default run times
     rows = []
+    timed: dict[int, tuple] = {}  # trial -> its timed program and batch size
     for number in numbers:
         trained = load_trained(run_dir / TRIALS_DIR / str(number), number)
         model = trained.model.eval()
@@ -159,9 +179,18 @@ def remeasure(run_dir: Path, numbers: list[int], onnx: bool) -> list[dict]:
                 onnx_prepare(model, batch, space.deploy.threads)
             row["onnx_prepare_s"] = time.perf_counter() - start
         rows.append(row)
+        timed[number] = (timed_run, len(batch))
         print(f"trial {number}: {figure.images_per_s:,.0f} images/s (raw {figure.raw_images_per_s:,.0f}), "
               f"objective {row['preview_s'] + row['seconds']:.2f} s, program / file {row['file_ratio']:.2f}",
               flush=True)
+    # Repeatability: every model timed twice more in this process (the second pass in the other order),
+    # with the objective's rounds and with four times as long: what longer timing would buy
+    for seconds in REPEAT_TIMES:
+        for attempt, order in enumerate((rows, rows[::-1])):
+            for row in order:
+                run, size = timed[row["number"]]
+                rates = interleaved_rates([run], size, min_time_s=seconds)[:, 0]
+                row[f"repeat_{seconds}_{attempt}"] = float(np.median(rates))
     return rows
 
 
@@ -237,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     rel = {kind: float(np.median(np.abs(table[new] / table[rec] - 1)))
            for kind, rec, new in (("calibrated", "throughput", "again"), ("raw", "throughput_raw", "again_raw"))}
     spread = float(np.median(table["throughput_spread"] / table["throughput"]))
+    pairs = {scope: concordant_pairs(frame["throughput_raw"].to_numpy(), frame["again_raw"].to_numpy(), PAIR_GAP)
+             for scope, frame in (("front", on_front), ("all", table))}
 
     rows = [[int(r.number), r.strategy, f"{r.accuracy:.4f}", f"{r.throughput:,.0f} ± {r.throughput_spread:,.0f}",
              f"{r.throughput_raw:,.0f}", f"{r.again:,.0f}", f"{r.again_raw:,.0f}", f"{r.duration_s:.0f}",
@@ -258,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
                f"{deploy.get('threads', 1)} thread(s)")
     short = in_short(trials=len(trials), epochs=args.epochs, front=len(on_front), trained=len(table), rho=rho,
                      rel=rel, measure_s=float(np.median(table["cost_s"])), share=med_default, worst=max_default,
-                     onnx_s=onnx_s, onnx_share=onnx_share, setting=setting)
+                     onnx_s=onnx_s, onnx_share=onnx_share, setting=setting, pairs=pairs["all"])
     command = own_command("bench_throughput.py", argv)
     body = "\n\n".join([
         stamp(command),
@@ -268,8 +299,18 @@ def main(argv: list[str] | None = None) -> int:
          f"{rho[('front', 'calibrated')]:.3f} calibrated, {rho[('front', 'raw')]:.3f} raw; all trained trials "
          f"{rho[('all', 'calibrated')]:.3f} calibrated, {rho[('all', 'raw')]:.3f} raw. Median |re-measured / recorded "
          f"- 1|: {100 * rel['calibrated']:.1f}% calibrated, {100 * rel['raw']:.1f}% raw. Median spread (IQR of the "
-         f"per-round figures / value): {100 * spread:.1f}%."
+         f"per-round figures / value): {100 * spread:.1f}%. Pairs of trials whose recorded figures (raw) differ "
+         f"by more than {100 * PAIR_GAP:.0f}% kept their order when re-measured: {pairs['front'][0]} of "
+         f"{pairs['front'][1]} on the front, {pairs['all'][0]} of {pairs['all'][1]} over all trained trials "
+         "(closer pairs are within the machine's noise: see the repeatability below)."
          + (f" The search took {search_s / 60:.1f} minutes." if search_s else "")),
+        ("Repeatability, over the trained trials, each timed twice more in the re-measuring process (the "
+         "second pass in the other order, about a minute later): Spearman "
+         + ", ".join(f"{spearman(table[f'repeat_{t}_0'].to_numpy(), table[f'repeat_{t}_1'].to_numpy()):.2f} with "
+                     f"{t:g} s of rounds (median |second / first - 1| "
+                     f"{100 * float(np.median(np.abs(table[f'repeat_{t}_1'] / table[f'repeat_{t}_0'] - 1))):.0f}%)"
+                     for t in REPEAT_TIMES)
+         + f"; the objective times {MIN_TIME_S:g} s."),
         (f"What is timed against what is deployed, over the {len(table)} trained trials: the program the objective "
          f"times (exported for the deploy batch, run from memory) ran at a median "
          f"{table['file_ratio'].median():.2f}x the rate of the .pt2 file `runner.export` writes (dynamic batch, "

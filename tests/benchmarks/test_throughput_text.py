@@ -32,3 +32,13 @@ def test_spearman_is_the_rank_correlation():
     assert B.spearman(np.array([1.0, 2, 3, 4]), np.array([10.0, 20, 30, 400])) == 1.0
     assert B.spearman(np.array([1.0, 2, 3]), np.array([3.0, 2, 1])) == -1.0
     assert np.isnan(B.spearman(np.array([1.0]), np.array([2.0])))
+
+
+def test_pairs_far_apart_are_judged_and_near_ties_are_not():
+    recorded = np.array([100.0, 105.0, 200.0, 400.0])
+    again = np.array([104.0, 101.0, 190.0, 150.0])  # the near tie swaps (not judged); 200 and 400 swap (judged)
+    assert B.concordant_pairs(recorded, again, 0.25) == (4, 5)
+    assert "of the trained trials' pairs more than 25% apart, 4 of 5 kept their order" in B.in_short(
+        trials=4, epochs=3, front=4, trained=4, rho={(s, k): 0.8 for s in ("front", "all") for k in ("raw", "calibrated")},
+        rel={"calibrated": 0.1, "raw": 0.1}, measure_s=0.5, share=0.04, worst=0.05, onnx_s=None, onnx_share=None,
+        pairs=(4, 5))
