@@ -317,16 +317,17 @@ def main(argv: list[str] | None = None) -> int:
          f"saved and loaded back; range {table['file_ratio'].min():.2f}-{table['file_ratio'].max():.2f}x, timed "
          f"side by side in interleaved rounds), and its whole measurement took a median "
          f"{table['seconds'].median():.2f} s where preparing the file alone took {table['file_prepare_s'].median():.2f} s."),
-        ("Recorded: the figure each trial wrote at its end, in its Ray worker, while the other trial trained "
-         "beside it. Re-measured: the same weights rebuilt and timed again in one fresh process, trials in the "
-         "reverse order, the machine otherwise as it was. Calibrated figures are the model's rate over the "
-         "fixed reference CNN's in the same interleaved rounds, times the reference's best rate at calibration "
-         "(README, \"Throughput\"): one rate for the run, measured by the search before its first trial and "
-         "read by every trial and by the re-measuring process; raw figures are the model's median rate in the "
-         "same rounds. The cost is timed as a default run pays it (uncalibrated: no reference in the rounds): the "
-         "measure time is the export (torch.export for the deploy batch) plus the timing; the preview (only where "
-         "the trial's k moves) is the eager module in 3 short rounds. A default trial's time is the trial's own "
-         "time with its per-epoch time for the epochs it did not train."),
+        ("Recorded: the figure each trial wrote (before training where its k cannot move, else at its end), in"
+         " its Ray worker, while the other trial trained beside it. Re-measured: the same weights rebuilt and "
+         "timed again in one fresh process, trials in the reverse order, the machine otherwise as it was. "
+         "Calibrated figures are the model's rate over the fixed reference CNN's in the same interleaved "
+         "rounds, times the reference's best rate at calibration (README, \"Throughput\"): one rate for the "
+         "run, measured by the search before its first trial and read by every trial and by the re-measuring "
+         "process; raw figures are the model's median rate in the same rounds. The cost is timed as a default "
+         "run pays it (uncalibrated: no reference in the rounds): the measure time is the export (torch.export"
+         " for the deploy batch) plus the timing; the preview (only where the trial's k moves) is the eager "
+         "module in 3 short rounds. A default trial's time is the trial's own time with its per-epoch time for"
+         " the epochs it did not train."),
     ])
     print(body)
     if not args.no_write:
