@@ -12,8 +12,8 @@ again elsewhere, and what does it cost a trial?
    agreement (Spearman) of recorded against re-measured throughput, on the front and over all
    trials, calibrated (the objective as recorded) and raw (``throughput_raw``: the same timing
    without the reference).
-3. The cost: the time a trial spends on the objective (the deployed measurement: export and timing;
-   and a preview before training where the trial's k moves), timed in that process, against the
+3. The cost: the time a trial spends on the objective (the deployed measurement, export and timing,
+   before training; twice where training moved the trial's k), timed in that process, against the
    trial's own time and against a default trial's (the same trial at cells64's 10 epochs, from its
    per-epoch times). The same for an ONNX export, to show why pt2 is the default runtime.
 """
@@ -96,8 +96,8 @@ def in_short(*, trials: int, epochs: int, front: int, trained: int, rho: dict, r
             + (f"; of the trained trials' pairs more than {100 * PAIR_GAP:.0f}% apart, {pairs[0]} of {pairs[1]} kept "
                "their order" if pairs else "")
             + ". "
-            f"The objective costs a trial a median {measure_s:.1f} s (the deployed measurement, and a preview "
-            f"before training where the trial's k moves): {100 * share:.1f}% of a default 10-epoch trial, "
+            f"The objective costs a trial a median {measure_s:.1f} s (the deployed measurement before training, "
+            f"and again at the end where training moved the trial's k): {100 * share:.1f}% of a default 10-epoch trial, "
             f"{cheap} the {100 * COST_TARGET:.0f}% target "
             f"(at most {100 * worst:.1f}%)")
     if onnx_s is not None and onnx_share is not None:
@@ -133,10 +133,10 @@ def remeasure(run_dir: Path, numbers: list[int], onnx: bool) -> list[dict]:
     import torch
 
     from objectives import measure_throughput
-    from objectives.throughput import interleaved_rates, previewing
+    from objectives.throughput import interleaved_rates
     from runner.engine.checkpoint import load_trained
     from runner.engine.deploy import deployment_for, onnx_prepare, pt2_file_prepare, use_space_deployment
-    from search_space.k_rules import k_rule_class
+    from search_space.build import build_model
     from search_space.spec import parse_space
 
     space = parse_space(yaml.safe_load((run_dir / SPACE_FILE).read_text()), source=run_dir / SPACE_FILE)
@@ -150,19 +150,14 @@ def remeasure(run_dir: Path, numbers: list[int], onnx: bool) -> list[dict]:
         trained = load_trained(run_dir / TRIALS_DIR / str(number), number)
         model = trained.model.eval()
         meta = trained.meta
-        images = torch.randn(32, int(meta["in_channels"]), int(meta["image_size"]), int(meta["image_size"]),
-                             generator=torch.Generator().manual_seed(number))
-        figure = measure_throughput(model, images, deployment)
+        shape = int(meta["in_channels"]), int(meta["num_classes"]), int(meta["image_size"])
         config = json.loads((run_dir / TRIALS_DIR / str(number) / CONFIG_FILE).read_text())
-        preview_s = 0.0  # a trial whose k cannot move times the deployed model once, with no preview
-        if model.k_bounds() is not None and k_rule_class(config.get("k_rule", "fixed")).moves_k:
-            start = time.perf_counter()
-            with previewing():
-                measure_throughput(model, images, default)
-            preview_s = time.perf_counter() - start
+        k_moved = build_model(config, *shape).k != model.k  # before any forward: the counts every image runs at
+        images = torch.randn(32, shape[0], shape[2], shape[2], generator=torch.Generator().manual_seed(number))
+        figure = measure_throughput(model, images, deployment)
         start = time.perf_counter()
         measure_throughput(model, images, default)
-        row = {"number": number, "seconds": time.perf_counter() - start, "preview_s": preview_s,
+        row = {"number": number, "seconds": time.perf_counter() - start, "measurements": 2 if k_moved else 1,
                "throughput": figure.images_per_s,
                "throughput_spread": figure.spread, "throughput_raw": figure.raw_images_per_s}
         batch = images.repeat(2, 1, 1, 1)[: space.deploy.batch_size]
@@ -181,14 +176,15 @@ def remeasure(run_dir: Path, numbers: list[int], onnx: bool) -> list[dict]:
         rows.append(row)
         timed[number] = (timed_run, len(batch))
         print(f"trial {number}: {figure.images_per_s:,.0f} images/s (raw {figure.raw_images_per_s:,.0f}), "
-              f"objective {row['preview_s'] + row['seconds']:.2f} s, program / file {row['file_ratio']:.2f}",
+              f"objective {row['measurements'] * row['seconds']:.2f} s, program / file {row['file_ratio']:.2f}",
               flush=True)
-    # Repeatability: every model timed twice more in this process (the second pass in the other order),
-    # with the objective's rounds and with four times as long: what longer timing would buy
-    for seconds in REPEAT_TIMES:
-        for attempt, order in enumerate((rows, rows[::-1])):
-            for row in order:
-                run, size = timed[row["number"]]
+    # Repeatability: every model timed in two more passes over them all (the second in the other order),
+    # in each pass at every length of rounds back to back: what longer timing would buy, every length
+    # seeing the same time between a model's two timings
+    for attempt, order in enumerate((rows, rows[::-1])):
+        for row in order:
+            run, size = timed[row["number"]]
+            for seconds in REPEAT_TIMES:
                 rates = interleaved_rates([run], size, min_time_s=seconds)[:, 0]
                 row[f"repeat_{seconds}_{attempt}"] = float(np.median(rates))
     return rows
@@ -253,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     table = ok.merge(again, on="number")
     table["epoch_s"] = [epoch_seconds(run_dir, int(n)) for n in table["number"]]
     table["default_s"] = table["duration_s"] + (DEFAULT_EPOCHS - args.epochs) * table["epoch_s"]
-    table["cost_s"] = table["seconds"] + table["preview_s"]  # what a trial spends on the objective
+    table["cost_s"] = table["seconds"] * table["measurements"]  # what a trial spends on the objective
     table["overhead"] = table["cost_s"] / table["duration_s"]
     table["overhead_default"] = table["cost_s"] / table["default_s"]
     if "onnx_prepare_s" in table:
@@ -271,12 +267,12 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = [[int(r.number), r.strategy, f"{r.accuracy:.4f}", f"{r.throughput:,.0f} ± {r.throughput_spread:,.0f}",
              f"{r.throughput_raw:,.0f}", f"{r.again:,.0f}", f"{r.again_raw:,.0f}", f"{r.duration_s:.0f}",
-             f"{r.preview_s:.2f}", f"{r.seconds:.2f}", f"{100 * r.overhead_default:.1f}%", f"{r.file_ratio:.2f}",
+             f"{r.measurements}", f"{r.seconds:.2f}", f"{100 * r.overhead_default:.1f}%", f"{r.file_ratio:.2f}",
              f"{r.file_prepare_s:.2f}"]
             + ([f"{r.onnx_prepare_s:.1f}"] if "onnx_prepare_s" in table else [])
             for r in on_front.sort_values("throughput").itertuples()]
     header = ["trial", "strategy", "accuracy", "throughput (recorded ± IQR)", "raw (recorded)", "re-measured",
-              "re-measured raw", "trial s", "preview s", "measure s", "(preview + measure) / default trial",
+              "re-measured raw", "trial s", "measurements", "measure s", "cost / default trial",
               "timed program / .pt2 file", ".pt2 file prepare s"]
     if "onnx_prepare_s" in table:
         header.append("ONNX export s")
@@ -304,8 +300,9 @@ def main(argv: list[str] | None = None) -> int:
          f"{pairs['front'][1]} on the front, {pairs['all'][0]} of {pairs['all'][1]} over all trained trials "
          "(closer pairs are within the machine's noise: see the repeatability below)."
          + (f" The search took {search_s / 60:.1f} minutes." if search_s else "")),
-        ("Repeatability, over the trained trials, each timed twice more in the re-measuring process (the "
-         "second pass in the other order, about a minute later): Spearman "
+        ("Repeatability, over the trained trials, each timed in two more passes over them all in the "
+         "re-measuring process (the second pass in the other order; within a pass every length of rounds back "
+         "to back): Spearman "
          + ", ".join(f"{spearman(table[f'repeat_{t}_0'].to_numpy(), table[f'repeat_{t}_1'].to_numpy()):.2f} with "
                      f"{t:g} s of rounds (median |second / first - 1| "
                      f"{100 * float(np.median(np.abs(table[f'repeat_{t}_1'] / table[f'repeat_{t}_0'] - 1))):.0f}%)"
@@ -317,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
          f"saved and loaded back; range {table['file_ratio'].min():.2f}-{table['file_ratio'].max():.2f}x, timed "
          f"side by side in interleaved rounds), and its whole measurement took a median "
          f"{table['seconds'].median():.2f} s where preparing the file alone took {table['file_prepare_s'].median():.2f} s."),
-        ("Recorded: the figure each trial wrote (before training where its k cannot move, else at its end), in"
+        ("Recorded: the figure each trial wrote (before training, or at its end where training moved its k), in"
          " its Ray worker, while the other trial trained beside it. Re-measured: the same weights rebuilt and "
          "timed again in one fresh process, trials in the reverse order, the machine otherwise as it was. "
          "Calibrated figures are the model's rate over the fixed reference CNN's in the same interleaved "
@@ -325,8 +322,8 @@ def main(argv: list[str] | None = None) -> int:
          "run, measured by the search before its first trial and read by every trial and by the re-measuring "
          "process; raw figures are the model's median rate in the same rounds. The cost is timed as a default "
          "run pays it (uncalibrated: no reference in the rounds): the measure time is the export (torch.export"
-         " for the deploy batch) plus the timing; the preview (only where the trial's k moves) is the eager "
-         "module in 3 short rounds. A default trial's time is the trial's own time with its per-epoch time for"
+         " for the deploy batch) plus the timing, counted twice for a trial whose k training moved (it is "
+         "timed again at its end). A default trial's time is the trial's own time with its per-epoch time for"
          " the epochs it did not train."),
     ])
     print(body)

@@ -27,12 +27,10 @@ Measured on 2 shared cores (docs/benchmarks.md, "Throughput objective") the rati
 trials worse than the plain median did (the reference's own timing noise enters every ratio), so
 calibration is off by default; it is for machines whose load changes between trials.
 
-Before training, a trial needs a throughput for its per-epoch reports (early stopping's rungs read
-every objective). A runtime's speed depends on the graph and its shapes, not on the weights' values,
-so a trial whose shapes training cannot change (no k, or a k rule that keeps it) measures its
-deployed figure then, once, and it is the trial's value. A trial whose k moves reports a preview
-(:func:`previewing`: the eager module, in fewer rounds, against the eager reference when calibrated)
-and measures the deployed figure at its end, at the final k.
+A trial measures it before training, on the untrained model: a runtime's speed depends on the
+graph and its shapes, not on the weights' values, so that is the trial's figure (its per-epoch
+reports, which early stopping's rungs read, carry it too, every trial's on its deploy runtime), and
+it is measured again at the end only when training moved the trial's k (the shapes changed).
 
 Layers: the runtime a model is timed on (a ``torch.export`` program, an onnxruntime session) is
 made by the engine (``runner.engine.deploy``, beside the exporters), which this package may not import.
@@ -65,11 +63,9 @@ Prepare = Callable[[nn.Module, torch.Tensor, int], Run]  # (eval model, batch, t
 CALIBRATION_ROUNDS = 15  # the reference alone, once per run and deployment
 MIN_ROUNDS = 5  # interleaved rounds at each measurement, at least ...
 MAX_ROUNDS = 25  # ... and at most,
-MIN_TIME_S = 0.15  # going on until this much time is spent timing (2x and 4x as long repeat no better: docs/benchmarks.md)
+MIN_TIME_S = 0.15  # going on until this much time is spent timing (2x or 4x as long repeats no closer: docs/benchmarks.md)
 CHUNK_S = 0.02  # each timed call is repeated to last about this long (a short call is all timer noise)
 WARMUP = 2  # untimed calls of each runtime first (allocations, lazy initialisation, caches)
-PREVIEW_ROUNDS = 3  # a preview's interleaved rounds ...
-PREVIEW_TIME_S = 0.15  # ... and the time it goes on for
 
 
 def eager_prepare(model: nn.Module, batch: torch.Tensor, threads: int) -> Run:
@@ -98,11 +94,6 @@ class Deployment:
     device: str = "cpu"
     prepare: Prepare = field(default=eager_prepare, compare=False)
     calibrate: bool = True
-
-    def preview(self) -> Deployment:
-        """The deployment a preview times: the eager module, same batch, threads and device, against
-        the eager reference (a preview is always a ratio when the run calibrates)."""
-        return Deployment("eager", self.batch_size, self.threads, self.device, calibrate=self.calibrate)
 
     def key(self, shape: Sequence[int]) -> tuple:
         """What a calibration is valid for: the runtime, the batch shape, threads and device."""
@@ -264,7 +255,6 @@ def deploy_batch(images: torch.Tensor, batch_size: int | None) -> torch.Tensor:
 # set from the run (set_calibration) or, without one, measured here once.
 _REFERENCES: dict[tuple, Run] = {}
 _CALIBRATIONS: dict[tuple, float] = {}
-_PREVIEW: ContextVar[bool] = ContextVar("cellsparse_throughput_preview", default=False)
 
 
 def _reference_run(deployment: Deployment, shape: Sequence[int], device: torch.device, threads: int) -> Run:
@@ -300,17 +290,6 @@ def _calibration(deployment: Deployment, shape: Sequence[int]) -> float:
     return _CALIBRATIONS[key]
 
 
-@contextlib.contextmanager
-def previewing() -> Iterator[None]:
-    """Inside the block, ``throughput`` is a preview: the eager module, a few short rounds against the
-    eager reference (a figure for per-epoch reports, not the deployed one)."""
-    token = _PREVIEW.set(True)
-    try:
-        yield
-    finally:
-        _PREVIEW.reset(token)
-
-
 def measure_throughput(model: nn.Module, images: torch.Tensor, deployment: Deployment | None = None) -> Throughput:
     """Time ``model`` as ``deployment`` (default: the current one) runs it, interleaved with the reference.
 
@@ -318,10 +297,6 @@ def measure_throughput(model: nn.Module, images: torch.Tensor, deployment: Deplo
     deployment's device, and the model with them when it lives elsewhere (a copy: the caller's
     model is left where it is). Eval mode, no autograd, the model's modes restored afterwards."""
     deployment = deployment or current_deployment()
-    rounds: dict[str, float] = {}
-    if _PREVIEW.get():
-        deployment = deployment.preview()
-        rounds = {"min_rounds": PREVIEW_ROUNDS, "max_rounds": PREVIEW_ROUNDS, "min_time_s": PREVIEW_TIME_S}
     device = torch.device(deployment.device)
     batch = deploy_batch(images, deployment.batch_size).to(device)
     first = next(iter(model.parameters()), None)
@@ -331,11 +306,11 @@ def measure_throughput(model: nn.Module, images: torch.Tensor, deployment: Deplo
     with _torch_threads(deployment.threads), inference(model):
         run = deployment.prepare(model, batch, threads)
         if not deployment.calibrate:
-            rates = interleaved_rates([run], len(batch), **rounds)
+            rates = interleaved_rates([run], len(batch))
             return calibrated(rates[:, 0], None, None)
         calibration_rate = _calibration(deployment, batch.shape)
         reference = _reference_run(deployment, batch.shape, device, threads)
-        rates = interleaved_rates([run, reference], len(batch), **rounds)
+        rates = interleaved_rates([run, reference], len(batch))
     return calibrated(rates[:, 0], rates[:, 1], calibration_rate)
 
 

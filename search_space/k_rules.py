@@ -105,9 +105,6 @@ class KRule(ABC):
     name: ClassVar[str]
     params: ClassVar[dict[str, ParamSpec]] = {}
     per_image: ClassVar[bool] = False
-    #: Whether the model's k (the count every image runs at: a per-image rule's cap) may change while
-    #: training; a rule that keeps it lets a trial time the deployed model once, before training.
-    moves_k: ClassVar[bool] = True
 
     @classmethod
     def keys(cls) -> tuple[str, ...]:
@@ -208,7 +205,6 @@ class FixedRule(KRule):
     """k never moves."""
 
     name = "fixed"
-    moves_k = False
 
     def _update(self, step: int, loss: float, probe: tuple[float, float] | None) -> None:
         pass
@@ -380,7 +376,6 @@ class PerImageRule(KRule):
     (DynamicViT), which only a learned scorer provides."""
 
     per_image = True
-    moves_k = False  # the cap: what every image runs at
     reads_distribution: ClassVar[bool] = False
     samples_keeps: ClassVar[bool] = False
 

@@ -2,8 +2,9 @@
 
 The objective (``objectives.throughput``) knows how to time and calibrate but not how to export:
 that lives here, in the engine, with the exporters. :func:`deployment_for` turns ``deploy`` into an
-``objectives.Deployment`` whose ``prepare`` exports the model as ``runner.export`` does and runs it
-through the runners export and predict use (``runner.engine.artefacts``):
+``objectives.Deployment`` whose ``prepare`` exports the model (as ``runner.export`` does, the pt2
+program for the timed batch's shape alone) and runs it through the runners export and predict use
+(``runner.engine.artefacts``):
 
 * ``pt2``: the ``torch.export`` program's module, exported for the deploy batch and run from memory
   (the file ``runner.export`` writes has a dynamic batch and is loaded from disk: the same operators,
@@ -17,8 +18,8 @@ An ONNX file lives in a temporary folder only while onnxruntime loads it. A tria
 :func:`use_space_deployment` once; the budget check (``min_throughput``) does the same in the driver.
 
 Calibration, once per run: before the first trial the driver times the objective's reference model
-alone (:func:`calibrate_run`) on the deploy runtime and on the eager module (the preview a trial
-reports before training), and keeps the rates in the run directory (``deploy_calibration.json``).
+alone (:func:`calibrate_run`) on the deploy runtime, and keeps the rate in the run directory
+(``deploy_calibration.json``).
 Every trial process reads them from there, so all trials of a run are put on one scale, whatever
 process, node or session timed them; a resumed session reuses the rates of the same deployment.
 """
@@ -140,25 +141,21 @@ def _read_calibrations(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def calibrate_run(space: SearchSpace, run_dir: Path) -> list[dict[str, Any]]:
-    """Measure (or reuse) the run's calibration rates and set them in this process; the records.
+    """Measure (or reuse) the run's calibration rate and set it in this process; the records.
 
-    One for the deploy runtime and one for the eager preview, at the deploy batch of the data's
-    frames; kept in ``run_dir``. Nothing when the space does not time throughput, or times it
-    uncalibrated (``deploy.calibrate: false``, the default)."""
+    The deploy runtime's, at the deploy batch of the data's frames; kept in ``run_dir``. Nothing
+    when the space does not time throughput, or times it uncalibrated (``deploy.calibrate: false``,
+    the default)."""
     if not times_throughput(space) or not space.deploy.calibrate:
         return []
     in_channels, _, size = data_shape(space)
     shape = (space.deploy.batch_size, in_channels, size, size)
-    deployed = deployment_for(space.deploy, trial_device(space))
+    deployment = deployment_for(space.deploy, trial_device(space))
     records = _read_calibrations(Path(run_dir))
-    changed = False
-    for deployment in dict.fromkeys((deployed, deployed.preview())):
-        found = next((r for r in records if _from_record(r).key(r["shape"]) == deployment.key(shape)), None)
-        if found is None:
-            found = _record(deployment, shape, measure_calibration(deployment, shape))
-            records.append(found)
-            changed = True
-        set_calibration(deployment, shape, found["rate"])
-    if changed:
+    found = next((r for r in records if _from_record(r).key(r["shape"]) == deployment.key(shape)), None)
+    if found is None:
+        found = _record(deployment, shape, measure_calibration(deployment, shape))
+        records.append(found)
         write_atomic(Path(run_dir) / CALIBRATION_FILE, json.dumps(records, indent=2) + "\n")
+    set_calibration(deployment, shape, found["rate"])
     return records

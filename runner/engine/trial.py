@@ -21,6 +21,8 @@ What it does, top to bottom:
    each epoch, so a trial stopped early keeps its curve;
 4. at the end: every objective measured on the final model (accuracy is validation accuracy; FLOPs
    are counted at the final k on a validation batch), test accuracy as extra information only;
+   throughput only when training moved k: it is timed as deployed before training, on the
+   untrained model (the speed of a runtime depends on the graph and its shapes, not the weights);
 5. the files of ``runs/<name>/trials/<n>/``: config.json, metrics.json, history.json, model.pt,
    meta.json (what rebuilding the model and feeding it needs) and looked_at.npz (a few validation
    images with what the model used in each, for the report).
@@ -48,7 +50,6 @@ from torch import nn
 from cellsparse.files import write_atomic
 from cellsparse.rundir import CONFIG_FILE, HISTORY_FILE, LOOKED_AT_FILE, META_FILE, METRICS_FILE, WEIGHTS_FILE
 from objectives import count_flops, count_params, get_objective, measure_objective
-from objectives.throughput import previewing
 from runner.data import augment_batch
 from search_space.build import build_model
 from search_space.k_rules import make_k_rule
@@ -369,15 +370,11 @@ def run_trial(
     val_batch = splits.normalise(splits.val_x[:MEASURE_BATCH].to(device))
     params_count = count_params(model)
     # Objective values reported each epoch; the costly ones are measured once now, again at the end.
-    # Throughput: a runtime's speed depends on the graph and its shapes, not on the weights' values,
-    # so where they cannot change while training (no k, or a rule that keeps it) the deployed figure
-    # is measured once, now, and is the trial's; otherwise a preview now (the eager module, briefly)
-    # and the deployed figure at the end, at the final k.
-    shapes_fixed = rule is None or not rule.moves_k
-    k_start = model.k
-    with contextlib.nullcontext() if shapes_fixed else previewing():
-        latest = measure(model, [n for n in objectives if n not in ("accuracy", "flops")], val_accuracy=0.0,
-                         images=val_batch)
+    # Throughput is timed as deployed now and kept: a runtime's speed depends on the graph and its
+    # shapes, not on the weights' values; only a k that training moved (new shapes) is timed again.
+    k_start = None if rule is None else rule.k  # the count every image runs at (a per-image rule's cap)
+    latest = measure(model, [n for n in objectives if n not in ("accuracy", "flops")], val_accuracy=0.0,
+                     images=val_batch)
 
     # -- training ----------------------------------------------------------------------------
     history: list[dict[str, Any]] = []
@@ -440,7 +437,7 @@ def run_trial(
     # -- final measurements (at the final k) -------------------------------------------------
     final_val = history[-1]["val_accuracy"] if history else accuracy(model, splits.val_x, splits.val_y, device,
                                                                       splits.normalise)
-    timed = {} if not shapes_fixed or model.k != k_start else throughput_in(latest)
+    timed = throughput_in(latest) if rule is None or rule.k == k_start else {}
     values = {**measure(model, [n for n in objectives if n not in timed], val_accuracy=final_val, images=val_batch),
               **timed}
     metrics: dict[str, Any] = {

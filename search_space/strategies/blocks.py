@@ -209,8 +209,9 @@ def top_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
     a stable sort of just those ``k`` scores.
     """
     n = scores.shape[1]
-    if n < SORT_ALL_BELOW or k >= n:
+    if n < SORT_ALL_BELOW or k >= n or k == 0:
         return scores.sort(dim=1, descending=True, stable=True).indices[:, :k]
+    scores = scores.nan_to_num(nan=float("inf"))  # the sort puts NaN first; equal to it the comparisons below see
     kth = scores.topk(k, dim=1).values[:, -1:]  # (B, 1)
     above, tied = scores > kth, scores == kth
     room = k - above.sum(dim=1, keepdim=True)  # tied scores the selection takes

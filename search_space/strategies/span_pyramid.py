@@ -192,7 +192,7 @@ class SpanLayer(nn.Module):
         bias = self.rel_bias.index_select(1, plan.bias_index.reshape(-1)).reshape(H, *plan.bias_index.shape)
         bias = bias.permute(1, 0, 2, 3)  # (B, H, T, S)
         if plan.keys is None:  # dense masked product over the stage's T tokens, one fused kernel
-            mask = bias.masked_fill(~plan.allowed[:, None], torch.finfo(bias.dtype).min)  # padding rows stay finite
+            mask = bias.masked_fill(~plan.allowed[:, None], torch.finfo(bias.dtype).min)  # no row is all masked (_plan)
             return fused_attention(_split_heads(q, H), _split_heads(k, H), _split_heads(v, H), mask, self.scale)
         # Gather each query's keys and values head-major, whole rows of (B * H * (T + 1), d) picked by
         # one index vector (index_select, an ONNX Gather on axis 0: a row copy each, where an
@@ -539,7 +539,10 @@ class SpanPyramid(CountedKModel):
 
             window = (same(r, 0) & same(c, 0)) | (same(r, shift) & same(c, shift))
             bias_index = (dr.clamp(-(w - 1), w - 1) + w - 1) * span + dc.clamp(-(w - 1), w - 1) + w - 1
-            return _StagePlan(valid=valid, keys=None, allowed=window & valid[:, None, :], bias_index=bias_index)
+            # every query sees itself, so no row is fully masked: a padding query's (nothing reads its
+            # output) would be NaN in some fused kernels once a bf16 mask rounds the lowest float to -inf
+            own = torch.eye(T, dtype=torch.bool, device=coords.device)
+            return _StagePlan(valid=valid, keys=None, allowed=(window & valid[:, None, :]) | own, bias_index=bias_index)
         offsets = torch.arange(w, device=coords.device)
         reg_r = (torch.div(r, w, rounding_mode="floor") * w)[..., None] + offsets  # (B, T, w)
         reg_c = (torch.div(c, w, rounding_mode="floor") * w)[..., None] + offsets

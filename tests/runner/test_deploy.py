@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -12,7 +11,6 @@ import torch
 
 from cellsparse.rundir import CALIBRATION_FILE, read_trials
 from objectives import deployed, measure_objective, measure_throughput, throughput
-from objectives.throughput import previewing
 from runner.engine.deploy import PREPARE, calibrate_run, deployment_for, pt2_file_prepare, pt2_prepare, use_space_deployment
 from runner.engine.sampler import check_costs
 from runner.engine.trial import record_infeasible
@@ -94,7 +92,7 @@ def test_a_search_with_throughput_records_it_and_builds_its_report(tmp_path, mon
     html = (tmp_path / "run" / "report.html").read_text(encoding="utf-8")
     assert "throughput (max)" in html and "throughput: " in html  # an objective of the run, on the points
     records = json.loads((tmp_path / "run" / CALIBRATION_FILE).read_text())  # the run's one scale
-    assert {r["runtime"] for r in records} == {"pt2", "eager"} and all(r["rate"] > 0 for r in records)
+    assert [r["runtime"] for r in records] == ["pt2"] and all(r["rate"] > 0 for r in records)
     assert "throughput reference on pt2: " in out
 
 
@@ -103,7 +101,7 @@ def test_the_run_calibration_is_measured_once_and_every_trial_process_uses_it(tm
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     first = calibrate_run(space, run_dir)
-    assert [r["runtime"] for r in first] == ["eager"]  # the deploy runtime is eager here: no separate preview
+    assert [r["runtime"] for r in first] == ["eager"]  # the deploy runtime's, the only one
     monkeypatch.setattr(throughput, "measure_calibration", lambda *a: pytest.fail("measured again"))
     assert calibrate_run(space, run_dir) == first  # a resumed session reuses it
     # A trial process reads the run's rate: a figure is its ratio to the reference times that rate.
@@ -114,26 +112,6 @@ def test_the_run_calibration_is_measured_once_and_every_trial_process_uses_it(tm
     model = build_model(default_config("dense_cnn"), 3, 4, 16).eval()
     figure = measure_throughput(model, torch.randn(8, 3, 16, 16))
     assert figure.calibration_rate == 1.0e9 and figure.images_per_s > 1.0e7  # on the run's scale, not its own
-
-
-def test_a_preview_times_the_eager_module_briefly(monkeypatch):
-    seen = []
-    real = throughput.interleaved_rates
-
-    def spy(runs, batch_size, **kwargs):
-        seen.append(kwargs)
-        return real(runs, batch_size, **kwargs)
-
-    monkeypatch.setattr(throughput, "interleaved_rates", spy)
-    monkeypatch.setattr(throughput, "_CALIBRATIONS", {})
-    prepared = []
-    deployment = deployment_for(DeploySpec("pt2", batch_size=8, threads=1))
-    deployment = replace(deployment, prepare=lambda m, b, t: prepared.append("pt2") or deployment.prepare(m, b, t))
-    model = build_model(default_config("dense_cnn"), 3, 4, 16).eval()
-    with deployed(deployment), previewing():
-        figure = measure_throughput(model, torch.randn(8, 3, 16, 16))
-    assert prepared == [] and figure.images_per_s > 0  # no export: the eager module
-    assert seen[-1]["max_rounds"] == throughput.PREVIEW_ROUNDS
 
 
 def test_a_search_over_its_throughput_floor_trains_nothing(tmp_path, monkeypatch, capsys):

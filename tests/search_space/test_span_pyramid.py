@@ -357,3 +357,12 @@ def test_overfits_64_blob_images(keep_score: str) -> None:
     accuracy, steps = train_steps(model, x, y, 150, target=0.95)
     assert accuracy >= 0.95, f"train accuracy {accuracy:.2f} after {steps} steps"
     assert time.perf_counter() - start < 30
+
+
+def test_no_query_of_the_dense_plan_has_every_key_masked() -> None:
+    # padding queries see themselves: a fully masked row is NaN in some fused attention kernels
+    model = build(3, 28, patch_size=4, keep_fraction=0.5, window=2).eval()
+    coords = torch.tensor([[[0, 0], [0, 1], [5, 5]]])
+    valid = torch.tensor([[True, False, False]])
+    plan = model._plan(coords, valid, (7, 7), dense=True)
+    assert plan.allowed.any(dim=-1).all() and plan.allowed[0, 0].tolist() == [True, False, False]
