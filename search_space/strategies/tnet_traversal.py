@@ -440,14 +440,16 @@ class TNetTraversal(CountedKModel):
         n, b, half = centres.shape[1], self.base_resolution, self.half_sizes[level]
         ss = self._supersample(level, H, W)
         if self._pools_whole_frame(level, H, W):
-            return F.avg_pool2d(images, ss)  # (B, C, b, b), n = 1
+            return F.avg_pool2d(images, H // b)  # (B, C, b, b), n = 1
         taps = 2 * ss
         row_index, row_weight = self._taps(centres[..., 0], half, ss, H)  # (B, n, b, taps)
         col_index, col_weight = self._taps(centres[..., 1], half, ss, W)
-        # rows: each output row of every view is a weighted sum of image rows, (C * W) values each
-        src = images.transpose(1, 2).reshape(B * H, C * W)
-        rows = row_index + (torch.arange(B, device=images.device) * H)[:, None, None, None]
-        picked = src.index_select(0, rows.reshape(-1)).reshape(B * n * b, taps, C * W)
+        # rows: each output row of every view is a weighted sum of image rows, (C * W) values each, picked
+        # channel by channel from the images as they lie (a transposed copy of a large frame cost more
+        # than the gathers)
+        channels = torch.arange(C, device=images.device) * H
+        rows = (row_index + (torch.arange(B, device=images.device) * C * H)[:, None, None, None])[..., None] + channels
+        picked = images.reshape(B * C * H, W).index_select(0, rows.reshape(-1)).reshape(B * n * b, taps, C * W)
         out = torch.bmm(row_weight.reshape(B * n * b, 1, taps), picked)  # (B * n * b, 1, C * W)
         # columns: the same along x, on the (b rows x C) values of each view column
         src = out.reshape(B * n, b, C, W).permute(0, 3, 1, 2).reshape(B * n * W, b * C)
@@ -481,10 +483,13 @@ class TNetTraversal(CountedKModel):
         return 2.0 * G * b * b + 2.0 * G * b * G
 
     def _pools_whole_frame(self, level: int, H: int, W: int) -> bool:
-        """Whether ``level``'s one view is the whole frame at an integer ratio (level 0 with H = W = b * ss):
-        then every sample falls on a pixel centre and the crop is an ``avg_pool2d(ss)``, one op in
-        place of two gather passes (a third of TNet's time on 64-px frames in onnxruntime)."""
-        return level == 0 and H == W == self.base_resolution * self._supersample(level, H, W)
+        """Whether ``level``'s one view is the whole frame, sampled so that it is an ``avg_pool2d(H / b)``:
+        level 0 with H = W = m * b * ss, m 1 or 2. At m = 1 every sample falls on a pixel centre; at
+        m = 2 between two pixels, weighted a half each; either way the ss x ss samples of an output
+        pixel average exactly its H / b-square block. One op in place of two gather passes: a third
+        of TNet's time on 64-px frames in onnxruntime, more on large frames."""
+        side = self.base_resolution * self._supersample(level, H, W)
+        return level == 0 and H == W and H % side == 0 and H // side in (1, 2)
 
     def crop_flops(self, H: int, W: int) -> float:
         """FLOPs of sampling every view of one H x W image: per view and level, 2 per tap of each row

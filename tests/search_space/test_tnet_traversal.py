@@ -290,7 +290,7 @@ def hand_flops(model: TNetTraversal, *, channels: int, attention: bool, size: in
     crops = 0.0
     for level in range(levels):  # separable bilinear + average: ss samples a side, 2 taps each, 2 FLOPs a tap
         ss = max(1, min(4, round(model.overlap**level * size / base)))
-        if level == 0 and base * ss == size:  # the whole frame at an integer ratio: an average pool, 1 per pixel
+        if level == 0 and size % (base * ss) == 0 and size // (base * ss) in (1, 2):  # an average pool, 1 per pixel
             crops += channels * size * size
             continue
         row_outputs, col_outputs = base * channels * size, base * base * channels
@@ -329,11 +329,13 @@ def test_flops_follow_the_view_count_in_k() -> None:
         assert model.n_views() == 1 + k + k * k
 
 
-def test_a_whole_frame_at_an_integer_ratio_is_pooled_as_the_taps_would_sample_it() -> None:
-    model = build(3, 64, base_resolution=16, **SMALL).eval()
-    x = torch.randn(2, 3, 64, 64)
+@pytest.mark.parametrize("size", [64, 128])  # a sample on each pixel centre; between two pixels (ss capped at 4)
+def test_a_whole_frame_at_an_integer_ratio_is_pooled_as_the_taps_would_sample_it(size: int) -> None:
+    model = build(3, size, base_resolution=16, **SMALL).eval()
+    x = torch.randn(2, 3, size, size)
     centre = torch.zeros(2, 1, 2)
-    assert model._pools_whole_frame(0, 64, 64) and not model._pools_whole_frame(0, 60, 60)
+    assert model._pools_whole_frame(0, size, size)
+    assert not model._pools_whole_frame(0, 60, 60) and not model._pools_whole_frame(0, 256, 256)  # 4 pixels a sample
     pooled = model._crops(x, centre, 0)
     model._pools_whole_frame = lambda *args: False  # the two gather passes instead
     assert torch.allclose(pooled, model._crops(x, centre, 0), atol=1e-6)
