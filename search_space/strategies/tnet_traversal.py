@@ -75,9 +75,12 @@ the cell (``overlap`` 0.4 at 32 px, against 1.9-2.1x at 0.45) make the differenc
 Cropping samples each view bilinearly at base resolution (static shapes, exportable),
 super-sampling and averaging when a crop is much larger than the base resolution so that
 downscaling does not alias; the sampling is separable, so it runs as row gathers and small matmuls
-(``_crops``), not ``grid_sample``, which onnxruntime runs slowly. The first level's one view of a
-frame whose side is a whole multiple of the base resolution is an average pool (every sample falls
-on a pixel centre): one op where the gathers were a third of the time on 64-px frames.
+(``_crops``), not ``grid_sample``, which onnxruntime runs slowly; the rows are gathered channel by
+channel from the frames as they lie (a transposed copy of a batch of 256-px frames cost more than
+the gathers). The first level's one view of a frame whose samples fall on pixel centres or halfway
+between two (side = b * ss or 2 * b * ss: 64 px at base 16, 256 px at base 32) is an average pool,
+exactly: one op where the two passes were a third of TNet's time on 64-px frames and most of it on
+256-px fields (2.5x the images/s there, eager).
 
 FLOPs (2 per multiply-accumulate): the crop sampling (2 per weighted tap, ``crop_flops``: a few
 percent of the total, and the only part that grows with the image size), the backbone's convolutions
