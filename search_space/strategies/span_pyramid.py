@@ -22,10 +22,10 @@ goal on fields").
 
 Speed: the dense local path runs as one fused attention kernel with the relative-position bias and
 the window mask as its additive mask. At batch 256 on 2 threads that makes 0.35x dense_cnn's GFLOP/s
-in torch and 0.10-0.11x in onnxruntime (two runs; from 0.12-0.14x and 0.05-0.06x; docs/benchmarks.md,
-"Achieved GFLOP/s"):
-the bias and mask, gathered for every query-key pair of every layer, and the token bookkeeping of
-the pyramid (plans, merges) still cost about as much as the attention and the linear layers.
+in torch and 0.10-0.11x in onnxruntime (two runs; from 0.12-0.14x and 0.05-0.06x;
+docs/benchmarks.md, "Achieved GFLOP/s"): the bias and mask, gathered for every query-key pair of
+every layer, and the token bookkeeping of the pyramid (plans, merges) still cost about as much as
+the attention and the linear layers.
 
 Kept patches are gathered (top-k, static shapes) into tokens with integer (row, col) coordinates and
 embedded: ``patch_embed: linear`` flattens the patch pixels into one linear layer; ``conv`` first runs
