@@ -127,6 +127,12 @@ def _masked_softmax(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor
     return logits.masked_fill(~allowed, torch.finfo(logits.dtype).min).softmax(dim=-1)
 
 
+def _masked(bias_index: torch.Tensor, allowed: torch.Tensor, window: int) -> torch.Tensor:
+    """``bias_index`` where ``allowed``, else the masked entry that follows the (2 * window - 1)**2
+    relative positions in a layer's bias table (``SpanLayer._local``): the lowest float."""
+    return bias_index.masked_fill(~allowed, (2 * window - 1) ** 2)
+
+
 def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     """(B, N, D) -> (B, heads, N, D / heads)."""
     B, N, D = x.shape
@@ -144,8 +150,9 @@ class _StagePlan:
 
     ``keys`` is None for the dense path (``allowed`` (B, T, T)); otherwise (B, T, S) slot indices into
     the tokens plus one zero padding slot (index T), with ``allowed`` (B, T, S). ``bias_index`` has
-    ``allowed``'s shape and indexes the relative position bias table. A stage without local attention
-    has only ``valid``.
+    ``allowed``'s shape and indexes the relative position bias table, a pair not allowed its masked
+    entry (``_masked``): one gather makes the bias and the mask together. A stage without local
+    attention has only ``valid``.
     """
 
     def __init__(
@@ -189,12 +196,13 @@ class SpanLayer(nn.Module):
         B, T, D = x.shape
         H = self.num_heads
         q, k, v = self.local_qkv(x).chunk(3, dim=-1)  # (B, T, D) each
-        # the bias table's entries for every (query, key) pair: one row gather (index_select), not advanced indexing
-        bias = self.rel_bias.index_select(1, plan.bias_index.reshape(-1)).reshape(H, *plan.bias_index.shape)
-        bias = bias.permute(1, 0, 2, 3)  # (B, H, T, S)
+        # The bias and mask of every (query, key) pair in one gather along the table's rows, read
+        # through a transposed view (B, H, T, S): a gather of (B, T, S, H) rows and a transposed
+        # copy ran 2-4x slower in torch.
+        table = torch.cat([self.rel_bias, self.rel_bias.new_full((H, 1), torch.finfo(self.rel_bias.dtype).min)], dim=1)
+        bias = table.index_select(1, plan.bias_index.reshape(-1)).reshape(H, *plan.bias_index.shape).transpose(0, 1)
         if plan.keys is None:  # dense masked product over the stage's T tokens, one fused kernel
-            mask = bias.masked_fill(~plan.allowed[:, None], torch.finfo(bias.dtype).min)  # no row is all masked (_plan)
-            return fused_attention(_split_heads(q, H), _split_heads(k, H), _split_heads(v, H), mask, self.scale)
+            return fused_attention(_split_heads(q, H), _split_heads(k, H), _split_heads(v, H), bias, self.scale)
         # Gather each query's keys and values head-major, whole rows of (B * H * (T + 1), d) picked by
         # one index vector (index_select, an ONNX Gather on axis 0: a row copy each, where an
         # element-wise gather with an expanded index ran 10x slower in onnxruntime): the gathered
@@ -210,7 +218,7 @@ class SpanLayer(nn.Module):
 
         q = (_split_heads(q, H) * self.scale).reshape(-1, 1, d)  # (B * H * T, 1, d)
         logits = torch.bmm(q, gathered(k).transpose(1, 2)).reshape(B, H, T, S)  # only the gathered pairs
-        attn = _masked_softmax(logits + bias, plan.allowed[:, None])
+        attn = (logits + bias).softmax(dim=-1)  # a padding query, all masked, is uniform (finite): nothing reads it
         out = torch.bmm(attn.reshape(-1, 1, S), gathered(v))  # (B * H * T, 1, d)
         return _merge_heads(out.reshape(B, H, T, d))
 
@@ -543,7 +551,8 @@ class SpanPyramid(CountedKModel):
             # every query sees itself, so no row is fully masked: a padding query's (nothing reads its
             # output) would be NaN in some fused kernels once a bf16 mask rounds the lowest float to -inf
             own = torch.eye(T, dtype=torch.bool, device=coords.device)
-            return _StagePlan(valid=valid, keys=None, allowed=(window & valid[:, None, :]) | own, bias_index=bias_index)
+            allowed = (window & valid[:, None, :]) | own
+            return _StagePlan(valid=valid, keys=None, allowed=allowed, bias_index=_masked(bias_index, allowed, w))
         offsets = torch.arange(w, device=coords.device)
         reg_r = (torch.div(r, w, rounding_mode="floor") * w)[..., None] + offsets  # (B, T, w)
         reg_c = (torch.div(c, w, rounding_mode="floor") * w)[..., None] + offsets
@@ -559,7 +568,7 @@ class SpanPyramid(CountedKModel):
         repeat = in_regular & (torch.arange(2 * w * w, device=coords.device) >= w * w)  # shifted cells seen already
         allowed = (keys < T) & ~repeat
         bias_index = (key_r - r[..., None] + w - 1) * span + key_c - c[..., None] + w - 1  # both windows hold the query
-        return _StagePlan(valid=valid, keys=keys, allowed=allowed, bias_index=bias_index)
+        return _StagePlan(valid=valid, keys=keys, allowed=allowed, bias_index=_masked(bias_index, allowed, w))
 
     # --- forward ---------------------------------------------------------------------------------
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -605,9 +614,11 @@ class SpanPyramid(CountedKModel):
         B, K, D = x.shape
         children = layout.children[transition]  # (B, K', 4) slots, K = absent
         x = torch.cat([self.merge_norms[transition](x), x.new_zeros(B, 1, D)], dim=1)  # (B, K + 1, D)
-        gathered = x.gather(1, children.reshape(B, -1, 1).expand(-1, -1, D))  # (B, K' * 4, D)
-        blocks = gathered.reshape(-1, 4, D).transpose(1, 2).reshape(-1, D, 2, 2)  # (B * K', D, 2, 2)
-        out = self.merges[transition](blocks).reshape(B, children.shape[1], D)  # (B, K', D)
+        gathered = x.gather(1, children.reshape(B, -1, 1).expand(-1, -1, D)).reshape(B, -1, 4, D)  # (B, K', 4, D)
+        # The depthwise 2x2 convolution as the weighted sum it is: its kernel (D, 1, 2, 2) holds a weight
+        # per channel and child in the children's (row, col) order. A convolution needed the children
+        # moved behind the channels first, a transposed copy that cost more than the merge itself.
+        out = (gathered * self.merges[transition].weight.reshape(D, 4).t()).sum(dim=2)  # (B, K', D)
         count = (children < K).sum(dim=-1, keepdim=True).clamp_min(1).to(x.dtype)  # (B, K', 1)
         return out / count
 
