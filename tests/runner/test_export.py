@@ -366,6 +366,34 @@ def test_median_translation_matches_torch(tmp_path: Path) -> None:
         np.testing.assert_array_equal(a, b.numpy())
 
 
+@pytest.mark.parametrize("mask", ["none", "additive", "boolean"])
+def test_attention_translation_matches_torch_and_fuses_in_onnxruntime(mask: str, tmp_path: Path) -> None:
+    """Our ONNX for scaled_dot_product_attention returns torch's output, and onnxruntime folds its
+    scale and key transpose into a FusedMatMul (no Transpose left to run)."""
+    import onnx
+    import onnxruntime as ort
+
+    class Attend(torch.nn.Module):
+        def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+            masks = {"none": None, "additive": m, "boolean": m > 0}
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=masks[mask], scale=0.3)
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 5, 4) for _ in range(3))
+    m = torch.randn(2, 3, 5, 5).masked_fill(torch.eye(5, dtype=torch.bool), 1.0)  # every row keeps a key
+    batch = torch.export.Dim("batch", min=1)  # as exported models have it: a dynamic batch keeps the reshapes
+    program = torch.export.export(Attend().eval(), (q, k, v, m), dynamic_shapes=({0: batch},) * 4)
+    onnx_program = torch.onnx.export(program, dynamo=True, custom_translation_table=X._onnx_translations(), verbose=False)
+    onnx_program.save(tmp_path / "a.onnx")
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    session = ort.InferenceSession(str(tmp_path / "a.onnx"), options, providers=["CPUExecutionProvider"])
+    feeds = {i.name: t.numpy() for i, t in zip(session.get_inputs(), (q, k, v, m), strict=False)}
+    np.testing.assert_allclose(session.run(None, feeds)[0], Attend()(q, k, v, m).numpy(), atol=1e-6)
+    ops = [node.op_type for node in onnx.load(tmp_path / "optimized.onnx").graph.node]
+    assert "FusedMatMul" in ops and "Transpose" not in ops, ops
+
+
 # --------------------------------------------------------------------------------------------- every strategy
 
 
