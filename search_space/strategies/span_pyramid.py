@@ -103,6 +103,7 @@ from search_space.strategies.blocks import (
     Mlp,
     border_background,
     conv2d_flops,
+    distance_from_background,
     fused_attention,
     linear_flops,
     top_indices,
@@ -159,6 +160,14 @@ class _StagePlan:
         self, *, valid: torch.Tensor, keys: torch.Tensor | None, allowed: torch.Tensor | None, bias_index: torch.Tensor | None
     ) -> None:
         self.valid, self.keys, self.allowed, self.bias_index = valid, keys, allowed, bias_index
+        self._bias_rows: torch.Tensor | None = None
+
+    def bias_rows(self, heads: int) -> torch.Tensor:
+        """``bias_index`` flattened and repeated for ``heads`` table rows, (heads, B * T * S): made once
+        and shared by the stage's layers (a view in torch, one Expand in an exported graph)."""
+        if self._bias_rows is None or self._bias_rows.shape[0] != heads:
+            self._bias_rows = self.bias_index.reshape(1, -1).expand(heads, -1)
+        return self._bias_rows
 
 
 class SpanLayer(nn.Module):
@@ -201,8 +210,7 @@ class SpanLayer(nn.Module):
         # ran 2-5x slower in torch and onnxruntime alike, a gather of (B, T, S, H) rows and a
         # transposed copy 2-4x slower in torch.
         table = torch.cat([self.rel_bias, self.rel_bias.new_full((H, 1), torch.finfo(self.rel_bias.dtype).min)], dim=1)
-        index = plan.bias_index.reshape(1, -1).expand(H, -1)
-        bias = table.gather(1, index).reshape(H, *plan.bias_index.shape).transpose(0, 1)
+        bias = table.gather(1, plan.bias_rows(H)).reshape(H, *plan.bias_index.shape).transpose(0, 1)
         if plan.keys is None:  # dense masked product over the stage's T tokens, one fused kernel
             return fused_attention(_split_heads(q, H), _split_heads(k, H), _split_heads(v, H), bias, self.scale)
         # Gather each query's keys and values head-major, whole rows of (B * H * (T + 1), d) picked by
@@ -424,16 +432,29 @@ class SpanPyramid(CountedKModel):
         patches = images.reshape(B, C, rows, p, cols, p).permute(0, 2, 4, 1, 3, 5)  # (B, rows, cols, C, p, p)
         return patches.reshape(B, rows * cols, C * p * p), rows, cols
 
-    def _scores(self, images: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
-        """(B, n) informativeness of every patch (logits for ``learned``)."""
+    def _windows(self, frames: torch.Tensor, coords: torch.Tensor, side: int) -> torch.Tensor:
+        """(B, C, H', W') frames, (B, K, 2) patch coords -> (B, C, K, side, side): the side x side pixels
+        from each patch's top-left pixel (row * patch_size, col * patch_size), one gather per frame."""
+        B, C, _, width = frames.shape
+        K, p = coords.shape[1], self.patch_size
+        offsets = torch.arange(side, device=coords.device)
+        pix_r = coords[..., 0, None] * p + offsets  # (B, K, side)
+        pix_c = coords[..., 1, None] * p + offsets
+        flat = (pix_r[..., :, None] * width + pix_c[..., None, :]).reshape(B, 1, K * side * side)
+        return frames.flatten(2).gather(2, flat.expand(-1, C, -1)).reshape(B, C, K, side, side)
+
+    def _scores(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, n) informativeness of every patch (logits for ``learned``). The foreground score pools
+        the frame as it lies: cutting every patch out first cost more than the score."""
         B, C = images.shape[:2]
+        if self.keep_score == "foreground":
+            background = border_background(images)  # (B, C)
+            padded = self._padded(images)[0]
+            return F.avg_pool2d(distance_from_background(padded, background)[:, None], self.patch_size).flatten(1)
+        patches = self._patches(images)[0]  # (B, n, C*p*p)
         if self.scorer is not None:
             return self.scorer(patches).squeeze(-1)
-        pix = patches.reshape(B, patches.shape[1], C, -1)  # (B, n, C, p*p)
-        if self.keep_score == "variance":
-            return pix.var(dim=-1, unbiased=False).mean(dim=-1)
-        background = border_background(images)  # (B, C)
-        return (pix - background[:, None, :, None]).abs().mean(dim=(2, 3))
+        return patches.reshape(B, patches.shape[1], C, -1).var(dim=-1, unbiased=False).mean(dim=-1)
 
     @staticmethod
     def _centre_preference(rows: int, cols: int, like: torch.Tensor) -> torch.Tensor:
@@ -449,9 +470,9 @@ class SpanPyramid(CountedKModel):
 
     def _select(self, images: torch.Tensor) -> dict[str, Any]:
         """Score the patches and keep the top K: pixels, order, coords and validity of the kept."""
-        patches, rows, cols = self._patches(images)  # (B, n, P)
+        rows, cols = self._padded(images)[1:]
         n = rows * cols
-        scores = self._scores(images, patches)  # (B, n)
+        scores = self._scores(images)  # (B, n)
         K = self._k_for(n)
         ranked = scores.detach() + _TIE_BREAK * self._centre_preference(rows, cols, scores)
         order = top_indices(ranked, K)  # (B, K), best first
@@ -472,27 +493,19 @@ class SpanPyramid(CountedKModel):
                 counts = order.new_full((images.shape[0],), K)
             valid = rank < counts[:, None]  # (B, K): each image keeps a prefix of its ranking
         return {
-            "patches": patches, "scores": scores, "order": order, "coords": coords, "valid": valid,
+            "scores": scores, "order": order, "coords": coords, "valid": valid,
             "counts": counts, "grid": (rows, cols),
         }
 
     def _embed(self, images: torch.Tensor, sel: dict[str, Any]) -> torch.Tensor:
         """(B, K, D) tokens of the kept patches (padding slots too)."""
-        order = sel["order"]
-        B, K = order.shape
-        if self.stem is None:
-            P = sel["patches"].shape[-1]
-            return self.embed(sel["patches"].gather(1, order[..., None].expand(-1, -1, P)))
-        # Gather each kept patch with a one-pixel halo from the zero-padded image: (B, K, C, p+2, p+2).
+        B, K = sel["order"].shape
         p, C = self.patch_size, images.shape[1]
-        padded = F.pad(self._padded(images)[0], (1, 1, 1, 1))  # (B, C, rows*p + 2, cols*p + 2)
-        width = padded.shape[-1]
-        coords = sel["coords"]
-        offsets = torch.arange(p + 2, device=order.device)
-        pix_r = coords[..., 0, None] * p + offsets  # (B, K, p+2)
-        pix_c = coords[..., 1, None] * p + offsets
-        flat = (pix_r[..., :, None] * width + pix_c[..., None, :]).reshape(B, 1, K * (p + 2) ** 2)
-        halo = padded.flatten(2).gather(2, flat.expand(-1, C, -1)).reshape(B, C, K, p + 2, p + 2)
+        padded = self._padded(images)[0]  # (B, C, rows*p, cols*p)
+        if self.stem is None:  # the kept patches' pixels, (C, p, p) flattened
+            return self.embed(self._windows(padded, sel["coords"], p).transpose(1, 2).reshape(B, K, C * p * p))
+        # each kept patch with a one-pixel halo from the zero-padded image
+        halo = self._windows(F.pad(padded, (1, 1, 1, 1)), sel["coords"], p + 2)  # (B, C, K, p+2, p+2)
         halo = halo.transpose(1, 2).reshape(-1, C, p + 2, p + 2)  # (B*K, C, p+2, p+2)
         return self.embed(self.stem(halo).reshape(B, K, STEM_CHANNELS * p * p))
 

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from objectives.flops import counted_flops
 from search_space.strategies import get_strategy
+from search_space.strategies.blocks import border_background
 from search_space.strategies.span_pyramid import SpanPyramid
 from tests.search_space.blob_images import blobs, train_steps
 from tests.search_space.checks import assert_exports_exactly, assert_onnx_matches, assert_trains
@@ -95,6 +96,21 @@ def test_foreground_keeps_the_bright_patches() -> None:
     noisy = image.clone()
     noisy[..., 8:12, 16:20] = torch.rand(3, 4, 4)  # one textured patch (2, 4) beats the flat bright ones
     assert variance.used_map(noisy)[0, 8:12, 16:20].eq(1).all()
+
+
+@pytest.mark.parametrize("size", [26, 28])  # 26 px pads to whole 4 px patches by edge replication
+def test_scores_and_linear_embedding_read_the_patches_as_cut_from_the_frame(size: int) -> None:
+    """The foreground score pools the frame and the linear embedding gathers the kept patches from it:
+    both equal the formulas on every patch cut out of the (padded) frame."""
+    torch.manual_seed(0)
+    model = build(3, size, patch_size=4, keep_fraction=0.3).eval()
+    images = torch.rand(2, 3, size, size)
+    patches = model._patches(images)[0]  # (B, n, C*p*p)
+    pix = patches.reshape(2, patches.shape[1], 3, 16) - border_background(images)[:, None, :, None]
+    torch.testing.assert_close(model._scores(images), pix.abs().mean(dim=(2, 3)))
+    sel = model._select(images)
+    kept = patches.gather(1, sel["order"][..., None].expand(-1, -1, patches.shape[-1]))
+    torch.testing.assert_close(model._embed(images, sel), model.embed(kept))
 
 
 def test_non_kept_patches_do_not_change_the_output() -> None:
@@ -244,7 +260,7 @@ def test_ratio_rule() -> None:
     learned = build(3, 28, keep_score="learned", k_rule="ratio", k_target_ratio=0.3)
     x, y = torch.randn(8, 3, 28, 28), torch.arange(8) % NUM_CLASSES
     with torch.no_grad():
-        probs = learned._scores(x, learned._patches(x)[0]).sigmoid()  # (B, 49)
+        probs = learned._scores(x).sigmoid()  # (B, 49)
     learned.eval()
     with torch.no_grad():
         learned(x)
