@@ -79,8 +79,9 @@ def _attention(query: Any, key: Any, value: Any, attn_mask: Any = None, dropout_
 
     onnxruntime folds the scale and the transpose into one ``FusedMatMul``. The exporter's own
     decomposition scales queries and keys apart and transposes keys through reshapes, which blocks
-    that fusion: a dense ViT ran at 0.75x the rate of this graph (batch 256, 2 threads). Masks are
-    additive, or boolean (False: not attended, the lowest float as the models' own masks use).
+    that fusion: the dense ViT of ``benchmarks/bench_gflops.py`` ran at 0.79x the rate of this graph
+    (batch 256, 2 threads, interleaved). Masks are additive, or boolean (False: not attended, the
+    lowest float, as the models' own masks use).
     """
     import onnx_ir as ir  # onnx-ir and onnxscript are heavy: only the ONNX format needs them
     from onnxscript import opset18 as op

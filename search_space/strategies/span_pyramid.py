@@ -20,12 +20,14 @@ MFLOPs (24% of the native dense CNN's), 9 points above the dense CNN at the same
 it at native size, with 11x random's share of its patches on the target (docs/benchmarks.md, "The
 goal on fields").
 
-Speed: the dense local path runs as one fused attention kernel with the relative-position bias and
-the window mask as its additive mask. At batch 256 on 2 threads that makes 0.35x dense_cnn's GFLOP/s
-in torch and 0.10-0.11x in onnxruntime (two runs; from 0.12-0.14x and 0.05-0.06x;
-docs/benchmarks.md, "Achieved GFLOP/s"): the bias and mask, gathered for every query-key pair of
-every layer, and the token bookkeeping of the pyramid (plans, merges) still cost about as much as
-the attention and the linear layers.
+Speed: the dense local path runs as one fused attention kernel whose additive mask is the
+relative-position bias and the window mask at once, read by one gather from each layer's bias
+table (a masked entry at its end); the merge is a weighted sum; the foreground score pools the frame
+and only kept patches are cut out of it. At batch 256 on 2 threads that makes 0.33x dense_cnn's
+GFLOP/s in torch and 0.13-0.18x in onnxruntime (from 0.12-0.15x and 0.05-0.06x; docs/benchmarks.md,
+"Achieved GFLOP/s"). What remains is the pyramid's bookkeeping (each stage's plan, the bias of every
+query-key pair), about a third of the time, and 16-wide heads, whose pairs run far below a
+convolution's rate on either runtime.
 
 Kept patches are gathered (top-k, static shapes) into tokens with integer (row, col) coordinates and
 embedded: ``patch_embed: linear`` flattens the patch pixels into one linear layer; ``conv`` first runs
@@ -415,11 +417,16 @@ class SpanPyramid(CountedKModel):
         return 1, self.n_patches
 
     # --- selection -------------------------------------------------------------------------------
+    def _grid(self, images: torch.Tensor) -> tuple[int, int]:
+        """(rows, cols) of the patch grid over whole patches (the last ones padded)."""
+        H, W = images.shape[-2:]
+        return _grid_side(H, self.patch_size), _grid_side(W, self.patch_size)
+
     def _padded(self, images: torch.Tensor) -> tuple[torch.Tensor, int, int]:
         """Images padded by edge replication to whole patches, and the grid's (rows, cols)."""
         H, W = images.shape[-2:]
         p = self.patch_size
-        rows, cols = _grid_side(H, p), _grid_side(W, p)
+        rows, cols = self._grid(images)
         if rows * p != H or cols * p != W:
             images = F.pad(images, (0, cols * p - W, 0, rows * p - H), mode="replicate")
         return images, rows, cols
@@ -469,8 +476,8 @@ class SpanPyramid(CountedKModel):
         return self._k if n == self.n_patches else min(max(round(self._k * n / self.n_patches), 1), n)
 
     def _select(self, images: torch.Tensor) -> dict[str, Any]:
-        """Score the patches and keep the top K: pixels, order, coords and validity of the kept."""
-        rows, cols = self._padded(images)[1:]
+        """Score the patches and keep the top K: scores, order, coords and validity of the kept."""
+        rows, cols = self._grid(images)
         n = rows * cols
         scores = self._scores(images)  # (B, n)
         K = self._k_for(n)
@@ -689,5 +696,5 @@ class SpanPyramid(CountedKModel):
     def analytic_flops(self, images: torch.Tensor) -> float:
         """Per-image FLOPs at the current k: what the forward executes, every image at the static
         cap (per-image rules mask the slots an image does not keep; they still run)."""
-        patch_grid = self._padded(images)[1:]
+        patch_grid = self._grid(images)
         return self.flops_at(self._k_for(patch_grid[0] * patch_grid[1]), patch_grid)

@@ -54,12 +54,13 @@ resolution: at stride 2 the bilinear map made training unstable on the synthetic
 accuracy fell to chance in epochs 2-3 before recovering, and with a shrinking k never recovered),
 and the full-resolution map costs under 16% of the total at 32 px, 11% at 64 px.
 
-Speed: at inference the blocks' attention runs as one fused kernel, the coarse CNN on channels-last
-tensors, and on frames of 32 x 32 and more the top-k finds the k-th score before it sorts only the
-kept. At batch 256 on 2 threads that makes 0.51-0.52x dense_cnn's GFLOP/s in torch and 0.23-0.26x in
-onnxruntime (two runs; from 0.29x and 0.24-0.26x; docs/benchmarks.md, "Achieved GFLOP/s"); what
-remains is the attention's 16-wide heads (D = 64, 4 heads), whose pairs run at a third of a
-convolution's rate, and the 8-channel coarse map.
+Speed: at inference the blocks' attention runs as one fused kernel (exported as the graph
+onnxruntime fuses into one matmul), the coarse CNN on channels-last tensors, and on frames of 32 x 32
+and more the top-k finds the k-th score before it sorts only the kept. At batch 256 on 2 threads that
+makes 0.44-0.57x dense_cnn's GFLOP/s in torch and 0.23-0.29x in onnxruntime (five runs; from
+0.25-0.29x and 0.22-0.26x; docs/benchmarks.md, "Achieved GFLOP/s"); what remains is the attention's
+16-wide heads (D = 64, 4 heads), whose pairs run at a third of a convolution's rate, and the
+8-channel coarse map.
 """
 
 from __future__ import annotations
