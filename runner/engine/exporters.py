@@ -83,8 +83,8 @@ def _attention(query: Any, key: Any, value: Any, attn_mask: Any = None, dropout_
     (batch 256, 2 threads, interleaved). Masks are additive, or boolean (False: not attended, the
     lowest float, as the models' own masks use).
     """
-    import onnx_ir as ir  # onnx-ir and onnxscript are heavy: only the ONNX format needs them
-    from onnxscript import opset18 as op
+    import onnx_ir as ir  # onnx-ir is heavy: only the ONNX format needs it
+    from onnxscript import opset18 as op  # onnxscript is heavy: only the ONNX format needs it
 
     if dropout_p or is_causal or enable_gqa:
         raise NotImplementedError("attention with dropout, a causal mask or grouped queries is not exported")
