@@ -81,15 +81,21 @@ def _attention(query: Any, key: Any, value: Any, attn_mask: Any = None, dropout_
     decomposition scales queries and keys apart and transposes keys through reshapes, which blocks
     that fusion: the dense ViT of ``benchmarks/bench_gflops.py`` ran at 0.79x the rate of this graph
     (batch 256, 2 threads, interleaved). Masks are additive, or boolean (False: not attended, the
-    lowest float, as the models' own masks use).
+    lowest float, as the models' own masks use). Causal, dropout or grouped-query attention, or a
+    head size known only at run time, keep the exporter's own translation.
     """
     import onnx_ir as ir  # onnx-ir is heavy: only the ONNX format needs it
     from onnxscript import opset18 as op  # onnxscript is heavy: only the ONNX format needs it
 
-    if dropout_p or is_causal or enable_gqa:
-        raise NotImplementedError("attention with dropout, a causal mask or grouped queries is not exported")
-    if scale is None:
-        scale = float(query.shape[-1]) ** -0.5
+    head = query.shape[-1] if query.shape is not None else None
+    if dropout_p or is_causal or enable_gqa or (scale is None and not isinstance(head, int)):
+        from onnxscript.function_libs.torch_lib.ops.nn import (  # onnxscript is heavy: only ONNX needs it
+            aten_scaled_dot_product_attention,
+        )
+
+        return aten_scaled_dot_product_attention(query, key, value, attn_mask, dropout_p, is_causal, scale=scale,
+                                                 enable_gqa=enable_gqa)
+    scale = head**-0.5 if scale is None else scale
     scaled = op.Mul(query, op.CastLike(op.Constant(value_float=scale), query))
     logits = op.MatMul(scaled, op.Transpose(key, perm=[0, 1, 3, 2]))
     if attn_mask is not None:

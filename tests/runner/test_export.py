@@ -366,17 +366,19 @@ def test_median_translation_matches_torch(tmp_path: Path) -> None:
         np.testing.assert_array_equal(a, b.numpy())
 
 
-@pytest.mark.parametrize("mask", ["none", "additive", "boolean"])
+@pytest.mark.parametrize("mask", ["none", "additive", "boolean", "causal"])
 def test_attention_translation_matches_torch_and_fuses_in_onnxruntime(mask: str, tmp_path: Path) -> None:
     """Our ONNX for scaled_dot_product_attention returns torch's output, and onnxruntime folds its
-    scale and key transpose into a FusedMatMul (no Transpose left to run)."""
+    scale and key transpose into a FusedMatMul (no Transpose left to run); causal attention keeps
+    the exporter's translation, which returns torch's output too."""
     import onnx
     import onnxruntime as ort
 
     class Attend(torch.nn.Module):
         def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-            masks = {"none": None, "additive": m, "boolean": m > 0}
-            return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=masks[mask], scale=0.3)
+            masks = {"none": None, "additive": m, "boolean": m > 0, "causal": None}
+            return torch.nn.functional.scaled_dot_product_attention(
+                q, k, v, attn_mask=masks[mask], is_causal=mask == "causal", scale=None if mask == "none" else 0.3)
 
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 3, 5, 4) for _ in range(3))
@@ -391,7 +393,7 @@ def test_attention_translation_matches_torch_and_fuses_in_onnxruntime(mask: str,
     feeds = {i.name: t.numpy() for i, t in zip(session.get_inputs(), (q, k, v, m), strict=False)}
     np.testing.assert_allclose(session.run(None, feeds)[0], Attend()(q, k, v, m).numpy(), atol=1e-6)
     ops = [node.op_type for node in onnx.load(tmp_path / "optimized.onnx").graph.node]
-    assert "FusedMatMul" in ops and "Transpose" not in ops, ops
+    assert ("FusedMatMul" in ops and "Transpose" not in ops) is (mask != "causal"), ops
 
 
 # --------------------------------------------------------------------------------------------- every strategy
