@@ -562,18 +562,21 @@ class SpanPyramid(CountedKModel):
         if dense is None:
             dense = self._key_slots(T) == T
         if dense:
-            dr, dc = r[:, None, :] - r[:, :, None], c[:, None, :] - c[:, :, None]  # (B, T, T) key - query
+            # Per token first, then one op per (B, T, T) fact: the (query, key) pairs are many, the tokens few.
+            def window_id(offset: int) -> torch.Tensor:  # (B, T) id of each token's window at this offset
+                row, col = (torch.div(a + offset, w, rounding_mode="floor") for a in (r, c))
+                return row * (grid[1] + w) + col
 
-            def same(a: torch.Tensor, offset: int) -> torch.Tensor:
-                cell = torch.div(a + offset, w, rounding_mode="floor")
-                return cell[:, :, None] == cell[:, None, :]
-
-            window = (same(r, 0) & same(c, 0)) | (same(r, shift) & same(c, shift))
-            bias_index = (dr.clamp(-(w - 1), w - 1) + w - 1) * span + dc.clamp(-(w - 1), w - 1) + w - 1
+            regular, shifted = window_id(0), window_id(shift)
+            window = (regular[:, :, None] == regular[:, None, :]) | (shifted[:, :, None] == shifted[:, None, :])
             # every query sees itself, so no row is fully masked: a padding query's (nothing reads its
             # output) would be NaN in some fused kernels once a bf16 mask rounds the lowest float to -inf
             own = torch.eye(T, dtype=torch.bool, device=coords.device)
             allowed = (window & valid[:, None, :]) | own
+            # (d_row + w - 1) * span + d_col + w - 1 as one difference; a pair sharing a window is within
+            # w - 1 rows and columns, so the rest (no table entry of their own) are masked
+            position = r * span + c
+            bias_index = (position + (w - 1) * (span + 1))[:, None, :] - position[:, :, None]
             return _StagePlan(valid=valid, keys=None, allowed=allowed, bias_index=_masked(bias_index, allowed, w))
         offsets = torch.arange(w, device=coords.device)
         reg_r = (torch.div(r, w, rounding_mode="floor") * w)[..., None] + offsets  # (B, T, w)
