@@ -1,5 +1,5 @@
 """The exporters: an eval model to a ``torch.export`` program, saved as .pt2 and translated to ONNX
-(with the two translations the ONNX exporter lacks).
+(with the two translations the ONNX exporter lacks, and attention in the form onnxruntime fuses).
 
 In the engine layer, beside the loaders of the files they write (``runner.engine.artefacts``): the export
 command (``runner.export``) writes a run's chosen model with them, and a trial's ``throughput``

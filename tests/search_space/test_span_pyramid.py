@@ -103,7 +103,7 @@ def test_scores_and_linear_embedding_read_the_patches_as_cut_from_the_frame(size
     """The foreground score pools the frame and the linear embedding gathers the kept patches from it:
     both equal the formulas on every patch cut out of the (padded) frame."""
     torch.manual_seed(0)
-    model = build(3, size, patch_size=4, keep_fraction=0.3).eval()
+    model = build(3, size, patch_size=4, keep_fraction=0.3, keep_score="foreground", patch_embed="linear").eval()
     images = torch.rand(2, 3, size, size)
     patches = model._patches(images)[0]  # (B, n, C*p*p)
     pix = patches.reshape(2, patches.shape[1], 3, 16) - border_background(images)[:, None, :, None]
@@ -179,6 +179,8 @@ def test_gathered_and_dense_local_attention_agree() -> None:
     model = build(3, 48, patch_size=2, window=3, global_tokens=2, keep_fraction=0.3).eval()
     sel = model._select(torch.rand(2, 3, 48, 48))
     layer = model.stages[0][0]
+    with torch.no_grad():
+        layer.rel_bias.normal_()  # a bias that matters: a pair read at the wrong relative position shows
     x = torch.randn(2, sel["coords"].shape[1], model.embed_dim)
     outs = [layer._local(x, model._plan(sel["coords"], sel["valid"], sel["grid"], dense=d)) for d in (True, False)]
     torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-6)
