@@ -23,11 +23,11 @@ goal on fields").
 Speed: the dense local path runs as one fused attention kernel whose additive mask is the
 relative-position bias and the window mask at once, read by one gather from each layer's bias
 table (a masked entry at its end); the merge is a weighted sum; the foreground score pools the frame
-and only kept patches are cut out of it. At batch 256 on 2 threads that makes 0.33x dense_cnn's
+and only kept patches are cut out of it. At batch 256 on 2 threads that makes 0.33-0.36x dense_cnn's
 GFLOP/s in torch and 0.13-0.18x in onnxruntime (from 0.12-0.15x and 0.05-0.06x; docs/benchmarks.md,
-"Achieved GFLOP/s"). What remains is the pyramid's bookkeeping (each stage's plan, the bias of every
-query-key pair), about a third of the time, and 16-wide heads, whose pairs run far below a
-convolution's rate on either runtime.
+"Achieved GFLOP/s"). What remains is the pyramid's bookkeeping (the bias of every query-key pair,
+the gathers and merges), about a quarter of the time in torch, and 16-wide heads, whose pairs run
+far below a convolution's rate on either runtime.
 
 Kept patches are gathered (top-k, static shapes) into tokens with integer (row, col) coordinates and
 embedded: ``patch_embed: linear`` flattens the patch pixels into one linear layer; ``conv`` first runs
