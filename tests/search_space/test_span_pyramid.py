@@ -100,14 +100,16 @@ def test_foreground_keeps_the_bright_patches() -> None:
 
 @pytest.mark.parametrize("size", [26, 28])  # 26 px pads to whole 4 px patches by edge replication
 def test_scores_and_linear_embedding_read_the_patches_as_cut_from_the_frame(size: int) -> None:
-    """The foreground score pools the frame and the linear embedding gathers the kept patches from it:
-    both equal the formulas on every patch cut out of the (padded) frame."""
+    """The foreground score pools the frame, the learned scorer convolves it and the linear embedding
+    gathers the kept patches from it: each equals its formula on every patch cut out of the (padded) frame."""
     torch.manual_seed(0)
     model = build(3, size, patch_size=4, keep_fraction=0.3, keep_score="foreground", patch_embed="linear").eval()
     images = torch.rand(2, 3, size, size)
     patches = model._patches(images)[0]  # (B, n, C*p*p)
     pix = patches.reshape(2, patches.shape[1], 3, 16) - border_background(images)[:, None, :, None]
     torch.testing.assert_close(model._scores(images), pix.abs().mean(dim=(2, 3)))
+    learned = build(3, size, patch_size=4, keep_fraction=0.3, keep_score="learned").eval()
+    torch.testing.assert_close(learned._scores(images), learned.scorer(patches).squeeze(-1))
     sel = model._select(images)
     kept = patches.gather(1, sel["order"][..., None].expand(-1, -1, patches.shape[-1]))
     torch.testing.assert_close(model._embed(images, sel), model.embed(kept))
