@@ -450,22 +450,23 @@ class SpanPyramid(CountedKModel):
         flat = (pix_r[..., :, None] * width + pix_c[..., None, :]).reshape(B, 1, K * side * side)
         return frames.flatten(2).gather(2, flat.expand(-1, C, -1)).reshape(B, C, K, side, side)
 
-    def _scores(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, n) informativeness of every patch (logits for ``learned``). The foreground score pools
-        the frame as it lies, and the learned scorer's first layer runs as the stride-p convolution
-        it is on the frame: cutting every patch out first cost more than either (on 256-px frames of
-        8-px patches the learned-score model ran 1.41x faster in torch, 1.14x in onnxruntime)."""
+    def _scores(self, images: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+        """(B, n) informativeness of every patch of ``frames`` (the images padded to whole patches,
+        ``_padded``; the background is read on the images' own border); logits for ``learned``. The
+        foreground score pools the frame as it lies, and the learned scorer's first layer runs as the
+        stride-p convolution it is on the frame: cutting every patch out first cost more than either
+        (on 256-px frames of 8-px patches the learned-score model ran 1.41x faster in torch, 1.14x in
+        onnxruntime)."""
         B, C = images.shape[:2]
         p = self.patch_size
         if self.keep_score == "foreground":
             background = border_background(images)  # (B, C)
-            padded = self._padded(images)[0]
-            return F.avg_pool2d(distance_from_background(padded, background)[:, None], p).flatten(1)
+            return F.avg_pool2d(distance_from_background(frames, background)[:, None], p).flatten(1)
         if self.scorer is not None:  # Linear(C*p*p) over (C, p, p) patch pixels = a p x p conv of stride p
             first, act, last = self.scorer
-            hidden = F.conv2d(self._padded(images)[0], first.weight.reshape(-1, C, p, p), first.bias, stride=p)
+            hidden = F.conv2d(frames, first.weight.reshape(-1, C, p, p), first.bias, stride=p)
             return last(act(hidden.flatten(2).transpose(1, 2))).squeeze(-1)  # (B, n)
-        patches = self._patches(images)[0]  # (B, n, C*p*p)
+        patches = self._patches(frames)[0]  # (B, n, C*p*p)
         return patches.reshape(B, patches.shape[1], C, -1).var(dim=-1, unbiased=False).mean(dim=-1)
 
     @staticmethod
@@ -481,10 +482,11 @@ class SpanPyramid(CountedKModel):
         return self._k if n == self.n_patches else min(max(round(self._k * n / self.n_patches), 1), n)
 
     def _select(self, images: torch.Tensor) -> dict[str, Any]:
-        """Score the patches and keep the top K: scores, order, coords and validity of the kept."""
-        rows, cols = self._grid(images)
+        """Score the patches and keep the top K: scores, order, coords and validity of the kept, and
+        the padded frames they were read from."""
+        frames, rows, cols = self._padded(images)  # padded once, read by the scores and the embedding
         n = rows * cols
-        scores = self._scores(images)  # (B, n)
+        scores = self._scores(images, frames)  # (B, n)
         K = self._k_for(n)
         ranked = scores.detach() + _TIE_BREAK * self._centre_preference(rows, cols, scores)
         order = top_indices(ranked, K)  # (B, K), best first
@@ -506,14 +508,14 @@ class SpanPyramid(CountedKModel):
             valid = rank < counts[:, None]  # (B, K): each image keeps a prefix of its ranking
         return {
             "scores": scores, "order": order, "coords": coords, "valid": valid,
-            "counts": counts, "grid": (rows, cols),
+            "counts": counts, "grid": (rows, cols), "frames": frames,
         }
 
-    def _embed(self, images: torch.Tensor, sel: dict[str, Any]) -> torch.Tensor:
-        """(B, K, D) tokens of the kept patches (padding slots too)."""
+    def _embed(self, sel: dict[str, Any]) -> torch.Tensor:
+        """(B, K, D) tokens of the kept patches (padding slots too), from the selection's frames."""
         B, K = sel["order"].shape
-        p, C = self.patch_size, images.shape[1]
-        padded = self._padded(images)[0]  # (B, C, rows*p, cols*p)
+        padded = sel["frames"]  # (B, C, rows*p, cols*p)
+        p, C = self.patch_size, padded.shape[1]
         if self.stem is None:  # the kept patches' pixels, (C, p, p) flattened
             return self.embed(self._windows(padded, sel["coords"], p).transpose(1, 2).reshape(B, K, C * p * p))
         # each kept patch with a one-pixel halo from the zero-padded image
@@ -605,7 +607,7 @@ class SpanPyramid(CountedKModel):
         B = images.shape[0]
         sel = self._select(images)
         layout = self._layout(sel["coords"], sel["valid"], sel["grid"])
-        x = self._embed(images, sel)  # (B, K, D)
+        x = self._embed(sel)  # (B, K, D)
         if self.scorer is not None:  # straight-through gate: value 1, gradient of the kept scores
             s = sel["scores"].gather(1, sel["order"]).sigmoid()
             x = x * (1 + s - s.detach())[..., None]

@@ -107,12 +107,12 @@ def test_scores_and_linear_embedding_read_the_patches_as_cut_from_the_frame(size
     images = torch.rand(2, 3, size, size)
     patches = model._patches(images)[0]  # (B, n, C*p*p)
     pix = patches.reshape(2, patches.shape[1], 3, 16) - border_background(images)[:, None, :, None]
-    torch.testing.assert_close(model._scores(images), pix.abs().mean(dim=(2, 3)))
+    torch.testing.assert_close(model._scores(images, model._padded(images)[0]), pix.abs().mean(dim=(2, 3)))
     learned = build(3, size, patch_size=4, keep_fraction=0.3, keep_score="learned").eval()
-    torch.testing.assert_close(learned._scores(images), learned.scorer(patches).squeeze(-1))
+    torch.testing.assert_close(learned._scores(images, learned._padded(images)[0]), learned.scorer(patches).squeeze(-1))
     sel = model._select(images)
     kept = patches.gather(1, sel["order"][..., None].expand(-1, -1, patches.shape[-1]))
-    torch.testing.assert_close(model._embed(images, sel), model.embed(kept))
+    torch.testing.assert_close(model._embed(sel), model.embed(kept))
 
 
 def test_non_kept_patches_do_not_change_the_output() -> None:
@@ -149,7 +149,7 @@ def test_conv_embedding_is_a_dense_conv_stem_read_at_the_kept_patches(size: int)
     x = torch.randn(2, 3, size, size)
     with torch.no_grad():
         sel = model._select(x)
-        tokens = model._embed(x, sel)  # (B, K, D)
+        tokens = model._embed(sel)  # (B, K, D)
         dense = model.stem(F.pad(model._padded(x)[0], (1, 1, 1, 1)))  # (B, 8, rows*p, cols*p)
         for b in range(2):
             for slot, (r, c) in enumerate(sel["coords"][b].tolist()):
@@ -264,7 +264,7 @@ def test_ratio_rule() -> None:
     learned = build(3, 28, keep_score="learned", k_rule="ratio", k_target_ratio=0.3)
     x, y = torch.randn(8, 3, 28, 28), torch.arange(8) % NUM_CLASSES
     with torch.no_grad():
-        probs = learned._scores(x).sigmoid()  # (B, 49)
+        probs = learned._scores(x, learned._padded(x)[0]).sigmoid()  # (B, 49)
     learned.eval()
     with torch.no_grad():
         learned(x)
