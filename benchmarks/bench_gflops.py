@@ -15,6 +15,14 @@ Noise: rounds interleave every model, runtime and batch size (and, with ``--befo
 trees: each round runs the older tree's models in a process of their own, then this tree's), so a
 burst of other load hits them alike. Each figure is the median over rounds of a round's median
 call time; the spread is the range over rounds; ratios are taken within a round, then the median.
+
+The allocator: glibc serves an allocation above its mmap threshold with fresh pages, and raises the
+threshold only once such a block has been freed, so in torch eager a model's time at batch 256
+depended on what had run before it in the process (dense_cnn, timed first in each round, ran at
+about half the rate it reached once the other models had run). The workers pin glibc's mmap and
+trim thresholds (``PINNED_MALLOC``), so every model runs warm from its first call whatever ran
+before; ``--malloc-default`` also times this tree under glibc's defaults, side by side.
+onnxruntime allocates from its own arena and is not affected.
 """
 
 from __future__ import annotations
@@ -40,6 +48,9 @@ SIZE, CHANNELS, CLASSES = 64, 3, 5
 BATCHES = (1, 256)
 RUNTIMES = ("torch eager", "onnxruntime")
 BASE = "dense_cnn"
+#: glibc's thresholds, pinned in the worker processes (see the module docstring); other C libraries ignore them.
+PINNED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
+DEFAULT_MALLOC_LABEL = "this tree, glibc's default malloc"
 REFERENCE = "dense_vit"  # a dense transformer: the rate attention of these widths reaches without selection
 #: One config per strategy from cells64.yaml's ranges (the rest: the strategy's defaults).
 CONFIGS: dict[str, dict] = {
@@ -109,9 +120,10 @@ def extract_tree(rev: str, into: Path) -> Path:
     return into
 
 
-def run_round(tree: Path, cache: Path, args: argparse.Namespace) -> list[dict]:
+def run_round(tree: Path, cache: Path, args: argparse.Namespace, *, pinned: bool = True) -> list[dict]:
     out = cache / "round.json"
-    env = {**os.environ, "PYTHONPATH": str(tree)}
+    env = {key: value for key, value in os.environ.items() if key not in PINNED_MALLOC}
+    env.update(PYTHONPATH=str(tree), **(PINNED_MALLOC if pinned else {}))
     subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", str(cache), "--threads", str(args.threads),
                     "--seconds", str(args.seconds), "--json", str(out)], check=True, env=env, cwd=tree)
     return json.loads(out.read_text())
@@ -173,11 +185,20 @@ def in_short(results: dict[str, list[dict]]) -> str:
             cells.append(f"{runtime} " + " -> ".join(figures))
         return ", ".join(cells)
 
+    default_malloc = results.pop(DEFAULT_MALLOC_LABEL, None)
     sparse = [n for n in CONFIGS if n not in (BASE, REFERENCE)]
-    return (f"**In short:** at batch 256 on 2 threads, each sparse strategy's achieved GFLOP/s as a share of "
+    text = (f"**In short:** at batch 256 on 2 threads, each sparse strategy's achieved GFLOP/s as a share of "
             f"{BASE}'s ({' -> '.join(results)}): " + "; ".join(f"{n} {shares(n)}" for n in sparse)
-            + f" (target: at least 0.5x). For reference, {REFERENCE}: {shares(REFERENCE)}. Ratios moved by up to "
-            "a third between runs on this shared machine (the table's ranges are over rounds).")
+            + f" (target: at least 0.5x). For reference, {REFERENCE}: {shares(REFERENCE)}.")
+    if default_malloc is not None:
+        rate = {(r["strategy"], r["runtime"]): r for r in default_malloc if r["batch"] == 256}
+        pinned = {(r["strategy"], r["runtime"]): r for r in list(results.values())[-1] if r["batch"] == 256}
+        base = (BASE, "torch eager")
+        text += (f" Under glibc's default malloc, in the same rounds, {BASE} in torch eager ran at "
+                 f"{rate[base]['gflops']:.0f} GFLOP/s against {pinned[base]['gflops']:.0f} pinned, which put the "
+                 "sparse strategies at " + ", ".join(f"{n} {rate[(n, 'torch eager')]['ratio']:.2f}x" for n in sparse)
+                 + " of it.")
+    return text + " Ratios moved by up to a third between runs on this shared machine (the table's ranges are over rounds)."
 
 
 def main() -> int:
@@ -186,6 +207,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=0.4, help="time spent per figure and round")
+    parser.add_argument("--malloc-default", action="store_true",
+                        help="also time this tree under glibc's default malloc thresholds, interleaved")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--json", type=Path, help=argparse.SUPPRESS)
@@ -199,6 +222,8 @@ def main() -> int:
         if args.before:
             trees[f"before, {args.before}"] = extract_tree(args.before, Path(tmp) / "before")
         trees["this tree" if not args.before else "after"] = ROOT
+        if args.malloc_default:
+            trees[DEFAULT_MALLOC_LABEL] = ROOT
         caches = {label: Path(tmp) / f"cache{i}" for i, label in enumerate(trees)}
         for cache in caches.values():
             cache.mkdir()
@@ -206,17 +231,19 @@ def main() -> int:
         for i in range(args.rounds):
             for label, tree in trees.items():
                 print(f"round {i + 1}/{args.rounds}: {label}", flush=True)
-                rounds[label].append(run_round(tree, caches[label], args))
+                rounds[label].append(run_round(tree, caches[label], args, pinned=label != DEFAULT_MALLOC_LABEL))
     results = {label: summarise(r) for label, r in rounds.items()}
     text = table(results)
-    short = in_short(results)
+    short = in_short(dict(results))
     print(short + "\n\n" + text)
     if not args.no_write:
         body = (f"{stamp(own_command('bench_gflops.py'))}\n\n{short}\n\n"
                 f"One config per strategy from cells64.yaml's ranges (`CONFIGS` in the script), {SIZE} px, "
                 f"{CHANNELS} channels, {CLASSES} classes, eval mode, on uniform random images. FLOPs per image are "
                 f"the objective's count on a batch of 16. Each runtime at {args.threads} threads (torch intra-op, "
-                f"onnxruntime intra-op with one inter-op thread). Figures: median over {args.rounds} interleaved "
+                f"onnxruntime intra-op with one inter-op thread), glibc's mmap and trim thresholds pinned "
+                f"(`PINNED_MALLOC`: every model runs warm from its first call) unless a column says otherwise. "
+                f"Figures: median over {args.rounds} interleaved "
                 f"rounds of each round's median call time; GFLOP/s range over rounds in brackets; the ratio to "
                 f"{BASE} is taken within each round, then the median.\n\n{text}\n")
         write_section("gflops", "Achieved GFLOP/s per strategy (FLOPs against measured throughput)", body)
