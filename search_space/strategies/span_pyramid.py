@@ -23,9 +23,9 @@ goal on fields").
 Speed: the dense local path runs as one fused attention kernel whose additive mask is the
 relative-position bias and the window mask at once, read by one gather from each layer's bias
 table (a masked entry at its end); the merge is a weighted sum; the foreground score pools the frame
-and only kept patches are cut out of it. At batch 256 on 2 threads that makes 0.33-0.36x dense_cnn's
-GFLOP/s in torch and 0.13-0.18x in onnxruntime (from 0.12-0.15x and 0.05-0.06x; docs/benchmarks.md,
-"Achieved GFLOP/s"). What remains is the pyramid's bookkeeping (the bias of every query-key pair,
+and only kept patches are cut out of it. At batch 256 on 2 threads that makes 0.27x dense_cnn's
+GFLOP/s in torch and 0.20-0.21x in onnxruntime (two runs, dense_cnn timed warm; from 0.19x and 0.05x;
+docs/benchmarks.md, "Achieved GFLOP/s"). What remains is the pyramid's bookkeeping (the bias of every query-key pair,
 the gathers and merges), about a quarter of the time in torch, and 16-wide heads, whose pairs run
 far below a convolution's rate on either runtime.
 

@@ -57,8 +57,8 @@ and the full-resolution map costs under 16% of the total at 32 px, 11% at 64 px.
 Speed: at inference the blocks' attention runs as one fused kernel (exported as the graph
 onnxruntime fuses into one matmul), the coarse CNN on channels-last tensors, and on frames of 32 x 32
 and more the top-k finds the k-th score before it sorts only the kept. At batch 256 on 2 threads that
-makes 0.44-0.57x dense_cnn's GFLOP/s in torch and 0.23-0.29x in onnxruntime (seven runs; from
-0.25-0.31x and 0.22-0.26x; docs/benchmarks.md, "Achieved GFLOP/s"); what remains is the attention's
+makes 0.38-0.42x dense_cnn's GFLOP/s in torch and 0.25-0.27x in onnxruntime (two runs, dense_cnn
+timed warm; from 0.31x and 0.23x; docs/benchmarks.md, "Achieved GFLOP/s"); what remains is the attention's
 16-wide heads (D = 64, 4 heads), whose pairs run at a third of a convolution's rate, and the
 8-channel coarse map.
 """
