@@ -16,6 +16,8 @@ Order (each one a separate process, so one heavy job at a time; each writes its 
    ``bench_tnet_encoders.py``     TNet's encoder (residual, plain) by depth and width on 64-px cells (about 10 minutes)
    ``bench_throughput.py``        the throughput objective: a 14-trial cells64 search with accuracy and throughput,
                                   re-measured in a separate process; its cost per trial (about 15 minutes)
+   ``bench_allocator.py``         the objective timed first in fresh processes and after other work, with and
+                                  without its allocator warm-up (about 2 minutes)
 2. ``bench_data.py --accuracy``   data generation and loading, small-CNN accuracy per modality
    ``bench_field_data.py``        the white-cell finder against hand-drawn boxes, and each real field set's
                                   build (skipped, with a message, without the clones: $WBC_CLONE, $PBC_CLONE)
@@ -96,6 +98,7 @@ def plan(export_run: Path | None, tmp: Path, pbc28_run: Path | None = None,
         ("adaptive_k", [[PY, "benchmarks/bench_adaptive_k.py"]]),
         ("tnet_encoders", [[PY, "benchmarks/bench_tnet_encoders.py"]]),
         ("throughput", [[PY, "benchmarks/bench_throughput.py", "--out", str(tmp / "runs" / "throughput")]]),
+        ("allocator", [[PY, "benchmarks/bench_allocator.py"]]),
         ("data", [[PY, "benchmarks/bench_data.py", "--accuracy"]]),
         ("field_data", [[PY, "benchmarks/bench_field_data.py"]]),
         ("headroom", [[PY, "benchmarks/bench_headroom.py", "--sets", "fields", *real_field_sets(), "--epochs", "15",

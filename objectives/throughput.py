@@ -66,6 +66,8 @@ MAX_ROUNDS = 25  # ... and at most,
 MIN_TIME_S = 0.15  # going on until this much time is spent timing (2x or 4x as long repeats no closer: docs/benchmarks.md)
 CHUNK_S = 0.02  # each timed call is repeated to last about this long (a short call is all timer noise)
 WARMUP = 2  # untimed calls of each runtime first (allocations, lazy initialisation, caches)
+#: The largest threshold glibc's malloc raises itself to (DEFAULT_MMAP_THRESHOLD_MAX on 64 bits).
+GLIBC_MMAP_THRESHOLD_MAX = 32 << 20
 
 
 def eager_prepare(model: nn.Module, batch: torch.Tensor, threads: int) -> Run:
@@ -230,6 +232,21 @@ def interleaved_rates(runs: Sequence[Run], batch_size: int, *, min_rounds: int =
     return np.asarray(rows, dtype=float)
 
 
+def warm_allocator() -> None:
+    """Put the C allocator in the state a process reaches once it has freed a large block, whatever
+    ran before in this one.
+
+    glibc serves an allocation above its mmap threshold (128 KiB at first) with fresh pages, and
+    raises the threshold (up to 32 MiB) only when such a block is freed. Until then every large
+    tensor a CPU forward makes costs page faults, so the same model timed first in a process ran
+    slower than after other work (docs/benchmarks.md, "The throughput objective and the allocator"):
+    the figure depended on the trial's history.
+    Freeing one block of the largest size glibc adapts to sets both thresholds as that history
+    would. Its pages are never touched, so it costs one mmap; other allocators ignore it."""
+    block = torch.empty(GLIBC_MMAP_THRESHOLD_MAX - (64 << 10), dtype=torch.uint8)
+    del block
+
+
 @contextlib.contextmanager
 def _torch_threads(threads: int | None) -> Iterator[None]:
     previous = torch.get_num_threads()
@@ -270,6 +287,8 @@ def measure_calibration(deployment: Deployment, shape: Sequence[int]) -> float:
     """The reference's best rate (images/s) over ``CALIBRATION_ROUNDS`` rounds alone, on ``deployment``
     at batch ``shape`` (N, C, H, W): what the engine measures once per run."""
     threads = deployment.threads or torch.get_num_threads()
+    if deployment.device == "cpu":
+        warm_allocator()
     with _torch_threads(deployment.threads):
         run = _reference_run(deployment, shape, torch.device(deployment.device), threads)
         rates = interleaved_rates([run], int(shape[0]), min_rounds=CALIBRATION_ROUNDS, max_rounds=CALIBRATION_ROUNDS)
@@ -303,6 +322,8 @@ def measure_throughput(model: nn.Module, images: torch.Tensor, deployment: Deplo
     if first is not None and first.device != device:
         model = copy.deepcopy(model).to(device)
     threads = deployment.threads or torch.get_num_threads()
+    if device.type == "cpu":
+        warm_allocator()
     with _torch_threads(deployment.threads), inference(model):
         run = deployment.prepare(model, batch, threads)
         if not deployment.calibrate:

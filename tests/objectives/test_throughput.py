@@ -122,3 +122,21 @@ def test_uncalibrated_deployment_reports_the_raw_figure():
     model = build_model(default_config("dense_cnn"), 3, 4, 16)
     out = measure_throughput(model, torch.randn(4, 3, 16, 16), Deployment(batch_size=4, threads=1, calibrate=False))
     assert out.images_per_s == out.raw_images_per_s and out.calibration_rate is None
+
+
+def test_cpu_measurements_warm_the_allocator_first(monkeypatch):
+    """A figure must not depend on what ran before in the process (glibc's mmap threshold rises
+    only once a large block is freed): every CPU measurement, the calibration too, frees one first."""
+    order: list[str] = []
+    monkeypatch.setattr(T, "warm_allocator", lambda: order.append("warm"))
+    monkeypatch.setattr(T, "interleaved_rates",
+                        lambda runs, batch_size, **_: order.append("time") or np.ones((5, len(runs))))
+    model = build_model(default_config("dense_cnn"), 3, 4, 16)
+    measure_throughput(model, torch.randn(4, 3, 16, 16), Deployment(batch_size=4, threads=1, calibrate=False))
+    T.measure_calibration(Deployment(batch_size=4, threads=1), (4, 3, 16, 16))
+    assert order == ["warm", "time", "warm", "time"]
+
+
+def test_warm_allocator_frees_what_it_takes():
+    T.warm_allocator()  # a block the size glibc's threshold adapts to, never touched: nothing is left held
+    assert T.GLIBC_MMAP_THRESHOLD_MAX == 32 << 20
