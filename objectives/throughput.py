@@ -24,8 +24,10 @@ interquartile range of the per-round figures (same unit), and ``throughput_raw``
 model's own rounds, uncalibrated (what a plain timer would report). Two trials timed under
 different load are comparable through the ratio; two processes through the one calibration rate.
 Measured on 2 shared cores (docs/benchmarks.md, "Throughput objective") the ratio ranked a search's
-trials worse than the plain median did (the reference's own timing noise enters every ratio), so
-calibration is off by default; it is for machines whose load changes between trials.
+trials as well as the plain median did once every measurement warmed the allocator
+(:func:`warm_allocator`; before that, worse: the reference, a small CNN, was timed cold in some
+processes), and it costs the reference's timing in every measurement, so calibration is off by
+default; it is for machines whose load changes between trials.
 
 A trial measures it before training, on the untrained model: a runtime's speed depends on the
 graph and its shapes, not on the weights' values, so that is the trial's figure (its per-epoch
