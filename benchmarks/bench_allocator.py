@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _doc import markdown_table, own_command, stamp, write_section  # noqa: E402
+from bench_gflops import CHANNELS, CLASSES, CONFIGS, SIZE  # noqa: E402
 
-SIZE, CHANNELS, CLASSES = 64, 3, 5
 MODELS = ("dense_cnn", "sparse_topk", "dense_vit")
 VARIANTS = ("warm_allocator", "no warm-up (ablation)")
 
@@ -35,7 +35,6 @@ def worker(name: str, warm: bool) -> dict:
     import torch
 
     sys.path.insert(0, str(ROOT))
-    from bench_gflops import CONFIGS
 
     import objectives.throughput as tp
     from runner.engine.deploy import deployment_for
