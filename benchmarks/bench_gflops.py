@@ -78,8 +78,12 @@ def _time_ms(run, x, *, seconds: float) -> float:  # noqa: ANN001
     return statistics.median(times) * 1e3
 
 
-def worker(cache: Path, threads: int, seconds: float) -> list[dict]:
-    """One round over every model, runtime and batch size: rows of (strategy, runtime, batch, ms, flops)."""
+def worker(cache: Path, threads: int, seconds: float, variants: dict[str, tuple[str, dict]] | None = None,
+           batches: tuple[int, ...] = BATCHES) -> list[dict]:
+    """One round over every model, runtime and batch size: rows of (strategy, runtime, batch, ms, flops).
+
+    ``variants``: label -> (strategy, config overrides), by default ``CONFIGS`` under their own names;
+    rows carry the label as their strategy."""
     import torch
 
     from objectives import count_flops
@@ -94,20 +98,21 @@ def worker(cache: Path, threads: int, seconds: float) -> list[dict]:
         from runner.export.exporters import save_onnx, to_exported_program
 
     torch.set_num_threads(threads)
-    images = torch.rand(max(BATCHES), CHANNELS, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+    images = torch.rand(max(batches), CHANNELS, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
     rows = []
-    for name, overrides in CONFIGS.items():
+    variants = variants or {name: (name, overrides) for name, overrides in CONFIGS.items()}
+    for i, (label, (name, overrides)) in enumerate(variants.items()):
         torch.manual_seed(0)
         model = build_model({**default_config(name), **overrides}, CHANNELS, CLASSES, SIZE).eval()
         flops = count_flops(model, images[:16])
-        onnx_path = cache / f"{name}.onnx"
+        onnx_path = cache / f"model{i}.onnx"
         if not onnx_path.exists():  # exported once per tree; later rounds reuse it
             save_onnx(to_exported_program(model, images[:8]), onnx_path, {})
         runners = {"torch eager": eager_runner(model), "onnxruntime": onnx_runner(onnx_path, threads=threads)}
         for runtime in RUNTIMES:
-            for batch in BATCHES:
+            for batch in batches:
                 ms = _time_ms(runners[runtime], images[:batch].numpy(), seconds=seconds)
-                rows.append({"strategy": name, "runtime": runtime, "batch": batch, "ms": ms, "flops": flops})
+                rows.append({"strategy": label, "runtime": runtime, "batch": batch, "ms": ms, "flops": flops})
     return rows
 
 
@@ -120,11 +125,13 @@ def extract_tree(rev: str, into: Path) -> Path:
     return into
 
 
-def run_round(tree: Path, cache: Path, args: argparse.Namespace, *, pinned: bool = True) -> list[dict]:
+def run_round(tree: Path, cache: Path, args: argparse.Namespace, *, pinned: bool = True,
+              script: Path = Path(__file__)) -> list[dict]:
+    """One round in a fresh process: ``script --worker`` with ``tree`` on its PYTHONPATH."""
     out = cache / "round.json"
     env = {key: value for key, value in os.environ.items() if key not in PINNED_MALLOC}
     env.update(PYTHONPATH=str(tree), **(PINNED_MALLOC if pinned else {}))
-    subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", str(cache), "--threads", str(args.threads),
+    subprocess.run([sys.executable, str(script.resolve()), "--worker", str(cache), "--threads", str(args.threads),
                     "--seconds", str(args.seconds), "--json", str(out)], check=True, env=env, cwd=tree)
     return json.loads(out.read_text())
 

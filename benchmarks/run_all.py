@@ -10,6 +10,7 @@ Order (each one a separate process, so one heavy job at a time; each writes its 
 
 1. ``bench_models.py``            model cost per strategy (FLOPs against latency)
    ``bench_gflops.py``            achieved GFLOP/s per strategy, torch eager and onnxruntime (about 3 minutes)
+   ``bench_widths.py``            the same by head and channel width: what width reaches half dense_cnn's rate (~2 minutes)
    ``bench_selection.py``         where each sparse strategy looks: share of its selection on the cell,
                                   beside the ablation of its selection signal (about 5 minutes)
    ``bench_adaptive_k.py``        sparse_topk's loss_trend k against fixed k, 3 seeds (about 5 minutes)
@@ -94,6 +95,7 @@ def plan(export_run: Path | None, tmp: Path, pbc28_run: Path | None = None,
     return [
         ("models", [[PY, "benchmarks/bench_models.py"]]),
         ("gflops", [[PY, "benchmarks/bench_gflops.py"]]),
+        ("gflops_widths", [[PY, "benchmarks/bench_widths.py"]]),
         ("selection", [[PY, "benchmarks/bench_selection.py"]]),
         ("adaptive_k", [[PY, "benchmarks/bench_adaptive_k.py"]]),
         ("tnet_encoders", [[PY, "benchmarks/bench_tnet_encoders.py"]]),
