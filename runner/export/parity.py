@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from cellsparse.errors import UserError
+from objectives.throughput import warm_allocator
 from runner.data import load_dataset
 from runner.engine.artefacts import InferenceFn
 
@@ -140,8 +141,10 @@ def measure_latency(runners: dict[str, InferenceFn], images: torch.Tensor,
     """``{runtime: {"batch_<n>": {"ms_per_batch", "ms_per_image", "images_per_s"}}}`` on the CPU.
 
     Batches larger than the check images repeat them. Threads are whatever the runners were built
-    with (the exporter uses the same count for torch and onnxruntime).
+    with (the exporter uses the same count for torch and onnxruntime). The allocator is warmed first,
+    as the throughput objective warms it, so the figures do not depend on what the process ran before.
     """
+    warm_allocator()
     out: dict[str, dict[str, dict[str, float]]] = {}
     for name, run in runners.items():
         out[name] = {}

@@ -439,3 +439,14 @@ def test_other_modalities_export(modality: str, strategy: str, runs_root: Path, 
     result = E.export_run(run, out=tmp_path / "export", measure=False, log=lambda line: None)
     assert result.card["input"]["modality"] == modality
     assert result.card["input"]["channels"] == {"opd": 1, "event": 2}[modality]
+
+
+def test_latency_is_timed_with_the_allocator_warmed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The card's figures must not depend on what the exporting process ran before (as the objective's)."""
+    from runner.export import parity
+
+    order: list[str] = []
+    monkeypatch.setattr(parity, "warm_allocator", lambda: order.append("warm"))
+    figures = parity.measure_latency({"fake": lambda x: order.append("run")}, torch.zeros(2, 1, 4, 4), batch_sizes=(1,))
+    assert order[0] == "warm" and order.count("warm") == 1 and "run" in order
+    assert set(figures["fake"]["batch_1"]) == {"ms_per_batch", "ms_per_image", "images_per_s"}
