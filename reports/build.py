@@ -4,6 +4,10 @@ Writes one self-contained ``report.html`` (plotly.js inlined, opens offline) int
 or to ``--out``, plus ``trials.parquet`` beside it (when pyarrow is installed) and a copy of
 ``trials.csv`` when the report goes elsewhere. Bad input prints one ``error: ...`` line, exits 2 and
 writes nothing; files are written whole or not at all (temporary file, then rename).
+
+Nothing this command did not write is replaced: a file at ``--out`` must be a report (its head names
+the generator, ``GENERATOR_TAG``), and the copies of the trials table go only where none is, or beside
+a report being replaced. The run directory's own ``report.html`` is always rebuilt.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from cellsparse.errors import UserError
 from cellsparse.files import atomic_path, write_atomic
 from cellsparse.rundir import REPORT_FILE, TRIALS_FILE, read_run
 
-from .page import render
+from .page import GENERATOR_TAG, render
 
 __all__ = ["build_report", "main"]
 
@@ -47,6 +51,35 @@ def _write_parquet(trials: pd.DataFrame, path: Path) -> bool:
     return True
 
 
+PARQUET_FILE = "trials.parquet"
+
+
+def _is_report(path: Path) -> bool:
+    """Whether ``path`` is a report this command wrote: its head names the generator."""
+    try:
+        with open(path, "rb") as handle:
+            return GENERATOR_TAG.encode() in handle.read(1024)
+    except OSError:
+        return False
+
+
+def _check_not_theirs(target: Path, run_dir: Path) -> None:
+    """UserError when writing the report to ``target`` would replace a file this command did not write."""
+    if target.resolve() == (run_dir / REPORT_FILE).resolve():
+        return  # the run directory's own report
+    replacing = target.exists() or target.is_symlink()
+    if replacing and not _is_report(target):
+        raise UserError(f"--out {target}: exists and is not a report written by {command('report')}; it is left "
+                        "alone: give a new file name")
+    if target.parent.resolve() == run_dir.resolve():
+        return  # the trials table is the run's own; no copy is made
+    for name in (TRIALS_FILE, PARQUET_FILE):
+        companion = target.parent / name
+        if (companion.exists() or companion.is_symlink()) and not replacing:
+            raise UserError(f"--out {target}: {companion} is already there and not beside a report this command "
+                            "wrote; it is left alone: write the report into another folder")
+
+
 def build_report(run_dir: Path, out: Path | None = None) -> Path:
     """Write the report of ``run_dir`` (to ``run_dir/report.html`` unless ``out`` is given); return its path.
 
@@ -60,12 +93,13 @@ def build_report(run_dir: Path, out: Path | None = None) -> Path:
     blocker = next((p for p in target.parents if p.exists() or p.is_symlink()), None)
     if blocker is not None and not blocker.is_dir():
         raise UserError(f"--out {target}: {blocker} is a file, not a folder")
+    _check_not_theirs(target, run_dir)
     document = render(run)
     write_atomic(target, document.encode("utf-8"))
     beside = target.parent
     if beside.resolve() != run_dir.resolve():
         write_atomic(beside / TRIALS_FILE, (run_dir / TRIALS_FILE).read_bytes())
-    _write_parquet(run.trials, beside / "trials.parquet")
+    _write_parquet(run.trials, beside / PARQUET_FILE)
     return target
 
 

@@ -104,6 +104,8 @@ JS = """
 """
 
 PLOT_CONFIG = {"responsive": True, "displaylogo": False}
+#: In every report's head: how ``reports.build`` knows a file at ``--out`` is a report it may replace.
+GENERATOR_TAG = '<meta name="generator" content="cellsparse report">'
 
 
 def script_json(value: Any) -> str:
@@ -137,7 +139,7 @@ class Page:
         nav = "".join(f'<a href="#{a}">{t}</a>' for a, t, _ in self.sections)
         body = "\n".join(f'<section id="{a}"><h2>{t}</h2>\n{b}\n</section>' for a, t, b in self.sections)
         return (
-            "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">{GENERATOR_TAG}"
             f"<title>{title}</title>\n<style>{CSS}</style>\n"
             f'<script type="text/javascript">{get_plotlyjs()}</script>\n</head>\n<body>\n'
             f"<header><h1>{title}</h1><p>{subtitle}</p></header>\n<nav>{nav}</nav>\n<main>\n{body}\n</main>\n"

@@ -219,3 +219,30 @@ def test_parallel_coordinates_leave_out_over_budget_trials(demo_run):
     dims = {d.label: d for d in fig.data[0].dimensions}
     assert len(dims["accuracy"].values) == int(run.eligible().sum()) == 8
     assert max(dims["flops"].values) <= 4.0e7
+
+
+@pytest.mark.parametrize("victim", ["image", "run_trials"])
+def test_out_never_replaces_a_file_it_did_not_write(demo_run, tmp_path, victim):
+    target = tmp_path / "cell.png" if victim == "image" else demo_run / "trials.csv"
+    if victim == "image":
+        target.write_bytes(b"\x89PNG\r\n\x1a\n not html")
+    before = target.read_bytes()
+    with pytest.raises(UserError, match="is not a report written by"):
+        build_report(demo_run, target)
+    assert target.read_bytes() == before
+
+
+def test_out_leaves_someone_elses_trials_table_alone(demo_run, tmp_path):
+    theirs = tmp_path / "trials.csv"
+    theirs.write_text("mine,not yours\n")
+    with pytest.raises(UserError, match="already there"):
+        build_report(demo_run, tmp_path / "r.html")
+    assert theirs.read_text() == "mine,not yours\n" and not (tmp_path / "r.html").exists()
+
+
+def test_out_replaces_its_own_report_and_copies(demo_run, tmp_path):
+    out = tmp_path / "r.html"
+    build_report(demo_run, out)
+    (tmp_path / "trials.csv").write_text("stale copy\n")
+    assert build_report(demo_run, out) == out  # the report and the copies beside it are its own
+    assert (tmp_path / "trials.csv").read_bytes() == (demo_run / "trials.csv").read_bytes()
