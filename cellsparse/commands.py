@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 PROG = "cellsparse"
@@ -51,3 +52,16 @@ def command(name: str, *args: str | Path, argv0: str | None = None) -> str:
     module = COMMANDS[name][0]
     head = f"python -m {module}" if started_as_module(argv0) else f"{PROG} {name}"
     return " ".join([head, *(shlex.quote(str(a)) for a in args)])
+
+
+def run_command(main: Callable[[], int | None]) -> int:
+    """``main()``'s exit status, its output flushed. Output piped into a reader that stops early
+    (``| head``) ends the command quietly with status 1, as other command-line tools end, not with a
+    traceback."""
+    try:
+        status = main()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # for the interpreter's own flush at exit
+        return 1
+    return int(status or 0)

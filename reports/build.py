@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cellsparse.commands import command
+from cellsparse.commands import command, run_command
 from cellsparse.errors import UserError
 from cellsparse.files import atomic_path, write_atomic
 from cellsparse.rundir import REPORT_FILE, TRIALS_FILE, read_run
@@ -119,4 +119,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main))

@@ -21,7 +21,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import NoReturn
 
-from cellsparse.commands import COMMANDS, PROG, command
+from cellsparse.commands import COMMANDS, PROG, command, run_command
 
 EXIT_USER_ERROR = 2
 
@@ -82,12 +82,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USER_ERROR
     module = importlib.import_module(COMMANDS[name][0])
     try:
-        status = module.main(rest)
+        return run_command(lambda: module.main(rest))
     except SystemExit as exit_:  # argparse's --help and flag errors
         code = exit_.code
         return code if isinstance(code, int) else (0 if code is None else EXIT_USER_ERROR)
-    return int(status or 0)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main))

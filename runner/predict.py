@@ -66,7 +66,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cellsparse.commands import command
+from cellsparse.commands import command, run_command
 from cellsparse.errors import UserError
 from cellsparse.files import write_atomic
 from runner.cli import EXIT_USER_ERROR, command_parser, print_error
@@ -722,4 +722,4 @@ def array_items(images: Any, *, layout: str | None = None, channels: int = 3
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main))

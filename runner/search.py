@@ -39,7 +39,7 @@ import optuna
 import torch
 
 from cellsparse import rundir, runlock
-from cellsparse.commands import command
+from cellsparse.commands import command, run_command
 from cellsparse.errors import UserError
 from cellsparse.files import storage_errno, write_error
 from cellsparse.log import logger
@@ -508,4 +508,4 @@ def search(
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main))

@@ -2,6 +2,7 @@
 
 import sys
 
+from cellsparse.commands import run_command
 from runner.export.cli import main
 
-sys.exit(main())
+sys.exit(run_command(main))
