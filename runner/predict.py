@@ -72,7 +72,7 @@ from cellsparse.files import write_atomic
 from runner.cli import EXIT_USER_ERROR, command_parser, print_error
 from runner.data.dataset import resize
 from runner.data.images import VALUE_SCALING, read_image, scale_values
-from runner.data.npz import KNOWN_CLASS_NAMES, load_error
+from runner.data.npz import KNOWN_CLASS_NAMES, check_numpy_file, load_error
 from runner.engine.artefacts import InferenceFn, check_device, onnx_runner, pt2_runner
 from runner.modelcard import find_export, read_card
 
@@ -110,6 +110,7 @@ class Item:
 
 
 def _npz_items(path: Path, split: str | None, classes: Sequence[str]) -> list[Item]:
+    check_numpy_file(path)
     try:
         with np.load(path, allow_pickle=False) as archive:
             keys = [k for k in archive.files if k.endswith("_images")]

@@ -90,6 +90,22 @@ def _checked_header(
     return names or _default_names(path, labels), labels, shapes
 
 
+ZIP_MAGIC = b"PK\x03\x04"  # an .npz archive is a zip file
+NPY_MAGIC = b"\x93NUMPY"  # a single .npy array
+
+
+def check_numpy_file(path: Path) -> None:
+    """DataError unless ``path`` starts as an .npz archive (a zip file) or an .npy array does. numpy
+    takes any other file for a pickle, and its refusal would name an object array that is not there."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(len(NPY_MAGIC))
+    except OSError as err:
+        raise DataError(f"{path}: cannot be read ({err.strerror or err})") from None
+    if not head.startswith(ZIP_MAGIC) and head != NPY_MAGIC:
+        raise DataError(f"{path}: not an .npz archive (not a zip file); save the arrays with numpy.savez")
+
+
 def load_error(err: BaseException) -> str:
     """Why numpy could not read an array, in words for the user: numpy's own message for an object
     array suggests allow_pickle=True, which would let the file run code; never pass that on."""
@@ -109,12 +125,13 @@ def _array(path: Path, archive: np.lib.npyio.NpzFile, key: str) -> np.ndarray:
 def _open(path: Path) -> np.lib.npyio.NpzFile:
     if not path.is_file():
         raise DataError(f"{path}: no such file" + (" (it is a folder; use source='folder')" if path.is_dir() else ""))
+    check_numpy_file(path)
     try:
         archive = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile) as err:
         raise DataError(f"{path}: not a readable .npz file ({load_error(err)})") from None
     if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise DataError(f"{path}: holds a single array, not an .npz archive with {_required()}")
+        raise DataError(f"{path}: holds a single array, not an .npz archive with {', '.join(_required())}")
     missing = [k for k in _required() if k not in archive.files]
     if missing:
         archive.close()

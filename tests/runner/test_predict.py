@@ -355,6 +355,11 @@ def test_empty_folder_and_missing_input(export_dir: Path, tmp_path: Path, capsys
     assert status == 2 and "no such file or folder" in _one_error_line(err)
     status, _, err = _cli([str(export_dir), str(empty / "sub" / "readme.txt")], capsys)
     assert status == 2 and "not an image" in _one_error_line(err)
+    damaged = tmp_path / "damaged.npz"
+    damaged.write_text("this was never an archive")
+    status, _, err = _cli([str(export_dir), str(damaged)], capsys)
+    line = _one_error_line(err)
+    assert status == 2 and "not an .npz archive (not a zip file)" in line and "Python objects" not in line
 
 
 def test_out_that_is_not_a_writable_file_is_one_line(export_dir: Path, images: Path, tmp_path: Path,
