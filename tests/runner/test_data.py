@@ -237,16 +237,6 @@ def test_bad_npz_content(tmp_path: Path, overrides: dict, match: str) -> None:
     assert str(path) in str(info.value)
 
 
-@pytest.mark.parametrize("content", [b"train_images,train_labels\n", bytes(range(256)) * 8])
-def test_a_file_that_is_no_archive_is_named_as_such(tmp_path: Path, content: bytes) -> None:
-    """numpy takes any file for a pickle; the message must not send the user looking for object arrays."""
-    path = tmp_path / "cells.npz"
-    path.write_bytes(content)
-    with pytest.raises(DataError, match=r"not an \.npz archive \(not a zip file\)") as info:
-        load_dataset(source="npz", path=path)
-    assert "Python objects" not in str(info.value)
-
-
 def test_object_arrays_are_refused_without_advising_pickle(tmp_path: Path) -> None:
     """numpy's own message suggests allow_pickle=True (which would let the file run code): never shown."""
     labels = np.empty(12, dtype=object)
@@ -271,10 +261,10 @@ def test_bad_npz_files(tmp_path: Path) -> None:
         load_dataset(source="npz", path=tmp_path)
     junk = tmp_path / "junk.npz"
     junk.write_text("not a zip")
-    with pytest.raises(DataError, match=r"junk\.npz: not a readable \.npz"):
-        load_dataset(source="npz", path=junk)
-    with pytest.raises(DataError, match=r"junk\.npz: not a readable \.npz"):
-        describe_dataset(source="npz", path=junk)
+    for read in (load_dataset, describe_dataset):  # numpy takes it for a pickle: no talk of object arrays
+        with pytest.raises(DataError, match=r"junk\.npz: not an \.npz archive \(not a zip file\)") as info:
+            read(source="npz", path=junk)
+        assert "Python objects" not in str(info.value)
 
 
 def test_cap_too_small_for_the_classes(tmp_path: Path) -> None:
