@@ -160,8 +160,7 @@ def _load(args: SearchRequest) -> tuple[Any, Path]:
     """The space to run (file + flags) and the run directory; validates everything, writes nothing."""
     given = with_data_size(load_space(args.space)) if args.space is not None else None
     out = args.out if args.out is not None else Path("runs") / given.name
-    if not args.dry_run:
-        runlock.check_free(out)  # a live driver there: one line naming it, before anything else is said
+    runlock.check_free(out)  # a live driver there: one line naming it, before anything else is said
     if args.resume:
         rundir.check_space_unchanged(out)  # the journal's trials were sampled from the space it started with
         if given is not None:  # the file must describe the same run; its session settings are not taken
@@ -182,7 +181,7 @@ def _load(args: SearchRequest) -> tuple[Any, Path]:
     )
     if args.resume and args.seed is not None:
         raise UserError("--seed cannot change on --resume: the run's seed fixes its data and trials")
-    if not args.resume and not args.dry_run:
+    if not args.resume:  # a dry run too: it must not approve a directory the search would refuse
         try:
             rundir.check_out_dir(out, space, resume=False)
         except UserError:

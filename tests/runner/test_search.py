@@ -121,6 +121,11 @@ def test_dry_run_prints_configs_and_writes_nothing(tmp_path, capsys) -> None:
     out = capsys.readouterr().out
     assert out.count("probe_net") >= 2 and "flops=" in out and '"strategy": "probe_net"' in out
     assert snapshot(tmp_path) == before
+    taken = tmp_path / "taken"
+    (taken / "notes.txt").parent.mkdir()
+    (taken / "notes.txt").write_text("someone's")
+    assert search("--space", space, "--dry-run", "--out", str(taken)) == 2  # refused as the search would refuse it
+    assert "is not empty and holds no run" in capsys.readouterr().err
 
 
 def test_resume_of_a_finished_run_runs_nothing_more(tmp_path) -> None:
