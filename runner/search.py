@@ -236,7 +236,8 @@ def dry_run(space: Any, n: int, say: Callable[[str], None] = print_line) -> None
         else:
             model = build_model(config, in_channels, num_classes, size)
             flops_text = format_value("flops", count_flops(model.eval(), images))
-            note = "" if payload["feasible"] else f"  over budget: {payload['constraints']}"
+            beyond = [f"{name} {format_value(name, v)} beyond its limit" for name, v in payload["constraints"].items() if v > 0]
+            note = "" if payload["feasible"] else f"  over budget: {', '.join(beyond)}"
         say(f"  #{trial.number:<3d} {config['strategy']:<14s} flops={flops_text:<8s}{note}")
         say(f"       {json.dumps(config, sort_keys=False)}")
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)

@@ -128,6 +128,13 @@ def test_dry_run_prints_configs_and_writes_nothing(tmp_path, capsys) -> None:
     assert "is not empty and holds no run" in capsys.readouterr().err
 
 
+def test_dry_run_says_which_limit_a_config_is_beyond(tmp_path, capsys) -> None:
+    space = write_space(tmp_path, max_flops=1.0)  # every config is over it
+    assert search("--space", space, "--dry-run", "--trials", "1") == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if "over budget" in ln)
+    assert line.endswith("beyond its limit") and "over budget: flops " in line and "{" not in line
+
+
 def test_resume_of_a_finished_run_runs_nothing_more(tmp_path) -> None:
     space = write_space(tmp_path, trials=2)
     assert search("--space", space, "--out", "run") == 0
