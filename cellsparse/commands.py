@@ -11,11 +11,13 @@ Torch-free, so the report (which does not import the runner) spells its commands
 
 from __future__ import annotations
 
+import argparse
 import os
 import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 PROG = "cellsparse"
 #: subcommand -> (module with main(argv), one line of help)
@@ -65,3 +67,27 @@ def run_command(main: Callable[[], int | None]) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # for the interpreter's own flush at exit
         return 1
     return int(status or 0)
+
+
+EXIT_USER_ERROR = 2
+
+
+class CommandParser(argparse.ArgumentParser):
+    """argparse for a command of this project: a bad flag is one ``error: ...`` line and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USER_ERROR, f"error: {message} (see {self.prog} --help)\n")
+
+
+def command_parser(module: str, description: str, epilog: str) -> argparse.ArgumentParser:
+    """The parser of ``python -m module`` and of its ``cellsparse`` subcommand; its usage line is spelt
+    the way this process was started (``cellsparse.commands.command``). A module that is no subcommand
+    (the data builders) is ``python -m module``."""
+    name = next((n for n, (m, _) in COMMANDS.items() if m == module), None)
+    return CommandParser(prog=f"python -m {module}" if name is None else command(name), description=description,
+                         epilog=epilog)
+
+
+def print_error(err: BaseException) -> None:
+    """A user error (or a failed export) as one ``error: ...`` line on stderr, without a traceback."""
+    print("error: " + " ".join(str(err).split("\n")), file=sys.stderr)

@@ -12,14 +12,13 @@ a report being replaced. The run directory's own ``report.html`` is always rebui
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
-from cellsparse.commands import command, run_command
+from cellsparse.commands import EXIT_USER_ERROR, command, command_parser, print_error, run_command
 from cellsparse.errors import UserError
 from cellsparse.files import atomic_path, write_atomic
 from cellsparse.rundir import REPORT_FILE, TRIALS_FILE, read_run
@@ -105,15 +104,17 @@ def build_report(run_dir: Path, out: Path | None = None) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
-    parser = argparse.ArgumentParser(prog=command("report"), description="Build a run's HTML report.")
+    parser = command_parser("reports.build", "Build a run's HTML report.",
+                            "Exit status: 0 written, 2 bad input (one error: line, nothing written).")
     parser.add_argument("run_dir", type=Path, help="the run directory, e.g. runs/cells")
-    parser.add_argument("--out", type=Path, default=None, help="report file (default: <run_dir>/report.html)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="report file (default: <run_dir>/report.html); replaces only a report it wrote")
     args = parser.parse_args(argv)
     try:
         path = build_report(args.run_dir, args.out)
     except UserError as exc:
-        print("error: " + " ".join(str(exc).split()), file=sys.stderr)  # always one line
-        return 2
+        print_error(exc)
+        return EXIT_USER_ERROR
     print(f"report written to {path}")
     return 0
 

@@ -12,39 +12,14 @@ they share (a bad flag or a user error is one ``error: ...`` line and exit statu
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import re
 import sys
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import NoReturn
 
-from cellsparse.commands import COMMANDS, PROG, command, run_command
-
-EXIT_USER_ERROR = 2
-
-
-class CommandParser(argparse.ArgumentParser):
-    """argparse for a command of this project: a bad flag is one ``error: ...`` line and exit status 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USER_ERROR, f"error: {message} (see {self.prog} --help)\n")
-
-
-def command_parser(module: str, description: str, epilog: str) -> argparse.ArgumentParser:
-    """The parser of ``python -m module`` and of its ``cellsparse`` subcommand; its usage line is spelt
-    the way this process was started (``cellsparse.commands.command``). A module that is no subcommand
-    (the data builders) is ``python -m module``."""
-    name = next((n for n, (m, _) in COMMANDS.items() if m == module), None)
-    return CommandParser(prog=f"python -m {module}" if name is None else command(name), description=description,
-                         epilog=epilog)
-
-
-def print_error(err: BaseException) -> None:
-    """A user error (or a failed export) as one ``error: ...`` line on stderr, without a traceback."""
-    print("error: " + " ".join(str(err).split("\n")), file=sys.stderr)
+from cellsparse.commands import COMMANDS, EXIT_USER_ERROR, PROG, run_command
 
 
 def version() -> str:

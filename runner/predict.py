@@ -66,10 +66,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cellsparse.commands import command, run_command
+from cellsparse.commands import EXIT_USER_ERROR, command, command_parser, print_error, run_command
 from cellsparse.errors import UserError
 from cellsparse.files import write_atomic
-from runner.cli import EXIT_USER_ERROR, command_parser, print_error
 from runner.data.dataset import resize
 from runner.data.images import VALUE_SCALING, read_image, scale_values
 from runner.data.npz import KNOWN_CLASS_NAMES, check_numpy_file, load_error

@@ -39,13 +39,12 @@ import optuna
 import torch
 
 from cellsparse import rundir, runlock
-from cellsparse.commands import command, run_command
+from cellsparse.commands import EXIT_USER_ERROR, command, command_parser, print_error, run_command
 from cellsparse.errors import UserError
 from cellsparse.files import storage_errno, write_error
 from cellsparse.log import logger
 from objectives import count_flops
 from reports.build import build_report as write_report
-from runner.cli import EXIT_USER_ERROR, command_parser, print_error
 from runner.data import data_fingerprint, load_dataset
 from runner.engine.datasets import cached_dataset, data_shape, with_data_size
 from runner.engine.deploy import calibrate_run

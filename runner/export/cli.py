@@ -6,8 +6,8 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+from cellsparse.commands import EXIT_USER_ERROR, command_parser, print_error
 from cellsparse.errors import UserError
-from runner.cli import EXIT_USER_ERROR, command_parser, print_error
 from runner.engine.artefacts import FORMATS
 from runner.engine.plugins import import_plugins, plugin_modules
 from runner.export.parity import ExportError

@@ -20,9 +20,9 @@ from typing import IO, Any
 import numpy as np
 from PIL import Image
 
+from cellsparse.commands import EXIT_USER_ERROR, command_parser, print_error
 from cellsparse.errors import UserError
 from cellsparse.files import atomic_path
-from runner.cli import EXIT_USER_ERROR, command_parser, print_error
 from runner.data.dataset import SPLITS, allocate
 from runner.data.folder import DEFAULT_FRACTIONS, IMAGE_SUFFIXES
 from search_space.errors import DataError
