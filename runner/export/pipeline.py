@@ -193,7 +193,7 @@ def _export(run_dir: Path, *, trial: int | None, pick: str, max_flops: float | N
         (tmp / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
         (tmp / README_FILE).write_text(render_readme(card), encoding="utf-8")
     log(f"{'replaced the export in' if replacing else 'wrote'} {out}: "
-        + ", ".join(FILES[f] for f in formats) + f", {CARD_FILE}, {README_FILE}")
+        + ", ".join(FILES[f] for f in formats) + f", {CARD_FILE}, {README_FILE}, {PARITY_FILE}")
     for runtime, figures in card["latency"]["runtimes"].items():
         log(f"  {runtime:<13s} " + "  ".join(f"batch {k.split('_')[1]}: {v['images_per_s']:.0f} img/s"
                                              for k, v in figures.items()))
