@@ -63,6 +63,18 @@ def test_export_writes_checked_files_and_says_why(exported: tuple[Path, E.Export
     assert out.stat().st_mode & 0o777 == 0o777 & ~umask  # shared like any folder, not mkdtemp's 0700
 
 
+def test_the_pt2_carries_one_sample_image_not_the_export_batch(exported: tuple[Path, E.ExportResult, list[str]]) -> None:
+    """torch.save writes a view's whole storage: the export batch (a slice of the validation set) must
+    not ride along in the file."""
+    import zipfile
+
+    card = json.loads((exported[0] / "model_card.json").read_text())
+    image_bytes = card["input"]["channels"] * card["input"]["image_size"] ** 2 * 4
+    with zipfile.ZipFile(exported[0] / "model.pt2") as archive:
+        sizes = [i.file_size for i in archive.infolist() if "sample_inputs" in i.filename]
+    assert sizes and max(sizes) < image_bytes + 4096
+
+
 def test_parity_figures_cover_both_formats_and_batch_sizes(exported: tuple[Path, E.ExportResult, list[str]]) -> None:
     card = json.loads((exported[0] / "model_card.json").read_text())
     parity = card["parity"]
