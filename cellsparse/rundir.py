@@ -583,7 +583,8 @@ def read_run(run_dir: Path) -> RunRecord:
     """Read a run directory; UserError naming the path when it is not one."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise UserError(f"{run_dir}: not a run directory (no such folder); pass runs/<name>")
+        why = "it is a file" if run_dir.is_file() else "no such folder"
+        raise UserError(f"{run_dir}: not a run directory ({why}); pass runs/<name>")
     space_path, trials_path = run_dir / SPACE_FILE, run_dir / TRIALS_FILE
     for required in (space_path, trials_path):
         if not required.is_file():

@@ -137,8 +137,10 @@ def read_card(export_dir: Path) -> dict[str, Any]:
     """The card of an export directory; UserError when it is not one or the card is unusable."""
     export_dir = Path(export_dir)
     if not export_dir.is_dir():
-        raise UserError(f"{export_dir}: no such export directory; pass the folder {command('export')} wrote "
-                        "(default runs/<name>/export/trial-<n>)")
+        what = (f"a file, not an export directory; pass the folder that holds it ({export_dir.parent})"
+                if export_dir.is_file() else
+                f"no such export directory; pass the folder {command('export')} wrote (default runs/<name>/export/trial-<n>)")
+        raise UserError(f"{export_dir}: {what}")
     path = export_dir / CARD_FILE
     card = read_json_object(path, fix="export the model again",
                             missing=f"{export_dir}: no {CARD_FILE} here; is it the output of {command('export')}?")

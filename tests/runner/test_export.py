@@ -196,6 +196,9 @@ def _one_error_line(err: str) -> str:
 def test_unknown_run_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     status, err = _cli([str(tmp_path / "nope")], capsys)
     assert status == 2 and "not a run directory" in _one_error_line(err)
+    (tmp_path / "afile").write_text("x")
+    status, err = _cli([str(tmp_path / "afile")], capsys)
+    assert status == 2 and "not a run directory (it is a file)" in _one_error_line(err)
 
 
 def test_trial_that_is_not_complete(runs_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -296,6 +296,10 @@ def test_event_models_take_two_channel_arrays_only(tmp_path: Path) -> None:
 def test_unknown_export_directory(tmp_path: Path, images: Path, capsys: pytest.CaptureFixture[str]) -> None:
     status, _, err = _cli([str(tmp_path / "nope"), str(images)], capsys)
     assert status == 2 and "no such export directory" in _one_error_line(err)
+    model = tmp_path / "model.onnx"  # the model file given where its folder belongs
+    model.write_bytes(b"onnx")
+    status, _, err = _cli([str(model), str(images)], capsys)
+    assert status == 2 and f"a file, not an export directory; pass the folder that holds it ({tmp_path})" in err
 
 
 def test_export_dir_without_a_model_card(tmp_path: Path, images: Path, capsys: pytest.CaptureFixture[str]) -> None:
